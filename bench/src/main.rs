@@ -1,0 +1,307 @@
+//! natter-bench: the command line shared by every load scenario, and the dispatch to
+//! them.
+//!
+//! `natter-bench SCENARIO [--spawn | --server URL] [--cores N] [--transport tcp|tls|quic|ws]
+//! [--duration 10s] [--rate N] [--json FILE]` plus scenario flags. The run prints a
+//! human summary on stdout and, with `--json FILE`, writes the figures under the
+//! names fixed for all scenarios (see [`report`]).
+//!
+//! Exit status: 0 when the run completed without errors, 1 when it failed or counted
+//! errors, 2 for a usage error or a scenario / transport that is not implemented yet,
+//! 130 when stopped by Ctrl-C or SIGTERM.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod accounts;
+mod error;
+mod interrupt;
+mod progress;
+mod report;
+mod scenarios;
+mod spawn;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::error::BenchError;
+use crate::report::Report;
+use crate::scenarios::connect::{self, ConnectArgs};
+use crate::spawn::SpawnedServer;
+use crate::target::Target;
+
+/// The side-port natterd listens on by default, used when neither `--spawn` nor
+/// `--server` is given.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7180";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "natter-bench", version, about = "Load scenarios against natterd")]
+struct Cli {
+    /// The scenario to run.
+    #[arg(value_enum)]
+    scenario: ScenarioName,
+    /// Start the natterd built beside this binary, on free ports with a temporary data
+    /// directory, and stop it at the end.
+    #[arg(long, conflicts_with = "server")]
+    spawn: bool,
+    /// The HTTP side-port of a running natterd [default: http://127.0.0.1:7180].
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// Event-loop threads of the spawned natterd [default: natterd's own default].
+    #[arg(long, requires = "spawn")]
+    cores: Option<usize>,
+    /// The transport clients use.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
+    /// How long the measured phase lasts, e.g. "10s", "500ms", "2m" (connect: how long
+    /// the connections are held idle).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Open-loop rate instead of full speed (connect: new connections per second).
+    #[arg(long, value_name = "N")]
+    rate: Option<u64>,
+    /// Also write the figures as one JSON object to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// The scenarios the design names; only those with a module under `scenarios/` run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ScenarioName {
+    /// Open N authenticated connections and hold them idle.
+    Connect,
+    /// Pairs of friends sending each other messages.
+    #[value(name = "one2one")]
+    OneToOne,
+    /// Group chats of up to 100 members.
+    Group,
+    /// Devices catching up on history after being away.
+    Sync,
+    /// Presence changes pushed to friends.
+    Presence,
+}
+
+impl ScenarioName {
+    /// The name as typed on the command line and written in the report.
+    fn as_str(self) -> &'static str {
+        match self {
+            ScenarioName::Connect => "connect",
+            ScenarioName::OneToOne => "one2one",
+            ScenarioName::Group => "group",
+            ScenarioName::Sync => "sync",
+            ScenarioName::Presence => "presence",
+        }
+    }
+}
+
+/// The client transports the design names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// Raw TCP frames.
+    Tcp,
+    /// TLS 1.3 over TCP.
+    Tls,
+    /// QUIC.
+    Quic,
+    /// WebSocket.
+    Ws,
+}
+
+impl Transport {
+    /// The name as typed on the command line and written in the report.
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::Quic => "quic",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(report) if report.errors.unwrap_or(0) == 0 => ExitCode::SUCCESS,
+        Ok(report) => {
+            eprintln!(
+                "natter-bench: the run counted {} errors",
+                report.errors.unwrap_or(0)
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("natter-bench: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Checks the command line, sets up the server under test and runs the scenario.
+fn run(cli: &Cli) -> Result<Report, BenchError> {
+    if cli.scenario != ScenarioName::Connect {
+        return Err(BenchError::NotImplemented(format!(
+            "scenario {:?}",
+            cli.scenario.as_str()
+        )));
+    }
+    if cli.transport != Transport::Tcp {
+        return Err(BenchError::NotImplemented(format!(
+            "transport {:?}",
+            cli.transport.as_str()
+        )));
+    }
+    interrupt::install()?;
+    // Before natterd is spawned, so that it inherits the raised limit too.
+    let open_files = raise_open_file_limit()?;
+    connect::check_args(&cli.connect, open_files)?;
+
+    let spawned = if cli.spawn {
+        Some(SpawnedServer::start(cli.cores)?)
+    } else {
+        None
+    };
+    let target = match &spawned {
+        Some(server) => Target::spawned(server)?,
+        None => Target::remote(cli.server.as_deref().unwrap_or(DEFAULT_SERVER))?,
+    };
+    println!("server: http {} · tcp {}", target.http_addr_text(), target.tcp);
+
+    let options = scenarios::Options {
+        duration: cli.duration,
+        rate: cli.rate,
+    };
+    let mut report = connect::run(&target, &options, &cli.connect)?;
+    report.scenario = cli.scenario.as_str().to_owned();
+    report.transport = cli.transport.as_str().to_owned();
+
+    if let Some(server) = spawned {
+        server.stop()?;
+    }
+    print!("{}", report.summary());
+    if let Some(path) = &cli.json {
+        report.write_json(path)?;
+        println!("figures written to {}", path.display());
+    }
+    Ok(report)
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and returns the new
+/// soft limit (every connection is one file).
+///
+/// # Errors
+/// [`BenchError::Io`] if the limit cannot be read or set.
+fn raise_open_file_limit() -> Result<u64, BenchError> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX)?;
+    Ok(limit)
+}
+
+/// Parses a duration such as `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+///
+/// # Errors
+/// A message naming the accepted forms.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 10s, 500ms, 2m, 1h"))?;
+    let millis_per_unit = match unit.trim() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("ten seconds").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("99999999999999999h").is_err());
+    }
+
+    #[test]
+    fn command_line_parses_the_common_flags() {
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "connect",
+            "--spawn",
+            "--cores",
+            "2",
+            "--duration",
+            "3s",
+            "--json",
+            "out.json",
+            "--connections",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Connect);
+        assert!(cli.spawn);
+        assert_eq!(cli.cores, Some(2));
+        assert_eq!(cli.transport, Transport::Tcp);
+        assert_eq!(cli.duration, Duration::from_secs(3));
+        assert_eq!(cli.connect.connections, 10);
+        assert_eq!(cli.json, Some(PathBuf::from("out.json")));
+    }
+
+    #[test]
+    fn spawn_and_server_exclude_each_other() {
+        let result = Cli::try_parse_from([
+            "natter-bench",
+            "connect",
+            "--spawn",
+            "--server",
+            "http://127.0.0.1:1",
+        ]);
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn cores_needs_spawn() {
+        assert!(Cli::try_parse_from(["natter-bench", "connect", "--cores", "2"]).is_err());
+    }
+
+    #[test]
+    fn unimplemented_scenarios_and_transports_are_refused_with_exit_code_2() {
+        let cli = Cli::try_parse_from(["natter-bench", "one2one", "--spawn"]).unwrap();
+        let err = run(&cli).unwrap_err();
+        assert!(matches!(err, BenchError::NotImplemented(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("one2one"), "{err}");
+
+        let cli = Cli::try_parse_from(["natter-bench", "connect", "--transport", "quic"]).unwrap();
+        let err = run(&cli).unwrap_err();
+        assert!(matches!(err, BenchError::NotImplemented(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
+    }
+}

@@ -1,0 +1,237 @@
+//! [`Report`]: the figures of a run under the key names fixed for every scenario,
+//! written as one JSON object (`--json FILE`) and as a human summary on stdout.
+//!
+//! Every figure is optional: a scenario fills in those it measures and the others
+//! are left out of the JSON (not written as zero, so "not measured" never reads as
+//! "measured zero").
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::BenchError;
+
+/// The figures of one run. Field names are the JSON keys.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub(crate) struct Report {
+    /// The scenario that ran (`connect`, `one2one`, …).
+    pub(crate) scenario: String,
+    /// The client transport (`tcp`, `tls`, `quic`, `ws`).
+    pub(crate) transport: String,
+    /// Length of the measured phase in seconds (connect: the idle hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duration_s: Option<f64>,
+    /// Messages sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sent: Option<u64>,
+    /// Sends acknowledged by the server (after its fsync).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) acked: Option<u64>,
+    /// Messages delivered to recipients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) delivered: Option<u64>,
+    /// Acknowledged sends per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) msgs_per_sec: Option<f64>,
+    /// Deliveries per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deliveries_per_sec: Option<f64>,
+    /// Median send → ack latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ack_p50_us: Option<u64>,
+    /// 99th percentile send → ack latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ack_p99_us: Option<u64>,
+    /// 99.9th percentile send → ack latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ack_p999_us: Option<u64>,
+    /// Median send → delivery latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deliver_p50_us: Option<u64>,
+    /// 99th percentile send → delivery latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deliver_p99_us: Option<u64>,
+    /// 99.9th percentile send → delivery latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) deliver_p999_us: Option<u64>,
+    /// Acknowledged messages never delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) lost: Option<u64>,
+    /// Messages delivered more than once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duplicated: Option<u64>,
+    /// Messages delivered out of `seq` order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reordered: Option<u64>,
+    /// Operations that failed (refused, timed out, connection lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) errors: Option<u64>,
+    /// natterd's resident memory, bytes (connect: right after all connections).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_rss_bytes: Option<u64>,
+    /// connect: connections established and still open at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) connections: Option<u64>,
+    /// connect: connections established (TCP + Hello → Welcome) per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) connect_per_sec: Option<f64>,
+    /// connect: growth of natterd's RSS while connecting, divided by the connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rss_per_connection_bytes: Option<u64>,
+}
+
+impl Report {
+    /// An empty report for `scenario` over `transport`.
+    pub(crate) fn new(scenario: &str, transport: &str) -> Self {
+        Report {
+            scenario: scenario.to_owned(),
+            transport: transport.to_owned(),
+            ..Report::default()
+        }
+    }
+
+    /// The report as one pretty-printed JSON object.
+    pub(crate) fn to_json(&self) -> String {
+        // Serializing a struct of strings and numbers cannot fail; fall back to the
+        // compact form's error text rather than panic.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Writes [`Report::to_json`] and a newline to `path`.
+    ///
+    /// # Errors
+    /// [`BenchError::Io`] if the file cannot be written.
+    pub(crate) fn write_json(&self, path: &Path) -> Result<(), BenchError> {
+        fs::write(path, format!("{}\n", self.to_json()))?;
+        Ok(())
+    }
+
+    /// The human summary: one figure per line, only those measured.
+    pub(crate) fn summary(&self) -> String {
+        let mut out = format!("\n{} over {}\n", self.scenario, self.transport);
+        let mut line = |name: &str, value: String| {
+            let _ = writeln!(out, "  {name:<26} {value}");
+        };
+        if let Some(v) = self.connections {
+            line("connections", v.to_string());
+        }
+        if let Some(v) = self.connect_per_sec {
+            line("connect_per_sec", format!("{v:.0}"));
+        }
+        if let Some(v) = self.server_rss_bytes {
+            line("server_rss_bytes", format!("{v} ({})", mib(v)));
+        }
+        if let Some(v) = self.rss_per_connection_bytes {
+            line(
+                "rss_per_connection_bytes",
+                format!("{v} ({:.2} KiB)", v as f64 / 1024.0),
+            );
+        }
+        for (name, value) in [
+            ("sent", self.sent),
+            ("acked", self.acked),
+            ("delivered", self.delivered),
+            ("lost", self.lost),
+            ("duplicated", self.duplicated),
+            ("reordered", self.reordered),
+        ] {
+            if let Some(v) = value {
+                line(name, v.to_string());
+            }
+        }
+        for (name, value) in [
+            ("msgs_per_sec", self.msgs_per_sec),
+            ("deliveries_per_sec", self.deliveries_per_sec),
+        ] {
+            if let Some(v) = value {
+                line(name, format!("{v:.0}"));
+            }
+        }
+        for (name, value) in [
+            ("ack_p50_us", self.ack_p50_us),
+            ("ack_p99_us", self.ack_p99_us),
+            ("ack_p999_us", self.ack_p999_us),
+            ("deliver_p50_us", self.deliver_p50_us),
+            ("deliver_p99_us", self.deliver_p99_us),
+            ("deliver_p999_us", self.deliver_p999_us),
+        ] {
+            if let Some(v) = value {
+                line(name, v.to_string());
+            }
+        }
+        if let Some(v) = self.duration_s {
+            line("duration_s", format!("{v:.1}"));
+        }
+        if let Some(v) = self.errors {
+            line("errors", v.to_string());
+        }
+        out
+    }
+}
+
+/// `bytes` in MiB with two decimals.
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_fixed_key_names_and_omits_unmeasured_figures() {
+        let report = Report {
+            duration_s: Some(10.0),
+            connections: Some(10_000),
+            connect_per_sec: Some(25_000.5),
+            server_rss_bytes: Some(50_000_000),
+            rss_per_connection_bytes: Some(3_000),
+            errors: Some(0),
+            ..Report::new("connect", "tcp")
+        };
+        let value: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let object = value.as_object().unwrap();
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "connect_per_sec",
+                "connections",
+                "duration_s",
+                "errors",
+                "rss_per_connection_bytes",
+                "scenario",
+                "server_rss_bytes",
+                "transport"
+            ]
+        );
+        assert_eq!(object["scenario"], "connect");
+        assert_eq!(object["connections"], 10_000);
+    }
+
+    #[test]
+    fn summary_lists_measured_figures() {
+        let report = Report {
+            connections: Some(3),
+            errors: Some(1),
+            ..Report::new("connect", "tcp")
+        };
+        let text = report.summary();
+        assert!(text.contains("connect over tcp"), "{text}");
+        assert!(text.contains("connections"), "{text}");
+        assert!(text.contains("errors"), "{text}");
+        assert!(!text.contains("acked"), "{text}");
+    }
+
+    #[test]
+    fn write_json_writes_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("figures.json");
+        Report::new("connect", "tcp").write_json(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("}\n"), "{text}");
+    }
+}

@@ -1,0 +1,18 @@
+//! The load scenarios, one module each, and the options every scenario shares.
+//!
+//! A scenario takes the [`crate::target::Target`], the shared [`Options`] and its own
+//! flags (a clap `Args` struct flattened into the command line), runs, and returns a
+//! [`crate::report::Report`] with the figures it measured.
+
+pub(crate) mod connect;
+
+use std::time::Duration;
+
+/// The options the command line gives every scenario.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    /// Length of the measured phase.
+    pub(crate) duration: Duration,
+    /// Open-loop rate (per second), or `None` for closed-loop / full speed.
+    pub(crate) rate: Option<u64>,
+}

@@ -1,0 +1,164 @@
+//! [`Target`]: the natterd under test — spawned or remote — with its endpoints and
+//! a way to read its resident memory.
+//!
+//! A spawned natterd's RSS comes from `/proc/<pid>/status` (`VmRSS`); a remote one's
+//! from `process_resident_memory_bytes` in its `/metrics`.
+
+use std::fs;
+use std::net::SocketAddr;
+
+use natter_client::HttpClient;
+
+use crate::error::BenchError;
+use crate::spawn::SpawnedServer;
+
+/// Where natterd's resident memory is read from.
+#[derive(Clone, Debug)]
+enum RssSource {
+    /// `/proc/<pid>/status` of a process on this machine.
+    Proc(u32),
+    /// The `process_resident_memory_bytes` gauge of `/metrics`.
+    Metrics,
+}
+
+/// The server a scenario runs against.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    /// The HTTP side-port client.
+    pub(crate) http: HttpClient,
+    /// The raw TCP frame port.
+    pub(crate) tcp: SocketAddr,
+    rss: RssSource,
+}
+
+impl Target {
+    /// The natterd the benchmark spawned.
+    ///
+    /// # Errors
+    /// [`BenchError::Client`] if its side-port does not answer `/healthz`.
+    pub(crate) fn spawned(server: &SpawnedServer) -> Result<Target, BenchError> {
+        let http = HttpClient::from_addr(server.http);
+        http.healthz()?;
+        Ok(Target {
+            http,
+            tcp: server.tcp,
+            rss: RssSource::Proc(server.pid()),
+        })
+    }
+
+    /// A running natterd whose side-port is at `url`; the TCP port comes from
+    /// `GET /v1/endpoints`.
+    ///
+    /// # Errors
+    /// [`BenchError::Setup`] if the side-port does not answer.
+    pub(crate) fn remote(url: &str) -> Result<Target, BenchError> {
+        let http = HttpClient::new(url);
+        let endpoints = http.endpoints().map_err(|e| {
+            BenchError::Setup(format!(
+                "cannot use natterd's side-port at {}: {e}",
+                http.base_url()
+            ))
+        })?;
+        Ok(Target {
+            http,
+            tcp: endpoints.tcp,
+            rss: RssSource::Metrics,
+        })
+    }
+
+    /// The side-port's base URL without the scheme, for messages.
+    pub(crate) fn http_addr_text(&self) -> &str {
+        self.http.base_url().trim_start_matches("http://")
+    }
+
+    /// natterd's resident memory in bytes, `None` (with a warning on stderr) if it
+    /// cannot be read.
+    pub(crate) fn server_rss(&self) -> Option<u64> {
+        let result = match &self.rss {
+            RssSource::Proc(pid) => fs::read_to_string(format!("/proc/{pid}/status"))
+                .map_err(|e| e.to_string())
+                .and_then(|status| vm_rss(&status).ok_or_else(|| "no VmRSS line".to_owned())),
+            RssSource::Metrics => self.http.metrics().map_err(|e| e.to_string()).and_then(|text| {
+                metric_value(&text, "process_resident_memory_bytes")
+                    .ok_or_else(|| "no process_resident_memory_bytes in /metrics".to_owned())
+            }),
+        };
+        match result {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                eprintln!("warning: cannot read natterd's resident memory: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// `VmRSS` from the text of `/proc/<pid>/status`, in bytes.
+fn vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let mut fields = line.split_whitespace().skip(1);
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// The value of the first sample of `name` (with or without labels) in Prometheus
+/// text format, rounded to whole units.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let rest = if rest.starts_with('{') {
+                rest.get(rest.find('}')? + 1..)?
+            } else {
+                rest
+            };
+            if !rest.starts_with([' ', '\t']) {
+                return None; // a longer metric name that starts with `name`
+            }
+            let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
+            (value.is_finite() && value >= 0.0).then(|| value.round() as u64)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tnatterd\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nThreads:\t5\n";
+        assert_eq!(vm_rss(status), Some(12_345 * 1024));
+        assert_eq!(vm_rss("Name:\tx\n"), None);
+        assert_eq!(vm_rss("VmRSS:\t12 MB\n"), None);
+    }
+
+    #[test]
+    fn metric_value_finds_plain_and_labelled_samples() {
+        let text = "# HELP process_resident_memory_bytes Resident memory.\n\
+                    # TYPE process_resident_memory_bytes gauge\n\
+                    process_resident_memory_bytes_total 1\n\
+                    natter_connections{core=\"0\"} 5\n\
+                    process_resident_memory_bytes 1.2345e7\n";
+        assert_eq!(
+            metric_value(text, "process_resident_memory_bytes"),
+            Some(12_345_000)
+        );
+        assert_eq!(metric_value(text, "natter_connections"), Some(5));
+        assert_eq!(metric_value(text, "missing"), None);
+        assert_eq!(metric_value("x NaN\n", "x"), None);
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        let target = Target {
+            http: HttpClient::new("127.0.0.1:9"),
+            tcp: SocketAddr::from(([127, 0, 0, 1], 9)),
+            rss: RssSource::Proc(std::process::id()),
+        };
+        assert!(target.server_rss().unwrap() > 0);
+    }
+}

@@ -1,0 +1,334 @@
+//! natterd's configuration: command-line flags, an optional TOML file with the
+//! same keys (`--config`), and validation into a [`Config`].
+//!
+//! Precedence: a flag given on the command line beats the file, which beats the
+//! built-in default.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML or has unknown keys or wrong types.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file named by `--config`.
+        path: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid value for {key}: {message}")]
+    Invalid {
+        /// The flag / key name.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The command line of natterd. Every flag can also be a key in the `--config` file
+/// (with `-` replaced by `_`).
+#[derive(Debug, Parser, Default)]
+#[command(name = "natterd", version, about = "natter chat server")]
+pub struct Flags {
+    /// TOML file with the same keys as the flags (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded store [default: ./natter-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address every listener binds [default: 127.0.0.1].
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// HTTP side-port (signup, login, friends, metrics); 0 = any free port [default: 7180].
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    /// Raw TCP port for clients; 0 = any free port [default: 7100].
+    #[arg(long)]
+    pub tcp_port: Option<u16>,
+    /// Event-loop threads [default: available parallelism].
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Close a session silent for this long, e.g. "90s", "500ms" [default: 90s].
+    #[arg(long)]
+    pub heartbeat_timeout: Option<String>,
+    /// Largest frame accepted from a client, in bytes [default: 524288].
+    #[arg(long)]
+    pub max_frame: Option<usize>,
+    /// argon2id memory cost in KiB [default: 19456, OWASP]. Lower only for tests and benchmarks.
+    #[arg(long)]
+    pub argon2_memory_kib: Option<u32>,
+    /// argon2id iterations [default: 2, OWASP].
+    #[arg(long)]
+    pub argon2_iterations: Option<u32>,
+    /// Signups plus logins allowed per source address per minute [default: 30].
+    #[arg(long)]
+    pub auth_rate_limit: Option<u32>,
+    /// Most simultaneous client connections per core [default: 200000].
+    #[arg(long)]
+    pub max_connections_per_core: Option<usize>,
+}
+
+/// The `--config` file: the same keys as [`Flags`].
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    bind: Option<IpAddr>,
+    http_port: Option<u16>,
+    tcp_port: Option<u16>,
+    cores: Option<usize>,
+    heartbeat_timeout: Option<String>,
+    max_frame: Option<usize>,
+    argon2_memory_kib: Option<u32>,
+    argon2_iterations: Option<u32>,
+    auth_rate_limit: Option<u32>,
+    max_connections_per_core: Option<usize>,
+}
+
+/// argon2id cost parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PasswordCost {
+    /// Memory in KiB (OWASP: 19456).
+    pub memory_kib: u32,
+    /// Iterations (OWASP: 2).
+    pub iterations: u32,
+}
+
+impl PasswordCost {
+    /// The OWASP-recommended argon2id parameters (m=19 MiB, t=2, p=1).
+    pub const OWASP: Self = Self {
+        memory_kib: 19_456,
+        iterations: 2,
+    };
+
+    /// True when the cost is below the OWASP recommendation.
+    pub fn is_lowered(&self) -> bool {
+        self.memory_kib < Self::OWASP.memory_kib || self.iterations < Self::OWASP.iterations
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    /// Address every listener binds.
+    pub bind: IpAddr,
+    /// HTTP side-port (0 = any).
+    pub http_port: u16,
+    /// Raw TCP port (0 = any).
+    pub tcp_port: u16,
+    /// Event-loop threads.
+    pub cores: usize,
+    /// A session silent this long is closed.
+    pub heartbeat_timeout: Duration,
+    /// Largest accepted frame, in bytes (length prefix included).
+    pub max_frame: usize,
+    /// argon2id cost.
+    pub password_cost: PasswordCost,
+    /// Signups plus logins per source address per minute.
+    pub auth_rate_limit: u32,
+    /// Most simultaneous connections per core.
+    pub max_connections_per_core: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./natter-data"),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            http_port: 7180,
+            tcp_port: 7100,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            heartbeat_timeout: Duration::from_secs(90),
+            max_frame: natter_wire::DEFAULT_MAX_FRAME,
+            password_cost: PasswordCost::OWASP,
+            auth_rate_limit: 30,
+            max_connections_per_core: 200_000,
+        }
+    }
+}
+
+impl Config {
+    /// Builds a configuration from parsed flags (reading `--config` if given).
+    ///
+    /// # Errors
+    /// A missing or malformed file, unknown keys, or values out of range.
+    pub fn from_flags(flags: Flags) -> Result<Self, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let heartbeat = flags.heartbeat_timeout.or(file.heartbeat_timeout);
+        let config = Config {
+            data_dir: flags.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            bind: flags.bind.or(file.bind).unwrap_or(d.bind),
+            http_port: flags.http_port.or(file.http_port).unwrap_or(d.http_port),
+            tcp_port: flags.tcp_port.or(file.tcp_port).unwrap_or(d.tcp_port),
+            cores: flags.cores.or(file.cores).unwrap_or(d.cores),
+            heartbeat_timeout: match heartbeat {
+                Some(text) => parse_duration(&text).map_err(|message| ConfigError::Invalid {
+                    key: "heartbeat-timeout",
+                    message,
+                })?,
+                None => d.heartbeat_timeout,
+            },
+            max_frame: flags.max_frame.or(file.max_frame).unwrap_or(d.max_frame),
+            password_cost: PasswordCost {
+                memory_kib: flags
+                    .argon2_memory_kib
+                    .or(file.argon2_memory_kib)
+                    .unwrap_or(d.password_cost.memory_kib),
+                iterations: flags
+                    .argon2_iterations
+                    .or(file.argon2_iterations)
+                    .unwrap_or(d.password_cost.iterations),
+            },
+            auth_rate_limit: flags
+                .auth_rate_limit
+                .or(file.auth_rate_limit)
+                .unwrap_or(d.auth_rate_limit),
+            max_connections_per_core: flags
+                .max_connections_per_core
+                .or(file.max_connections_per_core)
+                .unwrap_or(d.max_connections_per_core),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.cores == 0 || self.cores > 1024 {
+            return invalid("cores", "must be between 1 and 1024");
+        }
+        if self.max_frame < 1024 || self.max_frame > 16 << 20 {
+            return invalid("max-frame", "must be between 1024 and 16777216 bytes");
+        }
+        if self.heartbeat_timeout < Duration::from_millis(10) {
+            return invalid("heartbeat-timeout", "must be at least 10ms");
+        }
+        if self.password_cost.memory_kib < 8 || self.password_cost.iterations < 1 {
+            return invalid(
+                "argon2-memory-kib/argon2-iterations",
+                "memory must be >= 8 KiB and iterations >= 1",
+            );
+        }
+        if self.auth_rate_limit == 0 {
+            return invalid("auth-rate-limit", "must be at least 1 per minute");
+        }
+        if self.max_connections_per_core == 0 {
+            return invalid("max-connections-per-core", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Parses "90s", "500ms", "2m" or a bare number of seconds.
+///
+/// # Errors
+/// Anything else, with a message saying what is accepted.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (use e.g. 90s, 500ms, 2m)"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        other => Err(format!("unknown duration unit {other:?} (use ms, s, m or h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 days").is_err());
+    }
+
+    #[test]
+    fn file_values_apply_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, "tcp_port = 9000\nhttp_port = 9001\ncores = 3\n").unwrap();
+        let flags = Flags {
+            config: Some(path),
+            http_port: Some(0),
+            ..Flags::default()
+        };
+        let c = Config::from_flags(flags).unwrap();
+        assert_eq!((c.tcp_port, c.http_port, c.cores), (9000, 0, 3));
+    }
+
+    #[test]
+    fn bad_files_and_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "tcp_prot = 9000\n").unwrap();
+        let err = Config::from_flags(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        let err = Config::from_flags(Flags {
+            cores: Some(0),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "cores", .. }), "{err}");
+        let missing = Flags {
+            config: Some(dir.path().join("nope.toml")),
+            ..Flags::default()
+        };
+        assert!(matches!(
+            Config::from_flags(missing),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,352 @@
+//! Target `http_request`: requests to the HTTP side-port — method, path, `Authorization` header,
+//! source address and JSON body — through [`Api::handle`], the side-port's pure request handler,
+//! over a real [`Store`] (fjall) in a directory made once per process.
+//!
+//! # Input
+//!
+//! Text, so that seeds are plain requests and libFuzzer's dictionary (`fuzz/dict/http.dict`)
+//! works on it. Requests are separated by lines reading `%%` (at most [`MAX_REQUESTS`]). Each
+//! request is a line `METHOD PATH`, header lines `name: value` up to an empty line
+//! (`authorization` and `x-remote` — the client's IP address — are used, others ignored), then
+//! the body (at most [`MAX_BODY`] bytes, as the transport enforces). Before a request is handled,
+//! placeholders in its path, authorization and body are replaced:
+//!
+//! * `$N` — a number unique to this execution, so usernames like `alice$N` are fresh every time
+//!   although the store lives as long as the process;
+//! * `$T0`…`$T9` — the token of the (i mod n)-th successful login of this input (empty if none);
+//! * `$U0`…`$U9` — the user id of the (i mod n)-th successful signup or login (`0` if none).
+//!
+//! ```text
+//! POST /v1/signup
+//!
+//! {"username":"alice$N","password":"correct horse"}
+//! %%
+//! POST /v1/login
+//!
+//! {"username":"alice$N","password":"correct horse","device_name":"phone"}
+//! %%
+//! GET /v1/friends
+//! authorization: Bearer $T0
+//! ```
+//!
+//! # Invariants
+//!
+//! * nothing panics;
+//! * never a 5xx, for any input (the store is healthy, so every failure is the client's);
+//! * every `/v1/...` and `/healthz` answer is JSON that parses (or an empty 204), and so is any
+//!   answer labelled JSON; `/metrics` answers Prometheus text;
+//! * every error answer is `{"error":{"code":"…","message":"…"}}`, and a 405 names the allowed
+//!   method.
+//!
+//! # The store
+//!
+//! It lives in `/dev/shm` when that exists (fsync on tmpfs is cheap, so signups and logins do
+//! not bound the executions per second), else in the system's temp directory, in
+//! `natter-fuzz-http-<pid>`. A process cannot remove it at exit (libFuzzer ends with `exit`), so
+//! each new process first removes the directories of processes that are gone.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::config::{Config, PasswordCost};
+use crate::http::{Api, Endpoints, MAX_BODY, Request, Response};
+use crate::metrics::Metrics;
+use crate::runtime::Mesh;
+use crate::store::Store;
+
+/// Most requests handled per input.
+pub const MAX_REQUESTS: usize = 16;
+
+/// Prefix of the per-process store directories.
+const DIR_PREFIX: &str = "natter-fuzz-http-";
+
+/// Numbers for `$N`, unique within the process.
+static EXECUTION: AtomicU64 = AtomicU64::new(0);
+
+/// Feeds one input; panics when an invariant breaks.
+pub fn run(data: &[u8]) {
+    let api = api();
+    let execution = EXECUTION.fetch_add(1, Ordering::Relaxed);
+    let mut seen = Seen::default();
+    for raw in split(data).take(MAX_REQUESTS) {
+        let parsed = Parsed::parse(raw);
+        let path = seen.substitute(parsed.path.as_bytes(), execution);
+        let path = String::from_utf8_lossy(&path);
+        let authorization = parsed
+            .authorization
+            .map(|a| String::from_utf8_lossy(&seen.substitute(a.as_bytes(), execution)).into_owned());
+        let mut body = seen.substitute(parsed.body, execution);
+        body.truncate(MAX_BODY);
+        let request = Request {
+            method: &parsed.method,
+            path: &path,
+            authorization: authorization.as_deref(),
+            body: &body,
+            remote: parsed.remote,
+        };
+        let response = api.handle(&request);
+        check(&request, &response);
+        seen.record(&response);
+    }
+}
+
+/// The API over the process's store, made on first use.
+fn api() -> &'static Api {
+    static API: OnceLock<Api> = OnceLock::new();
+    API.get_or_init(|| {
+        let dir = store_dir();
+        let store = match Store::open(&dir) {
+            Ok(store) => Arc::new(store),
+            Err(err) => panic!("cannot open the fuzzing store in {}: {err}", dir.display()),
+        };
+        let config = Config {
+            cores: 1,
+            // The cheapest argon2 natterd allows: hashing is not what this target tests.
+            password_cost: PasswordCost {
+                memory_kib: 8,
+                iterations: 1,
+            },
+            // Never rate-limited, so the outcome of an input does not depend on earlier ones.
+            auth_rate_limit: u32::MAX,
+            ..Config::default()
+        };
+        let endpoints = Endpoints {
+            http: SocketAddr::from(([127, 0, 0, 1], 7180)),
+            tcp: SocketAddr::from(([127, 0, 0, 1], 7100)),
+        };
+        // A mesh without cores: logout's close-device command has nowhere to go and is dropped.
+        Api::new(
+            &config,
+            store,
+            Mesh::new(Vec::new()),
+            Arc::new(Metrics::new(1)),
+            endpoints,
+        )
+    })
+}
+
+/// A fresh directory for this process's store; removes those of processes that are gone.
+fn store_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    let base = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let proc = Path::new("/proc");
+    if proc.is_dir()
+        && let Ok(entries) = std::fs::read_dir(&base)
+    {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !proc.join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = base.join(format!("{DIR_PREFIX}{}", std::process::id()));
+    // A directory of an earlier process with the same id: start afresh.
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The requests of an input: the pieces between `%%` lines.
+fn split(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let data = rest?;
+        let mut at = 0;
+        loop {
+            let Some(line_end) = data.get(at..)?.iter().position(|&b| b == b'\n').map(|i| at + i) else {
+                rest = None;
+                return Some(data);
+            };
+            let next = line_end + 1;
+            let line = data.get(next..).unwrap_or_default();
+            let sep = line
+                .strip_prefix(b"%%")
+                .filter(|l| l.is_empty() || l.starts_with(b"\n") || l.starts_with(b"\r\n"));
+            if let Some(after) = sep {
+                let after = after.strip_prefix(b"\r").unwrap_or(after);
+                rest = Some(after.strip_prefix(b"\n").unwrap_or(after));
+                return data.get(..line_end);
+            }
+            at = next;
+        }
+    })
+}
+
+/// One request's parts, before placeholders are replaced.
+struct Parsed<'a> {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    remote: IpAddr,
+    body: &'a [u8],
+}
+
+impl<'a> Parsed<'a> {
+    fn parse(raw: &'a [u8]) -> Self {
+        let (head, body) = match find(raw, b"\n\n") {
+            Some(i) => (
+                raw.get(..i).unwrap_or_default(),
+                raw.get(i + 2..).unwrap_or_default(),
+            ),
+            None => (raw, &[][..]),
+        };
+        let mut lines = head
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let first = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+        let (method, path) = match first.split_once(' ') {
+            Some((m, p)) => (m.to_owned(), p.to_owned()),
+            None => (first, String::new()),
+        };
+        let mut parsed = Parsed {
+            method,
+            path,
+            authorization: None,
+            remote: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            body,
+        };
+        for line in lines {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (name, value) = (
+                line.get(..colon).unwrap_or_default(),
+                line.get(colon + 1..).unwrap_or_default(),
+            );
+            let value = String::from_utf8_lossy(value).trim().to_owned();
+            if name.eq_ignore_ascii_case(b"authorization") {
+                parsed.authorization.get_or_insert(value);
+            } else if name.eq_ignore_ascii_case(b"x-remote") {
+                if let Ok(ip) = value.parse() {
+                    parsed.remote = ip;
+                }
+            }
+        }
+        parsed
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Tokens and user ids the API handed out during this input.
+#[derive(Default)]
+struct Seen {
+    tokens: Vec<String>,
+    users: Vec<u64>,
+}
+
+impl Seen {
+    /// Replaces `$N`, `$Tn` and `$Un` in `text`.
+    fn substitute(&self, text: &[u8], execution: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        let mut i = 0;
+        while let Some(&b) = text.get(i) {
+            let next = text.get(i + 1).copied();
+            let digit = text
+                .get(i + 2)
+                .filter(|d| d.is_ascii_digit())
+                .map(|d| usize::from(d - b'0'));
+            match (b, next, digit) {
+                (b'$', Some(b'N'), _) => {
+                    out.extend_from_slice(execution.to_string().as_bytes());
+                    i += 2;
+                }
+                (b'$', Some(b'T'), Some(n)) => {
+                    if let Some(t) = self.tokens.get(n % self.tokens.len().max(1)) {
+                        out.extend_from_slice(t.as_bytes());
+                    }
+                    i += 3;
+                }
+                (b'$', Some(b'U'), Some(n)) => {
+                    let user = self.users.get(n % self.users.len().max(1)).copied().unwrap_or(0);
+                    out.extend_from_slice(user.to_string().as_bytes());
+                    i += 3;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn record(&mut self, response: &Response) {
+        if !(200..300).contains(&response.status) {
+            return;
+        }
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&response.body) else {
+            return;
+        };
+        if let Some(token) = json.get("token").and_then(|t| t.as_str()) {
+            self.tokens.push(token.to_owned());
+        }
+        if let Some(user) = json.get("user_id").and_then(|u| u.as_u64()) {
+            self.users.push(user);
+        }
+    }
+}
+
+/// The invariants of one answer.
+fn check(request: &Request<'_>, response: &Response) {
+    let route = request.path.split_once('?').map_or(request.path, |(p, _)| p);
+    assert!(
+        (200..500).contains(&response.status),
+        "{} {:?} answered {} {}",
+        request.method,
+        request.path,
+        response.status,
+        response.body
+    );
+    let is_json_route = route == "/v1" || route.starts_with("/v1/") || route == "/healthz";
+    if is_json_route {
+        assert_eq!(
+            response.content_type, "application/json",
+            "{} {route:?} is not JSON",
+            request.method
+        );
+    }
+    if route == "/metrics" && request.method == "GET" {
+        assert!(
+            response.content_type.starts_with("text/plain"),
+            "/metrics is not Prometheus text"
+        );
+    }
+    if response.content_type == "application/json" {
+        if response.status == 204 {
+            assert!(response.body.is_empty(), "a 204 with a body");
+        } else {
+            let json: serde_json::Value = match serde_json::from_str(&response.body) {
+                Ok(json) => json,
+                Err(err) => panic!(
+                    "{} {route:?}: the body is not JSON ({err}): {}",
+                    request.method, response.body
+                ),
+            };
+            if response.status >= 400 {
+                let error = json.get("error");
+                let code = error.and_then(|e| e.get("code")).and_then(|c| c.as_str());
+                let message = error.and_then(|e| e.get("message")).and_then(|m| m.as_str());
+                assert!(
+                    code.is_some_and(|c| !c.is_empty()) && message.is_some(),
+                    "an error answer without error.code/message: {}",
+                    response.body
+                );
+            }
+        }
+    }
+    if response.status == 405 {
+        assert!(response.allow.is_some(), "a 405 without an Allow header");
+    }
+}

@@ -1,0 +1,494 @@
+//! The side-port's request handling as a pure function of a parsed request:
+//! routing, authentication, rate limiting, validation, and the calls into the
+//! store. [`Api::handle`] knows nothing of sockets, so unit tests and fuzz
+//! targets drive it directly; `server.rs` is the transport around it.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::http::Endpoints;
+use crate::http::error::HttpError;
+use crate::http::password::Passwords;
+use crate::http::ratelimit::RateLimiter;
+use crate::ids::{DeviceId, UserId};
+use crate::metrics::Metrics;
+use crate::runtime::Mesh;
+use crate::store::{FriendOutcome, Store, StoreError};
+
+/// Shortest accepted username, in characters.
+pub const USERNAME_MIN: usize = 3;
+/// Longest accepted username, in characters.
+pub const USERNAME_MAX: usize = 32;
+/// Shortest accepted password, in bytes.
+pub const PASSWORD_MIN: usize = 8;
+/// Longest accepted password, in bytes (argon2 input; bounds hashing work).
+pub const PASSWORD_MAX: usize = 1024;
+/// Longest accepted device name, in characters.
+pub const DEVICE_NAME_MAX: usize = 64;
+
+const JSON: &str = "application/json";
+const PROMETHEUS: &str = "text/plain; version=0.0.4";
+
+/// A parsed HTTP request, independent of any HTTP library.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The method, e.g. `"POST"` (case-sensitive, as HTTP says).
+    pub method: &'a str,
+    /// The request target's path, possibly with a `?query` (ignored).
+    pub path: &'a str,
+    /// The `Authorization` header's value, if any.
+    pub authorization: Option<&'a str>,
+    /// The body (at most 64 KiB; the transport enforces that).
+    pub body: &'a [u8],
+    /// The client's address, for rate limiting.
+    pub remote: IpAddr,
+}
+
+/// What to answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// JSON, Prometheus text, or empty (204).
+    pub body: String,
+    /// The `Content-Type` of `body`.
+    pub content_type: &'static str,
+    /// For 405: the methods the route takes (the `Allow` header).
+    pub allow: Option<&'static str>,
+}
+
+impl Response {
+    fn json(status: u16, value: &serde_json::Value) -> Self {
+        Self {
+            status,
+            body: value.to_string(),
+            content_type: JSON,
+            allow: None,
+        }
+    }
+
+    fn no_content() -> Self {
+        Self {
+            status: 204,
+            body: String::new(),
+            content_type: JSON,
+            allow: None,
+        }
+    }
+
+    /// The error response for `error` with its default message.
+    pub fn error(error: HttpError) -> Self {
+        Self {
+            status: error.status(),
+            body: error.body(),
+            content_type: JSON,
+            allow: None,
+        }
+    }
+
+    fn error_with(error: HttpError, message: &str) -> Self {
+        Self {
+            status: error.status(),
+            body: error.body_with(message),
+            content_type: JSON,
+            allow: None,
+        }
+    }
+}
+
+impl From<HttpError> for Response {
+    fn from(error: HttpError) -> Self {
+        Self::error(error)
+    }
+}
+
+/// Every route of the side-port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Healthz,
+    Metrics,
+    Signup,
+    Login,
+    Logout,
+    Endpoints,
+    Friends,
+    FriendRequest,
+    AcceptFriend(&'a str),
+    RemoveFriend(&'a str),
+}
+
+impl<'a> Route<'a> {
+    fn parse(path: &'a str) -> Option<Self> {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let mut segments = path.strip_prefix('/')?.split('/');
+        let route = match (
+            segments.next()?,
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) {
+            ("healthz", None, ..) => Self::Healthz,
+            ("metrics", None, ..) => Self::Metrics,
+            ("v1", Some("signup"), None, ..) => Self::Signup,
+            ("v1", Some("login"), None, ..) => Self::Login,
+            ("v1", Some("logout"), None, ..) => Self::Logout,
+            ("v1", Some("endpoints"), None, ..) => Self::Endpoints,
+            ("v1", Some("friends"), None, ..) => Self::Friends,
+            ("v1", Some("friends"), Some("requests"), None, _) => Self::FriendRequest,
+            ("v1", Some("friends"), Some("requests"), Some(id), Some("accept"))
+                if segments.next().is_none() =>
+            {
+                Self::AcceptFriend(id)
+            }
+            ("v1", Some("friends"), Some(id), None, _) if id != "requests" => Self::RemoveFriend(id),
+            _ => return None,
+        };
+        Some(route)
+    }
+
+    /// The one method this route takes.
+    fn method(self) -> &'static str {
+        match self {
+            Self::Healthz | Self::Metrics | Self::Endpoints | Self::Friends => "GET",
+            Self::Signup | Self::Login | Self::Logout | Self::FriendRequest | Self::AcceptFriend(_) => "POST",
+            Self::RemoveFriend(_) => "DELETE",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignupBody {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    username: String,
+    password: String,
+    device_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FriendRequestBody {
+    username: String,
+}
+
+/// The side-port's shared state; one per process, used by every HTTP worker.
+#[derive(Debug)]
+pub struct Api {
+    store: Arc<Store>,
+    mesh: Mesh,
+    metrics: Arc<Metrics>,
+    endpoints: Endpoints,
+    passwords: Passwords,
+    limiter: RateLimiter,
+}
+
+/// The outcome of a handler: a success response or an error from the catalogue.
+type Handled = Result<Response, Response>;
+
+impl Api {
+    /// Builds the API over the shared store, the core mesh (for logout) and the
+    /// metrics, with limits from `config`: argon2 cost `config.password_cost`,
+    /// at most `config.cores` hashes at once, `config.auth_rate_limit`
+    /// signups+logins per address per minute.
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        mesh: Mesh,
+        metrics: Arc<Metrics>,
+        endpoints: Endpoints,
+    ) -> Self {
+        Self {
+            store,
+            mesh,
+            metrics,
+            endpoints,
+            passwords: Passwords::new(config.password_cost, config.cores),
+            limiter: RateLimiter::new(config.auth_rate_limit),
+        }
+    }
+
+    /// The metrics this API reports on `/metrics` (the transport counts answers into them).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Answers one request. Blocking: may hash a password and waits for the
+    /// store's fsync on writes. Never panics on any input.
+    pub fn handle(&self, req: &Request<'_>) -> Response {
+        let Some(route) = Route::parse(req.path) else {
+            return HttpError::NotFound.into();
+        };
+        if req.method != route.method() {
+            return Response {
+                allow: Some(route.method()),
+                ..Response::error(HttpError::MethodNotAllowed)
+            };
+        }
+        let result = match route {
+            Route::Healthz => Ok(Response::json(200, &json!({"status": "ok"}))),
+            Route::Metrics => Ok(Response {
+                status: 200,
+                body: self.metrics.render(),
+                content_type: PROMETHEUS,
+                allow: None,
+            }),
+            Route::Endpoints => Ok(Response::json(200, &json!(&self.endpoints))),
+            Route::Signup => self.signup(req),
+            Route::Login => self.login(req),
+            Route::Logout => self.logout(req),
+            Route::Friends => self.list_friends(req),
+            Route::FriendRequest => self.request_friend(req),
+            Route::AcceptFriend(id) => self.accept_friend(req, id),
+            Route::RemoveFriend(id) => self.remove_friend(req, id),
+        };
+        result.unwrap_or_else(|error| error)
+    }
+
+    fn signup(&self, req: &Request<'_>) -> Handled {
+        self.rate_limit(req)?;
+        let body: SignupBody = parse_json(req.body)?;
+        let username = validate_username(&body.username)?;
+        validate_password(&body.password)?;
+        // Cheap early answer for a taken name; `create_user` re-checks under its lock.
+        if self.store.user_by_name(&username).map_err(store_error)?.is_some() {
+            return Err(HttpError::UsernameTaken.into());
+        }
+        let phc = self.passwords.hash(&body.password).map_err(|e| {
+            tracing::error!(error = %e, "password hashing failed");
+            Response::error(HttpError::Internal)
+        })?;
+        let user = self.store.create_user(&username, &phc).map_err(store_error)?;
+        tracing::debug!(%user, "signup");
+        Ok(Response::json(201, &json!({"user_id": user.0})))
+    }
+
+    fn login(&self, req: &Request<'_>) -> Handled {
+        self.rate_limit(req)?;
+        let body: LoginBody = parse_json(req.body)?;
+        validate_device_name(&body.device_name)?;
+        if body.password.len() > PASSWORD_MAX {
+            // No account has such a password; answer at once, whoever is named.
+            return Err(HttpError::InvalidCredentials.into());
+        }
+        // A name that cannot exist and an unknown name get the same answer, and
+        // the same time, as a wrong password.
+        let user = match validate_username(&body.username) {
+            Ok(name) => self.store.user_by_name(&name).map_err(store_error)?,
+            Err(_) => None,
+        };
+        let Some(user) = user else {
+            self.passwords.verify_dummy(&body.password);
+            return Err(HttpError::InvalidCredentials.into());
+        };
+        if !self.passwords.verify(&body.password, &user.password_phc) {
+            return Err(HttpError::InvalidCredentials.into());
+        }
+        let (device, token) = self
+            .store
+            .create_device(user.id, &body.device_name)
+            .map_err(store_error)?;
+        tracing::debug!(user = %user.id, %device, "login");
+        Ok(Response::json(
+            200,
+            &json!({
+                "user_id": user.id.0,
+                "device_id": device.0,
+                "token": token,
+                "endpoints": &self.endpoints,
+            }),
+        ))
+    }
+
+    fn logout(&self, req: &Request<'_>) -> Handled {
+        let token = bearer(req)?;
+        match self.store.revoke(token).map_err(store_error)? {
+            Some((user, device)) => {
+                self.mesh.close_device(user, device);
+                tracing::debug!(%user, %device, "logout");
+                Ok(Response::no_content())
+            }
+            None => Err(HttpError::InvalidToken.into()),
+        }
+    }
+
+    fn list_friends(&self, req: &Request<'_>) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let list = self.store.friends(user).map_err(store_error)?;
+        let entries = |v: &[(UserId, String)]| {
+            v.iter()
+                .map(|(id, name)| json!({"user_id": id.0, "username": name}))
+                .collect::<Vec<_>>()
+        };
+        Ok(Response::json(
+            200,
+            &json!({
+                "friends": entries(&list.friends),
+                "incoming": entries(&list.incoming),
+                "outgoing": entries(&list.outgoing),
+            }),
+        ))
+    }
+
+    fn request_friend(&self, req: &Request<'_>) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let body: FriendRequestBody = parse_json(req.body)?;
+        let name = validate_username(&body.username)?;
+        let other = self
+            .store
+            .user_by_name(&name)
+            .map_err(store_error)?
+            .ok_or(HttpError::UserNotFound)?;
+        if other.id == user {
+            return Err(HttpError::CannotBefriendSelf.into());
+        }
+        let status = match self.store.request_friend(user, other.id).map_err(store_error)? {
+            FriendOutcome::Requested => "requested",
+            FriendOutcome::BecameFriends | FriendOutcome::AlreadyFriends => "friends",
+        };
+        Ok(Response::json(
+            200,
+            &json!({"status": status, "user_id": other.id.0}),
+        ))
+    }
+
+    fn accept_friend(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let from = parse_user_id(id)?;
+        if self.store.accept_friend(user, from).map_err(store_error)? {
+            Ok(Response::json(
+                200,
+                &json!({"status": "friends", "user_id": from.0}),
+            ))
+        } else {
+            Err(HttpError::NoFriendRequest.into())
+        }
+    }
+
+    fn remove_friend(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let other = parse_user_id(id)?;
+        if self.store.remove_friend(user, other).map_err(store_error)? {
+            Ok(Response::no_content())
+        } else {
+            Err(HttpError::NotFriends.into())
+        }
+    }
+
+    fn authenticate(&self, req: &Request<'_>) -> Result<(UserId, DeviceId), Response> {
+        let token = bearer(req)?;
+        self.store
+            .authenticate(token)
+            .map_err(store_error)?
+            .ok_or_else(|| HttpError::InvalidToken.into())
+    }
+
+    fn rate_limit(&self, req: &Request<'_>) -> Result<(), Response> {
+        if self.limiter.allow(req.remote, Instant::now()) {
+            Ok(())
+        } else {
+            Err(HttpError::RateLimited.into())
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+fn bearer<'a>(req: &Request<'a>) -> Result<&'a str, Response> {
+    let value = req.authorization.ok_or(HttpError::InvalidToken)?;
+    match value.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(HttpError::InvalidToken.into()),
+    }
+}
+
+/// Parses a JSON body into `T`, mapping each kind of failure to its code.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        let text = e.to_string();
+        let kind = match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => HttpError::MalformedJson,
+            Category::Data if text.starts_with("unknown field") => HttpError::UnknownField,
+            Category::Data if text.starts_with("missing field") => HttpError::MissingField,
+            Category::Data => HttpError::InvalidType,
+        };
+        Response::error_with(kind, &text)
+    })
+}
+
+/// Validates a username and returns its canonical (lowercase) form: 3–32
+/// characters of `[a-z0-9_.-]` after ASCII lowercasing. Non-ASCII input is refused
+/// outright (so no Unicode case folding can map look-alikes onto a name).
+///
+/// # Errors
+/// `invalid_username`.
+pub fn validate_username(name: &str) -> Result<String, HttpError> {
+    let ok = (USERNAME_MIN..=USERNAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(name.to_ascii_lowercase())
+    } else {
+        Err(HttpError::InvalidUsername)
+    }
+}
+
+fn validate_password(password: &str) -> Result<(), HttpError> {
+    if (PASSWORD_MIN..=PASSWORD_MAX).contains(&password.len()) {
+        Ok(())
+    } else {
+        Err(HttpError::InvalidPassword)
+    }
+}
+
+fn validate_device_name(name: &str) -> Result<(), HttpError> {
+    let chars = name.chars().count();
+    if (1..=DEVICE_NAME_MAX).contains(&chars) && !name.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(HttpError::InvalidDeviceName)
+    }
+}
+
+/// A `{user_id}` path segment: decimal digits only, not zero.
+fn parse_user_id(segment: &str) -> Result<UserId, HttpError> {
+    if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HttpError::InvalidUserId);
+    }
+    match segment.parse::<u64>() {
+        Ok(id) if id > 0 => Ok(UserId(id)),
+        _ => Err(HttpError::InvalidUserId),
+    }
+}
+
+fn store_error(error: StoreError) -> Response {
+    match error {
+        StoreError::UsernameTaken => HttpError::UsernameTaken.into(),
+        StoreError::UnknownUser(_) => HttpError::UserNotFound.into(),
+        StoreError::SelfFriendship => HttpError::CannotBefriendSelf.into(),
+        StoreError::Io(e) => {
+            tracing::error!(error = %e, "store unavailable");
+            HttpError::Unavailable.into()
+        }
+        other => {
+            tracing::error!(error = %other, "store error");
+            HttpError::Internal.into()
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

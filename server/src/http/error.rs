@@ -1,0 +1,198 @@
+//! The side-port's error catalogue: every error the HTTP API can answer, with its
+//! status and its stable `code` string, in one table.
+//!
+//! Clients branch on `code`, never on `message` (human text that may change). The
+//! body is always `{"error":{"code":"…","message":"…"}}`.
+//!
+//! | status | code                   | when |
+//! |--------|------------------------|------|
+//! | 400    | `bad_request`          | the HTTP request itself is malformed (request line, headers, `Content-Length`) |
+//! | 400    | `malformed_json`       | the body is not JSON (syntax error, truncated, not UTF-8) |
+//! | 400    | `unknown_field`        | the JSON object has a field the endpoint does not take |
+//! | 400    | `missing_field`        | a required field is absent |
+//! | 400    | `invalid_type`         | a field has the wrong type (or the body is not an object) |
+//! | 400    | `invalid_username`     | username not 3–32 characters of `[a-z0-9_.-]` after lowercasing |
+//! | 400    | `invalid_password`     | password not 8–1024 bytes |
+//! | 400    | `invalid_device_name`  | device name not 1–64 characters, or has control characters |
+//! | 400    | `invalid_user_id`      | a `{user_id}` path segment is not a positive integer |
+//! | 400    | `cannot_befriend_self` | a friend request to yourself |
+//! | 401    | `invalid_token`        | missing, malformed, unknown or revoked `Authorization: Bearer` token |
+//! | 401    | `invalid_credentials`  | login with an unknown username or a wrong password (same answer for both) |
+//! | 404    | `not_found`            | no such route |
+//! | 404    | `user_not_found`       | the named user does not exist |
+//! | 404    | `no_friend_request`    | accepting a request that was never made |
+//! | 404    | `not_friends`          | removing a relation that does not exist |
+//! | 405    | `method_not_allowed`   | the route exists but not with this method (`Allow` lists the right ones) |
+//! | 409    | `username_taken`       | signup with a name that exists (case-insensitively) |
+//! | 411    | `length_required`      | a body sent without `Content-Length` (chunked bodies are not accepted) |
+//! | 413    | `body_too_large`       | body over 64 KiB |
+//! | 429    | `rate_limited`         | too many signups/logins from this address; retry later |
+//! | 431    | `headers_too_large`    | request line plus headers over 16 KiB, or over 64 headers |
+//! | 500    | `internal`             | a bug or a corrupt record; logged |
+//! | 503    | `unavailable`          | the store failed or the server is overloaded/stopping; retry later |
+
+use std::fmt::Write as _;
+
+/// One entry of the error catalogue (see the module docs for the table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HttpError {
+    /// 400: the HTTP request itself is malformed.
+    BadRequest,
+    /// 400: the body is not JSON.
+    MalformedJson,
+    /// 400: the JSON object has a field the endpoint does not take.
+    UnknownField,
+    /// 400: a required field is absent.
+    MissingField,
+    /// 400: a field has the wrong type.
+    InvalidType,
+    /// 400: username fails validation.
+    InvalidUsername,
+    /// 400: password fails validation.
+    InvalidPassword,
+    /// 400: device name fails validation.
+    InvalidDeviceName,
+    /// 400: a `{user_id}` path segment is not a positive integer.
+    InvalidUserId,
+    /// 400: a friend request to yourself.
+    CannotBefriendSelf,
+    /// 401: missing or bad bearer token.
+    InvalidToken,
+    /// 401: unknown user or wrong password.
+    InvalidCredentials,
+    /// 404: no such route.
+    NotFound,
+    /// 404: the named user does not exist.
+    UserNotFound,
+    /// 404: no pending request from that user.
+    NoFriendRequest,
+    /// 404: no relation with that user.
+    NotFriends,
+    /// 405: the route exists with other methods.
+    MethodNotAllowed,
+    /// 409: the username exists.
+    UsernameTaken,
+    /// 411: a body without `Content-Length`.
+    LengthRequired,
+    /// 413: body over the limit.
+    BodyTooLarge,
+    /// 429: too many signups/logins from this address.
+    RateLimited,
+    /// 431: request head over the limit.
+    HeadersTooLarge,
+    /// 500: a bug or a corrupt record.
+    Internal,
+    /// 503: the store failed, or the server is overloaded or stopping.
+    Unavailable,
+}
+
+impl HttpError {
+    /// The catalogue: `(status, code, default message)`.
+    pub fn parts(self) -> (u16, &'static str, &'static str) {
+        match self {
+            Self::BadRequest => (400, "bad_request", "malformed HTTP request"),
+            Self::MalformedJson => (400, "malformed_json", "the body is not valid JSON"),
+            Self::UnknownField => (
+                400,
+                "unknown_field",
+                "the body has a field this endpoint does not take",
+            ),
+            Self::MissingField => (400, "missing_field", "the body lacks a required field"),
+            Self::InvalidType => (400, "invalid_type", "a field of the body has the wrong type"),
+            Self::InvalidUsername => (
+                400,
+                "invalid_username",
+                "usernames are 3 to 32 characters of a-z, 0-9, '_', '.', '-' (case-insensitive)",
+            ),
+            Self::InvalidPassword => (400, "invalid_password", "passwords are 8 to 1024 bytes"),
+            Self::InvalidDeviceName => (
+                400,
+                "invalid_device_name",
+                "device names are 1 to 64 characters without control characters",
+            ),
+            Self::InvalidUserId => (400, "invalid_user_id", "user ids are positive integers"),
+            Self::CannotBefriendSelf => (400, "cannot_befriend_self", "you cannot befriend yourself"),
+            Self::InvalidToken => (
+                401,
+                "invalid_token",
+                "missing, unknown or revoked token (send 'Authorization: Bearer <token>')",
+            ),
+            Self::InvalidCredentials => (401, "invalid_credentials", "wrong username or password"),
+            Self::NotFound => (404, "not_found", "no such endpoint"),
+            Self::UserNotFound => (404, "user_not_found", "no such user"),
+            Self::NoFriendRequest => (
+                404,
+                "no_friend_request",
+                "that user has not asked to be your friend",
+            ),
+            Self::NotFriends => (404, "not_friends", "no friendship or request with that user"),
+            Self::MethodNotAllowed => (
+                405,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            ),
+            Self::UsernameTaken => (409, "username_taken", "that username is taken"),
+            Self::LengthRequired => (
+                411,
+                "length_required",
+                "send the body with a Content-Length header",
+            ),
+            Self::BodyTooLarge => (413, "body_too_large", "request bodies are limited to 64 KiB"),
+            Self::RateLimited => (
+                429,
+                "rate_limited",
+                "too many signups or logins from your address; retry later",
+            ),
+            Self::HeadersTooLarge => (431, "headers_too_large", "request headers are too large"),
+            Self::Internal => (500, "internal", "internal server error"),
+            Self::Unavailable => (503, "unavailable", "service unavailable; retry later"),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        self.parts().0
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The default human-readable message.
+    pub fn message(self) -> &'static str {
+        self.parts().2
+    }
+
+    /// The JSON error body with the default message.
+    pub fn body(self) -> String {
+        self.body_with(self.message())
+    }
+
+    /// The JSON error body with a more specific message.
+    pub fn body_with(self, message: &str) -> String {
+        let mut out = String::with_capacity(48 + message.len());
+        let _ = write!(
+            out,
+            r#"{{"error":{{"code":"{}","message":{}}}}}"#,
+            self.code(),
+            serde_json::Value::from(message)
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_json_with_code_and_message() {
+        let body = HttpError::UsernameTaken.body_with("name \"x\" is taken");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "username_taken");
+        assert_eq!(v["error"]["message"], "name \"x\" is taken");
+        assert_eq!(HttpError::NotFound.status(), 404);
+    }
+}

@@ -1,0 +1,19 @@
+//! natterd, the natter chat server: configuration, the sans-IO chat core, the
+//! per-core mio runtime, the embedded store and the HTTP side-port.
+//!
+//! `docs/ARCHITECTURE.md` describes how the parts fit; `main.rs` only parses
+//! flags and calls [`run`].
+
+pub mod config;
+pub mod core;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+pub mod http;
+pub mod ids;
+pub mod metrics;
+pub mod runtime;
+mod server;
+pub mod store;
+pub mod transport;
+
+pub use server::{Server, ServerError, run};

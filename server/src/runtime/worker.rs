@@ -1,0 +1,476 @@
+//! One core's event loop: a thin mio driver around [`Core`].
+//!
+//! It accepts on its own `SO_REUSEPORT` listener, moves bytes between sockets
+//! and the core, drains its command queue, fires the core's timers and carries
+//! out the core's actions (including token lookups in the store and handing
+//! sessions to their home core). Every protocol decision is the core's.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_channel::Receiver;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::core::{Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus};
+use crate::ids::CoreId;
+use crate::metrics::Metrics;
+use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
+use crate::store::Store;
+use crate::transport::tcp;
+
+/// Token of the listener; connections use their `ConnId` as token.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the waker other threads use after queueing a command.
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+
+/// Connections accepted per loop turn: a connect storm is spread over turns so
+/// established sessions keep being served in between.
+const ACCEPTS_PER_TURN: usize = 256;
+/// Bytes read from one connection per loop turn before moving on to others.
+const READ_BYTES_PER_TURN: usize = 256 * 1024;
+/// Size of the per-core read scratch buffer (one read syscall's worth).
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes queued for one connection before the core stops reading from it
+/// (TCP backpressure: a client that does not read its answers is not served).
+const MAX_OUTBOUND: usize = 1024 * 1024;
+/// Readiness events taken per `poll` call.
+const EVENTS_CAPACITY: usize = 1024;
+
+/// A session moving to another core, with its socket and buffered bytes.
+#[derive(Debug)]
+pub struct Adopted {
+    stream: TcpStream,
+    session: Detached,
+    inbound: BytesMut,
+    outbound: VecDeque<Bytes>,
+}
+
+/// One client socket and its byte buffers. Empty buffers hold no allocation,
+/// so an idle session costs only this struct and the core's session entry.
+#[derive(Debug)]
+struct Socket {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed by the core (a partial frame, or frames
+    /// left for the next turn).
+    inbound: BytesMut,
+    /// Frames (or their unwritten tails) waiting for the socket to drain.
+    outbound: VecDeque<Bytes>,
+    queued: usize,
+    /// Reading stopped: the core paused input or too much outbound is queued.
+    read_blocked: bool,
+}
+
+/// The event loop of one core.
+pub(crate) struct Worker {
+    id: CoreId,
+    poll: Poll,
+    listener: TcpListener,
+    queue: Receiver<Command>,
+    mesh: Mesh,
+    core: Core,
+    sockets: Vec<Option<Socket>>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    scratch: Box<[u8]>,
+    /// Connections with work left over from the last turn (budget ran out).
+    again: Vec<ConnId>,
+    accept_pending: bool,
+    /// Commands for other cores whose queues were full; retried every turn.
+    outbox: VecDeque<(CoreId, Command)>,
+    shutting_down: bool,
+}
+
+impl Worker {
+    /// Builds the loop for core `id`; the listener is registered here.
+    pub(crate) fn new(
+        config: CoreConfig,
+        poll: Poll,
+        mut listener: TcpListener,
+        queue: Receiver<Command>,
+        mesh: Mesh,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Ok(Self {
+            id: config.core,
+            core: Core::new(config, Instant::now(), unix_ms),
+            poll,
+            listener,
+            queue,
+            mesh,
+            sockets: Vec::new(),
+            store,
+            metrics,
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            again: Vec::new(),
+            accept_pending: false,
+            outbox: VecDeque::new(),
+            shutting_down: false,
+        })
+    }
+
+    /// Runs until a [`Command::Shutdown`] has been handled.
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        tracing::debug!(core = self.id.0, "event loop started");
+        loop {
+            let timeout = if !self.again.is_empty() || self.accept_pending || !self.outbox.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                self.core
+                    .poll_timeout()
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+            };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            let again = std::mem::take(&mut self.again);
+            for conn in again {
+                self.service_read(conn, now);
+            }
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept_pending = true,
+                    WAKER => {}
+                    token => {
+                        let conn = ConnId(token.0);
+                        if event.is_writable() {
+                            self.flush(conn);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.service_read(conn, now);
+                        }
+                    }
+                }
+            }
+            if self.accept_pending && !self.shutting_down {
+                self.accept(now);
+            }
+            self.drain_commands(now);
+            self.core.handle_timeout(now);
+            self.run_actions(now);
+            self.flush_outbox();
+            self.publish_stats();
+            if self.shutting_down {
+                break;
+            }
+        }
+        tracing::debug!(core = self.id.0, "event loop stopped");
+        Ok(())
+    }
+
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let (mut stream, _peer) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: the listener stays readable; back off
+                    // until the next turn instead of spinning.
+                    tracing::warn!(core = self.id.0, error = %e, "accept failed");
+                    self.accept_pending = false;
+                    return;
+                }
+            };
+            self.metrics_core().accepted.fetch_add(1, Ordering::Relaxed);
+            let Some(conn) = self.core.handle_accept(now) else {
+                let frame = self.core.refusal();
+                let _ = stream.write(&frame);
+                continue;
+            };
+            if let Err(e) = self.install(conn, stream, BytesMut::new(), VecDeque::new()) {
+                tracing::debug!(core = self.id.0, error = %e, "could not register a connection");
+                self.core.handle_closed(conn);
+            }
+            self.run_actions(now);
+        }
+        // Budget spent: accept_pending stays set, so the loop polls with a zero timeout.
+    }
+
+    fn install(
+        &mut self,
+        conn: ConnId,
+        mut stream: TcpStream,
+        inbound: BytesMut,
+        outbound: VecDeque<Bytes>,
+    ) -> io::Result<()> {
+        tcp::configure_stream(&stream)?;
+        self.poll.registry().register(
+            &mut stream,
+            Token(conn.0),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        if self.sockets.len() <= conn.0 {
+            self.sockets.resize_with(conn.0 + 1, || None);
+        }
+        let queued = outbound.iter().map(Bytes::len).sum();
+        if let Some(slot) = self.sockets.get_mut(conn.0) {
+            *slot = Some(Socket {
+                stream,
+                inbound,
+                outbound,
+                queued,
+                read_blocked: false,
+            });
+        }
+        Ok(())
+    }
+
+    fn socket(&mut self, conn: ConnId) -> Option<&mut Socket> {
+        self.sockets.get_mut(conn.0).and_then(Option::as_mut)
+    }
+
+    /// Reads what the socket has (within the per-turn budget) and feeds the core.
+    fn service_read(&mut self, conn: ConnId, now: Instant) {
+        let mut budget = READ_BYTES_PER_TURN;
+        loop {
+            // First let the core consume what is buffered.
+            let status = {
+                let Some(socket) = self.sockets.get_mut(conn.0).and_then(Option::as_mut) else {
+                    return;
+                };
+                if socket.inbound.is_empty() {
+                    InputStatus::Drained
+                } else {
+                    let mut inbound = std::mem::take(&mut socket.inbound);
+                    let status = self.core.handle_input(conn, &mut inbound, now);
+                    if let Some(socket) = self.socket(conn) {
+                        socket.inbound = inbound;
+                    }
+                    status
+                }
+            };
+            self.run_actions(now);
+            let Some(socket) = self.socket(conn) else {
+                return;
+            };
+            if socket.inbound.is_empty() && socket.inbound.capacity() > 0 {
+                // Give the buffer back: idle sessions hold no read memory.
+                socket.inbound = BytesMut::new();
+            }
+            match status {
+                InputStatus::Drained => {}
+                InputStatus::Budget => {
+                    self.again.push(conn);
+                    return;
+                }
+                InputStatus::Paused => {
+                    socket.read_blocked = true;
+                    return;
+                }
+            }
+            if socket.queued > MAX_OUTBOUND {
+                socket.read_blocked = true;
+                return;
+            }
+            socket.read_blocked = false;
+            if budget == 0 {
+                self.again.push(conn);
+                return;
+            }
+            let Some(socket) = self.sockets.get_mut(conn.0).and_then(Option::as_mut) else {
+                return;
+            };
+            match socket.stream.read(&mut self.scratch) {
+                Ok(0) => return self.close(conn),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    let data = self.scratch.get(..n).unwrap_or_default();
+                    if let Some(socket) = self.sockets.get_mut(conn.0).and_then(Option::as_mut) {
+                        socket.inbound.extend_from_slice(data);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(conn),
+            }
+        }
+    }
+
+    /// Writes queued frames until the socket would block.
+    fn flush(&mut self, conn: ConnId) {
+        let Some(socket) = self.socket(conn) else {
+            return;
+        };
+        while let Some(front) = socket.outbound.front_mut() {
+            match socket.stream.write(front) {
+                Ok(0) => return self.close(conn),
+                Ok(n) => {
+                    socket.queued -= n;
+                    front.advance(n);
+                    if front.is_empty() {
+                        socket.outbound.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close(conn),
+            }
+        }
+        if socket.outbound.capacity() > 0 {
+            socket.outbound = VecDeque::new();
+        }
+        if socket.read_blocked && socket.queued <= MAX_OUTBOUND / 2 {
+            socket.read_blocked = false;
+            self.again.push(conn);
+        }
+    }
+
+    fn transmit(&mut self, conn: ConnId, frame: Bytes) {
+        let Some(socket) = self.socket(conn) else {
+            return;
+        };
+        socket.queued += frame.len();
+        socket.outbound.push_back(frame);
+        if socket.outbound.len() == 1 {
+            self.flush(conn);
+        }
+    }
+
+    /// Closes the socket and tells the core.
+    fn close(&mut self, conn: ConnId) {
+        if let Some(mut socket) = self.sockets.get_mut(conn.0).and_then(Option::take) {
+            // Best effort: the Error frame explaining the close is usually queued.
+            for frame in &socket.outbound {
+                if socket.stream.write_all(frame).is_err() {
+                    break;
+                }
+            }
+            let _ = self.poll.registry().deregister(&mut socket.stream);
+            let _ = socket.stream.shutdown(std::net::Shutdown::Write);
+        }
+        self.core.handle_closed(conn);
+    }
+
+    fn run_actions(&mut self, now: Instant) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Transmit { conn, frame } => self.transmit(conn, frame),
+                Action::Close { conn } => self.close(conn),
+                Action::Authenticate { conn, token } => {
+                    let result = match self.store.authenticate(&token) {
+                        Ok(Some((user, device))) => AuthResult::Valid(user, device),
+                        Ok(None) => AuthResult::Invalid,
+                        Err(e) => {
+                            tracing::error!(core = self.id.0, error = %e, "token lookup failed");
+                            AuthResult::StoreUnavailable
+                        }
+                    };
+                    self.core.handle_auth(conn, result, now);
+                }
+                Action::Migrate { conn, to } => self.migrate(conn, to),
+            }
+        }
+    }
+
+    fn migrate(&mut self, conn: ConnId, to: CoreId) {
+        let socket = self.sockets.get_mut(conn.0).and_then(Option::take);
+        let session = self.core.detach(conn);
+        let (Some(mut socket), Some(session)) = (socket, session) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut socket.stream);
+        let adopted = Adopted {
+            stream: socket.stream,
+            session,
+            inbound: socket.inbound,
+            outbound: socket.outbound,
+        };
+        self.outbox.push_back((to, Command::Adopt(Box::new(adopted))));
+    }
+
+    /// Sends the commands queued for other cores; what does not fit stays for
+    /// the next turn. Each target core is woken once per turn.
+    fn flush_outbox(&mut self) {
+        let mut woken = Vec::new();
+        let mut left = VecDeque::new();
+        while let Some((to, cmd)) = self.outbox.pop_front() {
+            match self.mesh.try_push(to, cmd) {
+                Ok(()) => {
+                    if !woken.contains(&to) {
+                        woken.push(to);
+                    }
+                }
+                Err(cmd) => left.push_back((to, cmd)),
+            }
+        }
+        for core in woken {
+            self.mesh.wake(core);
+        }
+        self.outbox = left;
+    }
+
+    fn drain_commands(&mut self, now: Instant) {
+        for _ in 0..COMMANDS_PER_TURN {
+            let Ok(cmd) = self.queue.try_recv() else {
+                return;
+            };
+            match cmd {
+                Command::Adopt(adopted) => {
+                    let Adopted {
+                        stream,
+                        session,
+                        inbound,
+                        outbound,
+                    } = *adopted;
+                    let conn = self.core.handle_adopt(session, now);
+                    if let Err(e) = self.install(conn, stream, inbound, outbound) {
+                        tracing::debug!(core = self.id.0, error = %e, "could not adopt a connection");
+                        self.core.handle_closed(conn);
+                    }
+                    self.run_actions(now);
+                    // Frames pipelined behind the Hello wait in the inbound buffer.
+                    self.service_read(conn, now);
+                }
+                Command::CloseDevice { user, device } => {
+                    self.core.handle_close_device(user, device);
+                    self.run_actions(now);
+                }
+                Command::Shutdown => {
+                    self.shutting_down = true;
+                    self.core.handle_shutdown();
+                    self.run_actions(now);
+                }
+            }
+        }
+        // Budget spent with commands left: come back at once.
+        if !self.queue.is_empty() {
+            self.mesh.wake(self.id);
+        }
+    }
+
+    fn metrics_core(&self) -> &crate::metrics::CoreMetrics {
+        static EMPTY: std::sync::OnceLock<crate::metrics::CoreMetrics> = std::sync::OnceLock::new();
+        self.metrics
+            .cores
+            .get(self.id.0)
+            .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+    }
+
+    fn publish_stats(&self) {
+        let stats = self.core.stats();
+        let m = self.metrics_core();
+        m.connections.store(stats.connections, Ordering::Relaxed);
+        m.sessions.store(stats.sessions, Ordering::Relaxed);
+        m.frames_in.store(stats.frames_in, Ordering::Relaxed);
+        m.frames_out.store(stats.frames_out, Ordering::Relaxed);
+        m.protocol_errors.store(stats.protocol_errors, Ordering::Relaxed);
+    }
+}

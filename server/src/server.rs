@@ -1,0 +1,145 @@
+//! Assembles a running natterd: the store, the per-core event loops and the
+//! HTTP side-port; and takes them down again in order on shutdown.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::config::Config;
+use crate::http::{self, Api, Endpoints, HttpServer};
+use crate::metrics::Metrics;
+use crate::runtime::Cores;
+use crate::store::{Store, StoreError};
+
+/// HTTP worker threads: enough to overlap a few slow password hashes with
+/// quick requests (hashes themselves are capped at one per core).
+fn http_workers(cores: usize) -> usize {
+    (cores * 2).clamp(4, 16)
+}
+
+/// Why natterd could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The store could not be opened or closed cleanly.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A listener, thread or poll could not be set up, or a core died.
+    #[error("{what}: {source}")]
+    Io {
+        /// What natterd was doing.
+        what: &'static str,
+        /// What the OS said.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
+    move |source| ServerError::Io { what, source }
+}
+
+/// A running natterd.
+#[derive(Debug)]
+pub struct Server {
+    cores: Cores,
+    http: HttpServer,
+    store: Arc<Store>,
+    endpoints: Endpoints,
+}
+
+impl Server {
+    /// Opens the store, binds every listener and starts the threads.
+    ///
+    /// # Errors
+    /// When the store cannot be opened or an address cannot be bound.
+    pub fn start(config: Config) -> Result<Self, ServerError> {
+        raise_open_files_limit();
+        let store = Arc::new(Store::open(&config.data_dir)?);
+        let metrics = Arc::new(Metrics::new(config.cores));
+        let http_listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))
+            .map_err(io_err("binding the HTTP side-port"))?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(io_err("reading the HTTP address"))?;
+        let cores = Cores::start(&config, store.clone(), metrics.clone())
+            .map_err(io_err("starting the event loops"))?;
+        let endpoints = Endpoints {
+            http: http_addr,
+            tcp: cores.tcp_addr(),
+        };
+        let api = Arc::new(Api::new(
+            &config,
+            store.clone(),
+            cores.mesh().clone(),
+            metrics,
+            endpoints.clone(),
+        ));
+        let http = http::start(http_listener, api, http_workers(config.cores))
+            .map_err(io_err("starting the HTTP side-port"))?;
+        if config.password_cost.is_lowered() {
+            tracing::warn!(
+                memory_kib = config.password_cost.memory_kib,
+                iterations = config.password_cost.iterations,
+                "password hashing cost is LOWERED below OWASP: for tests and benchmarks only"
+            );
+        }
+        tracing::info!(http = %endpoints.http, tcp = %endpoints.tcp, cores = config.cores,
+            data_dir = %config.data_dir.display(), "natterd listening");
+        Ok(Self {
+            cores,
+            http,
+            store,
+            endpoints,
+        })
+    }
+
+    /// The bound addresses (port 0 resolved).
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Stops accepting, closes every session, then flushes and closes the store.
+    ///
+    /// # Errors
+    /// A core that died of an I/O error, or a store that failed to persist.
+    pub fn shutdown(self) -> Result<(), ServerError> {
+        self.http.shutdown();
+        let cores = self.cores.shutdown().map_err(io_err("stopping the event loops"));
+        self.store.persist()?;
+        cores
+    }
+}
+
+/// Runs natterd until SIGINT or SIGTERM. Prints one `NATTERD_READY {json}`
+/// line on stdout once every listener is bound (for scripts and tests).
+///
+/// # Errors
+/// Anything that stops natterd from starting or stopping cleanly.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(io_err("installing signal handlers"))?;
+    let server = Server::start(config)?;
+    let ready = serde_json::to_string(server.endpoints()).unwrap_or_default();
+    {
+        use std::io::Write as _;
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "NATTERD_READY {ready}");
+        let _ = out.flush();
+    }
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down");
+    }
+    server.shutdown()?;
+    tracing::info!("natterd stopped");
+    Ok(())
+}
+
+/// Lifts the soft open-files limit to the hard one: every connection is a file.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
+}

@@ -1,0 +1,62 @@
+//! The store's decoders as the `store_records` fuzz target reaches them: every
+//! function that turns bytes read from disk into a key or a record, plus the
+//! matching encoders for round-trip checks. Compiled only with the `fuzzing`
+//! feature (STYLE.md convention 12); the store itself never calls it.
+//!
+//! The layout they decode is documented in `keys.rs` and `records.rs`.
+
+use super::keys::{self, FriendState};
+use super::records::{DeviceRecord, UserRecord};
+use crate::ids::UserId;
+
+/// `keys::decode_id`: an 8-byte big-endian id, else `None`.
+pub(crate) fn decode_id(bytes: &[u8]) -> Option<u64> {
+    keys::decode_id(bytes)
+}
+
+/// `keys::id`: the key of one id.
+pub(crate) fn encode_id(id: u64) -> Vec<u8> {
+    keys::id(id).to_vec()
+}
+
+/// `keys::decode_pair`: a 16-byte `a ++ b` key, else `None`.
+pub(crate) fn decode_pair(bytes: &[u8]) -> Option<(u64, u64)> {
+    keys::decode_pair(bytes)
+}
+
+/// `keys::pair`: the key `a ++ b`.
+pub(crate) fn encode_pair(a: u64, b: u64) -> Vec<u8> {
+    keys::pair(a, b).to_vec()
+}
+
+/// A friendship value: its stored byte if `bytes` decodes, and the byte of
+/// its mirror state (the value stored for the other direction).
+pub(crate) fn decode_friend_state(bytes: &[u8]) -> Option<(u8, u8)> {
+    let state = FriendState::decode(bytes)?;
+    Some((state.to_byte(), state.mirror().to_byte()))
+}
+
+/// `UserRecord::decode` for user `id`.
+pub(crate) fn decode_user(id: UserId, bytes: &[u8]) -> Option<UserRecord> {
+    UserRecord::decode(id, bytes)
+}
+
+/// `UserRecord::decode_username`.
+pub(crate) fn decode_username(bytes: &[u8]) -> Option<String> {
+    UserRecord::decode_username(bytes)
+}
+
+/// `UserRecord::encode`.
+pub(crate) fn encode_user(user: &UserRecord) -> Vec<u8> {
+    user.encode()
+}
+
+/// `DeviceRecord::decode`.
+pub(crate) fn decode_device(bytes: &[u8]) -> Option<DeviceRecord> {
+    DeviceRecord::decode(bytes)
+}
+
+/// `DeviceRecord::encode`.
+pub(crate) fn encode_device(device: &DeviceRecord) -> Vec<u8> {
+    device.encode()
+}

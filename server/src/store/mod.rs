@@ -1,0 +1,794 @@
+//! The embedded store: fjall in `--data-dir`, holding accounts, device tokens and
+//! friendships (later also chats and messages).
+//!
+//! # Durability
+//!
+//! The database is opened with `manual_journal_persist(true)`, so nothing is
+//! synced implicitly. Every account write (signup, login, logout, friend change)
+//! is **one** fjall batch across keyspaces, committed with
+//! [`PersistMode::SyncData`]: when a method returns `Ok`, the change is in the
+//! journal and `fdatasync`ed, and only then does the HTTP side-port answer.
+//! A batch is atomic: after a crash either all of its rows exist or none do.
+//!
+//! # Failure
+//!
+//! Any fjall error is reported as [`StoreError::Io`]. A failed commit or sync
+//! poisons the database (fjall refuses every later write) and sets
+//! [`Store::is_poisoned`]; the process is then expected to stop and recover
+//! from the journal on restart, never to retry the write.
+//!
+//! # Concurrency
+//!
+//! `Store` is `Send + Sync` and shared as `Arc<Store>`. Reads (token lookups on
+//! the event loops, profile and friend reads) take no lock of ours. Account
+//! writes are serialised by one mutex inside the store so that username
+//! uniqueness checks, id allocation and friend state transitions are race-free;
+//! that path is low-volume (bounded by argon2 and the per-address rate limit).
+
+#[cfg(feature = "fuzzing")]
+pub(crate) mod fuzz_hooks;
+mod keys;
+mod records;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{DeviceId, UserId};
+use keys::FriendState;
+pub use records::{DeviceRecord, UserRecord};
+
+/// Length of a device token in characters: 32 random bytes as lowercase hex.
+pub const TOKEN_LEN: usize = 64;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Caller error: the (lowercased) username already belongs to an account.
+    #[error("username is taken")]
+    UsernameTaken,
+    /// Caller error: the operation names a user that does not exist.
+    #[error("no user with id {0}")]
+    UnknownUser(UserId),
+    /// Caller error: a user cannot befriend themselves.
+    #[error("a user cannot befriend themselves")]
+    SelfFriendship,
+    /// Internal: a stored key or record does not decode. Data on disk is damaged
+    /// or was written by an incompatible version; the operation is refused.
+    #[error("corrupt record in the store: {what}")]
+    Corrupt {
+        /// Which record, for the log.
+        what: String,
+    },
+    /// Store unavailable: fjall failed (I/O error, poisoned after a failed sync,
+    /// locked by another process). Nothing was acknowledged; after a failed write
+    /// the process must restart and recover.
+    #[error("store unavailable: {0}")]
+    Io(#[from] fjall::Error),
+    /// Internal: the system's random number generator failed (no token was made).
+    #[error("random number generator failed: {0}")]
+    Random(getrandom::Error),
+}
+
+/// What [`Store::request_friend`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FriendOutcome {
+    /// A request is now pending (it was new, or already pending).
+    Requested,
+    /// The other user had already asked: the two are now friends.
+    BecameFriends,
+    /// Nothing changed: they were friends already.
+    AlreadyFriends,
+}
+
+/// A user's relations, each as `(id, username)`, ordered by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FriendList {
+    /// Accepted friends.
+    pub friends: Vec<(UserId, String)>,
+    /// Users who asked this user and wait for an answer.
+    pub incoming: Vec<(UserId, String)>,
+    /// Users this user asked, not answered yet.
+    pub outgoing: Vec<(UserId, String)>,
+}
+
+/// Id counters, owned by the write mutex. Loaded at open, advanced only after
+/// the batch that persists the new value has committed.
+#[derive(Debug)]
+struct Counters {
+    next_user: u64,
+    next_device: u64,
+}
+
+/// The embedded store. See the module docs for durability and concurrency.
+pub struct Store {
+    db: Database,
+    meta: Keyspace,
+    users: Keyspace,
+    usernames: Keyspace,
+    tokens: Keyspace,
+    devices: Keyspace,
+    friends: Keyspace,
+    /// Serialises account writes (never taken by reads).
+    writer: Mutex<Counters>,
+    /// Set once any commit or sync failed.
+    poisoned: AtomicBool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("poisoned", &self.is_poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovering from the journal.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when fjall cannot open the directory (including when
+    /// another process holds it), [`StoreError::Corrupt`] when a counter does not
+    /// decode.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+        let ks = |name| db.keyspace(name, KeyspaceCreateOptions::default);
+        let store = Self {
+            meta: ks(keys::META)?,
+            users: ks(keys::USERS)?,
+            usernames: ks(keys::USERNAMES)?,
+            tokens: ks(keys::TOKENS)?,
+            devices: ks(keys::DEVICES)?,
+            friends: ks(keys::FRIENDS)?,
+            db,
+            writer: Mutex::new(Counters {
+                next_user: 1,
+                next_device: 1,
+            }),
+            poisoned: AtomicBool::new(false),
+        };
+        let counters = Counters {
+            next_user: store.counter(keys::NEXT_USER_ID)?,
+            next_device: store.counter(keys::NEXT_DEVICE_ID)?,
+        };
+        *store.lock() = counters;
+        Ok(store)
+    }
+
+    /// True once a write or sync failed: the store accepts no more writes and
+    /// the process should exit to recover.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Creates an account. `username` must already be validated and lowercased;
+    /// `password_phc` is the argon2id PHC string.
+    ///
+    /// # Errors
+    /// [`StoreError::UsernameTaken`], or a store failure.
+    pub fn create_user(&self, username: &str, password_phc: &str) -> Result<UserId, StoreError> {
+        let mut counters = self.lock();
+        if self.usernames.get(username)?.is_some() {
+            return Err(StoreError::UsernameTaken);
+        }
+        let id = UserId(counters.next_user);
+        let record = UserRecord {
+            id,
+            username: username.to_owned(),
+            password_phc: password_phc.to_owned(),
+            created_ms: now_ms(),
+        };
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.users, keys::id(id.0), record.encode());
+        batch.insert(&self.usernames, username, keys::id(id.0));
+        batch.insert(&self.meta, keys::NEXT_USER_ID, keys::id(id.0 + 1));
+        self.commit(batch)?;
+        counters.next_user = id.0 + 1;
+        Ok(id)
+    }
+
+    /// Looks an account up by its (already lowercased) username.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let Some(value) = self.usernames.get(username)? else {
+            return Ok(None);
+        };
+        let id = keys::decode_id(&value).ok_or_else(|| corrupt(format!("usernames[{username:?}]")))?;
+        match self.user(UserId(id))? {
+            Some(user) => Ok(Some(user)),
+            None => Err(corrupt(format!(
+                "usernames[{username:?}] points to missing user {id}"
+            ))),
+        }
+    }
+
+    /// Looks an account up by id.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let Some(value) = self.users.get(keys::id(id.0))? else {
+            return Ok(None);
+        };
+        UserRecord::decode(id, &value)
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("users[{id}]")))
+    }
+
+    /// The username of `id` (decodes less than [`Store::user`]).
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn username(&self, id: UserId) -> Result<Option<String>, StoreError> {
+        let Some(value) = self.users.get(keys::id(id.0))? else {
+            return Ok(None);
+        };
+        UserRecord::decode_username(&value)
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("users[{id}]")))
+    }
+
+    /// Registers a new device of `user` and returns its id and token (64 hex
+    /// characters of 32 random bytes). Only the token's sha256 is stored.
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownUser`], [`StoreError::Random`], or a store failure.
+    pub fn create_device(&self, user: UserId, device_name: &str) -> Result<(DeviceId, String), StoreError> {
+        let mut raw = [0u8; TOKEN_LEN / 2];
+        getrandom::fill(&mut raw).map_err(StoreError::Random)?;
+        let token = hex_encode(&raw);
+        let token_hash = sha256(&raw);
+
+        let mut counters = self.lock();
+        if self.users.get(keys::id(user.0))?.is_none() {
+            return Err(StoreError::UnknownUser(user));
+        }
+        let device = DeviceId(counters.next_device);
+        let record = DeviceRecord {
+            name: device_name.to_owned(),
+            created_ms: now_ms(),
+            token_hash,
+        };
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.tokens, token_hash, keys::pair(user.0, device.0));
+        batch.insert(&self.devices, keys::pair(user.0, device.0), record.encode());
+        batch.insert(&self.meta, keys::NEXT_DEVICE_ID, keys::id(device.0 + 1));
+        self.commit(batch)?;
+        counters.next_device = device.0 + 1;
+        Ok((device, token))
+    }
+
+    /// The device record of `user`'s `device`, if it is logged in.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn device(&self, user: UserId, device: DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let Some(value) = self.devices.get(keys::pair(user.0, device.0))? else {
+            return Ok(None);
+        };
+        DeviceRecord::decode(&value)
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("devices[{user}/{device}]")))
+    }
+
+    /// Resolves a device token to its user and device. Called by the event loops
+    /// for every `Hello`: one point read, no lock, no heap allocation of ours.
+    /// A token of the wrong shape is simply unknown (`Ok(None)`).
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn authenticate(&self, token: &str) -> Result<Option<(UserId, DeviceId)>, StoreError> {
+        let Some(raw) = hex_decode_token(token) else {
+            return Ok(None);
+        };
+        let Some(value) = self.tokens.get(sha256(&raw))? else {
+            return Ok(None);
+        };
+        let (user, device) = keys::decode_pair(&value).ok_or_else(|| corrupt("tokens[..]".into()))?;
+        Ok(Some((UserId(user), DeviceId(device))))
+    }
+
+    /// Revokes a token: deletes it and its device row in one durable batch.
+    /// Returns whose token it was, or `None` if it was unknown (or malformed).
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn revoke(&self, token: &str) -> Result<Option<(UserId, DeviceId)>, StoreError> {
+        let Some(raw) = hex_decode_token(token) else {
+            return Ok(None);
+        };
+        let hash = sha256(&raw);
+        let _guard = self.lock();
+        let Some(value) = self.tokens.get(hash)? else {
+            return Ok(None);
+        };
+        let (user, device) = keys::decode_pair(&value).ok_or_else(|| corrupt("tokens[..]".into()))?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.remove(&self.tokens, hash);
+        batch.remove(&self.devices, keys::pair(user, device));
+        self.commit(batch)?;
+        Ok(Some((UserId(user), DeviceId(device))))
+    }
+
+    /// `from` asks `to` to be friends. If `to` had already asked `from`, they
+    /// become friends at once; asking again while pending changes nothing.
+    ///
+    /// # Errors
+    /// [`StoreError::SelfFriendship`], [`StoreError::UnknownUser`], or a store failure.
+    pub fn request_friend(&self, from: UserId, to: UserId) -> Result<FriendOutcome, StoreError> {
+        if from == to {
+            return Err(StoreError::SelfFriendship);
+        }
+        let _guard = self.lock();
+        for user in [from, to] {
+            if self.users.get(keys::id(user.0))?.is_none() {
+                return Err(StoreError::UnknownUser(user));
+            }
+        }
+        match self.friend_state(from, to)? {
+            Some(FriendState::Friend) => Ok(FriendOutcome::AlreadyFriends),
+            Some(FriendState::Outgoing) => Ok(FriendOutcome::Requested),
+            Some(FriendState::Incoming) => {
+                self.set_relation(from, to, FriendState::Friend)?;
+                Ok(FriendOutcome::BecameFriends)
+            }
+            None => {
+                self.set_relation(from, to, FriendState::Outgoing)?;
+                Ok(FriendOutcome::Requested)
+            }
+        }
+    }
+
+    /// `user` accepts `from`'s request. Returns `true` when the two are friends
+    /// afterwards (the request was accepted, or they already were friends, so a
+    /// retried accept succeeds), `false` when `from` never asked.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn accept_friend(&self, user: UserId, from: UserId) -> Result<bool, StoreError> {
+        let _guard = self.lock();
+        match self.friend_state(user, from)? {
+            Some(FriendState::Incoming) => {
+                self.set_relation(user, from, FriendState::Friend)?;
+                Ok(true)
+            }
+            Some(FriendState::Friend) => Ok(true),
+            Some(FriendState::Outgoing) | None => Ok(false),
+        }
+    }
+
+    /// Ends any relation between `user` and `other`: unfriends, declines an
+    /// incoming request or withdraws an outgoing one (both rows). Returns
+    /// `false` if there was none.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn remove_friend(&self, user: UserId, other: UserId) -> Result<bool, StoreError> {
+        let _guard = self.lock();
+        if self.friend_state(user, other)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.remove(&self.friends, keys::pair(user.0, other.0));
+        batch.remove(&self.friends, keys::pair(other.0, user.0));
+        self.commit(batch)?;
+        Ok(true)
+    }
+
+    /// `user`'s friends and pending requests, with usernames (a prefix scan).
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn friends(&self, user: UserId) -> Result<FriendList, StoreError> {
+        let mut list = FriendList::default();
+        for guard in self.friends.prefix(keys::id(user.0)) {
+            let (key, value) = guard.into_inner()?;
+            let (_, other) = keys::decode_pair(&key).ok_or_else(|| corrupt(format!("friends[{user}/..]")))?;
+            let other = UserId(other);
+            let state =
+                FriendState::decode(&value).ok_or_else(|| corrupt(format!("friends[{user}/{other}]")))?;
+            let name = self
+                .username(other)?
+                .ok_or_else(|| corrupt(format!("friends[{user}/{other}] names a missing user")))?;
+            match state {
+                FriendState::Friend => list.friends.push((other, name)),
+                FriendState::Incoming => list.incoming.push((other, name)),
+                FriendState::Outgoing => list.outgoing.push((other, name)),
+            }
+        }
+        Ok(list)
+    }
+
+    /// True when `a` and `b` are (accepted) friends.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        Ok(self.friend_state(a, b)? == Some(FriendState::Friend))
+    }
+
+    /// Syncs the journal and everything before it to disk (`fsync`).
+    ///
+    /// # Errors
+    /// A store failure (which also poisons the store).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db
+            .persist(PersistMode::SyncAll)
+            .inspect_err(|_| self.poison())?;
+        Ok(())
+    }
+
+    /// Clean shutdown: syncs, then closes the database (stopping fjall's
+    /// background threads and releasing the directory lock).
+    ///
+    /// # Errors
+    /// The final sync failed; the journal is still recovered at the next open.
+    pub fn close(self) -> Result<(), StoreError> {
+        let result = self.persist();
+        drop(self);
+        result
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Counters> {
+        // The guarded counters stay consistent even if a holder panicked: they
+        // only advance after a successful commit.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn poison(&self) {
+        if !self.poisoned.swap(true, Ordering::Relaxed) {
+            tracing::error!("store write failed: the store is poisoned and accepts no more writes");
+        }
+    }
+
+    fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.commit().inspect_err(|_| self.poison())?;
+        Ok(())
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<u64, StoreError> {
+        match self.meta.get(key)? {
+            None => Ok(1),
+            Some(value) => keys::decode_id(&value)
+                .ok_or_else(|| corrupt(format!("meta[{}]", String::from_utf8_lossy(key)))),
+        }
+    }
+
+    fn friend_state(&self, user: UserId, other: UserId) -> Result<Option<FriendState>, StoreError> {
+        let Some(value) = self.friends.get(keys::pair(user.0, other.0))? else {
+            return Ok(None);
+        };
+        FriendState::decode(&value)
+            .map(Some)
+            .ok_or_else(|| corrupt(format!("friends[{user}/{other}]")))
+    }
+
+    /// Writes `state` for `user → other` and its mirror for `other → user` in one durable batch.
+    fn set_relation(&self, user: UserId, other: UserId, state: FriendState) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.friends, keys::pair(user.0, other.0), [state.to_byte()]);
+        batch.insert(
+            &self.friends,
+            keys::pair(other.0, user.0),
+            [state.mirror().to_byte()],
+        );
+        self.commit(batch)
+    }
+}
+
+fn corrupt(what: String) -> StoreError {
+    StoreError::Corrupt { what }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// Decodes a 64-character hex token (either case) into its 32 bytes, on the stack.
+fn hex_decode_token(token: &str) -> Option<[u8; TOKEN_LEN / 2]> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    if token.len() != TOKEN_LEN {
+        return None;
+    }
+    let mut out = [0u8; TOKEN_LEN / 2];
+    for (byte, pair) in out.iter_mut().zip(token.as_bytes().chunks_exact(2)) {
+        let [hi, lo] = pair else { return None };
+        *byte = (nibble(*hi)? << 4) | nibble(*lo)?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    const PHC: &str = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+    #[test]
+    fn accounts_get_sequential_ids_and_unique_names() {
+        let (_dir, store) = open();
+        let alice = store.create_user("alice", PHC).unwrap();
+        let bob = store.create_user("bob", PHC).unwrap();
+        assert_eq!((alice, bob), (UserId(1), UserId(2)));
+        assert!(matches!(
+            store.create_user("alice", PHC),
+            Err(StoreError::UsernameTaken)
+        ));
+        let record = store.user_by_name("alice").unwrap().unwrap();
+        assert_eq!(
+            (record.id, record.username.as_str(), record.password_phc.as_str()),
+            (alice, "alice", PHC)
+        );
+        assert!(record.created_ms > 0);
+        assert_eq!(store.user(bob).unwrap().unwrap().username, "bob");
+        assert_eq!(store.username(bob).unwrap().as_deref(), Some("bob"));
+        assert_eq!(store.user(UserId(99)).unwrap(), None);
+        assert_eq!(store.user_by_name("carol").unwrap(), None);
+        // The failed duplicate did not use up an id.
+        assert_eq!(store.create_user("carol", PHC).unwrap(), UserId(3));
+    }
+
+    #[test]
+    fn concurrent_signups_of_one_name_give_exactly_one_account() {
+        let (_dir, store) = open();
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| store.create_user("dup", PHC)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1);
+        assert!(
+            results
+                .iter()
+                .filter(|r| matches!(r, Err(StoreError::UsernameTaken)))
+                .count()
+                == 7,
+            "{results:?}"
+        );
+    }
+
+    #[test]
+    fn tokens_authenticate_until_revoked() {
+        let (_dir, store) = open();
+        let alice = store.create_user("alice", PHC).unwrap();
+        let (d1, t1) = store.create_device(alice, "phone").unwrap();
+        let (d2, t2) = store.create_device(alice, "laptop").unwrap();
+        assert_ne!(d1, d2);
+        assert_ne!(t1, t2);
+        assert_eq!(t1.len(), TOKEN_LEN);
+        assert!(
+            t1.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_eq!(store.authenticate(&t1).unwrap(), Some((alice, d1)));
+        assert_eq!(store.authenticate(&t1.to_uppercase()).unwrap(), Some((alice, d1)));
+        assert_eq!(store.authenticate(&t2).unwrap(), Some((alice, d2)));
+        let dev = store.device(alice, d1).unwrap().unwrap();
+        assert_eq!(dev.name, "phone");
+        assert_eq!(dev.token_hash, sha256(&hex_decode_token(&t1).unwrap()));
+
+        // Malformed tokens are just unknown.
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(64),
+            &"0".repeat(63),
+            &"0".repeat(65),
+            &"é".repeat(32),
+        ] {
+            assert_eq!(store.authenticate(bad).unwrap(), None, "{bad:?}");
+            assert_eq!(store.revoke(bad).unwrap(), None);
+        }
+        assert_eq!(store.authenticate(&"0".repeat(64)).unwrap(), None);
+
+        assert_eq!(store.revoke(&t1).unwrap(), Some((alice, d1)));
+        assert_eq!(store.authenticate(&t1).unwrap(), None);
+        assert_eq!(store.device(alice, d1).unwrap(), None);
+        assert_eq!(store.revoke(&t1).unwrap(), None);
+        assert_eq!(store.authenticate(&t2).unwrap(), Some((alice, d2)));
+        assert!(matches!(
+            store.create_device(UserId(77), "x"),
+            Err(StoreError::UnknownUser(UserId(77)))
+        ));
+    }
+
+    #[test]
+    fn friend_state_machine() {
+        let (_dir, store) = open();
+        let a = store.create_user("a_user", PHC).unwrap();
+        let b = store.create_user("b_user", PHC).unwrap();
+        let c = store.create_user("c_user", PHC).unwrap();
+        let names = |pairs: &[(UserId, String)]| pairs.iter().map(|(id, _)| *id).collect::<Vec<_>>();
+
+        assert!(matches!(
+            store.request_friend(a, a),
+            Err(StoreError::SelfFriendship)
+        ));
+        assert!(matches!(
+            store.request_friend(a, UserId(42)),
+            Err(StoreError::UnknownUser(UserId(42)))
+        ));
+
+        assert_eq!(store.request_friend(a, b).unwrap(), FriendOutcome::Requested);
+        assert_eq!(store.request_friend(a, b).unwrap(), FriendOutcome::Requested);
+        let la = store.friends(a).unwrap();
+        let lb = store.friends(b).unwrap();
+        assert_eq!((names(&la.outgoing), names(&lb.incoming)), (vec![b], vec![a]));
+        assert_eq!(lb.incoming[0].1, "a_user");
+        assert!(la.friends.is_empty() && la.incoming.is_empty() && lb.outgoing.is_empty());
+        assert!(!store.are_friends(a, b).unwrap());
+
+        // Only the asked side can accept.
+        assert!(!store.accept_friend(a, b).unwrap());
+        assert!(store.accept_friend(b, a).unwrap());
+        assert!(store.accept_friend(b, a).unwrap(), "a retried accept succeeds");
+        assert!(store.are_friends(a, b).unwrap() && store.are_friends(b, a).unwrap());
+        assert_eq!(store.request_friend(b, a).unwrap(), FriendOutcome::AlreadyFriends);
+        assert_eq!(names(&store.friends(a).unwrap().friends), vec![b]);
+
+        // Crossing requests become a friendship at once.
+        assert_eq!(store.request_friend(c, a).unwrap(), FriendOutcome::Requested);
+        assert_eq!(store.request_friend(a, c).unwrap(), FriendOutcome::BecameFriends);
+        assert_eq!(names(&store.friends(a).unwrap().friends), vec![b, c]);
+
+        // Removal works from either side, for friends and for pending requests.
+        assert!(store.remove_friend(b, a).unwrap());
+        assert!(!store.remove_friend(b, a).unwrap());
+        assert!(!store.are_friends(a, b).unwrap());
+        assert_eq!(store.request_friend(b, c).unwrap(), FriendOutcome::Requested);
+        assert!(
+            store.remove_friend(c, b).unwrap(),
+            "declining an incoming request"
+        );
+        assert_eq!(store.friends(b).unwrap(), FriendList::default());
+        assert!(!store.accept_friend(c, b).unwrap());
+        assert_eq!(names(&store.friends(c).unwrap().friends), vec![a]);
+    }
+
+    #[test]
+    fn data_and_counters_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alice, bob, token, device) = {
+            let store = Store::open(dir.path()).unwrap();
+            let alice = store.create_user("alice", PHC).unwrap();
+            let bob = store.create_user("bob", PHC).unwrap();
+            let (device, token) = store.create_device(alice, "phone").unwrap();
+            store.request_friend(alice, bob).unwrap();
+            store.accept_friend(bob, alice).unwrap();
+            store.close().unwrap();
+            (alice, bob, token, device)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.user_by_name("bob").unwrap().unwrap().id, bob);
+        assert_eq!(store.authenticate(&token).unwrap(), Some((alice, device)));
+        assert!(store.are_friends(alice, bob).unwrap());
+        assert!(matches!(
+            store.create_user("alice", PHC),
+            Err(StoreError::UsernameTaken)
+        ));
+        assert_eq!(store.create_user("carol", PHC).unwrap(), UserId(3));
+        assert_eq!(
+            store.create_device(bob, "tablet").unwrap().0,
+            DeviceId(device.0 + 1)
+        );
+    }
+
+    #[test]
+    fn data_survives_drop_without_close() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.create_user("alice", PHC).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.user_by_name("alice").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_directory_is_refused() {
+        let (dir, _store) = open();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Io(_))));
+    }
+
+    #[test]
+    fn corrupt_records_are_errors_not_panics() {
+        let (_dir, store) = open();
+        let alice = store.create_user("alice", PHC).unwrap();
+        let bob = store.create_user("bob", PHC).unwrap();
+        let (_, token) = store.create_device(alice, "phone").unwrap();
+        store.request_friend(alice, bob).unwrap();
+
+        store.users.insert(keys::id(alice.0), [1u8, 0, 200]).unwrap();
+        assert!(matches!(store.user(alice), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.user_by_name("alice"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(store.friends(bob), Err(StoreError::Corrupt { .. })));
+
+        store
+            .tokens
+            .insert(sha256(&hex_decode_token(&token).unwrap()), [1u8; 3])
+            .unwrap();
+        assert!(matches!(
+            store.authenticate(&token),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(store.revoke(&token), Err(StoreError::Corrupt { .. })));
+
+        store.friends.insert(keys::pair(bob.0, alice.0), [9u8]).unwrap();
+        assert!(matches!(
+            store.are_friends(bob, alice),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.accept_friend(bob, alice),
+            Err(StoreError::Corrupt { .. })
+        ));
+        store.friends.insert([0u8; 3], [1u8]).unwrap();
+        store.usernames.insert("ghost", [1u8; 8]).unwrap();
+        assert!(matches!(
+            store.user_by_name("ghost"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        store.usernames.insert("short", [1u8; 2]).unwrap();
+        assert!(matches!(
+            store.user_by_name("short"),
+            Err(StoreError::Corrupt { .. })
+        ));
+        store.meta.insert(keys::NEXT_USER_ID, [1u8; 2]).unwrap();
+        assert!(matches!(
+            store.counter(keys::NEXT_USER_ID),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let raw: [u8; 32] = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(hex_decode_token(&hex_encode(&raw)), Some(raw));
+    }
+}

@@ -1,0 +1,290 @@
+//! Regression replay of the fuzz targets without a fuzzer: every file of every
+//! `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/` folder goes through the same
+//! function the fuzzer calls ([`natter_server::fuzzing::TARGETS`]), so a plain `cargo test`
+//! fails on any input that ever crashed a target. Also checks that the seed generator still
+//! produces the checked-in seeds and that the session target's input encoding round-trips.
+//!
+//! `NATTER_WRITE_FUZZ_SEEDS=1 cargo test -p natter-server --test fuzz_replay -- seeds` rewrites
+//! the seeds and dictionaries instead of comparing them (after a protocol or format change).
+
+use std::panic::{self, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use natter_server::fuzzing::session::{
+    AuthChoice, Blob, Input, Op, SessionInput, Text, Version, WireBody, WireCursor, WireFrame, WireMessage,
+};
+use natter_server::fuzzing::{TARGETS, seeds, target};
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("fuzz")
+}
+
+/// The input files of `dir`, sorted (none if it does not exist).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    // Dot files (`.gitkeep`) are not inputs.
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Runs every corpus and regression file of `name`; fails listing each input that panicked.
+fn replay(name: &str) {
+    let target = target(name).unwrap();
+    let corpus = files(&fuzz_dir().join("corpus").join(name));
+    assert!(
+        !corpus.is_empty(),
+        "no corpus for {name} in {}",
+        fuzz_dir().display()
+    );
+    let regressions = files(&fuzz_dir().join("regressions").join(name));
+    let mut failed = Vec::new();
+    for file in corpus.iter().chain(&regressions) {
+        let data = std::fs::read(file).unwrap();
+        if panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&data))).is_err() {
+            failed.push(file.display().to_string());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{name}: these inputs fail (see the panics above):\n{}",
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn frame_decoder_corpus_and_regressions() {
+    replay("frame_decoder");
+}
+
+#[test]
+fn frame_bodies_corpus_and_regressions() {
+    replay("frame_bodies");
+}
+
+#[test]
+fn session_corpus_and_regressions() {
+    replay("session");
+}
+
+#[test]
+fn http_request_corpus_and_regressions() {
+    replay("http_request");
+}
+
+#[test]
+fn store_records_corpus_and_regressions() {
+    replay("store_records");
+}
+
+#[test]
+fn every_target_has_a_corpus_folder_and_a_regressions_folder() {
+    for t in TARGETS {
+        assert!(
+            fuzz_dir().join("corpus").join(t.name).is_dir(),
+            "fuzz/corpus/{} is missing",
+            t.name
+        );
+        assert!(
+            fuzz_dir().join("regressions").join(t.name).is_dir(),
+            "fuzz/regressions/{} is missing",
+            t.name
+        );
+    }
+}
+
+#[test]
+fn seeds_are_the_generators_output() {
+    if std::env::var_os("NATTER_WRITE_FUZZ_SEEDS").is_some() {
+        seeds::write(&fuzz_dir()).unwrap();
+    }
+    for t in TARGETS {
+        let generated = seeds::corpus(t.name);
+        assert!(
+            generated.len() >= 10,
+            "{}: only {} seeds",
+            t.name,
+            generated.len()
+        );
+        for s in generated {
+            (t.run)(&s.data);
+            assert!(
+                s.data.len() <= 16 * 1024,
+                "{}/{} is {} bytes",
+                t.name,
+                s.name,
+                s.data.len()
+            );
+            let path = fuzz_dir().join("corpus").join(t.name).join(&s.name);
+            let on_disk = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                on_disk == s.data,
+                "{} differs from the generator; regenerate with NATTER_WRITE_FUZZ_SEEDS=1 (fuzz/README.md)",
+                path.display()
+            );
+        }
+    }
+    for (file, text) in [
+        ("frame.dict", seeds::frame_dict()),
+        ("http.dict", seeds::http_dict()),
+    ] {
+        let on_disk = std::fs::read_to_string(fuzz_dir().join("dict").join(file)).unwrap_or_default();
+        assert!(
+            on_disk == text,
+            "fuzz/dict/{file} differs from the generator; regenerate it"
+        );
+    }
+}
+
+fn frame(body: WireBody) -> WireFrame {
+    WireFrame {
+        request_id: u64::MAX - 3,
+        body,
+    }
+}
+
+#[test]
+fn session_inputs_round_trip_through_their_encoding() {
+    let text = || Text("zoë".into());
+    let message = WireMessage {
+        chat_id: 1,
+        seq: 2,
+        sender: 3,
+        server_ts_ms: 4,
+        client_msg_id: 5,
+        text: text(),
+    };
+    let bodies = vec![
+        WireBody::Hello {
+            token: text(),
+            device: Text(String::new()),
+            version: Version::Current,
+        },
+        WireBody::Hello {
+            token: Text("a".repeat(254)),
+            device: Text("q".repeat(5000)),
+            version: Version::Other(7),
+        },
+        WireBody::Welcome {
+            user_id: 1,
+            device_id: 2,
+            heartbeat_interval_ms: 3,
+            server_time_ms: 4,
+            protocol_version: 5,
+        },
+        WireBody::Send {
+            chat_id: 1,
+            client_msg_id: 2,
+            text: text(),
+        },
+        WireBody::SendOk {
+            client_msg_id: 1,
+            chat_id: 2,
+            seq: 3,
+            server_ts_ms: 4,
+        },
+        WireBody::Message(message.clone()),
+        WireBody::Sync(vec![
+            WireCursor { chat_id: 1, seq: 2 },
+            WireCursor { chat_id: 3, seq: 4 },
+        ]),
+        WireBody::SyncDone(Vec::new()),
+        WireBody::History {
+            chat_id: 1,
+            before_seq: 2,
+            limit: 3,
+        },
+        WireBody::HistoryPage {
+            chat_id: 1,
+            messages: vec![message.clone(), message],
+            has_more: true,
+        },
+        WireBody::Ack { chat_id: 1, seq: 2 },
+        WireBody::Presence {
+            user_id: 1,
+            online: true,
+            last_seen_ms: 3,
+        },
+        WireBody::Ping { nonce: 1 },
+        WireBody::Pong { nonce: 2 },
+        WireBody::Error {
+            code: 3,
+            message: text(),
+            request_id: 4,
+        },
+        WireBody::Resync,
+    ];
+    let mut ops = vec![Op::Input {
+        conn: 1,
+        input: Input::Frames(bodies.into_iter().map(frame).collect()),
+    }];
+    ops.extend([
+        Op::Accept { core: 1 },
+        Op::Input {
+            conn: 2,
+            input: Input::Partial {
+                frame: frame(WireBody::Resync),
+                keep: 3,
+            },
+        },
+        Op::Input {
+            conn: 2,
+            input: Input::Rest,
+        },
+        Op::Input {
+            conn: 2,
+            input: Input::Corrupt {
+                frame: frame(WireBody::Ping { nonce: 0 }),
+                at: 9,
+                xor: 255,
+            },
+        },
+        Op::Input {
+            conn: 2,
+            input: Input::Repeat {
+                frame: frame(WireBody::Pong { nonce: 0 }),
+                count: 200,
+            },
+        },
+        Op::Input {
+            conn: 2,
+            input: Input::Raw(Blob(vec![0, 1, 2, 255])),
+        },
+        Op::Input {
+            conn: 2,
+            input: Input::Frames(Vec::new()),
+        },
+        Op::Resume { conn: 3 },
+        Op::Auth {
+            pending: 1,
+            result: AuthChoice::Valid { user: 2, device: 3 },
+        },
+        Op::Auth {
+            pending: 1,
+            result: AuthChoice::Invalid,
+        },
+        Op::Auth {
+            pending: 1,
+            result: AuthChoice::StoreUnavailable,
+        },
+        Op::Advance { ms: 65535 },
+        Op::PeerClosed { conn: 4 },
+        Op::Reap,
+        Op::Deliver { core: 0 },
+        Op::CloseDevice { user: 5, device: 6 },
+        Op::Shutdown { core: 7 },
+    ]);
+    let input = SessionInput { ops };
+    assert_eq!(SessionInput::from_bytes(&input.to_bytes()), input);
+    for s in seeds::corpus("session") {
+        let decoded = SessionInput::from_bytes(&s.data);
+        assert_eq!(decoded.to_bytes(), s.data, "{} does not round-trip", s.name);
+    }
+}

@@ -1,0 +1,387 @@
+//! End-to-end tests of the HTTP side-port against a real `natterd` (port 0,
+//! temporary data dir, `--cores 2`), over real HTTP: accounts, tokens,
+//! friendships, limits, error codes, and durability across a restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::TestServer;
+
+/// A blocking JSON client that returns every status instead of failing on 4xx/5xx.
+struct Http {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// One answer: status, selected headers, and the body parsed as JSON (Null when empty).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    allow: Option<String>,
+    text: String,
+    json: Value,
+}
+
+impl Answer {
+    fn code(&self) -> &str {
+        self.json["error"]["code"].as_str().unwrap_or("<none>")
+    }
+}
+
+impl Http {
+    fn new(server: &TestServer) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build();
+        Self {
+            agent: config.into(),
+            base: server.http_url(),
+        }
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        answer(req.call())
+    }
+
+    fn delete(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut req = self.agent.delete(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        answer(req.call())
+    }
+
+    fn post(&self, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        answer(match body {
+            Some(body) => req.send_json(body),
+            None => req.send_empty(),
+        })
+    }
+
+    fn post_bytes(&self, path: &str, body: &[u8]) -> Answer {
+        let req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        answer(req.send(body))
+    }
+
+    fn signup(&self, name: &str) -> u64 {
+        let a = self.post(
+            "/v1/signup",
+            None,
+            Some(json!({"username": name, "password": "password1"})),
+        );
+        assert_eq!(a.status, 201, "{a:?}");
+        a.json["user_id"].as_u64().unwrap()
+    }
+
+    fn login(&self, name: &str) -> (u64, String) {
+        let body = json!({"username": name, "password": "password1", "device_name": "test"});
+        let a = self.post("/v1/login", None, Some(body));
+        assert_eq!(a.status, 200, "{a:?}");
+        (
+            a.json["user_id"].as_u64().unwrap(),
+            a.json["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    fn friends(&self, token: &str) -> Value {
+        let a = self.get("/v1/friends", Some(token));
+        assert_eq!(a.status, 200, "{a:?}");
+        a.json
+    }
+}
+
+fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    let mut resp = result.expect("HTTP exchange failed");
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (content_type, allow) = (header("content-type"), header("allow"));
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    let json = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+    if status >= 400 {
+        assert!(
+            json["error"]["code"].is_string(),
+            "error bodies carry a code: {text}"
+        );
+    }
+    Answer {
+        status,
+        content_type,
+        allow,
+        text,
+        json,
+    }
+}
+
+/// Writes `request` on a fresh connection and reads until the server closes it.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    stream
+        .read_to_end(&mut out)
+        .expect("the server answers and closes");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn entry(id: u64, name: &str) -> Value {
+    json!({"user_id": id, "username": name})
+}
+
+#[test]
+fn signup_login_logout_and_discovery() {
+    let server = support::start();
+    let http = Http::new(&server);
+
+    let health = http.get("/healthz", None);
+    assert_eq!((health.status, &health.json), (200, &json!({"status": "ok"})));
+    let endpoints = json!({"http": server.http.to_string(), "tcp": server.tcp.to_string()});
+    assert_eq!(http.get("/v1/endpoints", None).json, endpoints);
+
+    let alice = http.signup("Alice");
+    let dup = http.post(
+        "/v1/signup",
+        None,
+        Some(json!({"username": "alice", "password": "password1"})),
+    );
+    assert_eq!(
+        (dup.status, dup.code()),
+        (409, "username_taken"),
+        "names are case-insensitive"
+    );
+
+    let login = http.post(
+        "/v1/login",
+        None,
+        Some(json!({"username": "ALICE", "password": "password1", "device_name": "phone"})),
+    );
+    assert_eq!(login.status, 200, "{login:?}");
+    assert_eq!(login.json["user_id"], alice);
+    assert_eq!(login.json["endpoints"], endpoints);
+    let token = login.json["token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 64);
+
+    let wrong = http.post(
+        "/v1/login",
+        None,
+        Some(json!({"username": "alice", "password": "password2", "device_name": "phone"})),
+    );
+    assert_eq!((wrong.status, wrong.code()), (401, "invalid_credentials"));
+
+    assert_eq!(http.get("/v1/friends", Some(&token)).status, 200);
+    assert_eq!(http.get("/v1/friends", None).code(), "invalid_token");
+    let logout = http.post("/v1/logout", Some(&token), None);
+    assert_eq!((logout.status, logout.text.as_str()), (204, ""));
+    let after = http.get("/v1/friends", Some(&token));
+    assert_eq!((after.status, after.code()), (401, "invalid_token"));
+
+    let metrics = http.get("/metrics", None);
+    assert_eq!(metrics.status, 200);
+    assert_eq!(metrics.content_type.as_deref(), Some("text/plain; version=0.0.4"));
+    assert!(
+        metrics
+            .text
+            .contains("natter_http_requests_total{status=\"201\"} 1"),
+        "{}",
+        metrics.text
+    );
+    assert!(metrics.text.contains("natter_connections{core=\"1\"}"));
+}
+
+#[test]
+fn limits_routes_and_malformed_requests() {
+    let server = support::start();
+    let http = Http::new(&server);
+
+    let missing = http.get("/v1/nope", None);
+    assert_eq!((missing.status, missing.code()), (404, "not_found"));
+    let wrong_method = http.get("/v1/signup", None);
+    assert_eq!(
+        (wrong_method.status, wrong_method.code()),
+        (405, "method_not_allowed")
+    );
+    assert_eq!(wrong_method.allow.as_deref(), Some("POST"));
+    assert_eq!(http.delete("/v1/friends", None).allow.as_deref(), Some("GET"));
+    assert_eq!(
+        http.post_bytes("/v1/signup", b"{not json").code(),
+        "malformed_json"
+    );
+    assert_eq!(
+        http.post("/v1/signup", None, Some(json!({"username": "abc"})))
+            .code(),
+        "missing_field"
+    );
+
+    // A body of exactly 64 KiB is read (and judged on its content)...
+    let mut body = br#"{"username": "padded", "password": "password1"}"#.to_vec();
+    body.resize(64 * 1024, b' ');
+    assert_eq!(http.post_bytes("/v1/signup", &body).status, 201);
+    // ...one byte more is refused before it is read.
+    body.push(b' ');
+    let too_large = http.post_bytes("/v1/signup", &body);
+    assert_eq!((too_large.status, too_large.code()), (413, "body_too_large"));
+
+    // A huge declared length is refused at once from the header alone.
+    let answer = raw_exchange(
+        server.http,
+        b"POST /v1/signup HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("body_too_large"));
+    let answer = raw_exchange(
+        server.http,
+        b"POST /v1/signup HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 411 "), "{answer}");
+    let answer = raw_exchange(server.http, b"\x16\x03\x01garbage\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    let mut huge_head = b"GET /healthz HTTP/1.1\r\nX-Filler: ".to_vec();
+    huge_head.resize(20 * 1024, b'a');
+    huge_head.extend_from_slice(b"\r\n\r\n");
+    let answer = raw_exchange(server.http, &huge_head);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+
+    // Keep-alive with pipelining: answers come back in order on one connection.
+    let answer = raw_exchange(
+        server.http,
+        b"GET /healthz HTTP/1.1\r\n\r\nGET /v1/nope HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answer[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "404", "200"], "{answer}");
+
+    // After all that abuse the port still serves.
+    assert_eq!(http.get("/healthz", None).status, 200);
+    let metrics = http.get("/metrics", None).text;
+    assert!(
+        metrics.contains("natter_http_requests_total{status=\"413\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn signups_and_logins_are_rate_limited() {
+    let server = support::start_with(&["--auth-rate-limit", "3"]);
+    let http = Http::new(&server);
+    http.signup("alice");
+    http.login("alice");
+    let dup = http.post(
+        "/v1/signup",
+        None,
+        Some(json!({"username": "alice", "password": "password1"})),
+    );
+    assert_eq!(dup.status, 409, "attempts that fail still count");
+    let limited = http.post(
+        "/v1/signup",
+        None,
+        Some(json!({"username": "bob", "password": "password1"})),
+    );
+    assert_eq!((limited.status, limited.code()), (429, "rate_limited"));
+    let body = json!({"username": "alice", "password": "password1", "device_name": "x"});
+    assert_eq!(http.post("/v1/login", None, Some(body)).status, 429);
+    assert_eq!(
+        http.get("/healthz", None).status,
+        200,
+        "other endpoints are not limited"
+    );
+}
+
+#[test]
+fn friendships_and_accounts_survive_a_restart() {
+    let mut server = support::start();
+    let http = Http::new(&server);
+    let alice = http.signup("alice");
+    let bob = http.signup("bob");
+    let carol = http.signup("carol");
+    let (_, ta) = http.login("alice");
+    let (_, tb) = http.login("bob");
+    let (_, tc) = http.login("carol");
+    let ask = |token: &str, name: &str| {
+        http.post(
+            "/v1/friends/requests",
+            Some(token),
+            Some(json!({"username": name})),
+        )
+    };
+
+    assert_eq!(ask(&ta, "alice").code(), "cannot_befriend_self");
+    assert_eq!(ask(&ta, "nobody").code(), "user_not_found");
+    let asked = ask(&ta, "bob");
+    assert_eq!(
+        (asked.status, asked.json["status"].as_str()),
+        (200, Some("requested"))
+    );
+    assert_eq!(http.friends(&tb)["incoming"], json!([entry(alice, "alice")]));
+    let accept = http.post(&format!("/v1/friends/requests/{alice}/accept"), Some(&tb), None);
+    assert_eq!(
+        (accept.status, accept.json["status"].as_str()),
+        (200, Some("friends"))
+    );
+    let none = http.post(&format!("/v1/friends/requests/{carol}/accept"), Some(&tb), None);
+    assert_eq!((none.status, none.code()), (404, "no_friend_request"));
+    assert_eq!(ask(&tc, "alice").json["status"], "requested");
+    assert_eq!(ask(&tb, "carol").json["status"], "requested");
+    assert_eq!(
+        ask(&tc, "bob").json["status"],
+        "friends",
+        "crossing requests make friends"
+    );
+    assert_eq!(
+        http.delete(&format!("/v1/friends/{carol}"), Some(&tb)).status,
+        204
+    );
+    assert_eq!(
+        http.delete(&format!("/v1/friends/{carol}"), Some(&tb)).code(),
+        "not_friends"
+    );
+
+    let before = (http.friends(&ta), http.friends(&tb), http.friends(&tc));
+    assert_eq!(
+        before.0,
+        json!({"friends": [entry(bob, "bob")], "incoming": [entry(carol, "carol")], "outgoing": []})
+    );
+
+    server.restart();
+    let http = Http::new(&server);
+    // Tokens, accounts and friendships are all still there.
+    assert_eq!((http.friends(&ta), http.friends(&tb), http.friends(&tc)), before);
+    let (id, _) = http.login("alice");
+    assert_eq!(id, alice, "the password hash survived");
+    let dup = http.post(
+        "/v1/signup",
+        None,
+        Some(json!({"username": "BOB", "password": "password1"})),
+    );
+    assert_eq!(dup.status, 409);
+    assert_eq!(http.signup("dave"), carol + 1, "ids continue after a restart");
+}

@@ -1,0 +1,203 @@
+//! Shared helpers for natterd's end-to-end tests: start the real `natterd`
+//! binary on free ports with a temporary data dir, restart or kill it, and wait
+//! on conditions with deadlines.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use natter_client::{HttpClient, Login};
+
+/// How long natterd may take to print its ready line (a debug build on a busy 2-core machine).
+const START_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A natterd child process with its own temporary data directory.
+pub struct TestServer {
+    child: Option<Child>,
+    /// The HTTP side-port.
+    pub http: SocketAddr,
+    /// The raw TCP port.
+    pub tcp: SocketAddr,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+/// Starts natterd with `--cores 2`, free ports, a temp dir and cheap password hashing.
+pub fn start() -> TestServer {
+    start_with(&[])
+}
+
+/// Like [`start`], with extra flags (later flags override earlier ones).
+pub fn start_with(extra: &[&str]) -> TestServer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let args = extra.iter().map(|s| s.to_string()).collect();
+    let mut server = TestServer {
+        child: None,
+        http: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tcp: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dir,
+        args,
+    };
+    server.spawn();
+    server
+}
+
+impl TestServer {
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natterd"));
+        cmd.arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--cores", "2", "--http-port", "0", "--tcp-port", "0"])
+            .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
+            .args(["--auth-rate-limit", "100000"])
+            .args(&self.args)
+            .env(
+                "NATTER_LOG",
+                std::env::var("NATTER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn natterd");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(json) = line.strip_prefix("NATTERD_READY ") {
+                    let _ = tx.send(json.to_owned());
+                }
+            }
+        });
+        let json = rx
+            .recv_timeout(START_DEADLINE)
+            .expect("natterd did not become ready");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("ready line is JSON");
+        self.http = v["http"].as_str().unwrap().parse().unwrap();
+        self.tcp = v["tcp"].as_str().unwrap().parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// The side-port's base URL.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// An HTTP client for the side-port.
+    pub fn client(&self) -> HttpClient {
+        HttpClient::new(&self.http_url())
+    }
+
+    /// The data directory (kept across restarts).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The process id of the running natterd.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        wait_exit(&mut child, Duration::from_secs(30))
+    }
+
+    /// SIGKILLs natterd (no shutdown path runs).
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops natterd cleanly and starts it again on the same data dir (new ports).
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "natterd exited with {status}");
+        self.spawn();
+    }
+
+    /// Starts natterd again after [`TestServer::kill9`] or [`TestServer::stop`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    /// Signs up `name` and logs in one device.
+    pub fn user(&self, name: &str) -> Login {
+        let http = self.client();
+        http.signup(name, "correct horse battery").expect("signup");
+        http.login(name, "correct horse battery", "test-device")
+            .expect("login")
+    }
+
+    /// The value of one `/metrics` sample, e.g. `natter_sessions{core="0"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let text = self.client().metrics().ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} {pid} failed");
+}
+
+fn wait_exit(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("natterd did not exit within {deadline:?}");
+        }
+        std::thread::yield_now();
+        wait_a_moment();
+    }
+}
+
+/// Polls `cond` until it holds or `deadline` passes; returns whether it held.
+pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        wait_a_moment();
+    }
+}
+
+/// The pause between two polls of a condition (not a synchronisation sleep).
+fn wait_a_moment() {
+    std::thread::park_timeout(Duration::from_millis(10));
+}
+
+/// Files under `dir` (for restart tests that check the store is on disk).
+pub fn has_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
