@@ -328,7 +328,7 @@ impl HttpClient {
     }
 
     /// [`HttpClient::call_ok`] and ignore the body.
-    fn call_empty(
+    pub(crate) fn call_empty(
         &self,
         method: &str,
         path: &str,
@@ -339,7 +339,7 @@ impl HttpClient {
     }
 
     /// [`HttpClient::call_ok`] and parse the body as `T`.
-    fn call_json<T: DeserializeOwned>(
+    pub(crate) fn call_json<T: DeserializeOwned>(
         &self,
         endpoint: &'static str,
         method: &str,

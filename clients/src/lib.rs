@@ -41,10 +41,12 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod chats;
 mod connection;
 mod error;
 mod http;
 
+pub use chats::{ChatSummary, Group, GroupMember};
 pub use connection::{Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};
 pub use error::{ClientError, ServerCode};
 pub use http::{

@@ -44,7 +44,12 @@ pub enum ConfigError {
 /// The command line of natterd. Every flag can also be a key in the `--config` file
 /// (with `-` replaced by `_`).
 #[derive(Debug, Parser, Default)]
-#[command(name = "natterd", version, about = "natter chat server")]
+#[command(
+    name = "natterd",
+    version,
+    about = "natter chat server",
+    args_override_self = true
+)]
 pub struct Flags {
     /// TOML file with the same keys as the flags (flags override it).
     #[arg(long)]
@@ -82,6 +87,9 @@ pub struct Flags {
     /// Most simultaneous client connections per core [default: 200000].
     #[arg(long)]
     pub max_connections_per_core: Option<usize>,
+    /// Sends per second one connection may make (bursts of the same size) [default: 1000].
+    #[arg(long)]
+    pub send_rate_limit: Option<u32>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -99,6 +107,7 @@ struct FileConfig {
     argon2_iterations: Option<u32>,
     auth_rate_limit: Option<u32>,
     max_connections_per_core: Option<usize>,
+    send_rate_limit: Option<u32>,
 }
 
 /// argon2id cost parameters.
@@ -146,6 +155,8 @@ pub struct Config {
     pub auth_rate_limit: u32,
     /// Most simultaneous connections per core.
     pub max_connections_per_core: usize,
+    /// Sends per second per connection.
+    pub send_rate_limit: u32,
 }
 
 impl Default for Config {
@@ -161,6 +172,7 @@ impl Default for Config {
             password_cost: PasswordCost::OWASP,
             auth_rate_limit: 30,
             max_connections_per_core: 200_000,
+            send_rate_limit: 1000,
         }
     }
 }
@@ -209,6 +221,10 @@ impl Config {
                 .max_connections_per_core
                 .or(file.max_connections_per_core)
                 .unwrap_or(d.max_connections_per_core),
+            send_rate_limit: flags
+                .send_rate_limit
+                .or(file.send_rate_limit)
+                .unwrap_or(d.send_rate_limit),
         };
         config.validate()?;
         Ok(config)
@@ -238,6 +254,9 @@ impl Config {
         }
         if self.auth_rate_limit == 0 {
             return invalid("auth-rate-limit", "must be at least 1 per minute");
+        }
+        if self.send_rate_limit == 0 {
+            return invalid("send-rate-limit", "must be at least 1 per second");
         }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");

@@ -4,6 +4,8 @@
 //! `docs/ARCHITECTURE.md` describes how the parts fit; `main.rs` only parses
 //! flags and calls [`run`].
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod config;
 pub mod core;
 #[cfg(feature = "fuzzing")]

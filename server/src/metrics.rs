@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Counters owned by one event-loop core.
 #[derive(Debug, Default)]
@@ -26,7 +27,7 @@ pub struct CoreMetrics {
 }
 
 /// HTTP status codes counted individually; anything else lands in "other".
-const HTTP_STATUSES: [u16; 12] = [200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 429, 500];
+const HTTP_STATUSES: [u16; 13] = [200, 201, 204, 400, 401, 403, 404, 405, 409, 413, 429, 500, 503];
 
 /// Counters of the HTTP side-port.
 #[derive(Debug, Default)]
@@ -45,6 +46,106 @@ impl HttpMetrics {
     }
 }
 
+/// Upper bounds of the `natter_store_commit_seconds` histogram buckets, in
+/// seconds (`+Inf` is implied): from a quiet `fdatasync` (~0.1 ms) to a
+/// pathological one (1 s), about three per decade.
+pub const COMMIT_SECONDS_BUCKETS: [f64; 13] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The same bounds in nanoseconds, for comparing without floating point.
+const COMMIT_BUCKET_NANOS: [u64; 13] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// Counters of the group-commit writer; only the writer thread writes them.
+#[derive(Debug, Default)]
+pub struct StoreMetrics {
+    /// Durable batch commits (one `fdatasync` each).
+    pub commits: AtomicU64,
+    /// Records committed (a message with its dedupe row, or a membership change).
+    pub records: AtomicU64,
+    /// Commits per latency bucket (not cumulative; the last is `+Inf`).
+    commit_buckets: [AtomicU64; COMMIT_BUCKET_NANOS.len() + 1],
+    /// Sum of commit latencies, nanoseconds.
+    commit_nanos: AtomicU64,
+}
+
+impl StoreMetrics {
+    /// Counts one commit of `records` records that took `elapsed` (journal write
+    /// plus `fdatasync`).
+    pub fn observe_commit(&self, elapsed: Duration, records: u64) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = COMMIT_BUCKET_NANOS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(COMMIT_BUCKET_NANOS.len());
+        if let Some(count) = self.commit_buckets.get(bucket) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.commit_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let commits = self.commits.load(Ordering::Relaxed);
+        for (name, help, value) in [
+            (
+                "natter_store_commits_total",
+                "Durable group commits (one fdatasync each)",
+                commits,
+            ),
+            (
+                "natter_store_records_total",
+                "Records made durable by group commits (records per commit = records / commits)",
+                self.records.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}.\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
+        let name = "natter_store_commit_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Latency of one group commit: journal write plus fdatasync.\n# TYPE {name} histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, count) in COMMIT_SECONDS_BUCKETS.iter().zip(&self.commit_buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        if let Some(inf) = self.commit_buckets.last() {
+            cumulative += inf.load(Ordering::Relaxed);
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.commit_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// One per-core series: name, type, help text and the field it reads.
+type PerCoreSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CoreMetrics) -> &AtomicU64,
+);
+
 /// All of natterd's counters.
 #[derive(Debug)]
 pub struct Metrics {
@@ -52,6 +153,8 @@ pub struct Metrics {
     pub cores: Vec<CoreMetrics>,
     /// The side-port's counters.
     pub http: HttpMetrics,
+    /// The group-commit writer's counters.
+    pub store: StoreMetrics,
 }
 
 impl Metrics {
@@ -60,13 +163,14 @@ impl Metrics {
         Self {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             http: HttpMetrics::default(),
+            store: StoreMetrics::default(),
         }
     }
 
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [(&str, &str, &str, fn(&CoreMetrics) -> &AtomicU64); 6] = [
+        let per_core: [PerCoreSeries; 6] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -122,6 +226,7 @@ impl Metrics {
             "{name}{{status=\"other\"}} {}",
             self.http.other.load(Ordering::Relaxed)
         );
+        self.store.render(&mut out);
         if let Some(rss) = resident_memory_bytes() {
             let name = "process_resident_memory_bytes";
             let _ = writeln!(
@@ -163,5 +268,32 @@ mod tests {
             rss.is_some_and(|v| v.parse::<u64>().is_ok_and(|b| b > 1 << 20)),
             "{text}"
         );
+    }
+
+    #[test]
+    fn renders_the_commit_histogram_cumulatively() {
+        let m = Metrics::new(1);
+        let empty = m.render();
+        assert!(empty.contains("natter_store_commits_total 0"), "{empty}");
+        assert!(empty.contains("natter_store_commit_seconds_bucket{le=\"+Inf\"} 0"));
+        m.store.observe_commit(Duration::from_micros(50), 10);
+        m.store.observe_commit(Duration::from_micros(100), 1);
+        m.store.observe_commit(Duration::from_millis(3), 20);
+        m.store.observe_commit(Duration::from_secs(2), 1);
+        let text = m.render();
+        for line in [
+            "# TYPE natter_store_commit_seconds histogram",
+            "natter_store_commits_total 4",
+            "natter_store_records_total 32",
+            "natter_store_commit_seconds_bucket{le=\"0.0001\"} 2",
+            "natter_store_commit_seconds_bucket{le=\"0.0025\"} 2",
+            "natter_store_commit_seconds_bucket{le=\"0.005\"} 3",
+            "natter_store_commit_seconds_bucket{le=\"1\"} 3",
+            "natter_store_commit_seconds_bucket{le=\"+Inf\"} 4",
+            "natter_store_commit_seconds_count 4",
+            "natter_store_commit_seconds_sum 2.00315",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 }

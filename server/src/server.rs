@@ -10,7 +10,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::config::Config;
 use crate::http::{self, Api, Endpoints, HttpServer};
 use crate::metrics::Metrics;
-use crate::runtime::Cores;
+use crate::runtime::{Command, Cores, Mesh};
+use crate::store::writer::Writer;
 use crate::store::{Store, StoreError};
 
 /// HTTP worker threads: enough to overlap a few slow password hashes with
@@ -45,6 +46,7 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
 pub struct Server {
     cores: Cores,
     http: HttpServer,
+    writer: Writer,
     store: Arc<Store>,
     endpoints: Endpoints,
 }
@@ -63,8 +65,25 @@ impl Server {
         let http_addr = http_listener
             .local_addr()
             .map_err(io_err("reading the HTTP address"))?;
-        let cores = Cores::start(&config, store.clone(), metrics.clone())
+        // The writer reports commits to the cores through the mesh, which exists
+        // once the cores do; nothing is written before that.
+        let mesh_slot: Arc<std::sync::OnceLock<Mesh>> = Arc::default();
+        let deliver_mesh = mesh_slot.clone();
+        let (writer, writer_tx) = Writer::start(
+            store.clone(),
+            metrics.clone(),
+            Box::new(move |core, completions| {
+                if let Some(mesh) = deliver_mesh.get() {
+                    // Blocks only while that core's queue is full; cores never
+                    // block on the writer, so this cannot deadlock.
+                    let _ = mesh.send_blocking(core, Command::Committed(completions));
+                }
+            }),
+        )
+        .map_err(io_err("starting the storage writer"))?;
+        let cores = Cores::start(&config, store.clone(), writer_tx, metrics.clone())
             .map_err(io_err("starting the event loops"))?;
+        let _ = mesh_slot.set(cores.mesh().clone());
         let endpoints = Endpoints {
             http: http_addr,
             tcp: cores.tcp_addr(),
@@ -90,6 +109,7 @@ impl Server {
         Ok(Self {
             cores,
             http,
+            writer,
             store,
             endpoints,
         })
@@ -100,13 +120,15 @@ impl Server {
         &self.endpoints
     }
 
-    /// Stops accepting, closes every session, then flushes and closes the store.
+    /// Stops accepting, closes every session, commits what the writer still
+    /// holds, then flushes and closes the store.
     ///
     /// # Errors
     /// A core that died of an I/O error, or a store that failed to persist.
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.http.shutdown();
         let cores = self.cores.shutdown().map_err(io_err("stopping the event loops"));
+        self.writer.shutdown()?;
         self.store.persist()?;
         cores
     }

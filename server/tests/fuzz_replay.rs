@@ -11,7 +11,8 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use natter_server::fuzzing::session::{
-    AuthChoice, Blob, Input, Op, SessionInput, Text, Version, WireBody, WireCursor, WireFrame, WireMessage,
+    AuthChoice, Blob, Id, Input, Op, SessionInput, Text, Version, WireBody, WireCursor, WireFrame,
+    WireMessage,
 };
 use natter_server::fuzzing::{TARGETS, seeds, target};
 
@@ -47,7 +48,8 @@ fn replay(name: &str) {
     let regressions = files(&fuzz_dir().join("regressions").join(name));
     let mut failed = Vec::new();
     for file in corpus.iter().chain(&regressions) {
-        let data = std::fs::read(file).unwrap();
+        // A relative path is relative to the workspace root (tests run in server/).
+        let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file)).unwrap();
         if panic::catch_unwind(AssertUnwindSafe(|| (target.run)(&data))).is_err() {
             failed.push(file.display().to_string());
         }
@@ -180,8 +182,8 @@ fn session_inputs_round_trip_through_their_encoding() {
             protocol_version: 5,
         },
         WireBody::Send {
-            chat_id: 1,
-            client_msg_id: 2,
+            chat: Id::Small(1),
+            client_msg_id: Id::Any(u64::MAX),
             text: text(),
         },
         WireBody::SendOk {
@@ -280,6 +282,19 @@ fn session_inputs_round_trip_through_their_encoding() {
         Op::Deliver { core: 0 },
         Op::CloseDevice { user: 5, device: 6 },
         Op::Shutdown { core: 7 },
+        Op::Arrive {
+            conn: 8,
+            input: Input::Rest,
+        },
+        Op::Commit { count: 255 },
+        Op::Membership {
+            chat: 1,
+            actor: 2,
+            user: 3,
+            add: true,
+        },
+        Op::StoreFault { on: true },
+        Op::Overflow { conn: 9 },
     ]);
     let input = SessionInput { ops };
     assert_eq!(SessionInput::from_bytes(&input.to_bytes()), input);
@@ -287,4 +302,24 @@ fn session_inputs_round_trip_through_their_encoding() {
         let decoded = SessionInput::from_bytes(&s.data);
         assert_eq!(decoded.to_bytes(), s.data, "{} does not round-trip", s.name);
     }
+}
+
+/// `NATTER_FUZZ_SHOW=<target>:<file> cargo test -p natter-server --test fuzz_replay -- show --nocapture`
+/// prints what an input means to its target (a session input's operations, an HTTP input's text)
+/// and runs it; without the variable it does nothing. A relative `<file>` is relative to the
+/// workspace root.
+#[test]
+fn show_an_input() {
+    let Ok(spec) = std::env::var("NATTER_FUZZ_SHOW") else {
+        return;
+    };
+    let (name, file) = spec.split_once(':').unwrap();
+    // A relative path is relative to the workspace root (tests run in server/).
+    let data = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file)).unwrap();
+    match name {
+        "session" => println!("{:#?}", SessionInput::from_bytes(&data)),
+        "http_request" => println!("{}", String::from_utf8_lossy(&data)),
+        _ => println!("{data:02x?}"),
+    }
+    (target(name).unwrap().run)(&data);
 }

@@ -1,6 +1,8 @@
 //! End-to-end tests of the HTTP side-port against a real `natterd` (port 0,
 //! temporary data dir, `--cores 2`), over real HTTP: accounts, tokens,
-//! friendships, limits, error codes, and durability across a restart.
+//! friendships, direct chats, groups and their members (changed through the
+//! chat's owner core), the chat list, limits, error codes, and durability
+//! across a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +19,14 @@ use support::TestServer;
 struct Http {
     agent: ureq::Agent,
     base: String,
+}
+
+/// An account with one logged-in device.
+#[derive(Debug, Clone)]
+struct User {
+    id: u64,
+    name: String,
+    token: String,
 }
 
 /// One answer: status, selected headers, and the body parsed as JSON (Null when empty).
@@ -100,6 +110,33 @@ impl Http {
             a.json["user_id"].as_u64().unwrap(),
             a.json["token"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// Signs `name` up and logs one device in.
+    fn account(&self, name: &str) -> User {
+        self.signup(name);
+        let (id, token) = self.login(name);
+        User {
+            id,
+            name: name.to_owned(),
+            token,
+        }
+    }
+
+    /// Makes `a` and `b` friends (`a` asks, `b` accepts).
+    fn befriend(&self, a: &User, b: &User) {
+        let asked = self.post(
+            "/v1/friends/requests",
+            Some(&a.token),
+            Some(json!({"username": b.name})),
+        );
+        assert_eq!(asked.status, 200, "{asked:?}");
+        let accepted = self.post(
+            &format!("/v1/friends/requests/{}/accept", a.id),
+            Some(&b.token),
+            None,
+        );
+        assert_eq!(accepted.json["status"], "friends", "{accepted:?}");
     }
 
     fn friends(&self, token: &str) -> Value {
@@ -384,4 +421,233 @@ fn friendships_and_accounts_survive_a_restart() {
     );
     assert_eq!(dup.status, 409);
     assert_eq!(http.signup("dave"), carol + 1, "ids continue after a restart");
+}
+
+#[test]
+fn direct_chats_and_groups_with_their_limits_and_the_chat_list() {
+    let mut server = support::start();
+    let http = Http::new(&server);
+    let alice = http.account("alice");
+    let bob = http.account("bob");
+    let carol = http.account("carol");
+    let dave = http.account("dave");
+    http.befriend(&alice, &bob);
+    http.befriend(&alice, &carol);
+
+    // Direct chats: friends only, one per pair, either side.
+    let dm = |from: &User, to: u64| http.post("/v1/dms", Some(&from.token), Some(json!({"user_id": to})));
+    let first = dm(&alice, bob.id);
+    assert_eq!(first.status, 201, "{first:?}");
+    let chat = first.json["chat_id"].as_u64().unwrap();
+    let again = dm(&bob, alice.id);
+    assert_eq!((again.status, &again.json), (200, &json!({"chat_id": chat})));
+    let refused = dm(&alice, dave.id);
+    assert_eq!((refused.status, refused.code()), (403, "not_friends"));
+    assert_eq!(dm(&alice, alice.id).code(), "cannot_chat_with_self");
+    assert_eq!(dm(&alice, 9_999).code(), "user_not_found");
+    assert_eq!(
+        http.post("/v1/dms", None, Some(json!({"user_id": bob.id})))
+            .status,
+        401
+    );
+
+    // Groups: the owner's friends, duplicates collapse, members only may look.
+    let created = http.post(
+        "/v1/groups",
+        Some(&alice.token),
+        Some(json!({"name": "the crew", "members": [bob.id, carol.id, bob.id]})),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let group = created.json["chat_id"].as_u64().unwrap();
+    let shown = http.get(&format!("/v1/groups/{group}"), Some(&bob.token));
+    assert_eq!(shown.status, 200);
+    assert_eq!(
+        shown.json,
+        json!({
+            "chat_id": group,
+            "name": "the crew",
+            "owner": alice.id,
+            "members": [entry(alice.id, "alice"), entry(bob.id, "bob"), entry(carol.id, "carol")],
+        })
+    );
+    let hidden = http.get(&format!("/v1/groups/{group}"), Some(&dave.token));
+    assert_eq!((hidden.status, hidden.code()), (404, "unknown_chat"));
+    assert_eq!(
+        http.get(&format!("/v1/groups/{chat}"), Some(&alice.token)).code(),
+        "unknown_chat"
+    );
+    let stranger = http.post(
+        "/v1/groups",
+        Some(&alice.token),
+        Some(json!({"name": "g", "members": [bob.id, dave.id]})),
+    );
+    assert_eq!((stranger.status, stranger.code()), (403, "not_friends"));
+    assert!(
+        stranger.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&dave.id.to_string())
+    );
+    let nameless = http.post(
+        "/v1/groups",
+        Some(&alice.token),
+        Some(json!({"name": "", "members": []})),
+    );
+    assert_eq!((nameless.status, nameless.code()), (400, "invalid_group_name"));
+
+    // At most 100 members, owner included: 100 friends are one too many.
+    let owner = http.account("owner");
+    let friends: Vec<User> = (0..100)
+        .map(|i| {
+            let friend = http.account(&format!("friend{i:03}"));
+            http.befriend(&owner, &friend);
+            friend
+        })
+        .collect();
+    let ids: Vec<u64> = friends.iter().map(|f| f.id).collect();
+    let create = |members: &[u64]| {
+        http.post(
+            "/v1/groups",
+            Some(&owner.token),
+            Some(json!({"name": "big", "members": members})),
+        )
+    };
+    let too_many = create(&ids);
+    assert_eq!((too_many.status, too_many.code()), (409, "too_many_members"));
+    let full = create(&ids[..99]);
+    assert_eq!(full.status, 201, "{full:?}");
+    let big = full.json["chat_id"].as_u64().unwrap();
+    let members = http.get(&format!("/v1/groups/{big}"), Some(&owner.token)).json["members"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(members, 100);
+
+    // The chat list, named as each member sees it, with the last committed seq.
+    let list = |user: &User| {
+        let a = http.get("/v1/chats", Some(&user.token));
+        assert_eq!(a.status, 200, "{a:?}");
+        a.json
+    };
+    let expected_alice = json!({"chats": [
+        {"chat_id": chat, "kind": "direct", "name": "bob", "last_seq": 0},
+        {"chat_id": group, "kind": "group", "name": "the crew", "last_seq": 0},
+    ]});
+    assert_eq!(list(&alice), expected_alice);
+    assert_eq!(list(&bob)["chats"][0]["name"], "alice");
+    assert_eq!(list(&dave), json!({"chats": []}));
+    assert_eq!(list(&friends[0])["chats"][0]["chat_id"], big);
+
+    // Chats are durable: after a restart everything is still there, and a DM
+    // is still the same chat.
+    server.restart();
+    let http = Http::new(&server);
+    let list = |user: &User| http.get("/v1/chats", Some(&user.token)).json;
+    assert_eq!(list(&alice), expected_alice);
+    let again = http.post("/v1/dms", Some(&bob.token), Some(json!({"user_id": alice.id})));
+    assert_eq!((again.status, &again.json), (200, &json!({"chat_id": chat})));
+    let newer = http.post(
+        "/v1/groups",
+        Some(&bob.token),
+        Some(json!({"name": "later", "members": []})),
+    );
+    assert!(
+        newer.json["chat_id"].as_u64().unwrap() > big,
+        "chat ids continue after a restart"
+    );
+}
+
+#[test]
+fn group_members_change_through_the_owner_core_durably() {
+    let mut server = support::start();
+    let http = Http::new(&server);
+    let alice = http.account("alice");
+    let bob = http.account("bob");
+    let carol = http.account("carol");
+    let dave = http.account("dave");
+    http.befriend(&alice, &bob);
+    http.befriend(&alice, &carol);
+    http.befriend(&bob, &dave);
+    let created = http.post(
+        "/v1/groups",
+        Some(&alice.token),
+        Some(json!({"name": "g", "members": [bob.id]})),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let group = created.json["chat_id"].as_u64().unwrap();
+    let add = |by: &User, user: u64| {
+        http.post(
+            &format!("/v1/groups/{group}/members"),
+            Some(&by.token),
+            Some(json!({"user_id": user})),
+        )
+    };
+    let remove =
+        |by: &User, user: u64| http.delete(&format!("/v1/groups/{group}/members/{user}"), Some(&by.token));
+    let members = |by: &User| -> Vec<u64> {
+        let a = http.get(&format!("/v1/groups/{group}"), Some(&by.token));
+        assert_eq!(a.status, 200, "{a:?}");
+        a.json["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].as_u64().unwrap())
+            .collect()
+    };
+
+    let added = add(&alice, carol.id);
+    assert_eq!(
+        (added.status, &added.json),
+        (201, &json!({"chat_id": group, "user_id": carol.id}))
+    );
+    assert_eq!(members(&carol), [alice.id, bob.id, carol.id]);
+    let twice = add(&alice, carol.id);
+    assert_eq!((twice.status, twice.code()), (409, "already_member"));
+    let not_owner = add(&bob, dave.id);
+    assert_eq!((not_owner.status, not_owner.code()), (403, "not_owner"));
+    let stranger = add(&alice, dave.id);
+    assert_eq!((stranger.status, stranger.code()), (403, "not_friends"));
+    let outsider = add(&dave, dave.id);
+    assert_eq!((outsider.status, outsider.code()), (404, "unknown_chat"));
+    assert_eq!(add(&alice, 9_999).code(), "user_not_found");
+    let others = remove(&bob, carol.id);
+    assert_eq!((others.status, others.code()), (403, "not_owner"));
+
+    // Any member may leave; the owner removes others.
+    assert_eq!(remove(&bob, bob.id).status, 204);
+    assert_eq!(
+        http.get(&format!("/v1/groups/{group}"), Some(&bob.token)).code(),
+        "unknown_chat"
+    );
+    assert_eq!(remove(&alice, carol.id).status, 204);
+    let gone = remove(&alice, carol.id);
+    assert_eq!((gone.status, gone.code()), (404, "not_member"));
+    assert_eq!(members(&alice), [alice.id]);
+    let chats = http.get("/v1/chats", Some(&carol.token));
+    assert_eq!(
+        chats.json,
+        json!({"chats": []}),
+        "a removed member's list drops the group"
+    );
+    assert_eq!(
+        add(&alice, bob.id).status,
+        201,
+        "a member who left can be added again"
+    );
+
+    server.restart();
+    let http = Http::new(&server);
+    let a = http.get(&format!("/v1/groups/{group}"), Some(&alice.token));
+    let ids: Vec<u64> = a.json["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["user_id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [alice.id, bob.id], "membership changes are durable");
+    let removed_again = http.delete(
+        &format!("/v1/groups/{group}/members/{}", carol.id),
+        Some(&alice.token),
+    );
+    assert_eq!((removed_again.status, removed_again.code()), (404, "not_member"));
 }

@@ -74,11 +74,14 @@ pub enum ErrorCode {
     /// Limit hit: the server (or this user) has reached its connection limit. Retry later. Closes the
     /// connection.
     TooManyConnections = 19,
+    /// Limit hit: the client did not read its frames fast enough and the server's outbound
+    /// buffer for it overflowed. Closes the connection; reconnect and catch up (Sync/History).
+    SlowConsumer = 20,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::NotAuthenticated,
@@ -98,6 +101,7 @@ impl ErrorCode {
         ErrorCode::HeartbeatTimeout,
         ErrorCode::AlreadyAuthenticated,
         ErrorCode::TooManyConnections,
+        ErrorCode::SlowConsumer,
     ];
 
     /// The number sent in `Error.code`.
@@ -128,6 +132,7 @@ impl ErrorCode {
             17 => ErrorCode::HeartbeatTimeout,
             18 => ErrorCode::AlreadyAuthenticated,
             19 => ErrorCode::TooManyConnections,
+            20 => ErrorCode::SlowConsumer,
             _ => return None,
         })
     }
@@ -154,6 +159,7 @@ impl ErrorCode {
             ErrorCode::HeartbeatTimeout => "heartbeat_timeout",
             ErrorCode::AlreadyAuthenticated => "already_authenticated",
             ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::SlowConsumer => "slow_consumer",
         }
     }
 
@@ -177,6 +183,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::HeartbeatTimeout
                 | ErrorCode::TooManyConnections
+                | ErrorCode::SlowConsumer
         )
     }
 }

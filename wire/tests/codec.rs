@@ -732,6 +732,7 @@ fn connection_closing_codes_are_the_documented_ones() {
             ErrorCode::ShuttingDown,
             ErrorCode::HeartbeatTimeout,
             ErrorCode::TooManyConnections,
+            ErrorCode::SlowConsumer,
         ]
     );
     for code in [

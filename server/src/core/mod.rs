@@ -15,18 +15,26 @@
 //!    (after an [`Action::Close`], or when the peer went away) or
 //!    [`Core::detach`] (after an [`Action::Migrate`]).
 
+mod chat;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_hooks;
 mod timer;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use natter_wire::{Body, Encoder, ErrorCode, FrameDecoder, Limits, PROTOCOL_VERSION, fb};
+use natter_wire::{Body, Encoder, ErrorCode, FrameDecoder, Limits, MAX_TEXT_CHARS, PROTOCOL_VERSION, fb};
 use slab::Slab;
 
-use crate::ids::{CoreId, DeviceId, UserId};
+pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
+
+use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
+use crate::runtime::{MembershipChange, MembershipError};
+use crate::store::writer::{Completion, WriteOp};
+use crate::store::{ChatKind, MAX_GROUP_MEMBERS, StoredMessage};
+use chat::{ChatState, InFlight};
 use timer::{Mark, TimerWheel};
 
 /// Frames one session may have handled per [`Core::handle_input`] call: a
@@ -59,6 +67,8 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// Most connections this core holds at once; more are refused.
     pub max_connections: usize,
+    /// Sends one session may make per second (burst: the same number).
+    pub send_rate: u32,
 }
 
 impl CoreConfig {
@@ -70,7 +80,7 @@ impl CoreConfig {
 }
 
 /// What the driver must do for the core.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Action {
     /// Write this encoded frame to the connection (after what is already queued).
@@ -101,6 +111,42 @@ pub enum Action {
         /// The connection.
         conn: ConnId,
     },
+    /// Queue this batch for another core (one queue operation) and wake it.
+    ToCore {
+        /// The target core.
+        core: CoreId,
+        /// Its work, in order.
+        msgs: Vec<CoreMsg>,
+    },
+    /// Hand this write to the storage writer, after every earlier `Write`.
+    Write(WriteOp),
+    /// Send the outcome of a membership change to the HTTP worker waiting for it.
+    MembershipReply {
+        /// The waiting worker's channel.
+        reply: crossbeam_channel::Sender<Result<(), MembershipError>>,
+        /// The outcome.
+        result: Result<(), MembershipError>,
+    },
+}
+
+impl PartialEq for Action {
+    fn eq(&self, other: &Self) -> bool {
+        use Action as A;
+        match (self, other) {
+            (A::Transmit { conn: a, frame: f }, A::Transmit { conn: b, frame: g }) => a == b && f == g,
+            (A::Authenticate { conn: a, token: t }, A::Authenticate { conn: b, token: u }) => {
+                a == b && t == u
+            }
+            (A::Migrate { conn: a, to: x }, A::Migrate { conn: b, to: y }) => a == b && x == y,
+            (A::Close { conn: a }, A::Close { conn: b }) => a == b,
+            (A::ToCore { core: a, msgs: m }, A::ToCore { core: b, msgs: n }) => a == b && m == n,
+            (A::Write(a), A::Write(b)) => a == b,
+            (A::MembershipReply { reply: r, result: x }, A::MembershipReply { reply: s, result: y }) => {
+                r.same_channel(s) && x == y
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The outcome of a token lookup, reported by the driver.
@@ -158,6 +204,9 @@ struct Session {
     state: State,
     last_heard: Instant,
     generation: u32,
+    /// Send token bucket: tokens left and when it was last refilled.
+    send_tokens: f32,
+    refilled: Instant,
 }
 
 /// Counters the driver publishes to `/metrics` after each loop turn.
@@ -173,6 +222,12 @@ pub struct CoreStats {
     pub sessions: u64,
     /// Connections currently on this core.
     pub connections: u64,
+    /// Messages whose seq this core assigned (as owner core).
+    pub messages_accepted: u64,
+    /// Frames pushed to sessions as live deliveries.
+    pub deliveries: u64,
+    /// Sessions closed because their outbound buffer overflowed.
+    pub slow_consumers: u64,
 }
 
 /// The sans-IO state of one core. See the module docs for the driving contract.
@@ -191,15 +246,31 @@ pub struct Core {
     /// Wall-clock anchor: `now` at construction and the Unix time then (ms).
     anchor: (Instant, u64),
     stats: CoreStats,
+    store: Arc<dyn ChatStore>,
+    /// Chats this core owns that have been touched since start.
+    chats: HashMap<ChatId, ChatState>,
+    /// Sends handed to the writer, by `(chat, seq)`.
+    in_flight: HashMap<(ChatId, Seq), InFlight>,
+    /// Membership changes handed to the writer, by ticket.
+    memberships: HashMap<u64, crossbeam_channel::Sender<Result<(), MembershipError>>>,
+    next_ticket: u64,
+    /// Work for other cores gathered this turn, index = core.
+    outgoing: Vec<Vec<CoreMsg>>,
 }
 
 impl Core {
     /// A core with no connections. `unix_ms_now` is the wall clock at `now`; the
     /// core derives server timestamps from `now` afterwards, so a simulated clock
     /// drives them too.
-    pub fn new(config: CoreConfig, now: Instant, unix_ms_now: u64) -> Self {
+    pub fn new(config: CoreConfig, store: Arc<dyn ChatStore>, now: Instant, unix_ms_now: u64) -> Self {
         let tick = (config.heartbeat_timeout / 16).clamp(Duration::from_millis(5), Duration::from_secs(1));
         Self {
+            store,
+            chats: HashMap::new(),
+            in_flight: HashMap::new(),
+            memberships: HashMap::new(),
+            next_ticket: 0,
+            outgoing: (0..config.cores).map(|_| Vec::new()).collect(),
             decoder: FrameDecoder::new(config.limits.clone()),
             encoder: Encoder::new(),
             sessions: Slab::new(),
@@ -271,6 +342,8 @@ impl Core {
             state,
             last_heard: now,
             generation,
+            send_tokens: self.config.send_rate as f32,
+            refilled: now,
         });
         let at = self.deadline_of(key).unwrap_or(now);
         self.wheel.schedule(at, Mark { key, generation });
@@ -344,7 +417,7 @@ impl Core {
         };
         match session.state {
             State::AwaitingHello { .. } => self.handle_hello(conn, view, now),
-            State::Active { .. } => self.handle_active_frame(conn, view, request_id),
+            State::Active { .. } => self.handle_active_frame(conn, view, request_id, now),
             _ => {}
         }
     }
@@ -380,9 +453,14 @@ impl Core {
         self.actions.push_back(Action::Authenticate { conn, token });
     }
 
-    fn handle_active_frame(&mut self, conn: ConnId, view: fb::Frame<'_>, request_id: u64) {
+    fn handle_active_frame(&mut self, conn: ConnId, view: fb::Frame<'_>, request_id: u64, now: Instant) {
         use fb::Body as B;
         match view.body_type() {
+            B::Send => {
+                if let Some(send) = view.body_as_send() {
+                    self.handle_send_frame(conn, send, request_id, now);
+                }
+            }
             B::Ping => {
                 let nonce = view.body_as_ping().map_or(0, |p| p.nonce());
                 let frame = self.encoder.encode(&natter_wire::Frame::new(
@@ -399,7 +477,7 @@ impl Core {
                 "this connection is already authenticated",
                 request_id,
             ),
-            B::Send | B::Sync | B::History | B::Ack => {
+            B::Sync | B::History | B::Ack => {
                 let message = format!(
                     "{} is defined in protocol version 1 but not served by this natterd yet",
                     view.body_type().variant_name().unwrap_or("this frame")
@@ -594,6 +672,380 @@ impl Core {
             }
         }
         self.expired = expired;
+    }
+
+    // ----- messaging: the sender's home core -------------------------------
+
+    fn handle_send_frame(&mut self, conn: ConnId, send: fb::Send<'_>, request_id: u64, now: Instant) {
+        let Some(session) = self.sessions.get_mut(conn.0) else {
+            return;
+        };
+        let State::Active { user, .. } = session.state else {
+            return;
+        };
+        let generation = session.generation;
+        // Token bucket: `send_rate` per second, bursts of the same size.
+        let rate = self.config.send_rate as f32;
+        let elapsed = now.saturating_duration_since(session.refilled).as_secs_f32();
+        session.send_tokens = (session.send_tokens + elapsed * rate).min(rate);
+        session.refilled = now;
+        if session.send_tokens < 1.0 {
+            let message = format!(
+                "at most {} sends per second per connection",
+                self.config.send_rate
+            );
+            return self.reply_error(conn, ErrorCode::RateLimited, &message, request_id);
+        }
+        session.send_tokens -= 1.0;
+        let text = send.text().unwrap_or_default();
+        if send.chat_id() == 0 {
+            return self.reply_error(conn, ErrorCode::UnknownChat, "chat 0 does not exist", request_id);
+        }
+        if text.is_empty() {
+            return self.reply_error(
+                conn,
+                ErrorCode::EmptyText,
+                "a message needs at least one character",
+                request_id,
+            );
+        }
+        // Byte length bounds the character count from above: count only when it could matter.
+        if text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS {
+            let message = format!("a message has at most {MAX_TEXT_CHARS} characters");
+            return self.reply_error(conn, ErrorCode::TextTooLong, &message, request_id);
+        }
+        let chat = ChatId(send.chat_id());
+        let request = SendRequest {
+            origin: Origin {
+                core: self.config.core,
+                conn,
+                generation,
+            },
+            request_id,
+            sender: user,
+            chat,
+            client_msg_id: ClientMsgId(send.client_msg_id()),
+            text: text.to_owned(),
+        };
+        self.route(chat.owner_core(self.config.cores), CoreMsg::Send(request), now);
+    }
+
+    /// Delivers `msg` to `core`: at once when it is this core, else batched
+    /// into this turn's one queue operation for that core.
+    fn route(&mut self, core: CoreId, msg: CoreMsg, now: Instant) {
+        if core == self.config.core {
+            self.handle_core_msg(msg, now);
+        } else if let Some(batch) = self.outgoing.get_mut(core.0) {
+            batch.push(msg);
+        }
+    }
+
+    /// End of a loop turn: turns the work gathered for other cores into one
+    /// [`Action::ToCore`] per core. Call once per turn, then drain actions.
+    pub fn handle_end_of_turn(&mut self) {
+        for (core, batch) in self.outgoing.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let msgs = std::mem::take(batch);
+                self.actions.push_back(Action::ToCore {
+                    core: CoreId(core),
+                    msgs,
+                });
+            }
+        }
+    }
+
+    /// Work from another core, in the order it was sent.
+    pub fn handle_core_msgs(&mut self, msgs: Vec<CoreMsg>, now: Instant) {
+        for msg in msgs {
+            self.handle_core_msg(msg, now);
+        }
+    }
+
+    fn handle_core_msg(&mut self, msg: CoreMsg, now: Instant) {
+        match msg {
+            CoreMsg::Send(request) => self.handle_send(request, now),
+            CoreMsg::Reply { to, frame } => {
+                if self.is_current(to) {
+                    self.transmit(to.conn, frame);
+                }
+            }
+            CoreMsg::Push { frame, users, skip } => {
+                let skip = skip.filter(|o| o.core == self.config.core).map(|o| o.conn);
+                let mut targets = Vec::new();
+                for user in users.iter() {
+                    if let Some(devices) = self.devices.get(user) {
+                        targets.extend(devices.iter().map(|(_, c)| *c).filter(|c| Some(*c) != skip));
+                    }
+                }
+                self.stats.deliveries += targets.len() as u64;
+                for conn in targets {
+                    self.transmit(conn, frame.clone());
+                }
+            }
+        }
+    }
+
+    /// True when `origin` still names the same live, authenticated session here.
+    fn is_current(&self, origin: Origin) -> bool {
+        self.sessions
+            .get(origin.conn.0)
+            .is_some_and(|s| s.generation == origin.generation && matches!(s.state, State::Active { .. }))
+    }
+
+    fn reply_to(&mut self, to: Origin, frame: Bytes, now: Instant) {
+        self.route(to.core, CoreMsg::Reply { to, frame }, now);
+    }
+
+    fn error_to(&mut self, to: Origin, code: ErrorCode, message: &str, request_id: u64, now: Instant) {
+        let frame = self.encoder.error(code, message, request_id);
+        self.reply_to(to, frame, now);
+    }
+
+    // ----- messaging: the chat's owner core ----------------------------------
+
+    /// Loads a chat this core owns into memory (once).
+    fn load_chat(&mut self, chat: ChatId) -> Result<Option<&mut ChatState>, String> {
+        if !self.chats.contains_key(&chat) {
+            match self.store.chat_snapshot(chat) {
+                Ok(Some(snapshot)) => {
+                    self.chats
+                        .insert(chat, ChatState::new(snapshot, self.config.cores));
+                }
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(self.chats.get_mut(&chat))
+    }
+
+    fn handle_send(&mut self, req: SendRequest, now: Instant) {
+        let (origin, rid) = (req.origin, req.request_id);
+        let chat = match self.load_chat(req.chat) {
+            Ok(Some(chat)) => chat,
+            Ok(None) => return self.error_to(origin, ErrorCode::UnknownChat, "no such chat", rid, now),
+            Err(e) => {
+                let message = format!("the store is unavailable: {e}");
+                return self.error_to(origin, ErrorCode::Unavailable, &message, rid, now);
+            }
+        };
+        if !chat.members.contains(&req.sender) {
+            return self.error_to(
+                origin,
+                ErrorCode::NotMember,
+                "you are not a member of this chat",
+                rid,
+                now,
+            );
+        }
+        let key = (req.sender, req.client_msg_id);
+        // A retry while the original is still in flight waits for the same commit.
+        if let Some(seq) = chat.in_flight.get(&key).copied() {
+            if let Some(pending) = self.in_flight.get_mut(&(req.chat, seq)) {
+                pending.waiters.push((origin, rid));
+            }
+            return;
+        }
+        match self.store.dedupe(req.chat, req.sender, req.client_msg_id) {
+            Ok(Some((seq, ts))) => {
+                let frame = self.send_ok(rid, req.client_msg_id, req.chat, seq, ts);
+                return self.reply_to(origin, frame, now);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let message = format!("the store is unavailable: {e}");
+                return self.error_to(origin, ErrorCode::Unavailable, &message, rid, now);
+            }
+        }
+        let server_ts_ms = self.unix_ms(now);
+        let Some(chat) = self.chats.get_mut(&req.chat) else {
+            return;
+        };
+        let seq = Seq(chat.next_seq);
+        chat.next_seq += 1;
+        chat.in_flight.insert(key, seq);
+        let recipients = chat.recipients.clone();
+        let message = natter_wire::Message {
+            chat_id: req.chat.0,
+            seq: seq.0,
+            sender: req.sender.0,
+            server_ts_ms,
+            client_msg_id: req.client_msg_id.0,
+            text: req.text,
+        };
+        let frame = self.encoder.message(0, &message);
+        self.in_flight.insert(
+            (req.chat, seq),
+            InFlight {
+                sender: req.sender,
+                client_msg_id: req.client_msg_id,
+                server_ts_ms,
+                frame,
+                waiters: vec![(origin, rid)],
+                recipients,
+            },
+        );
+        self.stats.messages_accepted += 1;
+        self.actions.push_back(Action::Write(WriteOp::Message {
+            origin: self.config.core,
+            msg: StoredMessage {
+                chat: req.chat,
+                seq,
+                sender: req.sender,
+                server_ts_ms,
+                client_msg_id: req.client_msg_id,
+                text: message.text,
+            },
+        }));
+    }
+
+    fn send_ok(&mut self, request_id: u64, cmid: ClientMsgId, chat: ChatId, seq: Seq, ts: u64) -> Bytes {
+        let ok = natter_wire::SendOk {
+            client_msg_id: cmid.0,
+            chat_id: chat.0,
+            seq: seq.0,
+            server_ts_ms: ts,
+        };
+        self.encoder
+            .encode(&natter_wire::Frame::new(request_id, Body::SendOk(ok)))
+    }
+
+    /// The storage writer made these writes of this core durable (in order):
+    /// acknowledge the sends and push the messages to the members.
+    pub fn handle_committed(&mut self, completions: Vec<Completion>, now: Instant) {
+        for completion in completions {
+            match completion {
+                Completion::Message { chat, seq } => self.handle_message_committed(chat, seq, now),
+                Completion::Membership { ticket } => {
+                    if let Some(reply) = self.memberships.remove(&ticket) {
+                        self.actions.push_back(Action::MembershipReply {
+                            reply,
+                            result: Ok(()),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_message_committed(&mut self, chat: ChatId, seq: Seq, now: Instant) {
+        let Some(done) = self.in_flight.remove(&(chat, seq)) else {
+            return;
+        };
+        if let Some(state) = self.chats.get_mut(&chat) {
+            state.in_flight.remove(&(done.sender, done.client_msg_id));
+        }
+        let first = done.waiters.first().map(|(origin, _)| *origin);
+        for (origin, rid) in done.waiters {
+            let frame = self.send_ok(rid, done.client_msg_id, chat, seq, done.server_ts_ms);
+            self.reply_to(origin, frame, now);
+        }
+        for (core, users) in done.recipients.iter().enumerate() {
+            if !users.is_empty() {
+                let push = CoreMsg::Push {
+                    frame: done.frame.clone(),
+                    users: users.clone(),
+                    skip: first,
+                };
+                self.route(CoreId(core), push, now);
+            }
+        }
+    }
+
+    /// A membership change for a group this core owns: decided here, in order
+    /// with the group's messages, then made durable through the writer.
+    pub fn handle_membership(&mut self, change: MembershipChange, _now: Instant) {
+        let MembershipChange {
+            chat,
+            actor,
+            user,
+            add,
+            reply,
+        } = change;
+        let result = self.apply_membership(chat, actor, user, add);
+        match result {
+            Ok(()) => {
+                self.next_ticket += 1;
+                let ticket = self.next_ticket;
+                self.memberships.insert(ticket, reply);
+                self.actions.push_back(Action::Write(WriteOp::Membership {
+                    origin: self.config.core,
+                    chat,
+                    user,
+                    add,
+                    ticket,
+                }));
+            }
+            Err(e) => self.actions.push_back(Action::MembershipReply {
+                reply,
+                result: Err(e),
+            }),
+        }
+    }
+
+    fn apply_membership(
+        &mut self,
+        chat_id: ChatId,
+        actor: UserId,
+        user: UserId,
+        add: bool,
+    ) -> Result<(), MembershipError> {
+        let cores = self.config.cores;
+        let store = self.store.clone();
+        let chat = match self.load_chat(chat_id) {
+            Ok(Some(chat)) => chat,
+            Ok(None) => return Err(MembershipError::UnknownChat),
+            Err(e) => return Err(MembershipError::Store(e)),
+        };
+        if chat.kind != ChatKind::Group {
+            return Err(MembershipError::NotAGroup);
+        }
+        if !chat.members.contains(&actor) {
+            return Err(MembershipError::UnknownChat);
+        }
+        if add {
+            if actor != chat.owner {
+                return Err(MembershipError::NotOwner);
+            }
+            if chat.members.contains(&user) {
+                return Err(MembershipError::AlreadyMember);
+            }
+            if chat.members.len() >= MAX_GROUP_MEMBERS {
+                return Err(MembershipError::TooManyMembers);
+            }
+            match store.are_friends(chat.owner, user) {
+                Ok(true) => {}
+                Ok(false) => return Err(MembershipError::NotFriends),
+                Err(e) => return Err(MembershipError::Store(e.to_string())),
+            }
+            chat.members.insert(user);
+        } else {
+            if actor != chat.owner && actor != user {
+                return Err(MembershipError::NotOwner);
+            }
+            if !chat.members.remove(&user) {
+                return Err(MembershipError::NotMember);
+            }
+        }
+        chat.rebuild_recipients(cores);
+        Ok(())
+    }
+
+    /// The connection's outbound buffer overflowed: it is a slow consumer and is
+    /// closed (it catches up from the store when it reconnects).
+    pub fn handle_outbound_overflow(&mut self, conn: ConnId) {
+        if self
+            .sessions
+            .get(conn.0)
+            .is_some_and(|s| s.state != State::Closing)
+        {
+            self.stats.slow_consumers += 1;
+            self.fail(
+                conn,
+                ErrorCode::SlowConsumer,
+                "you did not read fast enough; reconnect and catch up",
+                0,
+            );
+        }
     }
 
     fn transmit(&mut self, conn: ConnId, frame: Bytes) {

@@ -6,18 +6,40 @@ use bytes::BytesMut;
 use natter_wire::{Body, ErrorCode, Frame, Hello, Limits, Ping};
 
 use super::*;
+use crate::store::Store;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-fn core(id: usize, cores: usize, now: Instant) -> Core {
-    let config = CoreConfig {
+thread_local! {
+    /// Data directories of this test thread's stores, removed when the thread ends.
+    static DIRS: std::cell::RefCell<Vec<tempfile::TempDir>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A real store in a temporary directory.
+fn store() -> Arc<Store> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    DIRS.with(|d| d.borrow_mut().push(dir));
+    store
+}
+
+fn config(id: usize, cores: usize) -> CoreConfig {
+    CoreConfig {
         core: CoreId(id),
         cores,
         heartbeat_timeout: TIMEOUT,
         limits: Limits::default(),
         max_connections: 4,
-    };
-    Core::new(config, now, 1_700_000_000_000)
+        send_rate: 10,
+    }
+}
+
+fn core(id: usize, cores: usize, now: Instant) -> Core {
+    Core::new(config(id, cores), store(), now, 1_700_000_000_000)
+}
+
+fn core_on(store: &Arc<Store>, id: usize, cores: usize, now: Instant) -> Core {
+    Core::new(config(id, cores), store.clone(), now, 1_700_000_000_000)
 }
 
 fn hello(token: &str) -> BytesMut {
@@ -348,5 +370,366 @@ fn shutdown_closes_every_connection() {
         let (codes, closed) = errors_and_close(&actions, conn);
         assert_eq!(codes, vec![ErrorCode::ShuttingDown.as_u16()]);
         assert!(closed);
+    }
+}
+
+// ----- messaging -------------------------------------------------------------
+
+/// Two cores and the store they share, driven like the runtime drives them:
+/// cross-core batches delivered in order, writes collected for a simulated
+/// writer that "commits" when the test says so.
+struct Mesh2 {
+    store: Arc<Store>,
+    cores: Vec<Core>,
+    writes: Vec<WriteOp>,
+    /// Everything else the cores asked their drivers to do: (core, action).
+    out: Vec<(usize, Action)>,
+    now: Instant,
+}
+
+impl Mesh2 {
+    fn new() -> Self {
+        let store = store();
+        let now = Instant::now();
+        let cores = vec![core_on(&store, 0, 2, now), core_on(&store, 1, 2, now)];
+        Self {
+            store,
+            cores,
+            writes: Vec::new(),
+            out: Vec::new(),
+            now,
+        }
+    }
+
+    /// Runs every core until no work is left between them.
+    fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.cores.len() {
+                self.cores[i].handle_end_of_turn();
+                while let Some(action) = self.cores[i].poll_action() {
+                    moved = true;
+                    match action {
+                        Action::ToCore { core, msgs } => {
+                            let now = self.now;
+                            self.cores[core.0].handle_core_msgs(msgs, now);
+                        }
+                        Action::Write(op) => self.writes.push(op),
+                        other => self.out.push((i, other)),
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Makes every collected write durable (through the real store) and
+    /// reports the completions to their cores, as the writer does.
+    fn commit(&mut self) {
+        let writes = std::mem::take(&mut self.writes);
+        let mut per_core: Vec<Vec<Completion>> = vec![Vec::new(), Vec::new()];
+        for op in writes {
+            let (origin, completion) = crate::store::writer::apply_for_test(&self.store, op);
+            per_core[origin.0].push(completion);
+        }
+        for (i, completions) in per_core.into_iter().enumerate() {
+            if !completions.is_empty() {
+                let now = self.now;
+                self.cores[i].handle_committed(completions, now);
+            }
+        }
+        self.pump();
+    }
+
+    fn user(&self, name: &str) -> UserId {
+        self.store.create_user(name, "$argon2id$not-used-here").unwrap()
+    }
+
+    fn befriend(&self, a: UserId, b: UserId) {
+        self.store.request_friend(a, b).unwrap();
+        self.store.accept_friend(b, a).unwrap();
+    }
+
+    /// Authenticates a session of `user` on its home core.
+    fn connect(&mut self, user: UserId, device: u64) -> (usize, ConnId) {
+        let home = user.home_core(2).0;
+        let now = self.now;
+        let conn = authenticate(&mut self.cores[home], user, device, now);
+        (home, conn)
+    }
+
+    fn send(&mut self, (core, conn): (usize, ConnId), chat: ChatId, cmid: u64, text: &str, rid: u64) {
+        let frame = Frame::new(
+            rid,
+            Body::Send(natter_wire::Send {
+                chat_id: chat.0,
+                client_msg_id: cmid,
+                text: text.into(),
+            }),
+        );
+        let now = self.now;
+        let mut buf = BytesMut::from(&frame.encode()[..]);
+        self.cores[core].handle_input(conn, &mut buf, now);
+        self.pump();
+    }
+
+    /// Frames transmitted to `conn` on `core` since the last call.
+    fn received(&mut self, (core, conn): (usize, ConnId)) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        self.out.retain(|(i, a)| match a {
+            Action::Transmit { conn: c, frame } if *i == core && *c == conn => {
+                frames.push(decode(frame));
+                false
+            }
+            _ => true,
+        });
+        frames
+    }
+}
+
+fn error_code(frames: &[Frame]) -> Vec<u16> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Error(e) => Some(e.code),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_send_is_acknowledged_only_after_commit_and_pushed_to_every_other_device_of_every_member() {
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let chat = m.store.create_group(ann, "pair", &[bob]).unwrap();
+    let ann_phone = m.connect(ann, 1);
+    let ann_laptop = m.connect(ann, 2);
+    let bob_phone = m.connect(bob, 3);
+
+    m.send(ann_phone, chat, 77, "hello", 5);
+    assert_eq!(m.writes.len(), 1, "one durable write");
+    assert!(m.received(ann_phone).is_empty(), "no SendOk before the commit");
+    assert!(m.received(bob_phone).is_empty(), "no push before the commit");
+
+    m.commit();
+    let ok = m.received(ann_phone);
+    let [
+        Frame {
+            request_id: 5,
+            body: Body::SendOk(ok),
+        },
+    ] = &ok[..]
+    else {
+        panic!("{ok:?}")
+    };
+    assert_eq!((ok.chat_id, ok.seq, ok.client_msg_id), (chat.0, 1, 77));
+    for device in [ann_laptop, bob_phone] {
+        let got = m.received(device);
+        let [
+            Frame {
+                request_id: 0,
+                body: Body::Message(msg),
+            },
+        ] = &got[..]
+        else {
+            panic!("{got:?}")
+        };
+        assert_eq!(
+            (msg.chat_id, msg.seq, msg.sender, msg.text.as_str()),
+            (chat.0, 1, ann.0, "hello")
+        );
+        assert_eq!(msg.server_ts_ms, ok.server_ts_ms);
+    }
+
+    m.send(bob_phone, chat, 1, "hi ann", 6);
+    m.commit();
+    let got = m.received(ann_phone);
+    assert!(matches!(&got[..], [Frame { body: Body::Message(msg), .. }] if msg.seq == 2));
+}
+
+#[test]
+fn a_retry_in_flight_or_after_commit_gets_the_original_seq_and_is_written_once() {
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let (chat, _) = m.store.create_dm(ann, bob).unwrap();
+    let phone = m.connect(ann, 1);
+    m.send(phone, chat, 9, "once", 1);
+    m.send(phone, chat, 9, "once", 2);
+    assert_eq!(m.writes.len(), 1);
+    m.commit();
+    let oks = m.received(phone);
+    let seqs: Vec<(u64, u64)> = oks
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::SendOk(ok) => Some((f.request_id, ok.seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, vec![(1, 1), (2, 1)]);
+
+    // After the commit the dedupe record in the store answers.
+    m.send(phone, chat, 9, "once", 3);
+    assert!(m.writes.is_empty());
+    let again = m.received(phone);
+    assert!(matches!(&again[..], [Frame { request_id: 3, body: Body::SendOk(ok) }] if ok.seq == 1));
+    // A new id gets the next seq.
+    m.send(phone, chat, 10, "twice", 4);
+    m.commit();
+    assert!(matches!(&m.received(phone)[..], [Frame { body: Body::SendOk(ok), .. }] if ok.seq == 2));
+}
+
+#[test]
+fn refusals_have_specific_codes_and_keep_the_session_open() {
+    let mut m = Mesh2::new();
+    let (ann, bob, eve) = (m.user("ann"), m.user("bob"), m.user("eve"));
+    m.befriend(ann, bob);
+    let (chat, _) = m.store.create_dm(ann, bob).unwrap();
+    let ann_phone = m.connect(ann, 1);
+    let eve_phone = m.connect(eve, 2);
+
+    m.send(eve_phone, chat, 1, "let me in", 1);
+    assert_eq!(
+        error_code(&m.received(eve_phone)),
+        vec![ErrorCode::NotMember.as_u16()]
+    );
+    m.send(ann_phone, ChatId(999), 1, "anyone?", 1);
+    assert_eq!(
+        error_code(&m.received(ann_phone)),
+        vec![ErrorCode::UnknownChat.as_u16()]
+    );
+    m.send(ann_phone, chat, 2, "", 1);
+    assert_eq!(
+        error_code(&m.received(ann_phone)),
+        vec![ErrorCode::EmptyText.as_u16()]
+    );
+    m.send(ann_phone, chat, 3, &"é".repeat(MAX_TEXT_CHARS + 1), 1);
+    assert_eq!(
+        error_code(&m.received(ann_phone)),
+        vec![ErrorCode::TextTooLong.as_u16()]
+    );
+    m.send(ann_phone, chat, 4, &"é".repeat(MAX_TEXT_CHARS), 1);
+    assert_eq!(m.writes.len(), 1, "100,000 characters are accepted");
+    m.commit();
+    assert!(
+        m.out.iter().all(|(_, a)| !matches!(a, Action::Close { .. })),
+        "{:?}",
+        m.out
+    );
+}
+
+#[test]
+fn sends_over_the_rate_limit_are_refused_until_tokens_refill() {
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let (chat, _) = m.store.create_dm(ann, bob).unwrap();
+    let phone = m.connect(ann, 1);
+    for i in 0..11 {
+        m.send(phone, chat, i, "x", i);
+    }
+    assert_eq!(
+        error_code(&m.received(phone)),
+        vec![ErrorCode::RateLimited.as_u16()]
+    );
+    assert_eq!(m.writes.len(), 10);
+    m.now += Duration::from_millis(200); // 2 tokens at 10/s
+    m.send(phone, chat, 100, "x", 100);
+    m.send(phone, chat, 101, "x", 101);
+    m.send(phone, chat, 102, "x", 102);
+    assert_eq!(m.writes.len(), 12);
+    assert_eq!(
+        error_code(&m.received(phone)),
+        vec![ErrorCode::RateLimited.as_u16()]
+    );
+}
+
+#[test]
+fn a_removed_member_gets_nothing_sent_after_the_removal_and_cannot_send() {
+    let mut m = Mesh2::new();
+    let (ann, bob, cat) = (m.user("ann"), m.user("bob"), m.user("cat"));
+    m.befriend(ann, bob);
+    m.befriend(ann, cat);
+    let chat = m.store.create_group(ann, "trio", &[bob, cat]).unwrap();
+    let ann_phone = m.connect(ann, 1);
+    let bob_phone = m.connect(bob, 2);
+    let cat_phone = m.connect(cat, 3);
+
+    let owner = chat.owner_core(2).0;
+    let change = |actor, user, add| {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        (
+            MembershipChange {
+                chat,
+                actor,
+                user,
+                add,
+                reply,
+            },
+            rx,
+        )
+    };
+    // Only the owner removes others.
+    let (c, rx) = change(bob, cat, false);
+    let now = m.now;
+    m.cores[owner].handle_membership(c, now);
+    m.pump();
+    m.drain_membership_replies();
+    assert_eq!(rx.try_recv(), Ok(Err(MembershipError::NotOwner)));
+
+    let (c, rx) = change(ann, bob, false);
+    m.cores[owner].handle_membership(c, now);
+    m.pump();
+    m.send(ann_phone, chat, 1, "bob is gone", 1);
+    m.commit();
+    m.drain_membership_replies();
+    assert_eq!(rx.try_recv(), Ok(Ok(())));
+    assert!(m.received(bob_phone).is_empty());
+    assert!(matches!(
+        &m.received(cat_phone)[..],
+        [Frame {
+            body: Body::Message(_),
+            ..
+        }]
+    ));
+    m.send(bob_phone, chat, 2, "hello?", 9);
+    assert_eq!(
+        error_code(&m.received(bob_phone)),
+        vec![ErrorCode::NotMember.as_u16()]
+    );
+    assert_eq!(
+        m.store.chat(chat).unwrap().unwrap().members.len(),
+        2,
+        "the removal is durable"
+    );
+
+    // Adding back needs friendship with the owner; bob is a friend.
+    let (c, rx) = change(ann, bob, true);
+    m.cores[owner].handle_membership(c, now);
+    m.pump();
+    m.commit();
+    m.drain_membership_replies();
+    assert_eq!(rx.try_recv(), Ok(Ok(())));
+    let stranger = m.user("zed");
+    let (c, rx) = change(ann, stranger, true);
+    m.cores[owner].handle_membership(c, now);
+    m.pump();
+    m.drain_membership_replies();
+    assert_eq!(rx.try_recv(), Ok(Err(MembershipError::NotFriends)));
+}
+
+impl Mesh2 {
+    /// Carries out the MembershipReply actions (the driver's job).
+    fn drain_membership_replies(&mut self) {
+        self.out.retain(|(_, a)| match a {
+            Action::MembershipReply { reply, result } => {
+                let _ = reply.send(result.clone());
+                false
+            }
+            _ => true,
+        });
     }
 }

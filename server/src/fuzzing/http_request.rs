@@ -1,6 +1,6 @@
 //! Target `http_request`: requests to the HTTP side-port — method, path, `Authorization` header,
 //! source address and JSON body — through [`Api::handle`], the side-port's pure request handler,
-//! over a real [`Store`] (fjall) in a directory made once per process.
+//! over a real [`Store`] (fjall) in a temporary directory.
 //!
 //! # Input
 //!
@@ -42,13 +42,14 @@
 //!
 //! It lives in `/dev/shm` when that exists (fsync on tmpfs is cheap, so signups and logins do
 //! not bound the executions per second), else in the system's temp directory, in
-//! `natter-fuzz-http-<pid>`. A process cannot remove it at exit (libFuzzer ends with `exit`), so
-//! each new process first removes the directories of processes that are gone.
+//! `natter-fuzz-http-<pid>-<n>`, and is replaced by an empty one every [`RENEW_EVERY`] inputs. A
+//! process cannot remove the last one at exit (libFuzzer ends with `exit`), so each new store first
+//! removes the directories of processes that are gone.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::{Config, PasswordCost};
 use crate::http::{Api, Endpoints, MAX_BODY, Request, Response};
@@ -59,6 +60,12 @@ use crate::store::Store;
 /// Most requests handled per input.
 pub const MAX_REQUESTS: usize = 16;
 
+/// Inputs served by one store before it is replaced by a fresh one. The store keeps every account
+/// the inputs create (about 1 KB of memory per input); renewing it bounds the process's memory for
+/// campaigns of any length. Inputs never depend on an earlier input's accounts (`$N`), so renewal
+/// changes no outcome.
+pub const RENEW_EVERY: u64 = 50_000;
+
 /// Prefix of the per-process store directories.
 const DIR_PREFIX: &str = "natter-fuzz-http-";
 
@@ -67,7 +74,17 @@ static EXECUTION: AtomicU64 = AtomicU64::new(0);
 
 /// Feeds one input; panics when an invariant breaks.
 pub fn run(data: &[u8]) {
-    let api = api();
+    let mut instance = INSTANCE.lock().unwrap_or_else(PoisonError::into_inner);
+    if instance.as_ref().is_none_or(|i| i.executions >= RENEW_EVERY) {
+        if let Some(old) = instance.take() {
+            old.close();
+        }
+        *instance = Some(Instance::open());
+    }
+    let Some(instance) = instance.as_mut() else {
+        return;
+    };
+    instance.executions += 1;
     let execution = EXECUTION.fetch_add(1, Ordering::Relaxed);
     let mut seen = Seen::default();
     for raw in split(data).take(MAX_REQUESTS) {
@@ -86,16 +103,25 @@ pub fn run(data: &[u8]) {
             body: &body,
             remote: parsed.remote,
         };
-        let response = api.handle(&request);
+        let response = instance.api.handle(&request);
         check(&request, &response);
         seen.record(&response);
     }
 }
 
-/// The API over the process's store, made on first use.
-fn api() -> &'static Api {
-    static API: OnceLock<Api> = OnceLock::new();
-    API.get_or_init(|| {
+/// The API over one store, and how many inputs it has served.
+struct Instance {
+    api: Api,
+    dir: PathBuf,
+    executions: u64,
+}
+
+/// The process's current instance; renewed every [`RENEW_EVERY`] inputs.
+static INSTANCE: Mutex<Option<Instance>> = Mutex::new(None);
+
+impl Instance {
+    /// An API over a new, empty store.
+    fn open() -> Self {
         let dir = store_dir();
         let store = match Store::open(&dir) {
             Ok(store) => Arc::new(store),
@@ -117,18 +143,30 @@ fn api() -> &'static Api {
             tcp: SocketAddr::from(([127, 0, 0, 1], 7100)),
         };
         // A mesh without cores: logout's close-device command has nowhere to go and is dropped.
-        Api::new(
+        let api = Api::new(
             &config,
             store,
             Mesh::new(Vec::new()),
             Arc::new(Metrics::new(1)),
             endpoints,
-        )
-    })
+        );
+        Self {
+            api,
+            dir,
+            executions: 0,
+        }
+    }
+
+    /// Closes the store and removes its directory.
+    fn close(self) {
+        drop(self.api);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
-/// A fresh directory for this process's store; removes those of processes that are gone.
+/// A fresh directory for a store; first removes those of processes that are gone.
 fn store_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let shm = Path::new("/dev/shm");
     let base = if shm.is_dir() {
         shm.to_path_buf()
@@ -141,7 +179,11 @@ fn store_dir() -> PathBuf {
     {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(DIR_PREFIX))
+                .and_then(|n| n.split('-').next())
+            else {
                 continue;
             };
             if pid.parse::<u32>().is_ok() && !proc.join(pid).exists() {
@@ -149,7 +191,8 @@ fn store_dir() -> PathBuf {
             }
         }
     }
-    let dir = base.join(format!("{DIR_PREFIX}{}", std::process::id()));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = base.join(format!("{DIR_PREFIX}{}-{n}", std::process::id()));
     // A directory of an earlier process with the same id: start afresh.
     let _ = std::fs::remove_dir_all(&dir);
     dir

@@ -21,8 +21,11 @@ use natter_wire::{
     Ping, Pong, Presence, Send, SendOk, Sync, SyncDone, Welcome,
 };
 
-use super::session::{AuthChoice, Blob, Input, Op, SessionInput, Text, Version, WireBody, WireFrame};
-use crate::ids::{CoreId, UserId};
+use super::session::{
+    self, AuthChoice, Blob, Id, Input, Op, SessionInput, Text, Version, WireBody, WireCursor, WireFrame,
+    WireMessage,
+};
+use crate::ids::UserId;
 use crate::store::fuzz_hooks as hooks;
 use crate::store::{DeviceRecord, UserRecord};
 
@@ -356,13 +359,19 @@ pub fn frame_dict() -> String {
 // Sessions
 // ---------------------------------------------------------------------------------------------
 
-/// A user byte whose user (`byte % USERS + 1`) is homed on `core` of the session target's cores.
-fn user_on(core: usize) -> u8 {
-    (0..=u8::MAX)
-        .find(|&b| {
-            UserId(u64::from(b) % super::session::USERS + 1).home_core(super::session::CORES) == CoreId(core)
-        })
-        .unwrap_or(0)
+/// The user byte of user `n` (`byte % USERS + 1 == n`).
+fn user(n: u64) -> u8 {
+    u8::try_from((n + session::USERS - 1) % session::USERS).unwrap_or(0)
+}
+
+/// User `n`'s home core among the session target's cores.
+fn home(n: u64) -> u8 {
+    u8::try_from(UserId(n).home_core(session::CORES).0).unwrap_or(0)
+}
+
+/// The other core.
+fn away(n: u64) -> u8 {
+    1 - home(n)
 }
 
 fn wire(request_id: u64, body: WireBody) -> WireFrame {
@@ -384,115 +393,121 @@ fn ping(nonce: u64) -> WireFrame {
     wire(nonce, WireBody::Ping { nonce })
 }
 
+fn send(request_id: u64, chat: u8, cmid: u8, text: &str) -> WireFrame {
+    wire(
+        request_id,
+        WireBody::Send {
+            chat: Id::Small(chat),
+            client_msg_id: Id::Small(cmid),
+            text: Text(text.into()),
+        },
+    )
+}
+
 fn frames(f: Vec<WireFrame>) -> Input {
     Input::Frames(f)
 }
 
-/// Accept on core 0, Hello, answered Valid for `user` / `device`.
-fn welcomed(user: u8, device: u8) -> Vec<Op> {
+/// Client number `conn` (counting the live connections in the order they were made) connects to
+/// user `n`'s home core and logs in as device `device` of user `n`.
+fn login(conn: u8, n: u64, device: u8) -> Vec<Op> {
     vec![
-        Op::Accept { core: 0 },
+        Op::Accept { core: home(n) },
         Op::Input {
-            conn: 0,
+            conn,
             input: frames(vec![hello("tok")]),
         },
         Op::Auth {
             pending: 0,
-            result: AuthChoice::Valid { user, device },
+            result: AuthChoice::Valid {
+                user: user(n),
+                device,
+            },
         },
     ]
+}
+
+/// Commit every write and let each core take a few commands: a send's round trip (home core →
+/// owner core → writer → owner core → home cores).
+fn settle() -> Vec<Op> {
+    let mut ops = vec![
+        Op::Deliver { core: 0 },
+        Op::Deliver { core: 1 },
+        Op::Commit { count: u8::MAX },
+    ];
+    for _ in 0..3 {
+        ops.extend([Op::Deliver { core: 0 }, Op::Deliver { core: 1 }]);
+    }
+    ops
 }
 
 fn ops(name: &str, ops: Vec<Op>) -> Seed {
     seed(name, SessionInput { ops }.to_bytes())
 }
 
+fn cat(parts: Vec<Vec<Op>>) -> Vec<Op> {
+    parts.into_iter().flatten().collect()
+}
+
 fn session() -> Vec<Seed> {
-    let home0 = user_on(0);
-    let home1 = user_on(1);
-    let send = |text: &str| {
-        wire(
-            11,
-            WireBody::Send {
-                chat_id: 7,
-                client_msg_id: 1,
-                text: Text(text.into()),
-            },
-        )
-    };
-    let mut invalid_utf8 = send("AAAA").encode();
+    let mut invalid_utf8 = send(11, 1, 1, "AAAA").encode();
     if let Some(at) = invalid_utf8.windows(4).position(|w| w == b"AAAA") {
         invalid_utf8.splice(at..at + 2, [0xff, 0xfe]);
     }
-    let then = |mut a: Vec<Op>, b: Vec<Op>| {
-        a.extend(b);
-        a
+    let input = |conn: u8, f: Vec<WireFrame>| Op::Input {
+        conn,
+        input: frames(f),
     };
     vec![
         ops(
             "welcome-ping",
-            then(
-                welcomed(home0, 0),
+            cat(vec![
+                login(0, 1, 0),
                 vec![
-                    Op::Input {
-                        conn: 0,
-                        input: frames(vec![ping(1), wire(2, WireBody::Pong { nonce: 9 })]),
-                    },
+                    input(0, vec![ping(1), wire(2, WireBody::Pong { nonce: 9 })]),
                     Op::Advance { ms: 1000 },
-                    Op::Input {
-                        conn: 0,
-                        input: frames(vec![ping(3)]),
-                    },
+                    input(0, vec![ping(3)]),
                     Op::Advance { ms: 5000 },
                 ],
-            ),
+            ]),
         ),
         ops(
             "migrate",
             vec![
-                Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![hello("tok"), ping(1), ping(2)]),
-                },
+                Op::Accept { core: away(2) },
+                input(0, vec![hello("tok"), ping(1), ping(2)]),
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home1,
+                        user: user(2),
                         device: 1,
                     },
                 },
-                Op::Deliver { core: 1 },
+                Op::Deliver { core: home(2) },
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home1,
+                        user: user(2),
                         device: 1,
                     },
                 },
                 Op::Resume { conn: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![ping(3)]),
-                },
+                input(0, vec![ping(3)]),
             ],
         ),
         ops(
             "migrate-revoked",
             vec![
-                Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![hello("tok")]),
-                },
+                Op::Accept { core: away(3) },
+                input(0, vec![hello("tok")]),
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home1,
+                        user: user(3),
                         device: 2,
                     },
                 },
-                Op::Deliver { core: 1 },
+                Op::Deliver { core: home(3) },
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Invalid,
@@ -503,25 +518,22 @@ fn session() -> Vec<Seed> {
         ops(
             "migrate-in-flight-timeout",
             vec![
-                Op::Accept { core: 1 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![hello("tok")]),
-                },
+                Op::Accept { core: away(4) },
+                input(0, vec![hello("tok")]),
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home0,
+                        user: user(4),
                         device: 3,
                     },
                 },
                 Op::Advance { ms: 2500 },
-                Op::Deliver { core: 0 },
+                Op::Deliver { core: home(4) },
                 Op::Advance { ms: 1000 },
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home0,
+                        user: user(4),
                         device: 3,
                     },
                 },
@@ -531,10 +543,7 @@ fn session() -> Vec<Seed> {
             "invalid-token",
             vec![
                 Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![hello("nope")]),
-                },
+                input(0, vec![hello("nope")]),
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Invalid,
@@ -545,10 +554,7 @@ fn session() -> Vec<Seed> {
             "store-unavailable",
             vec![
                 Op::Accept { core: 1 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![hello("tok")]),
-                },
+                input(0, vec![hello("tok")]),
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::StoreUnavailable,
@@ -558,13 +564,7 @@ fn session() -> Vec<Seed> {
         ),
         ops(
             "not-hello-first",
-            vec![
-                Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![ping(1)]),
-                },
-            ],
+            vec![Op::Accept { core: 0 }, input(0, vec![ping(1)])],
         ),
         ops(
             "garbage",
@@ -592,40 +592,40 @@ fn session() -> Vec<Seed> {
             "bad-version",
             vec![
                 Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![wire(
+                input(
+                    0,
+                    vec![wire(
                         1,
                         WireBody::Hello {
                             token: Text("t".into()),
                             device: Text("d".into()),
                             version: Version::Other(99),
                         },
-                    )]),
-                },
+                    )],
+                ),
             ],
         ),
         ops(
             "long-device",
             vec![
                 Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![wire(
+                input(
+                    0,
+                    vec![wire(
                         1,
                         WireBody::Hello {
                             token: Text("t".into()),
                             device: Text("d".repeat(200)),
                             version: Version::Current,
                         },
-                    )]),
-                },
+                    )],
+                ),
             ],
         ),
         ops(
             "flood",
-            then(
-                welcomed(home0, 0),
+            cat(vec![
+                login(0, 1, 0),
                 vec![
                     Op::Input {
                         conn: 0,
@@ -636,27 +636,30 @@ fn session() -> Vec<Seed> {
                     },
                     Op::Resume { conn: 0 },
                 ],
-            ),
+            ]),
         ),
         ops(
-            "flood-then-oversized",
-            then(
-                welcomed(home0, 0),
+            "arrive-coalesced",
+            cat(vec![
+                login(0, 1, 0),
                 vec![
-                    Op::Input {
+                    Op::Arrive {
                         conn: 0,
-                        input: Input::Repeat {
-                            frame: ping(5),
-                            count: 70,
+                        input: frames(vec![ping(1), ping(2)]),
+                    },
+                    Op::Arrive {
+                        conn: 0,
+                        input: Input::Partial {
+                            frame: ping(3),
+                            keep: 5,
                         },
                     },
                     Op::Input {
                         conn: 0,
-                        input: Input::Raw(Blob(vec![0xff, 0xff, 0, 0x10])),
+                        input: Input::Rest,
                     },
-                    Op::Resume { conn: 0 },
                 ],
-            ),
+            ]),
         ),
         ops(
             "hello-timeout",
@@ -664,57 +667,52 @@ fn session() -> Vec<Seed> {
         ),
         ops(
             "heartbeat-timeout",
-            then(
-                welcomed(home0, 1),
+            cat(vec![
+                login(0, 1, 1),
                 vec![
                     Op::Advance { ms: 2000 },
-                    Op::Input {
-                        conn: 0,
-                        input: frames(vec![ping(1)]),
-                    },
+                    input(0, vec![ping(1)]),
                     Op::Advance { ms: 2999 },
                     Op::Advance { ms: 2000 },
                 ],
-            ),
+            ]),
         ),
         ops(
             "close-device",
-            then(
-                then(welcomed(home0, 0), welcomed(home0, 1)),
+            cat(vec![
+                login(0, 1, 0),
+                login(1, 1, 1),
                 vec![
                     Op::CloseDevice {
-                        user: home0,
+                        user: user(1),
                         device: 0,
                     },
                     Op::Reap,
                 ],
-            ),
+            ]),
         ),
         ops(
             "shutdown",
-            then(
-                welcomed(home0, 2),
+            cat(vec![
+                login(0, 1, 2),
                 vec![
                     Op::Accept { core: 0 },
                     Op::Accept { core: 1 },
-                    Op::Shutdown { core: 0 },
+                    Op::Shutdown { core: home(1) },
                 ],
-            ),
+            ]),
         ),
         ops(
             "peer-closed-during-auth",
             vec![
                 Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![hello("tok")]),
-                },
+                input(0, vec![hello("tok")]),
                 Op::PeerClosed { conn: 0 },
                 Op::Accept { core: 0 },
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home0,
+                        user: user(1),
                         device: 0,
                     },
                 },
@@ -723,7 +721,7 @@ fn session() -> Vec<Seed> {
         ops(
             "partial",
             vec![
-                Op::Accept { core: 0 },
+                Op::Accept { core: home(1) },
                 Op::Input {
                     conn: 0,
                     input: Input::Partial {
@@ -739,7 +737,7 @@ fn session() -> Vec<Seed> {
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home0,
+                        user: user(1),
                         device: 0,
                     },
                 },
@@ -747,80 +745,73 @@ fn session() -> Vec<Seed> {
         ),
         ops(
             "corrupt-after-welcome",
-            then(
-                welcomed(home0, 0),
+            cat(vec![
+                login(0, 1, 0),
                 vec![
                     Op::Input {
                         conn: 0,
                         input: Input::Corrupt {
-                            frame: send("hello"),
+                            frame: send(3, 1, 1, "hello"),
                             at: 20,
                             xor: 0x80,
                         },
                     },
-                    Op::Input {
-                        conn: 0,
-                        input: frames(vec![ping(1)]),
-                    },
+                    input(0, vec![ping(1)]),
                 ],
-            ),
+            ]),
         ),
         ops(
             "server-frame-from-client",
-            then(
-                welcomed(home0, 0),
-                vec![Op::Input {
-                    conn: 0,
-                    input: frames(vec![wire(
+            cat(vec![
+                login(0, 1, 0),
+                vec![input(
+                    0,
+                    vec![wire(
                         3,
-                        WireBody::Message(super::session::WireMessage {
-                            chat_id: 7,
+                        WireBody::Message(WireMessage {
+                            chat_id: 1,
                             seq: 1,
                             sender: 1,
                             server_ts_ms: 0,
                             client_msg_id: 1,
                             text: Text("hi".into()),
                         }),
-                    )]),
-                }],
-            ),
+                    )],
+                )],
+            ]),
         ),
         ops(
             "unserved-requests",
-            then(
-                welcomed(home0, 0),
-                vec![Op::Input {
-                    conn: 0,
-                    input: frames(vec![
-                        send("hi"),
-                        wire(
-                            12,
-                            WireBody::Sync(vec![super::session::WireCursor { chat_id: 7, seq: 3 }]),
-                        ),
+            cat(vec![
+                login(0, 1, 0),
+                vec![input(
+                    0,
+                    vec![
+                        wire(12, WireBody::Sync(vec![WireCursor { chat_id: 1, seq: 3 }])),
                         wire(
                             13,
                             WireBody::History {
-                                chat_id: 7,
+                                chat_id: 1,
                                 before_seq: 0,
                                 limit: 50,
                             },
                         ),
-                        wire(14, WireBody::Ack { chat_id: 7, seq: 3 }),
+                        wire(14, WireBody::Ack { chat_id: 1, seq: 3 }),
                         hello("again"),
                         ping(15),
-                    ]),
-                }],
-            ),
+                    ],
+                )],
+            ]),
         ),
         ops(
             "invalid-utf8-send",
-            then(
-                welcomed(home0, 0),
+            cat(vec![
+                login(0, 1, 0),
                 vec![Op::Input {
                     conn: 0,
                     input: Input::Raw(Blob(invalid_utf8)),
                 }],
-            ),
+            ]),
         ),
         ops(
             "connection-limit",
@@ -829,25 +820,219 @@ fn session() -> Vec<Seed> {
         ops(
             "reap-and-reuse",
             vec![
-                Op::Accept { core: 0 },
+                Op::Accept { core: home(1) },
                 Op::Input {
                     conn: 0,
                     input: Input::Raw(Blob(vec![1, 0, 0, 0, 0])),
                 },
                 Op::Reap,
-                Op::Accept { core: 0 },
-                Op::Input {
-                    conn: 0,
-                    input: frames(vec![hello("tok")]),
-                },
+                Op::Accept { core: home(1) },
+                input(0, vec![hello("tok")]),
                 Op::Auth {
                     pending: 0,
                     result: AuthChoice::Valid {
-                        user: home0,
+                        user: user(1),
                         device: 0,
                     },
                 },
             ],
+        ),
+        // ----- messaging -----
+        ops(
+            "direct-chat",
+            cat(vec![
+                login(0, 1, 0),
+                login(1, 2, 0),
+                vec![input(0, vec![send(20, 1, 1, "hi bob")])],
+                settle(),
+                vec![input(1, vec![send(21, 1, 1, "hi alice 👋")])],
+                settle(),
+            ]),
+        ),
+        ops(
+            "group-chat",
+            cat(vec![
+                login(0, 1, 0),
+                login(1, 2, 0),
+                login(2, 3, 0),
+                login(3, 2, 1),
+                vec![input(2, vec![send(1, 2, 1, "first"), send(2, 2, 2, "second")])],
+                settle(),
+                vec![
+                    input(1, vec![send(3, 2, 1, "third")]),
+                    input(0, vec![send(4, 4, 1, "to everyone")]),
+                ],
+                settle(),
+            ]),
+        ),
+        ops(
+            "retry-dedupe",
+            cat(vec![
+                login(0, 1, 0),
+                login(1, 2, 0),
+                vec![input(0, vec![send(1, 1, 5, "once"), send(2, 1, 5, "once")])],
+                vec![
+                    Op::Deliver { core: 0 },
+                    Op::Deliver { core: 1 },
+                    input(0, vec![send(3, 1, 5, "once")]),
+                ],
+                settle(),
+                vec![input(0, vec![send(4, 1, 5, "once")])],
+                settle(),
+            ]),
+        ),
+        ops(
+            "send-refusals",
+            cat(vec![
+                login(0, 5, 0),
+                vec![input(
+                    0,
+                    vec![
+                        send(1, 2, 1, "not a member"),
+                        send(2, 7, 1, "no such chat"),
+                        send(3, 0, 1, "chat zero"),
+                        send(4, 3, 1, ""),
+                        wire(
+                            5,
+                            WireBody::Send {
+                                chat: Id::Small(3),
+                                client_msg_id: Id::Any(u64::MAX),
+                                text: Text("x".repeat(100_001)),
+                            },
+                        ),
+                        send(6, 3, 2, "fine"),
+                    ],
+                )],
+                settle(),
+            ]),
+        ),
+        ops(
+            "send-rate-limit",
+            cat(vec![
+                login(0, 4, 0),
+                vec![Op::Input {
+                    conn: 0,
+                    input: Input::Repeat {
+                        frame: send(1, 3, 1, "spam"),
+                        count: 30,
+                    },
+                }],
+                settle(),
+                vec![Op::Advance { ms: 1000 }, input(0, vec![send(2, 3, 2, "later")])],
+                settle(),
+            ]),
+        ),
+        ops(
+            "membership",
+            cat(vec![
+                login(0, 1, 0),
+                login(1, 4, 0),
+                login(2, 2, 0),
+                vec![
+                    Op::Membership {
+                        chat: 1,
+                        actor: user(1),
+                        user: user(4),
+                        add: true,
+                    },
+                    Op::Membership {
+                        chat: 1,
+                        actor: user(2),
+                        user: user(5),
+                        add: true,
+                    },
+                    Op::Membership {
+                        chat: 1,
+                        actor: user(1),
+                        user: user(6),
+                        add: true,
+                    },
+                    Op::Membership {
+                        chat: 0,
+                        actor: user(1),
+                        user: user(3),
+                        add: true,
+                    },
+                    Op::Membership {
+                        chat: 5,
+                        actor: user(1),
+                        user: user(3),
+                        add: true,
+                    },
+                ],
+                settle(),
+                settle(),
+                vec![input(1, vec![send(1, 2, 1, "hello group")])],
+                settle(),
+                vec![Op::Membership {
+                    chat: 1,
+                    actor: user(1),
+                    user: user(2),
+                    add: false,
+                }],
+                vec![Op::Membership {
+                    chat: 1,
+                    actor: user(4),
+                    user: user(4),
+                    add: false,
+                }],
+                settle(),
+                vec![input(0, vec![send(2, 2, 2, "bye")])],
+                settle(),
+            ]),
+        ),
+        ops(
+            "store-fault",
+            cat(vec![
+                login(0, 7, 0),
+                login(1, 8, 0),
+                vec![
+                    Op::StoreFault { on: true },
+                    input(0, vec![send(1, 4, 1, "lost?")]),
+                ],
+                settle(),
+                vec![
+                    Op::Membership {
+                        chat: 4,
+                        actor: user(7),
+                        user: user(8),
+                        add: true,
+                    },
+                    Op::StoreFault { on: false },
+                ],
+                vec![input(0, vec![send(2, 4, 1, "retry")])],
+                settle(),
+            ]),
+        ),
+        ops(
+            "slow-consumer",
+            cat(vec![
+                login(0, 1, 0),
+                login(1, 2, 0),
+                vec![
+                    Op::Overflow { conn: 1 },
+                    input(0, vec![send(1, 1, 1, "are you there?")]),
+                ],
+                settle(),
+                vec![Op::Reap, Op::Overflow { conn: 0 }],
+            ]),
+        ),
+        ops(
+            "sends-in-flight-at-close",
+            cat(vec![
+                login(0, 2, 0),
+                login(1, 3, 0),
+                vec![
+                    input(0, vec![send(1, 2, 1, "a"), send(2, 2, 2, "b")]),
+                    Op::Deliver { core: 0 },
+                    Op::Deliver { core: 1 },
+                ],
+                vec![Op::PeerClosed { conn: 0 }, Op::Commit { count: 0 }],
+                settle(),
+                login(1, 2, 1),
+                vec![input(1, vec![send(3, 2, 1, "a")])],
+                settle(),
+            ]),
         ),
     ]
 }
@@ -1117,5 +1302,10 @@ fn store_records() -> Vec<Seed> {
         seed("device-unicode", device("Zoë's 📱", 9, 0)),
         seed("device-empty", device("", 0, 0xff)),
         seed("counter", b"next_user_id".to_vec()),
+        seed("chat-direct", hooks::encode_chat(false, 1, 1_700_000_000_002, "")),
+        seed("chat-group", hooks::encode_chat(true, 4, 1_700_000_000_003, "hiking club ⛰")),
+        seed("member", hooks::encode_member(1_700_000_000_004)),
+        seed("message", hooks::encode_message(3, 1_700_000_000_005, 99, "hello, world")),
+        seed("message-empty-text", hooks::encode_message(3, 0, 0, "")),
     ]
 }

@@ -7,8 +7,8 @@
 //! * ids and pairs decode exactly when the length is 8 / 16 bytes, and re-encode to the input;
 //! * a friendship byte decodes only as one of the three known bytes, and its mirror's mirror is
 //!   itself;
-//! * user and device records are canonical: one that decodes re-encodes to exactly the input, and
-//!   `decode_username` agrees with the full decode.
+//! * user, device and chat records, member values and message values are canonical: one that
+//!   decodes re-encodes to exactly the input; `decode_username` agrees with the full user decode.
 
 use std::hint::black_box;
 
@@ -52,5 +52,14 @@ pub fn run(data: &[u8]) {
             data,
             "device record is not canonical"
         );
+    }
+    for (what, reencoded) in [
+        ("chat record", hooks::reencode_chat(data)),
+        ("member value", hooks::reencode_member(data)),
+        ("message value", hooks::reencode_message(data)),
+    ] {
+        if let Some(bytes) = reencoded {
+            assert_eq!(bytes, data, "{what} is not canonical");
+        }
     }
 }

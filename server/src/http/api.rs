@@ -2,10 +2,17 @@
 //! routing, authentication, rate limiting, validation, and the calls into the
 //! store. [`Api::handle`] knows nothing of sockets, so unit tests and fuzz
 //! targets drive it directly; `server.rs` is the transport around it.
+//!
+//! Chats are created here (durably, in the store). Membership changes of an
+//! existing group are not: they are ordered with the group's messages, so the
+//! handler checks what it can (the ids, that the caller is a member), hands the
+//! change to the chat's owner core as a [`Command::Membership`] and waits up to
+//! [`MEMBERSHIP_DEADLINE`] for the core's answer, which comes once the change is
+//! durable (or refused).
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -16,10 +23,10 @@ use crate::http::Endpoints;
 use crate::http::error::HttpError;
 use crate::http::password::Passwords;
 use crate::http::ratelimit::RateLimiter;
-use crate::ids::{DeviceId, UserId};
+use crate::ids::{ChatId, DeviceId, UserId};
 use crate::metrics::Metrics;
-use crate::runtime::Mesh;
-use crate::store::{FriendOutcome, Store, StoreError};
+use crate::runtime::{Command, MembershipChange, MembershipError, Mesh};
+use crate::store::{ChatInfo, ChatKind, FriendOutcome, MAX_GROUP_MEMBERS, Store, StoreError};
 
 /// Shortest accepted username, in characters.
 pub const USERNAME_MIN: usize = 3;
@@ -31,6 +38,14 @@ pub const PASSWORD_MIN: usize = 8;
 pub const PASSWORD_MAX: usize = 1024;
 /// Longest accepted device name, in characters.
 pub const DEVICE_NAME_MAX: usize = 64;
+/// Longest accepted group name, in characters (Unicode scalar values).
+pub const GROUP_NAME_MAX: usize = 64;
+/// How long a membership change waits for the owner core's answer before the
+/// side-port answers 503. The core answers once the change is committed, which
+/// takes a few milliseconds; 10 s means the core or the disk is stuck, and the
+/// client should retry (a retried add answers `already_member`, a retried
+/// remove `not_member`, if the first one went through after all).
+pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(10);
 
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4";
@@ -121,6 +136,12 @@ enum Route<'a> {
     FriendRequest,
     AcceptFriend(&'a str),
     RemoveFriend(&'a str),
+    CreateDm,
+    CreateGroup,
+    Group(&'a str),
+    AddMember(&'a str),
+    RemoveMember(&'a str, &'a str),
+    Chats,
 }
 
 impl<'a> Route<'a> {
@@ -148,6 +169,14 @@ impl<'a> Route<'a> {
                 Self::AcceptFriend(id)
             }
             ("v1", Some("friends"), Some(id), None, _) if id != "requests" => Self::RemoveFriend(id),
+            ("v1", Some("dms"), None, ..) => Self::CreateDm,
+            ("v1", Some("groups"), None, ..) => Self::CreateGroup,
+            ("v1", Some("groups"), Some(id), None, _) => Self::Group(id),
+            ("v1", Some("groups"), Some(id), Some("members"), None) => Self::AddMember(id),
+            ("v1", Some("groups"), Some(id), Some("members"), Some(user)) if segments.next().is_none() => {
+                Self::RemoveMember(id, user)
+            }
+            ("v1", Some("chats"), None, ..) => Self::Chats,
             _ => return None,
         };
         Some(route)
@@ -156,9 +185,21 @@ impl<'a> Route<'a> {
     /// The one method this route takes.
     fn method(self) -> &'static str {
         match self {
-            Self::Healthz | Self::Metrics | Self::Endpoints | Self::Friends => "GET",
-            Self::Signup | Self::Login | Self::Logout | Self::FriendRequest | Self::AcceptFriend(_) => "POST",
-            Self::RemoveFriend(_) => "DELETE",
+            Self::Healthz
+            | Self::Metrics
+            | Self::Endpoints
+            | Self::Friends
+            | Self::Group(_)
+            | Self::Chats => "GET",
+            Self::Signup
+            | Self::Login
+            | Self::Logout
+            | Self::FriendRequest
+            | Self::AcceptFriend(_)
+            | Self::CreateDm
+            | Self::CreateGroup
+            | Self::AddMember(_) => "POST",
+            Self::RemoveFriend(_) | Self::RemoveMember(..) => "DELETE",
         }
     }
 }
@@ -182,6 +223,19 @@ struct LoginBody {
 #[serde(deny_unknown_fields)]
 struct FriendRequestBody {
     username: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserIdBody {
+    user_id: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupBody {
+    name: String,
+    members: Vec<u64>,
 }
 
 /// The side-port's shared state; one per process, used by every HTTP worker.
@@ -253,6 +307,12 @@ impl Api {
             Route::FriendRequest => self.request_friend(req),
             Route::AcceptFriend(id) => self.accept_friend(req, id),
             Route::RemoveFriend(id) => self.remove_friend(req, id),
+            Route::CreateDm => self.create_dm(req),
+            Route::CreateGroup => self.create_group(req),
+            Route::Group(id) => self.group(req, id),
+            Route::AddMember(id) => self.add_member(req, id),
+            Route::RemoveMember(id, user) => self.remove_member(req, id, user),
+            Route::Chats => self.chats(req),
         };
         result.unwrap_or_else(|error| error)
     }
@@ -387,6 +447,198 @@ impl Api {
         }
     }
 
+    fn create_dm(&self, req: &Request<'_>) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let body: UserIdBody = parse_json(req.body)?;
+        let other = positive_user_id(body.user_id)?;
+        if other == user {
+            return Err(HttpError::CannotChatWithSelf.into());
+        }
+        if self.store.username(other).map_err(store_error)?.is_none() {
+            return Err(HttpError::UserNotFound.into());
+        }
+        if !self.store.are_friends(user, other).map_err(store_error)? {
+            return Err(HttpError::FriendshipRequired.into());
+        }
+        let (chat, created) = self.store.create_dm(user, other).map_err(store_error)?;
+        if created {
+            tracing::debug!(%user, %other, %chat, "direct chat created");
+        }
+        Ok(Response::json(
+            if created { 201 } else { 200 },
+            &json!({"chat_id": chat.0}),
+        ))
+    }
+
+    fn create_group(&self, req: &Request<'_>) -> Handled {
+        let (owner, _) = self.authenticate(req)?;
+        let body: GroupBody = parse_json(req.body)?;
+        let name = validate_group_name(&body.name)?;
+        // Collapse duplicates and the owner, keeping the request's order so that
+        // the first offending id is the one named.
+        let mut members: Vec<UserId> = Vec::with_capacity(body.members.len().min(MAX_GROUP_MEMBERS));
+        for raw in body.members {
+            let id = positive_user_id(raw)?;
+            if id != owner && !members.contains(&id) {
+                if members.len() + 1 >= MAX_GROUP_MEMBERS {
+                    return Err(Response::error_with(
+                        HttpError::TooManyMembers,
+                        &format!("a group has at most {MAX_GROUP_MEMBERS} members, its owner included"),
+                    ));
+                }
+                members.push(id);
+            }
+        }
+        for member in &members {
+            if !self.store.are_friends(owner, *member).map_err(store_error)? {
+                return Err(Response::error_with(
+                    HttpError::FriendshipRequired,
+                    &format!("user {member} is not your friend; group members must be the owner's friends"),
+                ));
+            }
+        }
+        let chat = self
+            .store
+            .create_group(owner, name, &members)
+            .map_err(store_error)?;
+        tracing::debug!(%owner, %chat, members = members.len() + 1, "group created");
+        Ok(Response::json(201, &json!({"chat_id": chat.0})))
+    }
+
+    fn group(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let info = self.group_of_member(user, parse_chat_id(id)?)?;
+        let mut members = Vec::with_capacity(info.members.len());
+        for member in &info.members {
+            let name = self
+                .store
+                .username(*member)
+                .map_err(store_error)?
+                .ok_or_else(|| {
+                    tracing::error!(chat = %info.id, %member, "a group member has no account");
+                    Response::error(HttpError::Internal)
+                })?;
+            members.push(json!({"user_id": member.0, "username": name}));
+        }
+        Ok(Response::json(
+            200,
+            &json!({
+                "chat_id": info.id.0,
+                "name": info.name,
+                "owner": info.owner.0,
+                "members": members,
+            }),
+        ))
+    }
+
+    fn add_member(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (actor, _) = self.authenticate(req)?;
+        let chat = parse_chat_id(id)?;
+        let body: UserIdBody = parse_json(req.body)?;
+        let user = positive_user_id(body.user_id)?;
+        self.group_of_member(actor, chat)?;
+        if self.store.username(user).map_err(store_error)?.is_none() {
+            return Err(HttpError::UserNotFound.into());
+        }
+        self.change_membership(chat, actor, user, true)?;
+        Ok(Response::json(
+            201,
+            &json!({"chat_id": chat.0, "user_id": user.0}),
+        ))
+    }
+
+    fn remove_member(&self, req: &Request<'_>, id: &str, user: &str) -> Handled {
+        let (actor, _) = self.authenticate(req)?;
+        let chat = parse_chat_id(id)?;
+        let user = parse_user_id(user)?;
+        self.group_of_member(actor, chat)?;
+        self.change_membership(chat, actor, user, false)?;
+        Ok(Response::no_content())
+    }
+
+    fn chats(&self, req: &Request<'_>) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let ids = self.store.user_chats(user).map_err(store_error)?;
+        let mut chats = Vec::with_capacity(ids.len());
+        for id in ids {
+            // A chat row can vanish only through corruption; skip what cannot be shown.
+            let Some(info) = self.store.chat(id).map_err(store_error)? else {
+                tracing::error!(chat = %id, %user, "user_chats names a missing chat");
+                continue;
+            };
+            let (kind, name) = match info.kind {
+                ChatKind::Group => ("group", info.name),
+                ChatKind::Direct => {
+                    // A DM is named after the other member, as the caller sees it.
+                    let peer = info.members.iter().copied().find(|m| *m != user);
+                    let name = match peer {
+                        Some(peer) => self
+                            .store
+                            .username(peer)
+                            .map_err(store_error)?
+                            .unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    ("direct", name)
+                }
+            };
+            let last_seq = self.store.last_seq(id).map_err(store_error)?;
+            chats.push(json!({"chat_id": id.0, "kind": kind, "name": name, "last_seq": last_seq.0}));
+        }
+        Ok(Response::json(200, &json!({"chats": chats})))
+    }
+
+    /// The group `chat` if `user` is a member of it; otherwise (no such chat, a
+    /// DM, not a member) `unknown_chat`, so that ids do not reveal what exists.
+    fn group_of_member(&self, user: UserId, chat: ChatId) -> Result<ChatInfo, Response> {
+        match self.store.chat(chat).map_err(store_error)? {
+            Some(info) if info.kind == ChatKind::Group && info.members.contains(&user) => Ok(info),
+            _ => Err(HttpError::UnknownChat.into()),
+        }
+    }
+
+    /// Hands a membership change to the chat's owner core and waits for its answer.
+    fn change_membership(
+        &self,
+        chat: ChatId,
+        actor: UserId,
+        user: UserId,
+        add: bool,
+    ) -> Result<(), Response> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let change = MembershipChange {
+            chat,
+            actor,
+            user,
+            add,
+            reply,
+        };
+        let core = chat.owner_core(self.mesh.len());
+        if self
+            .mesh
+            .send_blocking(core, Command::Membership(change))
+            .is_err()
+        {
+            tracing::warn!(%chat, %core, "membership change: the owner core is gone");
+            return Err(HttpError::Unavailable.into());
+        }
+        match answer.recv_timeout(MEMBERSHIP_DEADLINE) {
+            Ok(Ok(())) => {
+                tracing::debug!(%chat, %actor, %user, add, "membership changed");
+                Ok(())
+            }
+            Ok(Err(error)) => Err(membership_error(error)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                tracing::warn!(%chat, %core, "membership change: no answer from the owner core in time");
+                Err(HttpError::Unavailable.into())
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                tracing::warn!(%chat, %core, "membership change: the owner core dropped it (stopping?)");
+                Err(HttpError::Unavailable.into())
+            }
+        }
+    }
+
     fn authenticate(&self, req: &Request<'_>) -> Result<(UserId, DeviceId), Response> {
         let token = bearer(req)?;
         self.store
@@ -463,15 +715,69 @@ fn validate_device_name(name: &str) -> Result<(), HttpError> {
     }
 }
 
-/// A `{user_id}` path segment: decimal digits only, not zero.
-fn parse_user_id(segment: &str) -> Result<UserId, HttpError> {
+/// Validates a group name: 1–64 characters, not only whitespace, no control
+/// characters. Returns it unchanged (names are shown as given).
+///
+/// # Errors
+/// `invalid_group_name`.
+pub fn validate_group_name(name: &str) -> Result<&str, HttpError> {
+    let chars = name.chars().count();
+    if (1..=GROUP_NAME_MAX).contains(&chars) && !name.trim().is_empty() && !name.chars().any(char::is_control)
+    {
+        Ok(name)
+    } else {
+        Err(HttpError::InvalidGroupName)
+    }
+}
+
+/// A positive id path segment: decimal digits only, not zero.
+fn parse_id(segment: &str) -> Option<u64> {
     if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(HttpError::InvalidUserId);
+        return None;
     }
-    match segment.parse::<u64>() {
-        Ok(id) if id > 0 => Ok(UserId(id)),
-        _ => Err(HttpError::InvalidUserId),
+    segment.parse::<u64>().ok().filter(|id| *id > 0)
+}
+
+/// A `{user_id}` path segment.
+fn parse_user_id(segment: &str) -> Result<UserId, HttpError> {
+    parse_id(segment).map(UserId).ok_or(HttpError::InvalidUserId)
+}
+
+/// A `{chat_id}` path segment.
+fn parse_chat_id(segment: &str) -> Result<ChatId, HttpError> {
+    parse_id(segment).map(ChatId).ok_or(HttpError::InvalidChatId)
+}
+
+/// A `user_id` from a JSON body: ids start at 1.
+fn positive_user_id(raw: u64) -> Result<UserId, HttpError> {
+    if raw == 0 {
+        Err(HttpError::InvalidUserId)
+    } else {
+        Ok(UserId(raw))
     }
+}
+
+/// The status and code for a membership change the owner core refused.
+fn membership_error(error: MembershipError) -> Response {
+    let kind = match error {
+        // A DM id under /v1/groups is as unknown as a missing id.
+        MembershipError::UnknownChat | MembershipError::NotAGroup => HttpError::UnknownChat,
+        MembershipError::NotOwner => HttpError::NotOwner,
+        MembershipError::NotFriends => {
+            return Response::error_with(
+                HttpError::FriendshipRequired,
+                "that user is not a friend of the group's owner",
+            );
+        }
+        MembershipError::TooManyMembers => HttpError::TooManyMembers,
+        MembershipError::AlreadyMember => HttpError::AlreadyMember,
+        MembershipError::NotMember => HttpError::NotMember,
+        MembershipError::Store(e) => {
+            tracing::error!(error = %e, "membership change: store failed");
+            HttpError::Unavailable
+        }
+    };
+    kind.into()
 }
 
 fn store_error(error: StoreError) -> Response {
@@ -479,6 +785,8 @@ fn store_error(error: StoreError) -> Response {
         StoreError::UsernameTaken => HttpError::UsernameTaken.into(),
         StoreError::UnknownUser(_) => HttpError::UserNotFound.into(),
         StoreError::SelfFriendship => HttpError::CannotBefriendSelf.into(),
+        StoreError::SelfChat => HttpError::CannotChatWithSelf.into(),
+        StoreError::TooManyMembers { .. } => HttpError::TooManyMembers.into(),
         StoreError::Io(e) => {
             tracing::error!(error = %e, "store unavailable");
             HttpError::Unavailable.into()
@@ -491,4 +799,5 @@ fn store_error(error: StoreError) -> Response {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests;

@@ -2,7 +2,11 @@
 //! status and its stable `code` string, in one table.
 //!
 //! Clients branch on `code`, never on `message` (human text that may change). The
-//! body is always `{"error":{"code":"…","message":"…"}}`.
+//! body is always `{"error":{"code":"…","message":"…"}}`. Each code has one
+//! meaning; `not_friends` alone has two statuses for that one meaning ("you and
+//! that user are not friends"): 404 when the friendship is the resource asked
+//! for (`DELETE /v1/friends/{id}`), 403 when an operation needs it (a DM, a group
+//! member).
 //!
 //! | status | code                   | when |
 //! |--------|------------------------|------|
@@ -16,20 +20,29 @@
 //! | 400    | `invalid_device_name`  | device name not 1–64 characters, or has control characters |
 //! | 400    | `invalid_user_id`      | a `{user_id}` path segment is not a positive integer |
 //! | 400    | `cannot_befriend_self` | a friend request to yourself |
+//! | 400    | `invalid_chat_id`      | a `{chat_id}` path segment is not a positive integer |
+//! | 400    | `invalid_group_name`   | group name not 1–64 characters, blank, or has control characters |
+//! | 400    | `cannot_chat_with_self`| a direct chat with yourself |
 //! | 401    | `invalid_token`        | missing, malformed, unknown or revoked `Authorization: Bearer` token |
 //! | 401    | `invalid_credentials`  | login with an unknown username or a wrong password (same answer for both) |
+//! | 403    | `not_friends`          | a DM with, or a group member who is, not a friend (of the group's owner) |
+//! | 403    | `not_owner`            | only a group's owner adds members or removes others |
 //! | 404    | `not_found`            | no such route |
 //! | 404    | `user_not_found`       | the named user does not exist |
 //! | 404    | `no_friend_request`    | accepting a request that was never made |
 //! | 404    | `not_friends`          | removing a relation that does not exist |
+//! | 404    | `unknown_chat`         | no such group, or the caller is not a member (existence is not revealed) |
+//! | 404    | `not_member`           | removing a user who is not a member of the group |
 //! | 405    | `method_not_allowed`   | the route exists but not with this method (`Allow` lists the right ones) |
 //! | 409    | `username_taken`       | signup with a name that exists (case-insensitively) |
+//! | 409    | `already_member`       | adding a user who is already a member |
+//! | 409    | `too_many_members`     | a group would have more than 100 members (owner included) |
 //! | 411    | `length_required`      | a body sent without `Content-Length` (chunked bodies are not accepted) |
 //! | 413    | `body_too_large`       | body over 64 KiB |
 //! | 429    | `rate_limited`         | too many signups/logins from this address; retry later |
 //! | 431    | `headers_too_large`    | request line plus headers over 16 KiB, or over 64 headers |
 //! | 500    | `internal`             | a bug or a corrupt record; logged |
-//! | 503    | `unavailable`          | the store failed or the server is overloaded/stopping; retry later |
+//! | 503    | `unavailable`          | the store failed, the server is overloaded/stopping, or a group change got no answer in 10 s; retry later |
 
 use std::fmt::Write as _;
 
@@ -57,10 +70,20 @@ pub enum HttpError {
     InvalidUserId,
     /// 400: a friend request to yourself.
     CannotBefriendSelf,
+    /// 400: a `{chat_id}` path segment is not a positive integer.
+    InvalidChatId,
+    /// 400: group name fails validation.
+    InvalidGroupName,
+    /// 400: a direct chat with yourself.
+    CannotChatWithSelf,
     /// 401: missing or bad bearer token.
     InvalidToken,
     /// 401: unknown user or wrong password.
     InvalidCredentials,
+    /// 403: the operation needs a friendship that does not exist (code `not_friends`).
+    FriendshipRequired,
+    /// 403: only the group's owner may do that.
+    NotOwner,
     /// 404: no such route.
     NotFound,
     /// 404: the named user does not exist.
@@ -69,10 +92,18 @@ pub enum HttpError {
     NoFriendRequest,
     /// 404: no relation with that user.
     NotFriends,
+    /// 404: no such group, or the caller is not a member of it.
+    UnknownChat,
+    /// 404: the user is not a member of the group.
+    NotMember,
     /// 405: the route exists with other methods.
     MethodNotAllowed,
     /// 409: the username exists.
     UsernameTaken,
+    /// 409: the user is already a member of the group.
+    AlreadyMember,
+    /// 409: the group would exceed its member limit.
+    TooManyMembers,
     /// 411: a body without `Content-Length`.
     LengthRequired,
     /// 413: body over the limit.
@@ -113,12 +144,25 @@ impl HttpError {
             ),
             Self::InvalidUserId => (400, "invalid_user_id", "user ids are positive integers"),
             Self::CannotBefriendSelf => (400, "cannot_befriend_self", "you cannot befriend yourself"),
+            Self::InvalidChatId => (400, "invalid_chat_id", "chat ids are positive integers"),
+            Self::InvalidGroupName => (
+                400,
+                "invalid_group_name",
+                "group names are 1 to 64 characters, not blank, without control characters",
+            ),
+            Self::CannotChatWithSelf => (400, "cannot_chat_with_self", "a direct chat needs another user"),
             Self::InvalidToken => (
                 401,
                 "invalid_token",
                 "missing, unknown or revoked token (send 'Authorization: Bearer <token>')",
             ),
             Self::InvalidCredentials => (401, "invalid_credentials", "wrong username or password"),
+            Self::FriendshipRequired => (403, "not_friends", "you can only chat with your friends"),
+            Self::NotOwner => (
+                403,
+                "not_owner",
+                "only the group's owner adds members or removes others",
+            ),
             Self::NotFound => (404, "not_found", "no such endpoint"),
             Self::UserNotFound => (404, "user_not_found", "no such user"),
             Self::NoFriendRequest => (
@@ -127,12 +171,24 @@ impl HttpError {
                 "that user has not asked to be your friend",
             ),
             Self::NotFriends => (404, "not_friends", "no friendship or request with that user"),
+            Self::UnknownChat => (404, "unknown_chat", "no such chat"),
+            Self::NotMember => (404, "not_member", "that user is not a member of the group"),
             Self::MethodNotAllowed => (
                 405,
                 "method_not_allowed",
                 "this endpoint does not take that method",
             ),
             Self::UsernameTaken => (409, "username_taken", "that username is taken"),
+            Self::AlreadyMember => (
+                409,
+                "already_member",
+                "that user is already a member of the group",
+            ),
+            Self::TooManyMembers => (
+                409,
+                "too_many_members",
+                "a group has at most 100 members, its owner included",
+            ),
             Self::LengthRequired => (
                 411,
                 "length_required",
@@ -184,6 +240,7 @@ impl HttpError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

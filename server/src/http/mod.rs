@@ -1,5 +1,6 @@
-//! The HTTP side-port: signup, login, logout, friends, service discovery,
-//! health and Prometheus metrics — everything that is not real-time.
+//! The HTTP side-port: signup, login, logout, friends, chats (DMs, groups and
+//! their members), service discovery, health and Prometheus metrics —
+//! everything that is not real-time. `docs/HTTP.md` documents every route.
 //!
 //! * `api.rs` — [`Api::handle`]: routing, auth, validation, store calls; a pure
 //!   function of a parsed [`Request`], so it is tested (and fuzzed) without sockets.
@@ -20,8 +21,8 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 pub use api::{
-    Api, DEVICE_NAME_MAX, PASSWORD_MAX, PASSWORD_MIN, Request, Response, USERNAME_MAX, USERNAME_MIN,
-    validate_username,
+    Api, DEVICE_NAME_MAX, GROUP_NAME_MAX, MEMBERSHIP_DEADLINE, PASSWORD_MAX, PASSWORD_MIN, Request, Response,
+    USERNAME_MAX, USERNAME_MIN, validate_group_name, validate_username,
 };
 pub use error::HttpError;
 pub use server::{

@@ -112,6 +112,7 @@ fn group(addr: IpAddr) -> IpAddr {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

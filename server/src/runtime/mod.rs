@@ -4,11 +4,58 @@ mod mesh;
 
 pub use mesh::{Mesh, QUEUE_CAPACITY};
 
-use crate::ids::{DeviceId, UserId};
+use crate::core::CoreMsg;
+use crate::ids::{ChatId, DeviceId, UserId};
+use crate::store::writer::Completion;
 
 /// Commands drained per queue per loop turn: enough to amortise the wake-up,
 /// small enough that a flood from other cores cannot starve this core's sockets.
 pub const COMMANDS_PER_TURN: usize = 1024;
+
+/// A group membership change requested over HTTP, decided by the chat's owner core.
+#[derive(Debug)]
+pub struct MembershipChange {
+    /// The group.
+    pub chat: ChatId,
+    /// Who asks (the owner adds or removes; any member may remove itself).
+    pub actor: UserId,
+    /// Who is added or removed.
+    pub user: UserId,
+    /// Add (true) or remove (false).
+    pub add: bool,
+    /// Where the outcome goes, once the change is durable (or refused).
+    pub reply: crossbeam_channel::Sender<Result<(), MembershipError>>,
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipError {
+    /// No such chat.
+    #[error("no such chat")]
+    UnknownChat,
+    /// The chat is a direct chat, whose members never change.
+    #[error("direct chats have fixed members")]
+    NotAGroup,
+    /// Only the group's owner adds members or removes others.
+    #[error("only the group's owner may do that")]
+    NotOwner,
+    /// A member added must be a friend of the owner.
+    #[error("that user is not a friend of the group's owner")]
+    NotFriends,
+    /// The group already has the maximum number of members.
+    #[error("a group has at most {} members", crate::store::MAX_GROUP_MEMBERS)]
+    TooManyMembers,
+    /// The user is already a member.
+    #[error("already a member")]
+    AlreadyMember,
+    /// The user is not a member.
+    #[error("not a member")]
+    NotMember,
+    /// The store failed; nothing changed.
+    #[error("store unavailable: {0}")]
+    Store(String),
+}
 
 /// What one core asks of another (or the HTTP side-port of a core).
 #[derive(Debug)]
@@ -23,6 +70,13 @@ pub enum Command {
     },
     /// Adopt an authenticated session whose user's home core this is.
     Adopt(Box<Adopted>),
+    /// Work from another core, batched per loop turn: sends for chats this core
+    /// owns, answers for sessions it holds, pushes for users it is home to.
+    Core(Vec<CoreMsg>),
+    /// The storage writer durably committed these writes of this core, in order.
+    Committed(Vec<Completion>),
+    /// Add or remove a group member (from the HTTP side-port), in order with the chat's messages.
+    Membership(MembershipChange),
     /// Stop accepting, close every session and leave the loop.
     Shutdown,
 }
@@ -41,6 +95,7 @@ use crate::core::CoreConfig;
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::store::writer::WriterSender;
 use crate::transport::tcp;
 
 /// The running event loops.
@@ -56,7 +111,12 @@ impl Cores {
     ///
     /// # Errors
     /// When a listener cannot be bound or a poll/waker/thread cannot be created.
-    pub fn start(config: &Config, store: Arc<Store>, metrics: Arc<Metrics>) -> io::Result<Self> {
+    pub fn start(
+        config: &Config,
+        store: Arc<Store>,
+        writer: WriterSender,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
         let (listeners, tcp_addr) =
             tcp::bind_listeners(SocketAddr::new(config.bind, config.tcp_port), config.cores)?;
         let mut polls = Vec::with_capacity(config.cores);
@@ -79,6 +139,7 @@ impl Cores {
                 heartbeat_timeout: config.heartbeat_timeout,
                 limits: natter_wire::Limits::with_max_frame(config.max_frame),
                 max_connections: config.max_connections_per_core,
+                send_rate: config.send_rate_limit,
             };
             let worker = worker::Worker::new(
                 core_config,
@@ -87,6 +148,7 @@ impl Cores {
                 queue,
                 mesh.clone(),
                 store.clone(),
+                writer.clone(),
                 metrics.clone(),
             )?;
             let thread = std::thread::Builder::new()

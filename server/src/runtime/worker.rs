@@ -21,6 +21,7 @@ use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
+use crate::store::writer::{WriteOp, WriterSender};
 use crate::transport::tcp;
 
 /// Token of the listener; connections use their `ConnId` as token.
@@ -38,6 +39,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Bytes queued for one connection before the core stops reading from it
 /// (TCP backpressure: a client that does not read its answers is not served).
 const MAX_OUTBOUND: usize = 1024 * 1024;
+/// Bytes queued for one connection at which it is declared a slow consumer
+/// and closed: live pushes must not grow natterd's memory without bound.
+/// Roughly 40,000 typical messages, or 20 maximum-size ones.
+const MAX_OUTBOUND_HARD: usize = 8 * 1024 * 1024;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 
@@ -82,6 +87,9 @@ pub(crate) struct Worker {
     accept_pending: bool,
     /// Commands for other cores whose queues were full; retried every turn.
     outbox: VecDeque<(CoreId, Command)>,
+    /// The storage writer's queue, and what did not fit in it yet (kept in order).
+    writer: WriterSender,
+    write_backlog: VecDeque<WriteOp>,
     shutting_down: bool,
 }
 
@@ -94,6 +102,7 @@ impl Worker {
         queue: Receiver<Command>,
         mesh: Mesh,
         store: Arc<Store>,
+        writer: WriterSender,
         metrics: Arc<Metrics>,
     ) -> io::Result<Self> {
         poll.registry()
@@ -103,7 +112,7 @@ impl Worker {
             .map_or(0, |d| d.as_millis() as u64);
         Ok(Self {
             id: config.core,
-            core: Core::new(config, Instant::now(), unix_ms),
+            core: Core::new(config, store.clone(), Instant::now(), unix_ms),
             poll,
             listener,
             queue,
@@ -115,6 +124,8 @@ impl Worker {
             again: Vec::new(),
             accept_pending: false,
             outbox: VecDeque::new(),
+            writer,
+            write_backlog: VecDeque::new(),
             shutting_down: false,
         })
     }
@@ -124,7 +135,11 @@ impl Worker {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         tracing::debug!(core = self.id.0, "event loop started");
         loop {
-            let timeout = if !self.again.is_empty() || self.accept_pending || !self.outbox.is_empty() {
+            let timeout = if !self.again.is_empty()
+                || self.accept_pending
+                || !self.outbox.is_empty()
+                || !self.write_backlog.is_empty()
+            {
                 Some(Duration::ZERO)
             } else {
                 self.core
@@ -161,8 +176,10 @@ impl Worker {
             }
             self.drain_commands(now);
             self.core.handle_timeout(now);
+            self.core.handle_end_of_turn();
             self.run_actions(now);
             self.flush_outbox();
+            self.flush_writes();
             self.publish_stats();
             if self.shutting_down {
                 break;
@@ -339,7 +356,9 @@ impl Worker {
         };
         socket.queued += frame.len();
         socket.outbound.push_back(frame);
-        if socket.outbound.len() == 1 {
+        if socket.queued > MAX_OUTBOUND_HARD {
+            self.core.handle_outbound_overflow(conn);
+        } else if socket.outbound.len() == 1 {
             self.flush(conn);
         }
     }
@@ -376,6 +395,20 @@ impl Worker {
                     self.core.handle_auth(conn, result, now);
                 }
                 Action::Migrate { conn, to } => self.migrate(conn, to),
+                Action::ToCore { core, msgs } => self.outbox.push_back((core, Command::Core(msgs))),
+                Action::Write(op) => {
+                    if self.write_backlog.is_empty() {
+                        if let Err(op) = self.writer.try_send(op) {
+                            self.write_backlog.push_back(op);
+                        }
+                    } else {
+                        self.write_backlog.push_back(op);
+                    }
+                }
+                Action::MembershipReply { reply, result } => {
+                    // The HTTP worker may have given up waiting; nothing to do then.
+                    let _ = reply.send(result);
+                }
             }
         }
     }
@@ -417,6 +450,16 @@ impl Worker {
         self.outbox = left;
     }
 
+    /// Hands the writes the writer's queue could not take earlier, in order.
+    fn flush_writes(&mut self) {
+        while let Some(op) = self.write_backlog.pop_front() {
+            if let Err(op) = self.writer.try_send(op) {
+                self.write_backlog.push_front(op);
+                return;
+            }
+        }
+    }
+
     fn drain_commands(&mut self, now: Instant) {
         for _ in 0..COMMANDS_PER_TURN {
             let Ok(cmd) = self.queue.try_recv() else {
@@ -438,6 +481,18 @@ impl Worker {
                     self.run_actions(now);
                     // Frames pipelined behind the Hello wait in the inbound buffer.
                     self.service_read(conn, now);
+                }
+                Command::Core(msgs) => {
+                    self.core.handle_core_msgs(msgs, now);
+                    self.run_actions(now);
+                }
+                Command::Committed(completions) => {
+                    self.core.handle_committed(completions, now);
+                    self.run_actions(now);
+                }
+                Command::Membership(change) => {
+                    self.core.handle_membership(change, now);
+                    self.run_actions(now);
                 }
                 Command::CloseDevice { user, device } => {
                     self.core.handle_close_device(user, device);

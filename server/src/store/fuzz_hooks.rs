@@ -3,11 +3,12 @@
 //! matching encoders for round-trip checks. Compiled only with the `fuzzing`
 //! feature (STYLE.md convention 12); the store itself never calls it.
 //!
-//! The layout they decode is documented in `keys.rs` and `records.rs`.
+//! The layout they decode is documented in `keys.rs` and `records.rs`. The `encode_*` functions
+//! build the seeds of `fuzz/corpus/store_records/`.
 
 use super::keys::{self, FriendState};
-use super::records::{DeviceRecord, UserRecord};
-use crate::ids::UserId;
+use super::records::{self, ChatRecord, DeviceRecord, StoredMessage, UserRecord};
+use crate::ids::{ChatId, Seq, UserId};
 
 /// `keys::decode_id`: an 8-byte big-endian id, else `None`.
 pub(crate) fn decode_id(bytes: &[u8]) -> Option<u64> {
@@ -59,4 +60,44 @@ pub(crate) fn decode_device(bytes: &[u8]) -> Option<DeviceRecord> {
 /// `DeviceRecord::encode`.
 pub(crate) fn encode_device(device: &DeviceRecord) -> Vec<u8> {
     device.encode()
+}
+
+/// `ChatRecord::decode`, then `encode`: the re-encoded value if `bytes` decodes.
+pub(crate) fn reencode_chat(bytes: &[u8]) -> Option<Vec<u8>> {
+    ChatRecord::decode(bytes).map(|chat| chat.encode())
+}
+
+/// `records::decode_member`, then `encode_member`: the re-encoded value if `bytes` decodes.
+pub(crate) fn reencode_member(bytes: &[u8]) -> Option<Vec<u8>> {
+    records::decode_member(bytes).map(|joined| records::encode_member(joined).to_vec())
+}
+
+/// `StoredMessage::decode_value` (as message 1 of chat 1), then `encode_value`: the re-encoded
+/// value if `bytes` decodes.
+pub(crate) fn reencode_message(bytes: &[u8]) -> Option<Vec<u8>> {
+    StoredMessage::decode_value(ChatId(1), Seq(1), bytes).map(|m| m.encode_value())
+}
+
+/// A `chats` value (`ChatRecord::encode`), for seeds.
+pub(crate) fn encode_chat(group: bool, owner: u64, created_ms: u64, name: &str) -> Vec<u8> {
+    let kind = if group { super::ChatKind::Group } else { super::ChatKind::Direct };
+    ChatRecord { kind, name: name.to_owned(), owner: UserId(owner), created_ms }.encode()
+}
+
+/// A `members` value (`records::encode_member`), for seeds.
+pub(crate) fn encode_member(joined_ms: u64) -> Vec<u8> {
+    records::encode_member(joined_ms).to_vec()
+}
+
+/// A `messages` value (`StoredMessage::encode_value`), for seeds.
+pub(crate) fn encode_message(sender: u64, server_ts_ms: u64, client_msg_id: u64, text: &str) -> Vec<u8> {
+    StoredMessage {
+        chat: ChatId(1),
+        seq: Seq(1),
+        sender: UserId(sender),
+        server_ts_ms,
+        client_msg_id: crate::ids::ClientMsgId(client_msg_id),
+        text: text.to_owned(),
+    }
+    .encode_value()
 }

@@ -13,10 +13,17 @@
 //! | `tokens`    | sha256(token), 32 bytes           | `user_id ++ device_id`                   |
 //! | `devices`   | `user_id ++ device_id`            | [`super::records`] device record         |
 //! | `friends`   | `user_id ++ other_id`             | one [`FriendState`] byte                 |
+//! | `chats`     | `chat_id`                         | [`super::records`] chat record           |
+//! | `members`   | `chat_id ++ user_id`              | [`super::records`] member record         |
+//! | `user_chats`| `user_id ++ chat_id`              | empty (an index)                         |
+//! | `dms`       | `min(user) ++ max(user)`          | `chat_id`                                |
+//! | `messages`  | `chat_id ++ seq`                  | [`super::records`] message record        |
+//! | `dedupe`    | `chat_id ++ sender ++ client_msg_id` | `seq ++ server_ts_ms`                 |
 //!
-//! Later keyspaces follow the same pattern: messages `chat_id ++ seq`, members
-//! `chat_id ++ user_id`, chats of a user `user_id ++ chat_id`, cursors
-//! `device_id ++ chat_id`, dedupe `chat_id ++ client_msg_id` — all [`pair`].
+//! So a chat's history is one contiguous range of `messages` (its last key holds
+//! the chat's last `seq`), a chat's members one range of `members`, a user's chats
+//! one range of `user_chats`; a retried send is one point read in `dedupe`.
+//! Later keyspaces follow the same pattern (cursors `device_id ++ chat_id`).
 //!
 //! Decoding never panics: a key or value of the wrong length decodes to `None`,
 //! which the caller reports as [`super::StoreError::Corrupt`].
@@ -33,16 +40,32 @@ pub(crate) const TOKENS: &str = "tokens";
 pub(crate) const DEVICES: &str = "devices";
 /// Keyspace of friendship states by `user_id ++ other_id` (both directions stored).
 pub(crate) const FRIENDS: &str = "friends";
+/// Keyspace of chat records by `chat_id`.
+pub(crate) const CHATS: &str = "chats";
+/// Keyspace of memberships by `chat_id ++ user_id`.
+pub(crate) const MEMBERS: &str = "members";
+/// Index of each user's chats: `user_id ++ chat_id` with an empty value.
+pub(crate) const USER_CHATS: &str = "user_chats";
+/// Keyspace mapping a user pair `min ++ max` to their direct chat.
+pub(crate) const DMS: &str = "dms";
+/// Keyspace of messages by `chat_id ++ seq`.
+pub(crate) const MESSAGES: &str = "messages";
+/// Keyspace of send dedupe records by `chat_id ++ sender ++ client_msg_id`.
+pub(crate) const DEDUPE: &str = "dedupe";
 
 /// `meta` key of the next user id to hand out.
 pub(crate) const NEXT_USER_ID: &[u8] = b"next_user_id";
 /// `meta` key of the next device id to hand out.
 pub(crate) const NEXT_DEVICE_ID: &[u8] = b"next_device_id";
+/// `meta` key of the next chat id to hand out.
+pub(crate) const NEXT_CHAT_ID: &[u8] = b"next_chat_id";
 
 /// Length of a single-id key.
 pub(crate) const ID_LEN: usize = 8;
 /// Length of a two-id key.
 pub(crate) const PAIR_LEN: usize = 16;
+/// Length of a three-id key.
+pub(crate) const TRIPLE_LEN: usize = 24;
 
 /// Encodes one id as a key (or as the prefix of all pair keys starting with it).
 pub(crate) fn id(x: u64) -> [u8; ID_LEN] {
@@ -56,6 +79,20 @@ pub(crate) fn pair(a: u64, b: u64) -> [u8; PAIR_LEN] {
     left.copy_from_slice(&a.to_be_bytes());
     right.copy_from_slice(&b.to_be_bytes());
     key
+}
+
+/// Encodes a composite `a ++ b ++ c` key (the `dedupe` keyspace).
+pub(crate) fn triple(a: u64, b: u64, c: u64) -> [u8; TRIPLE_LEN] {
+    let mut key = [0u8; TRIPLE_LEN];
+    for (chunk, x) in key.chunks_exact_mut(ID_LEN).zip([a, b, c]) {
+        chunk.copy_from_slice(&x.to_be_bytes());
+    }
+    key
+}
+
+/// The key of a direct chat between `a` and `b`: the same for either order.
+pub(crate) fn dm_pair(a: u64, b: u64) -> [u8; PAIR_LEN] {
+    pair(a.min(b), a.max(b))
 }
 
 /// Decodes a single-id key or value; `None` unless exactly 8 bytes.
@@ -114,6 +151,7 @@ impl FriendState {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -123,6 +161,15 @@ mod tests {
         keys.sort();
         assert_eq!(keys, [pair(1, 2), pair(1, 300), pair(2, 1), pair(256, 0)]);
         assert!(pair(7, 9).starts_with(&id(7)));
+        let mut triples = [triple(1, 2, 3), triple(1, 1, u64::MAX), triple(0, 9, 9)];
+        triples.sort();
+        assert_eq!(
+            triples,
+            [triple(0, 9, 9), triple(1, 1, u64::MAX), triple(1, 2, 3)]
+        );
+        assert!(triple(4, 5, 6).starts_with(&pair(4, 5)));
+        assert_eq!(dm_pair(9, 2), dm_pair(2, 9));
+        assert_eq!(dm_pair(9, 2), pair(2, 9));
     }
 
     #[test]

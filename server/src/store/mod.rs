@@ -1,21 +1,35 @@
-//! The embedded store: fjall in `--data-dir`, holding accounts, device tokens and
-//! friendships (later also chats and messages).
+//! The embedded store: fjall in `--data-dir`, holding accounts, device tokens,
+//! friendships, chats, memberships, messages and send dedupe records.
+//!
+//! * `keys.rs` — keyspace names and key encodings (the on-disk layout table).
+//! * `records.rs` — record value encodings.
+//! * `chats.rs` — chats, members, message reads, dedupe lookups.
+//! * `writer.rs` — the group-commit writer thread: messages and membership
+//!   changes from every core, one durable batch per round.
 //!
 //! # Durability
 //!
 //! The database is opened with `manual_journal_persist(true)`, so nothing is
 //! synced implicitly. Every account write (signup, login, logout, friend change)
-//! is **one** fjall batch across keyspaces, committed with
-//! [`PersistMode::SyncData`]: when a method returns `Ok`, the change is in the
-//! journal and `fdatasync`ed, and only then does the HTTP side-port answer.
+//! and every chat creation is **one** fjall batch across keyspaces, committed
+//! with [`PersistMode::SyncData`]: when a method returns `Ok`, the change is in
+//! the journal and `fdatasync`ed, and only then does the HTTP side-port answer.
+//! Messages and membership changes go through [`writer::Writer`], which commits
+//! many of them per `fdatasync` and reports completion only after it returned.
 //! A batch is atomic: after a crash either all of its rows exist or none do.
+//! `docs/DURABILITY.md` has the whole contract.
 //!
-//! # Failure
+//! # Failure: the poison rule
 //!
-//! Any fjall error is reported as [`StoreError::Io`]. A failed commit or sync
-//! poisons the database (fjall refuses every later write) and sets
-//! [`Store::is_poisoned`]; the process is then expected to stop and recover
-//! from the journal on restart, never to retry the write.
+//! A fjall error on a read is reported as [`StoreError::Io`]. A failed durable
+//! write (journal write or `fdatasync`, on any path: account writes, chat
+//! creation, group commits) is never retried and never acknowledged: the store
+//! is marked poisoned ([`Store::is_poisoned`]), the failure is logged at error
+//! level, and the process exits with [`POISON_EXIT_CODE`] at once, to recover
+//! from the journal on restart. After a failed `fdatasync` the kernel may have
+//! dropped the dirty pages and cleared the error, so a retry that "succeeds"
+//! proves nothing; carrying on would also leave in-memory state (ids, `seq`s)
+//! ahead of what is on disk. `docs/DURABILITY.md` has the reasoning.
 //!
 //! # Concurrency
 //!
@@ -25,10 +39,12 @@
 //! uniqueness checks, id allocation and friend state transitions are race-free;
 //! that path is low-volume (bounded by argon2 and the per-address rate limit).
 
+mod chats;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
 mod keys;
 mod records;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,8 +55,16 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sha2::{Digest, Sha256};
 
 use crate::ids::{DeviceId, UserId};
+pub use chats::ChatInfo;
 use keys::FriendState;
-pub use records::{DeviceRecord, UserRecord};
+pub use records::{ChatKind, DeviceRecord, StoredMessage, UserRecord};
+
+/// Most members a group has, its owner included.
+pub const MAX_GROUP_MEMBERS: usize = 100;
+
+/// The process exit code after a failed durable write (`EX_SOFTWARE`): the
+/// store is poisoned and natterd must restart to recover from the journal.
+pub const POISON_EXIT_CODE: i32 = 70;
 
 /// Length of a device token in characters: 32 random bytes as lowercase hex.
 pub const TOKEN_LEN: usize = 64;
@@ -58,6 +82,15 @@ pub enum StoreError {
     /// Caller error: a user cannot befriend themselves.
     #[error("a user cannot befriend themselves")]
     SelfFriendship,
+    /// Caller error: a direct chat needs two different users.
+    #[error("a direct chat needs two different users")]
+    SelfChat,
+    /// Limit hit: a group would have more than [`MAX_GROUP_MEMBERS`] members.
+    #[error("a group has at most {MAX_GROUP_MEMBERS} members, not {count}")]
+    TooManyMembers {
+        /// How many distinct members (owner included) were asked for.
+        count: usize,
+    },
     /// Internal: a stored key or record does not decode. Data on disk is damaged
     /// or was written by an incompatible version; the operation is refused.
     #[error("corrupt record in the store: {what}")]
@@ -70,6 +103,10 @@ pub enum StoreError {
     /// the process must restart and recover.
     #[error("store unavailable: {0}")]
     Io(#[from] fjall::Error),
+    /// Internal: the group-commit writer thread panicked (a bug in a completion
+    /// callback); what it had committed stays committed.
+    #[error("the store writer thread panicked")]
+    WriterPanicked,
     /// Internal: the system's random number generator failed (no token was made).
     #[error("random number generator failed: {0}")]
     Random(getrandom::Error),
@@ -103,6 +140,7 @@ pub struct FriendList {
 struct Counters {
     next_user: u64,
     next_device: u64,
+    next_chat: u64,
 }
 
 /// The embedded store. See the module docs for durability and concurrency.
@@ -114,7 +152,14 @@ pub struct Store {
     tokens: Keyspace,
     devices: Keyspace,
     friends: Keyspace,
-    /// Serialises account writes (never taken by reads).
+    chats: Keyspace,
+    members: Keyspace,
+    user_chats: Keyspace,
+    dms: Keyspace,
+    messages: Keyspace,
+    dedupe: Keyspace,
+    /// Serialises account writes and chat creation (never taken by reads, nor
+    /// by the group-commit writer).
     writer: Mutex<Counters>,
     /// Set once any commit or sync failed.
     poisoned: AtomicBool,
@@ -145,16 +190,24 @@ impl Store {
             tokens: ks(keys::TOKENS)?,
             devices: ks(keys::DEVICES)?,
             friends: ks(keys::FRIENDS)?,
+            chats: ks(keys::CHATS)?,
+            members: ks(keys::MEMBERS)?,
+            user_chats: ks(keys::USER_CHATS)?,
+            dms: ks(keys::DMS)?,
+            messages: ks(keys::MESSAGES)?,
+            dedupe: ks(keys::DEDUPE)?,
             db,
             writer: Mutex::new(Counters {
                 next_user: 1,
                 next_device: 1,
+                next_chat: 1,
             }),
             poisoned: AtomicBool::new(false),
         };
         let counters = Counters {
             next_user: store.counter(keys::NEXT_USER_ID)?,
             next_device: store.counter(keys::NEXT_DEVICE_ID)?,
+            next_chat: store.counter(keys::NEXT_CHAT_ID)?,
         };
         *store.lock() = counters;
         Ok(store)
@@ -187,7 +240,7 @@ impl Store {
         batch.insert(&self.users, keys::id(id.0), record.encode());
         batch.insert(&self.usernames, username, keys::id(id.0));
         batch.insert(&self.meta, keys::NEXT_USER_ID, keys::id(id.0 + 1));
-        self.commit(batch)?;
+        self.commit(batch, "signup");
         counters.next_user = id.0 + 1;
         Ok(id)
     }
@@ -260,7 +313,7 @@ impl Store {
         batch.insert(&self.tokens, token_hash, keys::pair(user.0, device.0));
         batch.insert(&self.devices, keys::pair(user.0, device.0), record.encode());
         batch.insert(&self.meta, keys::NEXT_DEVICE_ID, keys::id(device.0 + 1));
-        self.commit(batch)?;
+        self.commit(batch, "login");
         counters.next_device = device.0 + 1;
         Ok((device, token))
     }
@@ -313,7 +366,7 @@ impl Store {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.remove(&self.tokens, hash);
         batch.remove(&self.devices, keys::pair(user, device));
-        self.commit(batch)?;
+        self.commit(batch, "logout");
         Ok(Some((UserId(user), DeviceId(device))))
     }
 
@@ -378,7 +431,7 @@ impl Store {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.remove(&self.friends, keys::pair(user.0, other.0));
         batch.remove(&self.friends, keys::pair(other.0, user.0));
-        self.commit(batch)?;
+        self.commit(batch, "friend removal");
         Ok(true)
     }
 
@@ -442,15 +495,34 @@ impl Store {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Marks the store poisoned (a commit or sync failed); logs once.
     fn poison(&self) {
         if !self.poisoned.swap(true, Ordering::Relaxed) {
             tracing::error!("store write failed: the store is poisoned and accepts no more writes");
         }
     }
 
-    fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), StoreError> {
-        batch.commit().inspect_err(|_| self.poison())?;
-        Ok(())
+    /// Commits `batch` (durable when it was built with `SyncData`); on failure
+    /// applies the poison rule and does not return. `what` names the write for the log.
+    fn commit(&self, batch: fjall::OwnedWriteBatch, what: &str) {
+        if let Err(error) = batch.commit() {
+            self.fail_stop(what, &error);
+        }
+    }
+
+    /// The poison rule (module docs): mark the store poisoned, log what failed,
+    /// exit with [`POISON_EXIT_CODE`]. Nothing of the failed write was
+    /// acknowledged, and nothing after it will be.
+    fn fail_stop(&self, what: &str, error: &fjall::Error) -> ! {
+        self.poisoned.store(true, Ordering::Relaxed);
+        tracing::error!(
+            %error,
+            what,
+            "durable write failed (journal write or fdatasync): the store is poisoned and nothing \
+             of this write was acknowledged; exiting with code {POISON_EXIT_CODE} to recover from \
+             the journal on restart"
+        );
+        std::process::exit(POISON_EXIT_CODE)
     }
 
     fn counter(&self, key: &[u8]) -> Result<u64, StoreError> {
@@ -479,7 +551,8 @@ impl Store {
             keys::pair(other.0, user.0),
             [state.mirror().to_byte()],
         );
-        self.commit(batch)
+        self.commit(batch, "friend change");
+        Ok(())
     }
 }
 
@@ -529,6 +602,7 @@ fn hex_decode_token(token: &str) -> Option<[u8; TOKEN_LEN / 2]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

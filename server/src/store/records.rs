@@ -1,17 +1,29 @@
-//! Encoding of the store's record values (users, devices).
+//! Encoding of the store's record values (users, devices, chats, members,
+//! messages).
 //!
 //! A record is a version byte followed by fields in a fixed order: integers as
 //! big-endian `u64`, strings as a `u16` big-endian length plus UTF-8 bytes,
-//! hashes as 32 raw bytes. Decoding reads through [`Reader`], which checks every
-//! length and returns `None` on anything malformed (short, long, bad UTF-8,
-//! unknown version); records come from disk and must never panic the server.
+//! hashes as 32 raw bytes. A message's text is the exception: it is the last
+//! field and takes the rest of the value (up to ~400 KB, more than a `u16`
+//! length holds, and no length prefix is needed for the last field). Decoding
+//! reads through [`Reader`], which checks every length and returns `None` on
+//! anything malformed (short, long, bad UTF-8, unknown version); records come
+//! from disk and must never panic the server.
 
-use crate::ids::UserId;
+use crate::ids::{ChatId, ClientMsgId, Seq, UserId};
 
 /// Version byte of the current user record layout.
 const USER_V1: u8 = 1;
 /// Version byte of the current device record layout.
 const DEVICE_V1: u8 = 1;
+/// Version byte of the current chat record layout.
+const CHAT_V1: u8 = 1;
+/// Version byte of the current member record layout.
+const MEMBER_V1: u8 = 1;
+/// Version byte of the current message record layout.
+const MESSAGE_V1: u8 = 1;
+/// Bytes of a message value before its text: version, sender, timestamp, client id.
+pub(crate) const MESSAGE_HEADER_LEN: usize = 1 + 8 + 8 + 8;
 
 /// A user account as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +113,144 @@ impl DeviceRecord {
     }
 }
 
+/// What kind of chat a chat record describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChatKind {
+    /// A 1:1 chat between two friends; its members never change.
+    Direct,
+    /// A group of up to [`super::MAX_GROUP_MEMBERS`] members with an owner.
+    Group,
+}
+
+impl ChatKind {
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Direct => 1,
+            Self::Group => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Self::Direct),
+            2 => Some(Self::Group),
+            _ => None,
+        }
+    }
+}
+
+/// A chat as stored under `chats[chat_id]` (members live in their own keyspace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ChatRecord {
+    /// Direct or group.
+    pub(crate) kind: ChatKind,
+    /// The group's name (empty for a direct chat).
+    pub(crate) name: String,
+    /// The group's owner; for a direct chat, the user who opened it.
+    pub(crate) owner: UserId,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub(crate) created_ms: u64,
+}
+
+impl ChatRecord {
+    /// Encodes the record's value.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(1 + 1 + 8 + 8 + 2 + self.name.len());
+        w.u8(CHAT_V1);
+        w.u8(self.kind.to_byte());
+        w.u64(self.owner.0);
+        w.u64(self.created_ms);
+        w.str(&self.name);
+        w.0
+    }
+
+    /// Decodes a stored value; `None` if malformed.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader(bytes);
+        if r.u8()? != CHAT_V1 {
+            return None;
+        }
+        let record = Self {
+            kind: ChatKind::from_byte(r.u8()?)?,
+            owner: UserId(r.u64()?),
+            created_ms: r.u64()?,
+            name: r.str()?.to_owned(),
+        };
+        r.end()?;
+        Some(record)
+    }
+}
+
+/// Encodes a `members[chat ++ user]` value: when the user joined.
+pub(crate) fn encode_member(joined_ms: u64) -> [u8; 9] {
+    let mut out = [0u8; 9];
+    let (version, time) = out.split_at_mut(1);
+    version.copy_from_slice(&[MEMBER_V1]);
+    time.copy_from_slice(&joined_ms.to_be_bytes());
+    out
+}
+
+/// Decodes a `members` value into the join time; `None` if malformed.
+pub(crate) fn decode_member(bytes: &[u8]) -> Option<u64> {
+    let mut r = Reader(bytes);
+    if r.u8()? != MEMBER_V1 {
+        return None;
+    }
+    let joined = r.u64()?;
+    r.end()?;
+    Some(joined)
+}
+
+/// One stored message: its key `(chat, seq)` plus its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The chat.
+    pub chat: ChatId,
+    /// Its position in the chat (gapless from 1).
+    pub seq: Seq,
+    /// Who sent it.
+    pub sender: UserId,
+    /// When the owner core accepted it, milliseconds since the Unix epoch.
+    pub server_ts_ms: u64,
+    /// The sender's id for the send (dedupe key).
+    pub client_msg_id: ClientMsgId,
+    /// The text (valid UTF-8, 1 to 100,000 characters; checked before it gets here).
+    pub text: String,
+}
+
+impl StoredMessage {
+    /// Encodes the `messages[chat ++ seq]` value.
+    pub(crate) fn encode_value(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(MESSAGE_HEADER_LEN + self.text.len());
+        w.u8(MESSAGE_V1);
+        w.u64(self.sender.0);
+        w.u64(self.server_ts_ms);
+        w.u64(self.client_msg_id.0);
+        w.0.extend_from_slice(self.text.as_bytes());
+        w.0
+    }
+
+    /// Decodes the value stored for `(chat, seq)`; `None` if malformed.
+    pub(crate) fn decode_value(chat: ChatId, seq: Seq, bytes: &[u8]) -> Option<Self> {
+        let mut r = Reader(bytes);
+        if r.u8()? != MESSAGE_V1 {
+            return None;
+        }
+        let sender = UserId(r.u64()?);
+        let server_ts_ms = r.u64()?;
+        let client_msg_id = ClientMsgId(r.u64()?);
+        let text = std::str::from_utf8(r.rest()).ok()?.to_owned();
+        Some(Self {
+            chat,
+            seq,
+            sender,
+            server_ts_ms,
+            client_msg_id,
+            text,
+        })
+    }
+}
+
 /// Appends fields to a record value.
 struct Writer(Vec<u8>);
 
@@ -165,6 +315,11 @@ impl<'a> Reader<'a> {
         self.take(32)?.try_into().ok()
     }
 
+    /// Everything not read yet (the last, unprefixed field).
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+
     /// Succeeds only if every byte was consumed (trailing garbage is corruption).
     fn end(&self) -> Option<()> {
         self.0.is_empty().then_some(())
@@ -172,6 +327,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -217,6 +373,77 @@ mod tests {
         bad_utf8[3] = 0xff;
         assert_eq!(UserRecord::decode(UserId(9), &bad_utf8), None);
         assert_eq!(DeviceRecord::decode(&[DEVICE_V1, 0, 200]), None);
+    }
+
+    fn message() -> StoredMessage {
+        StoredMessage {
+            chat: ChatId(3),
+            seq: Seq(17),
+            sender: UserId(5),
+            server_ts_ms: 1_700_000_000_123,
+            client_msg_id: ClientMsgId(u64::MAX),
+            text: "héllo 👋".into(),
+        }
+    }
+
+    #[test]
+    fn chat_member_and_message_round_trips() {
+        for kind in [ChatKind::Direct, ChatKind::Group] {
+            let chat = ChatRecord {
+                kind,
+                name: "the crew".into(),
+                owner: UserId(8),
+                created_ms: 12,
+            };
+            assert_eq!(ChatRecord::decode(&chat.encode()), Some(chat));
+        }
+        assert_eq!(decode_member(&encode_member(99)), Some(99));
+        let m = message();
+        assert_eq!(
+            StoredMessage::decode_value(m.chat, m.seq, &m.encode_value()),
+            Some(m.clone())
+        );
+        assert_eq!(m.encode_value().len(), MESSAGE_HEADER_LEN + m.text.len());
+        let long = StoredMessage {
+            text: "x".repeat(400_000),
+            ..message()
+        };
+        assert_eq!(
+            StoredMessage::decode_value(long.chat, long.seq, &long.encode_value()),
+            Some(long)
+        );
+    }
+
+    #[test]
+    fn malformed_chat_records_are_refused() {
+        let chat = ChatRecord {
+            kind: ChatKind::Group,
+            name: "g".into(),
+            owner: UserId(1),
+            created_ms: 2,
+        }
+        .encode();
+        for n in 0..chat.len() {
+            assert_eq!(ChatRecord::decode(&chat[..n]), None, "prefix of {n} bytes");
+        }
+        let mut bad_kind = chat.clone();
+        bad_kind[1] = 7;
+        assert_eq!(ChatRecord::decode(&bad_kind), None);
+        let mut long = chat;
+        long.push(0);
+        assert_eq!(ChatRecord::decode(&long), None);
+        assert_eq!(decode_member(&[MEMBER_V1, 0, 0]), None);
+        assert_eq!(decode_member(&[2, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+        let msg = message().encode_value();
+        for n in 0..MESSAGE_HEADER_LEN {
+            assert_eq!(StoredMessage::decode_value(ChatId(1), Seq(1), &msg[..n]), None);
+        }
+        let mut bad_utf8 = msg.clone();
+        bad_utf8[MESSAGE_HEADER_LEN] = 0xff;
+        assert_eq!(StoredMessage::decode_value(ChatId(1), Seq(1), &bad_utf8), None);
+        let mut bad_version = msg;
+        bad_version[0] = 0;
+        assert_eq!(StoredMessage::decode_value(ChatId(1), Seq(1), &bad_version), None);
     }
 
     #[test]

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::config::{Config, PasswordCost};
+use crate::ids::{ClientMsgId, Seq};
 use crate::runtime::Command;
+use crate::store::StoredMessage;
+use crate::store::writer::WriteOp;
 
 pub(crate) struct Harness {
     pub(crate) api: Arc<Api>,
@@ -170,6 +173,10 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
         "/v1/friends/requests/5/decline",
         "/v1/friends/5/x",
         "v1/signup",
+        "/v1/dms/1",
+        "/v1/groups/1/x",
+        "/v1/groups/1/members/2/x",
+        "/v1/chats/1",
     ] {
         let (status, v) = h.call("GET", path, None, Value::Null);
         assert_eq!((status, code(&v)), (404, "not_found"), "{path:?}");
@@ -186,6 +193,12 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
         ("GET", "/v1/friends/requests/2/accept", "POST"),
         ("GET", "/v1/friends/2", "DELETE"),
         ("get", "/healthz", "GET"),
+        ("GET", "/v1/dms", "POST"),
+        ("GET", "/v1/groups", "POST"),
+        ("DELETE", "/v1/groups/1", "GET"),
+        ("GET", "/v1/groups/1/members", "POST"),
+        ("POST", "/v1/groups/1/members/2", "DELETE"),
+        ("POST", "/v1/chats", "GET"),
     ] {
         let r = h.raw(method, path, None, b"", ALICE_IP);
         assert_eq!((r.status, r.allow), (405, Some(allow)), "{method} {path}");
@@ -533,6 +546,8 @@ fn store_errors_map_to_status_codes() {
     assert_eq!(status(StoreError::UsernameTaken), 409);
     assert_eq!(status(StoreError::UnknownUser(UserId(3))), 404);
     assert_eq!(status(StoreError::SelfFriendship), 400);
+    assert_eq!(status(StoreError::SelfChat), 400);
+    assert_eq!(status(StoreError::TooManyMembers { count: 101 }), 409);
     assert_eq!(
         status(StoreError::Corrupt {
             what: "users[1]".into()
@@ -555,14 +570,23 @@ fn error_codes_are_unique() {
         HttpError::InvalidDeviceName,
         HttpError::InvalidUserId,
         HttpError::CannotBefriendSelf,
+        HttpError::InvalidChatId,
+        HttpError::InvalidGroupName,
+        HttpError::CannotChatWithSelf,
         HttpError::InvalidToken,
         HttpError::InvalidCredentials,
+        HttpError::FriendshipRequired,
+        HttpError::NotOwner,
         HttpError::NotFound,
         HttpError::UserNotFound,
         HttpError::NoFriendRequest,
         HttpError::NotFriends,
+        HttpError::UnknownChat,
+        HttpError::NotMember,
         HttpError::MethodNotAllowed,
         HttpError::UsernameTaken,
+        HttpError::AlreadyMember,
+        HttpError::TooManyMembers,
         HttpError::LengthRequired,
         HttpError::BodyTooLarge,
         HttpError::RateLimited,
@@ -570,13 +594,426 @@ fn error_codes_are_unique() {
         HttpError::Internal,
         HttpError::Unavailable,
     ];
+    // One code per variant, except `not_friends`: one meaning, two statuses (see error.rs).
     let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
     codes.sort_unstable();
     codes.dedup();
-    assert_eq!(codes.len(), all.len());
+    assert_eq!(codes.len(), all.len() - 1);
+    assert_eq!(HttpError::FriendshipRequired.code(), HttpError::NotFriends.code());
+    assert_eq!(
+        (
+            HttpError::FriendshipRequired.status(),
+            HttpError::NotFriends.status()
+        ),
+        (403, 404)
+    );
+    assert!(
+        HttpError::TooManyMembers
+            .message()
+            .contains(&MAX_GROUP_MEMBERS.to_string())
+    );
     for e in all {
         let v: Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(v["error"]["code"], e.code());
         assert!((400..600).contains(&e.status()));
     }
+}
+
+/// A test password hash for accounts made directly in the store.
+const PHC: &str = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+impl Harness {
+    /// Makes `a` and `b` friends directly in the store.
+    fn befriend(&self, a: u64, b: u64) {
+        self.api.store.request_friend(UserId(a), UserId(b)).unwrap();
+        assert!(self.api.store.accept_friend(UserId(b), UserId(a)).unwrap());
+    }
+
+    /// Signs `name` up and logs it in: `(user_id, token)`.
+    fn account(&self, name: &str) -> (u64, String) {
+        self.signup(name);
+        let (id, _, token) = self.login(name);
+        (id, token)
+    }
+}
+
+fn entry(id: u64, name: &str) -> Value {
+    json!({"user_id": id, "username": name})
+}
+
+#[test]
+fn direct_chats_need_friendship_and_are_one_per_pair() {
+    let h = harness(1000);
+    let (alice, ta) = h.account("alice");
+    let (bob, tb) = h.account("bob");
+    let (carol, tc) = h.account("carol");
+    h.befriend(alice, bob);
+    let dm = |token: &str, body: Value| h.call("POST", "/v1/dms", Some(token), body);
+
+    let (status, v) = dm(&ta, json!({"user_id": bob}));
+    assert_eq!(status, 201, "{v}");
+    let chat = v["chat_id"].as_u64().unwrap();
+    assert_eq!(dm(&ta, json!({"user_id": bob})), (200, json!({"chat_id": chat})));
+    assert_eq!(
+        dm(&tb, json!({"user_id": alice})),
+        (200, json!({"chat_id": chat})),
+        "either side gets the same chat"
+    );
+
+    let (status, v) = dm(&ta, json!({"user_id": carol}));
+    assert_eq!((status, code(&v)), (403, "not_friends"));
+    let (status, v) = dm(&tc, json!({"user_id": alice}));
+    assert_eq!((status, code(&v)), (403, "not_friends"));
+    let (status, v) = dm(&ta, json!({"user_id": alice}));
+    assert_eq!((status, code(&v)), (400, "cannot_chat_with_self"));
+    let (status, v) = dm(&ta, json!({"user_id": 999}));
+    assert_eq!((status, code(&v)), (404, "user_not_found"));
+    assert_eq!(code(&dm(&ta, json!({"user_id": 0})).1), "invalid_user_id");
+    assert_eq!(code(&dm(&ta, json!({"user_id": -1})).1), "invalid_type");
+    assert_eq!(code(&dm(&ta, json!({"user_id": "2"})).1), "invalid_type");
+    assert_eq!(code(&dm(&ta, json!({})).1), "missing_field");
+    assert_eq!(code(&dm(&ta, json!({"user_id": bob, "x": 1})).1), "unknown_field");
+    assert_eq!(h.call("POST", "/v1/dms", None, json!({"user_id": bob})).0, 401);
+
+    let chats = |token: &str| h.call("GET", "/v1/chats", Some(token), Value::Null);
+    assert_eq!(
+        chats(&ta),
+        (
+            200,
+            json!({"chats": [{"chat_id": chat, "kind": "direct", "name": "bob", "last_seq": 0}]})
+        )
+    );
+    assert_eq!(
+        chats(&tb).1["chats"][0]["name"],
+        "alice",
+        "named after the other side"
+    );
+    assert_eq!(chats(&tc), (200, json!({"chats": []})));
+    assert_eq!(chats("nope").0, 401);
+
+    // A DM is not a group, even to its members.
+    let (status, v) = h.call("GET", &format!("/v1/groups/{chat}"), Some(&ta), Value::Null);
+    assert_eq!((status, code(&v)), (404, "unknown_chat"));
+
+    // The chat outlives the friendship, but a new one cannot be opened without it.
+    h.api.store.remove_friend(UserId(alice), UserId(bob)).unwrap();
+    assert_eq!(code(&dm(&ta, json!({"user_id": bob})).1), "not_friends");
+    assert_eq!(chats(&ta).1["chats"][0]["chat_id"], chat);
+}
+
+#[test]
+fn groups_are_made_of_the_owners_friends_and_shown_only_to_members() {
+    let h = harness(1000);
+    let (alice, ta) = h.account("alice");
+    let (bob, tb) = h.account("bob");
+    let (carol, _) = h.account("carol");
+    let (dave, td) = h.account("dave");
+    h.befriend(alice, bob);
+    h.befriend(alice, carol);
+    h.befriend(bob, dave);
+    let create = |token: &str, body: Value| h.call("POST", "/v1/groups", Some(token), body);
+
+    let (status, v) = create(
+        &ta,
+        json!({"name": "the crew", "members": [bob, carol, bob, alice, carol]}),
+    );
+    assert_eq!(status, 201, "{v}");
+    let group = v["chat_id"].as_u64().unwrap();
+    let expected = json!({
+        "chat_id": group,
+        "name": "the crew",
+        "owner": alice,
+        "members": [entry(alice, "alice"), entry(bob, "bob"), entry(carol, "carol")],
+    });
+    let get = |token: &str, id: &str| h.call("GET", &format!("/v1/groups/{id}"), Some(token), Value::Null);
+    assert_eq!(get(&ta, &group.to_string()), (200, expected.clone()));
+    assert_eq!(get(&tb, &group.to_string()), (200, expected));
+    let (status, v) = get(&td, &group.to_string());
+    assert_eq!(
+        (status, code(&v)),
+        (404, "unknown_chat"),
+        "a non-member learns nothing"
+    );
+    assert_eq!(code(&get(&ta, "999").1), "unknown_chat");
+    for bad in ["abc", "0", "-3", "1.0", "99999999999999999999999"] {
+        assert_eq!(code(&get(&ta, bad).1), "invalid_chat_id", "{bad:?}");
+    }
+    assert_eq!(get("nope", &group.to_string()).0, 401);
+
+    // Every member must be the owner's friend; the first offender is named.
+    let (status, v) = create(&ta, json!({"name": "g", "members": [bob, dave, 999]}));
+    assert_eq!((status, code(&v)), (403, "not_friends"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("user {dave} ")),
+        "{v}"
+    );
+    assert_eq!(
+        code(&create(&tb, json!({"name": "g", "members": [carol]})).1),
+        "not_friends"
+    );
+    assert_eq!(
+        code(&create(&ta, json!({"name": "g", "members": [0]})).1),
+        "invalid_user_id"
+    );
+
+    for bad in ["", "   ", "a\nb", "tab\there", &"x".repeat(GROUP_NAME_MAX + 1)] {
+        let (status, v) = create(&ta, json!({"name": bad, "members": []}));
+        assert_eq!((status, code(&v)), (400, "invalid_group_name"), "{bad:?}");
+    }
+    assert_eq!(code(&create(&ta, json!({"name": "g"})).1), "missing_field");
+    assert_eq!(
+        code(&create(&ta, json!({"name": "g", "members": 5})).1),
+        "invalid_type"
+    );
+    assert_eq!(
+        code(&create(&ta, json!({"name": "g", "members": [], "owner": 1})).1),
+        "unknown_field"
+    );
+
+    // Names up to 64 characters (not bytes); a group of one is fine.
+    let long = "é".repeat(GROUP_NAME_MAX);
+    let (status, v) = create(&tb, json!({"name": long, "members": []}));
+    assert_eq!(status, 201, "{v}");
+    let solo = v["chat_id"].as_u64().unwrap();
+    assert_eq!(
+        get(&tb, &solo.to_string()).1["members"],
+        json!([entry(bob, "bob")])
+    );
+    assert_eq!(get(&tb, &solo.to_string()).1["name"], long.as_str());
+
+    let (_, v) = h.call("GET", "/v1/chats", Some(&tb), Value::Null);
+    assert_eq!(
+        v,
+        json!({"chats": [
+            {"chat_id": group, "kind": "group", "name": "the crew", "last_seq": 0},
+            {"chat_id": solo, "kind": "group", "name": long, "last_seq": 0},
+        ]})
+    );
+}
+
+#[test]
+fn a_group_holds_at_most_100_members_owner_included() {
+    let h = harness(1000);
+    let (owner, token) = h.account("owner");
+    let friends: Vec<u64> = (0..MAX_GROUP_MEMBERS)
+        .map(|i| {
+            let id = h.api.store.create_user(&format!("friend{i}"), PHC).unwrap().0;
+            h.befriend(owner, id);
+            id
+        })
+        .collect();
+    let create = |members: &[u64]| {
+        h.call(
+            "POST",
+            "/v1/groups",
+            Some(&token),
+            json!({"name": "big", "members": members}),
+        )
+    };
+    // 100 friends + the owner = 101: refused, whatever the order.
+    let (status, v) = create(&friends);
+    assert_eq!((status, code(&v)), (409, "too_many_members"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("100"), "{v}");
+    // 99 friends (+ duplicates and the owner, which collapse) = 100: accepted.
+    let mut members = friends[..MAX_GROUP_MEMBERS - 1].to_vec();
+    members.extend_from_slice(&friends[..10]);
+    members.push(owner);
+    let (status, v) = create(&members);
+    assert_eq!(status, 201, "{v}");
+    let chat = ChatId(v["chat_id"].as_u64().unwrap());
+    assert_eq!(
+        h.api.store.chat(chat).unwrap().unwrap().members.len(),
+        MAX_GROUP_MEMBERS
+    );
+}
+
+/// What the test, playing the chat's owner core, expects and answers.
+struct Script {
+    add: bool,
+    user: u64,
+    answer: Option<Result<(), MembershipError>>,
+}
+
+/// Plays the owner core of `chat` on `queue`: takes one `Command::Membership`
+/// per script entry, checks it, and answers (or drops it unanswered).
+fn owner_core(queue: &Receiver<Command>, chat: u64, actor: u64, script: Vec<Script>) {
+    for step in script {
+        match queue.recv_timeout(Duration::from_secs(30)) {
+            Ok(Command::Membership(change)) => {
+                assert_eq!(
+                    (change.chat, change.actor, change.user, change.add),
+                    (ChatId(chat), UserId(actor), UserId(step.user), step.add)
+                );
+                if let Some(answer) = step.answer {
+                    change.reply.send(answer).unwrap();
+                }
+            }
+            Ok(other) => panic!("unexpected command {other:?}"),
+            Err(e) => panic!("no membership command: {e}"),
+        }
+    }
+}
+
+#[test]
+fn membership_changes_go_to_the_owner_core_and_its_answers_map_to_codes() {
+    let h = harness(1000);
+    let (alice, ta) = h.account("alice");
+    let (bob, _) = h.account("bob");
+    let (carol, _) = h.account("carol");
+    let (dave, td) = h.account("dave");
+    h.befriend(alice, bob);
+    h.befriend(alice, carol);
+    let group = h
+        .api
+        .store
+        .create_group(UserId(alice), "g", &[UserId(bob)])
+        .unwrap();
+    let (dm, _) = h.api.store.create_dm(UserId(alice), UserId(bob)).unwrap();
+    let owner = group.owner_core(2).0;
+    let add = |token: &str, chat: &str, user: u64| {
+        h.call(
+            "POST",
+            &format!("/v1/groups/{chat}/members"),
+            Some(token),
+            json!({"user_id": user}),
+        )
+    };
+    let remove = |token: &str, chat: &str, user: &str| {
+        h.call(
+            "DELETE",
+            &format!("/v1/groups/{chat}/members/{user}"),
+            Some(token),
+            Value::Null,
+        )
+    };
+    let g = group.0.to_string();
+
+    // Refused by the side-port alone: nothing reaches a core.
+    assert_eq!(code(&add(&td, &g, carol).1), "unknown_chat", "dave is no member");
+    assert_eq!(code(&remove(&td, &g, &bob.to_string()).1), "unknown_chat");
+    assert_eq!(
+        code(&add(&ta, &dm.0.to_string(), carol).1),
+        "unknown_chat",
+        "a DM"
+    );
+    assert_eq!(code(&add(&ta, "999", carol).1), "unknown_chat");
+    assert_eq!(code(&add(&ta, "x", carol).1), "invalid_chat_id");
+    assert_eq!(code(&add(&ta, &g, 0).1), "invalid_user_id");
+    assert_eq!(add(&ta, &g, 999).0, 404);
+    assert_eq!(code(&add(&ta, &g, 999).1), "user_not_found");
+    assert_eq!(code(&remove(&ta, &g, "0").1), "invalid_user_id");
+    assert_eq!(code(&remove(&ta, "0", "2").1), "invalid_chat_id");
+    assert_eq!(add("nope", &g, carol).0, 401);
+    assert!(h.queues.iter().all(|q| q.is_empty()));
+
+    // Each call below takes one step of the script, in order.
+    let step =
+        |add: bool, user: u64, answer: Option<Result<(), MembershipError>>| Script { add, user, answer };
+    let script = vec![
+        step(true, carol, Some(Ok(()))),
+        step(true, dave, Some(Err(MembershipError::NotFriends))),
+        step(true, carol, Some(Err(MembershipError::AlreadyMember))),
+        step(true, dave, Some(Err(MembershipError::TooManyMembers))),
+        step(true, dave, Some(Err(MembershipError::NotOwner))),
+        step(false, carol, Some(Ok(()))),
+        step(false, carol, Some(Err(MembershipError::NotMember))),
+        step(false, bob, Some(Err(MembershipError::UnknownChat))),
+        step(false, bob, Some(Err(MembershipError::NotAGroup))),
+        step(false, bob, Some(Err(MembershipError::Store("disk".into())))),
+        step(false, bob, None),
+    ];
+    let other_core = h.queues[1 - owner].clone();
+    std::thread::scope(|s| {
+        let queue = h.queues[owner].clone();
+        let core = s.spawn(move || owner_core(&queue, group.0, alice, script));
+        let b = bob.to_string();
+        let c = carol.to_string();
+        assert_eq!(
+            add(&ta, &g, carol),
+            (201, json!({"chat_id": group.0, "user_id": carol}))
+        );
+        let expect =
+            |(status, v): (u16, Value), want: (u16, &str)| assert_eq!((status, code(&v)), want, "{v}");
+        expect(add(&ta, &g, dave), (403, "not_friends"));
+        expect(add(&ta, &g, carol), (409, "already_member"));
+        expect(add(&ta, &g, dave), (409, "too_many_members"));
+        expect(add(&ta, &g, dave), (403, "not_owner"));
+        assert_eq!(remove(&ta, &g, &c), (204, Value::Null));
+        expect(remove(&ta, &g, &c), (404, "not_member"));
+        expect(remove(&ta, &g, &b), (404, "unknown_chat"));
+        expect(remove(&ta, &g, &b), (404, "unknown_chat"));
+        expect(remove(&ta, &g, &b), (503, "unavailable"));
+        // The core dropped the change without answering (it is stopping).
+        expect(remove(&ta, &g, &b), (503, "unavailable"));
+        core.join().unwrap();
+    });
+    assert!(other_core.is_empty(), "only the owner core is asked");
+}
+
+#[test]
+fn a_stopped_core_makes_membership_changes_unavailable() {
+    let h = harness(1000);
+    let (alice, ta) = h.account("alice");
+    let (bob, _) = h.account("bob");
+    h.befriend(alice, bob);
+    let group = h.api.store.create_group(UserId(alice), "g", &[]).unwrap();
+    // Every receiver of the core queues is gone: the send itself fails.
+    let Harness { api, queues, .. } = h;
+    drop(queues);
+    let (status, v) = {
+        let auth = format!("Bearer {ta}");
+        let body = json!({"user_id": bob}).to_string();
+        let r = api.handle(&Request {
+            method: "POST",
+            path: &format!("/v1/groups/{}/members", group.0),
+            authorization: Some(&auth),
+            body: body.as_bytes(),
+            remote: ALICE_IP.parse().unwrap(),
+        });
+        (r.status, serde_json::from_str::<Value>(&r.body).unwrap())
+    };
+    assert_eq!((status, code(&v)), (503, "unavailable"));
+}
+
+#[test]
+fn the_chat_list_shows_the_last_committed_seq() {
+    let h = harness(1000);
+    let (alice, ta) = h.account("alice");
+    let (bob, tb) = h.account("bob");
+    h.befriend(alice, bob);
+    let (dm, _) = h.api.store.create_dm(UserId(alice), UserId(bob)).unwrap();
+    let group = h
+        .api
+        .store
+        .create_group(UserId(bob), "g", &[UserId(alice)])
+        .unwrap();
+    let ops: Vec<WriteOp> = (1..=3)
+        .map(|seq| WriteOp::Message {
+            origin: dm.owner_core(2),
+            msg: StoredMessage {
+                chat: dm,
+                seq: Seq(seq),
+                sender: UserId(alice),
+                server_ts_ms: 1,
+                client_msg_id: ClientMsgId(seq),
+                text: "hi".into(),
+            },
+        })
+        .collect();
+    h.api.store.commit_writes(&ops);
+    let expected = json!({"chats": [
+        {"chat_id": dm.0, "kind": "direct", "name": "bob", "last_seq": 3},
+        {"chat_id": group.0, "kind": "group", "name": "g", "last_seq": 0},
+    ]});
+    assert_eq!(
+        h.call("GET", "/v1/chats", Some(&ta), Value::Null),
+        (200, expected)
+    );
+    assert_eq!(
+        h.call("GET", "/v1/chats", Some(&tb), Value::Null).1["chats"][0]["last_seq"],
+        3
+    );
 }

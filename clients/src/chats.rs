@@ -1,0 +1,114 @@
+//! Chats over the HTTP side-port: direct chats, groups and their members, and
+//! the caller's chat list. Messages themselves travel over a [`crate::Connection`].
+
+use serde::Deserialize;
+
+use crate::{ClientError, HttpClient};
+
+/// `{"chat_id"}` answers.
+#[derive(Debug, Deserialize)]
+struct ChatIdBody {
+    chat_id: u64,
+}
+
+/// One entry of [`HttpClient::chats`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChatSummary {
+    /// The chat.
+    pub chat_id: u64,
+    /// `"direct"` or `"group"`.
+    pub kind: String,
+    /// The group's name (empty for direct chats).
+    #[serde(default)]
+    pub name: String,
+    /// The seq of the chat's last committed message (0 when empty).
+    pub last_seq: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatList {
+    chats: Vec<ChatSummary>,
+}
+
+/// One member in [`Group::members`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct GroupMember {
+    /// The member.
+    pub user_id: u64,
+    /// Their username.
+    pub username: String,
+}
+
+/// `GET /v1/groups/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Group {
+    /// The group's chat id.
+    pub chat_id: u64,
+    /// Its name.
+    pub name: String,
+    /// The owner's user id.
+    pub owner: u64,
+    /// Current members, the owner included.
+    pub members: Vec<GroupMember>,
+}
+
+impl HttpClient {
+    /// `POST /v1/dms`: the direct chat with a friend (the same chat every time).
+    ///
+    /// # Errors
+    /// [`ClientError::Http`] 403 `not_friends` when the two are not friends.
+    pub fn direct_chat(&self, token: &str, user_id: u64) -> Result<u64, ClientError> {
+        let body = serde_json::json!({ "user_id": user_id });
+        let answer: ChatIdBody =
+            self.call_json("POST /v1/dms", "POST", "/v1/dms", Some(token), Some(&body))?;
+        Ok(answer.chat_id)
+    }
+
+    /// `POST /v1/groups`: a group owned by the caller with these friends.
+    ///
+    /// # Errors
+    /// [`ClientError::Http`]: 403 `not_friends`, 400 `too_many_members`, validation errors.
+    pub fn create_group(&self, token: &str, name: &str, members: &[u64]) -> Result<u64, ClientError> {
+        let body = serde_json::json!({ "name": name, "members": members });
+        let answer: ChatIdBody =
+            self.call_json("POST /v1/groups", "POST", "/v1/groups", Some(token), Some(&body))?;
+        Ok(answer.chat_id)
+    }
+
+    /// `GET /v1/groups/{id}` (members only).
+    ///
+    /// # Errors
+    /// [`ClientError::Http`] 404 `unknown_chat` for a non-member or a missing group.
+    pub fn group(&self, token: &str, chat_id: u64) -> Result<Group, ClientError> {
+        let path = format!("/v1/groups/{chat_id}");
+        self.call_json("GET /v1/groups/{id}", "GET", &path, Some(token), None)
+    }
+
+    /// `POST /v1/groups/{id}/members`: the owner adds a friend.
+    ///
+    /// # Errors
+    /// [`ClientError::Http`] with the refusal's code.
+    pub fn add_member(&self, token: &str, chat_id: u64, user_id: u64) -> Result<(), ClientError> {
+        let path = format!("/v1/groups/{chat_id}/members");
+        let body = serde_json::json!({ "user_id": user_id });
+        self.call_empty("POST", &path, Some(token), Some(&body))
+    }
+
+    /// `DELETE /v1/groups/{id}/members/{user_id}`: the owner removes a member, or a member leaves.
+    ///
+    /// # Errors
+    /// [`ClientError::Http`] with the refusal's code.
+    pub fn remove_member(&self, token: &str, chat_id: u64, user_id: u64) -> Result<(), ClientError> {
+        let path = format!("/v1/groups/{chat_id}/members/{user_id}");
+        self.call_empty("DELETE", &path, Some(token), None)
+    }
+
+    /// `GET /v1/chats`: the caller's chats with their last seq.
+    ///
+    /// # Errors
+    /// Transport errors, [`ClientError::Http`] 401 for a bad token.
+    pub fn chats(&self, token: &str) -> Result<Vec<ChatSummary>, ClientError> {
+        let list: ChatList = self.call_json("GET /v1/chats", "GET", "/v1/chats", Some(token), None)?;
+        Ok(list.chats)
+    }
+}

@@ -1,0 +1,192 @@
+//! Chats on their owner core: members, the next `seq`, the sends in flight to
+//! the storage writer (the in-memory half of the dedupe window) and the
+//! recipients of each message grouped by home core.
+//!
+//! Also the messages cores exchange about chats ([`CoreMsg`]) and the read
+//! interface the core needs from the store ([`ChatStore`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::core::ConnId;
+use crate::ids::{ChatId, ClientMsgId, CoreId, Seq, UserId};
+use crate::store::{ChatKind, Store, StoreError};
+
+/// Where an answer goes: one session on one core. The generation tells a
+/// reused connection id from the session the answer was meant for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The core holding the session.
+    pub core: CoreId,
+    /// The connection on that core.
+    pub conn: ConnId,
+    /// The session's generation on that core.
+    pub generation: u32,
+}
+
+/// A Send forwarded from the sender's home core to the chat's owner core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    /// The sending session.
+    pub origin: Origin,
+    /// The Send frame's request id, echoed in SendOk or Error.
+    pub request_id: u64,
+    /// The authenticated sender.
+    pub sender: UserId,
+    /// The chat.
+    pub chat: ChatId,
+    /// The client's id for this send (dedupe key with sender and chat).
+    pub client_msg_id: ClientMsgId,
+    /// The text: UTF-8, 1 to 100,000 scalar values (checked by the session's core).
+    pub text: String,
+}
+
+/// Work one core hands another (batched per loop turn into one queue operation).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CoreMsg {
+    /// A send for a chat the receiving core owns.
+    Send(SendRequest),
+    /// A frame for one session the receiving core holds (SendOk, Error).
+    Reply {
+        /// The session.
+        to: Origin,
+        /// An encoded frame.
+        frame: Bytes,
+    },
+    /// A message for every online device of these users (homed on the receiving core).
+    Push {
+        /// The encoded Message frame, shared by every recipient.
+        frame: Bytes,
+        /// The recipients on the receiving core.
+        users: Arc<[UserId]>,
+        /// The sending session, which gets SendOk instead.
+        skip: Option<Origin>,
+    },
+}
+
+/// What the owner core needs to know about a chat to serve it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatSnapshot {
+    /// Direct or group.
+    pub kind: ChatKind,
+    /// The group's owner (for a direct chat: the one who created it).
+    pub owner: UserId,
+    /// Current members.
+    pub members: Vec<UserId>,
+    /// The last committed seq (0 when empty).
+    pub last_seq: Seq,
+}
+
+/// The store reads the core makes (a trait so the core stays free of I/O
+/// plumbing; natterd passes its fjall [`Store`]).
+pub trait ChatStore: Send + Sync + std::fmt::Debug {
+    /// Loads a chat, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError>;
+
+    /// The committed `(seq, server_ts_ms)` of an earlier send with the same key.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn dedupe(
+        &self,
+        chat: ChatId,
+        sender: UserId,
+        cmid: ClientMsgId,
+    ) -> Result<Option<(Seq, u64)>, StoreError>;
+
+    /// Whether two users are friends.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
+}
+
+impl ChatStore for Store {
+    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
+        let Some(info) = self.chat(chat)? else {
+            return Ok(None);
+        };
+        Ok(Some(ChatSnapshot {
+            kind: info.kind,
+            owner: info.owner,
+            members: info.members,
+            last_seq: self.last_seq(chat)?,
+        }))
+    }
+
+    fn dedupe(
+        &self,
+        chat: ChatId,
+        sender: UserId,
+        cmid: ClientMsgId,
+    ) -> Result<Option<(Seq, u64)>, StoreError> {
+        Store::dedupe(self, chat, sender, cmid)
+    }
+
+    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        Store::are_friends(self, a, b)
+    }
+}
+
+/// A send handed to the storage writer and not yet committed.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pub(crate) sender: UserId,
+    pub(crate) client_msg_id: ClientMsgId,
+    pub(crate) server_ts_ms: u64,
+    /// The encoded Message frame (request id 0), pushed after commit.
+    pub(crate) frame: Bytes,
+    /// Sessions waiting for SendOk: the original and any retries that came
+    /// while the first was in flight.
+    pub(crate) waiters: Vec<(Origin, u64)>,
+    /// The members when the seq was assigned, grouped by home core.
+    pub(crate) recipients: Arc<[Arc<[UserId]>]>,
+}
+
+/// A chat as its owner core holds it.
+#[derive(Debug)]
+pub(crate) struct ChatState {
+    pub(crate) kind: ChatKind,
+    pub(crate) owner: UserId,
+    pub(crate) members: HashSet<UserId>,
+    /// Members grouped by home core (index = core), rebuilt on membership changes
+    /// and shared by every in-flight message.
+    pub(crate) recipients: Arc<[Arc<[UserId]>]>,
+    /// The seq the next accepted send gets.
+    pub(crate) next_seq: u64,
+    /// In-flight sends by dedupe key → their seq.
+    pub(crate) in_flight: HashMap<(UserId, ClientMsgId), Seq>,
+}
+
+impl ChatState {
+    pub(crate) fn new(snapshot: ChatSnapshot, cores: usize) -> Self {
+        let mut chat = Self {
+            kind: snapshot.kind,
+            owner: snapshot.owner,
+            members: snapshot.members.into_iter().collect(),
+            recipients: Arc::new([]),
+            next_seq: snapshot.last_seq.0 + 1,
+            in_flight: HashMap::new(),
+        };
+        chat.rebuild_recipients(cores);
+        chat
+    }
+
+    pub(crate) fn rebuild_recipients(&mut self, cores: usize) {
+        let mut by_core: Vec<Vec<UserId>> = vec![Vec::new(); cores];
+        let mut members: Vec<UserId> = self.members.iter().copied().collect();
+        members.sort_unstable();
+        for user in members {
+            if let Some(list) = by_core.get_mut(user.home_core(cores).0) {
+                list.push(user);
+            }
+        }
+        self.recipients = by_core.into_iter().map(Arc::from).collect();
+    }
+}

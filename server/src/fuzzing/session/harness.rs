@@ -1,0 +1,1036 @@
+//! The `session` target's driver: two [`Core`]s, their command queues, a storage writer and a
+//! model of every client connection, checked against each other after every event. See the
+//! module documentation of [`crate::fuzzing::session`] for the invariants.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use crossbeam_channel::Receiver;
+use natter_wire::{Body, ErrorCode, Frame, FrameDecoder, Limits, PROTOCOL_VERSION};
+
+use super::input::{AuthChoice, Input, Op};
+use super::store::{CHAT_IDS, MemoryStore, StoredChat, initial_chats};
+use super::{CORES, DEVICES, HEARTBEAT_TIMEOUT, MAX_CONNECTIONS, MAX_FRAME, SEND_RATE, USERS};
+use crate::core::fuzz_hooks::Phase;
+use crate::core::{
+    Action, AuthResult, ConnId, Core, CoreConfig, CoreMsg, Detached, FRAMES_PER_SESSION_PER_TURN,
+    HELLO_TIMEOUT, InputStatus,
+};
+use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
+use crate::runtime::{MembershipChange, MembershipError};
+use crate::store::writer::{Completion, WriteOp};
+use crate::store::{ChatKind, StoredMessage};
+
+/// The wall clock the cores start at (ms since the Unix epoch).
+const UNIX_MS_AT_START: u64 = 1_700_000_000_000;
+
+/// Rounds of "commit everything, deliver everything" after which the cores must be idle.
+const QUIESCE_ROUNDS: usize = 1000;
+
+fn user_id(user: u8) -> UserId {
+    UserId(u64::from(user) % USERS + 1)
+}
+
+fn device_id(device: u8) -> DeviceId {
+    DeviceId(u64::from(device) % DEVICES + 1)
+}
+
+fn auth_result(choice: AuthChoice) -> AuthResult {
+    match choice {
+        AuthChoice::Valid { user, device } => AuthResult::Valid(user_id(user), device_id(device)),
+        AuthChoice::Invalid => AuthResult::Invalid,
+        AuthChoice::StoreUnavailable => AuthResult::StoreUnavailable,
+    }
+}
+
+/// Where a client connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// On core `.0` as `.1`.
+    On(usize, ConnId),
+    /// Detached, travelling to its home core.
+    InFlight,
+    /// Closed (`handle_closed` was called).
+    Gone,
+}
+
+/// The model of one client connection, across migrations.
+#[derive(Debug)]
+struct Client {
+    place: Place,
+    /// Bytes received and not yet taken by the core (they travel with the socket).
+    buf: BytesMut,
+    /// The rest of the last partial frame.
+    tail: Vec<u8>,
+    /// The answer to the latest token lookup, if `Valid`.
+    valid: Option<(UserId, DeviceId)>,
+    welcomed: bool,
+    close_emitted: bool,
+    accepted_at: Instant,
+    /// When a frame from it was last taken (or it was welcomed).
+    last_heard: Instant,
+    /// Every well-formed Send the core took from it while welcomed: (request id, chat, client id).
+    sends: Vec<(u64, ChatId, ClientMsgId)>,
+    /// Request ids of those Sends not answered yet (SendOk or Error).
+    unanswered: Vec<u64>,
+    /// The last `seq` pushed to it, per chat.
+    pushed: HashMap<ChatId, Seq>,
+}
+
+/// A command waiting in a core's queue (`runtime::Command` without the sockets).
+#[derive(Debug)]
+enum Command {
+    Adopt(Detached, usize),
+    Core(Vec<CoreMsg>),
+    Committed(Vec<Completion>),
+    Membership(MembershipChange),
+}
+
+/// Which call produced the actions being drained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cause {
+    /// `handle_input` or `handle_outbound_overflow` for this client.
+    Client(usize),
+    /// `handle_auth` for this client.
+    Auth(usize),
+    /// `handle_adopt` of this client.
+    Adopt(usize),
+    /// `handle_timeout`.
+    Timeout,
+    /// `handle_close_device` on the user's home core.
+    CloseDevice(UserId, DeviceId),
+    /// `handle_shutdown`.
+    Shutdown,
+    /// `handle_core_msgs` or `handle_committed`.
+    Mesh,
+    /// `handle_membership`.
+    Membership,
+    /// `handle_end_of_turn`.
+    EndOfTurn,
+    /// A call that must produce no action (`handle_accept`, `handle_closed`, `handle_close_device`
+    /// on another core).
+    Quiet,
+}
+
+/// The owner cores' decisions, as the harness saw them go to the writer.
+#[derive(Debug)]
+struct ChatModel {
+    chat: StoredChat,
+    /// The seq the next message write must carry.
+    next_seq: u64,
+}
+
+pub(super) struct Harness {
+    t0: Instant,
+    now: Instant,
+    cores: Vec<Core>,
+    store: Arc<MemoryStore>,
+    clients: Vec<Client>,
+    /// Per core: which client each live `ConnId` is.
+    conns: Vec<HashMap<ConnId, usize>>,
+    /// Outstanding `Authenticate` actions: (core, conn, client).
+    pending: Vec<(usize, ConnId, usize)>,
+    /// Per core: its command queue.
+    queues: Vec<VecDeque<Command>>,
+    /// The storage writer's queue, in order.
+    writes: VecDeque<WriteOp>,
+    chats: HashMap<ChatId, ChatModel>,
+    /// The members of the chat when each message's seq was assigned.
+    members_at: HashMap<(ChatId, Seq), BTreeSet<UserId>>,
+    /// Every message written, and whether it is committed.
+    messages: HashMap<(ChatId, Seq), (StoredMessage, bool)>,
+    /// Dedupe keys written so far.
+    keys: HashMap<(ChatId, UserId, ClientMsgId), Seq>,
+    /// One receiver per membership change asked for.
+    replies: Vec<Receiver<Result<(), MembershipError>>>,
+    decoder: FrameDecoder,
+}
+
+impl Harness {
+    pub(super) fn new() -> Self {
+        let t0 = Instant::now();
+        let store = Arc::new(MemoryStore::new());
+        let cores = (0..CORES)
+            .map(|i| {
+                let config = CoreConfig {
+                    core: CoreId(i),
+                    cores: CORES,
+                    heartbeat_timeout: HEARTBEAT_TIMEOUT,
+                    limits: Limits::with_max_frame(MAX_FRAME),
+                    max_connections: MAX_CONNECTIONS,
+                    send_rate: SEND_RATE,
+                };
+                Core::new(config, store.clone(), t0, UNIX_MS_AT_START)
+            })
+            .collect();
+        let chats = initial_chats()
+            .into_iter()
+            .map(|(id, chat)| (id, ChatModel { chat, next_seq: 1 }))
+            .collect();
+        Self {
+            t0,
+            now: t0,
+            cores,
+            store,
+            clients: Vec::new(),
+            conns: (0..CORES).map(|_| HashMap::new()).collect(),
+            pending: Vec::new(),
+            queues: (0..CORES).map(|_| VecDeque::new()).collect(),
+            writes: VecDeque::new(),
+            chats,
+            members_at: HashMap::new(),
+            messages: HashMap::new(),
+            keys: HashMap::new(),
+            replies: Vec::new(),
+            decoder: FrameDecoder::new(Limits::with_max_frame(MAX_FRAME)),
+        }
+    }
+
+    fn core_mut(&mut self, core: usize) -> &mut Core {
+        match self.cores.get_mut(core) {
+            Some(c) => c,
+            None => panic!("no core {core}"),
+        }
+    }
+
+    fn client(&self, k: usize) -> &Client {
+        match self.clients.get(k) {
+            Some(c) => c,
+            None => panic!("no client {k}"),
+        }
+    }
+
+    fn client_mut(&mut self, k: usize) -> &mut Client {
+        match self.clients.get_mut(k) {
+            Some(c) => c,
+            None => panic!("no client {k}"),
+        }
+    }
+
+    /// The clients currently on a core, in the order they were created.
+    fn live(&self) -> Vec<usize> {
+        (0..self.clients.len())
+            .filter(|&k| {
+                self.clients
+                    .get(k)
+                    .is_some_and(|c| matches!(c.place, Place::On(..)))
+            })
+            .collect()
+    }
+
+    fn pick(&self, conn: u8) -> Option<usize> {
+        let live = self.live();
+        live.get(usize::from(conn) % live.len().max(1)).copied()
+    }
+
+    fn place(&self, k: usize) -> Option<(usize, ConnId)> {
+        match self.clients.get(k)?.place {
+            Place::On(core, conn) => Some((core, conn)),
+            _ => None,
+        }
+    }
+
+    /// Applies one operation, then ends the loop turn of both cores (as the runtime does after
+    /// every turn).
+    pub(super) fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Accept { core } => self.accept(usize::from(*core) % CORES),
+            Op::Input { conn, input } => {
+                if let Some(k) = self.pick(*conn) {
+                    self.arrive(k, input);
+                    self.feed(k);
+                }
+            }
+            Op::Arrive { conn, input } => {
+                if let Some(k) = self.pick(*conn) {
+                    self.arrive(k, input);
+                }
+            }
+            Op::Resume { conn } => {
+                if let Some(k) = self.pick(*conn) {
+                    self.feed(k);
+                }
+            }
+            Op::Auth { pending, result } => {
+                if !self.pending.is_empty() {
+                    let (core, conn, k) = self.pending.remove(usize::from(*pending) % self.pending.len());
+                    let result = auth_result(*result);
+                    if let AuthResult::Valid(user, device) = result {
+                        self.client_mut(k).valid = Some((user, device));
+                    }
+                    let now = self.now;
+                    self.core_mut(core).handle_auth(conn, result, now);
+                    self.drain(core, Cause::Auth(k));
+                }
+            }
+            Op::Advance { ms } => {
+                self.now += Duration::from_millis(u64::from(*ms));
+                self.timeouts();
+            }
+            Op::PeerClosed { conn } => {
+                if let Some(k) = self.pick(*conn) {
+                    self.closed(k);
+                }
+            }
+            Op::Reap => {
+                for k in self.live() {
+                    if self.client(k).close_emitted {
+                        self.closed(k);
+                    }
+                }
+            }
+            Op::Deliver { core } => {
+                let first = usize::from(*core) % CORES;
+                if let Some(core) = (0..CORES)
+                    .map(|i| (first + i) % CORES)
+                    .find(|&c| !self.queues[c].is_empty())
+                {
+                    self.deliver(core);
+                }
+            }
+            Op::CloseDevice { user, device } => self.close_device(user_id(*user), device_id(*device)),
+            Op::Shutdown { core } => {
+                let core = usize::from(*core) % CORES;
+                self.core_mut(core).handle_shutdown();
+                self.drain(core, Cause::Shutdown);
+                for k in self.live() {
+                    let c = self.client(k);
+                    if matches!(c.place, Place::On(on, _) if on == core) {
+                        assert!(c.close_emitted, "shutdown left client {k} open");
+                    }
+                }
+            }
+            Op::Commit { count } => {
+                let n = match self.writes.len() {
+                    0 => 0,
+                    len if *count == u8::MAX => len,
+                    len => usize::from(*count) % len + 1,
+                };
+                self.commit(n);
+            }
+            Op::Membership {
+                chat,
+                actor,
+                user,
+                add,
+            } => {
+                let chat = ChatId(u64::from(*chat) % CHAT_IDS + 1);
+                let (reply, receiver) = crossbeam_channel::bounded(1);
+                self.replies.push(receiver);
+                let change = MembershipChange {
+                    chat,
+                    actor: user_id(*actor),
+                    user: user_id(*user),
+                    add: *add,
+                    reply,
+                };
+                self.queues[chat.owner_core(CORES).0].push_back(Command::Membership(change));
+            }
+            Op::StoreFault { on } => self.store.set_failing(*on),
+            Op::Overflow { conn } => {
+                if let Some(k) = self.pick(*conn)
+                    && let Some((core, conn)) = self.place(k)
+                {
+                    self.core_mut(core).handle_outbound_overflow(conn);
+                    self.drain(core, Cause::Client(k));
+                }
+            }
+        }
+        self.end_turn();
+    }
+
+    fn end_turn(&mut self) {
+        for core in 0..CORES {
+            self.core_mut(core).handle_end_of_turn();
+            self.drain(core, Cause::EndOfTurn);
+        }
+    }
+
+    fn accept(&mut self, core: usize) {
+        let now = self.now;
+        match self.core_mut(core).handle_accept(now) {
+            Some(conn) => {
+                let k = self.clients.len();
+                let previous = self.conns[core].insert(conn, k);
+                assert_eq!(
+                    previous, None,
+                    "core {core} accepted {conn:?}, the id of live client {previous:?}"
+                );
+                self.clients.push(Client {
+                    place: Place::On(core, conn),
+                    buf: BytesMut::new(),
+                    tail: Vec::new(),
+                    valid: None,
+                    welcomed: false,
+                    close_emitted: false,
+                    accepted_at: now,
+                    last_heard: now,
+                    sends: Vec::new(),
+                    unanswered: Vec::new(),
+                    pushed: HashMap::new(),
+                });
+                self.drain(core, Cause::Quiet);
+            }
+            None => {
+                let held = self.conns[core].len();
+                assert!(
+                    held >= MAX_CONNECTIONS,
+                    "core {core} refused a connection while holding {held}"
+                );
+                let refusal = self.core_mut(core).refusal();
+                match Frame::decode(&refusal, &Limits::default()).map(|f| f.body) {
+                    Ok(Body::Error(e)) => assert_eq!(e.code, ErrorCode::TooManyConnections.as_u16()),
+                    other => panic!("the refusal is not a TooManyConnections error: {other:?}"),
+                }
+            }
+        }
+    }
+
+    fn arrive(&mut self, k: usize, input: &Input) {
+        let client = self.client_mut(k);
+        let bytes = input.bytes(&mut client.tail);
+        client.buf.extend_from_slice(&bytes);
+    }
+
+    /// `handle_input` for client `k` with what its buffer holds.
+    fn feed(&mut self, k: usize) {
+        let Some((core, conn)) = self.place(k) else {
+            return;
+        };
+        let now = self.now;
+        let mut buf = std::mem::take(&mut self.client_mut(k).buf);
+        let before = buf.clone();
+        let was_welcomed = self.client(k).welcomed && !self.client(k).close_emitted;
+        let frames_before = self.cores[core].stats().frames_in;
+        let status = self.core_mut(core).handle_input(conn, &mut buf, now);
+        let taken = self.cores[core].stats().frames_in - frames_before;
+        assert!(
+            taken <= FRAMES_PER_SESSION_PER_TURN as u64,
+            "handle_input took {taken} frames, the budget is {FRAMES_PER_SESSION_PER_TURN}"
+        );
+        if taken > 0 {
+            self.client_mut(k).last_heard = now;
+        }
+        if was_welcomed {
+            self.record_sends(k, &before, taken);
+        }
+        let sent = self.drain(core, Cause::Client(k));
+        assert!(
+            sent <= FRAMES_PER_SESSION_PER_TURN,
+            "handle_input queued {sent} frames, the budget is {FRAMES_PER_SESSION_PER_TURN}"
+        );
+        let takes_frames = matches!(
+            self.cores[core].phase(conn),
+            Some(Phase::AwaitingHello | Phase::Active { .. })
+        );
+        let actionable = !matches!(self.decoder.split(&mut buf.clone()), Ok(None));
+        match status {
+            InputStatus::Budget => {
+                assert_eq!(
+                    taken, FRAMES_PER_SESSION_PER_TURN as u64,
+                    "Budget before the budget was spent"
+                );
+                assert!(actionable, "Budget with no complete frame left");
+            }
+            InputStatus::Paused => assert!(!takes_frames, "Paused while the session takes frames"),
+            InputStatus::Drained => assert!(
+                !(takes_frames && actionable),
+                "Drained, but the buffer starts with a frame the decoder acts on at once: {:?}",
+                buf.get(..buf.len().min(8))
+            ),
+        }
+        self.client_mut(k).buf = buf;
+    }
+
+    /// Records the well-formed Sends among the first `taken` frames of `bytes`.
+    fn record_sends(&mut self, k: usize, bytes: &BytesMut, taken: u64) {
+        let limits = Limits::with_max_frame(MAX_FRAME);
+        let mut rest = bytes.clone();
+        for _ in 0..taken {
+            let Ok(Some(frame)) = self.decoder.split(&mut rest) else {
+                break;
+            };
+            if let Ok(Frame {
+                request_id,
+                body: Body::Send(send),
+            }) = Frame::decode(&frame, &limits)
+            {
+                let client = self.client_mut(k);
+                client
+                    .sends
+                    .push((request_id, ChatId(send.chat_id), ClientMsgId(send.client_msg_id)));
+                client.unanswered.push(request_id);
+            }
+        }
+    }
+
+    fn timeouts(&mut self) {
+        let now = self.now;
+        for core in 0..CORES {
+            self.core_mut(core).handle_timeout(now);
+            self.drain(core, Cause::Timeout);
+        }
+    }
+
+    /// The driver calls `handle_closed` for client `k`.
+    fn closed(&mut self, k: usize) {
+        let Some((core, conn)) = self.place(k) else {
+            return;
+        };
+        self.core_mut(core).handle_closed(conn);
+        self.conns[core].remove(&conn);
+        self.pending.retain(|&(c, id, _)| !(c == core && id == conn));
+        self.client_mut(k).place = Place::Gone;
+        self.drain(core, Cause::Quiet);
+    }
+
+    fn close_device(&mut self, user: UserId, device: DeviceId) {
+        let home = user.home_core(CORES).0;
+        self.core_mut(home).handle_close_device(user, device);
+        self.drain(home, Cause::CloseDevice(user, device));
+        for k in self.live() {
+            let c = self.client(k);
+            if matches!(c.place, Place::On(core, _) if core == home)
+                && c.welcomed
+                && c.valid == Some((user, device))
+            {
+                assert!(
+                    c.close_emitted,
+                    "close_device left client {k} ({user}/{device}) open"
+                );
+            }
+        }
+        for other in (0..CORES).filter(|&c| c != home) {
+            self.core_mut(other).handle_close_device(user, device);
+            self.drain(other, Cause::Quiet);
+        }
+    }
+
+    /// Core `core` takes the oldest command of its queue.
+    fn deliver(&mut self, core: usize) {
+        let Some(command) = self.queues[core].pop_front() else {
+            return;
+        };
+        let now = self.now;
+        match command {
+            Command::Adopt(detached, k) => {
+                let conn = self.core_mut(core).handle_adopt(detached, now);
+                let previous = self.conns[core].insert(conn, k);
+                assert_eq!(
+                    previous, None,
+                    "core {core} adopted as {conn:?}, the id of live client {previous:?}"
+                );
+                self.client_mut(k).place = Place::On(core, conn);
+                self.drain(core, Cause::Adopt(k));
+            }
+            Command::Core(msgs) => {
+                self.core_mut(core).handle_core_msgs(msgs, now);
+                self.drain(core, Cause::Mesh);
+            }
+            Command::Committed(completions) => {
+                self.core_mut(core).handle_committed(completions, now);
+                self.drain(core, Cause::Mesh);
+            }
+            Command::Membership(change) => {
+                self.core_mut(core).handle_membership(change, now);
+                self.drain(core, Cause::Membership);
+            }
+        }
+    }
+
+    /// The storage writer commits its oldest `n` writes and queues the completions, in order,
+    /// one command per origin core.
+    fn commit(&mut self, n: usize) {
+        let mut completions: Vec<Vec<Completion>> = (0..CORES).map(|_| Vec::new()).collect();
+        for _ in 0..n {
+            let Some(write) = self.writes.pop_front() else {
+                break;
+            };
+            let origin = write.origin().0;
+            let completion = match write {
+                WriteOp::Message { msg, .. } => {
+                    self.store.commit_message(&msg);
+                    let key = (msg.chat, msg.seq);
+                    if let Some(entry) = self.messages.get_mut(&key) {
+                        entry.1 = true;
+                    }
+                    Completion::Message {
+                        chat: msg.chat,
+                        seq: msg.seq,
+                    }
+                }
+                WriteOp::Membership {
+                    chat,
+                    user,
+                    add,
+                    ticket,
+                    ..
+                } => {
+                    self.store.commit_membership(chat, user, add);
+                    Completion::Membership { ticket }
+                }
+            };
+            if let Some(list) = completions.get_mut(origin) {
+                list.push(completion);
+            }
+        }
+        for (core, list) in completions.into_iter().enumerate() {
+            if !list.is_empty() {
+                self.queues[core].push_back(Command::Committed(list));
+            }
+        }
+    }
+
+    fn client_of(&self, core: usize, conn: ConnId, action: &str) -> usize {
+        match self.conns.get(core).and_then(|m| m.get(&conn)) {
+            Some(&k) => k,
+            None => panic!("core {core} emitted {action} for {conn:?}, which it does not hold"),
+        }
+    }
+
+    /// Whether `cause` may produce a Transmit or Close for client `k`.
+    fn concerns(&self, cause: Cause, k: usize) -> bool {
+        match cause {
+            Cause::Client(c) | Cause::Auth(c) | Cause::Adopt(c) => c == k,
+            Cause::Timeout | Cause::Shutdown | Cause::Mesh => true,
+            Cause::CloseDevice(user, device) => self
+                .clients
+                .get(k)
+                .is_some_and(|c| c.welcomed && c.valid == Some((user, device))),
+            Cause::Membership | Cause::EndOfTurn | Cause::Quiet => false,
+        }
+    }
+
+    /// Drains core `core`'s actions, carrying them out and checking each; returns how many frames
+    /// were transmitted.
+    fn drain(&mut self, core: usize, cause: Cause) -> usize {
+        let mut must_close: Vec<usize> = Vec::new();
+        let mut sent = 0;
+        while let Some(action) = self.core_mut(core).poll_action() {
+            match action {
+                Action::Transmit { conn, frame } => {
+                    sent += 1;
+                    let k = self.client_of(core, conn, "Transmit");
+                    assert!(
+                        self.concerns(cause, k),
+                        "{cause:?} produced a Transmit for client {k}"
+                    );
+                    let frame = match Frame::decode(&frame, &Limits::default()) {
+                        Ok(frame) => frame,
+                        Err(err) => panic!("core {core} sent client {k} a frame that does not decode: {err}"),
+                    };
+                    self.transmitted(core, k, frame, cause, &mut must_close);
+                }
+                Action::Authenticate { conn, token: _ } => {
+                    let k = self.client_of(core, conn, "Authenticate");
+                    assert!(
+                        matches!(cause, Cause::Client(c) | Cause::Adopt(c) if c == k),
+                        "{cause:?} produced an Authenticate for client {k}"
+                    );
+                    let pending = self.pending.iter().any(|&(c, id, _)| c == core && id == conn);
+                    assert!(
+                        !pending,
+                        "a second Authenticate for client {k} before the first was answered"
+                    );
+                    let c = self.client_mut(k);
+                    assert!(!c.close_emitted, "Authenticate for client {k} after its Close");
+                    assert!(
+                        !c.welcomed,
+                        "Authenticate for client {k}, which was already welcomed"
+                    );
+                    c.valid = None;
+                    self.pending.push((core, conn, k));
+                }
+                Action::Migrate { conn, to } => {
+                    let k = self.client_of(core, conn, "Migrate");
+                    assert_eq!(
+                        cause,
+                        Cause::Auth(k),
+                        "{cause:?} produced a Migrate for client {k}"
+                    );
+                    let c = self.client(k);
+                    let Some((user, _)) = c.valid else {
+                        panic!("Migrate of client {k} without a Valid auth result");
+                    };
+                    assert!(
+                        !c.close_emitted && !c.welcomed,
+                        "Migrate of a closed or welcomed client {k}"
+                    );
+                    assert_eq!(
+                        user.home_core(CORES),
+                        to,
+                        "client {k} migrates away from its user's home core"
+                    );
+                    assert_ne!(to, CoreId(core), "client {k} migrates to the core it is on");
+                    let Some(detached) = self.core_mut(core).detach(conn) else {
+                        panic!("Migrate of {conn:?}, which detach does not know");
+                    };
+                    self.conns[core].remove(&conn);
+                    self.client_mut(k).place = Place::InFlight;
+                    self.queues[to.0].push_back(Command::Adopt(detached, k));
+                }
+                Action::Close { conn } => {
+                    let k = self.client_of(core, conn, "Close");
+                    assert!(
+                        self.concerns(cause, k),
+                        "{cause:?} produced a Close for client {k}"
+                    );
+                    let c = self.client_mut(k);
+                    assert!(!c.close_emitted, "a second Close for client {k}");
+                    c.close_emitted = true;
+                    must_close.retain(|&x| x != k);
+                }
+                Action::ToCore { core: to, msgs } => {
+                    assert_eq!(cause, Cause::EndOfTurn, "{cause:?} produced a ToCore");
+                    assert_ne!(to, CoreId(core), "core {core} queued work for itself");
+                    assert!(!msgs.is_empty(), "an empty ToCore");
+                    match self.queues.get_mut(to.0) {
+                        Some(queue) => queue.push_back(Command::Core(msgs)),
+                        None => panic!("ToCore for core {to}, which does not exist"),
+                    }
+                }
+                Action::Write(write) => {
+                    assert!(
+                        matches!(cause, Cause::Client(_) | Cause::Mesh | Cause::Membership),
+                        "{cause:?} produced a Write"
+                    );
+                    self.written(core, write);
+                }
+                Action::MembershipReply { reply, result } => {
+                    match &result {
+                        Ok(()) => assert_eq!(
+                            cause,
+                            Cause::Mesh,
+                            "a membership change succeeded before its commit"
+                        ),
+                        Err(_) => assert_eq!(cause, Cause::Membership, "a refusal outside handle_membership"),
+                    }
+                    assert!(
+                        reply.try_send(result).is_ok(),
+                        "a second reply to one membership change"
+                    );
+                }
+            }
+        }
+        assert!(
+            must_close.is_empty(),
+            "Errors that close the connection without a Close: clients {must_close:?}"
+        );
+        sent
+    }
+
+    /// Checks a write the owner core hands to the writer against the model, then queues it.
+    fn written(&mut self, core: usize, write: WriteOp) {
+        assert_eq!(
+            write.origin(),
+            CoreId(core),
+            "a write whose completion goes to another core"
+        );
+        match &write {
+            WriteOp::Message { msg, .. } => {
+                assert_eq!(
+                    msg.chat.owner_core(CORES),
+                    CoreId(core),
+                    "core {core} wrote to chat {} it does not own",
+                    msg.chat
+                );
+                let Some(chat) = self.chats.get_mut(&msg.chat) else {
+                    panic!("a message written to chat {}, which does not exist", msg.chat);
+                };
+                assert_eq!(
+                    msg.seq,
+                    Seq(chat.next_seq),
+                    "chat {}: seq {} is not the next one",
+                    msg.chat,
+                    msg.seq
+                );
+                chat.next_seq += 1;
+                assert!(
+                    chat.chat.members.contains(&msg.sender),
+                    "chat {}: user {} is not a member but its message was written",
+                    msg.chat,
+                    msg.sender
+                );
+                assert!(!msg.text.is_empty(), "an empty message was written");
+                let key = (msg.chat, msg.sender, msg.client_msg_id);
+                let previous = self.keys.insert(key, msg.seq);
+                assert_eq!(previous, None, "{key:?} written twice (dedupe failed)");
+                self.members_at
+                    .insert((msg.chat, msg.seq), chat.chat.members.clone());
+                self.messages.insert((msg.chat, msg.seq), (msg.clone(), false));
+            }
+            WriteOp::Membership { chat, user, add, .. } => {
+                assert_eq!(
+                    chat.owner_core(CORES),
+                    CoreId(core),
+                    "core {core} changed chat {chat} it does not own"
+                );
+                let Some(model) = self.chats.get_mut(chat) else {
+                    panic!("a membership change of chat {chat}, which does not exist");
+                };
+                assert_eq!(
+                    model.chat.kind,
+                    ChatKind::Group,
+                    "chat {chat} is direct; its members never change"
+                );
+                if *add {
+                    assert!(
+                        model.chat.members.insert(*user),
+                        "user {user} added to chat {chat} twice"
+                    );
+                    assert!(
+                        super::store::friends(model.chat.owner, *user),
+                        "user {user} is not the owner's friend"
+                    );
+                } else {
+                    assert!(
+                        model.chat.members.remove(user),
+                        "user {user} removed from chat {chat}, not a member"
+                    );
+                }
+            }
+        }
+        self.writes.push_back(write);
+    }
+
+    fn transmitted(
+        &mut self,
+        core: usize,
+        k: usize,
+        frame: Frame,
+        cause: Cause,
+        must_close: &mut Vec<usize>,
+    ) {
+        let (now, t0) = (self.now, self.t0);
+        let hello_deadline = HELLO_TIMEOUT.min(HEARTBEAT_TIMEOUT);
+        let name = frame.body.name();
+        let request_id = frame.request_id;
+        {
+            let c = self.client(k);
+            assert!(!c.close_emitted, "{name} sent to client {k} after its Close");
+            if !matches!(frame.body, Body::Error(_) | Body::Welcome(_)) {
+                assert!(c.welcomed, "{name} sent to client {k} before its Welcome");
+            }
+        }
+        match frame.body {
+            Body::Welcome(w) => {
+                let c = self.client_mut(k);
+                assert!(!c.welcomed, "a second Welcome for client {k}");
+                let Some((user, device)) = c.valid else {
+                    panic!("Welcome for client {k} without a Valid auth result");
+                };
+                assert_eq!(
+                    (w.user_id, w.device_id),
+                    (user.0, device.0),
+                    "Welcome names another user/device"
+                );
+                assert_eq!(
+                    user.home_core(CORES),
+                    CoreId(core),
+                    "Welcome from a core that is not the user's home"
+                );
+                assert_eq!(w.protocol_version, PROTOCOL_VERSION);
+                assert_eq!(
+                    u128::from(w.heartbeat_interval_ms),
+                    HEARTBEAT_TIMEOUT.as_millis() / 3
+                );
+                let elapsed = now.duration_since(t0).as_millis() as u64;
+                assert_eq!(
+                    w.server_time_ms,
+                    UNIX_MS_AT_START + elapsed,
+                    "Welcome's server time is off"
+                );
+                c.welcomed = true;
+                c.last_heard = now;
+            }
+            Body::Error(e) => {
+                let Some(code) = ErrorCode::from_u16(e.code) else {
+                    panic!("client {k} was sent an unknown error code {}", e.code);
+                };
+                let c = self.client_mut(k);
+                if !c.welcomed || code.closes_connection() {
+                    must_close.push(k);
+                }
+                if let Some(i) = c.unanswered.iter().position(|&r| r == request_id) {
+                    c.unanswered.remove(i);
+                }
+                if cause == Cause::Timeout {
+                    match code {
+                        ErrorCode::NotAuthenticated => {
+                            assert!(
+                                now >= c.accepted_at + hello_deadline,
+                                "client {k} closed before its hello deadline"
+                            )
+                        }
+                        ErrorCode::HeartbeatTimeout => assert!(
+                            now >= c.last_heard + HEARTBEAT_TIMEOUT,
+                            "client {k} timed out after {:?} of silence",
+                            now.duration_since(c.last_heard)
+                        ),
+                        other => panic!("handle_timeout sent client {k} {other:?}"),
+                    }
+                }
+            }
+            Body::SendOk(ok) => {
+                let (chat, seq, cmid) = (ChatId(ok.chat_id), Seq(ok.seq), ClientMsgId(ok.client_msg_id));
+                let c = self.client_mut(k);
+                assert!(
+                    c.sends.contains(&(request_id, chat, cmid)),
+                    "SendOk for chat {chat} / {cmid} / request {request_id}, which client {k} never sent"
+                );
+                if let Some(i) = c.unanswered.iter().position(|&r| r == request_id) {
+                    c.unanswered.remove(i);
+                }
+                let user = c.valid.map(|(u, _)| u);
+                match self.messages.get(&(chat, seq)) {
+                    Some((msg, true)) => {
+                        assert_eq!(Some(msg.sender), user, "SendOk for another user's message");
+                        assert_eq!(msg.client_msg_id, cmid, "SendOk for another send's seq");
+                        assert_eq!(msg.server_ts_ms, ok.server_ts_ms, "SendOk with another timestamp");
+                    }
+                    Some((_, false)) => panic!("SendOk for chat {chat} seq {seq} before it was committed"),
+                    None => panic!("SendOk for chat {chat} seq {seq}, which was never written"),
+                }
+            }
+            Body::Message(m) => {
+                let (chat, seq) = (ChatId(m.chat_id), Seq(m.seq));
+                let user = self.client(k).valid.map(|(u, _)| u);
+                match self.messages.get(&(chat, seq)) {
+                    Some((msg, true)) => {
+                        assert_eq!(
+                            (
+                                msg.sender.0,
+                                msg.server_ts_ms,
+                                msg.client_msg_id.0,
+                                msg.text.as_str()
+                            ),
+                            (m.sender, m.server_ts_ms, m.client_msg_id, m.text.as_str()),
+                            "the pushed message differs from the one written"
+                        );
+                    }
+                    Some((_, false)) => panic!("chat {chat} seq {seq} pushed before it was committed"),
+                    None => panic!("chat {chat} seq {seq} pushed, but never written"),
+                }
+                let members = self.members_at.get(&(chat, seq));
+                assert!(
+                    user.is_some_and(|u| members.is_some_and(|m| m.contains(&u))),
+                    "chat {chat} seq {seq} pushed to client {k} (user {user:?}), not a member then ({members:?})"
+                );
+                let c = self.client_mut(k);
+                let last = c.pushed.insert(chat, seq);
+                assert!(
+                    last.is_none_or(|l| l < seq),
+                    "chat {chat}: seq {seq} pushed to client {k} after {last:?}"
+                );
+            }
+            Body::Hello(_) | Body::Send(_) | Body::Sync(_) | Body::History(_) | Body::Ack(_) => {
+                panic!("the server sent client {k} a client-to-server {name}")
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks every core against the model.
+    pub(super) fn check_all(&self) {
+        for (i, core) in self.cores.iter().enumerate() {
+            if let Err(err) = core.check_invariants() {
+                panic!("core {i}: {err}");
+            }
+            let on: Vec<(ConnId, &Client)> = self
+                .conns
+                .get(i)
+                .into_iter()
+                .flatten()
+                .filter_map(|(&conn, &k)| self.clients.get(k).map(|c| (conn, c)))
+                .collect();
+            let stats = core.stats();
+            assert_eq!(
+                stats.connections,
+                on.len() as u64,
+                "core {i} counts its connections wrong"
+            );
+            let sessions = on.iter().filter(|(_, c)| c.welcomed && !c.close_emitted).count();
+            assert_eq!(
+                stats.sessions, sessions as u64,
+                "core {i} counts its sessions wrong"
+            );
+            for (conn, c) in on {
+                let phase = core.phase(conn);
+                let ok = match phase {
+                    Some(Phase::Closing) => c.close_emitted,
+                    Some(Phase::Active { user, device }) => {
+                        c.welcomed && !c.close_emitted && c.valid == Some((user, device))
+                    }
+                    Some(Phase::AwaitingHello | Phase::Authenticating | Phase::Migrating) => {
+                        !c.welcomed && !c.close_emitted
+                    }
+                    None => false,
+                };
+                assert!(ok, "core {i}: {conn:?} is {phase:?}, the model says {c:?}");
+            }
+        }
+    }
+
+    /// Commits every write and delivers every command until nothing is left; then checks that
+    /// every request was answered, and lets time run until every connection must have timed out.
+    pub(super) fn finish(&mut self) {
+        self.store.set_failing(false);
+        let mut idle = false;
+        for _ in 0..QUIESCE_ROUNDS {
+            if self.writes.is_empty() && self.queues.iter().all(VecDeque::is_empty) {
+                idle = true;
+                break;
+            }
+            self.commit(self.writes.len());
+            for core in 0..CORES {
+                while !self.queues[core].is_empty() {
+                    self.deliver(core);
+                }
+            }
+            self.end_turn();
+            self.check_all();
+        }
+        assert!(idle, "the cores never stop producing work");
+        for k in self.live() {
+            let c = self.client(k);
+            if c.welcomed && !c.close_emitted {
+                assert!(
+                    c.unanswered.is_empty(),
+                    "client {k}'s Sends {:?} were never answered",
+                    c.unanswered
+                );
+            }
+        }
+        for (i, reply) in self.replies.iter().enumerate() {
+            assert_eq!(
+                reply.len(),
+                1,
+                "membership change {i} got {} replies",
+                reply.len()
+            );
+        }
+        // Hello deadline or heartbeat timeout, plus the timer wheel's rounding, several times over.
+        for _ in 0..8 {
+            self.now += HEARTBEAT_TIMEOUT;
+            self.timeouts();
+            self.end_turn();
+        }
+        self.check_all();
+        for k in self.live() {
+            let c = self.client(k);
+            assert!(c.close_emitted, "client {k} never timed out: {c:?}");
+            self.closed(k);
+        }
+        for (i, core) in self.cores.iter().enumerate() {
+            let stats = core.stats();
+            assert_eq!(
+                (stats.connections, stats.sessions),
+                (0, 0),
+                "core {i} holds connections at the end"
+            );
+        }
+        self.check_all();
+    }
+}

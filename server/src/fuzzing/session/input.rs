@@ -1,0 +1,774 @@
+//! The `session` target's input: [`SessionInput`], a sequence of [`Op`]s decoded with
+//! [`arbitrary`], and [`Emit`], its inverse, which turns operations back into fuzz bytes (for the
+//! seeds in [`crate::fuzzing::seeds`]).
+
+use arbitrary::{Arbitrary, Unstructured};
+use natter_wire::{
+    Ack, Body, Cursor, ErrorBody, Frame, History, HistoryPage, Message, PROTOCOL_VERSION, Ping, Pong,
+    Presence, Send, SendOk, Sync, SyncDone, Welcome,
+};
+
+use super::{MAX_OPS, MAX_TEXT};
+
+/// One fuzz input: a sequence of operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionInput {
+    /// Applied in order.
+    pub ops: Vec<Op>,
+}
+
+impl<'a> Arbitrary<'a> for SessionInput {
+    /// Operations until the bytes run out (or [`MAX_OPS`]).
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < MAX_OPS {
+            ops.push(Op::arbitrary(u)?);
+        }
+        Ok(Self { ops })
+    }
+
+    fn arbitrary_take_rest(mut u: Unstructured<'a>) -> arbitrary::Result<Self> {
+        Self::arbitrary(&mut u)
+    }
+}
+
+impl SessionInput {
+    /// Decodes fuzz bytes; an operation that does not decode ends the sequence.
+    pub fn from_bytes(data: &[u8]) -> Self {
+        let mut u = Unstructured::new(data);
+        let mut ops = Vec::new();
+        while !u.is_empty() && ops.len() < MAX_OPS {
+            match Op::arbitrary(&mut u) {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        Self { ops }
+    }
+
+    /// The bytes that [`SessionInput::from_bytes`] decodes back into `self` (for seeds).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for op in &self.ops {
+            op.emit(&mut out);
+        }
+        out
+    }
+}
+
+/// One event the harness feeds the cores. A `conn` picks one of the connections currently on a
+/// core (modulo their number; with none, the operation does nothing).
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A connection is accepted by core `core % CORES`.
+    Accept {
+        /// The accepting core.
+        core: u8,
+    },
+    /// Bytes arrive on a connection and the driver calls `handle_input`.
+    Input {
+        /// Which connection.
+        conn: u8,
+        /// What arrives.
+        input: Input,
+    },
+    /// The driver calls `handle_input` again without new bytes (after a `Budget`, an adoption or a
+    /// successful authentication).
+    Resume {
+        /// Which connection.
+        conn: u8,
+    },
+    /// The driver answers one pending token lookup (modulo their number).
+    Auth {
+        /// Which pending lookup.
+        pending: u8,
+        /// The answer.
+        result: AuthChoice,
+    },
+    /// Time passes; both cores get `handle_timeout`.
+    Advance {
+        /// Milliseconds.
+        ms: u16,
+    },
+    /// The peer went away: the driver calls `handle_closed`.
+    PeerClosed {
+        /// Which connection.
+        conn: u8,
+    },
+    /// The driver finishes every `Close` it was asked for (`handle_closed`).
+    Reap,
+    /// Core `core % CORES` takes the oldest command from its queue (a migrating session, work
+    /// from the other core, commit completions, a membership change); if its queue is empty, the
+    /// other core does.
+    Deliver {
+        /// The receiving core.
+        core: u8,
+    },
+    /// A device logged out: its user's home core gets `handle_close_device`.
+    CloseDevice {
+        /// User `user % USERS + 1`.
+        user: u8,
+        /// Device `device % DEVICES + 1`.
+        device: u8,
+    },
+    /// Core `core % CORES` shuts down: `handle_shutdown`.
+    Shutdown {
+        /// The core.
+        core: u8,
+    },
+    /// Bytes arrive on a connection but the driver reads them only with the next [`Op::Input`] or
+    /// [`Op::Resume`] (one socket read returns several client writes).
+    Arrive {
+        /// Which connection.
+        conn: u8,
+        /// What arrives.
+        input: Input,
+    },
+    /// The storage writer commits its oldest `count % pending + 1` writes (all when
+    /// `count` is 255) and queues the completions for their cores.
+    Commit {
+        /// How many.
+        count: u8,
+    },
+    /// The HTTP side-port asks chat `chat % CHAT_IDS + 1`'s owner core to add or remove a member.
+    Membership {
+        /// The chat.
+        chat: u8,
+        /// User `actor % USERS + 1` asks.
+        actor: u8,
+        /// User `user % USERS + 1` is added or removed.
+        user: u8,
+        /// Add (true) or remove (false).
+        add: bool,
+    },
+    /// The store starts (true) or stops (false) failing every read.
+    StoreFault {
+        /// Failing from now on.
+        on: bool,
+    },
+    /// The driver reports that a connection's outbound buffer overflowed.
+    Overflow {
+        /// Which connection.
+        conn: u8,
+    },
+}
+
+/// Bytes arriving on a connection.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Well-formed frames, back to back.
+    Frames(Vec<WireFrame>),
+    /// The first `keep` bytes of a frame (modulo its length + 1); the rest is kept for [`Input::Rest`].
+    Partial {
+        /// The frame.
+        frame: WireFrame,
+        /// How many of its bytes arrive now.
+        keep: u16,
+    },
+    /// The rest of the connection's last [`Input::Partial`] frame.
+    Rest,
+    /// A frame with one byte (at `at` modulo its length) xored with `xor`.
+    Corrupt {
+        /// The frame.
+        frame: WireFrame,
+        /// Which byte.
+        at: u16,
+        /// What to xor it with.
+        xor: u8,
+    },
+    /// One frame `count` times (floods past the per-turn budget and the send rate).
+    Repeat {
+        /// The frame.
+        frame: WireFrame,
+        /// How often.
+        count: u8,
+    },
+    /// Raw bytes.
+    Raw(Blob),
+}
+
+/// The driver's answer to a token lookup.
+#[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthChoice {
+    /// The token belongs to device `device % DEVICES + 1` of user `user % USERS + 1`.
+    Valid {
+        /// The user.
+        user: u8,
+        /// The device.
+        device: u8,
+    },
+    /// Unknown or revoked token.
+    Invalid,
+    /// The store could not answer.
+    StoreUnavailable,
+}
+
+/// An arbitrary owned frame: every body type of the schema, any field values.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct WireFrame {
+    /// The frame's request id.
+    pub request_id: u64,
+    /// Its body.
+    pub body: WireBody,
+}
+
+/// The body of a [`WireFrame`]: one variant per member of the schema's `Body` union, with the
+/// fields of the `natter_wire` struct of the same name (documented there). A `Send` names its
+/// chat and client message id with an [`Id`], so that real chats and retries are likely.
+#[allow(missing_docs)] // the fields are natter_wire's, documented on its types
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub enum WireBody {
+    Hello {
+        token: Text,
+        device: Text,
+        version: Version,
+    },
+    Welcome {
+        user_id: u64,
+        device_id: u64,
+        heartbeat_interval_ms: u32,
+        server_time_ms: u64,
+        protocol_version: u32,
+    },
+    Send {
+        chat: Id,
+        client_msg_id: Id,
+        text: Text,
+    },
+    SendOk {
+        client_msg_id: u64,
+        chat_id: u64,
+        seq: u64,
+        server_ts_ms: u64,
+    },
+    Message(WireMessage),
+    Sync(Vec<WireCursor>),
+    SyncDone(Vec<WireCursor>),
+    History {
+        chat_id: u64,
+        before_seq: u64,
+        limit: u32,
+    },
+    HistoryPage {
+        chat_id: u64,
+        messages: Vec<WireMessage>,
+        has_more: bool,
+    },
+    Ack {
+        chat_id: u64,
+        seq: u64,
+    },
+    Presence {
+        user_id: u64,
+        online: bool,
+        last_seen_ms: u64,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Error {
+        code: u16,
+        message: Text,
+        request_id: u64,
+    },
+    Resync,
+}
+
+/// A `Message` table (the fields of `natter_wire::Message`).
+#[allow(missing_docs)] // the fields are natter_wire's, documented on its types
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct WireMessage {
+    pub chat_id: u64,
+    pub seq: u64,
+    pub sender: u64,
+    pub server_ts_ms: u64,
+    pub client_msg_id: u64,
+    pub text: Text,
+}
+
+/// A `Cursor` struct (the fields of `natter_wire::Cursor`).
+#[allow(missing_docs)] // the fields are natter_wire's, documented on its types
+#[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireCursor {
+    pub chat_id: u64,
+    pub seq: u64,
+}
+
+/// `Hello.protocol_version`: mostly the one natterd speaks, so Hellos get through.
+#[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// [`PROTOCOL_VERSION`].
+    Current,
+    /// Any number.
+    Other(u32),
+}
+
+/// An id in a `Send`: usually a small one (so that sends name the harness's chats and retries
+/// reuse a client message id), sometimes any.
+#[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Id {
+    /// `n % 8`: chat ids 1 to 5 exist in the harness's store, 0 and 6–7 do not.
+    Small(u8),
+    /// Any value.
+    Any(u64),
+}
+
+impl Id {
+    /// The id's value.
+    pub fn value(self) -> u64 {
+        match self {
+            Id::Small(n) => u64::from(n % 8),
+            Id::Any(v) => v,
+        }
+    }
+}
+
+/// A string field. Encoded as one length byte `n < 255` and `n` bytes (invalid UTF-8 is replaced),
+/// or `255`, a `u32` count and one byte `c`: the letter `'a' + c % 26` repeated `count` times (at
+/// most [`MAX_TEXT`]) — long texts from short inputs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl<'a> Arbitrary<'a> for Text {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let n = u8::arbitrary(u)?;
+        if n == u8::MAX {
+            let count = u32::arbitrary(u)? as usize;
+            let letter = char::from(b'a' + u8::arbitrary(u)? % 26);
+            return Ok(Text(std::iter::repeat_n(letter, count.min(MAX_TEXT)).collect()));
+        }
+        let bytes = take(u, usize::from(n));
+        Ok(Text(String::from_utf8_lossy(bytes).into_owned()))
+    }
+}
+
+/// Raw bytes: a little-endian `u16` length and that many bytes (fewer if the input ends).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl<'a> Arbitrary<'a> for Blob {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let n = u16::arbitrary(u)?;
+        Ok(Blob(take(u, usize::from(n)).to_vec()))
+    }
+}
+
+/// Up to `n` bytes off the front of `u`.
+fn take<'a>(u: &mut Unstructured<'a>, n: usize) -> &'a [u8] {
+    let n = n.min(u.len());
+    u.bytes(n).unwrap_or_default()
+}
+
+impl From<&WireMessage> for Message {
+    fn from(m: &WireMessage) -> Message {
+        Message {
+            chat_id: m.chat_id,
+            seq: m.seq,
+            sender: m.sender,
+            server_ts_ms: m.server_ts_ms,
+            client_msg_id: m.client_msg_id,
+            text: m.text.0.clone(),
+        }
+    }
+}
+
+fn cursors(v: &[WireCursor]) -> Vec<Cursor> {
+    v.iter()
+        .map(|c| Cursor {
+            chat_id: c.chat_id,
+            seq: c.seq,
+        })
+        .collect()
+}
+
+impl WireFrame {
+    /// The owned frame.
+    pub fn frame(&self) -> Frame {
+        let body = match &self.body {
+            WireBody::Hello {
+                token,
+                device,
+                version,
+            } => Body::Hello(natter_wire::Hello {
+                token: token.0.clone(),
+                device: device.0.clone(),
+                protocol_version: match version {
+                    Version::Current => PROTOCOL_VERSION,
+                    Version::Other(v) => *v,
+                },
+            }),
+            WireBody::Welcome {
+                user_id,
+                device_id,
+                heartbeat_interval_ms,
+                server_time_ms,
+                protocol_version,
+            } => Body::Welcome(Welcome {
+                user_id: *user_id,
+                device_id: *device_id,
+                heartbeat_interval_ms: *heartbeat_interval_ms,
+                server_time_ms: *server_time_ms,
+                protocol_version: *protocol_version,
+            }),
+            WireBody::Send {
+                chat,
+                client_msg_id,
+                text,
+            } => Body::Send(Send {
+                chat_id: chat.value(),
+                client_msg_id: client_msg_id.value(),
+                text: text.0.clone(),
+            }),
+            WireBody::SendOk {
+                client_msg_id,
+                chat_id,
+                seq,
+                server_ts_ms,
+            } => Body::SendOk(SendOk {
+                client_msg_id: *client_msg_id,
+                chat_id: *chat_id,
+                seq: *seq,
+                server_ts_ms: *server_ts_ms,
+            }),
+            WireBody::Message(m) => Body::Message(m.into()),
+            WireBody::Sync(c) => Body::Sync(Sync { cursors: cursors(c) }),
+            WireBody::SyncDone(c) => Body::SyncDone(SyncDone { heads: cursors(c) }),
+            WireBody::History {
+                chat_id,
+                before_seq,
+                limit,
+            } => Body::History(History {
+                chat_id: *chat_id,
+                before_seq: *before_seq,
+                limit: *limit,
+            }),
+            WireBody::HistoryPage {
+                chat_id,
+                messages,
+                has_more,
+            } => Body::HistoryPage(HistoryPage {
+                chat_id: *chat_id,
+                messages: messages.iter().map(Message::from).collect(),
+                has_more: *has_more,
+            }),
+            WireBody::Ack { chat_id, seq } => Body::Ack(Ack {
+                chat_id: *chat_id,
+                seq: *seq,
+            }),
+            WireBody::Presence {
+                user_id,
+                online,
+                last_seen_ms,
+            } => Body::Presence(Presence {
+                user_id: *user_id,
+                online: *online,
+                last_seen_ms: *last_seen_ms,
+            }),
+            WireBody::Ping { nonce } => Body::Ping(Ping { nonce: *nonce }),
+            WireBody::Pong { nonce } => Body::Pong(Pong { nonce: *nonce }),
+            WireBody::Error {
+                code,
+                message,
+                request_id,
+            } => Body::Error(ErrorBody {
+                code: *code,
+                message: message.0.clone(),
+                request_id: *request_id,
+            }),
+            WireBody::Resync => Body::Resync,
+        };
+        Frame::new(self.request_id, body)
+    }
+
+    /// The encoded, size-prefixed frame.
+    pub fn encode(&self) -> Vec<u8> {
+        self.frame().encode().to_vec()
+    }
+}
+
+impl Input {
+    /// The bytes that arrive; `tail` is the connection's kept rest of a partial frame.
+    pub(super) fn bytes(&self, tail: &mut Vec<u8>) -> Vec<u8> {
+        match self {
+            Input::Frames(frames) => frames.iter().flat_map(WireFrame::encode).collect(),
+            Input::Partial { frame, keep } => {
+                let mut bytes = frame.encode();
+                let keep = usize::from(*keep) % (bytes.len() + 1);
+                *tail = bytes.split_off(keep);
+                bytes
+            }
+            Input::Rest => std::mem::take(tail),
+            Input::Corrupt { frame, at, xor } => {
+                let mut bytes = frame.encode();
+                let at = usize::from(*at) % bytes.len().max(1);
+                if let Some(b) = bytes.get_mut(at) {
+                    *b ^= xor;
+                }
+                bytes
+            }
+            Input::Repeat { frame, count } => frame.encode().repeat(usize::from(*count)),
+            Input::Raw(blob) => blob.0.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The inverse of the decoding, for seeds
+// ---------------------------------------------------------------------------------------------
+
+/// Writes a value as the bytes its [`Arbitrary`] implementation decodes back into it (the layout
+/// of `arbitrary` 1.x: integers little-endian, `bool` as one byte, a derived enum's variant as a
+/// `u32` scaled onto the variant count, a `Vec` as a `1` byte before each element and a `0` after
+/// the last). `tests/fuzz_replay.rs` checks the round trip for every variant.
+pub trait Emit {
+    /// Appends the encoding of `self` to `out`.
+    fn emit(&self, out: &mut Vec<u8>);
+}
+
+macro_rules! emit_le {
+    ($($t:ty),*) => {$(
+        impl Emit for $t {
+            fn emit(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+emit_le!(u8, u16, u32, u64);
+
+impl Emit for bool {
+    fn emit(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(*self));
+    }
+}
+
+impl<T: Emit> Emit for Vec<T> {
+    fn emit(&self, out: &mut Vec<u8>) {
+        for x in self {
+            out.push(1);
+            x.emit(out);
+        }
+        out.push(0);
+    }
+}
+
+/// Appends the `u32` a derived enum decodes as variant `index` of `count`: the smallest `v` with
+/// `(v * count) >> 32 == index`.
+fn variant(out: &mut Vec<u8>, index: u64, count: u64) {
+    let v = ((index << 32) + count - 1) / count;
+    out.extend_from_slice(&u32::try_from(v).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+/// Emits a variant index, then each field.
+macro_rules! emit_variant {
+    ($out:ident, $index:expr, $count:expr $(; $($field:expr),*)?) => {{
+        variant($out, $index, $count);
+        $($( Emit::emit($field, $out); )*)?
+    }};
+}
+
+impl Emit for Op {
+    fn emit(&self, out: &mut Vec<u8>) {
+        const N: u64 = 15;
+        match self {
+            Op::Accept { core } => emit_variant!(out, 0, N; core),
+            Op::Input { conn, input } => emit_variant!(out, 1, N; conn, input),
+            Op::Resume { conn } => emit_variant!(out, 2, N; conn),
+            Op::Auth { pending, result } => emit_variant!(out, 3, N; pending, result),
+            Op::Advance { ms } => emit_variant!(out, 4, N; ms),
+            Op::PeerClosed { conn } => emit_variant!(out, 5, N; conn),
+            Op::Reap => emit_variant!(out, 6, N),
+            Op::Deliver { core } => emit_variant!(out, 7, N; core),
+            Op::CloseDevice { user, device } => emit_variant!(out, 8, N; user, device),
+            Op::Shutdown { core } => emit_variant!(out, 9, N; core),
+            Op::Arrive { conn, input } => emit_variant!(out, 10, N; conn, input),
+            Op::Commit { count } => emit_variant!(out, 11, N; count),
+            Op::Membership {
+                chat,
+                actor,
+                user,
+                add,
+            } => emit_variant!(out, 12, N; chat, actor, user, add),
+            Op::StoreFault { on } => emit_variant!(out, 13, N; on),
+            Op::Overflow { conn } => emit_variant!(out, 14, N; conn),
+        }
+    }
+}
+
+impl Emit for Input {
+    fn emit(&self, out: &mut Vec<u8>) {
+        const N: u64 = 6;
+        match self {
+            Input::Frames(frames) => emit_variant!(out, 0, N; frames),
+            Input::Partial { frame, keep } => emit_variant!(out, 1, N; frame, keep),
+            Input::Rest => emit_variant!(out, 2, N),
+            Input::Corrupt { frame, at, xor } => emit_variant!(out, 3, N; frame, at, xor),
+            Input::Repeat { frame, count } => emit_variant!(out, 4, N; frame, count),
+            Input::Raw(blob) => emit_variant!(out, 5, N; blob),
+        }
+    }
+}
+
+impl Emit for AuthChoice {
+    fn emit(&self, out: &mut Vec<u8>) {
+        const N: u64 = 3;
+        match self {
+            AuthChoice::Valid { user, device } => emit_variant!(out, 0, N; user, device),
+            AuthChoice::Invalid => emit_variant!(out, 1, N),
+            AuthChoice::StoreUnavailable => emit_variant!(out, 2, N),
+        }
+    }
+}
+
+impl Emit for WireFrame {
+    fn emit(&self, out: &mut Vec<u8>) {
+        self.request_id.emit(out);
+        self.body.emit(out);
+    }
+}
+
+impl Emit for WireBody {
+    fn emit(&self, out: &mut Vec<u8>) {
+        const N: u64 = 15;
+        match self {
+            WireBody::Hello {
+                token,
+                device,
+                version,
+            } => emit_variant!(out, 0, N; token, device, version),
+            WireBody::Welcome {
+                user_id,
+                device_id,
+                heartbeat_interval_ms,
+                server_time_ms,
+                protocol_version,
+            } => {
+                emit_variant!(out, 1, N; user_id, device_id, heartbeat_interval_ms, server_time_ms, protocol_version)
+            }
+            WireBody::Send {
+                chat,
+                client_msg_id,
+                text,
+            } => emit_variant!(out, 2, N; chat, client_msg_id, text),
+            WireBody::SendOk {
+                client_msg_id,
+                chat_id,
+                seq,
+                server_ts_ms,
+            } => {
+                emit_variant!(out, 3, N; client_msg_id, chat_id, seq, server_ts_ms)
+            }
+            WireBody::Message(m) => emit_variant!(out, 4, N; m),
+            WireBody::Sync(c) => emit_variant!(out, 5, N; c),
+            WireBody::SyncDone(c) => emit_variant!(out, 6, N; c),
+            WireBody::History {
+                chat_id,
+                before_seq,
+                limit,
+            } => emit_variant!(out, 7, N; chat_id, before_seq, limit),
+            WireBody::HistoryPage {
+                chat_id,
+                messages,
+                has_more,
+            } => {
+                emit_variant!(out, 8, N; chat_id, messages, has_more)
+            }
+            WireBody::Ack { chat_id, seq } => emit_variant!(out, 9, N; chat_id, seq),
+            WireBody::Presence {
+                user_id,
+                online,
+                last_seen_ms,
+            } => {
+                emit_variant!(out, 10, N; user_id, online, last_seen_ms)
+            }
+            WireBody::Ping { nonce } => emit_variant!(out, 11, N; nonce),
+            WireBody::Pong { nonce } => emit_variant!(out, 12, N; nonce),
+            WireBody::Error {
+                code,
+                message,
+                request_id,
+            } => emit_variant!(out, 13, N; code, message, request_id),
+            WireBody::Resync => emit_variant!(out, 14, N),
+        }
+    }
+}
+
+impl Emit for WireMessage {
+    fn emit(&self, out: &mut Vec<u8>) {
+        for x in [
+            self.chat_id,
+            self.seq,
+            self.sender,
+            self.server_ts_ms,
+            self.client_msg_id,
+        ] {
+            x.emit(out);
+        }
+        self.text.emit(out);
+    }
+}
+
+impl Emit for WireCursor {
+    fn emit(&self, out: &mut Vec<u8>) {
+        self.chat_id.emit(out);
+        self.seq.emit(out);
+    }
+}
+
+impl Emit for Version {
+    fn emit(&self, out: &mut Vec<u8>) {
+        match self {
+            Version::Current => emit_variant!(out, 0, 2),
+            Version::Other(v) => emit_variant!(out, 1, 2; v),
+        }
+    }
+}
+
+impl Emit for Id {
+    fn emit(&self, out: &mut Vec<u8>) {
+        match self {
+            Id::Small(n) => emit_variant!(out, 0, 2; n),
+            Id::Any(v) => emit_variant!(out, 1, 2; v),
+        }
+    }
+}
+
+impl Emit for Text {
+    /// # Panics
+    ///
+    /// For a string that has no encoding: 255 bytes or more that are not one repeated letter
+    /// `a`–`z` (seeds never need one).
+    fn emit(&self, out: &mut Vec<u8>) {
+        let s = &self.0;
+        if let Ok(n) = u8::try_from(s.len())
+            && n < u8::MAX
+        {
+            out.push(n);
+            out.extend_from_slice(s.as_bytes());
+            return;
+        }
+        let letter = s.bytes().next().unwrap_or(b'a');
+        assert!(
+            letter.is_ascii_lowercase() && s.bytes().all(|b| b == letter) && s.len() <= MAX_TEXT,
+            "a Text of {} bytes must be one repeated letter",
+            s.len()
+        );
+        out.push(u8::MAX);
+        u32::try_from(s.len()).unwrap_or(u32::MAX).emit(out);
+        out.push(letter - b'a');
+    }
+}
+
+impl Emit for Blob {
+    /// # Panics
+    ///
+    /// For more than 65,535 bytes.
+    fn emit(&self, out: &mut Vec<u8>) {
+        let n = u16::try_from(self.0.len()).unwrap_or_else(|_| panic!("a Blob holds at most 65535 bytes"));
+        n.emit(out);
+        out.extend_from_slice(&self.0);
+    }
+}

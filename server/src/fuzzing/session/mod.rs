@@ -1,0 +1,104 @@
+//! Target `session`: structure-aware sequences of events against the sans-IO core — two
+//! [`Core`]s of a two-core natterd, driven the way `runtime/worker.rs` drives them, with their
+//! command queues, a storage writer and an in-memory store, under a simulated clock, with no
+//! sockets and no threads.
+//!
+//! # Input
+//!
+//! The bytes decode (with [`arbitrary`]) into a [`SessionInput`]: up to [`MAX_OPS`] [`Op`]s —
+//! accept a connection; feed it bytes (well-formed frames built from arbitrary owned
+//! [`natter_wire::Frame`]s, a frame cut in two, a corrupted frame, a flood of one frame, or raw
+//! garbage), at once or later; answer a pending token lookup with `Valid` / `Invalid` /
+//! `StoreUnavailable`; let time pass; close a connection from the peer's side; let a core take
+//! the next command from its queue (a migrating session, the other core's work, commit
+//! completions, a membership change from the side-port); commit writes; close a device's
+//! sessions (logout); report an outbound overflow; make the store fail; shut a core down.
+//! [`SessionInput::to_bytes`] is the inverse, so seeds are written as operations
+//! ([`crate::fuzzing::seeds`]). The store holds users 1–[`USERS`] and five chats (see `store.rs`).
+//!
+//! # Driving
+//!
+//! The harness is a model driver that keeps the core's contract: after every `handle_*` call it
+//! drains [`Core::poll_action`] and carries each action out in order — a `Migrate` is detached at
+//! once and queued for the home core, `ToCore` work is queued for its core, a `Write` goes to the
+//! writer's queue, an `Authenticate` waits for an [`Op::Auth`], a `Close` waits for [`Op::Reap`] or
+//! [`Op::PeerClosed`] (the contract allows any delay before [`Core::handle_closed`]). Every
+//! operation ends the loop turn of both cores (`handle_end_of_turn`). At the end every write is
+//! committed and every queue drained until the cores are idle; then time runs on until every
+//! connection must have timed out.
+//!
+//! # Invariants (a panic names the one that broke)
+//!
+//! * nothing panics inside the core;
+//! * before its `Welcome` a connection is sent nothing but `Error`s, and every such `Error` is
+//!   followed by a `Close` (as is every `Error` whose code closes the connection);
+//! * a `Welcome` follows only a `Valid` answer to that connection's latest lookup, names that user
+//!   and device, comes from the user's home core, and comes once; a `Migrate` follows only a
+//!   `Valid` answer for a user homed on the target core;
+//! * the server never sends a client-to-server frame, and every frame it sends decodes;
+//! * no `Transmit`, `Authenticate` or second `Close` after a connection's `Close`, and a call's
+//!   actions concern only the connections that call is about;
+//! * per [`Core::handle_input`] call at most [`FRAMES_PER_SESSION_PER_TURN`] frames are taken and
+//!   answered; `Budget` means a frame is waiting, `Paused` that the session takes no frames now,
+//!   and `Drained` that nothing the decoder could act on at once is left;
+//! * messages: every write goes to the chat's owner core's writer queue with the next `seq` of
+//!   the chat (gapless), from a member, once per `(chat, sender, client_msg_id)` (dedupe); a
+//!   `SendOk` answers a `Send` that connection made and names the committed message — only after
+//!   its commit; a pushed `Message` was committed, is pushed only to users who were members when
+//!   its `seq` was assigned (**no message visible to a non-member**), with the stored content, in
+//!   increasing `seq` per chat and connection; membership changes are written only for groups,
+//!   by their owner core, and succeed only after their commit; each gets exactly one answer;
+//! * once idle, every `Send` of an open session has been answered;
+//! * a connection is refused only when its core is at [`MAX_CONNECTIONS`], and never gets the id of
+//!   a live one;
+//! * timeouts are never early — a hello timeout only after the hello deadline, a heartbeat timeout
+//!   only after [`HEARTBEAT_TIMEOUT`] of silence — and at the end, every connection has timed out;
+//! * after every operation each core's counts match the model (connections, authenticated
+//!   sessions), [`Core::check_invariants`] holds, and [`Core::phase`] agrees with the model.
+
+mod harness;
+mod input;
+mod store;
+
+use std::time::Duration;
+
+pub use input::{
+    AuthChoice, Blob, Emit, Id, Input, Op, SessionInput, Text, Version, WireBody, WireCursor, WireFrame,
+    WireMessage,
+};
+pub use store::CHAT_IDS;
+
+#[cfg(doc)]
+use crate::core::{Core, FRAMES_PER_SESSION_PER_TURN};
+
+/// Cores of the simulated natterd.
+pub const CORES: usize = 2;
+/// The cores' heartbeat timeout (the hello deadline is the smaller of this and
+/// [`crate::core::HELLO_TIMEOUT`]).
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections per core: small, so the limit is reached.
+pub const MAX_CONNECTIONS: usize = 8;
+/// The cores' frame limit (prefix included): natterd's default, so that a `Send` can be over
+/// the text limit without being over the frame limit.
+pub const MAX_FRAME: usize = natter_wire::DEFAULT_MAX_FRAME;
+/// Sends per second per session: low, so a flood reaches the rate limit.
+pub const SEND_RATE: u32 = 20;
+/// Most operations decoded from one input.
+pub const MAX_OPS: usize = 256;
+/// Users `1..=USERS` are the ones a `Valid` answer can name.
+pub const USERS: u64 = 8;
+/// Devices `1..=DEVICES` per user.
+pub const DEVICES: u64 = 4;
+/// Longest text a [`Text`] can stand for (the protocol's limit is 100,000 characters).
+pub const MAX_TEXT: usize = 120_000;
+
+/// Feeds one input; panics when an invariant breaks.
+pub fn run(data: &[u8]) {
+    let input = SessionInput::from_bytes(data);
+    let mut harness = harness::Harness::new();
+    for op in &input.ops {
+        harness.apply(op);
+        harness.check_all();
+    }
+    harness.finish();
+}

@@ -1,0 +1,162 @@
+//! The `session` target's store: what the cores read ([`ChatStore`]) kept in memory, holding a
+//! fixed set of users, friendships and chats, and exactly what the harness's storage writer has
+//! committed. It can be told to fail every read ([`crate::fuzzing::session::Op::StoreFault`]).
+//!
+//! The chats (ids 1–5; 0, 6 and 7 do not exist):
+//!
+//! | chat | kind | owner | members |
+//! |---|---|---|---|
+//! | 1 | direct | 1 | 1, 2 |
+//! | 2 | group | 1 | 1, 2, 3 |
+//! | 3 | group | 4 | 4, 5, 6 |
+//! | 4 | group | 2 | 1–8 |
+//! | 5 | group | 7 | 7 |
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::core::{ChatSnapshot, ChatStore};
+use crate::ids::{ChatId, ClientMsgId, Seq, UserId};
+use crate::store::{ChatKind, StoreError, StoredMessage};
+
+/// Chat ids `1..=CHAT_IDS` are the ones operations name (the last two do not exist).
+pub const CHAT_IDS: u64 = 7;
+
+/// Pairs of friends (both directions).
+const FRIENDS: [(u64, u64); 10] = [
+    (1, 2),
+    (1, 3),
+    (1, 4),
+    (1, 5),
+    (2, 3),
+    (2, 8),
+    (4, 5),
+    (4, 6),
+    (4, 7),
+    (7, 8),
+];
+
+/// A chat as the store holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct StoredChat {
+    pub(super) kind: ChatKind,
+    pub(super) owner: UserId,
+    pub(super) members: BTreeSet<UserId>,
+}
+
+/// The chats every run starts with.
+pub(super) fn initial_chats() -> HashMap<ChatId, StoredChat> {
+    let chat = |kind, owner: u64, members: &[u64]| StoredChat {
+        kind,
+        owner: UserId(owner),
+        members: members.iter().copied().map(UserId).collect(),
+    };
+    HashMap::from([
+        (ChatId(1), chat(ChatKind::Direct, 1, &[1, 2])),
+        (ChatId(2), chat(ChatKind::Group, 1, &[1, 2, 3])),
+        (ChatId(3), chat(ChatKind::Group, 4, &[4, 5, 6])),
+        (ChatId(4), chat(ChatKind::Group, 2, &[1, 2, 3, 4, 5, 6, 7, 8])),
+        (ChatId(5), chat(ChatKind::Group, 7, &[7])),
+    ])
+}
+
+/// Whether `a` and `b` are friends.
+pub(super) fn friends(a: UserId, b: UserId) -> bool {
+    FRIENDS
+        .iter()
+        .any(|&(x, y)| (x, y) == (a.0, b.0) || (y, x) == (a.0, b.0))
+}
+
+/// The committed state.
+#[derive(Debug)]
+struct Committed {
+    chats: HashMap<ChatId, StoredChat>,
+    last_seq: HashMap<ChatId, Seq>,
+    dedupe: HashMap<(ChatId, UserId, ClientMsgId), (Seq, u64)>,
+    failing: bool,
+}
+
+/// The in-memory store the harness's cores read.
+#[derive(Debug)]
+pub(super) struct MemoryStore {
+    state: Mutex<Committed>,
+}
+
+impl MemoryStore {
+    pub(super) fn new() -> Self {
+        Self {
+            state: Mutex::new(Committed {
+                chats: initial_chats(),
+                last_seq: HashMap::new(),
+                dedupe: HashMap::new(),
+                failing: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Committed> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every read fails from now on (`true`) or succeeds again (`false`).
+    pub(super) fn set_failing(&self, failing: bool) {
+        self.lock().failing = failing;
+    }
+
+    /// The storage writer committed a message (and its dedupe record).
+    pub(super) fn commit_message(&self, msg: &StoredMessage) {
+        let mut state = self.lock();
+        state.last_seq.insert(msg.chat, msg.seq);
+        state.dedupe.insert(
+            (msg.chat, msg.sender, msg.client_msg_id),
+            (msg.seq, msg.server_ts_ms),
+        );
+    }
+
+    /// The storage writer committed a membership change.
+    pub(super) fn commit_membership(&self, chat: ChatId, user: UserId, add: bool) {
+        if let Some(c) = self.lock().chats.get_mut(&chat) {
+            if add {
+                c.members.insert(user);
+            } else {
+                c.members.remove(&user);
+            }
+        }
+    }
+
+    fn check(&self) -> Result<MutexGuard<'_, Committed>, StoreError> {
+        let state = self.lock();
+        if state.failing {
+            return Err(StoreError::Corrupt {
+                what: "a fault injected by the fuzz harness".to_owned(),
+            });
+        }
+        Ok(state)
+    }
+}
+
+impl ChatStore for MemoryStore {
+    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
+        let state = self.check()?;
+        Ok(state.chats.get(&chat).map(|c| ChatSnapshot {
+            kind: c.kind,
+            owner: c.owner,
+            members: c.members.iter().copied().collect(),
+            last_seq: state.last_seq.get(&chat).copied().unwrap_or(Seq(0)),
+        }))
+    }
+
+    fn dedupe(
+        &self,
+        chat: ChatId,
+        sender: UserId,
+        cmid: ClientMsgId,
+    ) -> Result<Option<(Seq, u64)>, StoreError> {
+        Ok(self.check()?.dedupe.get(&(chat, sender, cmid)).copied())
+    }
+
+    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        let _state = self.check()?;
+        Ok(friends(a, b))
+    }
+}

@@ -1,0 +1,372 @@
+//! The group-commit writer: one thread (`natter-store-writer`) that makes every
+//! message and membership change durable, many per `fdatasync`.
+//!
+//! # Contract
+//!
+//! * Cores hand it [`WriteOp`]s through a [`WriterSender`] (bounded,
+//!   [`CHANNEL_CAPACITY`]); [`WriterSender::try_send`] never blocks, so a core
+//!   never stalls on the disk — when the queue is full the core keeps the op and
+//!   retries on a later turn.
+//! * Per round the thread blocks for the first op, then drains whatever else is
+//!   queued up to [`MAX_OPS_PER_COMMIT`] ops or [`MAX_TEXT_BYTES_PER_COMMIT`]
+//!   bytes of text, writes all of it as **one** fjall batch with
+//!   [`PersistMode::SyncData`] (one journal record, one `fdatasync`), and only
+//!   after that returned calls `deliver(core, completions)` once per origin
+//!   core, with that core's completions in the order it sent the ops. Ops of one
+//!   origin are committed in the order they were sent (the channel is FIFO and a
+//!   batch is applied in order), so a chat's messages, all sent by its owner
+//!   core, land in `seq` order.
+//! * While a round commits, cores keep queueing (pipelining): the next round
+//!   takes everything that arrived meanwhile, so under load each `fdatasync`
+//!   carries many records.
+//!
+//! # Failure: the poison rule
+//!
+//! A failed commit or sync is never retried and never acknowledged: nothing of
+//! that batch is delivered, the store is marked poisoned, the failure is logged
+//! at error level, and the process exits with [`POISON_EXIT_CODE`] right there
+//! (from the writer thread, inside [`Store::commit_writes`]).
+//! On restart fjall replays its journal; whatever that batch had put in the
+//! journal either replays whole or not at all (a batch is one atomic journal
+//! record), and since none of it was acknowledged, neither outcome breaks a
+//! promise. `docs/DURABILITY.md` explains why exiting beats carrying on.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
+use fjall::{OwnedWriteBatch, PersistMode};
+
+pub use super::POISON_EXIT_CODE;
+use super::records::encode_member;
+use super::{Store, StoreError, StoredMessage, keys, now_ms};
+use crate::ids::{ChatId, CoreId, Seq, UserId};
+use crate::metrics::Metrics;
+
+/// Ops the writer's queue holds before [`WriterSender::try_send`] gives them
+/// back. At the ~400 k records/s one thread commits, this is ~160 ms of work:
+/// enough to ride out a slow `fdatasync` without pushing back on the cores,
+/// small enough (each op is ~100 bytes plus its text) to bound memory.
+pub const CHANNEL_CAPACITY: usize = 65_536;
+
+/// Most ops in one commit. Commits of ~2,000 records already reach ~400 k
+/// records/s here; beyond 8,192 a batch only adds latency for the records at
+/// its front (all of them wait for the one `fdatasync`) and memory for the batch.
+pub const MAX_OPS_PER_COMMIT: usize = 8_192;
+
+/// Most message text in one commit, in bytes (the round stops draining once it
+/// reaches this; one op may take it past). Bounds the batch's memory and the
+/// time one `fdatasync` takes: 40 texts of 400 KB, or thousands of short ones.
+pub const MAX_TEXT_BYTES_PER_COMMIT: usize = 16 << 20;
+
+/// One write a core hands to the writer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// A message and its dedupe record, in one batch.
+    Message {
+        /// The core to report completion to (the chat's owner core).
+        origin: CoreId,
+        /// The message, `seq` already assigned.
+        msg: StoredMessage,
+    },
+    /// Add or remove a group member (members + user_chats rows).
+    Membership {
+        /// The core to report completion to (the chat's owner core).
+        origin: CoreId,
+        /// The group.
+        chat: ChatId,
+        /// The member added or removed.
+        user: UserId,
+        /// Add (true) or remove (false).
+        add: bool,
+        /// The origin's number for this change, echoed in its completion.
+        ticket: u64,
+    },
+}
+
+impl WriteOp {
+    /// The core this op's completion goes to.
+    pub fn origin(&self) -> CoreId {
+        match self {
+            Self::Message { origin, .. } | Self::Membership { origin, .. } => *origin,
+        }
+    }
+
+    /// Bytes of message text this op carries (its weight against
+    /// [`MAX_TEXT_BYTES_PER_COMMIT`]).
+    fn text_bytes(&self) -> usize {
+        match self {
+            Self::Message { msg, .. } => msg.text.len(),
+            Self::Membership { .. } => 0,
+        }
+    }
+
+    fn completion(&self) -> Completion {
+        match self {
+            Self::Message { msg, .. } => Completion::Message {
+                chat: msg.chat,
+                seq: msg.seq,
+            },
+            Self::Membership { ticket, .. } => Completion::Membership { ticket: *ticket },
+        }
+    }
+}
+
+/// What the writer reports to an origin core once an op is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The message `(chat, seq)` and its dedupe record are committed and synced.
+    Message {
+        /// The chat.
+        chat: ChatId,
+        /// The message's seq.
+        seq: Seq,
+    },
+    /// The membership change with this ticket is committed and synced.
+    Membership {
+        /// The ticket of the [`WriteOp::Membership`].
+        ticket: u64,
+    },
+}
+
+/// How the writer hands completions back: `deliver(core, completions)`.
+type Deliver = Box<dyn Fn(CoreId, Vec<Completion>) + Send>;
+
+/// The writer thread's owner: stops it with [`Writer::shutdown`].
+#[derive(Debug)]
+pub struct Writer {
+    thread: JoinHandle<()>,
+    stop: Sender<()>,
+}
+
+/// A core's handle to the writer's queue. Cheap to clone; each core holds one.
+#[derive(Debug, Clone)]
+pub struct WriterSender {
+    tx: Sender<WriteOp>,
+}
+
+impl WriterSender {
+    /// Queues `op` for the next commit. Never blocks: a core must not stall on
+    /// the writer.
+    ///
+    /// # Errors
+    /// Gives the op back when the queue is full (retry on a later turn, in
+    /// order) or the writer has stopped.
+    pub fn try_send(&self, op: WriteOp) -> Result<(), WriteOp> {
+        self.tx.try_send(op).map_err(TrySendError::into_inner)
+    }
+
+    /// Ops queued and not yet taken by the writer.
+    pub fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// True when no op is queued.
+    pub fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread over `store`. `deliver(core, completions)` is
+    /// called from the writer thread after each durable commit, once per origin
+    /// core with ops in that commit, completions in op order. It must not block
+    /// for long: the next commit waits for it.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        deliver: Box<dyn Fn(CoreId, Vec<Completion>) + Send>,
+    ) -> std::io::Result<(Writer, WriterSender)> {
+        Self::start_with_capacity(store, metrics, deliver, CHANNEL_CAPACITY)
+    }
+
+    /// [`Writer::start`] with a queue of `capacity` ops (tests use tiny ones).
+    pub(crate) fn start_with_capacity(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        deliver: Deliver,
+        capacity: usize,
+    ) -> std::io::Result<(Writer, WriterSender)> {
+        let (tx, ops) = crossbeam_channel::bounded(capacity);
+        let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("natter-store-writer".into())
+            .spawn(move || {
+                Round {
+                    store,
+                    metrics,
+                    deliver,
+                    ops,
+                    stop: stop_rx,
+                    per_core: Vec::new(),
+                }
+                .run();
+            })?;
+        Ok((Writer { thread, stop }, WriterSender { tx }))
+    }
+
+    /// Stops the writer after committing (and delivering) everything already
+    /// queued. Call it once the cores have stopped sending.
+    ///
+    /// # Errors
+    /// [`StoreError::WriterPanicked`] when the thread died of a panic (in
+    /// `deliver`); whatever it had committed stays committed.
+    pub fn shutdown(self) -> Result<(), StoreError> {
+        // A send error means the thread is gone already; join tells how.
+        let _ = self.stop.send(());
+        self.thread.join().map_err(|_| StoreError::WriterPanicked)
+    }
+}
+
+/// The writer thread's state.
+struct Round {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    deliver: Deliver,
+    ops: Receiver<WriteOp>,
+    stop: Receiver<()>,
+    /// Completions of the current round, indexed by origin core (reused).
+    per_core: Vec<Vec<Completion>>,
+}
+
+impl Round {
+    fn run(mut self) {
+        let mut batch_ops = Vec::with_capacity(MAX_OPS_PER_COMMIT);
+        let mut stopping = false;
+        loop {
+            if !stopping {
+                crossbeam_channel::select! {
+                    recv(self.ops) -> op => match op {
+                        Ok(op) => batch_ops.push(op),
+                        // Every sender is gone: nothing more can come.
+                        Err(_) => stopping = true,
+                    },
+                    recv(self.stop) -> _ => stopping = true,
+                }
+            }
+            self.drain(&mut batch_ops);
+            if batch_ops.is_empty() {
+                if stopping {
+                    return;
+                }
+                continue;
+            }
+            self.commit(&mut batch_ops);
+        }
+    }
+
+    /// Takes queued ops into `batch_ops` until the queue is empty or a budget is
+    /// reached (what is left waits for the next round; nothing is dropped).
+    fn drain(&self, batch_ops: &mut Vec<WriteOp>) {
+        let mut text: usize = batch_ops.iter().map(WriteOp::text_bytes).sum();
+        while batch_ops.len() < MAX_OPS_PER_COMMIT && text < MAX_TEXT_BYTES_PER_COMMIT {
+            match self.ops.try_recv() {
+                Ok(op) => {
+                    text += op.text_bytes();
+                    batch_ops.push(op);
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// Writes `batch_ops` as one durable batch, then reports their completions
+    /// once per origin core. Exits the process if the commit fails.
+    fn commit(&mut self, batch_ops: &mut Vec<WriteOp>) {
+        let started = Instant::now();
+        // On failure this exits the process (the poison rule): nothing below runs.
+        self.store.commit_writes(batch_ops);
+        self.metrics
+            .store
+            .observe_commit(started.elapsed(), batch_ops.len() as u64);
+        for op in batch_ops.drain(..) {
+            let core = op.origin().0;
+            if self.per_core.len() <= core {
+                self.per_core.resize_with(core + 1, Vec::new);
+            }
+            if let Some(list) = self.per_core.get_mut(core) {
+                list.push(op.completion());
+            }
+        }
+        for (core, list) in self.per_core.iter_mut().enumerate() {
+            if !list.is_empty() {
+                (self.deliver)(CoreId(core), std::mem::take(list));
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Writes `ops` as **one** fjall batch with [`PersistMode::SyncData`]: a
+    /// message becomes its `messages` row plus its `dedupe` row, a membership
+    /// change its `members` and `user_chats` rows (inserted or removed), all in
+    /// op order; returns once the batch is in the journal and `fdatasync`ed.
+    ///
+    /// This is the writer thread's commit step; cores never call it (they queue
+    /// through [`WriterSender`]). It is public for the store-commit benchmark.
+    ///
+    /// A failed commit does not return: the poison rule marks the store
+    /// poisoned, logs, and exits the process with [`POISON_EXIT_CODE`].
+    pub fn commit_writes(&self, ops: &[WriteOp]) {
+        let mut batch = OwnedWriteBatch::with_capacity(self.db.clone(), ops.len() * 2)
+            .durability(Some(PersistMode::SyncData));
+        let joined_ms = now_ms();
+        for op in ops {
+            match op {
+                WriteOp::Message { msg, .. } => {
+                    batch.insert(
+                        &self.messages,
+                        keys::pair(msg.chat.0, msg.seq.0),
+                        msg.encode_value(),
+                    );
+                    batch.insert(
+                        &self.dedupe,
+                        keys::triple(msg.chat.0, msg.sender.0, msg.client_msg_id.0),
+                        keys::pair(msg.seq.0, msg.server_ts_ms),
+                    );
+                }
+                WriteOp::Membership {
+                    chat,
+                    user,
+                    add: true,
+                    ..
+                } => {
+                    batch.insert(
+                        &self.members,
+                        keys::pair(chat.0, user.0),
+                        encode_member(joined_ms),
+                    );
+                    batch.insert(&self.user_chats, keys::pair(user.0, chat.0), []);
+                }
+                WriteOp::Membership {
+                    chat,
+                    user,
+                    add: false,
+                    ..
+                } => {
+                    batch.remove(&self.members, keys::pair(chat.0, user.0));
+                    batch.remove(&self.user_chats, keys::pair(user.0, chat.0));
+                }
+            }
+        }
+        self.commit(batch, "group commit");
+    }
+}
+
+/// The writer's commit step for one op, run by the caller: commits `op`
+/// durably through [`Store::commit_writes`] and returns the core it came from
+/// and its completion. For tests that drive the sans-IO core without the
+/// writer thread (and want each write on disk before its completion).
+#[cfg(test)]
+pub(crate) fn apply_for_test(store: &Store, op: WriteOp) -> (CoreId, Completion) {
+    store.commit_writes(std::slice::from_ref(&op));
+    (op.origin(), op.completion())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
