@@ -30,10 +30,12 @@ case "$sanitizer" in
     address) export RUSTC_BOOTSTRAP=1 ;; # -Zsanitizer on the stable toolchain
     *) echo "FUZZ_SANITIZER must be none or address" >&2; exit 2 ;;
 esac
+# One target dir per mode, so that switching modes does not rebuild everything.
+build=(-s "$sanitizer" --target-dir "target/$sanitizer")
 
 cd fuzz
 step "cargo fuzz build -s $sanitizer"
-cargo fuzz build -s "$sanitizer"
+cargo fuzz build "${build[@]}"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -46,7 +48,7 @@ for target in "${targets[@]}"; do
     step "$target for ${seconds}s"
     mkdir -p "$work/$target"
     # First corpus dir: where libFuzzer writes new inputs (scratch); second: the checked-in seeds.
-    if ! cargo fuzz run -s "$sanitizer" "$target" "$work/$target" "corpus/$target" -- \
+    if ! cargo fuzz run "${build[@]}" "$target" "$work/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -print_final_stats=1 "${dict[@]}" \
         -artifact_prefix="$work/$target-" >"$work/$target.log" 2>&1; then
         tail -n 60 "$work/$target.log"
@@ -57,7 +59,7 @@ for target in "${targets[@]}"; do
             echo
         done
         echo "FAIL: $target crashed. Reproduce: save the input above, then" >&2
-        echo "  (cd fuzz && cargo fuzz run -s $sanitizer $target FILE); minimise with cargo fuzz tmin;" >&2
+        echo "  (cd fuzz && cargo fuzz run ${build[*]} $target FILE); minimise with cargo fuzz tmin;" >&2
         echo "  fix, and keep the input in fuzz/regressions/$target/ (fuzz/README.md)." >&2
         exit 1
     fi

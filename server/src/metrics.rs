@@ -24,6 +24,12 @@ pub struct CoreMetrics {
     pub frames_out: AtomicU64,
     /// Connections closed because the peer sent a malformed or oversized frame.
     pub protocol_errors: AtomicU64,
+    /// Messages this core sequenced as the chats' owner core.
+    pub messages: AtomicU64,
+    /// Message frames this core pushed to its sessions.
+    pub deliveries: AtomicU64,
+    /// Sessions closed as slow consumers.
+    pub slow_consumers: AtomicU64,
 }
 
 /// HTTP status codes counted individually; anything else lands in "other".
@@ -170,7 +176,7 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [PerCoreSeries; 6] = [
+        let per_core: [PerCoreSeries; 9] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -197,6 +203,24 @@ impl Metrics {
                 "counter",
                 "Connections closed for malformed or oversized frames",
                 |c| &c.protocol_errors,
+            ),
+            (
+                "natter_messages_total",
+                "counter",
+                "Messages sequenced by this core as owner core",
+                |c| &c.messages,
+            ),
+            (
+                "natter_deliveries_total",
+                "counter",
+                "Message frames pushed to sessions",
+                |c| &c.deliveries,
+            ),
+            (
+                "natter_slow_consumers_total",
+                "counter",
+                "Sessions closed because their outbound buffer overflowed",
+                |c| &c.slow_consumers,
             ),
         ];
         for (name, kind, help, field) in per_core {

@@ -162,6 +162,9 @@ pub(crate) struct ChatState {
     pub(crate) next_seq: u64,
     /// In-flight sends by dedupe key → their seq.
     pub(crate) in_flight: HashMap<(UserId, ClientMsgId), Seq>,
+    /// Membership changes applied here but not yet committed: the chat must
+    /// stay cached until they are (the store does not have them yet).
+    pub(crate) memberships_in_flight: usize,
 }
 
 impl ChatState {
@@ -173,6 +176,7 @@ impl ChatState {
             recipients: Arc::new([]),
             next_seq: snapshot.last_seq.0 + 1,
             in_flight: HashMap::new(),
+            memberships_in_flight: 0,
         };
         chat.rebuild_recipients(cores);
         chat

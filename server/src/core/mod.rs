@@ -42,6 +42,14 @@ use timer::{Mark, TimerWheel};
 /// driver calls again on the next loop turn.
 pub const FRAMES_PER_SESSION_PER_TURN: usize = 64;
 
+/// Chats an owner core keeps in memory. Past this, chats with nothing in
+/// flight are dropped (they reload from the store on their next send); a few
+/// hundred bytes each, so the cap is tens of MiB per core at most.
+pub const MAX_CACHED_CHATS: usize = 65_536;
+
+/// Chats evicted at once when the cache is full, so eviction is amortised.
+const CHAT_EVICTION_BATCH: usize = 1024;
+
 /// Longest `device` description accepted in Hello, in bytes.
 pub const MAX_DEVICE_DESCRIPTION: usize = 128;
 
@@ -252,7 +260,7 @@ pub struct Core {
     /// Sends handed to the writer, by `(chat, seq)`.
     in_flight: HashMap<(ChatId, Seq), InFlight>,
     /// Membership changes handed to the writer, by ticket.
-    memberships: HashMap<u64, crossbeam_channel::Sender<Result<(), MembershipError>>>,
+    memberships: HashMap<u64, (ChatId, crossbeam_channel::Sender<Result<(), MembershipError>>)>,
     next_ticket: u64,
     /// Work for other cores gathered this turn, index = core.
     outgoing: Vec<Vec<CoreMsg>>,
@@ -806,6 +814,9 @@ impl Core {
     /// Loads a chat this core owns into memory (once).
     fn load_chat(&mut self, chat: ChatId) -> Result<Option<&mut ChatState>, String> {
         if !self.chats.contains_key(&chat) {
+            if self.chats.len() >= MAX_CACHED_CHATS {
+                self.evict_idle_chats();
+            }
             match self.store.chat_snapshot(chat) {
                 Ok(Some(snapshot)) => {
                     self.chats
@@ -816,6 +827,20 @@ impl Core {
             }
         }
         Ok(self.chats.get_mut(&chat))
+    }
+
+    /// Drops up to [`CHAT_EVICTION_BATCH`] cached chats with no send in flight.
+    fn evict_idle_chats(&mut self) {
+        let idle: Vec<ChatId> = self
+            .chats
+            .iter()
+            .filter(|(_, c)| c.in_flight.is_empty() && c.memberships_in_flight == 0)
+            .map(|(id, _)| *id)
+            .take(CHAT_EVICTION_BATCH)
+            .collect();
+        for id in idle {
+            self.chats.remove(&id);
+        }
     }
 
     fn handle_send(&mut self, req: SendRequest, now: Instant) {
@@ -916,7 +941,10 @@ impl Core {
             match completion {
                 Completion::Message { chat, seq } => self.handle_message_committed(chat, seq, now),
                 Completion::Membership { ticket } => {
-                    if let Some(reply) = self.memberships.remove(&ticket) {
+                    if let Some((chat, reply)) = self.memberships.remove(&ticket) {
+                        if let Some(state) = self.chats.get_mut(&chat) {
+                            state.memberships_in_flight -= 1;
+                        }
                         self.actions.push_back(Action::MembershipReply {
                             reply,
                             result: Ok(()),
@@ -966,7 +994,10 @@ impl Core {
             Ok(()) => {
                 self.next_ticket += 1;
                 let ticket = self.next_ticket;
-                self.memberships.insert(ticket, reply);
+                self.memberships.insert(ticket, (chat, reply));
+                if let Some(state) = self.chats.get_mut(&chat) {
+                    state.memberships_in_flight += 1;
+                }
                 self.actions.push_back(Action::Write(WriteOp::Membership {
                     origin: self.config.core,
                     chat,

@@ -1303,9 +1303,15 @@ fn store_records() -> Vec<Seed> {
         seed("device-empty", device("", 0, 0xff)),
         seed("counter", b"next_user_id".to_vec()),
         seed("chat-direct", hooks::encode_chat(false, 1, 1_700_000_000_002, "")),
-        seed("chat-group", hooks::encode_chat(true, 4, 1_700_000_000_003, "hiking club ⛰")),
+        seed(
+            "chat-group",
+            hooks::encode_chat(true, 4, 1_700_000_000_003, "hiking club ⛰"),
+        ),
         seed("member", hooks::encode_member(1_700_000_000_004)),
-        seed("message", hooks::encode_message(3, 1_700_000_000_005, 99, "hello, world")),
+        seed(
+            "message",
+            hooks::encode_message(3, 1_700_000_000_005, 99, "hello, world"),
+        ),
         seed("message-empty-text", hooks::encode_message(3, 0, 0, "")),
     ]
 }

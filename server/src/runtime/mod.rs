@@ -141,16 +141,13 @@ impl Cores {
                 max_connections: config.max_connections_per_core,
                 send_rate: config.send_rate_limit,
             };
-            let worker = worker::Worker::new(
-                core_config,
-                poll,
-                listener,
-                queue,
-                mesh.clone(),
-                store.clone(),
-                writer.clone(),
-                metrics.clone(),
-            )?;
+            let shared = worker::Shared {
+                mesh: mesh.clone(),
+                store: store.clone(),
+                writer: writer.clone(),
+                metrics: metrics.clone(),
+            };
+            let worker = worker::Worker::new(core_config, poll, listener, queue, shared)?;
             let thread = std::thread::Builder::new()
                 .name(format!("natter-core-{i}"))
                 .spawn(move || worker.run())?;

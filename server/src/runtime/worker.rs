@@ -55,6 +55,15 @@ pub struct Adopted {
     outbound: VecDeque<Bytes>,
 }
 
+/// What every core shares: the queue mesh, the store, the writer's queue and the metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) mesh: Mesh,
+    pub(crate) store: Arc<Store>,
+    pub(crate) writer: WriterSender,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
 /// One client socket and its byte buffers. Empty buffers hold no allocation,
 /// so an idle session costs only this struct and the core's session entry.
 #[derive(Debug)]
@@ -100,11 +109,14 @@ impl Worker {
         poll: Poll,
         mut listener: TcpListener,
         queue: Receiver<Command>,
-        mesh: Mesh,
-        store: Arc<Store>,
-        writer: WriterSender,
-        metrics: Arc<Metrics>,
+        shared: Shared,
     ) -> io::Result<Self> {
+        let Shared {
+            mesh,
+            store,
+            writer,
+            metrics,
+        } = shared;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let unix_ms = SystemTime::now()
@@ -527,5 +539,8 @@ impl Worker {
         m.frames_in.store(stats.frames_in, Ordering::Relaxed);
         m.frames_out.store(stats.frames_out, Ordering::Relaxed);
         m.protocol_errors.store(stats.protocol_errors, Ordering::Relaxed);
+        m.messages.store(stats.messages_accepted, Ordering::Relaxed);
+        m.deliveries.store(stats.deliveries, Ordering::Relaxed);
+        m.slow_consumers.store(stats.slow_consumers, Ordering::Relaxed);
     }
 }

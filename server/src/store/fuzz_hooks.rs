@@ -80,8 +80,18 @@ pub(crate) fn reencode_message(bytes: &[u8]) -> Option<Vec<u8>> {
 
 /// A `chats` value (`ChatRecord::encode`), for seeds.
 pub(crate) fn encode_chat(group: bool, owner: u64, created_ms: u64, name: &str) -> Vec<u8> {
-    let kind = if group { super::ChatKind::Group } else { super::ChatKind::Direct };
-    ChatRecord { kind, name: name.to_owned(), owner: UserId(owner), created_ms }.encode()
+    let kind = if group {
+        super::ChatKind::Group
+    } else {
+        super::ChatKind::Direct
+    };
+    ChatRecord {
+        kind,
+        name: name.to_owned(),
+        owner: UserId(owner),
+        created_ms,
+    }
+    .encode()
 }
 
 /// A `members` value (`records::encode_member`), for seeds.

@@ -133,7 +133,9 @@ pub enum Completion {
 /// How the writer hands completions back: `deliver(core, completions)`.
 type Deliver = Box<dyn Fn(CoreId, Vec<Completion>) + Send>;
 
-/// The writer thread's owner: stops it with [`Writer::shutdown`].
+/// The writer thread's owner: stops it with [`Writer::shutdown`]. Dropping it
+/// without that also makes the thread commit what is queued and end, but
+/// nobody waits for it.
 #[derive(Debug)]
 pub struct Writer {
     thread: JoinHandle<()>,
@@ -196,7 +198,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("natter-store-writer".into())
             .spawn(move || {
-                Round {
+                WriterThread {
                     store,
                     metrics,
                     deliver,
@@ -223,7 +225,7 @@ impl Writer {
 }
 
 /// The writer thread's state.
-struct Round {
+struct WriterThread {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     deliver: Deliver,
@@ -233,7 +235,7 @@ struct Round {
     per_core: Vec<Vec<Completion>>,
 }
 
-impl Round {
+impl WriterThread {
     fn run(mut self) {
         let mut batch_ops = Vec::with_capacity(MAX_OPS_PER_COMMIT);
         let mut stopping = false;
