@@ -7,18 +7,20 @@
 //! names fixed for all scenarios (see [`report`]).
 //!
 //! Exit status: 0 when the run completed without errors, 1 when it failed or counted
-//! errors, 2 for a usage error or a scenario / transport that is not implemented yet,
+//! errors or lost, duplicated or reordered messages, 2 for a usage error or a scenario / transport that is not implemented yet,
 //! 130 when stopped by Ctrl-C or SIGTERM.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod accounts;
+mod cpu;
 mod error;
 mod interrupt;
 mod progress;
 mod report;
 mod scenarios;
+mod sockets;
 mod spawn;
 mod target;
 
@@ -31,6 +33,10 @@ use clap::{Parser, ValueEnum};
 use crate::error::BenchError;
 use crate::report::Report;
 use crate::scenarios::connect::{self, ConnectArgs};
+use crate::scenarios::group::{self, GroupArgs};
+use crate::scenarios::messaging::MessagingArgs;
+use crate::scenarios::one2one::{self, OneToOneArgs};
+use crate::scenarios::presence::{self, PresenceArgs};
 use crate::spawn::SpawnedServer;
 use crate::target::Target;
 
@@ -70,6 +76,14 @@ struct Cli {
     json: Option<PathBuf>,
     #[command(flatten)]
     connect: ConnectArgs,
+    #[command(flatten)]
+    one2one: OneToOneArgs,
+    #[command(flatten)]
+    group: GroupArgs,
+    #[command(flatten)]
+    messaging: MessagingArgs,
+    #[command(flatten)]
+    presence: PresenceArgs,
 }
 
 /// The scenarios the design names; only those with a module under `scenarios/` run.
@@ -129,11 +143,14 @@ impl Transport {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(&cli) {
-        Ok(report) if report.errors.unwrap_or(0) == 0 => ExitCode::SUCCESS,
+        Ok(report) if report.failures() == 0 => ExitCode::SUCCESS,
         Ok(report) => {
             eprintln!(
-                "natter-bench: the run counted {} errors",
-                report.errors.unwrap_or(0)
+                "natter-bench: the run counted {} errors, {} lost, {} duplicated, {} reordered",
+                report.errors.unwrap_or(0),
+                report.lost.unwrap_or(0),
+                report.duplicated.unwrap_or(0),
+                report.reordered.unwrap_or(0)
             );
             ExitCode::from(1)
         }
@@ -146,7 +163,7 @@ fn main() -> ExitCode {
 
 /// Checks the command line, sets up the server under test and runs the scenario.
 fn run(cli: &Cli) -> Result<Report, BenchError> {
-    if cli.scenario != ScenarioName::Connect {
+    if matches!(cli.scenario, ScenarioName::Sync) {
         return Err(BenchError::NotImplemented(format!(
             "scenario {:?}",
             cli.scenario.as_str()
@@ -161,10 +178,29 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     interrupt::install()?;
     // Before natterd is spawned, so that it inherits the raised limit too.
     let open_files = raise_open_file_limit()?;
-    connect::check_args(&cli.connect, open_files)?;
+    let options = scenarios::Options {
+        duration: cli.duration,
+        rate: cli.rate,
+    };
+    match cli.scenario {
+        ScenarioName::Connect => connect::check_args(&cli.connect, open_files)?,
+        ScenarioName::OneToOne => one2one::check_args(&cli.one2one, &cli.messaging, &options, open_files)?,
+        ScenarioName::Group => group::check_args(&cli.group, &cli.messaging, &options, open_files)?,
+        ScenarioName::Presence => presence::check_args(
+            &cli.presence,
+            cli.one2one.users,
+            cli.connect.in_flight,
+            open_files,
+        )?,
+        ScenarioName::Sync => {}
+    }
 
     let spawned = if cli.spawn {
-        Some(SpawnedServer::start(cli.cores)?)
+        let extra = match cli.scenario {
+            ScenarioName::Presence => presence::natterd_flags(&cli.presence),
+            _ => Vec::new(),
+        };
+        Some(SpawnedServer::start(cli.cores, &extra)?)
     } else {
         None
     };
@@ -174,11 +210,18 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     };
     println!("server: http {} · tcp {}", target.http_addr_text(), target.tcp);
 
-    let options = scenarios::Options {
-        duration: cli.duration,
-        rate: cli.rate,
+    let mut report = match cli.scenario {
+        ScenarioName::OneToOne => one2one::run(&target, &options, &cli.one2one, &cli.messaging)?,
+        ScenarioName::Group => group::run(&target, &options, &cli.group, &cli.messaging)?,
+        ScenarioName::Presence => presence::run(
+            &target,
+            &options,
+            &cli.presence,
+            cli.one2one.users,
+            cli.connect.in_flight,
+        )?,
+        _ => connect::run(&target, &options, &cli.connect)?,
     };
-    let mut report = connect::run(&target, &options, &cli.connect)?;
     report.scenario = cli.scenario.as_str().to_owned();
     report.transport = cli.transport.as_str().to_owned();
 
@@ -275,6 +318,47 @@ mod tests {
     }
 
     #[test]
+    fn command_line_parses_the_messaging_flags() {
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "group",
+            "--spawn",
+            "--rate",
+            "50000",
+            "--groups",
+            "3",
+            "--members",
+            "50",
+            "--senders",
+            "5",
+            "--window",
+            "4",
+            "--threads",
+            "2",
+            "--warmup",
+            "500ms",
+            "--drain-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Group);
+        assert_eq!(cli.rate, Some(50_000));
+        assert_eq!(
+            (cli.group.groups, cli.group.members, cli.group.senders),
+            (3, 50, 5)
+        );
+        assert_eq!((cli.messaging.window, cli.messaging.threads), (4, 2));
+        assert_eq!(cli.messaging.warmup, Duration::from_millis(500));
+        assert_eq!(cli.messaging.drain_timeout, Duration::from_secs(2));
+
+        let cli = Cli::try_parse_from(["natter-bench", "one2one"]).unwrap();
+        assert_eq!(cli.scenario, ScenarioName::OneToOne);
+        assert_eq!(cli.one2one.users, 1000);
+        assert_eq!(cli.messaging.window, 16);
+        assert_eq!(cli.group.groups, 10);
+    }
+
+    #[test]
     fn spawn_and_server_exclude_each_other() {
         let result = Cli::try_parse_from([
             "natter-bench",
@@ -293,11 +377,11 @@ mod tests {
 
     #[test]
     fn unimplemented_scenarios_and_transports_are_refused_with_exit_code_2() {
-        let cli = Cli::try_parse_from(["natter-bench", "one2one", "--spawn"]).unwrap();
+        let cli = Cli::try_parse_from(["natter-bench", "sync", "--spawn"]).unwrap();
         let err = run(&cli).unwrap_err();
         assert!(matches!(err, BenchError::NotImplemented(_)), "{err:?}");
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("one2one"), "{err}");
+        assert!(err.to_string().contains("sync"), "{err}");
 
         let cli = Cli::try_parse_from(["natter-bench", "connect", "--transport", "quic"]).unwrap();
         let err = run(&cli).unwrap_err();

@@ -71,7 +71,11 @@ pub(crate) struct Report {
     /// natterd's resident memory, bytes (connect: right after all connections).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_rss_bytes: Option<u64>,
-    /// connect: connections established and still open at the end.
+    /// one2one / group: natterd's store records per group commit during the run
+    /// (`natter_store_records_total` / `natter_store_commits_total`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) records_per_commit: Option<f64>,
+    /// Connections established (connect: and still open at the end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) connections: Option<u64>,
     /// connect: connections established (TCP + Hello → Welcome) per second.
@@ -80,6 +84,24 @@ pub(crate) struct Report {
     /// connect: growth of natterd's RSS while connecting, divided by the connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rss_per_connection_bytes: Option<u64>,
+    /// presence: `Presence` pushes (snapshots not counted) received per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) presence_pushes_per_sec: Option<f64>,
+    /// presence: median "came online" change → friend's push latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) presence_p50_us: Option<u64>,
+    /// presence: 99th percentile change → push latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) presence_p99_us: Option<u64>,
+    /// presence: 99.9th percentile change → push latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) presence_p999_us: Option<u64>,
+    /// presence: 99th percentile "went offline" latency past the grace period, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) presence_offline_p99_us: Option<u64>,
+    /// presence: reconnect storm → every device sees every friend online, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) storm_settle_s: Option<f64>,
 }
 
 impl Report {
@@ -90,6 +112,15 @@ impl Report {
             transport: transport.to_owned(),
             ..Report::default()
         }
+    }
+
+    /// The failures the run counted: `errors` plus the correctness counters
+    /// (`lost`, `duplicated`, `reordered`); any of them makes the run fail.
+    pub(crate) fn failures(&self) -> u64 {
+        [self.errors, self.lost, self.duplicated, self.reordered]
+            .iter()
+            .map(|v| v.unwrap_or(0))
+            .sum()
     }
 
     /// The report as one pretty-printed JSON object.
@@ -161,6 +192,25 @@ impl Report {
                 line(name, v.to_string());
             }
         }
+        if let Some(v) = self.records_per_commit {
+            line("records_per_commit", format!("{v:.1}"));
+        }
+        if let Some(v) = self.storm_settle_s {
+            line("storm_settle_s", format!("{v:.3}"));
+        }
+        if let Some(v) = self.presence_pushes_per_sec {
+            line("presence_pushes_per_sec", format!("{v:.0}"));
+        }
+        for (name, value) in [
+            ("presence_p50_us", self.presence_p50_us),
+            ("presence_p99_us", self.presence_p99_us),
+            ("presence_p999_us", self.presence_p999_us),
+            ("presence_offline_p99_us", self.presence_offline_p99_us),
+        ] {
+            if let Some(v) = value {
+                line(name, v.to_string());
+            }
+        }
         if let Some(v) = self.duration_s {
             line("duration_s", format!("{v:.1}"));
         }
@@ -224,6 +274,39 @@ mod tests {
         assert!(text.contains("connections"), "{text}");
         assert!(text.contains("errors"), "{text}");
         assert!(!text.contains("acked"), "{text}");
+    }
+
+    #[test]
+    fn correctness_counters_are_failures() {
+        let clean = Report {
+            lost: Some(0),
+            duplicated: Some(0),
+            reordered: Some(0),
+            errors: Some(0),
+            ..Report::new("one2one", "tcp")
+        };
+        assert_eq!(clean.failures(), 0);
+        assert_eq!(
+            Report {
+                lost: Some(2),
+                ..clean.clone()
+            }
+            .failures(),
+            2
+        );
+        assert_eq!(
+            Report {
+                reordered: Some(1),
+                ..clean.clone()
+            }
+            .failures(),
+            1
+        );
+        assert_eq!(
+            Report::new("connect", "tcp").failures(),
+            0,
+            "unmeasured is not a failure"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! [`SpawnedServer`]: the natterd that `--spawn` starts beside the benchmark — on
-//! free ports, with a temporary data directory and benchmark-only password hashing —
+//! free ports, with a temporary data directory, benchmark-only password hashing and
+//! no per-connection send rate limit —
 //! and stops again (SIGTERM to its PID, then wait), also when the run fails.
 //!
 //! natterd announces itself with one stdout line,
@@ -51,6 +52,10 @@ const BENCH_ARGON2_ITERATIONS: u32 = 1;
 /// from 127.0.0.1, so the limit is lifted.
 const BENCH_AUTH_RATE_LIMIT: u32 = 100_000_000;
 
+/// Sends per second per connection: natterd's default (1,000) would throttle the
+/// messaging scenarios' closed loops, so the limit is lifted.
+const BENCH_SEND_RATE_LIMIT: u32 = 10_000_000;
+
 /// The addresses natterd prints in its readiness line.
 #[derive(Debug, Deserialize)]
 struct ReadyLine {
@@ -74,13 +79,15 @@ pub(crate) struct SpawnedServer {
 
 impl SpawnedServer {
     /// Starts `natterd` from the directory of this executable with `--cores cores`
-    /// (natterd's default if `None`) and waits until it is ready.
+    /// (natterd's default if `None`) and `extra` flags after the benchmark's own (a
+    /// scenario's server settings, e.g. `--presence-grace 1000ms`), and waits until it
+    /// is ready.
     ///
     /// # Errors
     /// [`BenchError::NatterdMissing`] if there is no natterd beside this binary;
     /// [`BenchError::Server`] if it exits or stays silent past the deadline;
     /// [`BenchError::Io`] for local failures.
-    pub(crate) fn start(cores: Option<usize>) -> Result<SpawnedServer, BenchError> {
+    pub(crate) fn start(cores: Option<usize>, extra: &[String]) -> Result<SpawnedServer, BenchError> {
         let exe = std::env::current_exe()?.with_file_name("natterd");
         if !exe.is_file() {
             return Err(BenchError::NatterdMissing { path: exe });
@@ -95,10 +102,12 @@ impl SpawnedServer {
             .args(["--http-port", "0", "--tcp-port", "0"])
             .args(["--argon2-memory-kib", &BENCH_ARGON2_MEMORY_KIB.to_string()])
             .args(["--argon2-iterations", &BENCH_ARGON2_ITERATIONS.to_string()])
-            .args(["--auth-rate-limit", &BENCH_AUTH_RATE_LIMIT.to_string()]);
+            .args(["--auth-rate-limit", &BENCH_AUTH_RATE_LIMIT.to_string()])
+            .args(["--send-rate-limit", &BENCH_SEND_RATE_LIMIT.to_string()]);
         if let Some(cores) = cores {
             command.args(["--cores", &cores.to_string()]);
         }
+        command.args(extra);
         command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -157,7 +166,8 @@ impl SpawnedServer {
         println!(
             "natterd started (pid {}, {} cores) with password hashing LOWERED for the benchmark \
              (argon2id {BENCH_ARGON2_MEMORY_KIB} KiB, {BENCH_ARGON2_ITERATIONS} iteration; never use \
-             this in production); its log, deleted at the end: {}",
+             this in production) and the per-connection send rate limit LIFTED \
+             (--send-rate-limit {BENCH_SEND_RATE_LIMIT}); its log, deleted at the end: {}",
             server.pid(),
             cores.map_or_else(|| "default".to_owned(), |c| c.to_string()),
             server.log.display()

@@ -71,6 +71,15 @@ impl Target {
         self.http.base_url().trim_start_matches("http://")
     }
 
+    /// natterd's process id, when it runs on this machine and the benchmark knows it
+    /// (spawned).
+    pub(crate) fn server_pid(&self) -> Option<u32> {
+        match self.rss {
+            RssSource::Proc(pid) => Some(pid),
+            RssSource::Metrics => None,
+        }
+    }
+
     /// natterd's resident memory in bytes, `None` (with a warning on stderr) if it
     /// cannot be read.
     pub(crate) fn server_rss(&self) -> Option<u64> {
@@ -124,6 +133,33 @@ fn metric_value(text: &str, name: &str) -> Option<u64> {
         })
 }
 
+/// The sum of every sample of `name` (with any labels) in Prometheus text format —
+/// a per-core counter summed over the cores — or `None` if there is none.
+pub(crate) fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = false;
+    let mut sum = 0.0;
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let rest = if rest.starts_with('{') {
+            let Some(end) = rest.find('}') else { continue };
+            rest.get(end + 1..).unwrap_or_default()
+        } else {
+            rest
+        };
+        if !rest.starts_with([' ', '\t']) {
+            continue; // a longer metric name that starts with `name`
+        }
+        let value = rest.split_whitespace().next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(value) = value.filter(|v| v.is_finite()) {
+            found = true;
+            sum += value;
+        }
+    }
+    found.then_some(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +186,18 @@ mod tests {
         assert_eq!(metric_value(text, "natter_connections"), Some(5));
         assert_eq!(metric_value(text, "missing"), None);
         assert_eq!(metric_value("x NaN\n", "x"), None);
+    }
+
+    #[test]
+    fn metric_sum_adds_the_samples_of_every_core() {
+        let text = "# TYPE natter_messages_total counter\n\
+                    natter_messages_total{core=\"0\"} 10\n\
+                    natter_messages_total{core=\"1\"} 32\n\
+                    natter_messages_total_other 5\n\
+                    natter_store_commits_total 7\n";
+        assert_eq!(metric_sum(text, "natter_messages_total"), Some(42.0));
+        assert_eq!(metric_sum(text, "natter_store_commits_total"), Some(7.0));
+        assert_eq!(metric_sum(text, "natter_deliveries_total"), None);
     }
 
     #[test]

@@ -69,9 +69,14 @@ pub struct Flags {
     /// Event-loop threads [default: available parallelism].
     #[arg(long)]
     pub cores: Option<usize>,
-    /// Close a session silent for this long, e.g. "90s", "500ms" [default: 90s].
+    /// Close a session silent for this long, e.g. "180s", "500ms" [default: 180s].
+    /// Clients ping every third of it: one radio wake-up a minute on an idle phone.
     #[arg(long)]
     pub heartbeat_timeout: Option<String>,
+    /// A user whose last session ended goes offline only if none comes back within
+    /// this, e.g. "30s", "200ms", "0s" [default: 30s]. Covers a network handover.
+    #[arg(long)]
+    pub presence_grace: Option<String>,
     /// Largest frame accepted from a client, in bytes [default: 524288].
     #[arg(long)]
     pub max_frame: Option<usize>,
@@ -102,6 +107,7 @@ struct FileConfig {
     tcp_port: Option<u16>,
     cores: Option<usize>,
     heartbeat_timeout: Option<String>,
+    presence_grace: Option<String>,
     max_frame: Option<usize>,
     argon2_memory_kib: Option<u32>,
     argon2_iterations: Option<u32>,
@@ -109,6 +115,20 @@ struct FileConfig {
     max_connections_per_core: Option<usize>,
     send_rate_limit: Option<u32>,
 }
+
+/// Default `--heartbeat-timeout`. Clients ping every third of it (60 s): an idle
+/// phone wakes its radio once a minute — each wake-up keeps a cellular radio in
+/// its high-power state for seconds, so pinging every 15–30 s would cost several
+/// times the battery — while staying well inside the few minutes of idle time
+/// after which carrier NATs and firewalls drop a silent TCP flow. A phone that
+/// vanishes without closing its socket is shown offline after this plus the grace.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Default `--presence-grace`: long enough for a Wi-Fi ↔ cellular handover, a
+/// short tunnel or an app restart to reconnect (with backoff, usually a few
+/// seconds) without friends seeing offline → online flicker; short enough that a
+/// user who closed the app is shown offline within half a minute.
+pub const DEFAULT_PRESENCE_GRACE: Duration = Duration::from_secs(30);
 
 /// argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +167,8 @@ pub struct Config {
     pub cores: usize,
     /// A session silent this long is closed.
     pub heartbeat_timeout: Duration,
+    /// A user whose last session ended goes offline only if none comes back within this.
+    pub presence_grace: Duration,
     /// Largest accepted frame, in bytes (length prefix included).
     pub max_frame: usize,
     /// argon2id cost.
@@ -167,7 +189,8 @@ impl Default for Config {
             http_port: 7180,
             tcp_port: 7100,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            heartbeat_timeout: Duration::from_secs(90),
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            presence_grace: DEFAULT_PRESENCE_GRACE,
             max_frame: natter_wire::DEFAULT_MAX_FRAME,
             password_cost: PasswordCost::OWASP,
             auth_rate_limit: 30,
@@ -189,6 +212,7 @@ impl Config {
         };
         let d = Config::default();
         let heartbeat = flags.heartbeat_timeout.or(file.heartbeat_timeout);
+        let grace = flags.presence_grace.or(file.presence_grace);
         let config = Config {
             data_dir: flags.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             bind: flags.bind.or(file.bind).unwrap_or(d.bind),
@@ -201,6 +225,13 @@ impl Config {
                     message,
                 })?,
                 None => d.heartbeat_timeout,
+            },
+            presence_grace: match grace {
+                Some(text) => parse_duration(&text).map_err(|message| ConfigError::Invalid {
+                    key: "presence-grace",
+                    message,
+                })?,
+                None => d.presence_grace,
             },
             max_frame: flags.max_frame.or(file.max_frame).unwrap_or(d.max_frame),
             password_cost: PasswordCost {
@@ -245,6 +276,12 @@ impl Config {
         }
         if self.heartbeat_timeout < Duration::from_millis(10) {
             return invalid("heartbeat-timeout", "must be at least 10ms");
+        }
+        if self.heartbeat_timeout > Duration::from_secs(24 * 3600) {
+            return invalid("heartbeat-timeout", "must be at most 24h");
+        }
+        if self.presence_grace > Duration::from_secs(24 * 3600) {
+            return invalid("presence-grace", "must be at most 24h");
         }
         if self.password_cost.memory_kib < 8 || self.password_cost.iterations < 1 {
             return invalid(
@@ -322,6 +359,35 @@ mod tests {
         };
         let c = Config::from_flags(flags).unwrap();
         assert_eq!((c.tcp_port, c.http_port, c.cores), (9000, 0, 3));
+        assert_eq!(c.heartbeat_timeout, DEFAULT_HEARTBEAT_TIMEOUT);
+        assert_eq!(c.presence_grace, DEFAULT_PRESENCE_GRACE);
+    }
+
+    #[test]
+    fn presence_grace_comes_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, "presence_grace = \"5s\"\nheartbeat_timeout = \"2m\"\n").unwrap();
+        let from_file = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.presence_grace, Duration::from_secs(5));
+        assert_eq!(from_file.heartbeat_timeout, Duration::from_secs(120));
+        let flag = Config::from_flags(Flags {
+            config: Some(path),
+            presence_grace: Some("0s".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(flag.presence_grace, Duration::ZERO);
+        let err = Config::from_flags(Flags {
+            presence_grace: Some("soon".into()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { key: "presence-grace", .. }), "{err}");
     }
 
     #[test]

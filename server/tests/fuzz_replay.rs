@@ -7,6 +7,8 @@
 //! `NATTER_WRITE_FUZZ_SEEDS=1 cargo test -p natter-server --test fuzz_replay -- seeds` rewrites
 //! the seeds and dictionaries instead of comparing them (after a protocol or format change).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 

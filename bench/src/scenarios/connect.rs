@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -26,7 +26,6 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use natter_wire::{Body, Encoder, ErrorCode, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping};
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accounts::{self, DEVICE};
 use crate::error::BenchError;
@@ -34,6 +33,7 @@ use crate::interrupt;
 use crate::progress;
 use crate::report::Report;
 use crate::scenarios::Options;
+use crate::sockets::{Sources, connect_from};
 use crate::target::Target;
 
 /// The flags of the `connect` scenario.
@@ -54,19 +54,6 @@ const USER_PREFIX: &str = "bench_c_";
 /// Files the benchmark needs besides its connections: standard streams, the epoll
 /// instance, the HTTP connection pool, natterd's pipes and log.
 const FD_MARGIN: u64 = 100;
-
-/// Source hosts 127.0.0.FIRST ..= 127.0.0.LAST (127.0.0.1 is left to natterd and the
-/// HTTP client; the top of the range to anything else on the machine).
-const FIRST_SOURCE_HOST: u8 = 2;
-/// See [`FIRST_SOURCE_HOST`].
-const LAST_SOURCE_HOST: u8 = 250;
-/// Source ports come from FIRST_SOURCE_PORT .. FIRST_SOURCE_PORT + SOURCE_PORT_SPAN.
-const FIRST_SOURCE_PORT: u16 = 20_000;
-/// See [`FIRST_SOURCE_PORT`].
-const SOURCE_PORT_SPAN: u16 = 40_000;
-/// Busy source addresses skipped in a row before a connection is given up: far more
-/// than a healthy machine ever needs, few enough to stop quickly when none is free.
-const MAX_SOURCE_SKIPS: u32 = 10_000;
 
 /// New connections started per loop turn, so that answers to earlier handshakes are
 /// read between batches instead of piling up in socket buffers.
@@ -334,93 +321,6 @@ fn body_name(body: &Body) -> String {
     debug.split(['(', ' ', '{']).next().unwrap_or_default().to_owned()
 }
 
-/// Hands out source addresses for new connections.
-#[derive(Debug)]
-enum Sources {
-    /// 127.0.0.x:port pairs, hosts varying fastest (the server is on loopback).
-    Loopback {
-        /// Index of the next pair.
-        next: u64,
-    },
-    /// The kernel chooses (the server is not on IPv4 loopback).
-    Kernel,
-}
-
-impl Sources {
-    /// Source addresses for connections to `server`. The start of the port range
-    /// moves with the process id, so back-to-back runs rarely reuse a 4-tuple that is
-    /// still in TIME_WAIT.
-    fn for_server(server: SocketAddr) -> Sources {
-        match server.ip() {
-            IpAddr::V4(ip) if ip.is_loopback() => {
-                let hosts = u64::from(LAST_SOURCE_HOST - FIRST_SOURCE_HOST + 1);
-                let port_offset = u64::from(std::process::id() % 400) * 100;
-                Sources::Loopback {
-                    next: port_offset * hosts,
-                }
-            }
-            _ => Sources::Kernel,
-        }
-    }
-
-    /// The next source address, `None` to let the kernel choose.
-    fn next(&mut self) -> Option<SocketAddrV4> {
-        match self {
-            Sources::Kernel => None,
-            Sources::Loopback { next } => {
-                let hosts = u64::from(LAST_SOURCE_HOST - FIRST_SOURCE_HOST + 1);
-                let pairs = hosts * u64::from(SOURCE_PORT_SPAN);
-                let k = *next % pairs;
-                *next = (k + 1) % pairs;
-                // Both casts are bounded by the modulo above.
-                let host = FIRST_SOURCE_HOST + (k % hosts) as u8;
-                let port = FIRST_SOURCE_PORT + (k / hosts) as u16;
-                Some(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), port))
-            }
-        }
-    }
-}
-
-/// Why a socket could not be opened.
-#[derive(Debug)]
-enum OpenError {
-    /// The source address is taken; try the next one.
-    SourceBusy,
-    /// Anything else: the connection fails.
-    Failed(io::Error),
-}
-
-impl From<io::Error> for OpenError {
-    fn from(e: io::Error) -> Self {
-        match e.kind() {
-            io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable => OpenError::SourceBusy,
-            _ => OpenError::Failed(e),
-        }
-    }
-}
-
-/// Creates a non-blocking socket bound to `source` (if any) and starts connecting to
-/// `server`.
-fn open_socket(source: Option<SocketAddrV4>, server: SocketAddr) -> Result<TcpStream, OpenError> {
-    let socket = Socket::new(
-        Domain::for_address(server),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )
-    .map_err(OpenError::Failed)?;
-    socket.set_tcp_nodelay(true).map_err(OpenError::Failed)?;
-    if let Some(source) = source {
-        socket.set_reuse_address(true).map_err(OpenError::Failed)?;
-        socket.bind(&SocketAddr::V4(source).into())?;
-    }
-    match socket.connect(&server.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(TcpStream::from_std(socket.into()))
-}
-
 /// The event loop that owns every connection.
 struct Driver {
     poll: Poll,
@@ -607,17 +507,7 @@ impl Driver {
     /// Opens slot `user`'s socket (skipping busy source addresses) and queues its
     /// `Hello`.
     fn start(&mut self, user: usize, token: &str, now: Instant) -> Result<(), String> {
-        let mut skips = 0;
-        let mut stream = loop {
-            match open_socket(self.sources.next(), self.server) {
-                Ok(stream) => break stream,
-                Err(OpenError::SourceBusy) if skips < MAX_SOURCE_SKIPS => skips += 1,
-                Err(OpenError::SourceBusy) => {
-                    return Err(format!("no free source address after {MAX_SOURCE_SKIPS} tries"));
-                }
-                Err(OpenError::Failed(e)) => return Err(format!("connect: {e}")),
-            }
-        };
+        let mut stream = connect_from(&mut self.sources, self.server)?;
         self.poll
             .registry()
             .register(&mut stream, Token(user), Interest::READABLE | Interest::WRITABLE)
@@ -786,48 +676,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn loopback_sources_spread_over_hosts_then_ports() {
-        let mut sources = Sources::Loopback { next: 0 };
-        let first = sources.next().unwrap();
-        assert_eq!(
-            first,
-            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, FIRST_SOURCE_HOST), FIRST_SOURCE_PORT)
-        );
-        let hosts = usize::from(LAST_SOURCE_HOST - FIRST_SOURCE_HOST + 1);
-        let mut last = first;
-        for _ in 1..hosts {
-            last = sources.next().unwrap();
-            assert_eq!(last.port(), FIRST_SOURCE_PORT);
-        }
-        assert_eq!(*last.ip(), Ipv4Addr::new(127, 0, 0, LAST_SOURCE_HOST));
-        let wrapped = sources.next().unwrap();
-        assert_eq!(
-            wrapped,
-            SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, FIRST_SOURCE_HOST), FIRST_SOURCE_PORT + 1)
-        );
-    }
-
-    #[test]
-    fn loopback_sources_wrap_around_at_the_end_of_the_port_range() {
-        let hosts = u64::from(LAST_SOURCE_HOST - FIRST_SOURCE_HOST + 1);
-        let pairs = hosts * u64::from(SOURCE_PORT_SPAN);
-        let mut sources = Sources::Loopback { next: pairs - 1 };
-        let last = sources.next().unwrap();
-        assert_eq!(last.port(), FIRST_SOURCE_PORT + SOURCE_PORT_SPAN - 1);
-        assert_eq!(sources.next().unwrap().port(), FIRST_SOURCE_PORT);
-    }
-
-    #[test]
-    fn sources_for_non_loopback_servers_are_left_to_the_kernel() {
-        let mut sources = Sources::for_server("192.0.2.1:7100".parse().unwrap());
-        assert_eq!(sources.next(), None);
-        assert!(matches!(
-            Sources::for_server("127.0.0.1:7100".parse().unwrap()),
-            Sources::Loopback { .. }
-        ));
-    }
-
-    #[test]
     fn arguments_are_checked_against_the_file_limit() {
         let args = ConnectArgs {
             connections: 10_000,
@@ -870,27 +718,5 @@ mod tests {
     fn per_sec_handles_an_empty_interval() {
         assert_eq!(per_sec(10, Duration::ZERO), 0.0);
         assert_eq!(per_sec(10, Duration::from_secs(2)), 5.0);
-    }
-
-    #[test]
-    fn a_socket_binds_an_explicit_loopback_source() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let server = listener.local_addr().unwrap();
-        let mut sources = Sources::for_server(server);
-        let mut opened = None;
-        for _ in 0..100 {
-            let source = sources.next();
-            match open_socket(source, server) {
-                Ok(stream) => {
-                    opened = Some((stream, source.unwrap()));
-                    break;
-                }
-                Err(OpenError::SourceBusy) => continue,
-                Err(OpenError::Failed(e)) => panic!("{e}"),
-            }
-        }
-        let (_stream, source) = opened.expect("a free source address");
-        let (_accepted, peer) = listener.accept().unwrap();
-        assert_eq!(peer, SocketAddr::V4(source));
     }
 }

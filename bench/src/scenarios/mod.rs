@@ -2,9 +2,14 @@
 //!
 //! A scenario takes the [`crate::target::Target`], the shared [`Options`] and its own
 //! flags (a clap `Args` struct flattened into the command line), runs, and returns a
-//! [`crate::report::Report`] with the figures it measured.
+//! [`crate::report::Report`] with the figures it measured. `messaging` is the
+//! machinery `one2one` and `group` share.
 
 pub(crate) mod connect;
+pub(crate) mod group;
+pub(crate) mod messaging;
+pub(crate) mod one2one;
+pub(crate) mod presence;
 
 use std::time::Duration;
 

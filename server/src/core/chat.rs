@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::core::ConnId;
+use crate::core::presence::PresenceUpdate;
 use crate::ids::{ChatId, ClientMsgId, CoreId, Seq, UserId};
 use crate::store::{ChatKind, Store, StoreError};
 
@@ -65,6 +66,9 @@ pub enum CoreMsg {
         /// The sending session, which gets SendOk instead.
         skip: Option<Origin>,
     },
+    /// A user's presence, from its home core, for its friends homed on the
+    /// receiving core (see `core/presence.rs`).
+    Presence(PresenceUpdate),
 }
 
 /// What the owner core needs to know about a chat to serve it.
@@ -105,6 +109,18 @@ pub trait ChatStore: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// The store failed.
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
+
+    /// A user's accepted friends (presence loads them on the user's first session).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+
+    /// A user's durable last-seen time (ms since the Unix epoch), if recorded.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError>;
 }
 
 impl ChatStore for Store {
@@ -131,6 +147,14 @@ impl ChatStore for Store {
 
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
         Store::are_friends(self, a, b)
+    }
+
+    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        Store::friend_ids(self, user)
+    }
+
+    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
+        Store::last_seen(self, user)
     }
 }
 

@@ -18,6 +18,7 @@
 mod chat;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_hooks;
+mod presence;
 mod timer;
 
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +30,7 @@ use natter_wire::{Body, Encoder, ErrorCode, FrameDecoder, Limits, MAX_TEXT_CHARS
 use slab::Slab;
 
 pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
+pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
 
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
 use crate::runtime::{MembershipChange, MembershipError};
@@ -71,6 +73,8 @@ pub struct CoreConfig {
     pub cores: usize,
     /// A session silent this long is closed.
     pub heartbeat_timeout: Duration,
+    /// A user whose last session ended goes offline only if none comes back within this.
+    pub presence_grace: Duration,
     /// Frame limits applied to every client frame.
     pub limits: Limits,
     /// Most connections this core holds at once; more are refused.
@@ -236,6 +240,10 @@ pub struct CoreStats {
     pub deliveries: u64,
     /// Sessions closed because their outbound buffer overflowed.
     pub slow_consumers: u64,
+    /// Presence frames queued for sessions (snapshots and pushes).
+    pub presence_pushes: u64,
+    /// Users homed here that are online (including those in their grace period).
+    pub online_users: u64,
 }
 
 /// The sans-IO state of one core. See the module docs for the driving contract.
@@ -264,6 +272,8 @@ pub struct Core {
     next_ticket: u64,
     /// Work for other cores gathered this turn, index = core.
     outgoing: Vec<Vec<CoreMsg>>,
+    /// Who is online among the users homed here, and what is known of others.
+    presence: presence::Presence,
 }
 
 impl Core {
@@ -284,6 +294,7 @@ impl Core {
             sessions: Slab::new(),
             devices: HashMap::new(),
             wheel: TimerWheel::new(tick, now),
+            presence: presence::Presence::new(config.presence_grace, now),
             expired: Vec::new(),
             actions: VecDeque::new(),
             next_generation: 0,
@@ -303,6 +314,7 @@ impl Core {
         CoreStats {
             sessions: self.devices.values().map(|d| d.len() as u64).sum(),
             connections: self.sessions.len() as u64,
+            online_users: self.presence.tracked_len() as u64,
             ..self.stats
         }
     }
@@ -314,7 +326,10 @@ impl Core {
 
     /// When [`Core::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.wheel.next_deadline()
+        match (self.wheel.next_deadline(), self.presence.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn unix_ms(&self, now: Instant) -> u64 {
@@ -393,7 +408,7 @@ impl Core {
                 }
             }
         }
-        if has_complete_frame(buf) {
+        if has_complete_frame(self.decoder.limits(), buf) {
             InputStatus::Budget
         } else {
             InputStatus::Drained
@@ -555,6 +570,7 @@ impl Core {
                     .encoder
                     .encode(&natter_wire::Frame::new(request_id, Body::Welcome(welcome)));
                 self.transmit(conn, frame);
+                self.presence_session_up(user, conn, now);
             }
         }
     }
@@ -601,17 +617,18 @@ impl Core {
             return;
         };
         if let State::Active { user, .. } = session.state {
-            self.forget_device(user, conn);
+            self.forget_device(user, conn, session.last_heard);
         }
     }
 
-    fn forget_device(&mut self, user: UserId, conn: ConnId) {
+    fn forget_device(&mut self, user: UserId, conn: ConnId, last_heard: Instant) {
         if let Some(list) = self.devices.get_mut(&user) {
             list.retain(|(_, c)| *c != conn);
             if list.is_empty() {
                 self.devices.remove(&user);
             }
         }
+        self.presence_session_ended(user, last_heard);
     }
 
     /// Closes every session of `device` (its token was revoked).
@@ -642,10 +659,11 @@ impl Core {
                 0,
             );
         }
+        self.presence_shutdown();
     }
 
     /// Time passed: closes sessions past their hello deadline or silent past
-    /// the heartbeat timeout.
+    /// the heartbeat timeout; starts and ends presence grace periods.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.expire(now, &mut expired);
@@ -680,6 +698,7 @@ impl Core {
             }
         }
         self.expired = expired;
+        self.presence_handle_timeout(now);
     }
 
     // ----- messaging: the sender's home core -------------------------------
@@ -790,6 +809,7 @@ impl Core {
                     self.transmit(conn, frame.clone());
                 }
             }
+            CoreMsg::Presence(update) => self.handle_presence_update(update, now),
         }
     }
 
@@ -1099,8 +1119,9 @@ impl Core {
             return;
         }
         let old = std::mem::replace(&mut session.state, State::Closing);
+        let last_heard = session.last_heard;
         if let State::Active { user, .. } = old {
-            self.forget_device(user, conn);
+            self.forget_device(user, conn, last_heard);
         }
         if matches!(
             code,
@@ -1117,12 +1138,14 @@ impl Core {
     }
 }
 
-/// True when `buf` starts with a whole size-prefixed frame (or a prefix that
-/// the decoder will refuse at once).
-fn has_complete_frame(buf: &[u8]) -> bool {
-    match buf.first_chunk::<4>() {
-        Some(prefix) => buf.len() - 4 >= u32::from_le_bytes(*prefix) as usize,
-        None => false,
+/// True when `buf` starts with a whole size-prefixed frame, or with a prefix
+/// the decoder refuses at once (so the caller comes back and reports it now,
+/// not when more bytes happen to arrive).
+fn has_complete_frame(limits: &Limits, buf: &[u8]) -> bool {
+    match limits.frame_len(buf) {
+        Ok(Some(total)) => buf.len() >= total,
+        Ok(None) => false,
+        Err(_) => true,
     }
 }
 

@@ -28,6 +28,7 @@ fn config(id: usize, cores: usize) -> CoreConfig {
         core: CoreId(id),
         cores,
         heartbeat_timeout: TIMEOUT,
+        presence_grace: Duration::from_secs(1),
         limits: Limits::default(),
         max_connections: 4,
         send_rate: 10,
@@ -107,9 +108,16 @@ fn authenticate(c: &mut Core, user: UserId, device: u64, now: Instant) -> ConnId
     );
     c.handle_auth(conn, AuthResult::Valid(user, DeviceId(device)), now);
     let actions = drain(c);
-    let [Action::Transmit { frame, .. }] = &actions[..] else {
+    // The Welcome, then (for users with friends) presence: the snapshot and
+    // pushes to friends on this core (core/presence/tests.rs covers those).
+    let Some((Action::Transmit { frame, .. }, presence)) = actions.split_first() else {
         panic!("expected a Welcome, got {actions:?}");
     };
+    assert!(
+        presence.iter().all(|a| matches!(a, Action::Transmit { frame, .. }
+            if matches!(decode(frame).body, Body::Presence(_)))),
+        "{presence:?}"
+    );
     let welcome = decode(frame);
     assert_eq!(welcome.request_id, 7);
     let Body::Welcome(w) = welcome.body else {
@@ -313,6 +321,10 @@ fn heartbeats_keep_a_session_alive_and_silence_closes_it() {
     assert!(closed);
     c.handle_closed(conn);
     assert_eq!(c.stats().sessions, 0);
+    // What is left is the user's presence grace period; after it, no timer.
+    let grace_end = c.poll_timeout().unwrap();
+    c.handle_timeout(grace_end);
+    assert!(matches!(&drain(&mut c)[..], [Action::Write(WriteOp::LastSeen { .. })]));
     assert_eq!(c.poll_timeout(), None);
 }
 
@@ -432,7 +444,7 @@ impl Mesh2 {
         let mut per_core: Vec<Vec<Completion>> = vec![Vec::new(), Vec::new()];
         for op in writes {
             let (origin, completion) = crate::store::writer::apply_for_test(&self.store, op);
-            per_core[origin.0].push(completion);
+            per_core[origin.0].extend(completion);
         }
         for (i, completions) in per_core.into_iter().enumerate() {
             if !completions.is_empty() {
@@ -480,7 +492,11 @@ impl Mesh2 {
         let mut frames = Vec::new();
         self.out.retain(|(i, a)| match a {
             Action::Transmit { conn: c, frame } if *i == core && *c == conn => {
-                frames.push(decode(frame));
+                // Presence frames are core/presence/tests.rs's business.
+                let frame = decode(frame);
+                if !matches!(frame.body, Body::Presence(_)) {
+                    frames.push(frame);
+                }
                 false
             }
             _ => true,
@@ -732,4 +748,23 @@ impl Mesh2 {
             _ => true,
         });
     }
+}
+
+#[test]
+fn an_oversized_prefix_right_after_a_full_budget_of_frames_is_refused_on_the_next_turn() {
+    let t0 = Instant::now();
+    let mut c = core(0, 1, t0);
+    let conn = authenticate(&mut c, UserId(1), 1, t0);
+    let mut buf = BytesMut::new();
+    for i in 0..FRAMES_PER_SESSION_PER_TURN as u64 {
+        buf.extend_from_slice(&ping(i));
+    }
+    buf.extend_from_slice(&[0xff, 0xff, 0xff, 0x7f]);
+    // The budget ran out with a refusable prefix waiting: come back, don't wait for bytes.
+    assert_eq!(c.handle_input(conn, &mut buf, t0), InputStatus::Budget);
+    drain(&mut c);
+    c.handle_input(conn, &mut buf, t0);
+    let (codes, closed) = errors_and_close(&drain(&mut c), conn);
+    assert_eq!(codes, vec![ErrorCode::FrameTooLarge.as_u16()]);
+    assert!(closed);
 }

@@ -1,6 +1,7 @@
 //! Target `http_request`: requests to the HTTP side-port — method, path, `Authorization` header,
 //! source address and JSON body — through [`Api::handle`], the side-port's pure request handler,
-//! over a real [`Store`] (fjall) in a temporary directory.
+//! over a real [`Store`] (fjall) in a temporary directory, with the real event loops and storage
+//! writer behind it (as `natterd` wires them, minus the HTTP transport).
 //!
 //! # Input
 //!
@@ -12,9 +13,11 @@
 //! placeholders in its path, authorization and body are replaced:
 //!
 //! * `$N` — a number unique to this execution, so usernames like `alice$N` are fresh every time
-//!   although the store lives as long as the process;
+//!   although the store outlives the input;
 //! * `$T0`…`$T9` — the token of the (i mod n)-th successful login of this input (empty if none);
-//! * `$U0`…`$U9` — the user id of the (i mod n)-th successful signup or login (`0` if none).
+//! * `$U0`…`$U9` — the user id of the (i mod n)-th successful answer naming one (signup, login…;
+//!   `0` if none);
+//! * `$C0`…`$C9` — the chat id of the (i mod n)-th successful answer naming one (`0` if none).
 //!
 //! ```text
 //! POST /v1/signup
@@ -32,7 +35,8 @@
 //! # Invariants
 //!
 //! * nothing panics;
-//! * never a 5xx, for any input (the store is healthy, so every failure is the client's);
+//! * never a 5xx, for any input (the store and the cores are healthy, so every failure is the
+//!   client's);
 //! * every `/v1/...` and `/healthz` answer is JSON that parses (or an empty 204), and so is any
 //!   answer labelled JSON; `/metrics` answers Prometheus text;
 //! * every error answer is `{"error":{"code":"…","message":"…"}}`, and a 405 names the allowed
@@ -49,16 +53,21 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::config::{Config, PasswordCost};
 use crate::http::{Api, Endpoints, MAX_BODY, Request, Response};
 use crate::metrics::Metrics;
-use crate::runtime::Mesh;
+use crate::runtime::{Command, Cores, Mesh};
 use crate::store::Store;
+use crate::store::writer::Writer;
 
 /// Most requests handled per input.
-pub const MAX_REQUESTS: usize = 16;
+pub const MAX_REQUESTS: usize = 32;
+
+/// Event loops behind the API (membership changes and presence queries are answered by the
+/// chat's owner core and the user's home core).
+pub const CORES: usize = 2;
 
 /// Inputs served by one store before it is replaced by a fresh one. The store keeps every account
 /// the inputs create (about 1 KB of memory per input); renewing it bounds the process's memory for
@@ -109,9 +118,12 @@ pub fn run(data: &[u8]) {
     }
 }
 
-/// The API over one store, and how many inputs it has served.
+/// The API over one store, with the event loops and the storage writer it talks to, and how many
+/// inputs it has served.
 struct Instance {
     api: Api,
+    cores: Cores,
+    writer: Writer,
     dir: PathBuf,
     executions: u64,
 }
@@ -120,7 +132,9 @@ struct Instance {
 static INSTANCE: Mutex<Option<Instance>> = Mutex::new(None);
 
 impl Instance {
-    /// An API over a new, empty store.
+    /// An API over a new, empty store, wired as `Server::start` wires it: membership changes,
+    /// presence queries and logouts go to [`CORES`] real event loops (listening on a free
+    /// loopback port that nobody connects to), whose writes go through a real storage writer.
     fn open() -> Self {
         let dir = store_dir();
         let store = match Store::open(&dir) {
@@ -128,7 +142,10 @@ impl Instance {
             Err(err) => panic!("cannot open the fuzzing store in {}: {err}", dir.display()),
         };
         let config = Config {
-            cores: 1,
+            data_dir: dir.clone(),
+            tcp_port: 0,
+            http_port: 0,
+            cores: CORES,
             // The cheapest argon2 natterd allows: hashing is not what this target tests.
             password_cost: PasswordCost {
                 memory_kib: 8,
@@ -138,28 +155,42 @@ impl Instance {
             auth_rate_limit: u32::MAX,
             ..Config::default()
         };
+        let metrics = Arc::new(Metrics::new(config.cores));
+        let mesh_slot: Arc<OnceLock<Mesh>> = Arc::default();
+        let deliver_mesh = mesh_slot.clone();
+        let deliver = Box::new(move |core, completions| {
+            if let Some(mesh) = deliver_mesh.get() {
+                let _ = mesh.send_blocking(core, Command::Committed(completions));
+            }
+        });
+        let (writer, writer_tx) = match Writer::start(store.clone(), metrics.clone(), deliver) {
+            Ok(started) => started,
+            Err(err) => panic!("cannot start the storage writer: {err}"),
+        };
+        let cores = match Cores::start(&config, store.clone(), writer_tx, metrics.clone()) {
+            Ok(cores) => cores,
+            Err(err) => panic!("cannot start the event loops: {err}"),
+        };
+        let _ = mesh_slot.set(cores.mesh().clone());
         let endpoints = Endpoints {
             http: SocketAddr::from(([127, 0, 0, 1], 7180)),
-            tcp: SocketAddr::from(([127, 0, 0, 1], 7100)),
+            tcp: cores.tcp_addr(),
         };
-        // A mesh without cores: logout's close-device command has nowhere to go and is dropped.
-        let api = Api::new(
-            &config,
-            store,
-            Mesh::new(Vec::new()),
-            Arc::new(Metrics::new(1)),
-            endpoints,
-        );
+        let api = Api::new(&config, store, cores.mesh().clone(), metrics, endpoints);
         Self {
             api,
+            cores,
+            writer,
             dir,
             executions: 0,
         }
     }
 
-    /// Closes the store and removes its directory.
+    /// Stops the event loops and the writer, closes the store and removes its directory.
     fn close(self) {
         drop(self.api);
+        let _ = self.cores.shutdown();
+        let _ = self.writer.shutdown();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -268,10 +299,10 @@ impl<'a> Parsed<'a> {
             let value = String::from_utf8_lossy(value).trim().to_owned();
             if name.eq_ignore_ascii_case(b"authorization") {
                 parsed.authorization.get_or_insert(value);
-            } else if name.eq_ignore_ascii_case(b"x-remote") {
-                if let Ok(ip) = value.parse() {
-                    parsed.remote = ip;
-                }
+            } else if name.eq_ignore_ascii_case(b"x-remote")
+                && let Ok(ip) = value.parse()
+            {
+                parsed.remote = ip;
             }
         }
         parsed
@@ -282,15 +313,16 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Tokens and user ids the API handed out during this input.
+/// Tokens, user ids and chat ids the API handed out during this input.
 #[derive(Default)]
 struct Seen {
     tokens: Vec<String>,
     users: Vec<u64>,
+    chats: Vec<u64>,
 }
 
 impl Seen {
-    /// Replaces `$N`, `$Tn` and `$Un` in `text`.
+    /// Replaces `$N`, `$Tn`, `$Un` and `$Cn` in `text`.
     fn substitute(&self, text: &[u8], execution: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(text.len());
         let mut i = 0;
@@ -316,6 +348,11 @@ impl Seen {
                     out.extend_from_slice(user.to_string().as_bytes());
                     i += 3;
                 }
+                (b'$', Some(b'C'), Some(n)) => {
+                    let chat = self.chats.get(n % self.chats.len().max(1)).copied().unwrap_or(0);
+                    out.extend_from_slice(chat.to_string().as_bytes());
+                    i += 3;
+                }
                 _ => {
                     out.push(b);
                     i += 1;
@@ -337,6 +374,9 @@ impl Seen {
         }
         if let Some(user) = json.get("user_id").and_then(|u| u.as_u64()) {
             self.users.push(user);
+        }
+        if let Some(chat) = json.get("chat_id").and_then(|c| c.as_u64()) {
+            self.chats.push(chat);
         }
     }
 }

@@ -9,6 +9,10 @@
 //! change to the chat's owner core as a [`Command::Membership`] and waits up to
 //! [`MEMBERSHIP_DEADLINE`] for the core's answer, which comes once the change is
 //! durable (or refused).
+//!
+//! Presence lives on the users' home cores: a friendship change is committed
+//! here, then announced to both users' home cores ([`Command::FriendsChanged`]),
+//! and `GET /v1/presence` asks the user's home core ([`Command::PresenceQuery`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -142,6 +146,7 @@ enum Route<'a> {
     AddMember(&'a str),
     RemoveMember(&'a str, &'a str),
     Chats,
+    Presence,
 }
 
 impl<'a> Route<'a> {
@@ -177,6 +182,7 @@ impl<'a> Route<'a> {
                 Self::RemoveMember(id, user)
             }
             ("v1", Some("chats"), None, ..) => Self::Chats,
+            ("v1", Some("presence"), None, ..) => Self::Presence,
             _ => return None,
         };
         Some(route)
@@ -190,7 +196,8 @@ impl<'a> Route<'a> {
             | Self::Endpoints
             | Self::Friends
             | Self::Group(_)
-            | Self::Chats => "GET",
+            | Self::Chats
+            | Self::Presence => "GET",
             Self::Signup
             | Self::Login
             | Self::Logout
@@ -313,6 +320,7 @@ impl Api {
             Route::AddMember(id) => self.add_member(req, id),
             Route::RemoveMember(id, user) => self.remove_member(req, id, user),
             Route::Chats => self.chats(req),
+            Route::Presence => self.presence(req),
         };
         result.unwrap_or_else(|error| error)
     }
@@ -416,7 +424,11 @@ impl Api {
         }
         let status = match self.store.request_friend(user, other.id).map_err(store_error)? {
             FriendOutcome::Requested => "requested",
-            FriendOutcome::BecameFriends | FriendOutcome::AlreadyFriends => "friends",
+            FriendOutcome::BecameFriends => {
+                self.friends_changed(user, other.id);
+                "friends"
+            }
+            FriendOutcome::AlreadyFriends => "friends",
         };
         Ok(Response::json(
             200,
@@ -428,6 +440,7 @@ impl Api {
         let (user, _) = self.authenticate(req)?;
         let from = parse_user_id(id)?;
         if self.store.accept_friend(user, from).map_err(store_error)? {
+            self.friends_changed(user, from);
             Ok(Response::json(
                 200,
                 &json!({"status": "friends", "user_id": from.0}),
@@ -441,6 +454,7 @@ impl Api {
         let (user, _) = self.authenticate(req)?;
         let other = parse_user_id(id)?;
         if self.store.remove_friend(user, other).map_err(store_error)? {
+            self.friends_changed(user, other);
             Ok(Response::no_content())
         } else {
             Err(HttpError::NotFriends.into())
@@ -639,6 +653,69 @@ impl Api {
         }
     }
 
+    /// Tells both users' home cores that their friendship changed (it is
+    /// committed already), so presence starts or stops flowing between them.
+    fn friends_changed(&self, a: UserId, b: UserId) {
+        let cores = self.mesh.len();
+        let (home_a, home_b) = (a.home_core(cores), b.home_core(cores));
+        // One command per distinct home core: a core handles both users it is home to.
+        let homes = if home_a == home_b {
+            vec![home_a]
+        } else {
+            vec![home_a, home_b]
+        };
+        for core in homes {
+            if self
+                .mesh
+                .send_blocking(core, Command::FriendsChanged { a, b })
+                .is_err()
+            {
+                tracing::warn!(%core, "friendship change: the home core is gone (stopping?)");
+            }
+        }
+    }
+
+    /// `GET /v1/presence?user_id=N`: a friend's presence (or the caller's own),
+    /// answered by the user's home core.
+    fn presence(&self, req: &Request<'_>) -> Handled {
+        let (caller, _) = self.authenticate(req)?;
+        let raw = query_param(req.path, "user_id")
+            .ok_or_else(|| Response::error_with(HttpError::MissingField, "missing query parameter user_id"))?;
+        let user = parse_user_id(raw)?;
+        if self.store.username(user).map_err(store_error)?.is_none() {
+            return Err(HttpError::UserNotFound.into());
+        }
+        if user != caller && !self.store.are_friends(caller, user).map_err(store_error)? {
+            return Err(Response::error_with(
+                HttpError::FriendshipRequired,
+                "only friends see each other's presence",
+            ));
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let core = user.home_core(self.mesh.len());
+        if self
+            .mesh
+            .send_blocking(core, Command::PresenceQuery { user, reply })
+            .is_err()
+        {
+            return Err(HttpError::Unavailable.into());
+        }
+        match answer.recv_timeout(MEMBERSHIP_DEADLINE) {
+            Ok(Ok(p)) => Ok(Response::json(
+                200,
+                &json!({"user_id": p.user.0, "online": p.online, "last_seen_ms": p.last_seen_ms}),
+            )),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, %user, "presence: store failed");
+                Err(HttpError::Unavailable.into())
+            }
+            Err(_) => {
+                tracing::warn!(%user, %core, "presence: no answer from the home core in time");
+                Err(HttpError::Unavailable.into())
+            }
+        }
+    }
+
     fn authenticate(&self, req: &Request<'_>) -> Result<(UserId, DeviceId), Response> {
         let token = bearer(req)?;
         self.store
@@ -663,6 +740,16 @@ fn bearer<'a>(req: &Request<'a>) -> Result<&'a str, Response> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
         _ => Err(HttpError::InvalidToken.into()),
     }
+}
+
+/// The value of `name` in the request target's query string (`?a=1&b=2`), if
+/// present. Values are used as given (ids need no percent-decoding).
+fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(key, value)| (key == name).then_some(value))
 }
 
 /// Parses a JSON body into `T`, mapping each kind of failure to its code.

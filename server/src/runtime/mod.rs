@@ -4,7 +4,7 @@ mod mesh;
 
 pub use mesh::{Mesh, QUEUE_CAPACITY};
 
-use crate::core::CoreMsg;
+use crate::core::{CoreMsg, UserPresence};
 use crate::ids::{ChatId, DeviceId, UserId};
 use crate::store::writer::Completion;
 
@@ -77,6 +77,22 @@ pub enum Command {
     Committed(Vec<Completion>),
     /// Add or remove a group member (from the HTTP side-port), in order with the chat's messages.
     Membership(MembershipChange),
+    /// The friendship between `a` and `b` changed (committed by the HTTP
+    /// side-port): sent to both users' home cores, which re-read it and start
+    /// or stop pushing presence between them.
+    FriendsChanged {
+        /// One of the two users.
+        a: UserId,
+        /// The other.
+        b: UserId,
+    },
+    /// `GET /v1/presence`: the presence of `user`, homed on the receiving core.
+    PresenceQuery {
+        /// The user asked about.
+        user: UserId,
+        /// Where the answer goes.
+        reply: crossbeam_channel::Sender<Result<UserPresence, String>>,
+    },
     /// Stop accepting, close every session and leave the loop.
     Shutdown,
 }
@@ -137,6 +153,7 @@ impl Cores {
                 core: CoreId(i),
                 cores: config.cores,
                 heartbeat_timeout: config.heartbeat_timeout,
+                presence_grace: config.presence_grace,
                 limits: natter_wire::Limits::with_max_frame(config.max_frame),
                 max_connections: config.max_connections_per_core,
                 send_rate: config.send_rate_limit,

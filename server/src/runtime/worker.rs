@@ -510,6 +510,14 @@ impl Worker {
                     self.core.handle_close_device(user, device);
                     self.run_actions(now);
                 }
+                Command::FriendsChanged { a, b } => {
+                    self.core.handle_friends_changed(a, b, now);
+                    self.run_actions(now);
+                }
+                Command::PresenceQuery { user, reply } => {
+                    // The HTTP worker may have given up waiting; nothing to do then.
+                    let _ = reply.send(self.core.presence_of(user, now).map_err(|e| e.to_string()));
+                }
                 Command::Shutdown => {
                     self.shutting_down = true;
                     self.core.handle_shutdown();

@@ -19,6 +19,7 @@
 //! | `dms`       | `min(user) ++ max(user)`          | `chat_id`                                |
 //! | `messages`  | `chat_id ++ seq`                  | [`super::records`] message record        |
 //! | `dedupe`    | `chat_id ++ sender ++ client_msg_id` | `seq ++ server_ts_ms`                 |
+//! | `last_seen` | `user_id`                         | last seen, ms since the Unix epoch, `u64` BE |
 //!
 //! So a chat's history is one contiguous range of `messages` (its last key holds
 //! the chat's last `seq`), a chat's members one range of `members`, a user's chats
@@ -52,6 +53,8 @@ pub(crate) const DMS: &str = "dms";
 pub(crate) const MESSAGES: &str = "messages";
 /// Keyspace of send dedupe records by `chat_id ++ sender ++ client_msg_id`.
 pub(crate) const DEDUPE: &str = "dedupe";
+/// Keyspace of each user's last-seen time (ms since the Unix epoch) by `user_id`.
+pub(crate) const LAST_SEEN: &str = "last_seen";
 
 /// `meta` key of the next user id to hand out.
 pub(crate) const NEXT_USER_ID: &[u8] = b"next_user_id";

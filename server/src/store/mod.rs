@@ -4,6 +4,7 @@
 //! * `keys.rs` — keyspace names and key encodings (the on-disk layout table).
 //! * `records.rs` — record value encodings.
 //! * `chats.rs` — chats, members, message reads, dedupe lookups.
+//! * `presence.rs` — what presence reads: friend ids, last-seen times.
 //! * `writer.rs` — the group-commit writer thread: messages and membership
 //!   changes from every core, one durable batch per round.
 //!
@@ -43,6 +44,7 @@ mod chats;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
 mod keys;
+mod presence;
 mod records;
 pub mod writer;
 
@@ -158,6 +160,7 @@ pub struct Store {
     dms: Keyspace,
     messages: Keyspace,
     dedupe: Keyspace,
+    last_seen: Keyspace,
     /// Serialises account writes and chat creation (never taken by reads, nor
     /// by the group-commit writer).
     writer: Mutex<Counters>,
@@ -196,6 +199,7 @@ impl Store {
             dms: ks(keys::DMS)?,
             messages: ks(keys::MESSAGES)?,
             dedupe: ks(keys::DEDUPE)?,
+            last_seen: ks(keys::LAST_SEEN)?,
             db,
             writer: Mutex::new(Counters {
                 next_user: 1,

@@ -1,5 +1,5 @@
 //! The group-commit writer: one thread (`natter-store-writer`) that makes every
-//! message and membership change durable, many per `fdatasync`.
+//! message, membership change and last-seen time durable, many per `fdatasync`.
 //!
 //! # Contract
 //!
@@ -12,7 +12,8 @@
 //!   bytes of text, writes all of it as **one** fjall batch with
 //!   [`PersistMode::SyncData`] (one journal record, one `fdatasync`), and only
 //!   after that returned calls `deliver(core, completions)` once per origin
-//!   core, with that core's completions in the order it sent the ops. Ops of one
+//!   core, with that core's completions in the order it sent the ops (a
+//!   [`WriteOp::LastSeen`] has no completion: nobody waits for it). Ops of one
 //!   origin are committed in the order they were sent (the channel is FIFO and a
 //!   batch is applied in order), so a chat's messages, all sent by its owner
 //!   core, land in `seq` order.
@@ -83,13 +84,25 @@ pub enum WriteOp {
         /// The origin's number for this change, echoed in its completion.
         ticket: u64,
     },
+    /// A user went offline: their last-seen time (one `last_seen` row, the
+    /// newest write wins). Rides in the next group commit; no completion.
+    LastSeen {
+        /// The user's home core, which decided it.
+        origin: CoreId,
+        /// The user.
+        user: UserId,
+        /// Last seen, milliseconds since the Unix epoch.
+        last_seen_ms: u64,
+    },
 }
 
 impl WriteOp {
     /// The core this op's completion goes to.
     pub fn origin(&self) -> CoreId {
         match self {
-            Self::Message { origin, .. } | Self::Membership { origin, .. } => *origin,
+            Self::Message { origin, .. } | Self::Membership { origin, .. } | Self::LastSeen { origin, .. } => {
+                *origin
+            }
         }
     }
 
@@ -98,17 +111,19 @@ impl WriteOp {
     fn text_bytes(&self) -> usize {
         match self {
             Self::Message { msg, .. } => msg.text.len(),
-            Self::Membership { .. } => 0,
+            Self::Membership { .. } | Self::LastSeen { .. } => 0,
         }
     }
 
-    fn completion(&self) -> Completion {
+    /// What the origin core is told once this op is durable (`None`: nothing).
+    fn completion(&self) -> Option<Completion> {
         match self {
-            Self::Message { msg, .. } => Completion::Message {
+            Self::Message { msg, .. } => Some(Completion::Message {
                 chat: msg.chat,
                 seq: msg.seq,
-            },
-            Self::Membership { ticket, .. } => Completion::Membership { ticket: *ticket },
+            }),
+            Self::Membership { ticket, .. } => Some(Completion::Membership { ticket: *ticket }),
+            Self::LastSeen { .. } => None,
         }
     }
 }
@@ -290,8 +305,8 @@ impl WriterThread {
             if self.per_core.len() <= core {
                 self.per_core.resize_with(core + 1, Vec::new);
             }
-            if let Some(list) = self.per_core.get_mut(core) {
-                list.push(op.completion());
+            if let (Some(list), Some(completion)) = (self.per_core.get_mut(core), op.completion()) {
+                list.push(completion);
             }
         }
         for (core, list) in self.per_core.iter_mut().enumerate() {
@@ -305,8 +320,9 @@ impl WriterThread {
 impl Store {
     /// Writes `ops` as **one** fjall batch with [`PersistMode::SyncData`]: a
     /// message becomes its `messages` row plus its `dedupe` row, a membership
-    /// change its `members` and `user_chats` rows (inserted or removed), all in
-    /// op order; returns once the batch is in the journal and `fdatasync`ed.
+    /// change its `members` and `user_chats` rows (inserted or removed), a
+    /// last-seen time its `last_seen` row, all in op order; returns once the
+    /// batch is in the journal and `fdatasync`ed.
     ///
     /// This is the writer thread's commit step; cores never call it (they queue
     /// through [`WriterSender`]). It is public for the store-commit benchmark.
@@ -353,6 +369,11 @@ impl Store {
                     batch.remove(&self.members, keys::pair(chat.0, user.0));
                     batch.remove(&self.user_chats, keys::pair(user.0, chat.0));
                 }
+                WriteOp::LastSeen {
+                    user, last_seen_ms, ..
+                } => {
+                    batch.insert(&self.last_seen, keys::id(user.0), keys::id(*last_seen_ms));
+                }
             }
         }
         self.commit(batch, "group commit");
@@ -361,10 +382,10 @@ impl Store {
 
 /// The writer's commit step for one op, run by the caller: commits `op`
 /// durably through [`Store::commit_writes`] and returns the core it came from
-/// and its completion. For tests that drive the sans-IO core without the
-/// writer thread (and want each write on disk before its completion).
+/// and its completion, if it has one. For tests that drive the sans-IO core
+/// without the writer thread (and want each write on disk before its completion).
 #[cfg(test)]
-pub(crate) fn apply_for_test(store: &Store, op: WriteOp) -> (CoreId, Completion) {
+pub(crate) fn apply_for_test(store: &Store, op: WriteOp) -> (CoreId, Option<Completion>) {
     store.commit_writes(std::slice::from_ref(&op));
     (op.origin(), op.completion())
 }

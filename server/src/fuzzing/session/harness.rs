@@ -12,7 +12,7 @@ use natter_wire::{Body, ErrorCode, Frame, FrameDecoder, Limits, PROTOCOL_VERSION
 
 use super::input::{AuthChoice, Input, Op};
 use super::store::{CHAT_IDS, MemoryStore, StoredChat, initial_chats};
-use super::{CORES, DEVICES, HEARTBEAT_TIMEOUT, MAX_CONNECTIONS, MAX_FRAME, SEND_RATE, USERS};
+use super::{CORES, DEVICES, HEARTBEAT_TIMEOUT, MAX_BUFFERED, MAX_CONNECTIONS, MAX_FRAME, SEND_RATE, USERS};
 use crate::core::fuzz_hooks::Phase;
 use crate::core::{
     Action, AuthResult, ConnId, Core, CoreConfig, CoreMsg, Detached, FRAMES_PER_SESSION_PER_TURN,
@@ -25,6 +25,10 @@ use crate::store::{ChatKind, StoredMessage};
 
 /// The wall clock the cores start at (ms since the Unix epoch).
 const UNIX_MS_AT_START: u64 = 1_700_000_000_000;
+
+/// The cores' presence grace period: shorter than the heartbeat timeout, so
+/// flaps within it and offline pushes after it both happen within a run.
+const PRESENCE_GRACE: Duration = Duration::from_secs(1);
 
 /// Rounds of "commit everything, deliver everything" after which the cores must be idle.
 const QUIESCE_ROUNDS: usize = 1000;
@@ -158,6 +162,7 @@ impl Harness {
                     core: CoreId(i),
                     cores: CORES,
                     heartbeat_timeout: HEARTBEAT_TIMEOUT,
+                    presence_grace: PRESENCE_GRACE,
                     limits: Limits::with_max_frame(MAX_FRAME),
                     max_connections: MAX_CONNECTIONS,
                     send_rate: SEND_RATE,
@@ -391,7 +396,9 @@ impl Harness {
     fn arrive(&mut self, k: usize, input: &Input) {
         let client = self.client_mut(k);
         let bytes = input.bytes(&mut client.tail);
-        client.buf.extend_from_slice(&bytes);
+        if client.buf.len() + bytes.len() <= MAX_BUFFERED {
+            client.buf.extend_from_slice(&bytes);
+        }
     }
 
     /// `handle_input` for client `k` with what its buffer holds.
@@ -550,6 +557,12 @@ impl Harness {
             };
             let origin = write.origin().0;
             let completion = match write {
+                WriteOp::LastSeen {
+                    user, last_seen_ms, ..
+                } => {
+                    self.store.commit_last_seen(user, last_seen_ms);
+                    continue;
+                }
                 WriteOp::Message { msg, .. } => {
                     self.store.commit_message(&msg);
                     let key = (msg.chat, msg.seq);
@@ -613,14 +626,18 @@ impl Harness {
                 Action::Transmit { conn, frame } => {
                     sent += 1;
                     let k = self.client_of(core, conn, "Transmit");
-                    assert!(
-                        self.concerns(cause, k),
-                        "{cause:?} produced a Transmit for client {k}"
-                    );
                     let frame = match Frame::decode(&frame, &Limits::default()) {
                         Ok(frame) => frame,
                         Err(err) => panic!("core {core} sent client {k} a frame that does not decode: {err}"),
                     };
+                    // A presence change reaches the friends' sessions whatever event caused it.
+                    let presence = matches!(frame.body, Body::Presence(_))
+                        && !matches!(cause, Cause::Quiet | Cause::EndOfTurn | Cause::Membership);
+                    assert!(
+                        presence || self.concerns(cause, k),
+                        "{cause:?} produced a Transmit of {} for client {k}",
+                        frame.body.name()
+                    );
                     self.transmitted(core, k, frame, cause, &mut must_close);
                 }
                 Action::Authenticate { conn, token: _ } => {
@@ -692,8 +709,10 @@ impl Harness {
                     }
                 }
                 Action::Write(write) => {
+                    let last_seen = matches!(write, WriteOp::LastSeen { .. })
+                        && matches!(cause, Cause::Timeout | Cause::Shutdown);
                     assert!(
-                        matches!(cause, Cause::Client(_) | Cause::Mesh | Cause::Membership),
+                        last_seen || matches!(cause, Cause::Client(_) | Cause::Mesh | Cause::Membership),
                         "{cause:?} produced a Write"
                     );
                     self.written(core, write);
@@ -729,6 +748,20 @@ impl Harness {
             "a write whose completion goes to another core"
         );
         match &write {
+            WriteOp::LastSeen {
+                user, last_seen_ms, ..
+            } => {
+                assert_eq!(
+                    user.home_core(CORES),
+                    CoreId(core),
+                    "core {core} recorded the last-seen time of user {user}, homed elsewhere"
+                );
+                let now_ms = UNIX_MS_AT_START + self.now.duration_since(self.t0).as_millis() as u64;
+                assert!(
+                    (UNIX_MS_AT_START..=now_ms).contains(last_seen_ms),
+                    "user {user} last seen at {last_seen_ms}, outside the run"
+                );
+            }
             WriteOp::Message { msg, .. } => {
                 assert_eq!(
                     msg.chat.owner_core(CORES),
@@ -925,6 +958,14 @@ impl Harness {
                     "chat {chat}: seq {seq} pushed to client {k} after {last:?}"
                 );
             }
+            Body::Presence(p) => {
+                let viewer = self.client(k).valid.map(|(u, _)| u);
+                assert!(
+                    viewer.is_some_and(|v| super::store::friends(v, UserId(p.user_id))),
+                    "the presence of user {} was sent to client {k} (user {viewer:?}), not a friend",
+                    p.user_id
+                );
+            }
             Body::Hello(_) | Body::Send(_) | Body::Sync(_) | Body::History(_) | Body::Ack(_) => {
                 panic!("the server sent client {k} a client-to-server {name}")
             }
@@ -1029,6 +1070,10 @@ impl Harness {
                 (stats.connections, stats.sessions),
                 (0, 0),
                 "core {i} holds connections at the end"
+            );
+            assert_eq!(
+                stats.online_users, 0,
+                "core {i} still shows users online long after their grace period"
             );
         }
         self.check_all();

@@ -8,7 +8,7 @@ use natter_wire::{
     Presence, Send, SendOk, Sync, SyncDone, Welcome,
 };
 
-use super::{MAX_OPS, MAX_TEXT};
+use super::{MAX_ARRIVAL, MAX_OPS, MAX_TEXT};
 
 /// One fuzz input: a sequence of operations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -490,10 +490,20 @@ impl WireFrame {
 }
 
 impl Input {
-    /// The bytes that arrive; `tail` is the connection's kept rest of a partial frame.
+    /// The bytes that arrive (at most about [`MAX_ARRIVAL`]); `tail` is the connection's kept rest
+    /// of a partial frame.
     pub(super) fn bytes(&self, tail: &mut Vec<u8>) -> Vec<u8> {
         match self {
-            Input::Frames(frames) => frames.iter().flat_map(WireFrame::encode).collect(),
+            Input::Frames(frames) => {
+                let mut bytes = Vec::new();
+                for frame in frames {
+                    if bytes.len() >= MAX_ARRIVAL {
+                        break;
+                    }
+                    bytes.extend_from_slice(&frame.encode());
+                }
+                bytes
+            }
             Input::Partial { frame, keep } => {
                 let mut bytes = frame.encode();
                 let keep = usize::from(*keep) % (bytes.len() + 1);
@@ -509,7 +519,10 @@ impl Input {
                 }
                 bytes
             }
-            Input::Repeat { frame, count } => frame.encode().repeat(usize::from(*count)),
+            Input::Repeat { frame, count } => {
+                let bytes = frame.encode();
+                bytes.repeat(usize::from(*count).min(MAX_ARRIVAL / bytes.len().max(1)))
+            }
             Input::Raw(blob) => blob.0.clone(),
         }
     }
@@ -558,7 +571,7 @@ impl<T: Emit> Emit for Vec<T> {
 /// Appends the `u32` a derived enum decodes as variant `index` of `count`: the smallest `v` with
 /// `(v * count) >> 32 == index`.
 fn variant(out: &mut Vec<u8>, index: u64, count: u64) {
-    let v = ((index << 32) + count - 1) / count;
+    let v = (index << 32).div_ceil(count);
     out.extend_from_slice(&u32::try_from(v).unwrap_or(u32::MAX).to_le_bytes());
 }
 

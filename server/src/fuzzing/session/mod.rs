@@ -83,6 +83,12 @@ pub const MAX_CONNECTIONS: usize = 8;
 pub const MAX_FRAME: usize = natter_wire::DEFAULT_MAX_FRAME;
 /// Sends per second per session: low, so a flood reaches the rate limit.
 pub const SEND_RATE: u32 = 20;
+/// Bytes one [`Input`] delivers at most (a flood of large frames is cut there), so that no input
+/// makes the harness allocate gigabytes.
+pub const MAX_ARRIVAL: usize = 4 << 20;
+/// Bytes a connection's receive buffer holds at most; what arrives beyond it is dropped (the
+/// runtime stops reading a connection long before).
+pub const MAX_BUFFERED: usize = 8 << 20;
 /// Most operations decoded from one input.
 pub const MAX_OPS: usize = 256;
 /// Users `1..=USERS` are the ones a `Valid` answer can name.

@@ -73,6 +73,7 @@ struct Committed {
     chats: HashMap<ChatId, StoredChat>,
     last_seq: HashMap<ChatId, Seq>,
     dedupe: HashMap<(ChatId, UserId, ClientMsgId), (Seq, u64)>,
+    last_seen: HashMap<UserId, u64>,
     failing: bool,
 }
 
@@ -89,6 +90,7 @@ impl MemoryStore {
                 chats: initial_chats(),
                 last_seq: HashMap::new(),
                 dedupe: HashMap::new(),
+                last_seen: HashMap::new(),
                 failing: false,
             }),
         }
@@ -111,6 +113,11 @@ impl MemoryStore {
             (msg.chat, msg.sender, msg.client_msg_id),
             (msg.seq, msg.server_ts_ms),
         );
+    }
+
+    /// The storage writer committed a user's last-seen time.
+    pub(super) fn commit_last_seen(&self, user: UserId, last_seen_ms: u64) {
+        self.lock().last_seen.insert(user, last_seen_ms);
     }
 
     /// The storage writer committed a membership change.
@@ -158,5 +165,23 @@ impl ChatStore for MemoryStore {
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
         let _state = self.check()?;
         Ok(friends(a, b))
+    }
+
+    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        let _state = self.check()?;
+        let mut ids: Vec<UserId> = FRIENDS
+            .iter()
+            .filter_map(|&(x, y)| match (x == user.0, y == user.0) {
+                (true, _) => Some(UserId(y)),
+                (_, true) => Some(UserId(x)),
+                _ => None,
+            })
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
+        Ok(self.check()?.last_seen.get(&user).copied())
     }
 }

@@ -841,7 +841,14 @@ struct Script {
 /// per script entry, checks it, and answers (or drops it unanswered).
 fn owner_core(queue: &Receiver<Command>, chat: u64, actor: u64, script: Vec<Script>) {
     for step in script {
-        match queue.recv_timeout(Duration::from_secs(30)) {
+        // Friendship changes made while setting up go to the same queues.
+        let command = loop {
+            match queue.recv_timeout(Duration::from_secs(30)) {
+                Ok(Command::FriendsChanged { .. }) => continue,
+                other => break other,
+            }
+        };
+        match command {
             Ok(Command::Membership(change)) => {
                 assert_eq!(
                     (change.chat, change.actor, change.user, change.add),
@@ -1016,4 +1023,119 @@ fn the_chat_list_shows_the_last_committed_seq() {
         h.call("GET", "/v1/chats", Some(&tb), Value::Null).1["chats"][0]["last_seq"],
         3
     );
+}
+
+/// Every `FriendsChanged` waiting in the core queues, as `(core, a, b)`.
+fn friends_changed_commands(h: &Harness) -> Vec<(usize, u64, u64)> {
+    let mut seen = Vec::new();
+    for (core, queue) in h.queues.iter().enumerate() {
+        while let Ok(command) = queue.try_recv() {
+            match command {
+                Command::FriendsChanged { a, b } => seen.push((core, a.0, b.0)),
+                other => panic!("unexpected command {other:?}"),
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn friendship_changes_are_announced_to_both_home_cores() {
+    let h = harness(1000);
+    let (alice, ta) = h.account("alice");
+    let (bob, tb) = h.account("bob");
+    let homes = |a: u64, b: u64| {
+        let mut homes = vec![UserId(a).home_core(2).0, UserId(b).home_core(2).0];
+        homes.sort_unstable();
+        homes.dedup();
+        homes
+    };
+    let cores = |commands: Vec<(usize, u64, u64)>| commands.into_iter().map(|c| c.0).collect::<Vec<_>>();
+
+    // A request alone changes no friendship.
+    let ask = h.call("POST", "/v1/friends/requests", Some(&ta), json!({"username": "bob"}));
+    assert_eq!(ask.0, 200);
+    assert_eq!(friends_changed_commands(&h), vec![]);
+    let path = format!("/v1/friends/requests/{alice}/accept");
+    assert_eq!(h.call("POST", &path, Some(&tb), Value::Null).0, 200);
+    let commands = friends_changed_commands(&h);
+    assert!(commands.iter().all(|&(_, a, b)| (a, b) == (bob, alice)), "{commands:?}");
+    assert_eq!(cores(commands), homes(alice, bob));
+
+    let path = format!("/v1/friends/{bob}");
+    assert_eq!(h.call("DELETE", &path, Some(&ta), Value::Null).0, 204);
+    assert_eq!(cores(friends_changed_commands(&h)), homes(alice, bob));
+
+    // Crossing requests befriend at once: announced too.
+    h.call("POST", "/v1/friends/requests", Some(&ta), json!({"username": "bob"}));
+    assert_eq!(friends_changed_commands(&h), vec![]);
+    h.call("POST", "/v1/friends/requests", Some(&tb), json!({"username": "alice"}));
+    assert_eq!(cores(friends_changed_commands(&h)), homes(alice, bob));
+}
+
+/// Plays `user`'s home core for one `PresenceQuery`, answering `answer`.
+fn answer_presence_query(queue: &Receiver<Command>, user: u64, answer: Result<(bool, u64), String>) {
+    match queue.recv_timeout(Duration::from_secs(30)) {
+        Ok(Command::PresenceQuery { user: u, reply }) => {
+            assert_eq!(u, UserId(user));
+            let answer = answer.map(|(online, last_seen_ms)| crate::core::UserPresence {
+                user: u,
+                online,
+                last_seen_ms,
+            });
+            reply.send(answer).unwrap();
+        }
+        other => panic!("expected a PresenceQuery, got {other:?}"),
+    }
+}
+
+#[test]
+fn presence_is_answered_by_the_home_core_for_friends_only() {
+    let h = harness(1000);
+    let (alice, ta) = h.account("alice");
+    let (bob, _) = h.account("bob");
+    let (carol, _) = h.account("carol");
+    h.befriend(alice, bob);
+    let get = |token: Option<&str>, query: &str| h.call("GET", &format!("/v1/presence{query}"), token, Value::Null);
+
+    assert_eq!(get(None, &format!("?user_id={bob}")).0, 401);
+    let (status, v) = get(Some(&ta), "");
+    assert_eq!((status, code(&v)), (400, "missing_field"));
+    for bad in ["?user_id=", "?user_id=x", "?user_id=0", "?user=2"] {
+        let (status, v) = get(Some(&ta), bad);
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    let (status, v) = get(Some(&ta), "?user_id=999");
+    assert_eq!((status, code(&v)), (404, "user_not_found"));
+    let (status, v) = get(Some(&ta), &format!("?user_id={carol}"));
+    assert_eq!((status, code(&v)), (403, "not_friends"));
+    assert!(
+        h.queues.iter().all(|q| q.is_empty()),
+        "refusals never reach a core"
+    );
+
+    let home = UserId(bob).home_core(2).0;
+    std::thread::scope(|s| {
+        s.spawn(|| answer_presence_query(&h.queues[home], bob, Ok((false, 1_700_000_000_123))));
+        let (status, v) = get(Some(&ta), &format!("?user_id={bob}&x=1"));
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            v,
+            json!({"user_id": bob, "online": false, "last_seen_ms": 1_700_000_000_123u64})
+        );
+    });
+    // One's own presence is always visible.
+    let home = UserId(alice).home_core(2).0;
+    std::thread::scope(|s| {
+        s.spawn(|| answer_presence_query(&h.queues[home], alice, Ok((true, 5))));
+        let (status, v) = get(Some(&ta), &format!("?user_id={alice}"));
+        assert_eq!((status, v["online"].clone()), (200, json!(true)));
+    });
+    // A store failure on the core is a 503.
+    let home = UserId(bob).home_core(2).0;
+    std::thread::scope(|s| {
+        s.spawn(|| answer_presence_query(&h.queues[home], bob, Err("disk on fire".into())));
+        let (status, v) = get(Some(&ta), &format!("?user_id={bob}"));
+        assert_eq!((status, code(&v)), (503, "unavailable"));
+    });
 }

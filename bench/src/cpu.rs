@@ -1,0 +1,144 @@
+//! CPU time over a phase of a run — the whole machine's (`/proc/stat`), this
+//! process's and natterd's (`/proc/<pid>/stat`) — so that a figure measured on a
+//! machine shared with other work says how much of the CPU the run actually had.
+//!
+//! Everything is in ticks and compared as ratios of the machine's total ticks, so
+//! the clock-tick rate never matters: `share × cores × 100` is "% of one core".
+
+use std::fmt::Write as _;
+use std::fs;
+
+/// CPU ticks counted up to one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CpuSample {
+    /// All CPUs, every state.
+    total: u64,
+    /// All CPUs, not idle and not waiting for I/O.
+    busy: u64,
+    /// Online CPUs (`cpuN` lines).
+    cores: u64,
+    /// This process (user + system).
+    own: u64,
+    /// natterd (user + system), when it runs on this machine.
+    server: Option<u64>,
+}
+
+impl CpuSample {
+    /// The counters now; `None` where `/proc` cannot be read (not Linux).
+    pub(crate) fn now(server_pid: Option<u32>) -> Option<CpuSample> {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let (total, busy, cores) = machine_ticks(&stat)?;
+        let own = process_ticks(&fs::read_to_string("/proc/self/stat").ok()?)?;
+        let server = server_pid
+            .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .and_then(|text| process_ticks(&text));
+        Some(CpuSample {
+            total,
+            busy,
+            cores,
+            own,
+            server,
+        })
+    }
+
+    /// One line on how the CPU was used from `self` to `later`, in % of one core:
+    /// `"2 cores: 187% busy — natterd 101%, natter-bench 52%, other processes 34%"`.
+    pub(crate) fn describe_until(&self, later: &CpuSample) -> String {
+        let total = later.total.saturating_sub(self.total).max(1) as f64;
+        let pct = |ticks: u64| ticks as f64 / total * later.cores as f64 * 100.0;
+        let busy = later.busy.saturating_sub(self.busy);
+        let own = later.own.saturating_sub(self.own);
+        let mut text = format!("{} cores: {:.0}% busy — ", later.cores, pct(busy));
+        let mut others = busy.saturating_sub(own);
+        if let (Some(a), Some(b)) = (self.server, later.server) {
+            let server = b.saturating_sub(a);
+            others = others.saturating_sub(server);
+            let _ = write!(text, "natterd {:.0}%, ", pct(server));
+        }
+        let _ = write!(
+            text,
+            "natter-bench {:.0}%, other processes {:.0}% (100% = one core)",
+            pct(own),
+            pct(others)
+        );
+        text
+    }
+}
+
+/// (total, busy, cores) from the text of `/proc/stat`.
+fn machine_ticks(stat: &str) -> Option<(u64, u64, u64)> {
+    let mut lines = stat.lines();
+    let first = lines.next()?;
+    let mut fields = first.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields.map_while(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    // already inside user, so only the first eight add up to the total.
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    let cores = lines
+        .filter(|line| line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count() as u64;
+    Some((total, total.saturating_sub(idle), cores.max(1)))
+}
+
+/// utime + stime from the text of `/proc/<pid>/stat`.
+fn process_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces: count from its closing paren.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_ticks_add_up_the_states() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n\
+                    cpu1 50 0 25 400 25 0 0 0 0 0\nintr 1 2 3\n";
+        assert_eq!(machine_ticks(stat), Some((1_000, 150, 2)));
+        assert_eq!(machine_ticks("intr 1\n"), None);
+    }
+
+    #[test]
+    fn process_ticks_survive_odd_command_names() {
+        let stat = "1234 (natter (x) y) S 1 2 3 4 5 6 7 8 9 10 70 30 0 0 20 0 5";
+        assert_eq!(process_ticks(stat), Some(100));
+        assert_eq!(process_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn usage_is_described_in_percent_of_one_core() {
+        let a = CpuSample {
+            total: 0,
+            busy: 0,
+            cores: 2,
+            own: 0,
+            server: Some(0),
+        };
+        let b = CpuSample {
+            total: 1_000,
+            busy: 900,
+            cores: 2,
+            own: 250,
+            server: Some(500),
+        };
+        assert_eq!(
+            a.describe_until(&b),
+            "2 cores: 180% busy — natterd 100%, natter-bench 50%, other processes 30% (100% = one core)"
+        );
+    }
+
+    #[test]
+    fn this_machine_can_be_sampled() {
+        let sample = CpuSample::now(Some(std::process::id())).unwrap();
+        assert!(sample.total >= sample.busy);
+        assert!(sample.server.is_some());
+    }
+}
