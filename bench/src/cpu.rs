@@ -15,6 +15,10 @@ pub(crate) struct CpuSample {
     total: u64,
     /// All CPUs, not idle and not waiting for I/O.
     busy: u64,
+    /// All CPUs, in hard and soft interrupts (loopback TCP delivery runs there). With
+    /// tick-based accounting this time is *also* charged to whichever task was
+    /// interrupted, so it is shown beside the per-process shares, not subtracted.
+    interrupts: u64,
     /// Online CPUs (`cpuN` lines).
     cores: u64,
     /// This process (user + system).
@@ -27,7 +31,12 @@ impl CpuSample {
     /// The counters now; `None` where `/proc` cannot be read (not Linux).
     pub(crate) fn now(server_pid: Option<u32>) -> Option<CpuSample> {
         let stat = fs::read_to_string("/proc/stat").ok()?;
-        let (total, busy, cores) = machine_ticks(&stat)?;
+        let MachineTicks {
+            total,
+            busy,
+            interrupts,
+            cores,
+        } = machine_ticks(&stat)?;
         let own = process_ticks(&fs::read_to_string("/proc/self/stat").ok()?)?;
         let server = server_pid
             .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/stat")).ok())
@@ -35,6 +44,7 @@ impl CpuSample {
         Some(CpuSample {
             total,
             busy,
+            interrupts,
             cores,
             own,
             server,
@@ -42,13 +52,20 @@ impl CpuSample {
     }
 
     /// One line on how the CPU was used from `self` to `later`, in % of one core:
-    /// `"2 cores: 187% busy — natterd 101%, natter-bench 52%, other processes 34%"`.
+    /// `"2 cores: 187% busy (interrupts 20%) — natterd 101%, natter-bench 52%, other
+    /// processes 34%"`.
     pub(crate) fn describe_until(&self, later: &CpuSample) -> String {
         let total = later.total.saturating_sub(self.total).max(1) as f64;
         let pct = |ticks: u64| ticks as f64 / total * later.cores as f64 * 100.0;
         let busy = later.busy.saturating_sub(self.busy);
         let own = later.own.saturating_sub(self.own);
-        let mut text = format!("{} cores: {:.0}% busy — ", later.cores, pct(busy));
+        let interrupts = later.interrupts.saturating_sub(self.interrupts);
+        let mut text = format!(
+            "{} cores: {:.0}% busy (interrupts {:.0}%) — ",
+            later.cores,
+            pct(busy),
+            pct(interrupts)
+        );
         let mut others = busy.saturating_sub(own);
         if let (Some(a), Some(b)) = (self.server, later.server) {
             let server = b.saturating_sub(a);
@@ -65,8 +82,17 @@ impl CpuSample {
     }
 }
 
-/// (total, busy, cores) from the text of `/proc/stat`.
-fn machine_ticks(stat: &str) -> Option<(u64, u64, u64)> {
+/// The machine-wide counters of `/proc/stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MachineTicks {
+    total: u64,
+    busy: u64,
+    interrupts: u64,
+    cores: u64,
+}
+
+/// The machine-wide counters from the text of `/proc/stat`.
+fn machine_ticks(stat: &str) -> Option<MachineTicks> {
     let mut lines = stat.lines();
     let first = lines.next()?;
     let mut fields = first.split_whitespace();
@@ -77,11 +103,17 @@ fn machine_ticks(stat: &str) -> Option<(u64, u64, u64)> {
     // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
     // already inside user, so only the first eight add up to the total.
     let total: u64 = values.iter().take(8).sum();
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    let field = |i: usize| values.get(i).copied().unwrap_or(0);
+    let idle = field(3) + field(4);
     let cores = lines
         .filter(|line| line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
         .count() as u64;
-    Some((total, total.saturating_sub(idle), cores.max(1)))
+    Some(MachineTicks {
+        total,
+        busy: total.saturating_sub(idle),
+        interrupts: field(5) + field(6),
+        cores: cores.max(1),
+    })
 }
 
 /// utime + stime from the text of `/proc/<pid>/stat`.
@@ -100,9 +132,17 @@ mod tests {
 
     #[test]
     fn machine_ticks_add_up_the_states() {
-        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n\
-                    cpu1 50 0 25 400 25 0 0 0 0 0\nintr 1 2 3\n";
-        assert_eq!(machine_ticks(stat), Some((1_000, 150, 2)));
+        let stat = "cpu  100 0 40 800 50 2 8 0 0 0\ncpu0 50 0 20 400 25 1 4 0 0 0\n\
+                    cpu1 50 0 20 400 25 1 4 0 0 0\nintr 1 2 3\n";
+        assert_eq!(
+            machine_ticks(stat),
+            Some(MachineTicks {
+                total: 1_000,
+                busy: 150,
+                interrupts: 10,
+                cores: 2
+            })
+        );
         assert_eq!(machine_ticks("intr 1\n"), None);
     }
 
@@ -118,6 +158,7 @@ mod tests {
         let a = CpuSample {
             total: 0,
             busy: 0,
+            interrupts: 0,
             cores: 2,
             own: 0,
             server: Some(0),
@@ -125,13 +166,15 @@ mod tests {
         let b = CpuSample {
             total: 1_000,
             busy: 900,
+            interrupts: 100,
             cores: 2,
             own: 250,
             server: Some(500),
         };
         assert_eq!(
             a.describe_until(&b),
-            "2 cores: 180% busy — natterd 100%, natter-bench 50%, other processes 30% (100% = one core)"
+            "2 cores: 180% busy (interrupts 20%) — natterd 100%, natter-bench 50%, other processes 30% \
+             (100% = one core)"
         );
     }
 

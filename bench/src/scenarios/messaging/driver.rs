@@ -10,6 +10,7 @@
 //! received — which tell every thread when the run has drained.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -64,6 +65,8 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// What a thread is given.
 pub(super) struct DriverSpec<'a> {
+    /// The thread's number (its name is `bench-driver-{id}`, for profilers).
+    pub(super) id: usize,
     /// natterd's TCP frame port.
     pub(super) server: SocketAddr,
     /// This thread's share of source addresses.
@@ -333,6 +336,7 @@ struct Context<'a> {
 
 /// One event-loop thread.
 pub(super) struct Driver<'a> {
+    id: usize,
     poll: Poll,
     events: Events,
     server: SocketAddr,
@@ -398,6 +402,7 @@ impl<'a> Driver<'a> {
         by_index.sort_unstable();
         let limits = Limits::default();
         Ok(Driver {
+            id: spec.id,
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_CAPACITY),
             server: spec.server,
@@ -440,6 +445,10 @@ impl<'a> Driver<'a> {
     /// drain, hand back the books. The barriers are reached whatever happens, so one
     /// thread's failure never blocks the others.
     pub(super) fn run(mut self) -> DriverResult {
+        // Only a label for `top -H` and `perf`: failing to set it changes nothing.
+        if let Ok(name) = CString::new(format!("bench-driver-{}", self.id)) {
+            let _ = rustix::thread::set_name(&name);
+        }
         let mut fatal = None;
         let mut interrupted = false;
         match self.connect_all() {
@@ -1101,7 +1110,11 @@ fn fill(conn: &mut Conn, scratch: &mut [u8]) -> Result<bool, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize};
+    use std::sync::{Barrier, OnceLock};
+
     use super::*;
+    use crate::scenarios::messaging::{ChatPlan, UserPlan};
 
     fn send(sent_ns: u64) -> PendingSend {
         PendingSend {
@@ -1175,5 +1188,204 @@ mod tests {
         record(&mut h, 0, 2_500_000);
         assert_eq!(h.min(), 1);
         assert_eq!(h.max(), h.highest_equivalent(2_500));
+    }
+
+    /// A device of a DM between users 7 (this one) and 8, in chat 42 whose last
+    /// `seq` before the run was 10, with the books that frame handling writes.
+    struct Fixture {
+        plan: Plan,
+        shared: Shared,
+        conn: Conn,
+        books: Books,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let plan = Plan {
+                chats: vec![ChatPlan {
+                    chat_id: 42,
+                    baseline: 10,
+                }],
+                users: vec![UserPlan {
+                    user_id: 7,
+                    token: String::new(),
+                    chat: 0,
+                    sends: true,
+                }],
+                setup_errors: 0,
+            };
+            let shared = Shared {
+                origin: Instant::now(),
+                threads: 1,
+                connected: Barrier::new(1),
+                go: Barrier::new(1),
+                timeline: OnceLock::new(),
+                online: vec![AtomicU64::new(2)],
+                in_flight: AtomicI64::new(0),
+                expected: AtomicU64::new(0),
+                received: AtomicU64::new(0),
+                acked: AtomicU64::new(0),
+                stopped: AtomicUsize::new(0),
+            };
+            let conn = Conn {
+                stream: None,
+                state: ConnState::Active,
+                since: Instant::now(),
+                user: 0,
+                chat: 0,
+                user_id: 7,
+                inbuf: BytesMut::new(),
+                outbuf: BytesMut::new(),
+                dirty: false,
+                refill: false,
+                spoke: false,
+                tracker: SeqTracker::new(10),
+                pending: Pending::new(),
+                counter: 0,
+            };
+            let books = Books {
+                tally: Tally::new(),
+                acked: vec![SeqSet::default()],
+                deltas: Deltas::default(),
+                refill: Vec::new(),
+                connected: 0,
+                handshakes: 0,
+                heartbeat: None,
+            };
+            Fixture {
+                plan,
+                shared,
+                conn,
+                books,
+            }
+        }
+
+        /// Hands `body` (with `request_id`) to the frame handling at `now_ns`, in a run
+        /// whose measured phase is [1 s, 2 s).
+        fn receive(&mut self, request_id: u64, body: Body, now_ns: u64) {
+            let limits = Limits::default();
+            let online = [2];
+            let ctx = Context {
+                plan: &self.plan,
+                shared: &self.shared,
+                limits: &limits,
+                online: &online,
+                timeline: Some(Timeline {
+                    send_start: 0,
+                    measure_start: 1_000_000_000,
+                    send_end: 2_000_000_000,
+                    drain_deadline: 3_000_000_000,
+                }),
+            };
+            let bytes = Frame::new(request_id, body).encode();
+            handle_frame(&mut self.conn, 0, &bytes, now_ns, &ctx, &mut self.books).unwrap();
+        }
+
+        fn message(&mut self, seq: u64, sent_ns: u64, now_ns: u64) {
+            let mut text = String::new();
+            Stamp {
+                sent_ns,
+                sender: 8,
+                counter: seq,
+            }
+            .write_to(&mut text);
+            let message = natter_wire::Message {
+                chat_id: 42,
+                seq,
+                sender: 8,
+                server_ts_ms: 0,
+                client_msg_id: seq,
+                text,
+            };
+            self.receive(0, Body::Message(message), now_ns);
+        }
+    }
+
+    #[test]
+    fn frames_feed_latencies_counts_and_the_device_view() {
+        let mut f = Fixture::new();
+        let id = f.conn.pending.push(PendingSend {
+            sent_ns: 1_100_000_000,
+            counted: true,
+        });
+        let ok = natter_wire::SendOk {
+            client_msg_id: 1,
+            chat_id: 42,
+            seq: 11,
+            server_ts_ms: 0,
+        };
+        f.receive(id, Body::SendOk(ok), 1_103_000_000);
+        assert_eq!(f.books.tally.acked, 1);
+        assert_eq!(
+            f.books.tally.ack.max(),
+            f.books.tally.ack.highest_equivalent(3_000)
+        );
+        assert!(
+            f.books.acked[0].contains(0),
+            "seq 11 is the first after baseline 10"
+        );
+        assert_eq!(f.books.deltas.expected, 1, "one other member online");
+        assert_eq!(f.books.deltas.in_flight, -1);
+        assert_eq!(f.books.refill, [0], "the window has room again");
+
+        // The friend's message: a measured delivery, 2 ms after it was meant to be sent.
+        f.message(12, 1_500_000_000, 1_502_000_000);
+        // A warm-up message: seen, but not a measured delivery.
+        f.message(13, 500_000_000, 1_600_000_000);
+        assert_eq!(f.books.tally.delivered, 1);
+        assert_eq!(f.books.tally.deliver.len(), 1);
+        assert_eq!(f.books.deltas.received, 2);
+        assert_eq!((f.books.tally.duplicated, f.books.tally.reordered), (0, 0));
+
+        f.message(13, 500_000_000, 1_700_000_000);
+        assert_eq!(f.books.tally.duplicated, 1);
+        assert_eq!(f.books.deltas.received, 2, "a duplicate is not a new delivery");
+        f.message(15, 1_500_000_000, 1_800_000_000);
+        assert_eq!(f.books.tally.reordered, 1, "14 was skipped");
+        assert_eq!(f.books.tally.errors, 0);
+    }
+
+    #[test]
+    fn unexpected_answers_and_refusals_are_errors() {
+        let mut f = Fixture::new();
+        let ok = natter_wire::SendOk {
+            client_msg_id: 1,
+            chat_id: 42,
+            seq: 11,
+            server_ts_ms: 0,
+        };
+        f.receive(99, Body::SendOk(ok), 0);
+        assert_eq!(f.books.tally.errors, 1, "no send waits for request 99");
+
+        let id = f.conn.pending.push(PendingSend {
+            sent_ns: 0,
+            counted: false,
+        });
+        let refusal = natter_wire::ErrorBody::new(ErrorCode::RateLimited, "slow down", id);
+        f.receive(id, Body::Error(refusal), 0);
+        assert_eq!(f.books.tally.errors, 2);
+        assert_eq!(f.conn.pending.live, 0, "the refused send is no longer waited for");
+        assert!(f.books.tally.reasons.keys().any(|r| r.contains("rate_limited")));
+
+        let mut text = String::new();
+        Stamp {
+            sent_ns: 0,
+            sender: 8,
+            counter: 1,
+        }
+        .write_to(&mut text);
+        let elsewhere = natter_wire::Message {
+            chat_id: 43,
+            seq: 1,
+            sender: 8,
+            server_ts_ms: 0,
+            client_msg_id: 1,
+            text,
+        };
+        f.receive(0, Body::Message(elsewhere), 0);
+        assert_eq!(
+            f.books.tally.errors, 3,
+            "a message in a chat this device is not in"
+        );
     }
 }

@@ -295,6 +295,7 @@ pub(crate) fn run(
         let handles: Vec<_> = (0..threads)
             .map(|t| {
                 let spec = DriverSpec {
+                    id: t,
                     server: target.tcp,
                     sources: sources.share(t, threads),
                     plan,
@@ -415,7 +416,10 @@ pub(crate) fn run(
         }
     }
     if let (Some(start), Some(end)) = cpu {
-        println!("{name}: CPU during the measured phase: {}", start.describe_until(&end));
+        println!(
+            "{name}: CPU during the measured phase: {}",
+            start.describe_until(&end)
+        );
     }
     print_reasons(&tally, plan.setup_errors, name);
     Ok(report)
