@@ -65,10 +65,11 @@ struct Cli {
     #[arg(long, value_enum, default_value_t = Transport::Tcp)]
     transport: Transport,
     /// How long the measured phase lasts, e.g. "10s", "500ms", "2m" (connect: how long
-    /// the connections are held idle).
+    /// the connections are held idle; presence: the churn after the storm).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Open-loop rate instead of full speed (connect: new connections per second).
+    /// Open-loop rate instead of full speed (connect: new connections per second;
+    /// presence: presence changes per second, default 100).
     #[arg(long, value_name = "N")]
     rate: Option<u64>,
     /// Also write the figures as one JSON object to FILE.

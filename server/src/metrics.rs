@@ -30,6 +30,10 @@ pub struct CoreMetrics {
     pub deliveries: AtomicU64,
     /// Sessions closed as slow consumers.
     pub slow_consumers: AtomicU64,
+    /// Presence frames (snapshots and pushes) this core queued for its sessions.
+    pub presence_pushes: AtomicU64,
+    /// Users homed on this core that are online (grace periods included).
+    pub online_users: AtomicU64,
 }
 
 /// HTTP status codes counted individually; anything else lands in "other".
@@ -176,7 +180,7 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [PerCoreSeries; 9] = [
+        let per_core: [PerCoreSeries; 11] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -221,6 +225,18 @@ impl Metrics {
                 "counter",
                 "Sessions closed because their outbound buffer overflowed",
                 |c| &c.slow_consumers,
+            ),
+            (
+                "natter_presence_pushes_total",
+                "counter",
+                "Presence frames (snapshots and pushes) queued for sessions",
+                |c| &c.presence_pushes,
+            ),
+            (
+                "natter_online_users",
+                "gauge",
+                "Users homed on this core that are online, grace periods included",
+                |c| &c.online_users,
             ),
         ];
         for (name, kind, help, field) in per_core {

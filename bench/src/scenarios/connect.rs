@@ -43,7 +43,8 @@ pub(crate) struct ConnectArgs {
     /// Connections to open and hold, one user (`bench_c_{i}`) each.
     #[arg(long, default_value_t = 1000)]
     pub(crate) connections: usize,
-    /// Most handshakes (TCP connect + Hello → Welcome) in flight at once.
+    /// Most handshakes (TCP connect + Hello → Welcome) in flight at once (connect and
+    /// the presence storm).
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub(crate) in_flight: usize,
 }

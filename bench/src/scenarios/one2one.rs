@@ -25,7 +25,8 @@ const USER_PREFIX: &str = "bench_o_";
 #[derive(Clone, Debug, Args)]
 #[command(next_help_heading = "one2one options")]
 pub(crate) struct OneToOneArgs {
-    /// Users (an even number), in friend pairs; each connects once and sends.
+    /// Users (one2one: an even number, in friend pairs, each connects once and sends;
+    /// presence: each with --friends friends).
     #[arg(long, default_value_t = 1000)]
     pub(crate) users: usize,
 }

@@ -215,7 +215,9 @@ pub(crate) fn run(
     let pairs = ring.pairs();
     let bar = progress::bar(pairs.len() as u64, "friends");
     let results = in_parallel(&pairs, &bar, |&(i, j)| match (logins.get(i), logins.get(j)) {
-        (Some(a), Some(b)) => befriend(&target.http, a, b, &format!("{USER_PREFIX}{j}")).map_err(|e| e.to_string()),
+        (Some(a), Some(b)) => {
+            befriend(&target.http, a, b, &format!("{USER_PREFIX}{j}")).map_err(|e| e.to_string())
+        }
         _ => Err("no such user".to_owned()),
     })?;
     if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
@@ -231,7 +233,9 @@ pub(crate) fn run(
     );
 
     let mut driver = Driver::new(target.tcp, ring, &logins, in_flight, args)?;
-    println!("presence: storm — connecting all {users} users at once (at most {in_flight} handshakes in flight)");
+    println!(
+        "presence: storm — connecting all {users} users at once (at most {in_flight} handshakes in flight)"
+    );
     let settle = driver.storm(args.settle_timeout)?;
     match settle {
         Some(settle) => println!(
@@ -262,10 +266,12 @@ pub(crate) fn run(
     report.server_rss_bytes = rss;
     report.storm_settle_s = settle.map(|d| d.as_secs_f64());
     report.presence_pushes_per_sec = Some(per_sec(driver.measured_pushes, churn));
-    report.presence_p50_us = Some(driver.online_latency.value_at_quantile(0.50));
-    report.presence_p99_us = Some(driver.online_latency.value_at_quantile(0.99));
-    report.presence_p999_us = Some(driver.online_latency.value_at_quantile(0.999));
-    report.presence_offline_p99_us = Some(driver.offline_latency.value_at_quantile(0.99));
+    // An empty histogram (a churn phase shorter than one absence) measured nothing.
+    let quantile = |h: &Histogram<u64>, q| (!h.is_empty()).then(|| h.value_at_quantile(q));
+    report.presence_p50_us = quantile(&driver.online_latency, 0.50);
+    report.presence_p99_us = quantile(&driver.online_latency, 0.99);
+    report.presence_p999_us = quantile(&driver.online_latency, 0.999);
+    report.presence_offline_p99_us = quantile(&driver.offline_latency, 0.99);
     report.lost = Some(wrong);
     report.errors = Some(driver.errors + u64::from(settle.is_none()));
     println!(
@@ -502,8 +508,11 @@ impl Driver {
                 victim ^= victim >> 7;
                 victim ^= victim << 17;
                 let i = (victim % self.users.len() as u64) as usize;
+                // A user who just came back stays until its friends have surely
+                // heard of it: every push is then matched to the change it reports.
+                let settled = |u: &User| u.change.is_none_or(|(_, at)| now.duration_since(at) > self.grace);
                 if self.users.get(i).is_some_and(|u| {
-                    !u.away && u.conn.as_ref().is_some_and(|c| c.state == State::Established)
+                    !u.away && settled(u) && u.conn.as_ref().is_some_and(|c| c.state == State::Established)
                 }) {
                     self.leave(i, now, away);
                 }
@@ -594,10 +603,10 @@ impl Driver {
             Ok(stream) => stream,
             Err(reason) => return self.fail(reason),
         };
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
         {
             return self.fail(format!("register: {e}"));
         }
@@ -834,7 +843,8 @@ impl Driver {
             .enumerate()
             .filter(|(_, u)| {
                 u.conn.as_ref().is_some_and(|c| {
-                    c.state != State::Established && now.saturating_duration_since(c.since) > HANDSHAKE_TIMEOUT
+                    c.state != State::Established
+                        && now.saturating_duration_since(c.since) > HANDSHAKE_TIMEOUT
                 })
             })
             .map(|(i, _)| i)

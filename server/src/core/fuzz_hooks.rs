@@ -54,6 +54,8 @@ impl Core {
     /// sessions in [`Phase::Active`]: every entry names an active session of that
     /// user and device, on this core, listed once; every active session is
     /// listed; the user's home core is this core; and [`Core::stats`] counts them.
+    /// Also presence: every user with a session is online, nobody in a grace
+    /// period has one, and the friend lists are well-formed.
     ///
     /// # Errors
     ///
@@ -104,6 +106,6 @@ impl Core {
                 self.sessions.len()
             ));
         }
-        Ok(())
+        self.check_presence()
     }
 }

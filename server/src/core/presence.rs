@@ -509,7 +509,12 @@ impl Core {
                     t.set_friend(user, friends, cores);
                 }
             }
-            if !self.presence.tracked.get(key).is_some_and(|t| t.is_friend(user, cores)) {
+            if !self
+                .presence
+                .tracked
+                .get(key)
+                .is_some_and(|t| t.is_friend(user, cores))
+            {
                 continue;
             }
             if let Some(devices) = self.devices.get(&viewer) {
@@ -540,10 +545,10 @@ impl Core {
             let Ok(friends) = self.store.are_friends(me, other) else {
                 continue;
             };
-            if let Some(&key) = self.presence.index.get(&me) {
-                if let Some(t) = self.presence.tracked.get_mut(key) {
-                    t.set_friend(other, friends, cores);
-                }
+            if let Some(&key) = self.presence.index.get(&me)
+                && let Some(t) = self.presence.tracked.get_mut(key)
+            {
+                t.set_friend(other, friends, cores);
             }
             if !friends {
                 continue;
@@ -568,6 +573,56 @@ impl Core {
     /// The store failed to read the user's last-seen time.
     pub fn presence_of(&mut self, user: UserId, now: Instant) -> Result<UserPresence, StoreError> {
         self.presence_seen_from_here(user, now)
+    }
+}
+
+#[cfg(any(test, feature = "fuzzing"))]
+impl Core {
+    /// The presence half of [`Core::check_invariants`]: every user with an
+    /// active session is tracked and online; a user in its grace period has no
+    /// session; tracked users are homed here and indexed exactly once; each
+    /// friend list is sorted, without duplicates, on the list of its home core.
+    pub(super) fn check_presence(&self) -> Result<(), String> {
+        let cores = self.config.cores;
+        for user in self.devices.keys() {
+            match self.presence.tracked(*user).map(|t| t.status) {
+                Some(Status::Online) => {}
+                other => return Err(format!("user {user} has sessions but presence says {other:?}")),
+            }
+        }
+        if self.presence.index.len() != self.presence.tracked.len() {
+            return Err(format!(
+                "presence indexes {} users but tracks {}",
+                self.presence.index.len(),
+                self.presence.tracked.len()
+            ));
+        }
+        for (key, t) in self.presence.tracked.iter() {
+            if self.presence.index.get(&t.user) != Some(&key) {
+                return Err(format!("tracked user {} is not indexed at {key}", t.user));
+            }
+            if t.user.home_core(cores) != self.config.core {
+                return Err(format!(
+                    "user {} is tracked on a core that is not its home",
+                    t.user
+                ));
+            }
+            if matches!(t.status, Status::Grace { .. }) && self.devices.contains_key(&t.user) {
+                return Err(format!("user {} is in its grace period with a session", t.user));
+            }
+            for (core, list) in t.friends.iter().enumerate() {
+                if !list.windows(2).all(|w| matches!(w, [a, b] if a < b)) {
+                    return Err(format!(
+                        "friends of {} on core {core} are not sorted and unique",
+                        t.user
+                    ));
+                }
+                if let Some(f) = list.iter().find(|f| f.home_core(cores) != CoreId(core)) {
+                    return Err(format!("friend {f} of {} is listed under core {core}", t.user));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -679,8 +679,9 @@ impl Api {
     /// answered by the user's home core.
     fn presence(&self, req: &Request<'_>) -> Handled {
         let (caller, _) = self.authenticate(req)?;
-        let raw = query_param(req.path, "user_id")
-            .ok_or_else(|| Response::error_with(HttpError::MissingField, "missing query parameter user_id"))?;
+        let raw = query_param(req.path, "user_id").ok_or_else(|| {
+            Response::error_with(HttpError::MissingField, "missing query parameter user_id")
+        })?;
         let user = parse_user_id(raw)?;
         if self.store.username(user).map_err(store_error)?.is_none() {
             return Err(HttpError::UserNotFound.into());

@@ -6,7 +6,7 @@
 //! sessions to their home core). Every protocol decision is the core's.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -45,6 +45,9 @@ const MAX_OUTBOUND: usize = 1024 * 1024;
 const MAX_OUTBOUND_HARD: usize = 8 * 1024 * 1024;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
+/// Frames handed to one vectored write: a presence snapshot (one frame per
+/// friend) or a burst of pushes leaves in one syscall instead of one per frame.
+const WRITE_SLICES: usize = 64;
 
 /// A session moving to another core, with its socket and buffered bytes.
 #[derive(Debug)]
@@ -93,6 +96,9 @@ pub(crate) struct Worker {
     scratch: Box<[u8]>,
     /// Connections with work left over from the last turn (budget ran out).
     again: Vec<ConnId>,
+    /// Connections given frames since their queue was last empty: written once
+    /// the current batch of actions is carried out.
+    unflushed: Vec<ConnId>,
     accept_pending: bool,
     /// Commands for other cores whose queues were full; retried every turn.
     outbox: VecDeque<(CoreId, Command)>,
@@ -134,6 +140,7 @@ impl Worker {
             metrics,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             again: Vec::new(),
+            unflushed: Vec::new(),
             accept_pending: false,
             outbox: VecDeque::new(),
             writer,
@@ -333,18 +340,32 @@ impl Worker {
         }
     }
 
-    /// Writes queued frames until the socket would block.
+    /// Writes queued frames until the socket would block, up to
+    /// [`WRITE_SLICES`] frames per (vectored) write.
     fn flush(&mut self, conn: ConnId) {
         let Some(socket) = self.socket(conn) else {
             return;
         };
-        while let Some(front) = socket.outbound.front_mut() {
-            match socket.stream.write(front) {
+        while !socket.outbound.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+                let n = slices
+                    .iter_mut()
+                    .zip(&socket.outbound)
+                    .map(|(slice, frame)| *slice = IoSlice::new(frame))
+                    .count();
+                socket.stream.write_vectored(slices.get(..n).unwrap_or_default())
+            };
+            match written {
                 Ok(0) => return self.close(conn),
-                Ok(n) => {
+                Ok(mut n) => {
                     socket.queued -= n;
-                    front.advance(n);
-                    if front.is_empty() {
+                    while let Some(front) = socket.outbound.front_mut() {
+                        if front.len() > n {
+                            front.advance(n);
+                            break;
+                        }
+                        n -= front.len();
                         socket.outbound.pop_front();
                     }
                 }
@@ -371,7 +392,9 @@ impl Worker {
         if socket.queued > MAX_OUTBOUND_HARD {
             self.core.handle_outbound_overflow(conn);
         } else if socket.outbound.len() == 1 {
-            self.flush(conn);
+            // Written at the end of this batch of actions, with whatever else
+            // the batch queues for the connection.
+            self.unflushed.push(conn);
         }
     }
 
@@ -423,6 +446,12 @@ impl Worker {
                 }
             }
         }
+        // Flushing never queues frames, so the list can be drained in place.
+        let mut unflushed = std::mem::take(&mut self.unflushed);
+        for conn in unflushed.drain(..) {
+            self.flush(conn);
+        }
+        self.unflushed = unflushed;
     }
 
     fn migrate(&mut self, conn: ConnId, to: CoreId) {
@@ -550,5 +579,7 @@ impl Worker {
         m.messages.store(stats.messages_accepted, Ordering::Relaxed);
         m.deliveries.store(stats.deliveries, Ordering::Relaxed);
         m.slow_consumers.store(stats.slow_consumers, Ordering::Relaxed);
+        m.presence_pushes.store(stats.presence_pushes, Ordering::Relaxed);
+        m.online_users.store(stats.online_users, Ordering::Relaxed);
     }
 }

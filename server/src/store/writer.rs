@@ -100,9 +100,9 @@ impl WriteOp {
     /// The core this op's completion goes to.
     pub fn origin(&self) -> CoreId {
         match self {
-            Self::Message { origin, .. } | Self::Membership { origin, .. } | Self::LastSeen { origin, .. } => {
-                *origin
-            }
+            Self::Message { origin, .. }
+            | Self::Membership { origin, .. }
+            | Self::LastSeen { origin, .. } => *origin,
         }
     }
 

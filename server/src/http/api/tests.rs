@@ -1053,13 +1053,21 @@ fn friendship_changes_are_announced_to_both_home_cores() {
     let cores = |commands: Vec<(usize, u64, u64)>| commands.into_iter().map(|c| c.0).collect::<Vec<_>>();
 
     // A request alone changes no friendship.
-    let ask = h.call("POST", "/v1/friends/requests", Some(&ta), json!({"username": "bob"}));
+    let ask = h.call(
+        "POST",
+        "/v1/friends/requests",
+        Some(&ta),
+        json!({"username": "bob"}),
+    );
     assert_eq!(ask.0, 200);
     assert_eq!(friends_changed_commands(&h), vec![]);
     let path = format!("/v1/friends/requests/{alice}/accept");
     assert_eq!(h.call("POST", &path, Some(&tb), Value::Null).0, 200);
     let commands = friends_changed_commands(&h);
-    assert!(commands.iter().all(|&(_, a, b)| (a, b) == (bob, alice)), "{commands:?}");
+    assert!(
+        commands.iter().all(|&(_, a, b)| (a, b) == (bob, alice)),
+        "{commands:?}"
+    );
     assert_eq!(cores(commands), homes(alice, bob));
 
     let path = format!("/v1/friends/{bob}");
@@ -1067,9 +1075,19 @@ fn friendship_changes_are_announced_to_both_home_cores() {
     assert_eq!(cores(friends_changed_commands(&h)), homes(alice, bob));
 
     // Crossing requests befriend at once: announced too.
-    h.call("POST", "/v1/friends/requests", Some(&ta), json!({"username": "bob"}));
+    h.call(
+        "POST",
+        "/v1/friends/requests",
+        Some(&ta),
+        json!({"username": "bob"}),
+    );
     assert_eq!(friends_changed_commands(&h), vec![]);
-    h.call("POST", "/v1/friends/requests", Some(&tb), json!({"username": "alice"}));
+    h.call(
+        "POST",
+        "/v1/friends/requests",
+        Some(&tb),
+        json!({"username": "alice"}),
+    );
     assert_eq!(cores(friends_changed_commands(&h)), homes(alice, bob));
 }
 
@@ -1096,7 +1114,8 @@ fn presence_is_answered_by_the_home_core_for_friends_only() {
     let (bob, _) = h.account("bob");
     let (carol, _) = h.account("carol");
     h.befriend(alice, bob);
-    let get = |token: Option<&str>, query: &str| h.call("GET", &format!("/v1/presence{query}"), token, Value::Null);
+    let get =
+        |token: Option<&str>, query: &str| h.call("GET", &format!("/v1/presence{query}"), token, Value::Null);
 
     assert_eq!(get(None, &format!("?user_id={bob}")).0, 401);
     let (status, v) = get(Some(&ta), "");
