@@ -50,7 +50,7 @@ mod presence;
 pub use chats::{ChatSummary, Group, GroupMember};
 pub use connection::{Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};
 pub use error::{ClientError, ServerCode};
-pub use presence::UserPresence;
 pub use http::{
     DEFAULT_HTTP_TIMEOUT, Endpoints, Friend, FriendList, FriendStatus, HttpClient, Login, RawResponse,
 };
+pub use presence::UserPresence;

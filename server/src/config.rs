@@ -387,7 +387,16 @@ mod tests {
             ..Flags::default()
         })
         .unwrap_err();
-        assert!(matches!(err, ConfigError::Invalid { key: "presence-grace", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "presence-grace",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

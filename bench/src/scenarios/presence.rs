@@ -215,7 +215,9 @@ pub(crate) fn run(
     let pairs = ring.pairs();
     let bar = progress::bar(pairs.len() as u64, "friends");
     let results = in_parallel(&pairs, &bar, |&(i, j)| match (logins.get(i), logins.get(j)) {
-        (Some(a), Some(b)) => befriend(&target.http, a, b, &format!("{USER_PREFIX}{j}")).map_err(|e| e.to_string()),
+        (Some(a), Some(b)) => {
+            befriend(&target.http, a, b, &format!("{USER_PREFIX}{j}")).map_err(|e| e.to_string())
+        }
         _ => Err("no such user".to_owned()),
     })?;
     if let Some(Err(first)) = results.iter().find(|r| r.is_err()) {
@@ -231,7 +233,9 @@ pub(crate) fn run(
     );
 
     let mut driver = Driver::new(target.tcp, ring, &logins, in_flight, args)?;
-    println!("presence: storm — connecting all {users} users at once (at most {in_flight} handshakes in flight)");
+    println!(
+        "presence: storm — connecting all {users} users at once (at most {in_flight} handshakes in flight)"
+    );
     let settle = driver.storm(args.settle_timeout)?;
     match settle {
         Some(settle) => println!(
@@ -594,10 +598,10 @@ impl Driver {
             Ok(stream) => stream,
             Err(reason) => return self.fail(reason),
         };
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
         {
             return self.fail(format!("register: {e}"));
         }
@@ -834,7 +838,8 @@ impl Driver {
             .enumerate()
             .filter(|(_, u)| {
                 u.conn.as_ref().is_some_and(|c| {
-                    c.state != State::Established && now.saturating_duration_since(c.since) > HANDSHAKE_TIMEOUT
+                    c.state != State::Established
+                        && now.saturating_duration_since(c.since) > HANDSHAKE_TIMEOUT
                 })
             })
             .map(|(i, _)| i)

@@ -509,7 +509,12 @@ impl Core {
                     t.set_friend(user, friends, cores);
                 }
             }
-            if !self.presence.tracked.get(key).is_some_and(|t| t.is_friend(user, cores)) {
+            if !self
+                .presence
+                .tracked
+                .get(key)
+                .is_some_and(|t| t.is_friend(user, cores))
+            {
                 continue;
             }
             if let Some(devices) = self.devices.get(&viewer) {
@@ -540,10 +545,10 @@ impl Core {
             let Ok(friends) = self.store.are_friends(me, other) else {
                 continue;
             };
-            if let Some(&key) = self.presence.index.get(&me) {
-                if let Some(t) = self.presence.tracked.get_mut(key) {
-                    t.set_friend(other, friends, cores);
-                }
+            if let Some(&key) = self.presence.index.get(&me)
+                && let Some(t) = self.presence.tracked.get_mut(key)
+            {
+                t.set_friend(other, friends, cores);
             }
             if !friends {
                 continue;

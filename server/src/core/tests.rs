@@ -324,7 +324,10 @@ fn heartbeats_keep_a_session_alive_and_silence_closes_it() {
     // What is left is the user's presence grace period; after it, no timer.
     let grace_end = c.poll_timeout().unwrap();
     c.handle_timeout(grace_end);
-    assert!(matches!(&drain(&mut c)[..], [Action::Write(WriteOp::LastSeen { .. })]));
+    assert!(matches!(
+        &drain(&mut c)[..],
+        [Action::Write(WriteOp::LastSeen { .. })]
+    ));
     assert_eq!(c.poll_timeout(), None);
 }
 

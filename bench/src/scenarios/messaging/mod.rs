@@ -415,7 +415,10 @@ pub(crate) fn run(
         }
     }
     if let (Some(start), Some(end)) = cpu {
-        println!("{name}: CPU during the measured phase: {}", start.describe_until(&end));
+        println!(
+            "{name}: CPU during the measured phase: {}",
+            start.describe_until(&end)
+        );
     }
     print_reasons(&tally, plan.setup_errors, name);
     Ok(report)

@@ -92,7 +92,9 @@ mod tests {
         stamp.write_to(&mut text);
         assert_eq!(text.len(), TEXT_LEN);
         assert!(text.is_ascii());
-        assert!(text.starts_with("natter-bench t=00000000012345678901 s=00000000000000000042 n=18446744073709551615 ."));
+        assert!(text.starts_with(
+            "natter-bench t=00000000012345678901 s=00000000000000000042 n=18446744073709551615 ."
+        ));
         assert!(text.ends_with("..."));
         assert_eq!(Stamp::parse(&text), Some(stamp));
     }

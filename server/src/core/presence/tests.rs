@@ -143,7 +143,13 @@ impl Sim {
         let session = (home, conn);
         let first = self.inbox.get(&session).and_then(|f| f.first()).cloned();
         assert!(
-            matches!(first, Some(Frame { body: Body::Welcome(_), .. })),
+            matches!(
+                first,
+                Some(Frame {
+                    body: Body::Welcome(_),
+                    ..
+                })
+            ),
             "{first:?}"
         );
         self.inbox.get_mut(&session).unwrap().remove(0);
@@ -473,7 +479,11 @@ fn friendship_commands_and_updates_in_any_order_end_in_the_stored_state() {
         if order % 2 == 1 {
             sim.store.remove_friend(alice, bob).unwrap();
         }
-        let homes: Vec<usize> = if order < 2 { vec![0, 1, 0, 1] } else { vec![1, 0, 1, 0] };
+        let homes: Vec<usize> = if order < 2 {
+            vec![0, 1, 0, 1]
+        } else {
+            vec![1, 0, 1, 0]
+        };
         for home in homes {
             let now = sim.now;
             sim.cores[home].handle_friends_changed(alice, bob, now);
