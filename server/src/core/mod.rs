@@ -241,7 +241,7 @@ pub struct CoreStats {
     pub connections: u64,
     /// Messages whose seq this core assigned (as owner core).
     pub messages_accepted: u64,
-    /// Frames pushed to sessions as live deliveries.
+    /// Messages delivered to sessions: live pushes and messages streamed by syncs.
     pub deliveries: u64,
     /// Slow consumers: sessions whose outbound buffer overflowed (sent Resync,
     /// or closed when not yet authenticated).

@@ -449,3 +449,40 @@ fn a_slow_consumer_is_told_to_resync_gets_no_pushes_and_then_catches_up() {
     assert_eq!(seqs(&messages(&s.take(phone)), a), vec![41]);
     assert_eq!(s.core.stats().slow_consumers, 1);
 }
+
+#[test]
+fn other_sessions_are_served_between_pages_and_a_closed_session_leaves_no_sync_state() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    s.backlog(a, alice, 1, 5000);
+    let sender = s.connect(alice, 9);
+    let phone = s.connect(bob, 1);
+    let laptop = s.connect(bob, 2);
+    s.sync(phone, &[(a, 0)]);
+    assert_eq!(messages(&s.take(phone)).len(), SYNC_PAGE_MESSAGES);
+    // The phone's sync waits for its drain; meanwhile a Ping and a send are served,
+    // and the laptop (not syncing) gets the push at once.
+    let rid = s.request(sender, Body::Ping(natter_wire::Ping { nonce: 5 }));
+    let pong = s.take(sender);
+    assert!(matches!(pong.as_slice(), [Frame { request_id, body: Body::Pong(_) }] if *request_id == rid));
+    s.send(sender, a, 1, "live");
+    s.commit();
+    assert_eq!(seqs(&messages(&s.take(laptop)), a), vec![5001]);
+    assert!(
+        s.take(phone).is_empty(),
+        "the phone's copy comes through its sync"
+    );
+    // A second Sync replaces the first.
+    s.sync(phone, &[(a, 4990)]);
+    let (msgs, heads) = s.finish_sync(phone);
+    assert_eq!(seqs(&msgs, a), (4991..=5001).collect::<Vec<_>>());
+    assert_eq!(heads, vec![(a.0, 5001)]);
+    // A session that leaves mid-sync leaves nothing behind.
+    s.sync(laptop, &[(a, 0)]);
+    assert!(s.core.is_syncing(laptop));
+    s.core.handle_closed(laptop);
+    assert!(!s.core.is_syncing(laptop));
+    s.core.handle_closed(phone);
+    assert!(s.core.syncs.is_empty(), "{:?}", s.core.syncs);
+}
