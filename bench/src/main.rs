@@ -37,6 +37,7 @@ use crate::scenarios::group::{self, GroupArgs};
 use crate::scenarios::messaging::MessagingArgs;
 use crate::scenarios::one2one::{self, OneToOneArgs};
 use crate::scenarios::presence::{self, PresenceArgs};
+use crate::scenarios::sync::{self as sync_scenario, SyncArgs};
 use crate::spawn::SpawnedServer;
 use crate::target::Target;
 
@@ -85,6 +86,8 @@ struct Cli {
     messaging: MessagingArgs,
     #[command(flatten)]
     presence: PresenceArgs,
+    #[command(flatten)]
+    sync: SyncArgs,
 }
 
 /// The scenarios the design names; only those with a module under `scenarios/` run.
@@ -164,12 +167,6 @@ fn main() -> ExitCode {
 
 /// Checks the command line, sets up the server under test and runs the scenario.
 fn run(cli: &Cli) -> Result<Report, BenchError> {
-    if matches!(cli.scenario, ScenarioName::Sync) {
-        return Err(BenchError::NotImplemented(format!(
-            "scenario {:?}",
-            cli.scenario.as_str()
-        )));
-    }
     if cli.transport != Transport::Tcp {
         return Err(BenchError::NotImplemented(format!(
             "transport {:?}",
@@ -193,7 +190,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.connect.in_flight,
             open_files,
         )?,
-        ScenarioName::Sync => {}
+        ScenarioName::Sync => sync_scenario::check_args(&cli.sync)?,
     }
 
     let spawned = if cli.spawn {
@@ -221,6 +218,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.one2one.users,
             cli.connect.in_flight,
         )?,
+        ScenarioName::Sync => sync_scenario::run(&target, &cli.sync)?,
         _ => connect::run(&target, &options, &cli.connect)?,
     };
     report.scenario = cli.scenario.as_str().to_owned();
@@ -377,13 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn unimplemented_scenarios_and_transports_are_refused_with_exit_code_2() {
-        let cli = Cli::try_parse_from(["natter-bench", "sync", "--spawn"]).unwrap();
-        let err = run(&cli).unwrap_err();
-        assert!(matches!(err, BenchError::NotImplemented(_)), "{err:?}");
-        assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("sync"), "{err}");
-
+    fn unimplemented_transports_are_refused_with_exit_code_2() {
         let cli = Cli::try_parse_from(["natter-bench", "connect", "--transport", "quic"]).unwrap();
         let err = run(&cli).unwrap_err();
         assert!(matches!(err, BenchError::NotImplemented(_)), "{err:?}");

@@ -102,6 +102,18 @@ pub(crate) struct Report {
     /// presence: reconnect storm → every device sees every friend online, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) storm_settle_s: Option<f64>,
+    /// sync: messages the device was behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) behind: Option<u64>,
+    /// sync: messages the device received before SyncDone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) synced: Option<u64>,
+    /// sync: catch-up messages per second (Sync sent → SyncDone received).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sync_msgs_per_sec: Option<f64>,
+    /// sync: natterd's peak resident memory during the catch-up, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_peak_rss_bytes: Option<u64>,
 }
 
 impl Report {
@@ -210,6 +222,17 @@ impl Report {
             if let Some(v) = value {
                 line(name, v.to_string());
             }
+        }
+        for (name, value) in [("behind", self.behind), ("synced", self.synced)] {
+            if let Some(v) = value {
+                line(name, v.to_string());
+            }
+        }
+        if let Some(v) = self.sync_msgs_per_sec {
+            line("sync_msgs_per_sec", format!("{v:.0}"));
+        }
+        if let Some(v) = self.server_peak_rss_bytes {
+            line("server_peak_rss_bytes", format!("{v} ({})", mib(v)));
         }
         if let Some(v) = self.duration_s {
             line("duration_s", format!("{v:.1}"));

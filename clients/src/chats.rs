@@ -23,6 +23,17 @@ pub struct ChatSummary {
     pub name: String,
     /// The seq of the chat's last committed message (0 when empty).
     pub last_seq: u64,
+    /// The caller's read marker: read up to this seq (0 when never marked).
+    #[serde(default)]
+    pub read_seq: u64,
+    /// Messages after the read marker (`last_seq - read_seq`).
+    #[serde(default)]
+    pub unread: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadAnswer {
+    read_seq: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,5 +121,23 @@ impl HttpClient {
     pub fn chats(&self, token: &str) -> Result<Vec<ChatSummary>, ClientError> {
         let list: ChatList = self.call_json("GET /v1/chats", "GET", "/v1/chats", Some(token), None)?;
         Ok(list.chats)
+    }
+
+    /// `POST /v1/chats/{id}/read`: the caller has read `chat_id` up to `seq`.
+    /// Returns the marker now stored (it never moves back).
+    ///
+    /// # Errors
+    /// [`ClientError::Http`] 404 `unknown_chat` for a non-member.
+    pub fn mark_read(&self, token: &str, chat_id: u64, seq: u64) -> Result<u64, ClientError> {
+        let path = format!("/v1/chats/{chat_id}/read");
+        let body = serde_json::json!({ "seq": seq });
+        let answer: ReadAnswer = self.call_json(
+            "POST /v1/chats/{id}/read",
+            "POST",
+            &path,
+            Some(token),
+            Some(&body),
+        )?;
+        Ok(answer.read_seq)
     }
 }

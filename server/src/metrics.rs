@@ -217,13 +217,13 @@ impl Metrics {
             (
                 "natter_deliveries_total",
                 "counter",
-                "Message frames pushed to sessions",
+                "Messages sent to sessions (live pushes and sync)",
                 |c| &c.deliveries,
             ),
             (
                 "natter_slow_consumers_total",
                 "counter",
-                "Sessions closed because their outbound buffer overflowed",
+                "Sessions whose outbound buffer overflowed (sent Resync, or closed before authenticating)",
                 |c| &c.slow_consumers,
             ),
             (

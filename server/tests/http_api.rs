@@ -530,8 +530,8 @@ fn direct_chats_and_groups_with_their_limits_and_the_chat_list() {
         a.json
     };
     let expected_alice = json!({"chats": [
-        {"chat_id": chat, "kind": "direct", "name": "bob", "last_seq": 0},
-        {"chat_id": group, "kind": "group", "name": "the crew", "last_seq": 0},
+        {"chat_id": chat, "kind": "direct", "name": "bob", "last_seq": 0, "read_seq": 0, "unread": 0},
+        {"chat_id": group, "kind": "group", "name": "the crew", "last_seq": 0, "read_seq": 0, "unread": 0},
     ]});
     assert_eq!(list(&alice), expected_alice);
     assert_eq!(list(&bob)["chats"][0]["name"], "alice");

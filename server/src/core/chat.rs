@@ -86,7 +86,7 @@ pub struct ChatSnapshot {
 
 /// The store reads the core makes (a trait so the core stays free of I/O
 /// plumbing; natterd passes its fjall [`Store`]).
-pub trait ChatStore: Send + Sync + std::fmt::Debug {
+pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debug {
     /// Loads a chat, or `None` when it does not exist.
     ///
     /// # Errors

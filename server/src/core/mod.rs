@@ -19,6 +19,7 @@ mod chat;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_hooks;
 mod presence;
+mod sync;
 mod timer;
 
 use std::collections::{HashMap, VecDeque};
@@ -31,6 +32,10 @@ use slab::Slab;
 
 pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
+pub use sync::{
+    HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, NEW_DEVICE_BACKLOG, SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES,
+    SyncStore,
+};
 
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
 use crate::runtime::{MembershipChange, MembershipError};
@@ -236,9 +241,10 @@ pub struct CoreStats {
     pub connections: u64,
     /// Messages whose seq this core assigned (as owner core).
     pub messages_accepted: u64,
-    /// Frames pushed to sessions as live deliveries.
+    /// Messages delivered to sessions: live pushes and messages streamed by syncs.
     pub deliveries: u64,
-    /// Sessions closed because their outbound buffer overflowed.
+    /// Slow consumers: sessions whose outbound buffer overflowed (sent Resync,
+    /// or closed when not yet authenticated).
     pub slow_consumers: u64,
     /// Presence frames queued for sessions (snapshots and pushes).
     pub presence_pushes: u64,
@@ -274,6 +280,8 @@ pub struct Core {
     outgoing: Vec<Vec<CoreMsg>>,
     /// Who is online among the users homed here, and what is known of others.
     presence: presence::Presence,
+    /// Sessions syncing, filtering pushes after a sync, or stopped as slow consumers (`sync.rs`).
+    syncs: HashMap<ConnId, sync::SessionSync>,
 }
 
 impl Core {
@@ -295,6 +303,7 @@ impl Core {
             devices: HashMap::new(),
             wheel: TimerWheel::new(tick, now),
             presence: presence::Presence::new(config.presence_grace, now),
+            syncs: HashMap::new(),
             expired: Vec::new(),
             actions: VecDeque::new(),
             next_generation: 0,
@@ -500,12 +509,20 @@ impl Core {
                 "this connection is already authenticated",
                 request_id,
             ),
-            B::Sync | B::History | B::Ack => {
-                let message = format!(
-                    "{} is defined in protocol version 1 but not served by this natterd yet",
-                    view.body_type().variant_name().unwrap_or("this frame")
-                );
-                self.reply_error(conn, ErrorCode::Unavailable, &message, request_id);
+            B::Sync => {
+                if let Some(sync) = view.body_as_sync() {
+                    self.handle_sync_frame(conn, sync, request_id);
+                }
+            }
+            B::History => {
+                if let Some(history) = view.body_as_history() {
+                    self.handle_history_frame(conn, history, request_id);
+                }
+            }
+            B::Ack => {
+                if let Some(ack) = view.body_as_ack() {
+                    self.handle_ack_frame(conn, ack, request_id);
+                }
             }
             other => {
                 let message = format!(
@@ -622,6 +639,7 @@ impl Core {
     }
 
     fn forget_device(&mut self, user: UserId, conn: ConnId, last_heard: Instant) {
+        self.sync_forget(conn);
         if let Some(list) = self.devices.get_mut(&user) {
             list.retain(|(_, c)| *c != conn);
             if list.is_empty() {
@@ -804,6 +822,8 @@ impl Core {
                         targets.extend(devices.iter().map(|(_, c)| *c).filter(|c| Some(*c) != skip));
                     }
                 }
+                // Syncing and stopped sessions filter their pushes (sync.rs).
+                targets.retain(|c| self.sync_admits(*c, &frame));
                 self.stats.deliveries += targets.len() as u64;
                 for conn in targets {
                     self.transmit(conn, frame.clone());
@@ -1081,21 +1101,23 @@ impl Core {
         Ok(())
     }
 
-    /// The connection's outbound buffer overflowed: it is a slow consumer and is
-    /// closed (it catches up from the store when it reconnects).
+    /// The connection's outbound buffer overflowed: it is a slow consumer. An
+    /// authenticated session stays open, gets no more live pushes and is sent
+    /// `Resync` (it catches up with Sync, paced by its reading; see `sync.rs`);
+    /// any other connection is closed.
     pub fn handle_outbound_overflow(&mut self, conn: ConnId) {
-        if self
-            .sessions
-            .get(conn.0)
-            .is_some_and(|s| s.state != State::Closing)
-        {
-            self.stats.slow_consumers += 1;
-            self.fail(
-                conn,
-                ErrorCode::SlowConsumer,
-                "you did not read fast enough; reconnect and catch up",
-                0,
-            );
+        match self.sessions.get(conn.0).map(|s| &s.state) {
+            Some(State::Active { .. }) => self.sync_stop(conn),
+            Some(State::Closing) | None => {}
+            Some(_) => {
+                self.stats.slow_consumers += 1;
+                self.fail(
+                    conn,
+                    ErrorCode::SlowConsumer,
+                    "you did not read fast enough; reconnect and catch up",
+                    0,
+                );
+            }
         }
     }
 

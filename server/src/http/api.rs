@@ -147,6 +147,7 @@ enum Route<'a> {
     RemoveMember(&'a str, &'a str),
     Chats,
     Presence,
+    ReadMarker(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -182,6 +183,7 @@ impl<'a> Route<'a> {
                 Self::RemoveMember(id, user)
             }
             ("v1", Some("chats"), None, ..) => Self::Chats,
+            ("v1", Some("chats"), Some(id), Some("read"), None) => Self::ReadMarker(id),
             ("v1", Some("presence"), None, ..) => Self::Presence,
             _ => return None,
         };
@@ -205,7 +207,8 @@ impl<'a> Route<'a> {
             | Self::AcceptFriend(_)
             | Self::CreateDm
             | Self::CreateGroup
-            | Self::AddMember(_) => "POST",
+            | Self::AddMember(_)
+            | Self::ReadMarker(_) => "POST",
             Self::RemoveFriend(_) | Self::RemoveMember(..) => "DELETE",
         }
     }
@@ -230,6 +233,12 @@ struct LoginBody {
 #[serde(deny_unknown_fields)]
 struct FriendRequestBody {
     username: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadBody {
+    seq: u64,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +330,7 @@ impl Api {
             Route::RemoveMember(id, user) => self.remove_member(req, id, user),
             Route::Chats => self.chats(req),
             Route::Presence => self.presence(req),
+            Route::ReadMarker(id) => self.mark_read(req, id),
         };
         result.unwrap_or_else(|error| error)
     }
@@ -597,9 +607,36 @@ impl Api {
                 }
             };
             let last_seq = self.store.last_seq(id).map_err(store_error)?;
-            chats.push(json!({"chat_id": id.0, "kind": kind, "name": name, "last_seq": last_seq.0}));
+            let read = self.store.read_marker(user, id).map_err(store_error)?;
+            chats.push(json!({
+                "chat_id": id.0, "kind": kind, "name": name, "last_seq": last_seq.0,
+                "read_seq": read.0.min(last_seq.0), "unread": last_seq.0.saturating_sub(read.0),
+            }));
         }
         Ok(Response::json(200, &json!({"chats": chats})))
+    }
+
+    /// `POST /v1/chats/{id}/read {"seq": n}`: the caller has read `chat` up to
+    /// `n` (capped at the chat's last seq; the marker never moves back).
+    fn mark_read(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let chat = parse_chat_id(id)?;
+        let body: ReadBody = parse_json(req.body)?;
+        if self
+            .store
+            .member_since(chat, user)
+            .map_err(store_error)?
+            .is_none()
+        {
+            return Err(HttpError::UnknownChat.into());
+        }
+        let last_seq = self.store.last_seq(chat).map_err(store_error)?;
+        let seq = crate::ids::Seq(body.seq.min(last_seq.0));
+        let read = self.store.set_read_marker(user, chat, seq).map_err(store_error)?;
+        Ok(Response::json(
+            200,
+            &json!({"chat_id": chat.0, "read_seq": read.0, "unread": last_seq.0.saturating_sub(read.0)}),
+        ))
     }
 
     /// The group `chat` if `user` is a member of it; otherwise (no such chat, a

@@ -43,6 +43,10 @@ const MAX_OUTBOUND: usize = 1024 * 1024;
 /// and closed: live pushes must not grow natterd's memory without bound.
 /// Roughly 40,000 typical messages, or 20 maximum-size ones.
 const MAX_OUTBOUND_HARD: usize = 8 * 1024 * 1024;
+/// Outbound bytes at or below which a connection counts as drained: the core
+/// is told ([`Core::handle_drained`]) so a sync writes its next page. Well
+/// below `MAX_OUTBOUND`, so pages never stop the session's reading.
+const DRAIN_MARK: usize = 128 * 1024;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
 /// Frames handed to one vectored write: a presence snapshot (one frame per
@@ -80,6 +84,8 @@ struct Socket {
     queued: usize,
     /// Reading stopped: the core paused input or too much outbound is queued.
     read_blocked: bool,
+    /// In `Worker::drained`, waiting to be reported to the core.
+    drain_noted: bool,
 }
 
 /// The event loop of one core.
@@ -99,6 +105,9 @@ pub(crate) struct Worker {
     /// Connections given frames since their queue was last empty: written once
     /// the current batch of actions is carried out.
     unflushed: Vec<ConnId>,
+    /// Connections whose outbound drained to `DRAIN_MARK` since they were last
+    /// reported; reported once per turn, so a sync writes one page per turn.
+    drained: Vec<ConnId>,
     accept_pending: bool,
     /// Commands for other cores whose queues were full; retried every turn.
     outbox: VecDeque<(CoreId, Command)>,
@@ -141,6 +150,7 @@ impl Worker {
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             again: Vec::new(),
             unflushed: Vec::new(),
+            drained: Vec::new(),
             accept_pending: false,
             outbox: VecDeque::new(),
             writer,
@@ -155,6 +165,7 @@ impl Worker {
         tracing::debug!(core = self.id.0, "event loop started");
         loop {
             let timeout = if !self.again.is_empty()
+                || !self.drained.is_empty()
                 || self.accept_pending
                 || !self.outbox.is_empty()
                 || !self.write_backlog.is_empty()
@@ -190,6 +201,7 @@ impl Worker {
                     }
                 }
             }
+            self.report_drained(now);
             if self.accept_pending && !self.shutting_down {
                 self.accept(now);
             }
@@ -264,6 +276,7 @@ impl Worker {
                 outbound,
                 queued,
                 read_blocked: false,
+                drain_noted: false,
             });
         }
         Ok(())
@@ -346,6 +359,7 @@ impl Worker {
         let Some(socket) = self.socket(conn) else {
             return;
         };
+        let mut blocked = false;
         while !socket.outbound.is_empty() {
             let written = {
                 let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
@@ -369,17 +383,43 @@ impl Worker {
                         socket.outbound.pop_front();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.close(conn),
             }
         }
+        if socket.queued <= DRAIN_MARK && !socket.drain_noted {
+            socket.drain_noted = true;
+            self.drained.push(conn);
+        }
+        if blocked {
+            return;
+        }
+        let Some(socket) = self.socket(conn) else {
+            return;
+        };
         if socket.outbound.capacity() > 0 {
             socket.outbound = VecDeque::new();
         }
         if socket.read_blocked && socket.queued <= MAX_OUTBOUND / 2 {
             socket.read_blocked = false;
             self.again.push(conn);
+        }
+    }
+
+    /// Tells the core which connections drained (see `drained`).
+    fn report_drained(&mut self, now: Instant) {
+        let drained = std::mem::take(&mut self.drained);
+        for conn in drained {
+            let Some(socket) = self.socket(conn) else {
+                continue;
+            };
+            socket.drain_noted = false;
+            self.core.handle_drained(conn, now);
+            self.run_actions(now);
         }
     }
 

@@ -55,6 +55,10 @@ pub(crate) const MESSAGES: &str = "messages";
 pub(crate) const DEDUPE: &str = "dedupe";
 /// Keyspace of each user's last-seen time (ms since the Unix epoch) by `user_id`.
 pub(crate) const LAST_SEEN: &str = "last_seen";
+/// Keyspace of each device's delivered cursor by `device_id ++ chat_id` (value: seq).
+pub(crate) const CURSORS: &str = "cursors";
+/// Keyspace of each user's read marker by `user_id ++ chat_id` (value: seq).
+pub(crate) const READ_MARKERS: &str = "read_markers";
 
 /// `meta` key of the next user id to hand out.
 pub(crate) const NEXT_USER_ID: &[u8] = b"next_user_id";

@@ -41,6 +41,7 @@
 //! that path is low-volume (bounded by argon2 and the per-address rate limit).
 
 mod chats;
+mod cursors;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
 mod keys;
@@ -161,6 +162,8 @@ pub struct Store {
     messages: Keyspace,
     dedupe: Keyspace,
     last_seen: Keyspace,
+    cursors: Keyspace,
+    read_markers: Keyspace,
     /// Serialises account writes and chat creation (never taken by reads, nor
     /// by the group-commit writer).
     writer: Mutex<Counters>,
@@ -200,6 +203,8 @@ impl Store {
             messages: ks(keys::MESSAGES)?,
             dedupe: ks(keys::DEDUPE)?,
             last_seen: ks(keys::LAST_SEEN)?,
+            cursors: ks(keys::CURSORS)?,
+            read_markers: ks(keys::READ_MARKERS)?,
             db,
             writer: Mutex::new(Counters {
                 next_user: 1,

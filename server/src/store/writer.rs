@@ -42,7 +42,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 pub use super::POISON_EXIT_CODE;
 use super::records::encode_member;
 use super::{Store, StoreError, StoredMessage, keys, now_ms};
-use crate::ids::{ChatId, CoreId, Seq, UserId};
+use crate::ids::{ChatId, CoreId, DeviceId, Seq, UserId};
 use crate::metrics::Metrics;
 
 /// Ops the writer's queue holds before [`WriterSender::try_send`] gives them
@@ -94,6 +94,18 @@ pub enum WriteOp {
         /// Last seen, milliseconds since the Unix epoch.
         last_seen_ms: u64,
     },
+    /// A device acknowledged everything up to `seq` in `chat` (one `cursors`
+    /// row, the newest write wins). Rides in the next group commit; no completion.
+    Cursor {
+        /// The device's home core, which took the Ack.
+        origin: CoreId,
+        /// The device.
+        device: DeviceId,
+        /// The chat.
+        chat: ChatId,
+        /// The acknowledged seq.
+        seq: Seq,
+    },
 }
 
 impl WriteOp {
@@ -102,7 +114,8 @@ impl WriteOp {
         match self {
             Self::Message { origin, .. }
             | Self::Membership { origin, .. }
-            | Self::LastSeen { origin, .. } => *origin,
+            | Self::LastSeen { origin, .. }
+            | Self::Cursor { origin, .. } => *origin,
         }
     }
 
@@ -111,7 +124,7 @@ impl WriteOp {
     fn text_bytes(&self) -> usize {
         match self {
             Self::Message { msg, .. } => msg.text.len(),
-            Self::Membership { .. } | Self::LastSeen { .. } => 0,
+            Self::Membership { .. } | Self::LastSeen { .. } | Self::Cursor { .. } => 0,
         }
     }
 
@@ -123,7 +136,7 @@ impl WriteOp {
                 seq: msg.seq,
             }),
             Self::Membership { ticket, .. } => Some(Completion::Membership { ticket: *ticket }),
-            Self::LastSeen { .. } => None,
+            Self::LastSeen { .. } | Self::Cursor { .. } => None,
         }
     }
 }
@@ -373,6 +386,11 @@ impl Store {
                     user, last_seen_ms, ..
                 } => {
                     batch.insert(&self.last_seen, keys::id(user.0), keys::id(*last_seen_ms));
+                }
+                WriteOp::Cursor {
+                    device, chat, seq, ..
+                } => {
+                    batch.insert(&self.cursors, keys::pair(device.0, chat.0), keys::id(seq.0));
                 }
             }
         }

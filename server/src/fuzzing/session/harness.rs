@@ -563,6 +563,8 @@ impl Harness {
                     self.store.commit_last_seen(user, last_seen_ms);
                     continue;
                 }
+                // This store keeps no members, so the core never asks for a cursor write.
+                WriteOp::Cursor { .. } => continue,
                 WriteOp::Message { msg, .. } => {
                     self.store.commit_message(&msg);
                     let key = (msg.chat, msg.seq);
@@ -748,6 +750,9 @@ impl Harness {
             "a write whose completion goes to another core"
         );
         match &write {
+            WriteOp::Cursor { device, .. } => {
+                panic!("core {core} stored a cursor of device {device}, but this store has no members")
+            }
             WriteOp::LastSeen {
                 user, last_seen_ms, ..
             } => {

@@ -142,6 +142,9 @@ impl MemoryStore {
     }
 }
 
+/// Sync and history read nothing here: this store keeps no messages.
+impl crate::core::SyncStore for MemoryStore {}
+
 impl ChatStore for MemoryStore {
     fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
         let state = self.check()?;

@@ -680,7 +680,7 @@ fn direct_chats_need_friendship_and_are_one_per_pair() {
         chats(&ta),
         (
             200,
-            json!({"chats": [{"chat_id": chat, "kind": "direct", "name": "bob", "last_seq": 0}]})
+            json!({"chats": [{"chat_id": chat, "kind": "direct", "name": "bob", "last_seq": 0, "read_seq": 0, "unread": 0}]})
         )
     );
     assert_eq!(
@@ -788,8 +788,8 @@ fn groups_are_made_of_the_owners_friends_and_shown_only_to_members() {
     assert_eq!(
         v,
         json!({"chats": [
-            {"chat_id": group, "kind": "group", "name": "the crew", "last_seq": 0},
-            {"chat_id": solo, "kind": "group", "name": long, "last_seq": 0},
+            {"chat_id": group, "kind": "group", "name": "the crew", "last_seq": 0, "read_seq": 0, "unread": 0},
+            {"chat_id": solo, "kind": "group", "name": long, "last_seq": 0, "read_seq": 0, "unread": 0},
         ]})
     );
 }
@@ -1012,8 +1012,8 @@ fn the_chat_list_shows_the_last_committed_seq() {
         .collect();
     h.api.store.commit_writes(&ops);
     let expected = json!({"chats": [
-        {"chat_id": dm.0, "kind": "direct", "name": "bob", "last_seq": 3},
-        {"chat_id": group.0, "kind": "group", "name": "g", "last_seq": 0},
+        {"chat_id": dm.0, "kind": "direct", "name": "bob", "last_seq": 3, "read_seq": 0, "unread": 3},
+        {"chat_id": group.0, "kind": "group", "name": "g", "last_seq": 0, "read_seq": 0, "unread": 0},
     ]});
     assert_eq!(
         h.call("GET", "/v1/chats", Some(&ta), Value::Null),
@@ -1023,6 +1023,36 @@ fn the_chat_list_shows_the_last_committed_seq() {
         h.call("GET", "/v1/chats", Some(&tb), Value::Null).1["chats"][0]["last_seq"],
         3
     );
+    // Read markers: per user, capped at the last seq, never moved back.
+    let read = format!("/v1/chats/{}/read", dm.0);
+    assert_eq!(
+        h.call("POST", &read, Some(&tb), json!({"seq": 2})),
+        (200, json!({"chat_id": dm.0, "read_seq": 2, "unread": 1}))
+    );
+    assert_eq!(
+        h.call("POST", &read, Some(&tb), json!({"seq": 1})).1["read_seq"],
+        2
+    );
+    assert_eq!(
+        h.call("POST", &read, Some(&tb), json!({"seq": 99})).1["read_seq"],
+        3
+    );
+    assert_eq!(h.call("POST", &read, Some(&tb), json!({})).0, 400);
+    assert_eq!(h.call("GET", &read, Some(&tb), Value::Null).0, 405);
+    let listed = h.call("GET", "/v1/chats", Some(&tb), Value::Null).1;
+    assert_eq!(
+        (
+            listed["chats"][0]["read_seq"].clone(),
+            listed["chats"][0]["unread"].clone()
+        ),
+        (json!(3), json!(0))
+    );
+    assert_eq!(
+        h.call("GET", "/v1/chats", Some(&ta), Value::Null).1["chats"][0]["unread"],
+        3
+    );
+    let group_read = format!("/v1/chats/{}/read", group.0 + 1000);
+    assert_eq!(h.call("POST", &group_read, Some(&tb), json!({"seq": 1})).0, 404);
 }
 
 /// Every `FriendsChanged` waiting in the core queues, as `(core, a, b)`.

@@ -1,0 +1,235 @@
+//! The `sync` scenario: a device that is `--behind N` messages behind, spread over
+//! `--chats` chats, catches up with one `Sync`.
+//!
+//! Setup: users `bench_s_sender` and `bench_s_reader` (friends; reused across runs),
+//! and `--chats` groups owned by the sender with the reader in them (created per run).
+//! The sender fills them round-robin through natterd (pipelined sends, each
+//! acknowledged after its group commit). Then a fresh device of the reader connects
+//! and sends `Sync` with cursor 0 for every chat of the run, and reads until
+//! `SyncDone`, checking each chat's seqs arrive once and gapless in order.
+//!
+//! Figures: `behind`, `synced`, `sync_msgs_per_sec` (messages received between
+//! sending Sync and receiving SyncDone, per second), `server_peak_rss_bytes`
+//! (natterd's peak resident memory during the catch-up, sampled every 20 ms) and
+//! `server_rss_bytes` (before the catch-up), plus `lost`, `duplicated`, `reordered`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use natter_client::Connection;
+use natter_wire::{Body, Cursor, Frame, Send, Sync};
+
+use crate::error::BenchError;
+use crate::interrupt;
+use crate::report::Report;
+use crate::target::Target;
+
+const PASSWORD: &str = "natter-bench-password";
+/// Sends in flight while filling the backlog.
+const WINDOW: u64 = 4096;
+/// How long one frame may take to arrive before the run is declared stuck.
+const STALL: Duration = Duration::from_secs(60);
+
+/// The sync scenario's flags.
+#[derive(Clone, Debug, clap::Args)]
+pub(crate) struct SyncArgs {
+    /// sync: how many messages the device is behind.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) behind: u64,
+    /// sync: how many chats the backlog is spread over.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) chats: u64,
+    /// sync: bytes of text per message.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) text_bytes: usize,
+}
+
+/// Checks the flags before anything starts.
+///
+/// # Errors
+/// [`BenchError::Usage`] when a flag is out of range.
+pub(crate) fn check_args(args: &SyncArgs) -> Result<(), BenchError> {
+    if args.behind == 0 || args.chats == 0 || args.chats > 10_000 {
+        return Err(BenchError::Usage(
+            "--behind must be at least 1 and --chats between 1 and 10000".into(),
+        ));
+    }
+    if args.text_bytes == 0 || args.text_bytes > 4096 {
+        return Err(BenchError::Usage(
+            "--text-bytes must be between 1 and 4096".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn login(target: &Target, name: &str, device: &str) -> Result<natter_client::Login, BenchError> {
+    match target.http.signup(name, PASSWORD) {
+        Ok(_) => {}
+        Err(e) if e.http_status() == Some(409) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(target.http.login(name, PASSWORD, device)?)
+}
+
+/// Runs the scenario against `target`.
+///
+/// # Errors
+/// [`BenchError::Client`] / [`BenchError::Setup`] when natterd refuses the setup or
+/// a connection fails; [`BenchError::Interrupted`] after Ctrl-C.
+pub(crate) fn run(target: &Target, args: &SyncArgs) -> Result<Report, BenchError> {
+    let sender = login(target, "bench_s_sender", "bench")?;
+    let reader = login(target, "bench_s_reader", "bench-setup")?;
+    match target.http.friend_request(&sender.token, "bench_s_reader") {
+        Ok(_) => {}
+        Err(e) if e.http_status() == Some(409) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match target.http.accept_friend(&reader.token, sender.user_id) {
+        Ok(()) => {}
+        Err(e) if e.http_status().is_some_and(|s| s == 404 || s == 409) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut chats = Vec::new();
+    for i in 0..args.chats {
+        chats.push(
+            target
+                .http
+                .create_group(&sender.token, &format!("sync {i}"), &[reader.user_id])?,
+        );
+    }
+    println!("filling {} messages over {} chats ...", args.behind, chats.len());
+    let fill_started = Instant::now();
+    fill(target, &sender.token, &chats, args)?;
+    let fill_secs = fill_started.elapsed().as_secs_f64();
+    println!(
+        "filled in {fill_secs:.1}s ({:.0} sends/s); catching up ...",
+        args.behind as f64 / fill_secs
+    );
+    interrupt::check()?;
+
+    // A fresh device of the reader.
+    let device = target.http.login("bench_s_reader", PASSWORD, "bench-sync")?;
+    let mut conn = Connection::connect(target.tcp, &device.token, "natter-bench sync")?.0;
+    conn.set_timeout(STALL);
+    let rss_before = target.server_rss();
+    let peak = Arc::new(AtomicU64::new(rss_before.unwrap_or(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop, target) = (peak.clone(), stop.clone(), target.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(rss) = target.server_rss() {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let cursors = chats.iter().map(|&chat_id| Cursor { chat_id, seq: 0 }).collect();
+    let started = Instant::now();
+    conn.send_body(Body::Sync(Sync { cursors }))?;
+    let mut next: HashMap<u64, u64> = chats.iter().map(|&c| (c, 1)).collect();
+    let (mut synced, mut duplicated, mut reordered, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let done = loop {
+        match conn.recv_timeout(STALL)? {
+            Some(Frame {
+                body: Body::Message(m),
+                ..
+            }) => {
+                synced += 1;
+                if let Some(expected) = next.get_mut(&m.chat_id) {
+                    if m.seq == *expected {
+                        *expected += 1;
+                    } else if m.seq < *expected {
+                        duplicated += 1;
+                    } else {
+                        reordered += 1;
+                        *expected = m.seq + 1;
+                    }
+                }
+            }
+            Some(Frame {
+                body: Body::SyncDone(done),
+                ..
+            }) => break done,
+            Some(Frame {
+                body: Body::Error(_), ..
+            }) => errors += 1,
+            Some(_) => {}
+            None => {
+                return Err(BenchError::Setup(format!(
+                    "no frame for {STALL:?} during the sync"
+                )));
+            }
+        }
+        if synced.is_multiple_of(1 << 20) {
+            interrupt::check()?;
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let expected: u64 = done.heads.iter().map(|c| c.seq).sum();
+    let lost = expected.saturating_sub(synced - duplicated);
+
+    let mut report = Report::new("sync", "tcp");
+    report.behind = Some(args.behind);
+    report.synced = Some(synced);
+    report.delivered = Some(synced);
+    report.duration_s = Some(secs);
+    report.sync_msgs_per_sec = Some(synced as f64 / secs);
+    report.server_rss_bytes = rss_before;
+    report.server_peak_rss_bytes = Some(peak.load(Ordering::Relaxed));
+    report.lost = Some(lost);
+    report.duplicated = Some(duplicated);
+    report.reordered = Some(reordered);
+    report.errors = Some(errors);
+    Ok(report)
+}
+
+/// Sends `args.behind` messages round-robin over `chats`, pipelined, until all are acknowledged.
+fn fill(target: &Target, token: &str, chats: &[u64], args: &SyncArgs) -> Result<(), BenchError> {
+    let mut conn = Connection::connect(target.tcp, token, "natter-bench sync sender")?.0;
+    conn.set_timeout(STALL);
+    let text = "s".repeat(args.text_bytes);
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    while acked < args.behind {
+        while sent < args.behind && sent - acked < WINDOW {
+            let chat_id = chats
+                .get((sent % chats.len() as u64) as usize)
+                .copied()
+                .unwrap_or(0);
+            conn.send_body(Body::Send(Send {
+                chat_id,
+                client_msg_id: run_id.wrapping_add(sent),
+                text: text.clone(),
+            }))?;
+            sent += 1;
+        }
+        match conn.recv_timeout(STALL)? {
+            Some(Frame {
+                body: Body::SendOk(_),
+                ..
+            }) => acked += 1,
+            Some(Frame {
+                body: Body::Error(e), ..
+            }) => {
+                return Err(BenchError::Setup(format!(
+                    "a send was refused: {} (code {})",
+                    e.message, e.code
+                )));
+            }
+            Some(_) => {}
+            None => return Err(BenchError::Setup(format!("no SendOk for {STALL:?}"))),
+        }
+        if acked.is_multiple_of(65_536) {
+            interrupt::check()?;
+        }
+    }
+    Ok(())
+}

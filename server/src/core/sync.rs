@@ -1,0 +1,510 @@
+//! Sync, history and cursors, served on the user's home core.
+//!
+//! # Sync
+//! A `Sync{cursors}` from a session plans the chats of its user (the store's
+//! `user_chats`, so a non-member gets nothing of a chat whatever cursors it
+//! sends). For each chat the start is the cursor the device sent, else the
+//! cursor it stored with `Ack`, else the chat's head minus
+//! [`NEW_DEVICE_BACKLOG`] (a brand-new device gets the last 50 and pages
+//! further back with History). The missing messages are then read from the
+//! store and written **one bounded page per step** ([`SYNC_PAGE_MESSAGES`],
+//! [`SYNC_PAGE_BYTES`]), chat by chat in ascending chat id and seq. After a
+//! page the sync waits until the driver reports that the session's outbound
+//! buffer drained ([`Core::handle_drained`]), so catching up on a million
+//! messages holds at most about one page per session, and the core serves
+//! everything else between pages. When every chat is done: `SyncDone{heads}`.
+//!
+//! # The seam with live pushes
+//! A message is pushed only after it is committed, and reads and pushes are
+//! handled by the same thread, so the store read always covers what was
+//! committed before it. Per syncing session and chat:
+//! * a chat still planned (not reached yet, or being paged): live pushes for
+//!   it are dropped; the store read that finishes the chat includes them;
+//! * a chat finished (its last page was short, so it held everything committed
+//!   at that moment): a push is forwarded iff its seq is past the last seq this
+//!   session was sent, which then moves on. Pushes of one chat reach a home core
+//!   in seq order, so past that point nothing is lost or doubled; the filter
+//!   entry for the chat is dropped by the first push it lets through after
+//!   `SyncDone`.
+//!
+//! So each message reaches a syncing session exactly once, in order per chat.
+//! Pushes of finished chats may arrive before `SyncDone`.
+//!
+//! # Slow consumers
+//! When a session's outbound buffer overflows (the driver calls
+//! [`Core::handle_outbound_overflow`]), live pushes to it stop and it is sent
+//! `Resync`; it stays open and catches up with Sync, paced by its own reading.
+//!
+//! # History and Ack
+//! History pages (newest first, at most [`HISTORY_MAX_MESSAGES`] and about
+//! [`HISTORY_MAX_BYTES`] of text) are read on the home core for members only;
+//! a non-member gets an empty page. `Ack{chat, seq}` from a member stores the
+//! device's cursor through the group-commit writer ([`WriteOp::Cursor`]).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use natter_wire::{Body, Cursor, Frame, HistoryPage, Message, SyncDone, fb};
+
+use super::{ConnId, Core, State};
+use crate::ids::{ChatId, DeviceId, Seq, UserId};
+use crate::store::writer::WriteOp;
+use crate::store::{Store, StoreError, StoredMessage};
+
+/// Most messages one sync step reads and writes.
+pub const SYNC_PAGE_MESSAGES: usize = 1024;
+/// Most message text one sync step reads and writes (one message may pass it).
+pub const SYNC_PAGE_BYTES: usize = 256 * 1024;
+/// Messages a device with no cursor for a chat gets of it on Sync.
+pub const NEW_DEVICE_BACKLOG: u64 = 50;
+/// Most messages in one HistoryPage.
+pub const HISTORY_MAX_MESSAGES: usize = 200;
+/// Most message text in one HistoryPage (one message may pass it), so the page
+/// stays within the default 512 KiB frame limit.
+pub const HISTORY_MAX_BYTES: usize = 256 * 1024;
+
+/// The store reads sync and history need. Defaults answer "nothing stored", for
+/// stores that do not keep messages (the fuzzing harness's).
+pub trait SyncStore {
+    /// The chats `user` is a member of, ascending.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn sync_user_chats(&self, _user: UserId) -> Result<Vec<ChatId>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether `user` is a member of `chat` now.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn sync_is_member(&self, _chat: ChatId, _user: UserId) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    /// The chat's last committed seq.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn sync_last_seq(&self, _chat: ChatId) -> Result<Seq, StoreError> {
+        Ok(Seq(0))
+    }
+
+    /// The cursor the device stored for the chat.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn sync_device_cursor(&self, _device: DeviceId, _chat: ChatId) -> Result<Option<Seq>, StoreError> {
+        Ok(None)
+    }
+
+    /// See [`Store::messages_page`].
+    ///
+    /// # Errors
+    /// The store failed.
+    fn sync_page(
+        &self,
+        _chat: ChatId,
+        _after: Seq,
+        _max_msgs: usize,
+        _max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// See [`Store::messages_before`].
+    ///
+    /// # Errors
+    /// The store failed.
+    fn sync_history(
+        &self,
+        _chat: ChatId,
+        _before: Seq,
+        _max_msgs: usize,
+        _max_bytes: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        Ok((Vec::new(), false))
+    }
+}
+
+impl SyncStore for Store {
+    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
+        self.user_chats(user)
+    }
+
+    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, StoreError> {
+        Ok(self.member_since(chat, user)?.is_some())
+    }
+
+    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, StoreError> {
+        self.last_seq(chat)
+    }
+
+    fn sync_device_cursor(&self, device: DeviceId, chat: ChatId) -> Result<Option<Seq>, StoreError> {
+        self.device_cursor(device, chat)
+    }
+
+    fn sync_page(
+        &self,
+        chat: ChatId,
+        after: Seq,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.messages_page(chat, after, max_msgs, max_bytes)
+    }
+
+    fn sync_history(
+        &self,
+        chat: ChatId,
+        before: Seq,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        self.messages_before(chat, before, max_msgs, max_bytes)
+    }
+}
+
+/// The sync state of one session (only sessions that synced or were stopped have one).
+#[derive(Debug, Default)]
+pub(crate) struct SessionSync {
+    /// Live pushes stopped after an overflow: every push is dropped until the next Sync.
+    stopped: bool,
+    /// The sync in progress.
+    run: Option<Run>,
+    /// Per chat: the last seq this session was sent (the push filter).
+    delivered: HashMap<ChatId, u64>,
+}
+
+#[derive(Debug)]
+struct Run {
+    request_id: u64,
+    /// Chats still to stream, in order, with the last seq sent of each; the front is current.
+    pending: VecDeque<(ChatId, u64)>,
+    /// The chats of `pending`: their live pushes are dropped.
+    planned: HashSet<ChatId>,
+    /// Every chat of the user at the start, with its head then (for SyncDone).
+    chats: Vec<(ChatId, u64)>,
+    /// A page went out; the next waits for [`Core::handle_drained`].
+    awaiting_drain: bool,
+}
+
+impl Core {
+    /// Whether a live push of `frame` may go to `conn` (see the module docs).
+    pub(super) fn sync_admits(&mut self, conn: ConnId, frame: &Bytes) -> bool {
+        let Some(state) = self.syncs.get_mut(&conn) else {
+            return true;
+        };
+        if state.stopped {
+            return false;
+        }
+        let Some((chat, seq)) = message_position(frame, self.decoder.limits()) else {
+            return true;
+        };
+        if state.run.as_ref().is_some_and(|r| r.planned.contains(&chat)) {
+            return false;
+        }
+        match state.delivered.get(&chat).copied() {
+            Some(last) if seq <= last => false,
+            Some(_) => {
+                if state.run.is_some() {
+                    state.delivered.insert(chat, seq);
+                } else {
+                    // Past the seam: later pushes of this chat are all newer.
+                    state.delivered.remove(&chat);
+                    if state.delivered.is_empty() {
+                        self.syncs.remove(&conn);
+                    }
+                }
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The session left (closed or failed): its sync state goes with it.
+    pub(super) fn sync_forget(&mut self, conn: ConnId) {
+        self.syncs.remove(&conn);
+    }
+
+    /// The driver: `conn`'s outbound buffer drained below its low-water mark.
+    /// A sync waiting for that writes its next page.
+    pub fn handle_drained(&mut self, conn: ConnId, _now: std::time::Instant) {
+        let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) else {
+            return;
+        };
+        if run.awaiting_drain {
+            run.awaiting_drain = false;
+            self.sync_step(conn);
+        }
+    }
+
+    /// Whether `conn` has a sync in progress (for tests and the fuzzing harness).
+    pub fn is_syncing(&self, conn: ConnId) -> bool {
+        self.syncs.get(&conn).is_some_and(|s| s.run.is_some())
+    }
+
+    /// The slow-consumer switch: stop live pushes to `conn` and tell it to resync.
+    pub(super) fn sync_stop(&mut self, conn: ConnId) {
+        let state = self.syncs.entry(conn).or_default();
+        if state.stopped {
+            return;
+        }
+        state.stopped = true;
+        state.run = None;
+        state.delivered.clear();
+        self.stats.slow_consumers += 1;
+        let frame = self.encoder.encode(&Frame::new(0, Body::Resync));
+        self.transmit(conn, frame);
+    }
+
+    fn active(&self, conn: ConnId) -> Option<(UserId, DeviceId)> {
+        match self.sessions.get(conn.0)?.state {
+            State::Active { user, device } => Some((user, device)),
+            _ => None,
+        }
+    }
+
+    pub(super) fn handle_sync_frame(&mut self, conn: ConnId, sync: fb::Sync<'_>, request_id: u64) {
+        let Some((user, device)) = self.active(conn) else {
+            return;
+        };
+        let given: HashMap<ChatId, u64> = sync
+            .cursors()
+            .map(|v| v.iter().map(|c| (ChatId(c.chat_id()), c.seq())).collect())
+            .unwrap_or_default();
+        let plan = match self.plan(user, device, &given) {
+            Ok(plan) => plan,
+            Err(e) => {
+                let message = format!("the store is unavailable: {e}");
+                return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
+            }
+        };
+        let state = self.syncs.entry(conn).or_default();
+        state.stopped = false;
+        let mut run = Run {
+            request_id,
+            pending: VecDeque::new(),
+            planned: HashSet::new(),
+            chats: Vec::with_capacity(plan.len()),
+            awaiting_drain: false,
+        };
+        for (chat, after, head) in plan {
+            run.chats.push((chat, head));
+            if after < head {
+                run.pending.push_back((chat, after));
+                run.planned.insert(chat);
+                state.delivered.insert(chat, after);
+            } else {
+                // Up to date: only pushes past the head are new to it.
+                state.delivered.insert(chat, head);
+            }
+        }
+        state.run = Some(run);
+        self.sync_step(conn);
+    }
+
+    /// `(chat, start after, head)` for every chat of the user.
+    fn plan(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        given: &HashMap<ChatId, u64>,
+    ) -> Result<Vec<(ChatId, u64, u64)>, StoreError> {
+        let mut plan = Vec::new();
+        for chat in self.store.sync_user_chats(user)? {
+            let head = self.store.sync_last_seq(chat)?.0;
+            let after = match given.get(&chat) {
+                Some(&seq) => seq,
+                None => match self.store.sync_device_cursor(device, chat)? {
+                    Some(seq) => seq.0,
+                    None => head.saturating_sub(NEW_DEVICE_BACKLOG),
+                },
+            };
+            plan.push((chat, after, head));
+        }
+        Ok(plan)
+    }
+
+    /// Writes the next page of `conn`'s sync (or SyncDone when nothing is left).
+    fn sync_step(&mut self, conn: ConnId) {
+        let mut out = BytesMut::new();
+        let mut msgs = 0;
+        let mut bytes = 0;
+        let mut failed = None;
+        loop {
+            let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) else {
+                return;
+            };
+            let Some(&(chat, after)) = run.pending.front() else {
+                break;
+            };
+            if msgs >= SYNC_PAGE_MESSAGES || bytes >= SYNC_PAGE_BYTES {
+                break;
+            }
+            let want = SYNC_PAGE_MESSAGES - msgs;
+            let page = match self
+                .store
+                .sync_page(chat, Seq(after), want, SYNC_PAGE_BYTES - bytes)
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let short = page.len() < want && bytes + page_bytes(&page) < SYNC_PAGE_BYTES;
+            let last = page.last().map_or(after, |m| m.seq.0);
+            msgs += page.len();
+            for m in page {
+                bytes += m.text.len();
+                let frame = self.encoder.message(
+                    0,
+                    &Message {
+                        chat_id: chat.0,
+                        seq: m.seq.0,
+                        sender: m.sender.0,
+                        server_ts_ms: m.server_ts_ms,
+                        client_msg_id: m.client_msg_id.0,
+                        text: m.text,
+                    },
+                );
+                out.extend_from_slice(&frame);
+            }
+            let Some(state) = self.syncs.get_mut(&conn) else {
+                return;
+            };
+            state.delivered.insert(chat, last);
+            let Some(run) = state.run.as_mut() else {
+                return;
+            };
+            if short {
+                // Everything committed when it was read: the chat is done.
+                run.pending.pop_front();
+                run.planned.remove(&chat);
+            } else if let Some(front) = run.pending.front_mut() {
+                front.1 = last;
+            }
+        }
+        self.stats.deliveries += msgs as u64;
+        if !out.is_empty() {
+            self.transmit(conn, out.freeze());
+        }
+        if let Some(e) = failed {
+            if let Some(state) = self.syncs.get_mut(&conn) {
+                state.run = None;
+            }
+            let message = format!("the store is unavailable: {e}");
+            return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, 0);
+        }
+        let Some(state) = self.syncs.get_mut(&conn) else {
+            return;
+        };
+        let Some(run) = state.run.as_mut() else {
+            return;
+        };
+        if !run.pending.is_empty() {
+            run.awaiting_drain = true;
+            return;
+        }
+        let Some(run) = state.run.take() else {
+            return;
+        };
+        let heads: Vec<Cursor> = run
+            .chats
+            .iter()
+            .map(|&(chat, head)| Cursor {
+                chat_id: chat.0,
+                seq: state.delivered.get(&chat).copied().unwrap_or(head),
+            })
+            .collect();
+        if state.delivered.is_empty() && !state.stopped {
+            self.syncs.remove(&conn);
+        }
+        let frame = self
+            .encoder
+            .encode(&Frame::new(run.request_id, Body::SyncDone(SyncDone { heads })));
+        self.transmit(conn, frame);
+    }
+
+    pub(super) fn handle_history_frame(&mut self, conn: ConnId, history: fb::History<'_>, request_id: u64) {
+        let Some((user, _)) = self.active(conn) else {
+            return;
+        };
+        let chat = ChatId(history.chat_id());
+        let before = match history.before_seq() {
+            0 => Seq(u64::MAX),
+            s => Seq(s),
+        };
+        let limit = (history.limit() as usize).min(HISTORY_MAX_MESSAGES);
+        let result = self.store.sync_is_member(chat, user).and_then(|member| {
+            if member && limit > 0 {
+                self.store.sync_history(chat, before, limit, HISTORY_MAX_BYTES)
+            } else {
+                Ok((Vec::new(), false))
+            }
+        });
+        let (messages, has_more) = match result {
+            Ok(page) => page,
+            Err(e) => {
+                let message = format!("the store is unavailable: {e}");
+                return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
+            }
+        };
+        let page = HistoryPage {
+            chat_id: chat.0,
+            messages: messages
+                .into_iter()
+                .map(|m| Message {
+                    chat_id: chat.0,
+                    seq: m.seq.0,
+                    sender: m.sender.0,
+                    server_ts_ms: m.server_ts_ms,
+                    client_msg_id: m.client_msg_id.0,
+                    text: m.text,
+                })
+                .collect(),
+            has_more,
+        };
+        let frame = self
+            .encoder
+            .encode(&Frame::new(request_id, Body::HistoryPage(page)));
+        self.transmit(conn, frame);
+    }
+
+    pub(super) fn handle_ack_frame(&mut self, conn: ConnId, ack: fb::Ack<'_>, request_id: u64) {
+        let Some((user, device)) = self.active(conn) else {
+            return;
+        };
+        let chat = ChatId(ack.chat_id());
+        match self.store.sync_is_member(chat, user) {
+            Ok(true) => self.actions.push_back(super::Action::Write(WriteOp::Cursor {
+                origin: self.config.core,
+                device,
+                chat,
+                seq: Seq(ack.seq()),
+            })),
+            // A cursor for a chat the user is not in is ignored (no row per
+            // invented chat id); Ack has no answer.
+            Ok(false) => {}
+            Err(e) => {
+                let message = format!("the store is unavailable: {e}");
+                self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
+            }
+        }
+    }
+}
+
+fn page_bytes(page: &[StoredMessage]) -> usize {
+    page.iter().map(|m| m.text.len()).sum()
+}
+
+/// The `(chat, seq)` of an encoded Message frame.
+fn message_position(frame: &[u8], limits: &natter_wire::Limits) -> Option<(ChatId, u64)> {
+    let view = natter_wire::view(frame, limits).ok()?;
+    let m = view.body_as_message()?;
+    Some((ChatId(m.chat_id()), m.seq()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,488 @@
+//! Tests of sync, history, cursors and slow consumers on the sans-IO core:
+//! one core (owner and home of everyone), a real store in a temporary
+//! directory, a simulated writer that commits when the test says so, and a
+//! simulated driver that reports "drained" when the test says so.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use natter_wire::{Ack, Body, Cursor, Frame, FrameDecoder, Hello, History, Limits, Message, Send, Sync};
+
+use super::super::{Action, AuthResult, ConnId, Core, CoreConfig, PROTOCOL_VERSION};
+use super::{HISTORY_MAX_MESSAGES, NEW_DEVICE_BACKLOG, SYNC_PAGE_MESSAGES};
+use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
+use crate::store::writer::{Completion, WriteOp, apply_for_test};
+use crate::store::{Store, StoredMessage};
+
+struct Sim {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    core: Core,
+    now: Instant,
+    writes: Vec<WriteOp>,
+    /// Frames sent to each connection, split into single frames.
+    inbox: HashMap<ConnId, Vec<Frame>>,
+    next_rid: u64,
+}
+
+impl Sim {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let now = Instant::now();
+        let config = CoreConfig {
+            core: CoreId(0),
+            cores: 1,
+            heartbeat_timeout: Duration::from_secs(30),
+            presence_grace: Duration::from_secs(1),
+            limits: Limits::default(),
+            max_connections: 64,
+            send_rate: 1_000_000,
+        };
+        let core = Core::new(config, store.clone(), now, 1_700_000_000_000);
+        Self {
+            _dir: dir,
+            store,
+            core,
+            now,
+            writes: Vec::new(),
+            inbox: HashMap::new(),
+            next_rid: 100,
+        }
+    }
+
+    fn user(&self, name: &str) -> UserId {
+        self.store.create_user(name, "$argon2id$not-used-here").unwrap()
+    }
+
+    /// Carries out the core's actions: writes are collected, frames split into the inboxes.
+    fn pump(&mut self) {
+        self.core.handle_end_of_turn();
+        let decoder = FrameDecoder::new(Limits::default());
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Write(op) => self.writes.push(op),
+                Action::Transmit { conn, frame } => {
+                    let mut buf = BytesMut::from(&frame[..]);
+                    while let Some(one) = decoder.split(&mut buf).unwrap() {
+                        let f = Frame::decode(&one, &Limits::default()).unwrap();
+                        if !matches!(f.body, Body::Presence(_)) {
+                            self.inbox.entry(conn).or_default().push(f);
+                        }
+                    }
+                    assert!(buf.is_empty(), "a transmit that is not whole frames");
+                }
+                Action::ToCore { .. } => panic!("one core has no one to talk to"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    fn connect(&mut self, user: UserId, device: u64) -> ConnId {
+        let conn = self.core.handle_accept(self.now).unwrap();
+        let hello = Frame::new(
+            1,
+            Body::Hello(Hello {
+                token: "t".into(),
+                device: "d".into(),
+                protocol_version: PROTOCOL_VERSION,
+            }),
+        );
+        self.input(conn, &hello);
+        assert!(matches!(
+            self.core.poll_action(),
+            Some(Action::Authenticate { .. })
+        ));
+        self.core
+            .handle_auth(conn, AuthResult::Valid(user, DeviceId(device)), self.now);
+        self.pump();
+        let welcome = self.take(conn);
+        assert!(matches!(welcome[0].body, Body::Welcome(_)), "{welcome:?}");
+        conn
+    }
+
+    fn input(&mut self, conn: ConnId, frame: &Frame) {
+        let mut buf = BytesMut::from(&frame.encode()[..]);
+        self.core.handle_input(conn, &mut buf, self.now);
+        assert!(buf.is_empty());
+    }
+
+    fn request(&mut self, conn: ConnId, body: Body) -> u64 {
+        self.next_rid += 1;
+        let rid = self.next_rid;
+        self.input(conn, &Frame::new(rid, body));
+        self.pump();
+        rid
+    }
+
+    /// A send through the core; stays in flight until [`Sim::commit`].
+    fn send(&mut self, conn: ConnId, chat: ChatId, cmid: u64, text: &str) {
+        let body = Body::Send(Send {
+            chat_id: chat.0,
+            client_msg_id: cmid,
+            text: text.into(),
+        });
+        self.request(conn, body);
+    }
+
+    /// Makes the collected writes durable, without telling the core yet.
+    fn write_to_disk(&mut self) -> Vec<Completion> {
+        let writes = std::mem::take(&mut self.writes);
+        writes
+            .into_iter()
+            .filter_map(|op| apply_for_test(&self.store, op).1)
+            .collect()
+    }
+
+    /// Reports completions to the core (pushes go out now).
+    fn complete(&mut self, completions: Vec<Completion>) {
+        self.core.handle_committed(completions, self.now);
+        self.pump();
+    }
+
+    fn commit(&mut self) {
+        let c = self.write_to_disk();
+        self.complete(c);
+    }
+
+    fn drained(&mut self, conn: ConnId) {
+        self.core.handle_drained(conn, self.now);
+        self.pump();
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<Frame> {
+        self.inbox.remove(&conn).unwrap_or_default()
+    }
+
+    fn sync(&mut self, conn: ConnId, cursors: &[(ChatId, u64)]) -> u64 {
+        let cursors = cursors
+            .iter()
+            .map(|&(c, s)| Cursor { chat_id: c.0, seq: s })
+            .collect();
+        self.request(conn, Body::Sync(Sync { cursors }))
+    }
+
+    /// Drains `conn`'s sync to its end; returns what it received and the SyncDone heads.
+    fn finish_sync(&mut self, conn: ConnId) -> (Vec<Message>, Vec<(u64, u64)>) {
+        let mut msgs = Vec::new();
+        for _ in 0..100_000 {
+            for f in self.take(conn) {
+                match f.body {
+                    Body::Message(m) => msgs.push(m),
+                    Body::SyncDone(d) => {
+                        return (msgs, d.heads.iter().map(|c| (c.chat_id, c.seq)).collect());
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            self.drained(conn);
+        }
+        panic!("the sync never finished")
+    }
+
+    /// Stores `n` messages of `chat` directly (as if sent long ago).
+    fn backlog(&self, chat: ChatId, sender: UserId, from: u64, n: u64) {
+        let ops: Vec<WriteOp> = (from..from + n)
+            .map(|seq| WriteOp::Message {
+                origin: CoreId(0),
+                msg: StoredMessage {
+                    chat,
+                    seq: Seq(seq),
+                    sender,
+                    server_ts_ms: seq,
+                    client_msg_id: ClientMsgId(1_000_000 + seq),
+                    text: format!("m{seq}"),
+                },
+            })
+            .collect();
+        self.store.commit_writes(&ops);
+    }
+}
+
+fn seqs(msgs: &[Message], chat: ChatId) -> Vec<u64> {
+    msgs.iter()
+        .filter(|m| m.chat_id == chat.0)
+        .map(|m| m.seq)
+        .collect()
+}
+
+fn messages(frames: &[Frame]) -> Vec<Message> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Message(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_backlog_is_synced_in_bounded_pages_only_as_the_session_drains_then_sync_done() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    let g = s.store.create_group(alice, "g", &[bob]).unwrap();
+    s.backlog(a, alice, 1, 3000);
+    s.backlog(g, bob, 1, 10);
+    let phone = s.connect(bob, 1);
+    let rid = s.sync(phone, &[(a, 0), (g, 4)]);
+    // One page now, nothing more until the driver reports a drain.
+    let first = messages(&s.take(phone));
+    assert_eq!(first.len(), SYNC_PAGE_MESSAGES);
+    s.pump();
+    assert!(s.take(phone).is_empty());
+    assert!(s.core.is_syncing(phone));
+    let mut all = first;
+    let (rest, heads) = s.finish_sync(phone);
+    all.extend(rest);
+    assert_eq!(seqs(&all, a), (1..=3000).collect::<Vec<_>>());
+    assert_eq!(seqs(&all, g), (5..=10).collect::<Vec<_>>());
+    // Chat by chat, ascending chat id.
+    let last_a = all.iter().rposition(|m| m.chat_id == a.0).unwrap();
+    let first_g = all.iter().position(|m| m.chat_id == g.0).unwrap();
+    assert!(last_a < first_g);
+    assert_eq!(heads, vec![(a.0, 3000), (g.0, 10)]);
+    assert!(!s.core.is_syncing(phone));
+    let _ = rid;
+}
+
+#[test]
+fn messages_committed_during_the_sync_arrive_exactly_once_and_in_order() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    let g = s.store.create_group(alice, "g", &[bob]).unwrap();
+    let sender = s.connect(alice, 9);
+    // Chat a has a backlog; chat g gets traffic only during the sync.
+    for i in 1..=2500 {
+        s.send(sender, a, i, "backlog");
+    }
+    s.commit();
+    let phone = s.connect(bob, 1);
+    s.sync(phone, &[(a, 0), (g, 0)]);
+    let mut got = messages(&s.take(phone));
+    let mut cmid = 10_000;
+    let mut late = Vec::new();
+    for round in 0..20 {
+        // Sends into both chats: some committed and reported at once, some
+        // committed now and reported (pushed) only after the next page was read.
+        for chat in [a, g] {
+            cmid += 1;
+            s.send(sender, chat, cmid, "during");
+        }
+        let completions = s.write_to_disk();
+        if round % 2 == 0 {
+            s.complete(completions);
+        } else {
+            late = completions;
+        }
+        s.drained(phone);
+        if !late.is_empty() {
+            s.complete(std::mem::take(&mut late));
+        }
+        for f in s.take(phone) {
+            match f.body {
+                Body::Message(m) => got.push(m),
+                Body::SyncDone(_) => got.push(Message::default()),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // Past the sync: live pushes only, still exactly once.
+    for chat in [a, g] {
+        cmid += 1;
+        s.send(sender, chat, cmid, "after");
+    }
+    s.commit();
+    got.extend(messages(&s.take(phone)));
+    let done = got.iter().filter(|m| m.chat_id == 0).count();
+    assert_eq!(done, 1, "exactly one SyncDone");
+    let head_a = s.store.last_seq(a).unwrap().0;
+    let head_g = s.store.last_seq(g).unwrap().0;
+    assert_eq!(seqs(&got, a), (1..=head_a).collect::<Vec<_>>());
+    assert_eq!(seqs(&got, g), (1..=head_g).collect::<Vec<_>>());
+    assert_eq!(head_g, 21);
+}
+
+#[test]
+fn empty_cursors_use_the_stored_ones_and_a_new_device_gets_the_last_fifty() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    s.backlog(a, alice, 1, 120);
+    let laptop = s.connect(bob, 2);
+    s.sync(laptop, &[]);
+    let (msgs, heads) = s.finish_sync(laptop);
+    assert_eq!(
+        seqs(&msgs, a),
+        ((120 - NEW_DEVICE_BACKLOG + 1)..=120).collect::<Vec<_>>()
+    );
+    assert_eq!(heads, vec![(a.0, 120)]);
+    // The laptop acknowledges up to 100; the phone (another device) up to 7.
+    s.request(
+        laptop,
+        Body::Ack(Ack {
+            chat_id: a.0,
+            seq: 100,
+        }),
+    );
+    let phone = s.connect(bob, 1);
+    s.request(phone, Body::Ack(Ack { chat_id: a.0, seq: 7 }));
+    assert_eq!(s.writes.len(), 2, "{:?}", s.writes);
+    s.commit();
+    let laptop2 = s.connect(bob, 2);
+    s.sync(laptop2, &[]);
+    assert_eq!(
+        seqs(&s.finish_sync(laptop2).0, a),
+        (101..=120).collect::<Vec<_>>()
+    );
+    s.sync(phone, &[]);
+    assert_eq!(seqs(&s.finish_sync(phone).0, a), (8..=120).collect::<Vec<_>>());
+    // An explicit cursor wins over the stored one.
+    s.sync(phone, &[(a, 118)]);
+    assert_eq!(seqs(&s.finish_sync(phone).0, a), vec![119, 120]);
+}
+
+#[test]
+fn a_non_member_gets_nothing_of_a_chat_from_sync_history_or_ack() {
+    let mut s = Sim::new();
+    let (alice, bob, eve) = (s.user("alice"), s.user("bob"), s.user("eve"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    s.backlog(a, alice, 1, 30);
+    let spy = s.connect(eve, 5);
+    s.sync(spy, &[(a, 0)]);
+    let (msgs, heads) = s.finish_sync(spy);
+    assert!(msgs.is_empty() && heads.is_empty(), "{msgs:?} {heads:?}");
+    let rid = s.request(
+        spy,
+        Body::History(History {
+            chat_id: a.0,
+            before_seq: 0,
+            limit: 50,
+        }),
+    );
+    let frames = s.take(spy);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].request_id, rid);
+    let Body::HistoryPage(page) = &frames[0].body else {
+        panic!("{frames:?}")
+    };
+    assert!(page.messages.is_empty() && !page.has_more);
+    s.request(spy, Body::Ack(Ack { chat_id: a.0, seq: 3 }));
+    assert!(s.writes.is_empty());
+}
+
+#[test]
+fn history_pages_back_newest_first_capped_at_two_hundred() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    s.backlog(a, alice, 1, 450);
+    let phone = s.connect(bob, 1);
+    let mut before = 0;
+    let mut all = Vec::new();
+    loop {
+        s.request(
+            phone,
+            Body::History(History {
+                chat_id: a.0,
+                before_seq: before,
+                limit: 1000,
+            }),
+        );
+        let frames = s.take(phone);
+        let Body::HistoryPage(page) = &frames[0].body else {
+            panic!("{frames:?}")
+        };
+        assert!(page.messages.len() <= HISTORY_MAX_MESSAGES);
+        all.extend(page.messages.iter().map(|m| m.seq));
+        before = page.messages.last().map_or(0, |m| m.seq);
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(all, (1..=450).rev().collect::<Vec<_>>());
+}
+
+#[test]
+fn a_slow_consumer_is_told_to_resync_gets_no_pushes_and_then_catches_up() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    let sender = s.connect(alice, 9);
+    let phone = s.connect(bob, 1);
+    s.send(sender, a, 1, "one");
+    s.commit();
+    assert_eq!(seqs(&messages(&s.take(phone)), a), vec![1]);
+    s.core.handle_outbound_overflow(phone);
+    s.pump();
+    let frames = s.take(phone);
+    assert!(
+        matches!(
+            frames.as_slice(),
+            [Frame {
+                body: Body::Resync,
+                ..
+            }]
+        ),
+        "{frames:?}"
+    );
+    // Still open; a second overflow does not repeat the Resync.
+    s.core.handle_outbound_overflow(phone);
+    s.pump();
+    assert!(s.take(phone).is_empty());
+    for i in 2..=40 {
+        s.send(sender, a, i, "while stopped");
+    }
+    s.commit();
+    assert!(s.take(phone).is_empty(), "pushes to a stopped session");
+    s.sync(phone, &[(a, 1)]);
+    let (msgs, heads) = s.finish_sync(phone);
+    assert_eq!(seqs(&msgs, a), (2..=40).collect::<Vec<_>>());
+    assert_eq!(heads, vec![(a.0, 40)]);
+    s.send(sender, a, 41, "live again");
+    s.commit();
+    assert_eq!(seqs(&messages(&s.take(phone)), a), vec![41]);
+    assert_eq!(s.core.stats().slow_consumers, 1);
+}
+
+#[test]
+fn other_sessions_are_served_between_pages_and_a_closed_session_leaves_no_sync_state() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    s.backlog(a, alice, 1, 5000);
+    let sender = s.connect(alice, 9);
+    let phone = s.connect(bob, 1);
+    let laptop = s.connect(bob, 2);
+    s.sync(phone, &[(a, 0)]);
+    assert_eq!(messages(&s.take(phone)).len(), SYNC_PAGE_MESSAGES);
+    // The phone's sync waits for its drain; meanwhile a Ping and a send are served,
+    // and the laptop (not syncing) gets the push at once.
+    let rid = s.request(sender, Body::Ping(natter_wire::Ping { nonce: 5 }));
+    let pong = s.take(sender);
+    assert!(matches!(pong.as_slice(), [Frame { request_id, body: Body::Pong(_) }] if *request_id == rid));
+    s.send(sender, a, 1, "live");
+    s.commit();
+    assert_eq!(seqs(&messages(&s.take(laptop)), a), vec![5001]);
+    assert!(
+        s.take(phone).is_empty(),
+        "the phone's copy comes through its sync"
+    );
+    // A second Sync replaces the first.
+    s.sync(phone, &[(a, 4990)]);
+    let (msgs, heads) = s.finish_sync(phone);
+    assert_eq!(seqs(&msgs, a), (4991..=5001).collect::<Vec<_>>());
+    assert_eq!(heads, vec![(a.0, 5001)]);
+    // A session that leaves mid-sync leaves nothing behind.
+    s.sync(laptop, &[(a, 0)]);
+    assert!(s.core.is_syncing(laptop));
+    s.core.handle_closed(laptop);
+    assert!(!s.core.is_syncing(laptop));
+    s.core.handle_closed(phone);
+    assert!(s.core.syncs.is_empty(), "{:?}", s.core.syncs);
+}
