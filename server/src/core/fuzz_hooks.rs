@@ -80,6 +80,13 @@ impl Core {
                 }
             }
         }
+        if listed.len() as u64 != self.stats.sessions {
+            return Err(format!(
+                "the session counter says {} but the device index holds {}",
+                self.stats.sessions,
+                listed.len()
+            ));
+        }
         for (key, session) in &self.sessions {
             if let State::Active { user, .. } = session.state {
                 if !listed.contains(&ConnId(key)) {

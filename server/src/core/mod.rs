@@ -321,7 +321,6 @@ impl Core {
     /// Counters for `/metrics`.
     pub fn stats(&self) -> CoreStats {
         CoreStats {
-            sessions: self.devices.values().map(|d| d.len() as u64).sum(),
             connections: self.sessions.len() as u64,
             online_users: self.presence.tracked_len() as u64,
             ..self.stats
@@ -575,6 +574,7 @@ impl Core {
                 session.state = State::Active { user, device };
                 session.last_heard = now;
                 self.devices.entry(user).or_default().push((device, conn));
+                self.stats.sessions += 1;
                 let welcome = natter_wire::Welcome {
                     user_id: user.0,
                     device_id: device.0,
@@ -641,7 +641,9 @@ impl Core {
     fn forget_device(&mut self, user: UserId, conn: ConnId, last_heard: Instant) {
         self.sync_forget(conn);
         if let Some(list) = self.devices.get_mut(&user) {
+            let before = list.len();
             list.retain(|(_, c)| *c != conn);
+            self.stats.sessions -= (before - list.len()) as u64;
             if list.is_empty() {
                 self.devices.remove(&user);
             }
