@@ -104,11 +104,35 @@ impl Connection {
         device: &str,
         protocol_version: u32,
     ) -> Result<Welcome, ClientError> {
-        let hello = Hello {
+        self.hello_with(Hello {
             token: token.to_owned(),
             device: device.to_owned(),
             protocol_version,
-        };
+            sync_first: false,
+        })
+    }
+
+    /// Sends `Hello{sync_first: true}` and waits for `Welcome`: the server holds live
+    /// message pushes back until this connection's first `Sync`, so a reconnecting
+    /// device that syncs next sees every message exactly once and in order. Send the
+    /// `Sync` right after this returns (or pipeline it).
+    ///
+    /// # Errors
+    /// As [`Connection::hello`].
+    pub fn hello_sync_first(&mut self, token: &str, device: &str) -> Result<Welcome, ClientError> {
+        self.hello_with(Hello {
+            token: token.to_owned(),
+            device: device.to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            sync_first: true,
+        })
+    }
+
+    /// Sends this `Hello` and waits for `Welcome`.
+    ///
+    /// # Errors
+    /// As [`Connection::hello`].
+    pub fn hello_with(&mut self, hello: Hello) -> Result<Welcome, ClientError> {
         let request_id = self.send_body(Body::Hello(hello))?;
         let timeout = self.timeout;
         let frame = self.recv_timeout(timeout)?.ok_or(ClientError::Timeout {
@@ -116,7 +140,13 @@ impl Connection {
             expected: "Welcome",
         })?;
         match frame.body {
-            Body::Welcome(welcome) => Ok(welcome),
+            Body::Welcome(welcome) => {
+                // The server announces its frame limit: decode what it sends with it.
+                if welcome.max_frame > 0 {
+                    self.decoder = FrameDecoder::new(Limits::with_max_frame(welcome.max_frame as usize));
+                }
+                Ok(welcome)
+            }
             Body::Error(error) => Err(ClientError::Refused {
                 code: ServerCode::from_u16(error.code),
                 message: error.message,
@@ -421,6 +451,7 @@ mod tests {
             heartbeat_interval_ms: 30_000,
             server_time_ms: 1,
             protocol_version: PROTOCOL_VERSION,
+            max_frame: 1 << 20,
         }
     }
 

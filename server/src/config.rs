@@ -95,6 +95,9 @@ pub struct Flags {
     /// Sends per second one connection may make (bursts of the same size) [default: 1000].
     #[arg(long)]
     pub send_rate_limit: Option<u32>,
+    /// Most live sessions of one user; a new session closes the oldest [default: 16].
+    #[arg(long)]
+    pub max_sessions_per_user: Option<usize>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -114,6 +117,7 @@ struct FileConfig {
     auth_rate_limit: Option<u32>,
     max_connections_per_core: Option<usize>,
     send_rate_limit: Option<u32>,
+    max_sessions_per_user: Option<usize>,
 }
 
 /// Default `--heartbeat-timeout`. Clients ping every third of it (60 s): an idle
@@ -179,6 +183,8 @@ pub struct Config {
     pub max_connections_per_core: usize,
     /// Sends per second per connection.
     pub send_rate_limit: u32,
+    /// Most live sessions per user (the oldest is closed to make room).
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for Config {
@@ -196,6 +202,7 @@ impl Default for Config {
             auth_rate_limit: 30,
             max_connections_per_core: 200_000,
             send_rate_limit: 1000,
+            max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
         }
     }
 }
@@ -256,6 +263,10 @@ impl Config {
                 .send_rate_limit
                 .or(file.send_rate_limit)
                 .unwrap_or(d.send_rate_limit),
+            max_sessions_per_user: flags
+                .max_sessions_per_user
+                .or(file.max_sessions_per_user)
+                .unwrap_or(d.max_sessions_per_user),
         };
         config.validate()?;
         Ok(config)
@@ -294,6 +305,9 @@ impl Config {
         }
         if self.send_rate_limit == 0 {
             return invalid("send-rate-limit", "must be at least 1 per second");
+        }
+        if self.max_sessions_per_user == 0 || self.max_sessions_per_user > 10_000 {
+            return invalid("max-sessions-per-user", "must be between 1 and 10000");
         }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");

@@ -77,11 +77,24 @@ pub enum ErrorCode {
     /// Limit hit: the client did not read its frames fast enough and the server's outbound
     /// buffer for it overflowed. Closes the connection; reconnect and catch up (Sync/History).
     SlowConsumer = 20,
+    /// Limit hit, nobody at fault: the server cannot take more writes right now (its store writer is
+    /// behind). Retry the request later with the same `client_msg_id`; the connection stays open.
+    Overloaded = 21,
+    /// Limit hit: this user has the maximum number of live sessions; the oldest one is closed with
+    /// this code to make room for the new one. Closes the connection it is sent on.
+    TooManySessions = 22,
+    /// Peer at fault: `Send.client_msg_id` is 0 (what an unset field reads as). Pick a nonzero id
+    /// per message. The request is refused; the connection stays open.
+    MissingClientMsgId = 23,
+    /// Peer at fault: this `client_msg_id` was already used by this sender in this chat for a
+    /// different text. Retries must repeat the same text; a new message needs a new id. The request
+    /// is refused; the connection stays open.
+    ClientMsgIdReused = 24,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::NotAuthenticated,
@@ -102,6 +115,10 @@ impl ErrorCode {
         ErrorCode::AlreadyAuthenticated,
         ErrorCode::TooManyConnections,
         ErrorCode::SlowConsumer,
+        ErrorCode::Overloaded,
+        ErrorCode::TooManySessions,
+        ErrorCode::MissingClientMsgId,
+        ErrorCode::ClientMsgIdReused,
     ];
 
     /// The number sent in `Error.code`.
@@ -133,6 +150,10 @@ impl ErrorCode {
             18 => ErrorCode::AlreadyAuthenticated,
             19 => ErrorCode::TooManyConnections,
             20 => ErrorCode::SlowConsumer,
+            21 => ErrorCode::Overloaded,
+            22 => ErrorCode::TooManySessions,
+            23 => ErrorCode::MissingClientMsgId,
+            24 => ErrorCode::ClientMsgIdReused,
             _ => return None,
         })
     }
@@ -160,6 +181,10 @@ impl ErrorCode {
             ErrorCode::AlreadyAuthenticated => "already_authenticated",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::SlowConsumer => "slow_consumer",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::MissingClientMsgId => "missing_client_msg_id",
+            ErrorCode::ClientMsgIdReused => "client_msg_id_reused",
         }
     }
 
@@ -184,6 +209,7 @@ impl ErrorCode {
                 | ErrorCode::HeartbeatTimeout
                 | ErrorCode::TooManyConnections
                 | ErrorCode::SlowConsumer
+                | ErrorCode::TooManySessions
         )
     }
 }

@@ -22,6 +22,9 @@ pub struct Hello {
     pub device: String,
     /// The protocol version the client speaks ([`crate::PROTOCOL_VERSION`]).
     pub protocol_version: u32,
+    /// The client will send `Sync`: hold live message pushes back until then, so the sync stream
+    /// hands over to live pushes exactly once and in order (docs/PROTOCOL.md, "The seam").
+    pub sync_first: bool,
 }
 
 /// Server → client, the answer to a valid [`Hello`].
@@ -37,6 +40,8 @@ pub struct Welcome {
     pub server_time_ms: u64,
     /// The protocol version the server speaks on this connection.
     pub protocol_version: u32,
+    /// The largest frame either side may send on this connection, prefix included, in bytes.
+    pub max_frame: u32,
 }
 
 /// Client → server: store a message in a chat. Retry with the same `client_msg_id` after any failure.
@@ -312,6 +317,7 @@ impl Frame {
                     token: string(b.token()),
                     device: string(b.device()),
                     protocol_version: b.protocol_version(),
+                    sync_first: b.sync_first(),
                 })
             }),
             fb::Body::Welcome => view.body_as_welcome().map(|b| {
@@ -321,6 +327,7 @@ impl Frame {
                     heartbeat_interval_ms: b.heartbeat_interval_ms(),
                     server_time_ms: b.server_time_ms(),
                     protocol_version: b.protocol_version(),
+                    max_frame: b.max_frame(),
                 })
             }),
             fb::Body::Send => view.body_as_send().map(|b| {
@@ -560,6 +567,7 @@ fn build_body(fbb: &mut FlatBufferBuilder<'_>, body: &Body) -> (fb::Body, WIPOff
                 token: Some(token),
                 device: Some(device),
                 protocol_version: b.protocol_version,
+                sync_first: b.sync_first,
             };
             fb::Hello::create(fbb, &args).as_union_value()
         }
@@ -571,6 +579,7 @@ fn build_body(fbb: &mut FlatBufferBuilder<'_>, body: &Body) -> (fb::Body, WIPOff
                 heartbeat_interval_ms: b.heartbeat_interval_ms,
                 server_time_ms: b.server_time_ms,
                 protocol_version: b.protocol_version,
+                max_frame: b.max_frame,
             },
         )
         .as_union_value(),

@@ -32,6 +32,7 @@ fn one_of_each() -> Vec<Frame> {
             token: "ab".repeat(32),
             device: "pixel 9 / natter-android 0.1".into(),
             protocol_version: PROTOCOL_VERSION,
+            sync_first: true,
         }),
         Body::Welcome(Welcome {
             user_id: 1,
@@ -39,6 +40,7 @@ fn one_of_each() -> Vec<Frame> {
             heartbeat_interval_ms: 30_000,
             server_time_ms: 1_700_000_000_000,
             protocol_version: PROTOCOL_VERSION,
+            max_frame: 524_288,
         }),
         Body::Send(Send {
             chat_id: 42,
@@ -164,27 +166,30 @@ fn arb_message() -> impl Strategy<Value = Message> {
 
 fn arb_body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (arb_text(), arb_text(), any::<u32>()).prop_map(|(token, device, protocol_version)| Body::Hello(
-            Hello {
+        (arb_text(), arb_text(), any::<u32>(), any::<bool>()).prop_map(
+            |(token, device, protocol_version, sync_first)| Body::Hello(Hello {
                 token,
                 device,
-                protocol_version
-            }
-        )),
+                protocol_version,
+                sync_first,
+            })
+        ),
         (
             any::<u64>(),
             any::<u64>(),
             any::<u32>(),
             any::<u64>(),
+            any::<u32>(),
             any::<u32>()
         )
-            .prop_map(|(a, b, c, d, e)| {
+            .prop_map(|(a, b, c, d, e, f)| {
                 Body::Welcome(Welcome {
                     user_id: a,
                     device_id: b,
                     heartbeat_interval_ms: c,
                     server_time_ms: d,
                     protocol_version: e,
+                    max_frame: f,
                 })
             }),
         (any::<u64>(), any::<u64>(), arb_text()).prop_map(|(chat_id, client_msg_id, text)| Body::Send(
@@ -733,9 +738,13 @@ fn connection_closing_codes_are_the_documented_ones() {
             ErrorCode::HeartbeatTimeout,
             ErrorCode::TooManyConnections,
             ErrorCode::SlowConsumer,
+            ErrorCode::TooManySessions,
         ]
     );
     for code in [
+        ErrorCode::Overloaded,
+        ErrorCode::MissingClientMsgId,
+        ErrorCode::ClientMsgIdReused,
         ErrorCode::NotMember,
         ErrorCode::EmptyText,
         ErrorCode::TextTooLong,

@@ -517,6 +517,7 @@ impl Driver {
             token: token.to_owned(),
             device: DEVICE.to_owned(),
             protocol_version: PROTOCOL_VERSION,
+            sync_first: false,
         };
         let bytes = self.encoder.encode(&Frame::new(1, Body::Hello(hello)));
         let mut conn = Conn {

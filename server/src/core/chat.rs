@@ -59,6 +59,10 @@ pub enum CoreMsg {
     },
     /// A message for every online device of these users (homed on the receiving core).
     Push {
+        /// The message's chat (carried so the receiver never parses `frame`).
+        chat: ChatId,
+        /// The message's seq in the chat.
+        seq: Seq,
         /// The encoded Message frame, shared by every recipient.
         frame: Bytes,
         /// The recipients on the receiving core.
@@ -121,6 +125,13 @@ pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debu
     /// # Errors
     /// The store failed.
     fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError>;
+
+    /// The text of the committed message `(chat, seq)`, if stored (read on a
+    /// dedupe hit, to tell a retry from a reused `client_msg_id`).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError>;
 }
 
 impl ChatStore for Store {
@@ -156,6 +167,14 @@ impl ChatStore for Store {
     fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
         Store::last_seen(self, user)
     }
+
+    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
+        let Some(after) = seq.0.checked_sub(1) else {
+            return Ok(None);
+        };
+        let page = self.messages_page(chat, Seq(after), 1, usize::MAX)?;
+        Ok(page.into_iter().find(|m| m.seq == seq).map(|m| m.text))
+    }
 }
 
 /// A send handed to the storage writer and not yet committed.
@@ -164,6 +183,10 @@ pub(crate) struct InFlight {
     pub(crate) sender: UserId,
     pub(crate) client_msg_id: ClientMsgId,
     pub(crate) server_ts_ms: u64,
+    /// [`super::text_digest`] of the text: a retry must repeat it.
+    pub(crate) text_digest: u64,
+    /// The text's length in bytes (counted in `Core::in_flight_bytes`).
+    pub(crate) text_bytes: usize,
     /// The encoded Message frame (request id 0), pushed after commit.
     pub(crate) frame: Bytes,
     /// Sessions waiting for SendOk: the original and any retries that came
@@ -189,6 +212,8 @@ pub(crate) struct ChatState {
     /// Membership changes applied here but not yet committed: the chat must
     /// stay cached until they are (the store does not have them yet).
     pub(crate) memberships_in_flight: usize,
+    /// In the owner core's idle queue (an eviction candidate).
+    pub(crate) idle_queued: bool,
 }
 
 impl ChatState {
@@ -201,9 +226,15 @@ impl ChatState {
             next_seq: snapshot.last_seq.0 + 1,
             in_flight: HashMap::new(),
             memberships_in_flight: 0,
+            idle_queued: false,
         };
         chat.rebuild_recipients(cores);
         chat
+    }
+
+    /// Nothing in flight: the store has all of it, so it may be evicted.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.memberships_in_flight == 0
     }
 
     pub(crate) fn rebuild_recipients(&mut self, cores: usize) {

@@ -33,8 +33,8 @@ use slab::Slab;
 pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
 pub use sync::{
-    HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, NEW_DEVICE_BACKLOG, SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES,
-    SyncStore,
+    HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG,
+    SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES, SyncStore, max_text_bytes,
 };
 
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
@@ -56,6 +56,41 @@ pub const MAX_CACHED_CHATS: usize = 65_536;
 
 /// Chats evicted at once when the cache is full, so eviction is amortised.
 const CHAT_EVICTION_BATCH: usize = 1024;
+
+/// Most sends one owner core holds in flight (handed to the storage writer,
+/// not yet committed). Past it, sends are refused with the retryable
+/// `overloaded` instead of growing memory while the writer is behind: at the
+/// ~400 k records/s the writer commits, this is ~160 ms of work, as deep as the
+/// writer's own queue.
+pub const MAX_IN_FLIGHT_SENDS: usize = 65_536;
+
+/// Most message text one owner core holds in flight, in bytes (see
+/// [`MAX_IN_FLIGHT_SENDS`]): 160 maximum-size texts, or the whole send window
+/// of short ones.
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
+/// Bytes of frames one [`Core::handle_input`] call may queue for the
+/// connection it serves before it stops taking its frames for this turn: a
+/// pipeline of History requests (each up to a frame of replies) cannot make
+/// one call queue more than this plus one frame. The driver stops calling
+/// while the connection's outbound is over its own budget.
+pub const REPLY_BYTES_PER_CALL: usize = 256 * 1024;
+
+/// Default cap on one user's live sessions (`--max-sessions-per-user`).
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 16;
+
+/// Syncs one connection may start per second (bursts of as many): a sync
+/// costs store reads per chat of the user, and a client needs one per
+/// (re)connect or `Resync`.
+pub const SYNCS_PER_SECOND: u32 = 10;
+
+/// History requests one connection may make per second (bursts of as many):
+/// enough to page back through a chat as fast as a person scrolls.
+pub const HISTORY_PER_SECOND: u32 = 50;
+
+/// Acks one connection may make per second (bursts of as many); more are
+/// ignored. A client acks about once a second per chat (PROTOCOL.md).
+pub const ACKS_PER_SECOND: u32 = 200;
 
 /// Longest `device` description accepted in Hello, in bytes.
 pub const MAX_DEVICE_DESCRIPTION: usize = 128;
@@ -86,6 +121,8 @@ pub struct CoreConfig {
     pub max_connections: usize,
     /// Sends one session may make per second (burst: the same number).
     pub send_rate: u32,
+    /// Most live sessions of one user on its home core; a new one closes the oldest.
+    pub max_sessions_per_user: usize,
 }
 
 impl CoreConfig {
@@ -202,13 +239,18 @@ enum State {
     /// Accepted; the first frame must be Hello before `deadline`.
     AwaitingHello { deadline: Instant },
     /// Hello received; waiting for the driver's token lookup.
-    Authenticating { token: String, request_id: u64 },
+    Authenticating {
+        token: String,
+        request_id: u64,
+        sync_first: bool,
+    },
     /// Authenticated on another core, on the way to (or just adopted by) this one.
     Migrating {
         token: String,
         request_id: u64,
         user: UserId,
         device: DeviceId,
+        sync_first: bool,
     },
     /// Authenticated and living on its user's home core.
     Active { user: UserId, device: DeviceId },
@@ -221,9 +263,40 @@ struct Session {
     state: State,
     last_heard: Instant,
     generation: u32,
-    /// Send token bucket: tokens left and when it was last refilled.
-    send_tokens: f32,
+    /// Per-connection request rate limits.
+    sends: Bucket,
+    syncs: Bucket,
+    histories: Bucket,
+    acks: Bucket,
+}
+
+/// A token bucket of `rate` per second with bursts of `rate`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f32,
     refilled: Instant,
+}
+
+impl Bucket {
+    fn full(rate: u32, now: Instant) -> Self {
+        Self {
+            tokens: rate as f32,
+            refilled: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, rate: u32, now: Instant) -> bool {
+        let rate = rate as f32;
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f32();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 /// Counters the driver publishes to `/metrics` after each loop turn.
@@ -273,6 +346,15 @@ pub struct Core {
     chats: HashMap<ChatId, ChatState>,
     /// Sends handed to the writer, by `(chat, seq)`.
     in_flight: HashMap<(ChatId, Seq), InFlight>,
+    /// Text bytes of `in_flight` (bounded by [`MAX_IN_FLIGHT_BYTES`]).
+    in_flight_bytes: usize,
+    /// Cached chats that became idle (nothing in flight), oldest first: the
+    /// eviction candidates, so eviction never scans the cache. Each chat is
+    /// queued at most once (`ChatState::idle_queued`).
+    idle_chats: VecDeque<ChatId>,
+    /// Bytes queued for the connection `handle_input` is serving, this call.
+    input_conn: Option<ConnId>,
+    input_reply_bytes: usize,
     /// Membership changes handed to the writer, by ticket.
     memberships: HashMap<u64, (ChatId, crossbeam_channel::Sender<Result<(), MembershipError>>)>,
     next_ticket: u64,
@@ -294,6 +376,10 @@ impl Core {
             store,
             chats: HashMap::new(),
             in_flight: HashMap::new(),
+            in_flight_bytes: 0,
+            idle_chats: VecDeque::new(),
+            input_conn: None,
+            input_reply_bytes: 0,
             memberships: HashMap::new(),
             next_ticket: 0,
             outgoing: (0..config.cores).map(|_| Vec::new()).collect(),
@@ -373,8 +459,10 @@ impl Core {
             state,
             last_heard: now,
             generation,
-            send_tokens: self.config.send_rate as f32,
-            refilled: now,
+            sends: Bucket::full(self.config.send_rate, now),
+            syncs: Bucket::full(SYNCS_PER_SECOND, now),
+            histories: Bucket::full(HISTORY_PER_SECOND, now),
+            acks: Bucket::full(ACKS_PER_SECOND, now),
         });
         let at = self.deadline_of(key).unwrap_or(now);
         self.wheel.schedule(at, Mark { key, generation });
@@ -395,7 +483,24 @@ impl Core {
     /// Bytes arrived on `conn`: handles the complete frames at the front of
     /// `buf` (up to [`FRAMES_PER_SESSION_PER_TURN`]) and leaves the rest there.
     pub fn handle_input(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> InputStatus {
+        self.input_conn = Some(conn);
+        self.input_reply_bytes = 0;
+        let status = self.take_input(conn, buf, now);
+        self.input_conn = None;
+        status
+    }
+
+    fn take_input(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> InputStatus {
         for _ in 0..FRAMES_PER_SESSION_PER_TURN {
+            if self.input_reply_bytes >= REPLY_BYTES_PER_CALL {
+                // Its answers fill a turn's budget: the rest waits for the
+                // driver to call again (after its outbound drained).
+                return if has_complete_frame(self.decoder.limits(), buf) {
+                    InputStatus::Budget
+                } else {
+                    InputStatus::Drained
+                };
+            }
             let Some(session) = self.sessions.get_mut(conn.0) else {
                 return InputStatus::Paused;
             };
@@ -475,10 +580,18 @@ impl Core {
             return self.fail(conn, ErrorCode::BadFrame, &message, request_id);
         }
         let token = hello.token().unwrap_or_default().to_owned();
+        tracing::debug!(
+            core = self.config.core.0,
+            conn = conn.0,
+            device = hello.device().unwrap_or_default(),
+            sync_first = hello.sync_first(),
+            "hello"
+        );
         if let Some(session) = self.sessions.get_mut(conn.0) {
             session.state = State::Authenticating {
                 token: token.clone(),
                 request_id,
+                sync_first: hello.sync_first(),
             };
         }
         self.actions.push_back(Action::Authenticate { conn, token });
@@ -510,17 +623,17 @@ impl Core {
             ),
             B::Sync => {
                 if let Some(sync) = view.body_as_sync() {
-                    self.handle_sync_frame(conn, sync, request_id);
+                    self.handle_sync_frame(conn, sync, request_id, now);
                 }
             }
             B::History => {
                 if let Some(history) = view.body_as_history() {
-                    self.handle_history_frame(conn, history, request_id);
+                    self.handle_history_frame(conn, history, request_id, now);
                 }
             }
             B::Ack => {
                 if let Some(ack) = view.body_as_ack() {
-                    self.handle_ack_frame(conn, ack, request_id);
+                    self.handle_ack_frame(conn, ack, request_id, now);
                 }
             }
             other => {
@@ -538,8 +651,17 @@ impl Core {
         let Some(session) = self.sessions.get_mut(conn.0) else {
             return;
         };
-        let request_id = match &session.state {
-            State::Authenticating { request_id, .. } | State::Migrating { request_id, .. } => *request_id,
+        let (request_id, sync_first) = match &session.state {
+            State::Authenticating {
+                request_id,
+                sync_first,
+                ..
+            }
+            | State::Migrating {
+                request_id,
+                sync_first,
+                ..
+            } => (*request_id, *sync_first),
             _ => return,
         };
         match result {
@@ -567,14 +689,36 @@ impl Core {
                         request_id,
                         user,
                         device,
+                        sync_first,
                     };
                     self.actions.push_back(Action::Migrate { conn, to: home });
                     return;
                 }
                 session.state = State::Active { user, device };
                 session.last_heard = now;
+                // The cap on live sessions per user: the oldest goes (most
+                // likely a phone's dead connection not timed out yet; refusing
+                // the new one would lock the user out until it is).
+                let oldest = self
+                    .devices
+                    .get(&user)
+                    .filter(|list| list.len() >= self.config.max_sessions_per_user)
+                    .and_then(|list| list.first())
+                    .map(|&(_, c)| c);
+                if let Some(oldest) = oldest {
+                    let message = format!(
+                        "this user has more than {} live sessions; the oldest is closed",
+                        self.config.max_sessions_per_user
+                    );
+                    self.fail(oldest, ErrorCode::TooManySessions, &message, 0);
+                }
                 self.devices.entry(user).or_default().push((device, conn));
                 self.stats.sessions += 1;
+                if sync_first {
+                    // Live message pushes wait for this session's first Sync,
+                    // which hands over to them chat by chat (sync.rs).
+                    self.sync_hold(conn);
+                }
                 let welcome = natter_wire::Welcome {
                     user_id: user.0,
                     device_id: device.0,
@@ -582,6 +726,7 @@ impl Core {
                         .unwrap_or(u32::MAX),
                     server_time_ms: self.unix_ms(now),
                     protocol_version: PROTOCOL_VERSION,
+                    max_frame: u32::try_from(self.config.limits.max_frame).unwrap_or(u32::MAX),
                 };
                 let frame = self
                     .encoder
@@ -640,6 +785,8 @@ impl Core {
 
     fn forget_device(&mut self, user: UserId, conn: ConnId, last_heard: Instant) {
         self.sync_forget(conn);
+        // The list holds at most `max_sessions_per_user` entries (the cap in
+        // `handle_auth`), so this is O(1) in the number of sessions.
         if let Some(list) = self.devices.get_mut(&user) {
             let before = list.len();
             list.retain(|(_, c)| *c != conn);
@@ -732,21 +879,24 @@ impl Core {
         };
         let generation = session.generation;
         // Token bucket: `send_rate` per second, bursts of the same size.
-        let rate = self.config.send_rate as f32;
-        let elapsed = now.saturating_duration_since(session.refilled).as_secs_f32();
-        session.send_tokens = (session.send_tokens + elapsed * rate).min(rate);
-        session.refilled = now;
-        if session.send_tokens < 1.0 {
+        if !session.sends.take(self.config.send_rate, now) {
             let message = format!(
                 "at most {} sends per second per connection",
                 self.config.send_rate
             );
             return self.reply_error(conn, ErrorCode::RateLimited, &message, request_id);
         }
-        session.send_tokens -= 1.0;
         let text = send.text().unwrap_or_default();
         if send.chat_id() == 0 {
             return self.reply_error(conn, ErrorCode::UnknownChat, "chat 0 does not exist", request_id);
+        }
+        if send.client_msg_id() == 0 {
+            return self.reply_error(
+                conn,
+                ErrorCode::MissingClientMsgId,
+                "client_msg_id must be a nonzero id chosen per message (0 is what an unset field reads as)",
+                request_id,
+            );
         }
         if text.is_empty() {
             return self.reply_error(
@@ -759,6 +909,14 @@ impl Core {
         // Byte length bounds the character count from above: count only when it could matter.
         if text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS {
             let message = format!("a message has at most {MAX_TEXT_CHARS} characters");
+            return self.reply_error(conn, ErrorCode::TextTooLong, &message, request_id);
+        }
+        let max_text = max_text_bytes(self.config.limits.max_frame);
+        if text.len() > max_text {
+            let message = format!(
+                "with this server's frame limit of {} bytes a message has at most {max_text} bytes of UTF-8",
+                self.config.limits.max_frame
+            );
             return self.reply_error(conn, ErrorCode::TextTooLong, &message, request_id);
         }
         let chat = ChatId(send.chat_id());
@@ -816,7 +974,13 @@ impl Core {
                     self.transmit(to.conn, frame);
                 }
             }
-            CoreMsg::Push { frame, users, skip } => {
+            CoreMsg::Push {
+                chat,
+                seq,
+                frame,
+                users,
+                skip,
+            } => {
                 let skip = skip.filter(|o| o.core == self.config.core).map(|o| o.conn);
                 let mut targets = Vec::new();
                 for user in users.iter() {
@@ -825,7 +989,7 @@ impl Core {
                     }
                 }
                 // Syncing and stopped sessions filter their pushes (sync.rs).
-                targets.retain(|c| self.sync_admits(*c, &frame));
+                targets.retain(|c| self.sync_admits(*c, chat, seq));
                 self.stats.deliveries += targets.len() as u64;
                 for conn in targets {
                     self.transmit(conn, frame.clone());
@@ -863,6 +1027,7 @@ impl Core {
                 Ok(Some(snapshot)) => {
                     self.chats
                         .insert(chat, ChatState::new(snapshot, self.config.cores));
+                    self.note_if_idle(chat);
                 }
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(e.to_string()),
@@ -871,17 +1036,37 @@ impl Core {
         Ok(self.chats.get_mut(&chat))
     }
 
-    /// Drops up to [`CHAT_EVICTION_BATCH`] cached chats with no send in flight.
+    /// Drops up to [`CHAT_EVICTION_BATCH`] cached chats with nothing in
+    /// flight, oldest idle first. Amortised O(1): it pops the idle queue, where
+    /// each chat sits at most once per time it became idle; a chat found busy
+    /// again is skipped (it is queued anew when it next becomes idle). When no
+    /// chat is idle the cache grows past its cap, bounded by the chats with
+    /// sends in flight ([`MAX_IN_FLIGHT_SENDS`]).
     fn evict_idle_chats(&mut self) {
-        let idle: Vec<ChatId> = self
-            .chats
-            .iter()
-            .filter(|(_, c)| c.in_flight.is_empty() && c.memberships_in_flight == 0)
-            .map(|(id, _)| *id)
-            .take(CHAT_EVICTION_BATCH)
-            .collect();
-        for id in idle {
-            self.chats.remove(&id);
+        let mut evicted = 0;
+        while evicted < CHAT_EVICTION_BATCH {
+            let Some(id) = self.idle_chats.pop_front() else {
+                return;
+            };
+            let Some(chat) = self.chats.get_mut(&id) else {
+                continue;
+            };
+            chat.idle_queued = false;
+            if chat.is_idle() {
+                self.chats.remove(&id);
+                evicted += 1;
+            }
+        }
+    }
+
+    /// Queues `chat` as an eviction candidate if it is idle and not queued yet.
+    fn note_if_idle(&mut self, id: ChatId) {
+        if let Some(chat) = self.chats.get_mut(&id)
+            && chat.is_idle()
+            && !chat.idle_queued
+        {
+            chat.idle_queued = true;
+            self.idle_chats.push_back(id);
         }
     }
 
@@ -905,15 +1090,27 @@ impl Core {
             );
         }
         let key = (req.sender, req.client_msg_id);
+        let digest = text_digest(&req.text);
         // A retry while the original is still in flight waits for the same commit.
         if let Some(seq) = chat.in_flight.get(&key).copied() {
             if let Some(pending) = self.in_flight.get_mut(&(req.chat, seq)) {
+                if pending.text_digest != digest {
+                    return self.reused_id(origin, rid, now);
+                }
                 pending.waiters.push((origin, rid));
             }
             return;
         }
         match self.store.dedupe(req.chat, req.sender, req.client_msg_id) {
             Ok(Some((seq, ts))) => {
+                match self.store.stored_text(req.chat, seq) {
+                    Ok(Some(text)) if text != req.text => return self.reused_id(origin, rid, now),
+                    Ok(_) => {}
+                    Err(e) => {
+                        let message = format!("the store is unavailable: {e}");
+                        return self.error_to(origin, ErrorCode::Unavailable, &message, rid, now);
+                    }
+                }
                 let frame = self.send_ok(rid, req.client_msg_id, req.chat, seq, ts);
                 return self.reply_to(origin, frame, now);
             }
@@ -922,6 +1119,17 @@ impl Core {
                 let message = format!("the store is unavailable: {e}");
                 return self.error_to(origin, ErrorCode::Unavailable, &message, rid, now);
             }
+        }
+        if self.in_flight.len() >= MAX_IN_FLIGHT_SENDS
+            || self.in_flight_bytes + req.text.len() > MAX_IN_FLIGHT_BYTES
+        {
+            return self.error_to(
+                origin,
+                ErrorCode::Overloaded,
+                "the server's store is behind; retry shortly with the same client_msg_id",
+                rid,
+                now,
+            );
         }
         let server_ts_ms = self.unix_ms(now);
         let Some(chat) = self.chats.get_mut(&req.chat) else {
@@ -940,12 +1148,15 @@ impl Core {
             text: req.text,
         };
         let frame = self.encoder.message(0, &message);
+        self.in_flight_bytes += message.text.len();
         self.in_flight.insert(
             (req.chat, seq),
             InFlight {
                 sender: req.sender,
                 client_msg_id: req.client_msg_id,
                 server_ts_ms,
+                text_digest: digest,
+                text_bytes: message.text.len(),
                 frame,
                 waiters: vec![(origin, rid)],
                 recipients,
@@ -963,6 +1174,21 @@ impl Core {
                 text: message.text,
             },
         }));
+    }
+
+    /// The writer is behind: this core's sends in flight reached their cap.
+    fn overloaded(&self) -> bool {
+        self.in_flight.len() >= MAX_IN_FLIGHT_SENDS || self.in_flight_bytes >= MAX_IN_FLIGHT_BYTES
+    }
+
+    fn reused_id(&mut self, origin: Origin, rid: u64, now: Instant) {
+        self.error_to(
+            origin,
+            ErrorCode::ClientMsgIdReused,
+            "this client_msg_id was already used for a different text in this chat; a new message needs a new id",
+            rid,
+            now,
+        );
     }
 
     fn send_ok(&mut self, request_id: u64, cmid: ClientMsgId, chat: ChatId, seq: Seq, ts: u64) -> Bytes {
@@ -987,6 +1213,7 @@ impl Core {
                         if let Some(state) = self.chats.get_mut(&chat) {
                             state.memberships_in_flight -= 1;
                         }
+                        self.note_if_idle(chat);
                         self.actions.push_back(Action::MembershipReply {
                             reply,
                             result: Ok(()),
@@ -1001,9 +1228,11 @@ impl Core {
         let Some(done) = self.in_flight.remove(&(chat, seq)) else {
             return;
         };
+        self.in_flight_bytes -= done.text_bytes;
         if let Some(state) = self.chats.get_mut(&chat) {
             state.in_flight.remove(&(done.sender, done.client_msg_id));
         }
+        self.note_if_idle(chat);
         let first = done.waiters.first().map(|(origin, _)| *origin);
         for (origin, rid) in done.waiters {
             let frame = self.send_ok(rid, done.client_msg_id, chat, seq, done.server_ts_ms);
@@ -1012,6 +1241,8 @@ impl Core {
         for (core, users) in done.recipients.iter().enumerate() {
             if !users.is_empty() {
                 let push = CoreMsg::Push {
+                    chat,
+                    seq,
                     frame: done.frame.clone(),
                     users: users.clone(),
                     skip: first,
@@ -1125,6 +1356,9 @@ impl Core {
 
     fn transmit(&mut self, conn: ConnId, frame: Bytes) {
         self.stats.frames_out += 1;
+        if self.input_conn == Some(conn) {
+            self.input_reply_bytes += frame.len();
+        }
         self.actions.push_back(Action::Transmit { conn, frame });
     }
 
@@ -1160,6 +1394,17 @@ impl Core {
         self.reply_error(conn, code, message, request_id);
         self.actions.push_back(Action::Close { conn });
     }
+}
+
+/// A 64-bit digest of a message text: tells a retry (same text) from a reused
+/// `client_msg_id` (another text) while the original is in flight, without
+/// keeping the text twice. `DefaultHasher::new()` has fixed keys, so the digest is stable within
+/// the process, which is all it is used for (it is never stored).
+fn text_digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// True when `buf` starts with a whole size-prefixed frame, or with a prefix

@@ -166,6 +166,9 @@ pub(crate) struct Presence {
     /// Users whose last session ended since the last `handle_timeout`.
     pending_down: Vec<UserId>,
     known: HashMap<UserId, Known>,
+    /// Offline users not cached while `known` is full (see `remember`) before
+    /// the next scan for offline entries to drop.
+    known_skip: usize,
     /// The latest `now` this state was given (what `poll_timeout` answers
     /// while a grace period waits to be started).
     clock: Instant,
@@ -187,6 +190,7 @@ impl Presence {
             next_generation: 0,
             pending_down: Vec::new(),
             known: HashMap::new(),
+            known_skip: 0,
             clock: now,
         }
     }
@@ -210,9 +214,26 @@ impl Presence {
         self.tracked.get(*self.index.get(&user)?)
     }
 
+    /// Records what is known of `user`. The cap is soft for online users (the
+    /// snapshot needs every online friend; they are bounded by the users online)
+    /// and hard for offline ones, which are only a cache of the store's
+    /// last_seen. Amortised O(1): when the map is full, one scan drops every
+    /// offline entry; if that freed less than an eighth of the cap, the next
+    /// `MAX_KNOWN_USERS / 8` offline users are simply not cached before the next
+    /// scan, so a scan of n entries is paid for by at least n / 8 insertions.
     fn remember(&mut self, user: UserId, known: Known) {
         if self.known.len() >= MAX_KNOWN_USERS && !self.known.contains_key(&user) {
-            self.known.retain(|_, k| k.online);
+            if self.known_skip > 0 {
+                self.known_skip -= 1;
+            } else {
+                self.known.retain(|_, k| k.online);
+                if self.known.len() > MAX_KNOWN_USERS - MAX_KNOWN_USERS / 8 {
+                    self.known_skip = MAX_KNOWN_USERS / 8;
+                }
+            }
+            if !known.online && self.known.len() >= MAX_KNOWN_USERS {
+                return;
+            }
         }
         self.known.insert(user, known);
     }

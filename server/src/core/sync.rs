@@ -43,7 +43,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use natter_wire::{Body, Cursor, Frame, HistoryPage, Message, SyncDone, fb};
 
 use super::{ConnId, Core, State};
@@ -59,9 +59,27 @@ pub const SYNC_PAGE_BYTES: usize = 256 * 1024;
 pub const NEW_DEVICE_BACKLOG: u64 = 50;
 /// Most messages in one HistoryPage.
 pub const HISTORY_MAX_MESSAGES: usize = 200;
-/// Most message text in one HistoryPage (one message may pass it), so the page
-/// stays within the default 512 KiB frame limit.
+/// Most message text in one HistoryPage when several messages share it; a
+/// message too big to share a page gets one of its own. Every page also stays
+/// within `--max-frame` (see [`max_text_bytes`]).
 pub const HISTORY_MAX_BYTES: usize = 256 * 1024;
+
+/// Bytes a `HistoryPage` frame holds besides its messages (prefix, Frame and
+/// page tables, union, vector header), rounded up; checked by a unit test.
+pub const HISTORY_PAGE_OVERHEAD: usize = 128;
+
+/// Bytes one `Message` adds to a frame besides its text (its table, vtable,
+/// offsets, string header and padding; as its own frame the prefix and Frame
+/// table too), rounded up; checked by a unit test.
+pub const MESSAGE_OVERHEAD: usize = 128;
+
+/// The longest text (UTF-8 bytes) a server with this frame limit accepts: the
+/// one that still fits alone in a `HistoryPage` (and so in a `Message` frame).
+/// With the default 512 KiB limit every legal text (100,000 scalar values,
+/// at most 400,000 bytes) fits.
+pub fn max_text_bytes(max_frame: usize) -> usize {
+    max_frame.saturating_sub(HISTORY_PAGE_OVERHEAD + MESSAGE_OVERHEAD)
+}
 
 /// The store reads sync and history need. Defaults answer "nothing stored", for
 /// stores that do not keep messages (the fuzzing harness's).
@@ -190,17 +208,15 @@ struct Run {
 }
 
 impl Core {
-    /// Whether a live push of `frame` may go to `conn` (see the module docs).
-    pub(super) fn sync_admits(&mut self, conn: ConnId, frame: &Bytes) -> bool {
+    /// Whether a live push of message `(chat, seq)` may go to `conn` (see the module docs).
+    pub(super) fn sync_admits(&mut self, conn: ConnId, chat: ChatId, seq: Seq) -> bool {
         let Some(state) = self.syncs.get_mut(&conn) else {
             return true;
         };
         if state.stopped {
             return false;
         }
-        let Some((chat, seq)) = message_position(frame, self.decoder.limits()) else {
-            return true;
-        };
+        let seq = seq.0;
         if state.run.as_ref().is_some_and(|r| r.planned.contains(&chat)) {
             return false;
         }
@@ -220,6 +236,11 @@ impl Core {
             }
             None => true,
         }
+    }
+
+    /// The session said `Hello{sync_first}`: hold live pushes until its first Sync.
+    pub(super) fn sync_hold(&mut self, conn: ConnId) {
+        self.syncs.entry(conn).or_default().stopped = true;
     }
 
     /// The session left (closed or failed): its sync state goes with it.
@@ -265,10 +286,27 @@ impl Core {
         }
     }
 
-    pub(super) fn handle_sync_frame(&mut self, conn: ConnId, sync: fb::Sync<'_>, request_id: u64) {
+    pub(super) fn handle_sync_frame(
+        &mut self,
+        conn: ConnId,
+        sync: fb::Sync<'_>,
+        request_id: u64,
+        now: std::time::Instant,
+    ) {
         let Some((user, device)) = self.active(conn) else {
             return;
         };
+        if !self
+            .sessions
+            .get_mut(conn.0)
+            .is_some_and(|s| s.syncs.take(super::SYNCS_PER_SECOND, now))
+        {
+            let message = format!(
+                "at most {} syncs per second per connection",
+                super::SYNCS_PER_SECOND
+            );
+            return self.reply_error(conn, natter_wire::ErrorCode::RateLimited, &message, request_id);
+        }
         let given: HashMap<ChatId, u64> = sync
             .cursors()
             .map(|v| v.iter().map(|c| (ChatId(c.chat_id()), c.seq())).collect())
@@ -339,6 +377,7 @@ impl Core {
             let Some(&(chat, after)) = run.pending.front() else {
                 break;
             };
+            let request_id = run.request_id;
             if msgs >= SYNC_PAGE_MESSAGES || bytes >= SYNC_PAGE_BYTES {
                 break;
             }
@@ -358,8 +397,9 @@ impl Core {
             msgs += page.len();
             for m in page {
                 bytes += m.text.len();
+                // The Sync's request id tells a sync page from a live push (0).
                 let frame = self.encoder.message(
-                    0,
+                    request_id,
                     &Message {
                         chat_id: chat.0,
                         seq: m.seq.0,
@@ -391,11 +431,17 @@ impl Core {
             self.transmit(conn, out.freeze());
         }
         if let Some(e) = failed {
+            // The filters are part-way: hold every live push back until the
+            // client's next Sync, which starts from its own cursors, so that
+            // one is exact again.
+            let mut request_id = 0;
             if let Some(state) = self.syncs.get_mut(&conn) {
-                state.run = None;
+                request_id = state.run.take().map_or(0, |r| r.request_id);
+                state.stopped = true;
+                state.delivered.clear();
             }
-            let message = format!("the store is unavailable: {e}");
-            return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, 0);
+            let message = format!("the store is unavailable: {e}; send Sync again");
+            return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
         }
         let Some(state) = self.syncs.get_mut(&conn) else {
             return;
@@ -427,19 +473,45 @@ impl Core {
         self.transmit(conn, frame);
     }
 
-    pub(super) fn handle_history_frame(&mut self, conn: ConnId, history: fb::History<'_>, request_id: u64) {
+    pub(super) fn handle_history_frame(
+        &mut self,
+        conn: ConnId,
+        history: fb::History<'_>,
+        request_id: u64,
+        now: std::time::Instant,
+    ) {
         let Some((user, _)) = self.active(conn) else {
             return;
         };
+        if !self
+            .sessions
+            .get_mut(conn.0)
+            .is_some_and(|s| s.histories.take(super::HISTORY_PER_SECOND, now))
+        {
+            let message = format!(
+                "at most {} history requests per second per connection",
+                super::HISTORY_PER_SECOND
+            );
+            return self.reply_error(conn, natter_wire::ErrorCode::RateLimited, &message, request_id);
+        }
         let chat = ChatId(history.chat_id());
         let before = match history.before_seq() {
             0 => Seq(u64::MAX),
             s => Seq(s),
         };
         let limit = (history.limit() as usize).min(HISTORY_MAX_MESSAGES);
+        // Text budget: the frame must hold the page's own overhead and every
+        // message's; a first message always goes in (it fits alone: sends
+        // are bounded by `max_text_bytes`).
+        let budget = HISTORY_MAX_BYTES.min(
+            self.config
+                .limits
+                .max_frame
+                .saturating_sub(HISTORY_PAGE_OVERHEAD + limit * MESSAGE_OVERHEAD),
+        );
         let result = self.store.sync_is_member(chat, user).and_then(|member| {
             if member && limit > 0 {
-                self.store.sync_history(chat, before, limit, HISTORY_MAX_BYTES)
+                self.store.sync_history(chat, before, limit, budget)
             } else {
                 Ok((Vec::new(), false))
             }
@@ -472,10 +544,27 @@ impl Core {
         self.transmit(conn, frame);
     }
 
-    pub(super) fn handle_ack_frame(&mut self, conn: ConnId, ack: fb::Ack<'_>, request_id: u64) {
+    pub(super) fn handle_ack_frame(
+        &mut self,
+        conn: ConnId,
+        ack: fb::Ack<'_>,
+        request_id: u64,
+        now: std::time::Instant,
+    ) {
         let Some((user, device)) = self.active(conn) else {
             return;
         };
+        // Acks over the rate, or while the writer is behind (sends are being
+        // refused as `overloaded`), are ignored: a cursor is a hint the next
+        // Ack repeats, and dropping it keeps the writer's backlog bounded.
+        if !self
+            .sessions
+            .get_mut(conn.0)
+            .is_some_and(|s| s.acks.take(super::ACKS_PER_SECOND, now))
+            || self.overloaded()
+        {
+            return;
+        }
         let chat = ChatId(ack.chat_id());
         match self.store.sync_is_member(chat, user) {
             Ok(true) => self.actions.push_back(super::Action::Write(WriteOp::Cursor {
@@ -497,13 +586,6 @@ impl Core {
 
 fn page_bytes(page: &[StoredMessage]) -> usize {
     page.iter().map(|m| m.text.len()).sum()
-}
-
-/// The `(chat, seq)` of an encoded Message frame.
-fn message_position(frame: &[u8], limits: &natter_wire::Limits) -> Option<(ChatId, u64)> {
-    let view = natter_wire::view(frame, limits).ok()?;
-    let m = view.body_as_message()?;
-    Some((ChatId(m.chat_id()), m.seq()))
 }
 
 #[cfg(test)]

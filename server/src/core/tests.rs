@@ -32,6 +32,7 @@ fn config(id: usize, cores: usize) -> CoreConfig {
         limits: Limits::default(),
         max_connections: 4,
         send_rate: 10,
+        max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
     }
 }
 
@@ -50,6 +51,7 @@ fn hello(token: &str) -> BytesMut {
             token: token.into(),
             device: "test".into(),
             protocol_version: PROTOCOL_VERSION,
+            sync_first: false,
         }),
     );
     BytesMut::from(&frame.encode()[..])
@@ -193,6 +195,7 @@ fn wrong_protocol_version_and_garbage_and_oversize_frames_close_with_specific_co
             token: "t".into(),
             device: "d".into(),
             protocol_version: 99,
+            sync_first: false,
         }),
     );
     let garbage = BytesMut::from(&[12u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8][..]);
@@ -647,7 +650,7 @@ fn sends_over_the_rate_limit_are_refused_until_tokens_refill() {
     m.befriend(ann, bob);
     let (chat, _) = m.store.create_dm(ann, bob).unwrap();
     let phone = m.connect(ann, 1);
-    for i in 0..11 {
+    for i in 1..12 {
         m.send(phone, chat, i, "x", i);
     }
     assert_eq!(
@@ -770,4 +773,172 @@ fn an_oversized_prefix_right_after_a_full_budget_of_frames_is_refused_on_the_nex
     let (codes, closed) = errors_and_close(&drain(&mut c), conn);
     assert_eq!(codes, vec![ErrorCode::FrameTooLarge.as_u16()]);
     assert!(closed);
+}
+
+#[test]
+fn client_msg_id_zero_and_a_reused_id_with_another_text_are_refused() {
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let (chat, _) = m.store.create_dm(ann, bob).unwrap();
+    let phone = m.connect(ann, 1);
+    m.send(phone, chat, 0, "unset id", 1);
+    assert_eq!(
+        error_code(&m.received(phone)),
+        vec![ErrorCode::MissingClientMsgId.as_u16()]
+    );
+    m.send(phone, chat, 5, "the text", 2);
+    // In flight: a retry with another text is refused, one with the same text joins.
+    m.send(phone, chat, 5, "another text", 3);
+    assert_eq!(
+        error_code(&m.received(phone)),
+        vec![ErrorCode::ClientMsgIdReused.as_u16()]
+    );
+    m.send(phone, chat, 5, "the text", 4);
+    m.commit();
+    let oks: Vec<(u64, u64)> = m
+        .received(phone)
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::SendOk(ok) => Some((f.request_id, ok.seq)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(oks, vec![(2, 1), (4, 1)]);
+    // Committed: the same again, answered from the store.
+    m.now += Duration::from_secs(1);
+    m.send(phone, chat, 5, "yet another text", 5);
+    assert_eq!(
+        error_code(&m.received(phone)),
+        vec![ErrorCode::ClientMsgIdReused.as_u16()]
+    );
+    m.send(phone, chat, 5, "the text", 6);
+    let frames = m.received(phone);
+    assert!(
+        matches!(frames.as_slice(), [Frame { request_id: 6, body: Body::SendOk(ok) }] if ok.seq == 1),
+        "{frames:?}"
+    );
+    assert_eq!(m.writes.len(), 0, "stored once");
+}
+
+#[test]
+fn sends_past_the_in_flight_cap_are_refused_as_overloaded_until_the_writer_catches_up() {
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let (chat, _) = m.store.create_dm(ann, bob).unwrap();
+    let phone = m.connect(ann, 1);
+    let text = "é".repeat(100_000); // 200,000 bytes
+    let fit = MAX_IN_FLIGHT_BYTES / text.len();
+    for i in 1..=fit as u64 + 3 {
+        m.now += Duration::from_millis(100);
+        m.send(phone, chat, i, &text, i);
+    }
+    assert_eq!(m.writes.len(), fit, "the writer holds the cap's worth");
+    let codes = error_code(&m.received(phone));
+    assert_eq!(codes, vec![ErrorCode::Overloaded.as_u16(); 3]);
+    // Once committed, the same sends (same ids) go through.
+    m.commit();
+    let _ = m.received(phone);
+    m.now += Duration::from_secs(1);
+    m.send(phone, chat, fit as u64 + 1, &text, 1000);
+    assert_eq!(m.writes.len(), 1);
+    assert!(error_code(&m.received(phone)).is_empty());
+}
+
+#[test]
+fn a_users_session_past_the_cap_closes_the_oldest() {
+    let now = Instant::now();
+    let mut config = config(0, 1);
+    config.max_connections = 64;
+    config.max_sessions_per_user = 3;
+    let mut c = Core::new(config, store(), now, 1_700_000_000_000);
+    let user = UserId(1);
+    let first = authenticate(&mut c, user, 1, now);
+    let _second = authenticate(&mut c, user, 2, now);
+    let _third = authenticate(&mut c, user, 3, now);
+    let conn = c.handle_accept(now).unwrap();
+    let mut buf = hello("tok");
+    c.handle_input(conn, &mut buf, now);
+    drain(&mut c);
+    c.handle_auth(conn, AuthResult::Valid(user, DeviceId(4)), now);
+    let actions = drain(&mut c);
+    let to_first: Vec<&Action> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Transmit { conn, .. } | Action::Close { conn } if *conn == first))
+        .collect();
+    assert!(
+        matches!(to_first.as_slice(), [Action::Transmit { frame, .. }, Action::Close { .. }]
+            if matches!(&decode(frame).body, Body::Error(e) if e.code == ErrorCode::TooManySessions.as_u16())),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Transmit { conn: c, frame } if *c == conn
+            && matches!(decode(frame).body, Body::Welcome(_)))),
+        "the new session is welcomed"
+    );
+    assert_eq!(c.stats().sessions, 3);
+}
+
+#[test]
+fn a_pipeline_of_history_requests_is_executed_only_up_to_the_reply_budget_per_call() {
+    let now = Instant::now();
+    let store = store();
+    let (ann, bob) = (
+        store.create_user("ann", "$argon2id$x").unwrap(),
+        store.create_user("bob", "$argon2id$x").unwrap(),
+    );
+    store.request_friend(ann, bob).unwrap();
+    store.accept_friend(bob, ann).unwrap();
+    let (chat, _) = store.create_dm(ann, bob).unwrap();
+    let ops: Vec<WriteOp> = (1..=3)
+        .map(|seq| WriteOp::Message {
+            origin: CoreId(0),
+            msg: StoredMessage {
+                chat,
+                seq: Seq(seq),
+                sender: ann,
+                server_ts_ms: seq,
+                client_msg_id: ClientMsgId(seq),
+                text: "😀".repeat(100_000),
+            },
+        })
+        .collect();
+    store.commit_writes(&ops);
+    let mut config = config(0, 1);
+    config.max_connections = 64;
+    let mut c = Core::new(config, store, now, 1_700_000_000_000);
+    let conn = authenticate(&mut c, ann, 1, now);
+    let mut buf = BytesMut::new();
+    for rid in 1..=40 {
+        let frame = Frame::new(
+            rid,
+            Body::History(natter_wire::History {
+                chat_id: chat.0,
+                before_seq: 0,
+                limit: 200,
+            }),
+        );
+        buf.extend_from_slice(&frame.encode());
+    }
+    let before = buf.len();
+    assert_eq!(c.handle_input(conn, &mut buf, now), InputStatus::Budget);
+    let queued: usize = drain(&mut c)
+        .iter()
+        .map(|a| match a {
+            Action::Transmit { frame, .. } => frame.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(queued >= REPLY_BYTES_PER_CALL, "{queued}");
+    assert!(
+        queued <= REPLY_BYTES_PER_CALL + natter_wire::DEFAULT_MAX_FRAME,
+        "{queued}"
+    );
+    assert!(
+        buf.len() < before && !buf.is_empty(),
+        "the rest waits in the buffer"
+    );
 }

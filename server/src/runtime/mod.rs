@@ -157,6 +157,7 @@ impl Cores {
                 limits: natter_wire::Limits::with_max_frame(config.max_frame),
                 max_connections: config.max_connections_per_core,
                 send_rate: config.send_rate_limit,
+                max_sessions_per_user: config.max_sessions_per_user,
             };
             let shared = worker::Shared {
                 mesh: mesh.clone(),

@@ -43,7 +43,8 @@ impl Store {
     }
 
     /// Up to `max_msgs` messages of `chat` with `seq < before`, **newest first**,
-    /// stopping once their texts reach `max_bytes` (at least one when any exists);
+    /// whose texts together stay within `max_bytes` — except that the first
+    /// message is always taken, whatever its size (at least one when any exists);
     /// and whether older messages exist beyond the last one returned.
     ///
     /// # Errors
@@ -62,11 +63,16 @@ impl Store {
         let mut bytes = 0;
         let range = keys::pair(chat.0, 1)..keys::pair(chat.0, before.0);
         for guard in self.messages.range(range).rev() {
-            if out.len() >= max_msgs || bytes >= max_bytes {
+            if out.len() >= max_msgs {
                 return Ok((out, true));
             }
             let (key, value) = guard.into_inner()?;
             let msg = decode(chat, &key, &value)?;
+            // Never past the budget, except with the page's first message
+            // (it gets a page of its own).
+            if !out.is_empty() && bytes + msg.text.len() > max_bytes {
+                return Ok((out, true));
+            }
             bytes += msg.text.len();
             out.push(msg);
         }
@@ -184,8 +190,12 @@ mod tests {
         assert_eq!((seqs(&page), more), (vec![10, 9, 8], true));
         let (page, more) = store.messages_before(a, Seq(4), 3, 1 << 20).unwrap();
         assert_eq!((seqs(&page), more), (vec![3, 2, 1], false));
-        let (page, more) = store.messages_before(a, Seq(4), 10, 15).unwrap();
+        // History never goes past its byte budget: 10-byte texts, 25 bytes → two.
+        let (page, more) = store.messages_before(a, Seq(4), 10, 25).unwrap();
         assert_eq!((seqs(&page), more), (vec![3, 2], true));
+        // ... except that a message larger than the budget gets a page of its own.
+        let (page, more) = store.messages_before(a, Seq(4), 10, 5).unwrap();
+        assert_eq!((seqs(&page), more), (vec![3], true));
         assert_eq!(seqs(&store.messages_before(b, Seq(5), 10, 100).unwrap().0), [1]);
     }
 

@@ -300,6 +300,7 @@ impl<'a> Hello<'a> {
   pub const VT_TOKEN: ::flatbuffers::VOffsetT = 4;
   pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_SYNC_FIRST: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -314,6 +315,7 @@ impl<'a> Hello<'a> {
     builder.add_protocol_version(args.protocol_version);
     if let Some(x) = args.device { builder.add_device(x); }
     if let Some(x) = args.token { builder.add_token(x); }
+    builder.add_sync_first(args.sync_first);
     builder.finish()
   }
 
@@ -342,6 +344,17 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Hello::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
   }
+  /// The client will send `Sync` on this connection: the server holds every
+  /// live `Message` push back until that Sync, whose stream then hands over to
+  /// live pushes chat by chat (exactly once, in seq order). Without it, live
+  /// pushes start at the Welcome. See docs/PROTOCOL.md, "The seam".
+  #[inline]
+  pub fn sync_first(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Hello::VT_SYNC_FIRST, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -353,6 +366,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device", Self::VT_DEVICE, false)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
+     .visit_field::<bool>("sync_first", Self::VT_SYNC_FIRST, false)?
      .finish();
     Ok(())
   }
@@ -361,6 +375,7 @@ pub struct HelloArgs<'a> {
     pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub device: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub protocol_version: u32,
+    pub sync_first: bool,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -369,6 +384,7 @@ impl<'a> Default for HelloArgs<'a> {
       token: None,
       device: None,
       protocol_version: 0,
+      sync_first: false,
     }
   }
 }
@@ -391,6 +407,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Hello::VT_PROTOCOL_VERSION, protocol_version, 0);
   }
   #[inline]
+  pub fn add_sync_first(&mut self, sync_first: bool) {
+    self.fbb_.push_slot::<bool>(Hello::VT_SYNC_FIRST, sync_first, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -411,6 +431,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("token", &self.token());
       ds.field("device", &self.device());
       ds.field("protocol_version", &self.protocol_version());
+      ds.field("sync_first", &self.sync_first());
       ds.finish()
   }
 }
@@ -436,6 +457,7 @@ impl<'a> Welcome<'a> {
   pub const VT_HEARTBEAT_INTERVAL_MS: ::flatbuffers::VOffsetT = 8;
   pub const VT_SERVER_TIME_MS: ::flatbuffers::VOffsetT = 10;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 12;
+  pub const VT_MAX_FRAME: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -450,6 +472,7 @@ impl<'a> Welcome<'a> {
     builder.add_server_time_ms(args.server_time_ms);
     builder.add_device_id(args.device_id);
     builder.add_user_id(args.user_id);
+    builder.add_max_frame(args.max_frame);
     builder.add_protocol_version(args.protocol_version);
     builder.add_heartbeat_interval_ms(args.heartbeat_interval_ms);
     builder.finish()
@@ -494,6 +517,15 @@ impl<'a> Welcome<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(Welcome::VT_PROTOCOL_VERSION, Some(0)).unwrap()}
   }
+  /// The largest frame (length prefix included, in bytes) either side may
+  /// send on this connection: the server's `--max-frame`.
+  #[inline]
+  pub fn max_frame(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Welcome::VT_MAX_FRAME, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Welcome<'_> {
@@ -507,6 +539,7 @@ impl ::flatbuffers::Verifiable for Welcome<'_> {
      .visit_field::<u32>("heartbeat_interval_ms", Self::VT_HEARTBEAT_INTERVAL_MS, false)?
      .visit_field::<u64>("server_time_ms", Self::VT_SERVER_TIME_MS, false)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
+     .visit_field::<u32>("max_frame", Self::VT_MAX_FRAME, false)?
      .finish();
     Ok(())
   }
@@ -517,6 +550,7 @@ pub struct WelcomeArgs {
     pub heartbeat_interval_ms: u32,
     pub server_time_ms: u64,
     pub protocol_version: u32,
+    pub max_frame: u32,
 }
 impl<'a> Default for WelcomeArgs {
   #[inline]
@@ -527,6 +561,7 @@ impl<'a> Default for WelcomeArgs {
       heartbeat_interval_ms: 0,
       server_time_ms: 0,
       protocol_version: 0,
+      max_frame: 0,
     }
   }
 }
@@ -557,6 +592,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> WelcomeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u32>(Welcome::VT_PROTOCOL_VERSION, protocol_version, 0);
   }
   #[inline]
+  pub fn add_max_frame(&mut self, max_frame: u32) {
+    self.fbb_.push_slot::<u32>(Welcome::VT_MAX_FRAME, max_frame, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> WelcomeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     WelcomeBuilder {
@@ -579,6 +618,7 @@ impl ::core::fmt::Debug for Welcome<'_> {
       ds.field("heartbeat_interval_ms", &self.heartbeat_interval_ms());
       ds.field("server_time_ms", &self.server_time_ms());
       ds.field("protocol_version", &self.protocol_version());
+      ds.field("max_frame", &self.max_frame());
       ds.finish()
   }
 }

@@ -538,6 +538,7 @@ impl<'a> Driver<'a> {
                 token,
                 device: DEVICE.to_owned(),
                 protocol_version: PROTOCOL_VERSION,
+                sync_first: false,
             }),
         ));
         if let Some(conn) = self.conns.get_mut(slot) {

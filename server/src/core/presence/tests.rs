@@ -60,6 +60,7 @@ impl Sim {
                     limits: Limits::default(),
                     max_connections: 64,
                     send_rate: 10,
+                    max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
                 };
                 Core::new(config, store.clone(), t0, UNIX_AT_T0)
             })
@@ -133,6 +134,7 @@ impl Sim {
                 token: "tok".into(),
                 device: "sim".into(),
                 protocol_version: PROTOCOL_VERSION,
+                sync_first: false,
             }),
         );
         let mut buf = BytesMut::from(&hello.encode()[..]);

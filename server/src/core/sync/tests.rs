@@ -7,16 +7,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use natter_wire::{Ack, Body, Cursor, Frame, FrameDecoder, Hello, History, Limits, Message, Send, Sync};
 
-use super::super::{Action, AuthResult, ConnId, Core, CoreConfig, PROTOCOL_VERSION};
-use super::{HISTORY_MAX_MESSAGES, NEW_DEVICE_BACKLOG, SYNC_PAGE_MESSAGES};
+use super::super::{Action, AuthResult, ChatSnapshot, ChatStore, ConnId, Core, CoreConfig, PROTOCOL_VERSION};
+use super::{
+    HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG, SYNC_PAGE_MESSAGES,
+    SyncStore, max_text_bytes,
+};
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
 use crate::store::writer::{Completion, WriteOp, apply_for_test};
-use crate::store::{Store, StoredMessage};
+use crate::store::{Store, StoreError, StoredMessage};
+use natter_wire::{Encoder, ErrorCode, HistoryPage};
 
 struct Sim {
     _dir: tempfile::TempDir,
@@ -29,21 +34,114 @@ struct Sim {
     next_rid: u64,
 }
 
+/// The real store, with sync page reads that fail while `fail_pages` is set.
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<Store>,
+    fail_pages: AtomicBool,
+}
+
+impl SyncStore for Flaky {
+    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
+        self.inner.sync_user_chats(user)
+    }
+    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, StoreError> {
+        self.inner.sync_is_member(chat, user)
+    }
+    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, StoreError> {
+        self.inner.sync_last_seq(chat)
+    }
+    fn sync_device_cursor(&self, device: DeviceId, chat: ChatId) -> Result<Option<Seq>, StoreError> {
+        self.inner.sync_device_cursor(device, chat)
+    }
+    fn sync_page(
+        &self,
+        chat: ChatId,
+        after: Seq,
+        n: usize,
+        b: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        if self.fail_pages.load(Ordering::Relaxed) {
+            return Err(StoreError::Corrupt {
+                what: "injected by the test".into(),
+            });
+        }
+        self.inner.sync_page(chat, after, n, b)
+    }
+    fn sync_history(
+        &self,
+        chat: ChatId,
+        before: Seq,
+        n: usize,
+        b: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        self.inner.sync_history(chat, before, n, b)
+    }
+}
+
+impl ChatStore for Flaky {
+    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
+        self.inner.chat_snapshot(chat)
+    }
+    fn dedupe(
+        &self,
+        chat: ChatId,
+        sender: UserId,
+        cmid: ClientMsgId,
+    ) -> Result<Option<(Seq, u64)>, StoreError> {
+        ChatStore::dedupe(&*self.inner, chat, sender, cmid)
+    }
+    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+        ChatStore::are_friends(&*self.inner, a, b)
+    }
+    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+        ChatStore::friend_ids(&*self.inner, user)
+    }
+    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
+        ChatStore::last_seen(&*self.inner, user)
+    }
+    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
+        self.inner.stored_text(chat, seq)
+    }
+}
+
 impl Sim {
     fn new() -> Self {
+        Self::build(None, Limits::default())
+    }
+
+    /// A core reading through `flaky` (which wraps this Sim's store).
+    fn flaky() -> (Self, Arc<Flaky>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
+        let flaky = Arc::new(Flaky {
+            inner: store,
+            fail_pages: AtomicBool::new(false),
+        });
+        (Self::build(Some((dir, flaky.clone())), Limits::default()), flaky)
+    }
+
+    fn build(flaky: Option<(tempfile::TempDir, Arc<Flaky>)>, limits: Limits) -> Self {
+        let (dir, store, reads): (_, Arc<Store>, Arc<dyn ChatStore>) = match flaky {
+            Some((dir, f)) => (dir, f.inner.clone(), f),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                let store = Arc::new(Store::open(dir.path()).unwrap());
+                (dir, store.clone(), store)
+            }
+        };
         let now = Instant::now();
         let config = CoreConfig {
             core: CoreId(0),
             cores: 1,
             heartbeat_timeout: Duration::from_secs(30),
             presence_grace: Duration::from_secs(1),
-            limits: Limits::default(),
+            limits,
             max_connections: 64,
             send_rate: 1_000_000,
+            max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
         };
-        let core = Core::new(config, store.clone(), now, 1_700_000_000_000);
+        let core = Core::new(config, reads, now, 1_700_000_000_000);
         Self {
             _dir: dir,
             store,
@@ -83,6 +181,10 @@ impl Sim {
     }
 
     fn connect(&mut self, user: UserId, device: u64) -> ConnId {
+        self.connect_with(user, device, false)
+    }
+
+    fn connect_with(&mut self, user: UserId, device: u64, sync_first: bool) -> ConnId {
         let conn = self.core.handle_accept(self.now).unwrap();
         let hello = Frame::new(
             1,
@@ -90,6 +192,7 @@ impl Sim {
                 token: "t".into(),
                 device: "d".into(),
                 protocol_version: PROTOCOL_VERSION,
+                sync_first,
             }),
         );
         self.input(conn, &hello);
@@ -196,6 +299,26 @@ impl Sim {
                     server_ts_ms: seq,
                     client_msg_id: ClientMsgId(1_000_000 + seq),
                     text: format!("m{seq}"),
+                },
+            })
+            .collect();
+        self.store.commit_writes(&ops);
+    }
+
+    /// Stores messages with these texts as seqs `from..` of `chat`.
+    fn backlog_texts(&self, chat: ChatId, sender: UserId, from: u64, texts: &[String]) {
+        let ops: Vec<WriteOp> = texts
+            .iter()
+            .zip(from..)
+            .map(|(text, seq)| WriteOp::Message {
+                origin: CoreId(0),
+                msg: StoredMessage {
+                    chat,
+                    seq: Seq(seq),
+                    sender,
+                    server_ts_ms: seq,
+                    client_msg_id: ClientMsgId(1_000_000 + seq),
+                    text: text.clone(),
                 },
             })
             .collect();
@@ -485,4 +608,230 @@ fn other_sessions_are_served_between_pages_and_a_closed_session_leaves_no_sync_s
     assert!(!s.core.is_syncing(laptop));
     s.core.handle_closed(phone);
     assert!(s.core.syncs.is_empty(), "{:?}", s.core.syncs);
+}
+
+#[test]
+fn sync_first_holds_pushes_until_the_sync_which_hands_over_exactly_once_in_order() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    let g = s.store.create_group(alice, "g", &[bob]).unwrap();
+    let sender = s.connect(alice, 9);
+    for i in 1..=5 {
+        s.send(sender, a, i, "before");
+    }
+    s.commit();
+    // The phone held up to seq 3 of `a` before it reconnected.
+    let phone = s.connect_with(bob, 1, true);
+    // Messages committed between the Welcome and the Sync are not pushed...
+    for i in 6..=8 {
+        s.send(sender, a, i, "between");
+        s.send(sender, g, 100 + i, "between");
+    }
+    s.commit();
+    assert!(messages(&s.take(phone)).is_empty(), "pushed before the Sync");
+    // ... they come through the sync, after the older ones, exactly once.
+    let rid = s.sync(phone, &[(a, 3), (g, 0)]);
+    let first = s.take(phone);
+    assert!(
+        first
+            .iter()
+            .all(|f| !matches!(f.body, Body::Message(_)) || f.request_id == rid),
+        "sync pages carry the Sync's request id"
+    );
+    s.inbox.insert(phone, first);
+    let (msgs, heads) = s.finish_sync(phone);
+    assert_eq!(seqs(&msgs, a), (4..=8).collect::<Vec<_>>());
+    assert_eq!(seqs(&msgs, g), (1..=3).collect::<Vec<_>>());
+    assert_eq!(heads, vec![(a.0, 8), (g.0, 3)]);
+    // Then live pushes, with request id 0.
+    s.send(sender, a, 50, "live");
+    s.commit();
+    let live = s.take(phone);
+    assert_eq!(seqs(&messages(&live), a), vec![9]);
+    assert!(live.iter().all(|f| f.request_id == 0));
+}
+
+#[test]
+fn a_store_error_mid_sync_answers_that_sync_and_the_next_sync_is_exact() {
+    let (mut s, flaky) = Sim::flaky();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    s.backlog(a, alice, 1, 3000);
+    let sender = s.connect(alice, 9);
+    let phone = s.connect(bob, 1);
+    let rid = s.sync(phone, &[(a, 0)]);
+    let got = messages(&s.take(phone));
+    assert_eq!(got.len(), SYNC_PAGE_MESSAGES);
+    flaky.fail_pages.store(true, Ordering::Relaxed);
+    s.drained(phone);
+    let frames = s.take(phone);
+    assert!(
+        matches!(frames.as_slice(), [Frame { request_id, body: Body::Error(e) }]
+            if *request_id == rid && e.request_id == rid && e.code == ErrorCode::Unavailable.as_u16()),
+        "{frames:?}"
+    );
+    assert!(!s.core.is_syncing(phone));
+    flaky.fail_pages.store(false, Ordering::Relaxed);
+    // While the client has not synced again, nothing is pushed (it would leave a gap).
+    s.send(sender, a, 1, "during the outage");
+    s.commit();
+    assert!(s.take(phone).is_empty());
+    // The next Sync, from what the client holds, is exact.
+    let held = got.last().unwrap().seq;
+    s.sync(phone, &[(a, held)]);
+    let (msgs, heads) = s.finish_sync(phone);
+    assert_eq!(seqs(&msgs, a), (held + 1..=3001).collect::<Vec<_>>());
+    assert_eq!(heads, vec![(a.0, 3001)]);
+    s.send(sender, a, 2, "live");
+    s.commit();
+    assert_eq!(seqs(&messages(&s.take(phone)), a), vec![3002]);
+}
+
+#[test]
+fn frame_overheads_are_what_the_page_budget_assumes() {
+    let mut enc = Encoder::new();
+    for text in ["x".to_owned(), "😀".repeat(100_000), "é".repeat(77)] {
+        let m = Message {
+            chat_id: u64::MAX,
+            seq: u64::MAX,
+            sender: u64::MAX,
+            server_ts_ms: u64::MAX,
+            client_msg_id: u64::MAX,
+            text: text.clone(),
+        };
+        let one = enc.message(u64::MAX, &m);
+        assert!(
+            one.len() <= text.len() + MESSAGE_OVERHEAD,
+            "{}",
+            one.len() - text.len()
+        );
+        let n = 3;
+        let page = Frame::new(
+            u64::MAX,
+            Body::HistoryPage(HistoryPage {
+                chat_id: u64::MAX,
+                messages: vec![m; n],
+                has_more: true,
+            }),
+        )
+        .encode();
+        assert!(
+            page.len() <= HISTORY_PAGE_OVERHEAD + n * (text.len() + MESSAGE_OVERHEAD),
+            "{}",
+            page.len() - n * text.len()
+        );
+    }
+    assert!(max_text_bytes(natter_wire::DEFAULT_MAX_FRAME) >= 4 * natter_wire::MAX_TEXT_CHARS);
+}
+
+#[test]
+fn history_pages_never_exceed_the_frame_limit_and_a_huge_message_gets_its_own_page() {
+    for max_frame in [natter_wire::DEFAULT_MAX_FRAME, 64 * 1024] {
+        let mut s = Sim::build(None, Limits::with_max_frame(max_frame));
+        let (alice, bob) = (s.user("alice"), s.user("bob"));
+        let (a, _) = s.store.create_dm(alice, bob).unwrap();
+        // The largest texts this server accepts, 4-byte characters, mixed with small ones.
+        let big_chars = (max_text_bytes(max_frame) / 4).min(natter_wire::MAX_TEXT_CHARS);
+        let texts: Vec<String> = (0..12)
+            .map(|i| {
+                if i % 3 == 2 {
+                    "s".repeat(10)
+                } else {
+                    "😀".repeat(big_chars - i)
+                }
+            })
+            .collect();
+        s.backlog_texts(a, alice, 1, &texts);
+        let phone = s.connect(bob, 1);
+        let mut before = 0;
+        let mut seen = Vec::new();
+        loop {
+            s.now += Duration::from_secs(1);
+            let rid = s.request(
+                phone,
+                Body::History(History {
+                    chat_id: a.0,
+                    before_seq: before,
+                    limit: 200,
+                }),
+            );
+            // The core hands over encoded frames: check their size before decoding.
+            let frames = s.take(phone);
+            let [
+                Frame {
+                    request_id,
+                    body: Body::HistoryPage(page),
+                },
+            ] = frames.as_slice()
+            else {
+                panic!("{frames:?}")
+            };
+            assert_eq!(*request_id, rid);
+            let encoded = Frame::new(rid, Body::HistoryPage(page.clone())).encode();
+            assert!(
+                encoded.len() <= max_frame,
+                "a page of {} bytes > {max_frame}",
+                encoded.len()
+            );
+            assert!(!page.messages.is_empty());
+            seen.extend(page.messages.iter().map(|m| m.seq));
+            before = page.messages.last().unwrap().seq;
+            if !page.has_more {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=12).rev().collect::<Vec<_>>());
+        // A send over what fits in a frame is refused with a clear code.
+        let sender = s.connect(alice, 9);
+        s.send(sender, a, 1, &"y".repeat(max_text_bytes(max_frame) + 1));
+        let answer = s.take(sender);
+        assert!(
+            matches!(answer.as_slice(), [Frame { body: Body::Error(e), .. }] if e.code == ErrorCode::TextTooLong.as_u16()),
+            "{answer:?}"
+        );
+    }
+}
+
+#[test]
+fn sync_and_history_are_rate_limited_per_connection() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    let phone = s.connect(bob, 1);
+    let mut limited = 0;
+    for _ in 0..100 {
+        let body = Body::History(History {
+            chat_id: a.0,
+            before_seq: 0,
+            limit: 1,
+        });
+        s.request(phone, body);
+        limited += s
+            .take(phone)
+            .iter()
+            .filter(|f| matches!(&f.body, Body::Error(e) if e.code == ErrorCode::RateLimited.as_u16()))
+            .count();
+    }
+    assert_eq!(limited, 100 - super::super::HISTORY_PER_SECOND as usize);
+    let mut limited = 0;
+    for _ in 0..100 {
+        s.sync(phone, &[]);
+        limited += s
+            .take(phone)
+            .iter()
+            .filter(|f| matches!(&f.body, Body::Error(e) if e.code == ErrorCode::RateLimited.as_u16()))
+            .count();
+    }
+    assert_eq!(limited, 100 - super::super::SYNCS_PER_SECOND as usize);
+    // A second later the buckets have refilled.
+    s.now += Duration::from_secs(1);
+    s.sync(phone, &[]);
+    assert!(matches!(
+        s.take(phone).as_slice(),
+        [Frame {
+            body: Body::SyncDone(_),
+            ..
+        }]
+    ));
 }

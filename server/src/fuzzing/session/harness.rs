@@ -166,6 +166,7 @@ impl Harness {
                     limits: Limits::with_max_frame(MAX_FRAME),
                     max_connections: MAX_CONNECTIONS,
                     send_rate: SEND_RATE,
+                    max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
                 };
                 Core::new(config, store.clone(), t0, UNIX_MS_AT_START)
             })

@@ -399,6 +399,7 @@ impl WireFrame {
                     Version::Current => PROTOCOL_VERSION,
                     Version::Other(v) => *v,
                 },
+                sync_first: false,
             }),
             WireBody::Welcome {
                 user_id,
@@ -412,6 +413,7 @@ impl WireFrame {
                 heartbeat_interval_ms: *heartbeat_interval_ms,
                 server_time_ms: *server_time_ms,
                 protocol_version: *protocol_version,
+                max_frame: 0,
             }),
             WireBody::Send {
                 chat,

@@ -73,6 +73,8 @@ struct Committed {
     chats: HashMap<ChatId, StoredChat>,
     last_seq: HashMap<ChatId, Seq>,
     dedupe: HashMap<(ChatId, UserId, ClientMsgId), (Seq, u64)>,
+    /// Committed texts, for `stored_text` (a dedupe hit compares them).
+    texts: HashMap<(ChatId, Seq), String>,
     last_seen: HashMap<UserId, u64>,
     failing: bool,
 }
@@ -90,6 +92,7 @@ impl MemoryStore {
                 chats: initial_chats(),
                 last_seq: HashMap::new(),
                 dedupe: HashMap::new(),
+                texts: HashMap::new(),
                 last_seen: HashMap::new(),
                 failing: false,
             }),
@@ -113,6 +116,7 @@ impl MemoryStore {
             (msg.chat, msg.sender, msg.client_msg_id),
             (msg.seq, msg.server_ts_ms),
         );
+        state.texts.insert((msg.chat, msg.seq), msg.text.clone());
     }
 
     /// The storage writer committed a user's last-seen time.
@@ -186,5 +190,9 @@ impl ChatStore for MemoryStore {
 
     fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
         Ok(self.check()?.last_seen.get(&user).copied())
+    }
+
+    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
+        Ok(self.check()?.texts.get(&(chat, seq)).cloned())
     }
 }
