@@ -266,9 +266,7 @@ fn reconnecting_devices_see_every_message_once_and_in_order_across_kill9_restart
         }
     }
     let ids: Vec<u64> = users.iter().map(|u| u.user_id).collect();
-    let group = http
-        .create_group(&users[0].token, "seam", &ids[1..])
-        .unwrap();
+    let group = http.create_group(&users[0].token, "seam", &ids[1..]).unwrap();
     let dm_ad = http.direct_chat(&users[0].token, ids[3]).unwrap();
     let dm_be = http.direct_chat(&users[1].token, ids[4]).unwrap();
 
@@ -324,7 +322,9 @@ fn reconnecting_devices_see_every_message_once_and_in_order_across_kill9_restart
 
     // Traffic for `secs`, with `kills` kill -9 + restarts at random instants.
     let start = Instant::now();
-    let mut kill_at: Vec<u64> = (0..kills).map(|_| 1_000 + rng.below(secs * 1000 - 1_000)).collect();
+    let mut kill_at: Vec<u64> = (0..kills)
+        .map(|_| 1_000 + rng.below(secs * 1000 - 1_000))
+        .collect();
     kill_at.sort_unstable();
     let mut restarts = Vec::new();
     for at in kill_at {
@@ -343,7 +343,11 @@ fn reconnecting_devices_see_every_message_once_and_in_order_across_kill9_restart
         s.join().expect("a sender failed");
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "too little traffic to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "too little traffic to mean anything: {}",
+        acked.len()
+    );
 
     // Every stored seq of every chat is acknowledged (gapless 1..=head).
     let mut head: BTreeMap<u64, u64> = BTreeMap::new();
@@ -361,14 +365,31 @@ fn reconnecting_devices_see_every_message_once_and_in_order_across_kill9_restart
     for (u, handle) in devices {
         let (login, mut view) = handle.join().expect("a device failed");
         let target = *addr.lock().unwrap();
-        let chats: Vec<u64> = if u == 3 { vec![group, dm_ad] } else { vec![group, dm_be] };
-        let complete = |v: &DeviceView| chats.iter().all(|c| v.cursor.get(c).copied().unwrap_or(0) >= head[c]);
+        let chats: Vec<u64> = if u == 3 {
+            vec![group, dm_ad]
+        } else {
+            vec![group, dm_be]
+        };
+        let complete = |v: &DeviceView| {
+            chats
+                .iter()
+                .all(|c| v.cursor.get(c).copied().unwrap_or(0) >= head[c])
+        };
         let deadline = Instant::now() + DEADLINE;
         while !complete(&view) && Instant::now() < deadline {
-            device_session(target, &login.token, &mut view, Instant::now() + Duration::from_secs(2));
+            device_session(
+                target,
+                &login.token,
+                &mut view,
+                Instant::now() + Duration::from_secs(2),
+            );
         }
         for &chat in &chats {
-            assert_eq!(view.cursor.get(&chat).copied().unwrap_or(0), head[&chat], "device of user {u}, chat {chat}");
+            assert_eq!(
+                view.cursor.get(&chat).copied().unwrap_or(0),
+                head[&chat],
+                "device of user {u}, chat {chat}"
+            );
             for seq in 1..=head[&chat] {
                 assert_eq!(
                     view.texts.get(&(chat, seq)),

@@ -295,6 +295,14 @@ impl Worker {
                 let Some(socket) = self.sockets.get_mut(conn.0).and_then(Option::as_mut) else {
                     return;
                 };
+                if socket.queued > MAX_OUTBOUND {
+                    // Its answers are not being read: execute none of its
+                    // requests until they drain (`flush` re-reads then), so a
+                    // pipeline of requests cannot make natterd hold more
+                    // than MAX_OUTBOUND plus one call's replies.
+                    socket.read_blocked = true;
+                    return;
+                }
                 if socket.inbound.is_empty() {
                     InputStatus::Drained
                 } else {
