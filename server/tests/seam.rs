@@ -219,16 +219,16 @@ fn sender(
                 match conn.recv_timeout(Duration::from_millis(100)) {
                     Ok(Some(frame)) => match frame.body {
                         Body::SendOk(ok) => {
-                            if let Some(cmid) = by_rid.remove(&frame.request_id) {
-                                if let Some((chat, text)) = outbox.remove(&cmid) {
-                                    assert_eq!(chat, ok.chat_id);
-                                    let previous = acked.lock().unwrap().insert((chat, ok.seq), text.clone());
-                                    assert!(
-                                        previous.is_none_or(|p| p == text),
-                                        "seq {} of chat {chat} acknowledged for two texts",
-                                        ok.seq
-                                    );
-                                }
+                            if let Some(cmid) = by_rid.remove(&frame.request_id)
+                                && let Some((chat, text)) = outbox.remove(&cmid)
+                            {
+                                assert_eq!(chat, ok.chat_id);
+                                let previous = acked.lock().unwrap().insert((chat, ok.seq), text.clone());
+                                assert!(
+                                    previous.is_none_or(|p| p == text),
+                                    "seq {} of chat {chat} acknowledged for two texts",
+                                    ok.seq
+                                );
                             }
                         }
                         // overloaded / rate_limited / unavailable: retried next round.
