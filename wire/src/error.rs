@@ -71,7 +71,7 @@ pub enum ErrorCode {
     /// Peer at fault: a second `Hello` on an authenticated connection. The frame is refused; the
     /// connection stays open.
     AlreadyAuthenticated = 18,
-    /// Limit hit: the server (or this user) has reached its connection limit. Retry later. Closes the
+    /// Limit hit: the server has reached its connection limit. Retry later. Closes the
     /// connection.
     TooManyConnections = 19,
     /// Limit hit: the client did not read its frames fast enough and the server's outbound
