@@ -5,4 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked -j2 --workspace --all-targets
+# The production build: the end-to-end tests start this natterd (no `fuzzing` feature).
 cargo test --locked -j2 --workspace
+# The fuzz corpora and regressions, replayed through the targets' code (needs the feature;
+# this rebuilds natter-server with it, after every test of the production build has run).
+cargo test --locked -j2 -p natter-server --features fuzzing --test fuzz_replay
