@@ -95,6 +95,10 @@ pub struct Flags {
     /// Sends per second one connection may make (bursts of the same size) [default: 1000].
     #[arg(long)]
     pub send_rate_limit: Option<u32>,
+    /// Internal: commands each core's queue holds [default: 65536]. Command line
+    /// only and hidden from `--help`: tests shrink it to exercise full queues.
+    #[arg(long, hide = true)]
+    pub core_queue_capacity: Option<usize>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -179,6 +183,8 @@ pub struct Config {
     pub max_connections_per_core: usize,
     /// Sends per second per connection.
     pub send_rate_limit: u32,
+    /// Commands each core's queue holds (internal; tests make it tiny).
+    pub core_queue_capacity: usize,
 }
 
 impl Default for Config {
@@ -196,6 +202,7 @@ impl Default for Config {
             auth_rate_limit: 30,
             max_connections_per_core: 200_000,
             send_rate_limit: 1000,
+            core_queue_capacity: crate::runtime::QUEUE_CAPACITY,
         }
     }
 }
@@ -256,6 +263,7 @@ impl Config {
                 .send_rate_limit
                 .or(file.send_rate_limit)
                 .unwrap_or(d.send_rate_limit),
+            core_queue_capacity: flags.core_queue_capacity.unwrap_or(d.core_queue_capacity),
         };
         config.validate()?;
         Ok(config)
@@ -294,6 +302,9 @@ impl Config {
         }
         if self.send_rate_limit == 0 {
             return invalid("send-rate-limit", "must be at least 1 per second");
+        }
+        if self.core_queue_capacity == 0 {
+            return invalid("core-queue-capacity", "must be at least 1");
         }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");

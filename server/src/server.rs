@@ -3,15 +3,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::http::{self, Api, Endpoints, HttpServer};
 use crate::metrics::Metrics;
-use crate::runtime::{Command, Cores, Mesh};
-use crate::store::writer::Writer;
+use crate::runtime::{Command, Cores, Mesh, Refused};
+use crate::store::writer::{self, Completion, CompletionSink, Offered, Writer};
 use crate::store::{Store, StoreError};
 
 /// HTTP worker threads: enough to overlap a few slow password hashes with
@@ -41,6 +41,28 @@ fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
 }
 
+/// Hands the writer's completions to the origin cores' queues without ever
+/// blocking the writer (`Mesh::offer`): a full queue gives them back and the
+/// writer offers them again, in order, later. One writer thread offers, so
+/// each core receives its completions in commit order (FIFO per pair).
+struct CoreSink {
+    /// Set once the cores exist; nothing is committed before that.
+    mesh: Arc<OnceLock<Mesh>>,
+}
+
+impl CompletionSink for CoreSink {
+    fn offer(&mut self, core: crate::ids::CoreId, completions: Vec<Completion>) -> Offered {
+        let Some(mesh) = self.mesh.get() else {
+            return Offered::Full(completions);
+        };
+        match mesh.offer(core, Command::Committed(completions)) {
+            Ok(()) => Offered::Taken,
+            Err(Refused::Full(Command::Committed(completions))) => Offered::Full(completions),
+            Err(Refused::Full(_) | Refused::Stopped) => Offered::Gone,
+        }
+    }
+}
+
 /// A running natterd.
 #[derive(Debug)]
 pub struct Server {
@@ -67,18 +89,14 @@ impl Server {
             .map_err(io_err("reading the HTTP address"))?;
         // The writer reports commits to the cores through the mesh, which exists
         // once the cores do; nothing is written before that.
-        let mesh_slot: Arc<std::sync::OnceLock<Mesh>> = Arc::default();
-        let deliver_mesh = mesh_slot.clone();
-        let (writer, writer_tx) = Writer::start(
+        let mesh_slot: Arc<OnceLock<Mesh>> = Arc::default();
+        let (writer, writer_tx) = Writer::start_with_sink(
             store.clone(),
             metrics.clone(),
-            Box::new(move |core, completions| {
-                if let Some(mesh) = deliver_mesh.get() {
-                    // Blocks only while that core's queue is full; cores never
-                    // block on the writer, so this cannot deadlock.
-                    let _ = mesh.send_blocking(core, Command::Committed(completions));
-                }
+            Box::new(CoreSink {
+                mesh: mesh_slot.clone(),
             }),
+            writer::CHANNEL_CAPACITY,
         )
         .map_err(io_err("starting the storage writer"))?;
         let cores = Cores::start(&config, store.clone(), writer_tx, metrics.clone())

@@ -18,6 +18,8 @@
 mod chat;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_hooks;
+mod liveness;
+mod preauth;
 mod presence;
 mod sync;
 mod timer;
@@ -31,6 +33,7 @@ use natter_wire::{Body, Encoder, ErrorCode, FrameDecoder, Limits, MAX_TEXT_CHARS
 use slab::Slab;
 
 pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
+pub use preauth::MAX_PRE_AUTH_INPUT;
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
 pub use sync::{
     HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, NEW_DEVICE_BACKLOG, SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES,
@@ -396,6 +399,9 @@ impl Core {
     /// `buf` (up to [`FRAMES_PER_SESSION_PER_TURN`]) and leaves the rest there.
     pub fn handle_input(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> InputStatus {
         for _ in 0..FRAMES_PER_SESSION_PER_TURN {
+            if self.refuse_oversized_pre_auth(conn, buf) {
+                return InputStatus::Paused;
+            }
             let Some(session) = self.sessions.get_mut(conn.0) else {
                 return InputStatus::Paused;
             };

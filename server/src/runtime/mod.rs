@@ -1,8 +1,10 @@
 //! The per-core mio event loops and the queue mesh between them.
 
 mod mesh;
+mod outbox;
 
-pub use mesh::{Mesh, QUEUE_CAPACITY};
+pub use mesh::{Mesh, QUEUE_CAPACITY, Refused};
+pub use outbox::{OUTBOX_PAUSE_MARK, OUTBOX_RESUME_MARK};
 
 use crate::core::{CoreMsg, UserPresence};
 use crate::ids::{ChatId, DeviceId, UserId};
@@ -141,7 +143,7 @@ impl Cores {
         for _ in 0..config.cores {
             let poll = mio::Poll::new()?;
             let waker = Arc::new(mio::Waker::new(poll.registry(), worker::WAKER)?);
-            let (tx, rx) = Mesh::queue();
+            let (tx, rx) = Mesh::queue_with_capacity(config.core_queue_capacity);
             polls.push(poll);
             handles.push((tx, waker));
             receivers.push(rx);
