@@ -10,7 +10,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::config::Config;
 use crate::http::{self, Api, Endpoints, HttpServer};
 use crate::metrics::Metrics;
-use crate::runtime::{Command, Cores, Mesh, Refused};
+use crate::runtime::{Command, Cores, Mesh, Refused, supervise};
 use crate::store::writer::{self, Completion, CompletionSink, Offered, Writer};
 use crate::store::{Store, StoreError};
 
@@ -27,6 +27,11 @@ pub enum ServerError {
     /// The store could not be opened or closed cleanly.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A durable write failed at shutdown (the final sync): the store is
+    /// poisoned, natterd exits with [`crate::store::POISON_EXIT_CODE`] like
+    /// on every other storage failure, and recovers from the journal on restart.
+    #[error("store failed at shutdown: {0}")]
+    Poisoned(StoreError),
     /// A listener, thread or poll could not be set up, or a core died.
     #[error("{what}: {source}")]
     Io {
@@ -35,6 +40,14 @@ pub enum ServerError {
         /// What the OS said.
         source: io::Error,
     },
+}
+
+impl ServerError {
+    /// True when this is a storage failure that must end natterd with
+    /// [`crate::store::POISON_EXIT_CODE`] (a failed durable write).
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Self::Poisoned(_))
+    }
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
@@ -146,21 +159,47 @@ impl Server {
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.http.shutdown();
         let cores = self.cores.shutdown().map_err(io_err("stopping the event loops"));
+        // The cores handed the writer their last writes (the `last_seen` of
+        // users still online) before they stopped; this commits them.
         self.writer.shutdown()?;
-        self.store.persist()?;
+        self.store.persist().map_err(ServerError::Poisoned)?;
         cores
+    }
+
+    /// Fail-stop check, called by the main thread every
+    /// [`supervise::SUPERVISE_INTERVAL`]: exits the process if an event loop
+    /// or the storage writer has ended without being asked to (see
+    /// [`crate::runtime::supervise`]; panics end it from the panic hook).
+    fn check_threads(&mut self) {
+        let dead = if self.writer.is_finished() {
+            Some("the storage writer thread ended".to_owned())
+        } else {
+            self.cores.first_dead()
+        };
+        if let Some(why) = dead {
+            let code = if self.store.is_poisoned() {
+                crate::store::POISON_EXIT_CODE
+            } else {
+                supervise::THREAD_DIED_EXIT_CODE
+            };
+            supervise::fail_stop(code, &why);
+        }
     }
 }
 
 /// Runs natterd until SIGINT or SIGTERM. Prints one `NATTERD_READY {json}`
 /// line on stdout once every listener is bound (for scripts and tests).
+/// Supervises the threads meanwhile: if one dies, the process exits
+/// non-zero within a second ([`crate::runtime::supervise`]).
 ///
 /// # Errors
 /// Anything that stops natterd from starting or stopping cleanly.
 pub fn run(config: Config) -> Result<(), ServerError> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(io_err("installing signal handlers"))?;
-    let server = Server::start(config)?;
+    let mut server = Server::start(config)?;
+    // A thread that panics before this is still found by `check_threads`.
+    supervise::install_panic_hook(Arc::downgrade(&server.store));
     let ready = serde_json::to_string(server.endpoints()).unwrap_or_default();
     {
         use std::io::Write as _;
@@ -168,12 +207,40 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let _ = writeln!(out, "NATTERD_READY {ready}");
         let _ = out.flush();
     }
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "shutting down");
-    }
+    let signal = wait_for_signal(signals, &mut server)?;
+    tracing::info!(signal, "shutting down");
     server.shutdown()?;
     tracing::info!("natterd stopped");
     Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM, checking the threads every
+/// [`supervise::SUPERVISE_INTERVAL`] meanwhile.
+fn wait_for_signal(
+    mut signals: signal_hook::iterator::Signals,
+    server: &mut Server,
+) -> Result<i32, ServerError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("natter-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = tx.send(signal);
+            }
+        })
+        .map_err(io_err("starting the signal thread"))?;
+    loop {
+        match rx.recv_timeout(supervise::SUPERVISE_INTERVAL) {
+            Ok(signal) => return Ok(signal),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => server.check_threads(),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(ServerError::Io {
+                    what: "waiting for signals",
+                    source: io::Error::other("the signal thread ended"),
+                });
+            }
+        }
+    }
 }
 
 /// Lifts the soft open-files limit to the hard one: every connection is a file.

@@ -2,6 +2,7 @@
 
 mod mesh;
 mod outbox;
+pub mod supervise;
 
 pub use mesh::{Mesh, QUEUE_CAPACITY, Refused};
 pub use outbox::{OUTBOX_PAUSE_MARK, OUTBOX_RESUME_MARK};
@@ -187,6 +188,19 @@ impl Cores {
     /// Handles to the cores' queues.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// The first core thread that has ended (returned or panicked) although
+    /// nobody asked it to stop, and why: natterd must not run on without it.
+    pub fn first_dead(&mut self) -> Option<String> {
+        let i = self.threads.iter().position(JoinHandle::is_finished)?;
+        let thread = self.threads.remove(i);
+        let why = match thread.join() {
+            Ok(Ok(())) => "stopped".to_owned(),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => "panicked".to_owned(),
+        };
+        Some(format!("event loop thread {i} {why}"))
     }
 
     /// Asks every core to close its sessions and stop, and waits for them.

@@ -307,6 +307,12 @@ impl Writer {
         Ok((Writer { thread, stop }, WriterSender { tx }))
     }
 
+    /// True once the writer thread has ended. Before [`Writer::shutdown`] that
+    /// means it died: nothing more will be committed or acknowledged.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
     /// Stops the writer after committing (and delivering) everything already
     /// queued. Call it once the cores have stopped sending.
     ///
