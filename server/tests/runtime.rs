@@ -188,8 +188,8 @@ fn the_closing_error_arrives_before_eof_even_with_unread_input() {
 #[test]
 fn with_a_one_command_core_queue_every_member_sees_every_chat_in_seq_order() {
     const MEMBERS: usize = 12;
-    const SENDERS: usize = 6;
-    const PER_SENDER: usize = 120;
+    const SENDERS: usize = 8;
+    const PER_SENDER: usize = 300;
     // Every cross-core command finds the target's queue full most of the time.
     let server = start_with(&["--core-queue-capacity", "1"]);
     let logins: Vec<Login> = (0..MEMBERS).map(|i| server.user(&format!("fifo{i}"))).collect();
@@ -219,7 +219,7 @@ fn with_a_one_command_core_queue_every_member_sees_every_chat_in_seq_order() {
                 let mut acks = Vec::new();
                 let mut sent = 0;
                 while acks.len() < PER_SENDER {
-                    while sent < PER_SENDER && sent - acks.len() < 16 {
+                    while sent < PER_SENDER && sent - acks.len() < 32 {
                         let chat = chats[sent % 2];
                         conn.send_body(Body::Send(Send {
                             chat_id: chat,
@@ -312,4 +312,67 @@ fn with_a_one_command_core_queue_every_member_sees_every_chat_in_seq_order() {
         }
     }
     assert_eq!(synced, 2 * total_per_chat);
+}
+
+/// Protocol errors natterd counted, over both cores.
+fn protocol_errors(server: &TestServer) -> f64 {
+    (0..2)
+        .filter_map(|core| server.metric(&format!("natter_protocol_errors_total{{core=\"{core}\"}}")))
+        .sum()
+}
+
+#[test]
+fn the_closing_error_queued_behind_unread_answers_still_arrives_before_eof() {
+    const PINGS: u64 = 10_000;
+    const ROUNDS: usize = 3;
+    let server = start();
+    let login = server.user("pipeliner");
+    for round in 0..ROUNDS {
+        // A tiny receive buffer, so natterd's answers back up in its own
+        // outbound queue while the client does not read.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&server.tcp.into()).unwrap();
+        let mut stream: TcpStream = socket.into();
+        stream.write_all(&hello_frame(&login.token, 1)).unwrap();
+        let (welcome, err) = read_frames(&mut stream, 1, PROMPT);
+        assert!(
+            matches!(welcome.first().map(|f| &f.body), Some(Body::Welcome(_))),
+            "{welcome:?} {err:?}"
+        );
+        // Thousands of pings, then a frame that is not one (natterd closes the
+        // session), then more bytes it will never read as frames.
+        let mut bytes = Vec::new();
+        for nonce in 0..PINGS {
+            bytes.extend_from_slice(&Frame::new(nonce + 2, Body::Ping(Ping { nonce })).encode());
+        }
+        bytes.extend_from_slice(&[12u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8]);
+        bytes.extend_from_slice(&[0x55u8; 64 * 1024]);
+        let errors_before = protocol_errors(&server);
+        let mut writer = stream.try_clone().unwrap();
+        let write = std::thread::spawn(move || {
+            // natterd may close before taking all of it.
+            let _ = writer.write_all(&bytes);
+        });
+        // Not reading until natterd has closed the session: its Pongs and the
+        // Error are queued behind a full socket at that moment.
+        assert!(
+            support::wait_until(PROMPT, || protocol_errors(&server) > errors_before),
+            "round {round}: natterd did not refuse the bad frame"
+        );
+        let (frames, err) = read_frames(&mut stream, PINGS as usize + 2, PROMPT);
+        assert!(
+            err.is_none(),
+            "round {round}: {err:?} (the close lost data) after {} frames",
+            frames.len()
+        );
+        let pongs = frames.iter().filter(|f| matches!(f.body, Body::Pong(_))).count();
+        assert_eq!(pongs as u64, PINGS, "round {round}");
+        assert!(
+            matches!(frames.last().map(|f| &f.body), Some(Body::Error(e)) if e.code == ErrorCode::BadFrame.as_u16()),
+            "round {round}: the last frame before EOF is not the Error: {:?}",
+            frames.last()
+        );
+        write.join().unwrap();
+    }
 }
