@@ -171,13 +171,15 @@ impl Server {
     /// or the storage writer has ended without being asked to (see
     /// [`crate::runtime::supervise`]; panics end it from the panic hook).
     fn check_threads(&mut self) {
-        let dead = if self.writer.is_finished() {
+        let writer_died = self.writer.is_finished();
+        let dead = if writer_died {
             Some("the storage writer thread ended".to_owned())
         } else {
             self.cores.first_dead()
         };
         if let Some(why) = dead {
-            let code = if self.store.is_poisoned() {
+            // The writer's death is a storage failure, whatever killed it.
+            let code = if writer_died || self.store.is_poisoned() {
                 crate::store::POISON_EXIT_CODE
             } else {
                 supervise::THREAD_DIED_EXIT_CODE

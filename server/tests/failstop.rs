@@ -45,7 +45,7 @@ struct Natterd {
 }
 
 impl Natterd {
-    fn start(ignore_xfsz: bool) -> Self {
+    fn start(ignore_xfsz: bool, log: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let natterd = env!("CARGO_BIN_EXE_natterd");
         let mut cmd = if ignore_xfsz {
@@ -60,8 +60,7 @@ impl Natterd {
             .args(["--cores", "2", "--http-port", "0", "--tcp-port", "0"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000"])
-            // Log a lot, so every path writes to the unwritable stderr.
-            .env("NATTER_LOG", "debug")
+            .env("NATTER_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(OpenOptions::new().write(true).open("/dev/full").unwrap());
@@ -161,14 +160,19 @@ fn send(conn: &mut Connection, chat: u64, cmid: u64, text: String) -> Option<u64
 
 #[test]
 fn with_stderr_unwritable_natterd_serves_and_acknowledges_and_stops_cleanly() {
-    let mut natterd = Natterd::start(false);
+    // Log a lot, so every path writes to the unwritable stderr.
+    let mut natterd = Natterd::start(false, "debug");
     let (mut conn, chat) = session(&natterd, "writer");
     for cmid in 1..=3 {
         assert_eq!(send(&mut conn, chat, cmid, format!("message {cmid}")), Some(cmid));
     }
     conn.ping().unwrap();
     let pid = natterd.child.id();
-    let status = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let status = natterd.exit_within(Duration::from_secs(30));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{status:?}");
@@ -176,7 +180,9 @@ fn with_stderr_unwritable_natterd_serves_and_acknowledges_and_stops_cleanly() {
 
 #[test]
 fn a_failed_journal_write_exits_70_at_once_even_with_stderr_unwritable() {
-    let mut natterd = Natterd::start(true);
+    // Errors only: the first line natterd tries to log is the failure itself,
+    // as with a stderr that filled up while natterd ran.
+    let mut natterd = Natterd::start(true, "error");
     let (mut conn, chat) = session(&natterd, "filler");
     assert_eq!(send(&mut conn, chat, 1, "small and acknowledged".into()), Some(1));
     let pid = natterd.child.id() as i32;
@@ -199,7 +205,11 @@ fn a_failed_journal_write_exits_70_at_once_even_with_stderr_unwritable() {
         }
     }
     let refused_at = refused_at.expect("no write failed: raise the message count or lower the limit");
-    assert_eq!(refused_at, acked + 1, "a send after a failed one was acknowledged");
+    assert_eq!(
+        refused_at,
+        acked + 1,
+        "a send after a failed one was acknowledged"
+    );
     let status = natterd.exit_within(EXIT_DEADLINE);
     assert_eq!(
         status.and_then(|s| s.code()),

@@ -11,10 +11,12 @@
 //!   write errors) and exits from the panicking thread, before any unwinding.
 //!   The exit code is [`POISON_EXIT_CODE`] when the store is poisoned — so the
 //!   storage failure path exits 70 even if logging the failure is what
-//!   panicked — and [`THREAD_DIED_EXIT_CODE`] otherwise. The HTTP handler
+//!   panicked — or when the dying thread is the storage writer (whatever
+//!   killed it, what it held is neither committed nor acknowledged: a storage
+//!   failure), and [`THREAD_DIED_EXIT_CODE`] otherwise. The HTTP handler
 //!   threads (`natter-http-N`) are the exception: the side-port catches a
-//!   handler's panic by design and answers 500, so a panic there is reported
-//!   but not fatal.
+//!   handler's panic by design and answers 500, so a panic there is fatal
+//!   only when the store is poisoned.
 //! * **A return** without a panic (a core's loop failing on an I/O error, the
 //!   writer thread ending before shutdown): the main thread checks the thread
 //!   handles every [`SUPERVISE_INTERVAL`] (`Server::check_threads`) and calls
@@ -27,6 +29,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use crate::logging;
+use crate::store::writer::WRITER_THREAD;
 use crate::store::{POISON_EXIT_CODE, Store};
 
 /// Exit code when an essential thread died and the store is not poisoned
@@ -54,11 +57,12 @@ pub fn install_panic_hook(store: Weak<Store>) {
         previous(info);
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("unnamed");
-        if name.starts_with(HTTP_HANDLER_PREFIX) && name != HTTP_IO_THREAD {
+        let poisoned = store.upgrade().is_some_and(|s| s.is_poisoned());
+        let handler = name.starts_with(HTTP_HANDLER_PREFIX) && name != HTTP_IO_THREAD;
+        if handler && !poisoned {
             return;
         }
-        let poisoned = store.upgrade().is_some_and(|s| s.is_poisoned());
-        let code = if poisoned {
+        let code = if poisoned || name == WRITER_THREAD {
             POISON_EXIT_CODE
         } else {
             THREAD_DIED_EXIT_CODE
@@ -129,15 +133,38 @@ mod tests {
         );
     }
 
+    /// The storage writer's death is a storage failure: code 70.
+    #[test]
+    fn a_panicking_writer_thread_exits_70() {
+        let output = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "runtime::supervise::tests::panic_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, WRITER_THREAD)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(POISON_EXIT_CODE), "{stderr}");
+        assert!(stderr.contains("thread natter-store-writer panicked"), "{stderr}");
+    }
+
     #[test]
     #[ignore = "run by a_panicking_core_thread_ends_the_process_at_once in a child process"]
     fn panic_child() {
-        if std::env::var_os(CHILD_ENV).is_none() {
+        let Some(name) = std::env::var_os(CHILD_ENV) else {
             return;
-        }
+        };
+        let name = match name.to_str() {
+            Some("1") | None => "natter-core-7".to_owned(),
+            Some(other) => other.to_owned(),
+        };
         install_panic_hook(Weak::new());
         let core = std::thread::Builder::new()
-            .name("natter-core-7".into())
+            .name(name)
             .spawn(|| panic!("injected"))
             .unwrap();
         let _ = core.join();

@@ -53,6 +53,11 @@ use super::{Store, StoreError, StoredMessage, keys, now_ms};
 use crate::ids::{ChatId, CoreId, DeviceId, Seq, UserId};
 use crate::metrics::Metrics;
 
+/// The writer thread's name. Its death is a storage failure whatever killed
+/// it (the fail-stop supervision exits with [`POISON_EXIT_CODE`]): what it held
+/// is neither committed nor acknowledged, and only a restart recovers.
+pub const WRITER_THREAD: &str = "natter-store-writer";
+
 /// Ops the writer's queue holds before [`WriterSender::try_send`] gives them
 /// back. At the ~400 k records/s one thread commits, this is ~160 ms of work:
 /// enough to ride out a slow `fdatasync` without pushing back on the cores,
@@ -291,7 +296,7 @@ impl Writer {
         let (tx, ops) = crossbeam_channel::bounded(capacity);
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
-            .name("natter-store-writer".into())
+            .name(WRITER_THREAD.into())
             .spawn(move || {
                 WriterThread {
                     store,
