@@ -99,6 +99,10 @@ pub struct Flags {
     /// only and hidden from `--help`: tests shrink it to exercise full queues.
     #[arg(long, hide = true)]
     pub core_queue_capacity: Option<usize>,
+    /// Internal: ops the storage writer's queue holds [default: 65536]. Command
+    /// line only and hidden from `--help`: tests shrink it to fill the queue.
+    #[arg(long, hide = true)]
+    pub writer_queue_capacity: Option<usize>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -185,6 +189,8 @@ pub struct Config {
     pub send_rate_limit: u32,
     /// Commands each core's queue holds (internal; tests make it tiny).
     pub core_queue_capacity: usize,
+    /// Ops the storage writer's queue holds (internal; tests make it tiny).
+    pub writer_queue_capacity: usize,
 }
 
 impl Default for Config {
@@ -203,6 +209,7 @@ impl Default for Config {
             max_connections_per_core: 200_000,
             send_rate_limit: 1000,
             core_queue_capacity: crate::runtime::QUEUE_CAPACITY,
+            writer_queue_capacity: crate::store::writer::CHANNEL_CAPACITY,
         }
     }
 }
@@ -264,6 +271,7 @@ impl Config {
                 .or(file.send_rate_limit)
                 .unwrap_or(d.send_rate_limit),
             core_queue_capacity: flags.core_queue_capacity.unwrap_or(d.core_queue_capacity),
+            writer_queue_capacity: flags.writer_queue_capacity.unwrap_or(d.writer_queue_capacity),
         };
         config.validate()?;
         Ok(config)
@@ -305,6 +313,9 @@ impl Config {
         }
         if self.core_queue_capacity == 0 {
             return invalid("core-queue-capacity", "must be at least 1");
+        }
+        if self.writer_queue_capacity == 0 {
+            return invalid("writer-queue-capacity", "must be at least 1");
         }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");

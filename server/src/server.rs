@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::http::{self, Api, Endpoints, HttpServer};
 use crate::metrics::Metrics;
 use crate::runtime::{Command, Cores, Mesh, Refused, supervise};
-use crate::store::writer::{self, Completion, CompletionSink, Offered, Writer};
+use crate::store::writer::{Completion, CompletionSink, Offered, Writer};
 use crate::store::{Store, StoreError};
 
 /// HTTP worker threads: enough to overlap a few slow password hashes with
@@ -109,7 +109,7 @@ impl Server {
             Box::new(CoreSink {
                 mesh: mesh_slot.clone(),
             }),
-            writer::CHANNEL_CAPACITY,
+            config.writer_queue_capacity,
         )
         .map_err(io_err("starting the storage writer"))?;
         let cores = Cores::start(&config, store.clone(), writer_tx, metrics.clone())

@@ -376,3 +376,30 @@ fn the_closing_error_queued_behind_unread_answers_still_arrives_before_eof() {
         write.join().unwrap();
     }
 }
+
+#[test]
+fn shutdown_commits_the_last_seen_of_every_online_user_even_past_a_full_writer_queue() {
+    const USERS: usize = 24;
+    // A one-op writer queue: the shutdown's last_seen writes back up in the cores.
+    let mut server = start_with(&["--writer-queue-capacity", "1"]);
+    let logins: Vec<Login> = (0..USERS).map(|i| server.user(&format!("online{i}"))).collect();
+    let conns: Vec<Connection> = logins.iter().map(|l| connect(&server, l)).collect();
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let status = server.stop();
+    assert!(status.success(), "{status}");
+    drop(conns);
+    let store = natter_server::store::Store::open(&server.data_dir()).unwrap();
+    for login in &logins {
+        let seen = store
+            .last_seen(natter_server::ids::UserId(login.user_id))
+            .unwrap();
+        assert!(
+            seen.is_some_and(|ms| ms + 1000 >= before_ms),
+            "user {}: last_seen {seen:?} not written at shutdown",
+            login.user_id
+        );
+    }
+}
