@@ -36,6 +36,19 @@ pub const OUTBOX_RESUME_MARK: usize = OUTBOX_PAUSE_MARK / 2;
 pub(crate) struct Outbox<T> {
     queues: Vec<VecDeque<T>>,
     len: usize,
+    /// Past [`OUTBOX_PAUSE_MARK`] and not yet back to [`OUTBOX_RESUME_MARK`].
+    paused: bool,
+}
+
+/// What [`Outbox::backpressure`] tells the worker to do about reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backpressure {
+    /// The outbox just passed [`OUTBOX_PAUSE_MARK`]: stop reading client sockets.
+    Pause,
+    /// It just drained to [`OUTBOX_RESUME_MARK`]: serve the deferred sockets.
+    Resume,
+    /// No change since the last call.
+    Unchanged,
 }
 
 impl<T> Outbox<T> {
@@ -44,6 +57,21 @@ impl<T> Outbox<T> {
         Self {
             queues: (0..cores).map(|_| VecDeque::new()).collect(),
             len: 0,
+            paused: false,
+        }
+    }
+
+    /// Whether reading must pause or may resume, by the outbox's length, with
+    /// hysteresis between the two marks. Call after each flush.
+    pub(crate) fn backpressure(&mut self) -> Backpressure {
+        if !self.paused && self.len > OUTBOX_PAUSE_MARK {
+            self.paused = true;
+            Backpressure::Pause
+        } else if self.paused && self.len <= OUTBOX_RESUME_MARK {
+            self.paused = false;
+            Backpressure::Resume
+        } else {
+            Backpressure::Unchanged
         }
     }
 
@@ -191,6 +219,46 @@ mod tests {
         );
         assert!(targets[0].received.is_empty());
         assert_eq!(outbox.len(), 0);
+    }
+
+    #[test]
+    fn past_the_pause_mark_reading_pauses_until_the_outbox_is_back_to_the_resume_mark() {
+        let mut outbox = Outbox::new(2);
+        for i in 0..OUTBOX_PAUSE_MARK {
+            outbox.push(CoreId(1), i);
+        }
+        assert_eq!(
+            outbox.backpressure(),
+            Backpressure::Unchanged,
+            "at the mark: still reading"
+        );
+        outbox.push(CoreId(1), OUTBOX_PAUSE_MARK);
+        assert_eq!(outbox.backpressure(), Backpressure::Pause);
+        assert_eq!(outbox.backpressure(), Backpressure::Unchanged, "reported once");
+        // The target takes a few at a time: no resume until the resume mark.
+        let mut taken = Vec::new();
+        while outbox.len() > OUTBOX_RESUME_MARK {
+            let mut budget = 100;
+            outbox.flush(
+                |_, cmd| {
+                    if budget == 0 {
+                        return Err(cmd);
+                    }
+                    budget -= 1;
+                    taken.push(cmd);
+                    Ok(())
+                },
+                |_| {},
+            );
+            let expected = if outbox.len() <= OUTBOX_RESUME_MARK {
+                Backpressure::Resume
+            } else {
+                Backpressure::Unchanged
+            };
+            assert_eq!(outbox.backpressure(), expected, "at {}", outbox.len());
+        }
+        assert!(taken.windows(2).all(|w| w[0] + 1 == w[1]), "in order");
+        assert_eq!(outbox.backpressure(), Backpressure::Unchanged);
     }
 
     #[test]

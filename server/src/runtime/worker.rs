@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::core::{Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus};
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
-use crate::runtime::outbox::{OUTBOX_PAUSE_MARK, OUTBOX_RESUME_MARK, Outbox};
+use crate::runtime::outbox::{Backpressure, OUTBOX_PAUSE_MARK, Outbox};
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
 use crate::store::writer::{WriteOp, WriterSender};
@@ -755,24 +755,29 @@ impl Worker {
         self.outbox
             .flush(|to, cmd| mesh.try_push(to, cmd), |core| mesh.wake(core));
         let waiting = self.outbox.len();
-        if !self.reads_paused && waiting > OUTBOX_PAUSE_MARK {
-            self.reads_paused = true;
-            tracing::warn!(
-                core = self.id.0,
-                waiting,
-                "other cores are not taking commands: reading paused"
-            );
-        } else if self.reads_paused && waiting <= OUTBOX_RESUME_MARK {
-            self.reads_paused = false;
-            tracing::info!(
-                core = self.id.0,
-                waiting,
-                "other cores caught up: reading resumed"
-            );
-            for conn in std::mem::take(&mut self.deferred) {
-                if let Some(socket) = self.socket(conn) {
-                    socket.deferred = false;
-                    self.again.push(conn);
+        match self.outbox.backpressure() {
+            Backpressure::Unchanged => {}
+            Backpressure::Pause => {
+                self.reads_paused = true;
+                tracing::warn!(
+                    core = self.id.0,
+                    waiting,
+                    mark = OUTBOX_PAUSE_MARK,
+                    "other cores are not taking commands: reading client sockets paused"
+                );
+            }
+            Backpressure::Resume => {
+                self.reads_paused = false;
+                tracing::info!(
+                    core = self.id.0,
+                    waiting,
+                    "other cores caught up: reading resumed"
+                );
+                for conn in std::mem::take(&mut self.deferred) {
+                    if let Some(socket) = self.socket(conn) {
+                        socket.deferred = false;
+                        self.again.push(conn);
+                    }
                 }
             }
         }
