@@ -403,3 +403,75 @@ fn shutdown_commits_the_last_seen_of_every_online_user_even_past_a_full_writer_q
         );
     }
 }
+
+#[test]
+fn a_client_reading_a_large_backlog_slowly_is_not_closed_as_silent() {
+    const PINGS: u64 = 100_000;
+    /// How long the client reads slowly: three heartbeat timeouts.
+    const SLOW_FOR: Duration = Duration::from_secs(3);
+    let server = start_with(&["--heartbeat-timeout", "1s"]);
+    let login = server.user("slowreader");
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.tcp.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.write_all(&hello_frame(&login.token, 1)).unwrap();
+    let (welcome, err) = read_frames(&mut stream, 1, PROMPT);
+    assert!(
+        matches!(welcome.first().map(|f| &f.body), Some(Body::Welcome(_))),
+        "{welcome:?} {err:?}"
+    );
+    // A flood of pings: natterd answers until over a MiB of Pongs is queued
+    // for this client, then stops reading it (the rest waits in the kernel),
+    // so it hears nothing from the client while the backlog drains.
+    let mut bytes = Vec::new();
+    for nonce in 0..PINGS {
+        bytes.extend_from_slice(&Frame::new(nonce + 2, Body::Ping(Ping { nonce })).encode());
+    }
+    let mut writer = stream.try_clone().unwrap();
+    let write = std::thread::spawn(move || writer.write_all(&bytes).is_ok());
+    // Read slowly, paced by a ticker: ~4 KiB every 20 ms, far slower than
+    // natterd writes, for several heartbeat timeouts.
+    let pace = crossbeam_channel::tick(Duration::from_millis(20));
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    stream.set_read_timeout(Some(PROMPT)).unwrap();
+    while started.elapsed() < SLOW_FOR {
+        pace.recv().unwrap();
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("natterd closed the slow reader after {:?}", started.elapsed()),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(e) => panic!("{e} after {:?}", started.elapsed()),
+        }
+    }
+    // Then at full speed: every Pong, and no Error (heartbeat_timeout) among them.
+    let limits = Limits::default();
+    let mut pongs = 0u64;
+    let mut offset = 0;
+    let deadline = Instant::now() + PROMPT * 3;
+    while pongs < PINGS {
+        while let Ok(Some(total)) = limits.frame_len(&received[offset..]) {
+            if received.len() - offset < total {
+                break;
+            }
+            let frame = Frame::decode(&received[offset..offset + total], &limits).unwrap();
+            offset += total;
+            match frame.body {
+                Body::Pong(_) => pongs += 1,
+                other => panic!("after {pongs} Pongs: {other:?}"),
+            }
+        }
+        if pongs == PINGS {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {pongs} of {PINGS} Pongs");
+        let mut big = [0u8; 64 * 1024];
+        match stream.read(&mut big) {
+            Ok(0) => panic!("EOF after {pongs} Pongs"),
+            Ok(n) => received.extend_from_slice(&big[..n]),
+            Err(e) => panic!("{e} after {pongs} Pongs"),
+        }
+    }
+    assert!(write.join().unwrap());
+}

@@ -61,6 +61,15 @@ const WRITE_SLICES: usize = 64;
 /// does not wake its senders when it drains, and retrying at once would spin
 /// a core at 100 % CPU. A millisecond is far below any client-visible delay.
 const RETRY_INTERVAL: Duration = Duration::from_millis(1);
+/// Longest gap between two write attempts on a socket whose send buffer was
+/// full. With a large kernel send buffer, a peer that reads slowly frees too
+/// little space for epoll to report the socket writable again (it waits for a
+/// third of the buffer), so natterd would see no progress for many seconds
+/// and close a live client as silent. Retrying the write every so often shows
+/// whether the peer took bytes (it is reading) or not (it may be gone). A
+/// quarter of the heartbeat timeout (at most this) leaves several probes per
+/// timeout; each costs one failed `write` per blocked socket.
+const MAX_WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a closed connection lingers: after its last frames (usually the
 /// Error saying why) are written and its write side is shut down, input is
 /// read and discarded until the peer closes or this passes. Closing a socket
@@ -109,6 +118,8 @@ struct Socket {
     write_blocked: bool,
     /// In `Worker::deferred`, waiting for the outbox to drain.
     deferred: bool,
+    /// In `Worker::write_probes`, to be written again at the next probe.
+    probe_listed: bool,
 }
 
 /// A closed connection's socket, kept a moment so its last frames reach the
@@ -155,6 +166,11 @@ pub(crate) struct Worker {
     /// Connections with readiness (or buffered input) not served while reads
     /// were paused; served again once the outbox drains.
     deferred: Vec<ConnId>,
+    /// Connections whose last write hit `WouldBlock`, retried every
+    /// `probe_interval` (see [`MAX_WRITE_PROBE_INTERVAL`]).
+    write_probes: Vec<ConnId>,
+    probe_interval: Duration,
+    next_probe: Instant,
     /// Connections whose socket took bytes again after it had been full:
     /// reported to the core as liveness ([`Core::handle_output_progress`]).
     progressed: Vec<ConnId>,
@@ -188,6 +204,8 @@ impl Worker {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let cores = config.cores;
+        let probe_interval =
+            (config.heartbeat_timeout / 4).clamp(Duration::from_millis(5), MAX_WRITE_PROBE_INTERVAL);
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -210,6 +228,9 @@ impl Worker {
             reads_paused: false,
             deferred: Vec::new(),
             progressed: Vec::new(),
+            write_probes: Vec::new(),
+            probe_interval,
+            next_probe: Instant::now() + probe_interval,
             lingering: slab::Slab::new(),
             linger_deadlines: VecDeque::new(),
             linger_again: Vec::new(),
@@ -236,6 +257,10 @@ impl Worker {
                 let mut at = self.core.poll_timeout();
                 if let Some(&(deadline, _)) = self.linger_deadlines.front() {
                     at = Some(at.map_or(deadline, |a| a.min(deadline)));
+                }
+                if !self.write_probes.is_empty() {
+                    let probe = self.next_probe;
+                    at = Some(at.map_or(probe, |a| a.min(probe)));
                 }
                 if !self.outbox.is_empty() || !self.write_backlog.is_empty() {
                     let retry = now + RETRY_INTERVAL;
@@ -271,6 +296,10 @@ impl Worker {
                         }
                     }
                 }
+            }
+            if now >= self.next_probe {
+                self.next_probe = now + self.probe_interval;
+                self.probe_writes();
             }
             self.report_drained(now);
             if self.accept_pending && !self.shutting_down {
@@ -368,6 +397,7 @@ impl Worker {
                 drain_noted: false,
                 write_blocked: false,
                 deferred: false,
+                probe_listed: false,
             });
         }
         Ok(())
@@ -500,6 +530,10 @@ impl Worker {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     socket.write_blocked = true;
+                    if !socket.probe_listed {
+                        socket.probe_listed = true;
+                        self.write_probes.push(conn);
+                    }
                     blocked = true;
                     break;
                 }
@@ -529,6 +563,21 @@ impl Worker {
         if socket.read_blocked && socket.queued <= MAX_OUTBOUND / 2 {
             socket.read_blocked = false;
             self.again.push(conn);
+        }
+    }
+
+    /// Writes again to every socket whose send buffer was full (see
+    /// [`MAX_WRITE_PROBE_INTERVAL`]); one that takes bytes is reported as
+    /// progress by `flush`, one that still would block is listed again.
+    fn probe_writes(&mut self) {
+        for conn in std::mem::take(&mut self.write_probes) {
+            let Some(socket) = self.socket(conn) else {
+                continue;
+            };
+            socket.probe_listed = false;
+            if socket.write_blocked {
+                self.flush(conn);
+            }
         }
     }
 
