@@ -61,6 +61,11 @@ const WRITE_SLICES: usize = 64;
 /// does not wake its senders when it drains, and retrying at once would spin
 /// a core at 100 % CPU. A millisecond is far below any client-visible delay.
 const RETRY_INTERVAL: Duration = Duration::from_millis(1);
+/// Longest a stopping core waits for its closed sockets to deliver their
+/// `ShuttingDown` Error and see the peer close (see [`LINGER_TIMEOUT`]):
+/// clients close at once on that Error, and a shutdown must not wait long
+/// for one that does not.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 /// Longest gap between two write attempts on a socket whose send buffer was
 /// full. With a large kernel send buffer, a peer that reads slowly frees too
 /// little space for epoll to report the socket writable again (it waits for a
@@ -318,8 +323,37 @@ impl Worker {
             }
         }
         self.finish_writes();
+        self.finish_lingering(&mut events);
         tracing::debug!(core = self.id.0, "event loop stopped");
         Ok(())
+    }
+
+    /// Leaving the loop: gives the sockets just closed (each with its
+    /// `ShuttingDown` Error) up to [`SHUTDOWN_LINGER`] to deliver it and see
+    /// the peer close, serving nothing else meanwhile.
+    fn finish_lingering(&mut self, events: &mut Events) {
+        let deadline = Instant::now() + SHUTDOWN_LINGER;
+        while !self.lingering.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match self.poll.poll(events, Some(deadline - now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            for event in events.iter() {
+                if let Token(t) = event.token()
+                    && t >= LINGER_TOKEN_BASE
+                {
+                    self.service_lingering(t - LINGER_TOKEN_BASE);
+                }
+            }
+            for key in std::mem::take(&mut self.linger_again) {
+                self.service_lingering(key);
+            }
+        }
     }
 
     /// Leaving the loop: hands the writer what its queue could not take yet
