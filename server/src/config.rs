@@ -98,6 +98,14 @@ pub struct Flags {
     /// Most live sessions of one user; a new session closes the oldest [default: 16].
     #[arg(long)]
     pub max_sessions_per_user: Option<usize>,
+    /// Internal: commands each core's queue holds [default: 65536]. Command line
+    /// only and hidden from `--help`: tests shrink it to exercise full queues.
+    #[arg(long, hide = true)]
+    pub core_queue_capacity: Option<usize>,
+    /// Internal: ops the storage writer's queue holds [default: 65536]. Command
+    /// line only and hidden from `--help`: tests shrink it to fill the queue.
+    #[arg(long, hide = true)]
+    pub writer_queue_capacity: Option<usize>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -185,6 +193,10 @@ pub struct Config {
     pub send_rate_limit: u32,
     /// Most live sessions per user (the oldest is closed to make room).
     pub max_sessions_per_user: usize,
+    /// Commands each core's queue holds (internal; tests make it tiny).
+    pub core_queue_capacity: usize,
+    /// Ops the storage writer's queue holds (internal; tests make it tiny).
+    pub writer_queue_capacity: usize,
 }
 
 impl Default for Config {
@@ -203,6 +215,8 @@ impl Default for Config {
             max_connections_per_core: 200_000,
             send_rate_limit: 1000,
             max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
+            core_queue_capacity: crate::runtime::QUEUE_CAPACITY,
+            writer_queue_capacity: crate::store::writer::CHANNEL_CAPACITY,
         }
     }
 }
@@ -267,6 +281,8 @@ impl Config {
                 .max_sessions_per_user
                 .or(file.max_sessions_per_user)
                 .unwrap_or(d.max_sessions_per_user),
+            core_queue_capacity: flags.core_queue_capacity.unwrap_or(d.core_queue_capacity),
+            writer_queue_capacity: flags.writer_queue_capacity.unwrap_or(d.writer_queue_capacity),
         };
         config.validate()?;
         Ok(config)
@@ -308,6 +324,12 @@ impl Config {
         }
         if self.max_sessions_per_user == 0 || self.max_sessions_per_user > 10_000 {
             return invalid("max-sessions-per-user", "must be between 1 and 10000");
+        }
+        if self.core_queue_capacity == 0 {
+            return invalid("core-queue-capacity", "must be at least 1");
+        }
+        if self.writer_queue_capacity == 0 {
+            return invalid("writer-queue-capacity", "must be at least 1");
         }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");

@@ -12,6 +12,7 @@ pub mod core;
 pub mod fuzzing;
 pub mod http;
 pub mod ids;
+pub mod logging;
 pub mod metrics;
 pub mod runtime;
 mod server;

@@ -1,25 +1,24 @@
 //! `natterd`: parses flags (and `--config`), sets up logging, runs the server.
+//!
+//! Exit codes: 0 after a clean stop, 2 for a bad flag or config file,
+//! [`POISON_EXIT_CODE`] (70) when a durable write failed (on any path,
+//! shutdown included), 1 for any other failure (a thread that died included).
+//! Messages on the way out are written without `eprintln!`, which would panic
+//! on an unwritable stderr.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use natter_server::config::{Config, Flags};
-use tracing_subscriber::EnvFilter;
+use natter_server::logging;
+use natter_server::store::POISON_EXIT_CODE;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("NATTER_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,fjall=warn,lsm_tree=warn")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     let config = match Config::from_flags(Flags::parse()) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("natterd: {e}");
+            logging::stderr_line(&format!("natterd: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -27,8 +26,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "natterd failed");
-            eprintln!("natterd: {e}");
-            ExitCode::FAILURE
+            logging::stderr_line(&format!("natterd: {e}"));
+            if e.is_storage_failure() {
+                ExitCode::from(POISON_EXIT_CODE as u8)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -3,15 +3,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::config::Config;
 use crate::http::{self, Api, Endpoints, HttpServer};
 use crate::metrics::Metrics;
-use crate::runtime::{Command, Cores, Mesh};
-use crate::store::writer::Writer;
+use crate::runtime::{Command, Cores, Mesh, Refused, supervise};
+use crate::store::writer::{Completion, CompletionSink, Offered, Writer};
 use crate::store::{Store, StoreError};
 
 /// HTTP worker threads: enough to overlap a few slow password hashes with
@@ -27,6 +27,11 @@ pub enum ServerError {
     /// The store could not be opened or closed cleanly.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A durable write failed at shutdown (the final sync): the store is
+    /// poisoned, natterd exits with [`crate::store::POISON_EXIT_CODE`] like
+    /// on every other storage failure, and recovers from the journal on restart.
+    #[error("store failed at shutdown: {0}")]
+    Poisoned(StoreError),
     /// A listener, thread or poll could not be set up, or a core died.
     #[error("{what}: {source}")]
     Io {
@@ -37,8 +42,38 @@ pub enum ServerError {
     },
 }
 
+impl ServerError {
+    /// True when this is a storage failure that must end natterd with
+    /// [`crate::store::POISON_EXIT_CODE`] (a failed durable write).
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Self::Poisoned(_))
+    }
+}
+
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
+}
+
+/// Hands the writer's completions to the origin cores' queues without ever
+/// blocking the writer (`Mesh::offer`): a full queue gives them back and the
+/// writer offers them again, in order, later. One writer thread offers, so
+/// each core receives its completions in commit order (FIFO per pair).
+struct CoreSink {
+    /// Set once the cores exist; nothing is committed before that.
+    mesh: Arc<OnceLock<Mesh>>,
+}
+
+impl CompletionSink for CoreSink {
+    fn offer(&mut self, core: crate::ids::CoreId, completions: Vec<Completion>) -> Offered {
+        let Some(mesh) = self.mesh.get() else {
+            return Offered::Full(completions);
+        };
+        match mesh.offer(core, Command::Committed(completions)) {
+            Ok(()) => Offered::Taken,
+            Err(Refused::Full(Command::Committed(completions))) => Offered::Full(completions),
+            Err(Refused::Full(_) | Refused::Stopped) => Offered::Gone,
+        }
+    }
 }
 
 /// A running natterd.
@@ -67,18 +102,14 @@ impl Server {
             .map_err(io_err("reading the HTTP address"))?;
         // The writer reports commits to the cores through the mesh, which exists
         // once the cores do; nothing is written before that.
-        let mesh_slot: Arc<std::sync::OnceLock<Mesh>> = Arc::default();
-        let deliver_mesh = mesh_slot.clone();
-        let (writer, writer_tx) = Writer::start(
+        let mesh_slot: Arc<OnceLock<Mesh>> = Arc::default();
+        let (writer, writer_tx) = Writer::start_with_sink(
             store.clone(),
             metrics.clone(),
-            Box::new(move |core, completions| {
-                if let Some(mesh) = deliver_mesh.get() {
-                    // Blocks only while that core's queue is full; cores never
-                    // block on the writer, so this cannot deadlock.
-                    let _ = mesh.send_blocking(core, Command::Committed(completions));
-                }
+            Box::new(CoreSink {
+                mesh: mesh_slot.clone(),
             }),
+            config.writer_queue_capacity,
         )
         .map_err(io_err("starting the storage writer"))?;
         let cores = Cores::start(&config, store.clone(), writer_tx, metrics.clone())
@@ -128,21 +159,49 @@ impl Server {
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.http.shutdown();
         let cores = self.cores.shutdown().map_err(io_err("stopping the event loops"));
+        // The cores handed the writer their last writes (the `last_seen` of
+        // users still online) before they stopped; this commits them.
         self.writer.shutdown()?;
-        self.store.persist()?;
+        self.store.persist().map_err(ServerError::Poisoned)?;
         cores
+    }
+
+    /// Fail-stop check, called by the main thread every
+    /// [`supervise::SUPERVISE_INTERVAL`]: exits the process if an event loop
+    /// or the storage writer has ended without being asked to (see
+    /// [`crate::runtime::supervise`]; panics end it from the panic hook).
+    fn check_threads(&mut self) {
+        let writer_died = self.writer.is_finished();
+        let dead = if writer_died {
+            Some("the storage writer thread ended".to_owned())
+        } else {
+            self.cores.first_dead()
+        };
+        if let Some(why) = dead {
+            // The writer's death is a storage failure, whatever killed it.
+            let code = if writer_died || self.store.is_poisoned() {
+                crate::store::POISON_EXIT_CODE
+            } else {
+                supervise::THREAD_DIED_EXIT_CODE
+            };
+            supervise::fail_stop(code, &why);
+        }
     }
 }
 
 /// Runs natterd until SIGINT or SIGTERM. Prints one `NATTERD_READY {json}`
 /// line on stdout once every listener is bound (for scripts and tests).
+/// Supervises the threads meanwhile: if one dies, the process exits
+/// non-zero within a second ([`crate::runtime::supervise`]).
 ///
 /// # Errors
 /// Anything that stops natterd from starting or stopping cleanly.
 pub fn run(config: Config) -> Result<(), ServerError> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(io_err("installing signal handlers"))?;
-    let server = Server::start(config)?;
+    let mut server = Server::start(config)?;
+    // A thread that panics before this is still found by `check_threads`.
+    supervise::install_panic_hook(Arc::downgrade(&server.store));
     let ready = serde_json::to_string(server.endpoints()).unwrap_or_default();
     {
         use std::io::Write as _;
@@ -150,12 +209,40 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let _ = writeln!(out, "NATTERD_READY {ready}");
         let _ = out.flush();
     }
-    if let Some(signal) = signals.forever().next() {
-        tracing::info!(signal, "shutting down");
-    }
+    let signal = wait_for_signal(signals, &mut server)?;
+    tracing::info!(signal, "shutting down");
     server.shutdown()?;
     tracing::info!("natterd stopped");
     Ok(())
+}
+
+/// Blocks until SIGINT or SIGTERM, checking the threads every
+/// [`supervise::SUPERVISE_INTERVAL`] meanwhile.
+fn wait_for_signal(
+    mut signals: signal_hook::iterator::Signals,
+    server: &mut Server,
+) -> Result<i32, ServerError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("natter-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = tx.send(signal);
+            }
+        })
+        .map_err(io_err("starting the signal thread"))?;
+    loop {
+        match rx.recv_timeout(supervise::SUPERVISE_INTERVAL) {
+            Ok(signal) => return Ok(signal),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => server.check_threads(),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(ServerError::Io {
+                    what: "waiting for signals",
+                    source: io::Error::other("the signal thread ended"),
+                });
+            }
+        }
+    }
 }
 
 /// Lifts the soft open-files limit to the hard one: every connection is a file.

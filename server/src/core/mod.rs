@@ -18,6 +18,8 @@
 mod chat;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_hooks;
+mod liveness;
+mod preauth;
 mod presence;
 mod sync;
 mod timer;
@@ -31,6 +33,7 @@ use natter_wire::{Body, Encoder, ErrorCode, FrameDecoder, Limits, MAX_TEXT_CHARS
 use slab::Slab;
 
 pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
+pub use preauth::MAX_PRE_AUTH_INPUT;
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
 pub use sync::{
     HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG,
@@ -500,6 +503,9 @@ impl Core {
                 } else {
                     InputStatus::Drained
                 };
+            }
+            if self.refuse_oversized_pre_auth(conn, buf) {
+                return InputStatus::Paused;
             }
             let Some(session) = self.sessions.get_mut(conn.0) else {
                 return InputStatus::Paused;

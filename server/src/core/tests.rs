@@ -942,3 +942,95 @@ fn a_pipeline_of_history_requests_is_executed_only_up_to_the_reply_budget_per_ca
         "the rest waits in the buffer"
     );
 }
+
+#[test]
+fn output_progress_keeps_a_silent_reader_alive_and_a_session_without_it_times_out() {
+    let t0 = Instant::now();
+    let mut c = core(0, 1, t0);
+    let reader = authenticate(&mut c, UserId(1), 1, t0);
+    let silent = authenticate(&mut c, UserId(2), 2, t0);
+    // Neither sends a frame for 20 s (the timeout is 3 s); the reader's socket
+    // takes bytes every second, the other's takes none.
+    let mut now = t0;
+    let mut closed = Vec::new();
+    for _ in 0..20 {
+        now += Duration::from_secs(1);
+        c.handle_output_progress(reader, now);
+        assert!(drain(&mut c).is_empty());
+        c.handle_timeout(now);
+        let actions = drain(&mut c);
+        for conn in [reader, silent] {
+            let (codes, was_closed) = errors_and_close(&actions, conn);
+            if was_closed {
+                assert_eq!(codes, vec![ErrorCode::HeartbeatTimeout.as_u16()]);
+                c.handle_closed(conn);
+                closed.push((conn, now));
+            }
+        }
+    }
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert_eq!(closed[0].0, silent);
+    assert!(closed[0].1 <= t0 + TIMEOUT + Duration::from_secs(1));
+    assert_eq!(c.stats().sessions, 1);
+    // Progress reported for a connection that is gone, or not yet
+    // authenticated, changes nothing.
+    c.handle_output_progress(silent, now);
+    let pending = c.handle_accept(now).unwrap();
+    c.handle_output_progress(pending, now);
+    assert!(drain(&mut c).is_empty());
+}
+
+#[test]
+fn pre_authentication_input_is_capped_and_an_honest_hello_fits() {
+    let t0 = Instant::now();
+    let mut c = core(0, 1, t0);
+    // A 100 KiB length prefix and part of its body, before any Hello: refused
+    // at once, without waiting for the rest (max_frame is 512 KiB).
+    let conn = c.handle_accept(t0).unwrap();
+    let mut buf = BytesMut::from(&(100u32 * 1024).to_le_bytes()[..]);
+    buf.extend_from_slice(&[0u8; 1000]);
+    assert_eq!(c.handle_input(conn, &mut buf, t0), InputStatus::Paused);
+    let actions = drain(&mut c);
+    let (codes, closed) = errors_and_close(&actions, conn);
+    assert_eq!(codes, vec![ErrorCode::FrameTooLarge.as_u16()]);
+    assert!(closed);
+    let message = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Transmit { frame, .. } => match decode(frame).body {
+                Body::Error(e) => Some(e.message),
+                _ => None,
+            },
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        message.contains("pre-authentication input is limited"),
+        "{message}"
+    );
+    assert!(buf.is_empty());
+    c.handle_closed(conn);
+    // The largest honest Hello (64-character token, 128-byte device) fits.
+    let conn = c.handle_accept(t0).unwrap();
+    let frame = Frame::new(
+        u64::MAX,
+        Body::Hello(Hello {
+            token: "t".repeat(64),
+            device: "d".repeat(MAX_DEVICE_DESCRIPTION),
+            protocol_version: PROTOCOL_VERSION,
+            sync_first: false,
+        }),
+    );
+    let mut buf = BytesMut::from(&frame.encode()[..]);
+    assert!(buf.len() <= MAX_PRE_AUTH_INPUT);
+    assert_eq!(c.handle_input(conn, &mut buf, t0), InputStatus::Paused);
+    assert!(matches!(&drain(&mut c)[..], [Action::Authenticate { .. }]));
+    // Once authenticated, frames up to max_frame are fine again.
+    c.handle_auth(conn, AuthResult::Valid(UserId(1), DeviceId(1)), t0);
+    drain(&mut c);
+    let mut big = BytesMut::from(&(100u32 * 1024).to_le_bytes()[..]);
+    big.extend_from_slice(&[0u8; 1000]);
+    assert_eq!(c.handle_input(conn, &mut big, t0), InputStatus::Drained);
+    assert!(drain(&mut c).is_empty());
+    assert_eq!(big.len(), 1004);
+}

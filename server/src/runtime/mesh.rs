@@ -14,6 +14,16 @@ use crate::runtime::Command;
 /// [`crate::runtime::COMMANDS_PER_TURN`] per loop turn, so this is many turns of slack.
 pub const QUEUE_CAPACITY: usize = 65_536;
 
+/// Why [`Mesh::offer`] did not queue a command.
+#[derive(Debug)]
+pub enum Refused {
+    /// The core's queue is full: the command comes back, to be offered again
+    /// (in order) once the core has drained some.
+    Full(Command),
+    /// The core has stopped (or never existed); the command is dropped.
+    Stopped,
+}
+
 /// The sending half of one core's queue plus the waker of its `mio::Poll`.
 #[derive(Debug, Clone)]
 struct CoreHandle {
@@ -40,7 +50,13 @@ impl Mesh {
 
     /// Creates the queue for one core: the receiver goes to the core, the sender to [`Mesh::new`].
     pub fn queue() -> (Sender<Command>, Receiver<Command>) {
-        crossbeam_channel::bounded(QUEUE_CAPACITY)
+        Self::queue_with_capacity(QUEUE_CAPACITY)
+    }
+
+    /// [`Mesh::queue`] holding `capacity` commands (`--core-queue-capacity`;
+    /// tests use tiny ones to exercise full queues). At least one.
+    pub fn queue_with_capacity(capacity: usize) -> (Sender<Command>, Receiver<Command>) {
+        crossbeam_channel::bounded(capacity.max(1))
     }
 
     /// Number of cores.
@@ -80,6 +96,25 @@ impl Mesh {
             return Err(cmd);
         };
         handle.tx.try_send(cmd).map_err(|e| e.into_inner())
+    }
+
+    /// Like [`Mesh::try_send`] (queues and wakes, never blocks), telling a full
+    /// queue (try again later) from a core that has stopped (it never will).
+    ///
+    /// # Errors
+    /// [`Refused::Full`] with the command, or [`Refused::Stopped`].
+    pub fn offer(&self, core: CoreId, cmd: Command) -> Result<(), Refused> {
+        let Some(handle) = self.cores.get(core.0) else {
+            return Err(Refused::Stopped);
+        };
+        match handle.tx.try_send(cmd) {
+            Ok(()) => {
+                let _ = handle.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(cmd)) => Err(Refused::Full(cmd)),
+            Err(TrySendError::Disconnected(_)) => Err(Refused::Stopped),
+        }
     }
 
     /// Wakes `core` so it drains its queue.

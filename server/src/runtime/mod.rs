@@ -1,8 +1,11 @@
 //! The per-core mio event loops and the queue mesh between them.
 
 mod mesh;
+mod outbox;
+pub mod supervise;
 
-pub use mesh::{Mesh, QUEUE_CAPACITY};
+pub use mesh::{Mesh, QUEUE_CAPACITY, Refused};
+pub use outbox::{OUTBOX_PAUSE_MARK, OUTBOX_RESUME_MARK};
 
 use crate::core::{CoreMsg, UserPresence};
 use crate::ids::{ChatId, DeviceId, UserId};
@@ -141,7 +144,7 @@ impl Cores {
         for _ in 0..config.cores {
             let poll = mio::Poll::new()?;
             let waker = Arc::new(mio::Waker::new(poll.registry(), worker::WAKER)?);
-            let (tx, rx) = Mesh::queue();
+            let (tx, rx) = Mesh::queue_with_capacity(config.core_queue_capacity);
             polls.push(poll);
             handles.push((tx, waker));
             receivers.push(rx);
@@ -186,6 +189,19 @@ impl Cores {
     /// Handles to the cores' queues.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// The first core thread that has ended (returned or panicked) although
+    /// nobody asked it to stop, and why: natterd must not run on without it.
+    pub fn first_dead(&mut self) -> Option<String> {
+        let i = self.threads.iter().position(JoinHandle::is_finished)?;
+        let thread = self.threads.remove(i);
+        let why = match thread.join() {
+            Ok(Ok(())) => "stopped".to_owned(),
+            Ok(Err(e)) => format!("failed: {e}"),
+            Err(_) => "panicked".to_owned(),
+        };
+        Some(format!("event loop thread {i} {why}"))
     }
 
     /// Asks every core to close its sessions and stop, and waits for them.

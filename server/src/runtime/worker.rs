@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::core::{Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus};
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
+use crate::runtime::outbox::{Backpressure, OUTBOX_PAUSE_MARK, Outbox};
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
 use crate::store::writer::{WriteOp, WriterSender};
@@ -28,6 +29,9 @@ use crate::transport::tcp;
 const LISTENER: Token = Token(usize::MAX - 1);
 /// Token of the waker other threads use after queueing a command.
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+/// Tokens at or above this belong to closed connections that are lingering
+/// (`Worker::lingering`, token = base + slab key); below it are live `ConnId`s.
+const LINGER_TOKEN_BASE: usize = usize::MAX / 2;
 
 /// Connections accepted per loop turn: a connect storm is spread over turns so
 /// established sessions keep being served in between.
@@ -52,6 +56,34 @@ const EVENTS_CAPACITY: usize = 1024;
 /// Frames handed to one vectored write: a presence snapshot (one frame per
 /// friend) or a burst of pushes leaves in one syscall instead of one per frame.
 const WRITE_SLICES: usize = 64;
+/// How often a core retries commands another core's full queue (or the
+/// writer's full queue) refused, when nothing else wakes it: a full target
+/// does not wake its senders when it drains, and retrying at once would spin
+/// a core at 100 % CPU. A millisecond is far below any client-visible delay.
+const RETRY_INTERVAL: Duration = Duration::from_millis(1);
+/// Longest a stopping core waits for its closed sockets to deliver their
+/// `ShuttingDown` Error and see the peer close (see [`LINGER_TIMEOUT`]):
+/// clients close at once on that Error, and a shutdown must not wait long
+/// for one that does not.
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
+/// Longest gap between two write attempts on a socket whose send buffer was
+/// full. With a large kernel send buffer, a peer that reads slowly frees too
+/// little space for epoll to report the socket writable again (it waits for a
+/// third of the buffer), so natterd would see no progress for many seconds
+/// and close a live client as silent. Retrying the write every so often shows
+/// whether the peer took bytes (it is reading) or not (it may be gone). A
+/// quarter of the heartbeat timeout (at most this) leaves several probes per
+/// timeout; each costs one failed `write` per blocked socket.
+const MAX_WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a closed connection lingers: after its last frames (usually the
+/// Error saying why) are written and its write side is shut down, input is
+/// read and discarded until the peer closes or this passes. Closing a socket
+/// with unread input makes the kernel send a reset, which can destroy the
+/// Error before the peer reads it; PROTOCOL.md promises the Error arrives. Long
+/// enough for a client on a slow link to read the Error and close; short
+/// enough that closed sockets (one file each) do not pile up: at most the
+/// closes of the last two seconds linger.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A session moving to another core, with its socket and buffered bytes.
 #[derive(Debug)]
@@ -86,6 +118,27 @@ struct Socket {
     read_blocked: bool,
     /// In `Worker::drained`, waiting to be reported to the core.
     drain_noted: bool,
+    /// The last write hit `WouldBlock`: the kernel's send buffer was full, so
+    /// the next write that makes progress proves the peer is reading.
+    write_blocked: bool,
+    /// In `Worker::deferred`, waiting for the outbox to drain.
+    deferred: bool,
+    /// In `Worker::write_probes`, to be written again at the next probe.
+    probe_listed: bool,
+}
+
+/// A closed connection's socket, kept a moment so its last frames reach the
+/// peer before the socket is closed (see [`LINGER_TIMEOUT`]).
+#[derive(Debug)]
+struct Lingering {
+    stream: TcpStream,
+    /// Frames still to write before the write side is shut down.
+    outbound: VecDeque<Bytes>,
+    /// `shutdown(Write)` done: only discarding input until EOF.
+    half_closed: bool,
+    /// The peer closed its side (read returned 0).
+    eof: bool,
+    deadline: Instant,
 }
 
 /// The event loop of one core.
@@ -109,8 +162,29 @@ pub(crate) struct Worker {
     /// reported; reported once per turn, so a sync writes one page per turn.
     drained: Vec<ConnId>,
     accept_pending: bool,
-    /// Commands for other cores whose queues were full; retried every turn.
-    outbox: VecDeque<(CoreId, Command)>,
+    /// Commands for other cores not yet taken by their queues, FIFO per target
+    /// core (see `outbox.rs`); retried every turn.
+    outbox: Outbox<Command>,
+    /// Reading client sockets is paused because the outbox is past
+    /// [`OUTBOX_PAUSE_MARK`] (backpressure instead of growth).
+    reads_paused: bool,
+    /// Connections with readiness (or buffered input) not served while reads
+    /// were paused; served again once the outbox drains.
+    deferred: Vec<ConnId>,
+    /// Connections whose last write hit `WouldBlock`, retried every
+    /// `probe_interval` (see [`MAX_WRITE_PROBE_INTERVAL`]).
+    write_probes: Vec<ConnId>,
+    probe_interval: Duration,
+    next_probe: Instant,
+    /// Connections whose socket took bytes again after it had been full:
+    /// reported to the core as liveness ([`Core::handle_output_progress`]).
+    progressed: Vec<ConnId>,
+    /// Closed connections whose last frames are still leaving (token =
+    /// [`LINGER_TOKEN_BASE`] + key), and their deadlines in order.
+    lingering: slab::Slab<Lingering>,
+    linger_deadlines: VecDeque<(Instant, usize)>,
+    /// Lingering sockets whose read budget ran out: served again next turn.
+    linger_again: Vec<usize>,
     /// The storage writer's queue, and what did not fit in it yet (kept in order).
     writer: WriterSender,
     write_backlog: VecDeque<WriteOp>,
@@ -134,6 +208,9 @@ impl Worker {
         } = shared;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let cores = config.cores;
+        let probe_interval =
+            (config.heartbeat_timeout / 4).clamp(Duration::from_millis(5), MAX_WRITE_PROBE_INTERVAL);
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -152,7 +229,16 @@ impl Worker {
             unflushed: Vec::new(),
             drained: Vec::new(),
             accept_pending: false,
-            outbox: VecDeque::new(),
+            outbox: Outbox::new(cores),
+            reads_paused: false,
+            deferred: Vec::new(),
+            progressed: Vec::new(),
+            write_probes: Vec::new(),
+            probe_interval,
+            next_probe: Instant::now() + probe_interval,
+            lingering: slab::Slab::new(),
+            linger_deadlines: VecDeque::new(),
+            linger_again: Vec::new(),
             writer,
             write_backlog: VecDeque::new(),
             shutting_down: false,
@@ -166,15 +252,26 @@ impl Worker {
         loop {
             let timeout = if !self.again.is_empty()
                 || !self.drained.is_empty()
+                || !self.progressed.is_empty()
+                || !self.linger_again.is_empty()
                 || self.accept_pending
-                || !self.outbox.is_empty()
-                || !self.write_backlog.is_empty()
             {
                 Some(Duration::ZERO)
             } else {
-                self.core
-                    .poll_timeout()
-                    .map(|at| at.saturating_duration_since(Instant::now()))
+                let now = Instant::now();
+                let mut at = self.core.poll_timeout();
+                if let Some(&(deadline, _)) = self.linger_deadlines.front() {
+                    at = Some(at.map_or(deadline, |a| a.min(deadline)));
+                }
+                if !self.write_probes.is_empty() {
+                    let probe = self.next_probe;
+                    at = Some(at.map_or(probe, |a| a.min(probe)));
+                }
+                if !self.outbox.is_empty() || !self.write_backlog.is_empty() {
+                    let retry = now + RETRY_INTERVAL;
+                    at = Some(at.map_or(retry, |a| a.min(retry)));
+                }
+                at.map(|at| at.saturating_duration_since(now))
             };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
@@ -186,10 +283,14 @@ impl Worker {
             for conn in again {
                 self.service_read(conn, now);
             }
+            for key in std::mem::take(&mut self.linger_again) {
+                self.service_lingering(key);
+            }
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept_pending = true,
                     WAKER => {}
+                    Token(t) if t >= LINGER_TOKEN_BASE => self.service_lingering(t - LINGER_TOKEN_BASE),
                     token => {
                         let conn = ConnId(token.0);
                         if event.is_writable() {
@@ -201,6 +302,10 @@ impl Worker {
                     }
                 }
             }
+            if now >= self.next_probe {
+                self.next_probe = now + self.probe_interval;
+                self.probe_writes();
+            }
             self.report_drained(now);
             if self.accept_pending && !self.shutting_down {
                 self.accept(now);
@@ -211,18 +316,65 @@ impl Worker {
             self.run_actions(now);
             self.flush_outbox();
             self.flush_writes();
+            self.expire_lingering(now);
             self.publish_stats();
             if self.shutting_down {
                 break;
             }
         }
+        self.finish_writes();
+        self.finish_lingering(&mut events);
         tracing::debug!(core = self.id.0, "event loop stopped");
         Ok(())
     }
 
+    /// Leaving the loop: gives the sockets just closed (each with its
+    /// `ShuttingDown` Error) up to [`SHUTDOWN_LINGER`] to deliver it and see
+    /// the peer close, serving nothing else meanwhile.
+    fn finish_lingering(&mut self, events: &mut Events) {
+        let deadline = Instant::now() + SHUTDOWN_LINGER;
+        while !self.lingering.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match self.poll.poll(events, Some(deadline - now)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            for event in events.iter() {
+                if let Token(t) = event.token()
+                    && t >= LINGER_TOKEN_BASE
+                {
+                    self.service_lingering(t - LINGER_TOKEN_BASE);
+                }
+            }
+            for key in std::mem::take(&mut self.linger_again) {
+                self.service_lingering(key);
+            }
+        }
+    }
+
+    /// Leaving the loop: hands the writer what its queue could not take yet
+    /// (the `last_seen` of users still online, written by the shutdown), so
+    /// the writer's final round commits it. Blocking here is safe: the writer
+    /// never waits on a core (it keeps refused completions and retries them).
+    fn finish_writes(&mut self) {
+        for op in self.write_backlog.drain(..) {
+            if self.writer.send_blocking(op).is_err() {
+                tracing::error!(
+                    core = self.id.0,
+                    "the storage writer stopped before the shutdown's writes"
+                );
+                break;
+            }
+        }
+    }
+
     fn accept(&mut self, now: Instant) {
         for _ in 0..ACCEPTS_PER_TURN {
-            let (mut stream, _peer) = match self.listener.accept() {
+            let (stream, _peer) = match self.listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_pending = false;
@@ -240,7 +392,7 @@ impl Worker {
             self.metrics_core().accepted.fetch_add(1, Ordering::Relaxed);
             let Some(conn) = self.core.handle_accept(now) else {
                 let frame = self.core.refusal();
-                let _ = stream.write(&frame);
+                self.linger(stream, VecDeque::from([frame]), now);
                 continue;
             };
             if let Err(e) = self.install(conn, stream, BytesMut::new(), VecDeque::new()) {
@@ -277,6 +429,9 @@ impl Worker {
                 queued,
                 read_blocked: false,
                 drain_noted: false,
+                write_blocked: false,
+                deferred: false,
+                probe_listed: false,
             });
         }
         Ok(())
@@ -287,7 +442,18 @@ impl Worker {
     }
 
     /// Reads what the socket has (within the per-turn budget) and feeds the core.
+    /// While reads are paused (outbox past its mark) the connection is only
+    /// noted, and served once the outbox has drained.
     fn service_read(&mut self, conn: ConnId, now: Instant) {
+        if self.reads_paused {
+            if let Some(socket) = self.socket(conn)
+                && !socket.deferred
+            {
+                socket.deferred = true;
+                self.deferred.push(conn);
+            }
+            return;
+        }
         let mut budget = READ_BYTES_PER_TURN;
         loop {
             // First let the core consume what is buffered.
@@ -314,7 +480,7 @@ impl Worker {
                     status
                 }
             };
-            self.run_actions(now);
+            let acted = self.run_actions(now);
             let Some(socket) = self.socket(conn) else {
                 return;
             };
@@ -328,6 +494,12 @@ impl Worker {
                     self.again.push(conn);
                     return;
                 }
+                // The actions just carried out may have ended the pause: a token
+                // looked up at once makes the session Active on this (its home)
+                // core, and the frames pipelined behind its Hello — already in
+                // `inbound` or still in the kernel — must be handled now, after
+                // the Welcome, not whenever the client next sends a byte.
+                InputStatus::Paused if acted => continue,
                 InputStatus::Paused => {
                     socket.read_blocked = true;
                     return;
@@ -368,6 +540,7 @@ impl Worker {
             return;
         };
         let mut blocked = false;
+        let mut progressed = false;
         while !socket.outbound.is_empty() {
             let written = {
                 let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
@@ -381,6 +554,12 @@ impl Worker {
             match written {
                 Ok(0) => return self.close(conn),
                 Ok(mut n) => {
+                    if socket.write_blocked {
+                        // The peer acknowledged data that had filled its window:
+                        // it is alive and reading, even if it sends nothing.
+                        socket.write_blocked = false;
+                        progressed = true;
+                    }
                     socket.queued -= n;
                     while let Some(front) = socket.outbound.front_mut() {
                         if front.len() > n {
@@ -392,6 +571,11 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    socket.write_blocked = true;
+                    if !socket.probe_listed {
+                        socket.probe_listed = true;
+                        self.write_probes.push(conn);
+                    }
                     blocked = true;
                     break;
                 }
@@ -399,6 +583,12 @@ impl Worker {
                 Err(_) => return self.close(conn),
             }
         }
+        if progressed {
+            self.progressed.push(conn);
+        }
+        let Some(socket) = self.socket(conn) else {
+            return;
+        };
         if socket.queued <= DRAIN_MARK && !socket.drain_noted {
             socket.drain_noted = true;
             self.drained.push(conn);
@@ -418,8 +608,29 @@ impl Worker {
         }
     }
 
-    /// Tells the core which connections drained (see `drained`).
+    /// Writes again to every socket whose send buffer was full (see
+    /// [`MAX_WRITE_PROBE_INTERVAL`]); one that takes bytes is reported as
+    /// progress by `flush`, one that still would block is listed again.
+    fn probe_writes(&mut self) {
+        for conn in std::mem::take(&mut self.write_probes) {
+            let Some(socket) = self.socket(conn) else {
+                continue;
+            };
+            socket.probe_listed = false;
+            if socket.write_blocked {
+                self.flush(conn);
+            }
+        }
+    }
+
+    /// Tells the core which connections drained (see `drained`) and which
+    /// made output progress (see `progressed`).
     fn report_drained(&mut self, now: Instant) {
+        let progressed = std::mem::take(&mut self.progressed);
+        for conn in progressed {
+            self.core.handle_output_progress(conn, now);
+            self.run_actions(now);
+        }
         let drained = std::mem::take(&mut self.drained);
         for conn in drained {
             let Some(socket) = self.socket(conn) else {
@@ -446,23 +657,129 @@ impl Worker {
         }
     }
 
-    /// Closes the socket and tells the core.
+    /// Closes the connection and tells the core. The socket lingers (see
+    /// [`Worker::linger`]) so the frames queued for it, usually the Error that
+    /// says why, reach the peer.
     fn close(&mut self, conn: ConnId) {
         if let Some(mut socket) = self.sockets.get_mut(conn.0).and_then(Option::take) {
-            // Best effort: the Error frame explaining the close is usually queued.
-            for frame in &socket.outbound {
-                if socket.stream.write_all(frame).is_err() {
-                    break;
-                }
-            }
             let _ = self.poll.registry().deregister(&mut socket.stream);
-            let _ = socket.stream.shutdown(std::net::Shutdown::Write);
+            self.linger(socket.stream, socket.outbound, Instant::now());
         }
         self.core.handle_closed(conn);
     }
 
-    fn run_actions(&mut self, now: Instant) {
+    /// The graceful close (our choice over `SO_LINGER`, which would block the
+    /// loop or reset): write `outbound`, then `shutdown(Write)` so the peer
+    /// reads everything followed by EOF, then read and discard its input until
+    /// it closes too or [`LINGER_TIMEOUT`] passes. Only then is the socket
+    /// closed: with its receive queue empty the kernel sends FIN, not a reset
+    /// that could destroy the unread Error at the peer.
+    fn linger(&mut self, stream: TcpStream, outbound: VecDeque<Bytes>, now: Instant) {
+        let entry = self.lingering.vacant_entry();
+        let key = entry.key();
+        let mut lingering = Lingering {
+            stream,
+            outbound,
+            half_closed: false,
+            eof: false,
+            deadline: now + LINGER_TIMEOUT,
+        };
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut lingering.stream,
+                Token(LINGER_TOKEN_BASE + key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        entry.insert(lingering);
+        self.linger_deadlines.push_back((now + LINGER_TIMEOUT, key));
+        self.service_lingering(key);
+    }
+
+    /// Moves a lingering socket on: writes what is left, half-closes, discards
+    /// input; drops it once the peer has closed and everything is written, or
+    /// on any error.
+    fn service_lingering(&mut self, key: usize) {
+        let Some(l) = self.lingering.get_mut(key) else {
+            return;
+        };
+        let mut done = false;
+        while let Some(front) = l.outbound.front_mut() {
+            match l.stream.write(front) {
+                Ok(0) => {
+                    done = true;
+                    break;
+                }
+                Ok(n) if n < front.len() => front.advance(n),
+                Ok(_) => {
+                    l.outbound.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        if !done && l.outbound.is_empty() && !l.half_closed {
+            l.half_closed = true;
+            done = l.stream.shutdown(std::net::Shutdown::Write).is_err();
+        }
+        // Discard input within the per-turn read budget; what is left is read
+        // next turn (the deadline bounds how long a flood costs us).
+        let mut budget = READ_BYTES_PER_TURN;
+        while !done && !l.eof {
+            match l.stream.read(&mut self.scratch) {
+                Ok(0) => l.eof = true,
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.linger_again.push(key);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => done = true,
+            }
+        }
+        if done || (l.eof && l.half_closed) {
+            self.drop_lingering(key);
+        }
+    }
+
+    fn drop_lingering(&mut self, key: usize) {
+        if let Some(mut l) = self.lingering.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut l.stream);
+        }
+    }
+
+    /// Closes lingering sockets whose deadline passed.
+    fn expire_lingering(&mut self, now: Instant) {
+        while let Some(&(deadline, key)) = self.linger_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.linger_deadlines.pop_front();
+            // The key may have been dropped and reused meanwhile: check the deadline.
+            if self.lingering.get(key).is_some_and(|l| l.deadline <= now) {
+                self.drop_lingering(key);
+            }
+        }
+    }
+
+    /// Carries out the core's actions, then writes what they queued. Returns
+    /// whether there was any action.
+    fn run_actions(&mut self, now: Instant) -> bool {
+        let mut acted = false;
         while let Some(action) = self.core.poll_action() {
+            acted = true;
             match action {
                 Action::Transmit { conn, frame } => self.transmit(conn, frame),
                 Action::Close { conn } => self.close(conn),
@@ -478,7 +795,7 @@ impl Worker {
                     self.core.handle_auth(conn, result, now);
                 }
                 Action::Migrate { conn, to } => self.migrate(conn, to),
-                Action::ToCore { core, msgs } => self.outbox.push_back((core, Command::Core(msgs))),
+                Action::ToCore { core, msgs } => self.outbox.push(core, Command::Core(msgs)),
                 Action::Write(op) => {
                     if self.write_backlog.is_empty() {
                         if let Err(op) = self.writer.try_send(op) {
@@ -500,6 +817,7 @@ impl Worker {
             self.flush(conn);
         }
         self.unflushed = unflushed;
+        acted
     }
 
     fn migrate(&mut self, conn: ConnId, to: CoreId) {
@@ -515,28 +833,45 @@ impl Worker {
             inbound: socket.inbound,
             outbound: socket.outbound,
         };
-        self.outbox.push_back((to, Command::Adopt(Box::new(adopted))));
+        // Behind everything already waiting for that core (FIFO per pair).
+        self.outbox.push(to, Command::Adopt(Box::new(adopted)));
     }
 
-    /// Sends the commands queued for other cores; what does not fit stays for
-    /// the next turn. Each target core is woken once per turn.
+    /// Sends the commands queued for other cores, FIFO per target: what a
+    /// full queue refuses stays, with everything behind it for that core, for
+    /// the next turn. Each target core is woken once per turn. Then pauses or
+    /// resumes reading client sockets by the outbox's length.
     fn flush_outbox(&mut self) {
-        let mut woken = Vec::new();
-        let mut left = VecDeque::new();
-        while let Some((to, cmd)) = self.outbox.pop_front() {
-            match self.mesh.try_push(to, cmd) {
-                Ok(()) => {
-                    if !woken.contains(&to) {
-                        woken.push(to);
+        let mesh = &self.mesh;
+        self.outbox
+            .flush(|to, cmd| mesh.try_push(to, cmd), |core| mesh.wake(core));
+        let waiting = self.outbox.len();
+        match self.outbox.backpressure() {
+            Backpressure::Unchanged => {}
+            Backpressure::Pause => {
+                self.reads_paused = true;
+                tracing::warn!(
+                    core = self.id.0,
+                    waiting,
+                    mark = OUTBOX_PAUSE_MARK,
+                    "other cores are not taking commands: reading client sockets paused"
+                );
+            }
+            Backpressure::Resume => {
+                self.reads_paused = false;
+                tracing::info!(
+                    core = self.id.0,
+                    waiting,
+                    "other cores caught up: reading resumed"
+                );
+                for conn in std::mem::take(&mut self.deferred) {
+                    if let Some(socket) = self.socket(conn) {
+                        socket.deferred = false;
+                        self.again.push(conn);
                     }
                 }
-                Err(cmd) => left.push_back((to, cmd)),
             }
         }
-        for core in woken {
-            self.mesh.wake(core);
-        }
-        self.outbox = left;
     }
 
     /// Hands the writes the writer's queue could not take earlier, in order.

@@ -20,6 +20,14 @@
 //! * While a round commits, cores keep queueing (pipelining): the next round
 //!   takes everything that arrived meanwhile, so under load each `fdatasync`
 //!   carries many records.
+//! * The writer **never blocks on a core**. Completions go through a
+//!   [`CompletionSink`] that may refuse them (that core's queue is full): the
+//!   writer then keeps them, per core, appends later completions of that core
+//!   behind them, and offers them again after every commit and every
+//!   [`HANDOVER_RETRY`] — so completions reach each core in commit order (FIFO
+//!   per core), and one slow core never stalls the commits or completions of
+//!   the others. What is kept for a core is bounded by what that core has in
+//!   flight (its ops were all sent by it).
 //!
 //! # Failure: the poison rule
 //!
@@ -34,7 +42,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use fjall::{OwnedWriteBatch, PersistMode};
@@ -44,6 +52,11 @@ use super::records::encode_member;
 use super::{Store, StoreError, StoredMessage, keys, now_ms};
 use crate::ids::{ChatId, CoreId, DeviceId, Seq, UserId};
 use crate::metrics::Metrics;
+
+/// The writer thread's name. Its death is a storage failure whatever killed
+/// it (the fail-stop supervision exits with [`POISON_EXIT_CODE`]): what it held
+/// is neither committed nor acknowledged, and only a restart recovers.
+pub const WRITER_THREAD: &str = "natter-store-writer";
 
 /// Ops the writer's queue holds before [`WriterSender::try_send`] gives them
 /// back. At the ~400 k records/s one thread commits, this is ~160 ms of work:
@@ -60,6 +73,40 @@ pub const MAX_OPS_PER_COMMIT: usize = 8_192;
 /// reaches this; one op may take it past). Bounds the batch's memory and the
 /// time one `fdatasync` takes: 40 texts of 400 KB, or thousands of short ones.
 pub const MAX_TEXT_BYTES_PER_COMMIT: usize = 16 << 20;
+
+/// How soon the writer offers refused completions again when no new op
+/// arrives to wake it. A full core queue drains within a loop turn or two
+/// (well under a millisecond when the core is healthy); retrying every
+/// millisecond keeps acks prompt without spinning the writer thread.
+pub const HANDOVER_RETRY: Duration = Duration::from_millis(1);
+
+/// What a [`CompletionSink`] did with completions offered to it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Handed over (the core will see them after everything handed before).
+    Taken,
+    /// The core cannot take them now (its queue is full): they come back,
+    /// to be offered again, in order, before anything later for that core.
+    Full(Vec<Completion>),
+    /// The core has stopped: nothing for it will ever be taken (dropped).
+    Gone,
+}
+
+/// Where the writer thread hands completions: one call per origin core with
+/// that core's completions in op order. It must not block: a core that cannot
+/// take them now answers [`Offered::Full`] and the writer retries later.
+pub trait CompletionSink: Send {
+    /// Offers `completions` (all of origin `core`, in op order).
+    fn offer(&mut self, core: CoreId, completions: Vec<Completion>) -> Offered;
+}
+
+/// A plain function always takes what it is given (tests, benchmarks, fuzzing).
+impl<F: Fn(CoreId, Vec<Completion>) + Send> CompletionSink for F {
+    fn offer(&mut self, core: CoreId, completions: Vec<Completion>) -> Offered {
+        self(core, completions);
+        Offered::Taken
+    }
+}
 
 /// One write a core hands to the writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +234,16 @@ impl WriterSender {
         self.tx.try_send(op).map_err(TrySendError::into_inner)
     }
 
+    /// Queues `op`, waiting while the queue is full. Only for a core leaving
+    /// its loop at shutdown (its last `last_seen` writes): safe because the
+    /// writer never waits on a core.
+    ///
+    /// # Errors
+    /// Gives the op back when the writer has stopped.
+    pub fn send_blocking(&self, op: WriteOp) -> Result<(), WriteOp> {
+        self.tx.send(op).map_err(|e| e.into_inner())
+    }
+
     /// Ops queued and not yet taken by the writer.
     pub fn len(&self) -> usize {
         self.tx.len()
@@ -221,22 +278,44 @@ impl Writer {
         deliver: Deliver,
         capacity: usize,
     ) -> std::io::Result<(Writer, WriterSender)> {
+        Self::start_with_sink(store, metrics, Box::new(deliver), capacity)
+    }
+
+    /// Starts the writer thread with a queue of `capacity` ops, handing
+    /// completions to `sink`, which may refuse them for a while (a full core
+    /// queue): see the module docs.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start_with_sink(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        sink: Box<dyn CompletionSink>,
+        capacity: usize,
+    ) -> std::io::Result<(Writer, WriterSender)> {
         let (tx, ops) = crossbeam_channel::bounded(capacity);
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
-            .name("natter-store-writer".into())
+            .name(WRITER_THREAD.into())
             .spawn(move || {
                 WriterThread {
                     store,
                     metrics,
-                    deliver,
+                    sink,
                     ops,
                     stop: stop_rx,
                     per_core: Vec::new(),
+                    held: 0,
                 }
                 .run();
             })?;
         Ok((Writer { thread, stop }, WriterSender { tx }))
+    }
+
+    /// True once the writer thread has ended. Before [`Writer::shutdown`] that
+    /// means it died: nothing more will be committed or acknowledged.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
     }
 
     /// Stops the writer after committing (and delivering) everything already
@@ -256,11 +335,15 @@ impl Writer {
 struct WriterThread {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    deliver: Deliver,
+    sink: Box<dyn CompletionSink>,
     ops: Receiver<WriteOp>,
     stop: Receiver<()>,
-    /// Completions of the current round, indexed by origin core (reused).
+    /// Completions committed and not yet taken by their core, indexed by
+    /// origin core, in op order; empty once handed over.
     per_core: Vec<Vec<Completion>>,
+    /// How many entries of `per_core` are non-empty after a hand-over (0: the
+    /// writer may block waiting for ops).
+    held: usize,
 }
 
 impl WriterThread {
@@ -269,6 +352,13 @@ impl WriterThread {
         let mut stopping = false;
         loop {
             if !stopping {
+                // With completions held for a full core, wake up to offer them
+                // again even if no op arrives.
+                let retry = if self.held > 0 {
+                    crossbeam_channel::after(HANDOVER_RETRY)
+                } else {
+                    crossbeam_channel::never()
+                };
                 crossbeam_channel::select! {
                     recv(self.ops) -> op => match op {
                         Ok(op) => batch_ops.push(op),
@@ -276,17 +366,39 @@ impl WriterThread {
                         Err(_) => stopping = true,
                     },
                     recv(self.stop) -> _ => stopping = true,
+                    recv(retry) -> _ => {},
                 }
             }
             self.drain(&mut batch_ops);
-            if batch_ops.is_empty() {
-                if stopping {
-                    return;
-                }
+            if !batch_ops.is_empty() {
+                self.commit(&mut batch_ops);
+            }
+            self.hand_over();
+            if stopping && batch_ops.is_empty() && self.ops.is_empty() {
+                // Completions still refused by a core are dropped: at shutdown
+                // the cores have stopped and nobody waits for them.
+                return;
+            }
+        }
+    }
+
+    /// Offers every core its held completions; what a full core refuses stays,
+    /// in order, in front of whatever comes for it later.
+    fn hand_over(&mut self) {
+        let mut held = 0;
+        for (core, list) in self.per_core.iter_mut().enumerate() {
+            if list.is_empty() {
                 continue;
             }
-            self.commit(&mut batch_ops);
+            match self.sink.offer(CoreId(core), std::mem::take(list)) {
+                Offered::Taken | Offered::Gone => {}
+                Offered::Full(back) => {
+                    *list = back;
+                    held += 1;
+                }
+            }
         }
+        self.held = held;
     }
 
     /// Takes queued ops into `batch_ops` until the queue is empty or a budget is
@@ -304,8 +416,9 @@ impl WriterThread {
         }
     }
 
-    /// Writes `batch_ops` as one durable batch, then reports their completions
-    /// once per origin core. Exits the process if the commit fails.
+    /// Writes `batch_ops` as one durable batch, then queues their completions
+    /// per origin core (behind any still held) for [`WriterThread::hand_over`].
+    /// Exits the process if the commit fails.
     fn commit(&mut self, batch_ops: &mut Vec<WriteOp>) {
         let started = Instant::now();
         // On failure this exits the process (the poison rule): nothing below runs.
@@ -320,11 +433,6 @@ impl WriterThread {
             }
             if let (Some(list), Some(completion)) = (self.per_core.get_mut(core), op.completion()) {
                 list.push(completion);
-            }
-        }
-        for (core, list) in self.per_core.iter_mut().enumerate() {
-            if !list.is_empty() {
-                (self.deliver)(CoreId(core), std::mem::take(list));
             }
         }
     }

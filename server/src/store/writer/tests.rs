@@ -408,3 +408,96 @@ fn poison_child() {
     let _ = rx.recv_timeout(DEADLINE);
     panic!("the writer did not exit after a failed commit");
 }
+
+/// A sink in front of two "cores": core 0's queue is full (refuses every
+/// offer) until `open` is set, core 1 always takes. What was taken goes to a
+/// channel, as the cores would receive it.
+struct TwoCores {
+    open: Arc<AtomicBool>,
+    refusals: Arc<std::sync::atomic::AtomicUsize>,
+    taken: Sender<(CoreId, Vec<Completion>)>,
+}
+
+impl CompletionSink for TwoCores {
+    fn offer(&mut self, core: CoreId, completions: Vec<Completion>) -> Offered {
+        if core == CoreId(0) && !self.open.load(Ordering::Relaxed) {
+            self.refusals.fetch_add(1, Ordering::Relaxed);
+            return Offered::Full(completions);
+        }
+        let _ = self.taken.send((core, completions));
+        Offered::Taken
+    }
+}
+
+#[test]
+fn a_core_with_a_full_queue_stalls_neither_commits_nor_other_cores_and_gets_everything_in_order_later() {
+    const EACH: u64 = 200;
+    let (_dir, store) = open();
+    let metrics = Arc::new(Metrics::new(2));
+    let open = Arc::new(AtomicBool::new(false));
+    let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, rx) = unbounded();
+    let sink = TwoCores {
+        open: open.clone(),
+        refusals: refusals.clone(),
+        taken: tx,
+    };
+    let (writer, sender) = Writer::start_with_sink(store.clone(), metrics, Box::new(sink), 16).unwrap();
+    // Interleaved ops of both cores, through a tiny queue: many rounds.
+    for seq in 1..=EACH {
+        send(&sender, message(0, 1, seq, "to the slow core"));
+        send(&sender, message(1, 2, seq, "to the quick core"));
+    }
+    // Core 1 gets all of its completions while core 0 still refuses: the
+    // writer kept committing and delivering.
+    let quick: Vec<Completion> = collect(&rx, EACH as usize)
+        .into_iter()
+        .flat_map(|(core, list)| {
+            assert_eq!(core, CoreId(1), "core 0 refuses; nothing may reach it yet");
+            list
+        })
+        .collect();
+    let expect = |chat| -> Vec<Completion> {
+        (1..=EACH)
+            .map(|seq| Completion::Message {
+                chat: ChatId(chat),
+                seq: Seq(seq),
+            })
+            .collect()
+    };
+    assert_eq!(quick, expect(2));
+    assert_eq!(
+        store.last_seq(ChatId(1)).unwrap(),
+        Seq(EACH),
+        "core 0's ops are committed"
+    );
+    // The writer keeps offering core 0 its held completions (retries, not one offer).
+    assert!(
+        wait_for(|| refusals.load(Ordering::Relaxed) >= 3),
+        "held completions are offered again"
+    );
+    // Core 0 frees up: everything arrives once, in commit order.
+    open.store(true, Ordering::Relaxed);
+    let slow: Vec<Completion> = collect(&rx, EACH as usize)
+        .into_iter()
+        .flat_map(|(core, list)| {
+            assert_eq!(core, CoreId(0));
+            list
+        })
+        .collect();
+    assert_eq!(slow, expect(1));
+    writer.shutdown().unwrap();
+    assert!(rx.try_recv().is_err(), "nothing delivered twice");
+}
+
+/// Polls `cond` until it holds or [`DEADLINE`] passes.
+fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > DEADLINE {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
