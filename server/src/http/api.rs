@@ -80,6 +80,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// For 405: the methods the route takes (the `Allow` header).
     pub allow: Option<&'static str>,
+    /// For 429: whole seconds until a retry can succeed (the `Retry-After` header).
+    pub retry_after: Option<u64>,
 }
 
 impl Response {
@@ -89,6 +91,7 @@ impl Response {
             body: value.to_string(),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl Response {
             body: String::new(),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -108,6 +112,7 @@ impl Response {
             body: error.body(),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -117,6 +122,7 @@ impl Response {
             body: error.body_with(message),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 }
@@ -314,6 +320,7 @@ impl Api {
                 body: self.metrics.render(),
                 content_type: PROMETHEUS,
                 allow: None,
+                retry_after: None,
             }),
             Route::Endpoints => Ok(Response::json(200, &json!(&self.endpoints))),
             Route::Signup => self.signup(req),

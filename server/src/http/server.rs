@@ -379,6 +379,9 @@ fn encode(response: &Response, close: bool) -> Vec<u8> {
     if let Some(allow) = response.allow {
         let _ = write!(head, "Allow: {allow}\r\n");
     }
+    if let Some(seconds) = response.retry_after {
+        let _ = write!(head, "Retry-After: {seconds}\r\n");
+    }
     head.push_str("Cache-Control: no-store\r\n");
     if close {
         head.push_str("Connection: close\r\n");
@@ -391,13 +394,18 @@ fn encode(response: &Response, close: bool) -> Vec<u8> {
     bytes
 }
 
+/// The reason phrase of every status the side-port sends (RFC 9110, section 15).
+/// A status missing here gets an empty phrase (which HTTP/1.1 allows), never a
+/// made-up one; `every_status_sent_has_its_reason_phrase` checks the list is complete.
 fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -407,7 +415,7 @@ fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
-        _ => "Unknown",
+        _ => "",
     }
 }
 
@@ -671,7 +679,7 @@ impl Ctx {
                     Parsed::Partial { expect_continue } => {
                         if expect_continue && !conn.continued {
                             conn.continued = true;
-                            conn.out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+                            conn.out = format!("HTTP/1.1 100 {}\r\n\r\n", reason(100)).into_bytes();
                             continue;
                         }
                     }
@@ -883,8 +891,64 @@ mod tests {
             body: String::new(),
             content_type: "x",
             allow: None,
+            retry_after: None,
         };
         let text = String::from_utf8(encode(&no_content, false)).unwrap();
         assert!(!text.contains("Content-Length") && text.ends_with("\r\n\r\n"));
+        let limited = Response {
+            retry_after: Some(7),
+            ..Response::error(HttpError::UserRateLimited)
+        };
+        let text = String::from_utf8(encode(&limited, false)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{text}");
+        assert!(text.contains("Retry-After: 7\r\n"), "{text}");
+    }
+
+    /// Every status the side-port can send (each error of the catalogue, the
+    /// successes, `100 Continue`) goes out with its RFC 9110 reason phrase.
+    #[test]
+    fn every_status_sent_has_its_reason_phrase() {
+        const RFC_9110: &[(u16, &str)] = &[
+            (100, "Continue"),
+            (200, "OK"),
+            (201, "Created"),
+            (204, "No Content"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (409, "Conflict"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (503, "Service Unavailable"),
+        ];
+        let expected = |status: u16| {
+            RFC_9110
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, phrase)| *phrase)
+                .unwrap_or_else(|| panic!("status {status} is sent but not in the RFC table"))
+        };
+        let statuses = HttpError::ALL
+            .iter()
+            .map(|e| e.status())
+            .chain([100, 200, 201, 204]);
+        for status in statuses {
+            assert_eq!(reason(status), expected(status), "status {status}");
+            let response = Response {
+                status,
+                ..Response::error(HttpError::Internal)
+            };
+            let text = String::from_utf8(encode(&response, true)).unwrap();
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status} {}\r\n", expected(status))),
+                "{text}"
+            );
+        }
+        assert_eq!(reason(403), "Forbidden", "403 no longer says Unknown");
     }
 }
