@@ -95,6 +95,11 @@ pub struct Flags {
     /// Sends per second one connection may make (bursts of the same size) [default: 1000].
     #[arg(long)]
     pub send_rate_limit: Option<u32>,
+    /// HTTP writes other than signup/login (friend requests, groups, DMs, read
+    /// markers, membership changes) one user may make per minute, bursts of as
+    /// many [default: 600].
+    #[arg(long)]
+    pub user_write_rate_limit: Option<u32>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -114,7 +119,15 @@ struct FileConfig {
     auth_rate_limit: Option<u32>,
     max_connections_per_core: Option<usize>,
     send_rate_limit: Option<u32>,
+    user_write_rate_limit: Option<u32>,
 }
+
+/// Default `--user-write-rate-limit`: HTTP writes per user per minute, bursts of
+/// as many. A person befriending, creating groups and marking chats read makes a
+/// few a minute; a client marking every chat read on start-up makes one per chat.
+/// 600 (10 a second sustained) leaves both far inside it, while one account can
+/// cost the store at most 10 synced batches a second.
+pub const DEFAULT_USER_WRITE_RATE_LIMIT: u32 = 600;
 
 /// Default `--heartbeat-timeout`. Clients ping every third of it (60 s): an idle
 /// phone wakes its radio once a minute — each wake-up keeps a cellular radio in
@@ -179,6 +192,8 @@ pub struct Config {
     pub max_connections_per_core: usize,
     /// Sends per second per connection.
     pub send_rate_limit: u32,
+    /// HTTP writes other than signup/login per user per minute (bursts of as many).
+    pub user_write_rate_limit: u32,
 }
 
 impl Default for Config {
@@ -196,6 +211,7 @@ impl Default for Config {
             auth_rate_limit: 30,
             max_connections_per_core: 200_000,
             send_rate_limit: 1000,
+            user_write_rate_limit: DEFAULT_USER_WRITE_RATE_LIMIT,
         }
     }
 }
@@ -256,6 +272,10 @@ impl Config {
                 .send_rate_limit
                 .or(file.send_rate_limit)
                 .unwrap_or(d.send_rate_limit),
+            user_write_rate_limit: flags
+                .user_write_rate_limit
+                .or(file.user_write_rate_limit)
+                .unwrap_or(d.user_write_rate_limit),
         };
         config.validate()?;
         Ok(config)
@@ -291,6 +311,9 @@ impl Config {
         }
         if self.auth_rate_limit == 0 {
             return invalid("auth-rate-limit", "must be at least 1 per minute");
+        }
+        if self.user_write_rate_limit == 0 {
+            return invalid("user-write-rate-limit", "must be at least 1 per minute");
         }
         if self.send_rate_limit == 0 {
             return invalid("send-rate-limit", "must be at least 1 per second");

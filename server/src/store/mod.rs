@@ -65,6 +65,22 @@ pub use records::{ChatKind, DeviceRecord, StoredMessage, UserRecord};
 /// Most members a group has, its owner included.
 pub const MAX_GROUP_MEMBERS: usize = 100;
 
+/// Most accepted friends a user has. A user's friend list is loaded whole by
+/// its home core on its first session (8 bytes per friend) and every presence
+/// change fans out to it, so it must be bounded; 5,000 is Facebook's long-standing
+/// cap, far above what a person keeps in a chat app.
+pub const MAX_FRIENDS: usize = 5_000;
+
+/// Most friend requests waiting for one user's answer. Bounds what a crowd of
+/// strangers can pile onto one account (each is a `friends` row and a line in
+/// `GET /v1/friends`); a real user clears them long before 1,000.
+pub const MAX_INCOMING_REQUESTS: usize = 1_000;
+
+/// Most friend requests one user has waiting for others' answers. Bounds the
+/// spam one account can send out (each pending request occupies a slot in the
+/// recipient's [`MAX_INCOMING_REQUESTS`]); a user withdraws old ones to send more.
+pub const MAX_OUTGOING_REQUESTS: usize = 1_000;
+
 /// The process exit code after a failed durable write (`EX_SOFTWARE`): the
 /// store is poisoned and natterd must restart to recover from the journal.
 pub const POISON_EXIT_CODE: i32 = 70;
@@ -88,6 +104,18 @@ pub enum StoreError {
     /// Caller error: a direct chat needs two different users.
     #[error("a direct chat needs two different users")]
     SelfChat,
+    /// Limit hit: becoming friends would give `user` more than [`MAX_FRIENDS`] friends.
+    #[error("user {user} already has {MAX_FRIENDS} friends")]
+    TooManyFriends {
+        /// Whose list is full (the caller or the other user).
+        user: UserId,
+    },
+    /// Limit hit: the asking user already has [`MAX_OUTGOING_REQUESTS`] pending requests.
+    #[error("{MAX_OUTGOING_REQUESTS} friend requests are already waiting for an answer")]
+    TooManyOutgoingRequests,
+    /// Limit hit: the asked user already has [`MAX_INCOMING_REQUESTS`] pending requests.
+    #[error("the user asked already has {MAX_INCOMING_REQUESTS} requests waiting")]
+    TooManyIncomingRequests,
     /// Limit hit: a group would have more than [`MAX_GROUP_MEMBERS`] members.
     #[error("a group has at most {MAX_GROUP_MEMBERS} members, not {count}")]
     TooManyMembers {
@@ -135,6 +163,14 @@ pub struct FriendList {
     pub incoming: Vec<(UserId, String)>,
     /// Users this user asked, not answered yet.
     pub outgoing: Vec<(UserId, String)>,
+}
+
+/// How many relations of each kind one user has (one prefix scan of `friends`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RelationCounts {
+    friends: usize,
+    incoming: usize,
+    outgoing: usize,
 }
 
 /// Id counters, owned by the write mutex. Loaded at open, advanced only after
@@ -381,9 +417,16 @@ impl Store {
 
     /// `from` asks `to` to be friends. If `to` had already asked `from`, they
     /// become friends at once; asking again while pending changes nothing.
+    /// A new request needs room on both sides ([`MAX_OUTGOING_REQUESTS`] for
+    /// `from`, [`MAX_INCOMING_REQUESTS`] for `to`) and `from` below
+    /// [`MAX_FRIENDS`]; a friendship needs both below [`MAX_FRIENDS`]. The
+    /// counts are read under the write lock, so concurrent requests cannot
+    /// overshoot them.
     ///
     /// # Errors
-    /// [`StoreError::SelfFriendship`], [`StoreError::UnknownUser`], or a store failure.
+    /// [`StoreError::SelfFriendship`], [`StoreError::UnknownUser`],
+    /// [`StoreError::TooManyFriends`], [`StoreError::TooManyOutgoingRequests`],
+    /// [`StoreError::TooManyIncomingRequests`], or a store failure.
     pub fn request_friend(&self, from: UserId, to: UserId) -> Result<FriendOutcome, StoreError> {
         if from == to {
             return Err(StoreError::SelfFriendship);
@@ -398,10 +441,21 @@ impl Store {
             Some(FriendState::Friend) => Ok(FriendOutcome::AlreadyFriends),
             Some(FriendState::Outgoing) => Ok(FriendOutcome::Requested),
             Some(FriendState::Incoming) => {
+                self.require_friend_room(from, to)?;
                 self.set_relation(from, to, FriendState::Friend)?;
                 Ok(FriendOutcome::BecameFriends)
             }
             None => {
+                let mine = self.relation_counts(from)?;
+                if mine.friends >= MAX_FRIENDS {
+                    return Err(StoreError::TooManyFriends { user: from });
+                }
+                if mine.outgoing >= MAX_OUTGOING_REQUESTS {
+                    return Err(StoreError::TooManyOutgoingRequests);
+                }
+                if self.relation_counts(to)?.incoming >= MAX_INCOMING_REQUESTS {
+                    return Err(StoreError::TooManyIncomingRequests);
+                }
                 self.set_relation(from, to, FriendState::Outgoing)?;
                 Ok(FriendOutcome::Requested)
             }
@@ -413,11 +467,13 @@ impl Store {
     /// retried accept succeeds), `false` when `from` never asked.
     ///
     /// # Errors
-    /// A store failure, or [`StoreError::Corrupt`].
+    /// [`StoreError::TooManyFriends`] when either already has [`MAX_FRIENDS`]
+    /// (the request stays pending), a store failure, or [`StoreError::Corrupt`].
     pub fn accept_friend(&self, user: UserId, from: UserId) -> Result<bool, StoreError> {
         let _guard = self.lock();
         match self.friend_state(user, from)? {
             Some(FriendState::Incoming) => {
+                self.require_friend_room(user, from)?;
                 self.set_relation(user, from, FriendState::Friend)?;
                 Ok(true)
             }
@@ -549,6 +605,33 @@ impl Store {
         FriendState::decode(&value)
             .map(Some)
             .ok_or_else(|| corrupt(format!("friends[{user}/{other}]")))
+    }
+
+    /// Counts `user`'s friends and pending requests: one prefix scan of at most
+    /// `MAX_FRIENDS + MAX_INCOMING_REQUESTS + MAX_OUTGOING_REQUESTS` one-byte
+    /// values. Callers hold the write lock, so the counts stay true until they write.
+    fn relation_counts(&self, user: UserId) -> Result<RelationCounts, StoreError> {
+        let mut counts = RelationCounts::default();
+        for guard in self.friends.prefix(keys::id(user.0)) {
+            let value = guard.value()?;
+            match FriendState::decode(&value) {
+                Some(FriendState::Friend) => counts.friends += 1,
+                Some(FriendState::Incoming) => counts.incoming += 1,
+                Some(FriendState::Outgoing) => counts.outgoing += 1,
+                None => return Err(corrupt(format!("friends[{user}/..]"))),
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Checks that `a` and `b` may become friends: both below [`MAX_FRIENDS`].
+    fn require_friend_room(&self, a: UserId, b: UserId) -> Result<(), StoreError> {
+        for user in [a, b] {
+            if self.relation_counts(user)?.friends >= MAX_FRIENDS {
+                return Err(StoreError::TooManyFriends { user });
+            }
+        }
+        Ok(())
     }
 
     /// Writes `state` for `user → other` and its mirror for `other → user` in one durable batch.
@@ -763,6 +846,99 @@ mod tests {
         assert_eq!(store.friends(b).unwrap(), FriendList::default());
         assert!(!store.accept_friend(c, b).unwrap());
         assert_eq!(names(&store.friends(c).unwrap().friends), vec![a]);
+    }
+
+    /// Gives `user` `n` relations in `state` with made-up users from `base` on
+    /// (and their mirror rows), in one unsynced batch: a fast fixture for the limits.
+    fn seed_relations(store: &Store, user: UserId, base: u64, n: usize, state: FriendState) {
+        let mut batch = store.db.batch();
+        for other in (base..).take(n) {
+            batch.insert(&store.friends, keys::pair(user.0, other), [state.to_byte()]);
+            batch.insert(&store.friends, keys::pair(other, user.0), [state.mirror().to_byte()]);
+        }
+        batch.commit().unwrap();
+    }
+
+    #[test]
+    fn friend_requests_are_bounded_per_user_on_both_sides() {
+        let (_dir, store) = open();
+        let a = store.create_user("a_user", PHC).unwrap();
+        let b = store.create_user("b_user", PHC).unwrap();
+        let c = store.create_user("c_user", PHC).unwrap();
+
+        // a has one request fewer than the limit out: the last one fits, one more does not.
+        seed_relations(&store, a, 1_000_000, MAX_OUTGOING_REQUESTS - 1, FriendState::Outgoing);
+        assert_eq!(store.request_friend(a, b).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.request_friend(a, c),
+            Err(StoreError::TooManyOutgoingRequests)
+        ));
+        assert_eq!(
+            store.request_friend(a, b).unwrap(),
+            FriendOutcome::Requested,
+            "repeating a pending request is not a new one"
+        );
+        assert!(store.remove_friend(a, UserId(1_000_000)).unwrap(), "withdraw one");
+        assert_eq!(store.request_friend(a, c).unwrap(), FriendOutcome::Requested);
+        assert_eq!(store.friends(c).unwrap().incoming.len(), 1);
+
+        // c has a full inbox: nobody else may ask.
+        let (_dir2, store) = open();
+        let a = store.create_user("a_user", PHC).unwrap();
+        let b = store.create_user("b_user", PHC).unwrap();
+        let c = store.create_user("c_user", PHC).unwrap();
+        seed_relations(&store, c, 2_000_000, MAX_INCOMING_REQUESTS - 1, FriendState::Incoming);
+        assert_eq!(store.request_friend(a, c).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.request_friend(b, c),
+            Err(StoreError::TooManyIncomingRequests)
+        ));
+        // c can still act: accepting empties a slot, and c's own requests are not incoming.
+        assert!(store.accept_friend(c, a).unwrap());
+        assert_eq!(store.request_friend(b, c).unwrap(), FriendOutcome::Requested);
+    }
+
+    #[test]
+    fn friendships_are_bounded_per_user() {
+        let (_dir, store) = open();
+        let a = store.create_user("a_user", PHC).unwrap();
+        let b = store.create_user("b_user", PHC).unwrap();
+        let c = store.create_user("c_user", PHC).unwrap();
+        let d = store.create_user("d_user", PHC).unwrap();
+        seed_relations(&store, a, 1_000_000, MAX_FRIENDS - 1, FriendState::Friend);
+
+        // The 5,000th friend is accepted.
+        assert_eq!(store.request_friend(b, a).unwrap(), FriendOutcome::Requested);
+        assert!(store.accept_friend(a, b).unwrap());
+        assert_eq!(store.friends(b).unwrap().friends.len(), 1);
+
+        // The 5,001st is refused on every path, and nothing is written.
+        assert!(matches!(
+            store.request_friend(a, c),
+            Err(StoreError::TooManyFriends { user }) if user == a
+        ));
+        assert_eq!(store.request_friend(c, a).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.accept_friend(a, c),
+            Err(StoreError::TooManyFriends { user }) if user == a
+        ));
+        assert!(!store.are_friends(a, c).unwrap());
+        assert_eq!(store.friends(c).unwrap().outgoing.len(), 1, "the request stays pending");
+        assert!(matches!(
+            store.request_friend(a, c),
+            Err(StoreError::TooManyFriends { user }) if user == a
+        ), "a crossing request would befriend: refused too");
+        // The other side's list counts as well.
+        seed_relations(&store, d, 3_000_000, MAX_FRIENDS, FriendState::Friend);
+        assert_eq!(store.request_friend(c, d).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.accept_friend(d, c),
+            Err(StoreError::TooManyFriends { user }) if user == d
+        ));
+        // Room again after an unfriending.
+        assert!(store.remove_friend(a, b).unwrap());
+        assert!(store.accept_friend(a, c).unwrap());
+        assert!(store.are_friends(a, c).unwrap());
     }
 
     #[test]
