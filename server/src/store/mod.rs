@@ -648,6 +648,39 @@ impl Store {
     }
 }
 
+/// A relation for [`Store::seed_relations_for_test`].
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TestRelation {
+    /// Accepted friends.
+    Friend,
+    /// A request from the other user, waiting for this one.
+    Incoming,
+    /// A request from this user, waiting for the other.
+    Outgoing,
+}
+
+#[cfg(test)]
+impl Store {
+    /// Gives `user` `n` relations of kind `relation` with made-up user ids from
+    /// `base` on (and their mirror rows), in one unsynced batch: a fast fixture
+    /// for the friend limits, which would otherwise need thousands of accounts.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn seed_relations_for_test(&self, user: UserId, base: u64, n: usize, relation: TestRelation) {
+        let state = match relation {
+            TestRelation::Friend => FriendState::Friend,
+            TestRelation::Incoming => FriendState::Incoming,
+            TestRelation::Outgoing => FriendState::Outgoing,
+        };
+        let mut batch = self.db.batch();
+        for other in (base..).take(n) {
+            batch.insert(&self.friends, keys::pair(user.0, other), [state.to_byte()]);
+            batch.insert(&self.friends, keys::pair(other, user.0), [state.mirror().to_byte()]);
+        }
+        batch.commit().unwrap();
+    }
+}
+
 fn corrupt(what: String) -> StoreError {
     StoreError::Corrupt { what }
 }
@@ -848,15 +881,13 @@ mod tests {
         assert_eq!(names(&store.friends(c).unwrap().friends), vec![a]);
     }
 
-    /// Gives `user` `n` relations in `state` with made-up users from `base` on
-    /// (and their mirror rows), in one unsynced batch: a fast fixture for the limits.
     fn seed_relations(store: &Store, user: UserId, base: u64, n: usize, state: FriendState) {
-        let mut batch = store.db.batch();
-        for other in (base..).take(n) {
-            batch.insert(&store.friends, keys::pair(user.0, other), [state.to_byte()]);
-            batch.insert(&store.friends, keys::pair(other, user.0), [state.mirror().to_byte()]);
-        }
-        batch.commit().unwrap();
+        let relation = match state {
+            FriendState::Friend => TestRelation::Friend,
+            FriendState::Incoming => TestRelation::Incoming,
+            FriendState::Outgoing => TestRelation::Outgoing,
+        };
+        store.seed_relations_for_test(user, base, n, relation);
     }
 
     #[test]
