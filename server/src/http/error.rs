@@ -246,11 +246,7 @@ impl HttpError {
                 "too_many_members",
                 "a group has at most 100 members, its owner included",
             ),
-            Self::TooManyFriends => (
-                409,
-                "too_many_friends",
-                "a user has at most 5000 friends",
-            ),
+            Self::TooManyFriends => (409, "too_many_friends", "a user has at most 5000 friends"),
             Self::TooManyOutgoingRequests => (
                 409,
                 "too_many_outgoing_requests",

@@ -675,7 +675,11 @@ impl Store {
         let mut batch = self.db.batch();
         for other in (base..).take(n) {
             batch.insert(&self.friends, keys::pair(user.0, other), [state.to_byte()]);
-            batch.insert(&self.friends, keys::pair(other, user.0), [state.mirror().to_byte()]);
+            batch.insert(
+                &self.friends,
+                keys::pair(other, user.0),
+                [state.mirror().to_byte()],
+            );
         }
         batch.commit().unwrap();
     }
@@ -898,7 +902,13 @@ mod tests {
         let c = store.create_user("c_user", PHC).unwrap();
 
         // a has one request fewer than the limit out: the last one fits, one more does not.
-        seed_relations(&store, a, 1_000_000, MAX_OUTGOING_REQUESTS - 1, FriendState::Outgoing);
+        seed_relations(
+            &store,
+            a,
+            1_000_000,
+            MAX_OUTGOING_REQUESTS - 1,
+            FriendState::Outgoing,
+        );
         assert_eq!(store.request_friend(a, b).unwrap(), FriendOutcome::Requested);
         assert!(matches!(
             store.request_friend(a, c),
@@ -918,7 +928,13 @@ mod tests {
         let a = store.create_user("a_user", PHC).unwrap();
         let b = store.create_user("b_user", PHC).unwrap();
         let c = store.create_user("c_user", PHC).unwrap();
-        seed_relations(&store, c, 2_000_000, MAX_INCOMING_REQUESTS - 1, FriendState::Incoming);
+        seed_relations(
+            &store,
+            c,
+            2_000_000,
+            MAX_INCOMING_REQUESTS - 1,
+            FriendState::Incoming,
+        );
         assert_eq!(store.request_friend(a, c).unwrap(), FriendOutcome::Requested);
         assert!(matches!(
             store.request_friend(b, c),
@@ -954,11 +970,18 @@ mod tests {
             Err(StoreError::TooManyFriends { user }) if user == a
         ));
         assert!(!store.are_friends(a, c).unwrap());
-        assert_eq!(store.friends(c).unwrap().outgoing.len(), 1, "the request stays pending");
-        assert!(matches!(
-            store.request_friend(a, c),
-            Err(StoreError::TooManyFriends { user }) if user == a
-        ), "a crossing request would befriend: refused too");
+        assert_eq!(
+            store.friends(c).unwrap().outgoing.len(),
+            1,
+            "the request stays pending"
+        );
+        assert!(
+            matches!(
+                store.request_friend(a, c),
+                Err(StoreError::TooManyFriends { user }) if user == a
+            ),
+            "a crossing request would befriend: refused too"
+        );
         // The other side's list counts as well.
         seed_relations(&store, d, 3_000_000, MAX_FRIENDS, FriendState::Friend);
         assert_eq!(store.request_friend(c, d).unwrap(), FriendOutcome::Requested);

@@ -624,13 +624,26 @@ fn friend_limits_answer_409_with_their_own_codes() {
     let store = &h.api.store;
 
     // Outgoing: alice has the most pending requests one user may have.
-    store.seed_relations_for_test(UserId(alice), 1_000_000, MAX_OUTGOING_REQUESTS, TestRelation::Outgoing);
+    store.seed_relations_for_test(
+        UserId(alice),
+        1_000_000,
+        MAX_OUTGOING_REQUESTS,
+        TestRelation::Outgoing,
+    );
     let (status, v) = ask(&ta, "bob");
     assert_eq!((status, code(&v)), (409, "too_many_outgoing_requests"), "{v}");
-    assert!(h.api.store.friends(UserId(bob)).unwrap().incoming.is_empty(), "nothing written");
+    assert!(
+        h.api.store.friends(UserId(bob)).unwrap().incoming.is_empty(),
+        "nothing written"
+    );
 
     // Incoming: carol's inbox is full; nobody may ask her, she may still ask.
-    store.seed_relations_for_test(UserId(carol), 2_000_000, MAX_INCOMING_REQUESTS, TestRelation::Incoming);
+    store.seed_relations_for_test(
+        UserId(carol),
+        2_000_000,
+        MAX_INCOMING_REQUESTS,
+        TestRelation::Incoming,
+    );
     let (status, v) = ask(&tb, "carol");
     assert_eq!((status, code(&v)), (409, "too_many_incoming_requests"), "{v}");
     assert_eq!(ask(&tc, "bob").0, 200);
@@ -640,7 +653,12 @@ fn friend_limits_answer_409_with_their_own_codes() {
     store.seed_relations_for_test(dave_id, 3_000_000, MAX_FRIENDS, TestRelation::Friend);
     let (status, v) = ask(&td, "bob");
     assert_eq!((status, code(&v)), (409, "too_many_friends"), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains(&dave_id.to_string()));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&dave_id.to_string())
+    );
     assert_eq!(ask(&tb, "dave").0, 200, "a request to dave still fits his inbox");
     let (status, v) = accept(&td, bob);
     assert_eq!((status, code(&v)), (409, "too_many_friends"), "{v}");
