@@ -1,5 +1,7 @@
 //! The embedded store: fjall in `--data-dir`, holding accounts, device tokens,
-//! friendships, chats, memberships, messages and send dedupe records.
+//! friendships (bounded per user: [`MAX_FRIENDS`], [`MAX_INCOMING_REQUESTS`],
+//! [`MAX_OUTGOING_REQUESTS`]), chats, memberships, messages and send dedupe
+//! records, last-seen times, device cursors and read markers.
 //!
 //! * `keys.rs` — keyspace names and key encodings (the on-disk layout table).
 //! * `records.rs` — record value encodings.
@@ -38,7 +40,8 @@
 //! the event loops, profile and friend reads) take no lock of ours. Account
 //! writes are serialised by one mutex inside the store so that username
 //! uniqueness checks, id allocation and friend state transitions are race-free;
-//! that path is low-volume (bounded by argon2 and the per-address rate limit).
+//! that path is low-volume (bounded by argon2, the per-address rate limit of
+//! signup and login, and the per-user rate limit of every other HTTP write).
 
 mod chats;
 mod cursors;
