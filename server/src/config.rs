@@ -423,6 +423,45 @@ mod tests {
     }
 
     #[test]
+    fn user_write_rate_limit_comes_from_the_file_or_the_flag_and_is_positive() {
+        assert_eq!(
+            Config::default().user_write_rate_limit,
+            DEFAULT_USER_WRITE_RATE_LIMIT
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, "user_write_rate_limit = 42\n").unwrap();
+        let from_file = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.user_write_rate_limit, 42);
+        let flag = Config::from_flags(Flags {
+            config: Some(path),
+            user_write_rate_limit: Some(7),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(flag.user_write_rate_limit, 7);
+        let err = Config::from_flags(Flags {
+            user_write_rate_limit: Some(0),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "user-write-rate-limit",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_files_and_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
