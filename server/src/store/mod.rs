@@ -52,6 +52,7 @@ mod presence;
 mod records;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -168,6 +169,13 @@ pub struct FriendList {
     pub outgoing: Vec<(UserId, String)>,
 }
 
+/// Users whose relation counts the store keeps in memory. Counting a full
+/// list is one prefix scan of up to ~7,000 rows (milliseconds, under the write
+/// lock that every account write shares), so the counts of users who write are
+/// cached; ~40 bytes each, ~4 MB at most. When full the cache is emptied and
+/// refills from the store on demand: it is a cache, never the truth.
+const MAX_CACHED_RELATION_COUNTS: usize = 100_000;
+
 /// How many relations of each kind one user has (one prefix scan of `friends`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct RelationCounts {
@@ -176,13 +184,27 @@ struct RelationCounts {
     outgoing: usize,
 }
 
-/// Id counters, owned by the write mutex. Loaded at open, advanced only after
-/// the batch that persists the new value has committed.
+impl RelationCounts {
+    fn of(&mut self, state: FriendState) -> &mut usize {
+        match state {
+            FriendState::Friend => &mut self.friends,
+            FriendState::Incoming => &mut self.incoming,
+            FriendState::Outgoing => &mut self.outgoing,
+        }
+    }
+}
+
+/// What the write mutex guards: the id counters (loaded at open, advanced only
+/// after the batch that persists the new value has committed) and the cached
+/// relation counts (changed only after the batch that changes the relation has
+/// committed; friend writes all hold the mutex, so the cache cannot go stale).
 #[derive(Debug)]
 struct Counters {
     next_user: u64,
     next_device: u64,
     next_chat: u64,
+    /// At most [`MAX_CACHED_RELATION_COUNTS`] users.
+    relations: HashMap<UserId, RelationCounts>,
 }
 
 /// The embedded store. See the module docs for durability and concurrency.
@@ -249,6 +271,7 @@ impl Store {
                 next_user: 1,
                 next_device: 1,
                 next_chat: 1,
+                relations: HashMap::new(),
             }),
             poisoned: AtomicBool::new(false),
         };
@@ -256,6 +279,7 @@ impl Store {
             next_user: store.counter(keys::NEXT_USER_ID)?,
             next_device: store.counter(keys::NEXT_DEVICE_ID)?,
             next_chat: store.counter(keys::NEXT_CHAT_ID)?,
+            relations: HashMap::new(),
         };
         *store.lock() = counters;
         Ok(store)
@@ -434,7 +458,7 @@ impl Store {
         if from == to {
             return Err(StoreError::SelfFriendship);
         }
-        let _guard = self.lock();
+        let mut counters = self.lock();
         for user in [from, to] {
             if self.users.get(keys::id(user.0))?.is_none() {
                 return Err(StoreError::UnknownUser(user));
@@ -444,22 +468,23 @@ impl Store {
             Some(FriendState::Friend) => Ok(FriendOutcome::AlreadyFriends),
             Some(FriendState::Outgoing) => Ok(FriendOutcome::Requested),
             Some(FriendState::Incoming) => {
-                self.require_friend_room(from, to)?;
-                self.set_relation(from, to, FriendState::Friend)?;
+                self.require_friend_room(&mut counters, from, to)?;
+                let old = Some(FriendState::Incoming);
+                self.set_relation(&mut counters, from, to, old, FriendState::Friend);
                 Ok(FriendOutcome::BecameFriends)
             }
             None => {
-                let mine = self.relation_counts(from)?;
+                let mine = self.relation_counts(&mut counters, from)?;
                 if mine.friends >= MAX_FRIENDS {
                     return Err(StoreError::TooManyFriends { user: from });
                 }
                 if mine.outgoing >= MAX_OUTGOING_REQUESTS {
                     return Err(StoreError::TooManyOutgoingRequests);
                 }
-                if self.relation_counts(to)?.incoming >= MAX_INCOMING_REQUESTS {
+                if self.relation_counts(&mut counters, to)?.incoming >= MAX_INCOMING_REQUESTS {
                     return Err(StoreError::TooManyIncomingRequests);
                 }
-                self.set_relation(from, to, FriendState::Outgoing)?;
+                self.set_relation(&mut counters, from, to, None, FriendState::Outgoing);
                 Ok(FriendOutcome::Requested)
             }
         }
@@ -473,11 +498,12 @@ impl Store {
     /// [`StoreError::TooManyFriends`] when either already has [`MAX_FRIENDS`]
     /// (the request stays pending), a store failure, or [`StoreError::Corrupt`].
     pub fn accept_friend(&self, user: UserId, from: UserId) -> Result<bool, StoreError> {
-        let _guard = self.lock();
+        let mut counters = self.lock();
         match self.friend_state(user, from)? {
             Some(FriendState::Incoming) => {
-                self.require_friend_room(user, from)?;
-                self.set_relation(user, from, FriendState::Friend)?;
+                self.require_friend_room(&mut counters, user, from)?;
+                let old = Some(FriendState::Incoming);
+                self.set_relation(&mut counters, user, from, old, FriendState::Friend);
                 Ok(true)
             }
             Some(FriendState::Friend) => Ok(true),
@@ -492,14 +518,15 @@ impl Store {
     /// # Errors
     /// A store failure, or [`StoreError::Corrupt`].
     pub fn remove_friend(&self, user: UserId, other: UserId) -> Result<bool, StoreError> {
-        let _guard = self.lock();
-        if self.friend_state(user, other)?.is_none() {
+        let mut counters = self.lock();
+        let Some(old) = self.friend_state(user, other)? else {
             return Ok(false);
-        }
+        };
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.remove(&self.friends, keys::pair(user.0, other.0));
         batch.remove(&self.friends, keys::pair(other.0, user.0));
         self.commit(batch, "friend removal");
+        note_relation_change(&mut counters, user, other, Some(old), None);
         Ok(true)
     }
 
@@ -610,10 +637,24 @@ impl Store {
             .ok_or_else(|| corrupt(format!("friends[{user}/{other}]")))
     }
 
-    /// Counts `user`'s friends and pending requests: one prefix scan of at most
-    /// `MAX_FRIENDS + MAX_INCOMING_REQUESTS + MAX_OUTGOING_REQUESTS` one-byte
-    /// values. Callers hold the write lock, so the counts stay true until they write.
-    fn relation_counts(&self, user: UserId) -> Result<RelationCounts, StoreError> {
+    /// `user`'s friends and pending requests: from the cache, else one prefix
+    /// scan of at most `MAX_FRIENDS + MAX_INCOMING_REQUESTS +
+    /// MAX_OUTGOING_REQUESTS` one-byte values, then cached. Callers hold the
+    /// write lock (`counters`), so the counts stay true until they write.
+    fn relation_counts(&self, counters: &mut Counters, user: UserId) -> Result<RelationCounts, StoreError> {
+        if let Some(counts) = counters.relations.get(&user) {
+            return Ok(*counts);
+        }
+        let counts = self.count_relations(user)?;
+        if counters.relations.len() >= MAX_CACHED_RELATION_COUNTS {
+            counters.relations.clear();
+        }
+        counters.relations.insert(user, counts);
+        Ok(counts)
+    }
+
+    /// Counts `user`'s relations in the store (one prefix scan).
+    fn count_relations(&self, user: UserId) -> Result<RelationCounts, StoreError> {
         let mut counts = RelationCounts::default();
         for guard in self.friends.prefix(keys::id(user.0)) {
             let value = guard.value()?;
@@ -628,17 +669,25 @@ impl Store {
     }
 
     /// Checks that `a` and `b` may become friends: both below [`MAX_FRIENDS`].
-    fn require_friend_room(&self, a: UserId, b: UserId) -> Result<(), StoreError> {
+    fn require_friend_room(&self, counters: &mut Counters, a: UserId, b: UserId) -> Result<(), StoreError> {
         for user in [a, b] {
-            if self.relation_counts(user)?.friends >= MAX_FRIENDS {
+            if self.relation_counts(counters, user)?.friends >= MAX_FRIENDS {
                 return Err(StoreError::TooManyFriends { user });
             }
         }
         Ok(())
     }
 
-    /// Writes `state` for `user → other` and its mirror for `other → user` in one durable batch.
-    fn set_relation(&self, user: UserId, other: UserId, state: FriendState) -> Result<(), StoreError> {
+    /// Writes `state` for `user → other` (which was `old`) and its mirror for
+    /// `other → user` in one durable batch, then updates the cached counts.
+    fn set_relation(
+        &self,
+        counters: &mut Counters,
+        user: UserId,
+        other: UserId,
+        old: Option<FriendState>,
+        state: FriendState,
+    ) {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(&self.friends, keys::pair(user.0, other.0), [state.to_byte()]);
         batch.insert(
@@ -647,7 +696,7 @@ impl Store {
             [state.mirror().to_byte()],
         );
         self.commit(batch, "friend change");
-        Ok(())
+        note_relation_change(counters, user, other, old, Some(state));
     }
 }
 
@@ -675,6 +724,7 @@ impl Store {
             TestRelation::Incoming => FriendState::Incoming,
             TestRelation::Outgoing => FriendState::Outgoing,
         };
+        let mut counters = self.lock();
         let mut batch = self.db.batch();
         for other in (base..).take(n) {
             batch.insert(&self.friends, keys::pair(user.0, other), [state.to_byte()]);
@@ -685,6 +735,35 @@ impl Store {
             );
         }
         batch.commit().unwrap();
+        // Written behind the cache's back: forget it.
+        counters.relations.clear();
+    }
+}
+
+/// Updates the cached counts of both users after `user → other` went from
+/// `old` to `new` (committed already). Users not cached are counted afresh
+/// from the store when next asked.
+fn note_relation_change(
+    counters: &mut Counters,
+    user: UserId,
+    other: UserId,
+    old: Option<FriendState>,
+    new: Option<FriendState>,
+) {
+    let sides = [
+        (user, old, new),
+        (other, old.map(FriendState::mirror), new.map(FriendState::mirror)),
+    ];
+    for (who, old, new) in sides {
+        if let Some(counts) = counters.relations.get_mut(&who) {
+            if let Some(old) = old {
+                let n = counts.of(old);
+                *n = n.saturating_sub(1);
+            }
+            if let Some(new) = new {
+                *counts.of(new) += 1;
+            }
+        }
     }
 }
 
@@ -996,6 +1075,43 @@ mod tests {
         assert!(store.remove_friend(a, b).unwrap());
         assert!(store.accept_friend(a, c).unwrap());
         assert!(store.are_friends(a, c).unwrap());
+    }
+
+    #[test]
+    fn cached_relation_counts_always_match_the_store() {
+        let (_dir, store) = open();
+        let users: Vec<UserId> = (0..5)
+            .map(|i| store.create_user(&format!("user{i}"), PHC).unwrap())
+            .collect();
+        // A fixed pseudo-random walk over requests, accepts and removals.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let a = users[(x % 5) as usize];
+            let b = users[((x >> 8) % 5) as usize];
+            if a == b {
+                continue;
+            }
+            match (x >> 16) % 3 {
+                0 => drop(store.request_friend(a, b).unwrap()),
+                1 => drop(store.accept_friend(a, b).unwrap()),
+                _ => drop(store.remove_friend(a, b).unwrap()),
+            }
+            if step % 50 == 0 {
+                store.lock().relations.clear();
+            }
+            let mut counters = store.lock();
+            for user in &users {
+                let cached = store.relation_counts(&mut counters, *user).unwrap();
+                assert_eq!(
+                    cached,
+                    store.count_relations(*user).unwrap(),
+                    "step {step}, {user}"
+                );
+            }
+        }
     }
 
     #[test]
