@@ -590,6 +590,15 @@ fn error_codes_are_unique() {
             .message()
             .contains(&MAX_GROUP_MEMBERS.to_string())
     );
+    // The messages state the limits the store enforces.
+    use crate::store::{MAX_INCOMING_REQUESTS, MAX_OUTGOING_REQUESTS};
+    for (e, limit) in [
+        (HttpError::TooManyFriends, MAX_FRIENDS),
+        (HttpError::TooManyOutgoingRequests, MAX_OUTGOING_REQUESTS),
+        (HttpError::TooManyIncomingRequests, MAX_INCOMING_REQUESTS),
+    ] {
+        assert!(e.message().contains(&limit.to_string()), "{e:?}");
+    }
     for e in all {
         let v: Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(v["error"]["code"], e.code());
