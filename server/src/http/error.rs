@@ -18,14 +18,14 @@
 //! | 400    | `invalid_username`     | username not 3–32 characters of `[a-z0-9_.-]` after lowercasing |
 //! | 400    | `invalid_password`     | password not 8–1024 bytes |
 //! | 400    | `invalid_device_name`  | device name not 1–64 characters, or has control characters |
-//! | 400    | `invalid_user_id`      | a `{user_id}` path segment is not a positive integer |
+//! | 400    | `invalid_user_id`      | a user id (path segment, query parameter or body field) is not a positive integer |
 //! | 400    | `cannot_befriend_self` | a friend request to yourself |
 //! | 400    | `invalid_chat_id`      | a `{chat_id}` path segment is not a positive integer |
 //! | 400    | `invalid_group_name`   | group name not 1–64 characters, blank, or has control characters |
 //! | 400    | `cannot_chat_with_self`| a direct chat with yourself |
 //! | 401    | `invalid_token`        | missing, malformed, unknown or revoked `Authorization: Bearer` token |
 //! | 401    | `invalid_credentials`  | login with an unknown username or a wrong password (same answer for both) |
-//! | 403    | `not_friends`          | a DM with, or a group member who is, not a friend (of the group's owner) |
+//! | 403    | `not_friends`          | a DM with, or a group member who is, not a friend (of the group's owner); the presence of a non-friend |
 //! | 403    | `not_owner`            | only a group's owner adds members or removes others |
 //! | 404    | `not_found`            | no such route |
 //! | 404    | `user_not_found`       | the named user does not exist |
@@ -69,7 +69,7 @@ pub enum HttpError {
     InvalidPassword,
     /// 400: device name fails validation.
     InvalidDeviceName,
-    /// 400: a `{user_id}` path segment is not a positive integer.
+    /// 400: a user id (path segment, query parameter or body field) is not a positive integer.
     InvalidUserId,
     /// 400: a friend request to yourself.
     CannotBefriendSelf,
