@@ -91,6 +91,35 @@ pub struct HttpServer {
 /// # Errors
 /// Creating the poll, registering the listener or spawning a thread failed.
 pub fn start(listener: std::net::TcpListener, api: Arc<Api>, workers: usize) -> io::Result<HttpServer> {
+    start_with(listener, api, workers, Timeouts::DEFAULT)
+}
+
+/// A connection's time limits: the consts in natterd; shorter in tests, so that
+/// the limits can be attacked without waiting for them.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// [`REQUEST_TIMEOUT`].
+    request: Duration,
+    /// [`IDLE_TIMEOUT`].
+    idle: Duration,
+    /// [`WRITE_TIMEOUT`].
+    write: Duration,
+}
+
+impl Timeouts {
+    const DEFAULT: Self = Self {
+        request: REQUEST_TIMEOUT,
+        idle: IDLE_TIMEOUT,
+        write: WRITE_TIMEOUT,
+    };
+}
+
+fn start_with(
+    listener: std::net::TcpListener,
+    api: Arc<Api>,
+    workers: usize,
+    timeouts: Timeouts,
+) -> io::Result<HttpServer> {
     let workers = workers.max(1);
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;
@@ -122,6 +151,7 @@ pub fn start(listener: std::net::TcpListener, api: Arc<Api>, workers: usize) -> 
         conns: Slab::new(),
         done: done_rx,
         ctx: Ctx {
+            timeouts,
             jobs: job_tx,
             stop: stop.clone(),
             api,
@@ -421,6 +451,7 @@ fn reason(status: u16) -> &'static str {
 
 /// What a connection step needs besides the connection itself.
 struct Ctx {
+    timeouts: Timeouts,
     jobs: Sender<Job>,
     stop: Arc<AtomicBool>,
     api: Arc<Api>,
@@ -531,7 +562,7 @@ impl IoLoop {
                 state: State::Reading,
                 continued: false,
                 drained: 0,
-                deadline: Some(Instant::now() + IDLE_TIMEOUT),
+                deadline: Some(Instant::now() + self.ctx.timeouts.idle),
             });
         }
         // Budget used up with connections possibly left in the backlog: the
@@ -554,7 +585,7 @@ impl IoLoop {
             } else {
                 State::Reading
             };
-            conn.deadline = Some(Instant::now() + WRITE_TIMEOUT);
+            conn.deadline = Some(Instant::now() + self.ctx.timeouts.write);
             self.drive(done.conn);
         }
     }
@@ -645,7 +676,7 @@ impl Ctx {
             if !conn.out.is_empty() {
                 conn.out.clear();
                 conn.out_pos = 0;
-                conn.deadline = Some(Instant::now() + IDLE_TIMEOUT);
+                conn.deadline = Some(Instant::now() + self.timeouts.idle);
             }
             match conn.state {
                 State::Closing => {
@@ -673,7 +704,7 @@ impl Ctx {
                         self.api.metrics().http.record(error.status());
                         conn.out = encode(&Response::error(error), true);
                         conn.state = State::Closing;
-                        conn.deadline = Some(Instant::now() + WRITE_TIMEOUT);
+                        conn.deadline = Some(Instant::now() + self.timeouts.write);
                         continue;
                     }
                     Parsed::Partial { expect_continue } => {
@@ -691,7 +722,7 @@ impl Ctx {
                 Ok(0) => return false,
                 Ok(n) => {
                     if conn.buf.is_empty() {
-                        conn.deadline = Some(Instant::now() + REQUEST_TIMEOUT);
+                        conn.deadline = Some(Instant::now() + self.timeouts.request);
                     }
                     conn.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
                 }
@@ -730,7 +761,7 @@ impl Ctx {
                 self.api.metrics().http.record(HttpError::Unavailable.status());
                 conn.out = encode(&Response::error(HttpError::Unavailable), true);
                 conn.state = State::Closing;
-                conn.deadline = Some(Instant::now() + WRITE_TIMEOUT);
+                conn.deadline = Some(Instant::now() + self.timeouts.write);
             }
         }
     }
@@ -876,6 +907,121 @@ mod tests {
             std::net::TcpStream::connect(addr).is_err(),
             "the listener is closed"
         );
+    }
+
+    /// Reads one `GET /healthz` answer from a keep-alive connection.
+    fn read_healthz(stream: &mut std::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !out.ends_with(br#"{"status":"ok"}"#) {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn at_most_max_connections_are_open_and_one_more_gets_503() {
+        let h = crate::http::api::tests::harness(30);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = start(listener, h.api.clone(), 2).unwrap();
+        let addr = server.local_addr();
+        // Fill every slot, each proven open by an answer on it.
+        let mut open: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+                assert!(read_healthz(&mut stream).starts_with("HTTP/1.1 200 OK\r\n"));
+                stream
+            })
+            .collect();
+        // One more is answered 503 at once and closed (it sends nothing, so the
+        // close cannot reset the answer away).
+        let mut extra = std::net::TcpStream::connect(addr).unwrap();
+        extra.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = String::new();
+        extra.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""code":"unavailable""#), "{answer}");
+        // The held connections are still served.
+        let held = open.last_mut().unwrap();
+        held.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        assert!(read_healthz(held).starts_with("HTTP/1.1 200 OK\r\n"));
+        // A slot freed is a slot for the next client, once the close is seen.
+        drop(open.pop());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let served = loop {
+            let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+            if answer.starts_with("HTTP/1.1 200 OK\r\n") {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+        };
+        assert!(served, "a freed slot is reused");
+        drop(open);
+        server.shutdown();
+    }
+
+    #[test]
+    fn idle_connections_and_slow_requests_are_closed_at_their_deadlines() {
+        let h = crate::http::api::tests::harness(30);
+        let short = Duration::from_millis(300);
+        let long = Duration::from_secs(600);
+        let serve = |timeouts| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            start_with(listener, h.api.clone(), 2, timeouts).unwrap()
+        };
+        // Closed within the read timeout: only the short limit can have done it.
+        let closed_by_server = |stream: &mut std::net::TcpStream| {
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            let result = stream.read_to_end(&mut rest);
+            (result.is_ok() && rest.is_empty(), started.elapsed())
+        };
+
+        let idle = serve(Timeouts {
+            request: long,
+            idle: short,
+            write: long,
+        });
+        let mut silent = std::net::TcpStream::connect(idle.local_addr()).unwrap();
+        let (closed, after) = closed_by_server(&mut silent);
+        assert!(closed && after >= Duration::from_millis(200), "{after:?}");
+        let mut kept = std::net::TcpStream::connect(idle.local_addr()).unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        assert!(read_healthz(&mut kept).starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(closed_by_server(&mut kept).0, "idle after an answer: closed too");
+        idle.shutdown();
+
+        let slow = serve(Timeouts {
+            request: short,
+            idle: long,
+            write: long,
+        });
+        let mut partial = std::net::TcpStream::connect(slow.local_addr()).unwrap();
+        partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: x").unwrap();
+        assert!(closed_by_server(&mut partial).0, "a request that never completes");
+        // A connection that sent nothing is idle, not slow: the long limit applies.
+        let mut waiting = std::net::TcpStream::connect(slow.local_addr()).unwrap();
+        waiting
+            .set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let err = waiting.read(&mut byte).unwrap_err();
+        assert!(
+            matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+            "{err}"
+        );
+        slow.shutdown();
     }
 
     #[test]
