@@ -95,9 +95,9 @@ pub struct Flags {
     /// Sends per second one connection may make (bursts of the same size) [default: 1000].
     #[arg(long)]
     pub send_rate_limit: Option<u32>,
-    /// HTTP writes other than signup/login (friend requests, groups, DMs, read
-    /// markers, membership changes) one user may make per minute, bursts of as
-    /// many [default: 600].
+    /// HTTP writes other than signup, login and logout (friend requests, groups,
+    /// DMs, read markers, membership changes) one user may make per minute,
+    /// bursts of as many [default: 600].
     #[arg(long)]
     pub user_write_rate_limit: Option<u32>,
 }
@@ -192,7 +192,8 @@ pub struct Config {
     pub max_connections_per_core: usize,
     /// Sends per second per connection.
     pub send_rate_limit: u32,
-    /// HTTP writes other than signup/login per user per minute (bursts of as many).
+    /// HTTP writes other than signup, login and logout per user per minute
+    /// (bursts of as many).
     pub user_write_rate_limit: u32,
 }
 
