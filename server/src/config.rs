@@ -106,6 +106,11 @@ pub struct Flags {
     /// line only and hidden from `--help`: tests shrink it to fill the queue.
     #[arg(long, hide = true)]
     pub writer_queue_capacity: Option<usize>,
+    /// HTTP writes other than signup, login and logout (friend requests, groups,
+    /// DMs, read markers, membership changes) one user may make per minute,
+    /// bursts of as many [default: 600].
+    #[arg(long)]
+    pub user_write_rate_limit: Option<u32>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -126,7 +131,15 @@ struct FileConfig {
     max_connections_per_core: Option<usize>,
     send_rate_limit: Option<u32>,
     max_sessions_per_user: Option<usize>,
+    user_write_rate_limit: Option<u32>,
 }
+
+/// Default `--user-write-rate-limit`: HTTP writes per user per minute, bursts of
+/// as many. A person befriending, creating groups and marking chats read makes a
+/// few a minute; a client marking every chat read on start-up makes one per chat.
+/// 600 (10 a second sustained) leaves both far inside it, while one account can
+/// cost the store at most 10 synced batches a second.
+pub const DEFAULT_USER_WRITE_RATE_LIMIT: u32 = 600;
 
 /// Default `--heartbeat-timeout`. Clients ping every third of it (60 s): an idle
 /// phone wakes its radio once a minute — each wake-up keeps a cellular radio in
@@ -197,6 +210,9 @@ pub struct Config {
     pub core_queue_capacity: usize,
     /// Ops the storage writer's queue holds (internal; tests make it tiny).
     pub writer_queue_capacity: usize,
+    /// HTTP writes other than signup, login and logout per user per minute
+    /// (bursts of as many).
+    pub user_write_rate_limit: u32,
 }
 
 impl Default for Config {
@@ -217,6 +233,7 @@ impl Default for Config {
             max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
             core_queue_capacity: crate::runtime::QUEUE_CAPACITY,
             writer_queue_capacity: crate::store::writer::CHANNEL_CAPACITY,
+            user_write_rate_limit: DEFAULT_USER_WRITE_RATE_LIMIT,
         }
     }
 }
@@ -283,6 +300,10 @@ impl Config {
                 .unwrap_or(d.max_sessions_per_user),
             core_queue_capacity: flags.core_queue_capacity.unwrap_or(d.core_queue_capacity),
             writer_queue_capacity: flags.writer_queue_capacity.unwrap_or(d.writer_queue_capacity),
+            user_write_rate_limit: flags
+                .user_write_rate_limit
+                .or(file.user_write_rate_limit)
+                .unwrap_or(d.user_write_rate_limit),
         };
         config.validate()?;
         Ok(config)
@@ -318,6 +339,9 @@ impl Config {
         }
         if self.auth_rate_limit == 0 {
             return invalid("auth-rate-limit", "must be at least 1 per minute");
+        }
+        if self.user_write_rate_limit == 0 {
+            return invalid("user-write-rate-limit", "must be at least 1 per minute");
         }
         if self.send_rate_limit == 0 {
             return invalid("send-rate-limit", "must be at least 1 per second");
@@ -428,6 +452,45 @@ mod tests {
                 err,
                 ConfigError::Invalid {
                     key: "presence-grace",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn user_write_rate_limit_comes_from_the_file_or_the_flag_and_is_positive() {
+        assert_eq!(
+            Config::default().user_write_rate_limit,
+            DEFAULT_USER_WRITE_RATE_LIMIT
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, "user_write_rate_limit = 42\n").unwrap();
+        let from_file = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.user_write_rate_limit, 42);
+        let flag = Config::from_flags(Flags {
+            config: Some(path),
+            user_write_rate_limit: Some(7),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(flag.user_write_rate_limit, 7);
+        let err = Config::from_flags(Flags {
+            user_write_rate_limit: Some(0),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "user-write-rate-limit",
                     ..
                 }
             ),

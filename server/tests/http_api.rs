@@ -35,6 +35,7 @@ struct Answer {
     status: u16,
     content_type: Option<String>,
     allow: Option<String>,
+    retry_after: Option<String>,
     text: String,
     json: Value,
 }
@@ -155,6 +156,7 @@ fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answ
             .map(str::to_owned)
     };
     let (content_type, allow) = (header("content-type"), header("allow"));
+    let retry_after = header("retry-after");
     let status = resp.status().as_u16();
     let text = resp.body_mut().read_to_string().unwrap();
     let json = if text.is_empty() {
@@ -172,6 +174,7 @@ fn answer(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answ
         status,
         content_type,
         allow,
+        retry_after,
         text,
         json,
     }
@@ -650,4 +653,170 @@ fn group_members_change_through_the_owner_core_durably() {
         Some(&alice.token),
     );
     assert_eq!((removed_again.status, removed_again.code()), (404, "not_member"));
+}
+
+#[test]
+fn an_owner_who_leaves_hands_the_group_to_the_longest_standing_member() {
+    let mut server = support::start();
+    let http = Http::new(&server);
+    let alice = http.account("alice");
+    let bob = http.account("bob");
+    let carol = http.account("carol");
+    let dave = http.account("dave");
+    let erin = http.account("erin");
+    for friend in [&bob, &carol, &dave] {
+        http.befriend(&alice, friend);
+    }
+    http.befriend(&carol, &erin);
+    // carol and dave join at creation (the same instant: the lower id, carol,
+    // stands longer); bob joins later, though his id is lower than both.
+    let created = http.post(
+        "/v1/groups",
+        Some(&alice.token),
+        Some(json!({"name": "g", "members": [dave.id, carol.id]})),
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let group = created.json["chat_id"].as_u64().unwrap();
+    let created_at = std::time::SystemTime::now();
+    assert!(
+        support::wait_until(Duration::from_secs(5), || created_at
+            .elapsed()
+            .is_ok_and(|e| e >= Duration::from_millis(5))),
+        "the wall clock moves on"
+    );
+    let add = |by: &User, user: u64| {
+        http.post(
+            &format!("/v1/groups/{group}/members"),
+            Some(&by.token),
+            Some(json!({"user_id": user})),
+        )
+    };
+    let remove =
+        |by: &User, user: u64| http.delete(&format!("/v1/groups/{group}/members/{user}"), Some(&by.token));
+    let show = |http: &Http, by: &User| http.get(&format!("/v1/groups/{group}"), Some(&by.token));
+    let ids = |a: &Answer| -> Vec<u64> {
+        a.json["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["user_id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(add(&alice, bob.id).status, 201);
+
+    // The owner leaves: carol owns the group now, durably, before the 204.
+    assert_eq!(remove(&alice, alice.id).status, 204);
+    let seen = show(&http, &bob);
+    assert_eq!(seen.json["owner"], carol.id, "{seen:?}");
+    assert_eq!(ids(&seen), [bob.id, carol.id, dave.id]);
+    assert_eq!(show(&http, &alice).code(), "unknown_chat", "alice is gone");
+    // carol adds her friends and removes others; nobody else does.
+    assert_eq!(add(&carol, erin.id).status, 201);
+    let by_bob = remove(&bob, dave.id);
+    assert_eq!((by_bob.status, by_bob.code()), (403, "not_owner"));
+    let by_alice = add(&alice, alice.id);
+    assert_eq!((by_alice.status, by_alice.code()), (404, "unknown_chat"));
+    assert_eq!(remove(&carol, dave.id).status, 204);
+
+    // Ownership survives a restart.
+    server.restart();
+    let http = Http::new(&server);
+    let seen = show(&http, &erin);
+    assert_eq!(
+        (seen.json["owner"].as_u64(), ids(&seen)),
+        (Some(carol.id), vec![bob.id, carol.id, erin.id])
+    );
+    let by_bob = http.delete(
+        &format!("/v1/groups/{group}/members/{}", erin.id),
+        Some(&bob.token),
+    );
+    assert_eq!((by_bob.status, by_bob.code()), (403, "not_owner"));
+
+    // Everyone leaves in turn; each hand-over goes to the longest-standing
+    // (bob joined before erin); the last one leaves an empty group nobody reaches.
+    let leave = |user: &User| {
+        http.delete(
+            &format!("/v1/groups/{group}/members/{}", user.id),
+            Some(&user.token),
+        )
+        .status
+    };
+    assert_eq!(leave(&carol), 204);
+    assert_eq!(show(&http, &erin).json["owner"], bob.id);
+    assert_eq!(leave(&bob), 204);
+    assert_eq!(show(&http, &erin).json["owner"], erin.id);
+    assert_eq!(leave(&erin), 204);
+    for user in [&alice, &bob, &carol, &dave, &erin] {
+        assert_eq!(show(&http, user).code(), "unknown_chat");
+        let chats = http.get("/v1/chats", Some(&user.token));
+        assert_eq!(chats.json, json!({"chats": []}), "{}", user.name);
+    }
+}
+
+#[test]
+fn writes_are_rate_limited_per_user_with_retry_after() {
+    let server = support::start_with(&["--user-write-rate-limit", "4"]);
+    let http = Http::new(&server);
+    let alice = http.account("alice");
+    let bob = http.account("bob");
+    http.account("carol");
+    // Signup and login are not counted; befriending costs alice one write.
+    http.befriend(&alice, &bob);
+    let dm = http.post("/v1/dms", Some(&alice.token), Some(json!({"user_id": bob.id})));
+    assert_eq!(dm.status, 201, "{dm:?}");
+    let chat = dm.json["chat_id"].as_u64().unwrap();
+    let read = http.post(
+        &format!("/v1/chats/{chat}/read"),
+        Some(&alice.token),
+        Some(json!({"seq": 0})),
+    );
+    assert_eq!(read.status, 200, "{read:?}");
+    let ask = http.post(
+        "/v1/friends/requests",
+        Some(&alice.token),
+        Some(json!({"username": "carol"})),
+    );
+    assert_eq!(ask.status, 200, "{ask:?}");
+    // The burst of 4 is spent: the fifth write is refused, with when to retry.
+    let limited = http.post(
+        "/v1/groups",
+        Some(&alice.token),
+        Some(json!({"name": "g", "members": []})),
+    );
+    assert_eq!(
+        (limited.status, limited.code()),
+        (429, "rate_limited"),
+        "{limited:?}"
+    );
+    assert_eq!(
+        limited.retry_after.as_deref(),
+        Some("15"),
+        "4 a minute: one every 15 s"
+    );
+    // Reads and other users go on; so does logout.
+    assert_eq!(http.get("/v1/chats", Some(&alice.token)).status, 200);
+    let other = http.post(
+        "/v1/groups",
+        Some(&bob.token),
+        Some(json!({"name": "g", "members": []})),
+    );
+    assert_eq!(other.status, 201, "{other:?}");
+    assert_eq!(http.post("/v1/logout", Some(&alice.token), None).status, 204);
+}
+
+#[test]
+fn a_403_goes_out_as_forbidden() {
+    let server = support::start();
+    let http = Http::new(&server);
+    let alice = http.account("alice");
+    let bob = http.account("bob");
+    let body = format!(r#"{{"user_id":{}}}"#, bob.id);
+    let request = format!(
+        "POST /v1/dms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        alice.token,
+        body.len()
+    );
+    let answer = raw_exchange(server.http, request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    assert!(answer.contains(r#""code":"not_friends""#), "{answer}");
 }

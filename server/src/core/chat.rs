@@ -114,6 +114,14 @@ pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debu
     /// The store failed.
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
 
+    /// When `user` joined `chat` (ms since the Unix epoch) as committed, or
+    /// `None` when it is not a committed member. The owner core reads it to pick
+    /// the next owner when a group's owner leaves.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError>;
+
     /// A user's accepted friends (presence loads them on the user's first session).
     ///
     /// # Errors
@@ -158,6 +166,10 @@ impl ChatStore for Store {
 
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
         Store::are_friends(self, a, b)
+    }
+
+    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError> {
+        Store::member_since(self, chat, user)
     }
 
     fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {

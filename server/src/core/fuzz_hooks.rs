@@ -1,7 +1,7 @@
 //! What the fuzz targets (and tests) may see of a [`Core`] beyond its driving
 //! API: the phase of each connection and a consistency check of the core's
 //! internal indexes. Compiled only for tests and the `fuzzing` feature
-//! (STYLE.md convention 12); the runtime never calls it.
+//! (CONTRIBUTING.md, convention 12); the runtime never calls it.
 //!
 //! `natter_server::fuzzing::session` uses both after every event it feeds two
 //! cores: [`Core::phase`] to cross-check its own model of each connection (a

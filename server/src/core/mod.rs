@@ -1270,7 +1270,7 @@ impl Core {
         } = change;
         let result = self.apply_membership(chat, actor, user, add);
         match result {
-            Ok(()) => {
+            Ok(new_owner) => {
                 self.next_ticket += 1;
                 let ticket = self.next_ticket;
                 self.memberships.insert(ticket, (chat, reply));
@@ -1282,6 +1282,7 @@ impl Core {
                     chat,
                     user,
                     add,
+                    new_owner,
                     ticket,
                 }));
             }
@@ -1292,13 +1293,18 @@ impl Core {
         }
     }
 
+    /// Decides and applies one membership change in memory. Returns the new
+    /// owner when the change is the owner leaving: the longest-standing
+    /// remaining member (earliest committed `member_since`, ties to the lowest
+    /// id; a member whose add is not committed yet joined last), or `None` when
+    /// nobody remains — an empty group that nobody can reach.
     fn apply_membership(
         &mut self,
         chat_id: ChatId,
         actor: UserId,
         user: UserId,
         add: bool,
-    ) -> Result<(), MembershipError> {
+    ) -> Result<Option<UserId>, MembershipError> {
         let cores = self.config.cores;
         let store = self.store.clone();
         let chat = match self.load_chat(chat_id) {
@@ -1312,6 +1318,7 @@ impl Core {
         if !chat.members.contains(&actor) {
             return Err(MembershipError::UnknownChat);
         }
+        let mut new_owner = None;
         if add {
             if actor != chat.owner {
                 return Err(MembershipError::NotOwner);
@@ -1332,12 +1339,29 @@ impl Core {
             if actor != chat.owner && actor != user {
                 return Err(MembershipError::NotOwner);
             }
-            if !chat.members.remove(&user) {
+            if !chat.members.contains(&user) {
                 return Err(MembershipError::NotMember);
+            }
+            if user == chat.owner {
+                let mut next: Option<(u64, UserId)> = None;
+                for &member in chat.members.iter().filter(|m| **m != user) {
+                    let since = store
+                        .member_since(chat_id, member)
+                        .map_err(|e| MembershipError::Store(e.to_string()))?
+                        .unwrap_or(u64::MAX);
+                    if next.is_none_or(|best| (since, member) < best) {
+                        next = Some((since, member));
+                    }
+                }
+                new_owner = next.map(|(_, member)| member);
+            }
+            chat.members.remove(&user);
+            if let Some(owner) = new_owner {
+                chat.owner = owner;
             }
         }
         chat.rebuild_recipients(cores);
-        Ok(())
+        Ok(new_owner)
     }
 
     /// The connection's outbound buffer overflowed: it is a slow consumer. An

@@ -1034,3 +1034,76 @@ fn pre_authentication_input_is_capped_and_an_honest_hello_fits() {
     assert!(drain(&mut c).is_empty());
     assert_eq!(big.len(), 1004);
 }
+
+#[test]
+fn an_owner_who_leaves_hands_the_group_to_the_longest_standing_committed_member() {
+    let mut m = Mesh2::new();
+    let (ann, bob, cat, dan) = (m.user("ann"), m.user("bob"), m.user("cat"), m.user("dan"));
+    for friend in [bob, cat, dan] {
+        m.befriend(ann, friend);
+    }
+    m.befriend(cat, dan);
+    // cat (3) is a member from the start; bob (2, a lower id) is being added
+    // when ann leaves: an add that is not committed yet counts as the newest.
+    let chat = m.store.create_group(ann, "crew", &[cat]).unwrap();
+    type Reply = crossbeam_channel::Receiver<Result<(), MembershipError>>;
+    fn change(m: &mut Mesh2, chat: ChatId, actor: UserId, user: UserId, add: bool) -> Reply {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        let now = m.now;
+        m.cores[chat.owner_core(2).0].handle_membership(
+            MembershipChange {
+                chat,
+                actor,
+                user,
+                add,
+                reply,
+            },
+            now,
+        );
+        m.pump();
+        rx
+    }
+    let added = change(&mut m, chat, ann, bob, true);
+    let left = change(&mut m, chat, ann, ann, false);
+    let written: Vec<Option<UserId>> = m
+        .writes
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Membership { new_owner, .. } => Some(*new_owner),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(written, [None, Some(cat)], "the hand-over rides with the removal");
+    m.commit();
+    m.drain_membership_replies();
+    assert_eq!((added.try_recv(), left.try_recv()), (Ok(Ok(())), Ok(Ok(()))));
+    let info = m.store.chat(chat).unwrap().unwrap();
+    assert_eq!((info.owner, info.members), (cat, vec![bob, cat]));
+
+    // The core decides with the new owner at once: cat adds her friend and
+    // removes others; bob and ann cannot.
+    let by_bob = change(&mut m, chat, bob, cat, false);
+    m.drain_membership_replies();
+    assert_eq!(by_bob.try_recv(), Ok(Err(MembershipError::NotOwner)));
+    let by_ann = change(&mut m, chat, ann, dan, true);
+    m.drain_membership_replies();
+    assert_eq!(by_ann.try_recv(), Ok(Err(MembershipError::UnknownChat)));
+    let by_cat = change(&mut m, chat, cat, dan, true);
+    m.commit();
+    m.drain_membership_replies();
+    assert_eq!(by_cat.try_recv(), Ok(Ok(())));
+
+    // Everyone leaves; the last one leaves nobody to hand the group to.
+    for user in [cat, bob, dan] {
+        let rx = change(&mut m, chat, user, user, false);
+        m.commit();
+        m.drain_membership_replies();
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
+    }
+    let info = m.store.chat(chat).unwrap().unwrap();
+    assert!(info.members.is_empty());
+    assert_eq!(
+        info.owner, dan,
+        "bob joined before dan, so dan was the last owner"
+    );
+}

@@ -153,6 +153,7 @@ impl Instance {
             },
             // Never rate-limited, so the outcome of an input does not depend on earlier ones.
             auth_rate_limit: u32::MAX,
+            user_write_rate_limit: u32::MAX,
             ..Config::default()
         };
         let metrics = Arc::new(Metrics::new(config.cores));

@@ -1,10 +1,10 @@
 //! The logic of natter's fuzz targets, in one place for the fuzzer and for `cargo test`.
 //!
 //! Compiled only with the `fuzzing` cargo feature (which also pulls in `arbitrary`); a normal
-//! build of natterd has none of it. A feature rather than cargo-fuzz's `--cfg fuzzing` (STYLE.md
-//! convention 12), because `cargo test` must build it too: natter-server's tests enable the
-//! feature through a dev-dependency on natter-server itself, `fuzz/Cargo.toml` enables it for the
-//! targets. The hooks it needs live beside what they expose (`core/fuzz_hooks.rs`,
+//! build of natterd has none of it. A feature rather than cargo-fuzz's `--cfg fuzzing`
+//! (CONTRIBUTING.md, convention 12 and "Where natter differs"), because `cargo test` must build
+//! it too: natter-server's tests enable the feature through a dev-dependency on natter-server
+//! itself, `fuzz/Cargo.toml` enables it for the targets. The hooks it needs live beside what they expose (`core/fuzz_hooks.rs`,
 //! `store/fuzz_hooks.rs`). Each submodule owns one target and exposes a `run(&[u8])`
 //! function that feeds the bytes to one input surface and **panics** when an invariant breaks —
 //! a panic is what libFuzzer reports as a crash. The same functions are called by:

@@ -26,11 +26,11 @@ use crate::config::Config;
 use crate::http::Endpoints;
 use crate::http::error::HttpError;
 use crate::http::password::Passwords;
-use crate::http::ratelimit::RateLimiter;
+use crate::http::ratelimit::{RateLimiter, UserRateLimiter};
 use crate::ids::{ChatId, DeviceId, UserId};
 use crate::metrics::Metrics;
 use crate::runtime::{Command, MembershipChange, MembershipError, Mesh};
-use crate::store::{ChatInfo, ChatKind, FriendOutcome, MAX_GROUP_MEMBERS, Store, StoreError};
+use crate::store::{ChatInfo, ChatKind, FriendOutcome, MAX_FRIENDS, MAX_GROUP_MEMBERS, Store, StoreError};
 
 /// Shortest accepted username, in characters.
 pub const USERNAME_MIN: usize = 3;
@@ -80,6 +80,8 @@ pub struct Response {
     pub content_type: &'static str,
     /// For 405: the methods the route takes (the `Allow` header).
     pub allow: Option<&'static str>,
+    /// For 429: whole seconds until a retry can succeed (the `Retry-After` header).
+    pub retry_after: Option<u64>,
 }
 
 impl Response {
@@ -89,6 +91,7 @@ impl Response {
             body: value.to_string(),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl Response {
             body: String::new(),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -108,6 +112,7 @@ impl Response {
             body: error.body(),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -117,6 +122,7 @@ impl Response {
             body: error.body_with(message),
             content_type: JSON,
             allow: None,
+            retry_after: None,
         }
     }
 }
@@ -263,6 +269,8 @@ pub struct Api {
     endpoints: Endpoints,
     passwords: Passwords,
     limiter: RateLimiter,
+    /// Writes other than signup and login, per user (`--user-write-rate-limit`).
+    writes: UserRateLimiter,
 }
 
 /// The outcome of a handler: a success response or an error from the catalogue.
@@ -272,7 +280,8 @@ impl Api {
     /// Builds the API over the shared store, the core mesh (for logout) and the
     /// metrics, with limits from `config`: argon2 cost `config.password_cost`,
     /// at most `config.cores` hashes at once, `config.auth_rate_limit`
-    /// signups+logins per address per minute.
+    /// signups+logins per address per minute, `config.user_write_rate_limit`
+    /// other writes per user per minute.
     pub fn new(
         config: &Config,
         store: Arc<Store>,
@@ -287,6 +296,7 @@ impl Api {
             endpoints,
             passwords: Passwords::new(config.password_cost, config.cores),
             limiter: RateLimiter::new(config.auth_rate_limit),
+            writes: UserRateLimiter::new(config.user_write_rate_limit),
         }
     }
 
@@ -314,6 +324,7 @@ impl Api {
                 body: self.metrics.render(),
                 content_type: PROMETHEUS,
                 allow: None,
+                retry_after: None,
             }),
             Route::Endpoints => Ok(Response::json(200, &json!(&self.endpoints))),
             Route::Signup => self.signup(req),
@@ -421,7 +432,7 @@ impl Api {
     }
 
     fn request_friend(&self, req: &Request<'_>) -> Handled {
-        let (user, _) = self.authenticate(req)?;
+        let (user, _) = self.authenticate_write(req)?;
         let body: FriendRequestBody = parse_json(req.body)?;
         let name = validate_username(&body.username)?;
         let other = self
@@ -447,7 +458,7 @@ impl Api {
     }
 
     fn accept_friend(&self, req: &Request<'_>, id: &str) -> Handled {
-        let (user, _) = self.authenticate(req)?;
+        let (user, _) = self.authenticate_write(req)?;
         let from = parse_user_id(id)?;
         if self.store.accept_friend(user, from).map_err(store_error)? {
             self.friends_changed(user, from);
@@ -461,7 +472,7 @@ impl Api {
     }
 
     fn remove_friend(&self, req: &Request<'_>, id: &str) -> Handled {
-        let (user, _) = self.authenticate(req)?;
+        let (user, _) = self.authenticate_write(req)?;
         let other = parse_user_id(id)?;
         if self.store.remove_friend(user, other).map_err(store_error)? {
             self.friends_changed(user, other);
@@ -472,7 +483,7 @@ impl Api {
     }
 
     fn create_dm(&self, req: &Request<'_>) -> Handled {
-        let (user, _) = self.authenticate(req)?;
+        let (user, _) = self.authenticate_write(req)?;
         let body: UserIdBody = parse_json(req.body)?;
         let other = positive_user_id(body.user_id)?;
         if other == user {
@@ -495,7 +506,7 @@ impl Api {
     }
 
     fn create_group(&self, req: &Request<'_>) -> Handled {
-        let (owner, _) = self.authenticate(req)?;
+        let (owner, _) = self.authenticate_write(req)?;
         let body: GroupBody = parse_json(req.body)?;
         let name = validate_group_name(&body.name)?;
         // Collapse duplicates and the owner, keeping the request's order so that
@@ -556,7 +567,7 @@ impl Api {
     }
 
     fn add_member(&self, req: &Request<'_>, id: &str) -> Handled {
-        let (actor, _) = self.authenticate(req)?;
+        let (actor, _) = self.authenticate_write(req)?;
         let chat = parse_chat_id(id)?;
         let body: UserIdBody = parse_json(req.body)?;
         let user = positive_user_id(body.user_id)?;
@@ -572,7 +583,7 @@ impl Api {
     }
 
     fn remove_member(&self, req: &Request<'_>, id: &str, user: &str) -> Handled {
-        let (actor, _) = self.authenticate(req)?;
+        let (actor, _) = self.authenticate_write(req)?;
         let chat = parse_chat_id(id)?;
         let user = parse_user_id(user)?;
         self.group_of_member(actor, chat)?;
@@ -619,7 +630,7 @@ impl Api {
     /// `POST /v1/chats/{id}/read {"seq": n}`: the caller has read `chat` up to
     /// `n` (capped at the chat's last seq; the marker never moves back).
     fn mark_read(&self, req: &Request<'_>, id: &str) -> Handled {
-        let (user, _) = self.authenticate(req)?;
+        let (user, _) = self.authenticate_write(req)?;
         let chat = parse_chat_id(id)?;
         let body: ReadBody = parse_json(req.body)?;
         if self
@@ -762,12 +773,32 @@ impl Api {
             .ok_or_else(|| HttpError::InvalidToken.into())
     }
 
+    /// [`Api::authenticate`] for a write other than signup and login, then one
+    /// token of the user's write bucket: 429 `rate_limited` with `Retry-After`
+    /// when it is empty. Checked before the body is read, so refused requests
+    /// cost a token lookup and nothing more. Logout is not limited: revoking a
+    /// token must work even while someone floods writes with another of the
+    /// user's tokens.
+    fn authenticate_write(&self, req: &Request<'_>) -> Result<(UserId, DeviceId), Response> {
+        let (user, device) = self.authenticate(req)?;
+        self.writes
+            .check(user, Instant::now())
+            .map_err(|seconds| rate_limited(HttpError::UserRateLimited, seconds))?;
+        Ok((user, device))
+    }
+
     fn rate_limit(&self, req: &Request<'_>) -> Result<(), Response> {
-        if self.limiter.allow(req.remote, Instant::now()) {
-            Ok(())
-        } else {
-            Err(HttpError::RateLimited.into())
-        }
+        self.limiter
+            .check(req.remote, Instant::now())
+            .map_err(|seconds| rate_limited(HttpError::RateLimited, seconds))
+    }
+}
+
+/// A 429 answer with its `Retry-After` (whole seconds).
+fn rate_limited(error: HttpError, retry_after: u64) -> Response {
+    Response {
+        retry_after: Some(retry_after),
+        ..Response::error(error)
     }
 }
 
@@ -912,6 +943,12 @@ fn store_error(error: StoreError) -> Response {
         StoreError::SelfFriendship => HttpError::CannotBefriendSelf.into(),
         StoreError::SelfChat => HttpError::CannotChatWithSelf.into(),
         StoreError::TooManyMembers { .. } => HttpError::TooManyMembers.into(),
+        StoreError::TooManyFriends { user } => Response::error_with(
+            HttpError::TooManyFriends,
+            &format!("user {user} already has {MAX_FRIENDS} friends, the most a user has"),
+        ),
+        StoreError::TooManyOutgoingRequests => HttpError::TooManyOutgoingRequests.into(),
+        StoreError::TooManyIncomingRequests => HttpError::TooManyIncomingRequests.into(),
         StoreError::Io(e) => {
             tracing::error!(error = %e, "store unavailable");
             HttpError::Unavailable.into()

@@ -18,14 +18,14 @@
 //! | 400    | `invalid_username`     | username not 3–32 characters of `[a-z0-9_.-]` after lowercasing |
 //! | 400    | `invalid_password`     | password not 8–1024 bytes |
 //! | 400    | `invalid_device_name`  | device name not 1–64 characters, or has control characters |
-//! | 400    | `invalid_user_id`      | a `{user_id}` path segment is not a positive integer |
+//! | 400    | `invalid_user_id`      | a user id (path segment, query parameter or body field) is not a positive integer |
 //! | 400    | `cannot_befriend_self` | a friend request to yourself |
 //! | 400    | `invalid_chat_id`      | a `{chat_id}` path segment is not a positive integer |
 //! | 400    | `invalid_group_name`   | group name not 1–64 characters, blank, or has control characters |
 //! | 400    | `cannot_chat_with_self`| a direct chat with yourself |
 //! | 401    | `invalid_token`        | missing, malformed, unknown or revoked `Authorization: Bearer` token |
 //! | 401    | `invalid_credentials`  | login with an unknown username or a wrong password (same answer for both) |
-//! | 403    | `not_friends`          | a DM with, or a group member who is, not a friend (of the group's owner) |
+//! | 403    | `not_friends`          | a DM with, or a group member who is, not a friend (of the group's owner); the presence of a non-friend |
 //! | 403    | `not_owner`            | only a group's owner adds members or removes others |
 //! | 404    | `not_found`            | no such route |
 //! | 404    | `user_not_found`       | the named user does not exist |
@@ -37,9 +37,12 @@
 //! | 409    | `username_taken`       | signup with a name that exists (case-insensitively) |
 //! | 409    | `already_member`       | adding a user who is already a member |
 //! | 409    | `too_many_members`     | a group would have more than 100 members (owner included) |
+//! | 409    | `too_many_friends`     | a friendship would give you or the other user more than 5,000 friends |
+//! | 409    | `too_many_outgoing_requests` | you already have 1,000 friend requests waiting for an answer |
+//! | 409    | `too_many_incoming_requests` | the user you asked already has 1,000 requests waiting for their answer |
 //! | 411    | `length_required`      | a body sent without `Content-Length` (chunked bodies are not accepted) |
 //! | 413    | `body_too_large`       | body over 64 KiB |
-//! | 429    | `rate_limited`         | too many signups/logins from this address; retry later |
+//! | 429    | `rate_limited`         | too many signups/logins from this address, or too many writes from this account; retry after `Retry-After` seconds |
 //! | 431    | `headers_too_large`    | request line plus headers over 16 KiB, or over 64 headers |
 //! | 500    | `internal`             | a bug or a corrupt record; logged |
 //! | 503    | `unavailable`          | the store failed, the server is overloaded/stopping, or a group change got no answer in 10 s; retry later |
@@ -66,7 +69,7 @@ pub enum HttpError {
     InvalidPassword,
     /// 400: device name fails validation.
     InvalidDeviceName,
-    /// 400: a `{user_id}` path segment is not a positive integer.
+    /// 400: a user id (path segment, query parameter or body field) is not a positive integer.
     InvalidUserId,
     /// 400: a friend request to yourself.
     CannotBefriendSelf,
@@ -104,12 +107,24 @@ pub enum HttpError {
     AlreadyMember,
     /// 409: the group would exceed its member limit.
     TooManyMembers,
+    /// 409 (limit hit): a friendship would take one of the two users past
+    /// [`crate::store::MAX_FRIENDS`].
+    TooManyFriends,
+    /// 409 (limit hit): the caller already has
+    /// [`crate::store::MAX_OUTGOING_REQUESTS`] requests waiting for an answer.
+    TooManyOutgoingRequests,
+    /// 409 (limit hit): the user asked already has
+    /// [`crate::store::MAX_INCOMING_REQUESTS`] requests waiting for their answer.
+    TooManyIncomingRequests,
     /// 411: a body without `Content-Length`.
     LengthRequired,
     /// 413: body over the limit.
     BodyTooLarge,
     /// 429: too many signups/logins from this address.
     RateLimited,
+    /// 429 (code `rate_limited`): too many writes from this account
+    /// (`--user-write-rate-limit`).
+    UserRateLimited,
     /// 431: request head over the limit.
     HeadersTooLarge,
     /// 500: a bug or a corrupt record.
@@ -119,6 +134,48 @@ pub enum HttpError {
 }
 
 impl HttpError {
+    /// Every entry of the catalogue, in table order (the tests check that no
+    /// variant is missing and that each status has its reason phrase).
+    pub const ALL: [HttpError; 37] = [
+        Self::BadRequest,
+        Self::MalformedJson,
+        Self::UnknownField,
+        Self::MissingField,
+        Self::InvalidType,
+        Self::InvalidUsername,
+        Self::InvalidPassword,
+        Self::InvalidDeviceName,
+        Self::InvalidUserId,
+        Self::CannotBefriendSelf,
+        Self::InvalidChatId,
+        Self::InvalidGroupName,
+        Self::CannotChatWithSelf,
+        Self::InvalidToken,
+        Self::InvalidCredentials,
+        Self::FriendshipRequired,
+        Self::NotOwner,
+        Self::NotFound,
+        Self::UserNotFound,
+        Self::NoFriendRequest,
+        Self::NotFriends,
+        Self::UnknownChat,
+        Self::NotMember,
+        Self::MethodNotAllowed,
+        Self::UsernameTaken,
+        Self::AlreadyMember,
+        Self::TooManyMembers,
+        Self::TooManyFriends,
+        Self::TooManyOutgoingRequests,
+        Self::TooManyIncomingRequests,
+        Self::LengthRequired,
+        Self::BodyTooLarge,
+        Self::RateLimited,
+        Self::UserRateLimited,
+        Self::HeadersTooLarge,
+        Self::Internal,
+        Self::Unavailable,
+    ];
+
     /// The catalogue: `(status, code, default message)`.
     pub fn parts(self) -> (u16, &'static str, &'static str) {
         match self {
@@ -189,6 +246,17 @@ impl HttpError {
                 "too_many_members",
                 "a group has at most 100 members, its owner included",
             ),
+            Self::TooManyFriends => (409, "too_many_friends", "a user has at most 5000 friends"),
+            Self::TooManyOutgoingRequests => (
+                409,
+                "too_many_outgoing_requests",
+                "you have 1000 friend requests waiting for an answer; withdraw some first",
+            ),
+            Self::TooManyIncomingRequests => (
+                409,
+                "too_many_incoming_requests",
+                "that user has 1000 friend requests waiting for their answer",
+            ),
             Self::LengthRequired => (
                 411,
                 "length_required",
@@ -199,6 +267,11 @@ impl HttpError {
                 429,
                 "rate_limited",
                 "too many signups or logins from your address; retry later",
+            ),
+            Self::UserRateLimited => (
+                429,
+                "rate_limited",
+                "too many writes from your account; retry after Retry-After seconds",
             ),
             Self::HeadersTooLarge => (431, "headers_too_large", "request headers are too large"),
             Self::Internal => (500, "internal", "internal server error"),
@@ -251,5 +324,70 @@ mod tests {
         assert_eq!(v["error"]["code"], "username_taken");
         assert_eq!(v["error"]["message"], "name \"x\" is taken");
         assert_eq!(HttpError::NotFound.status(), 404);
+    }
+
+    /// The position of `e` in [`HttpError::ALL`]; an exhaustive match, so a new
+    /// variant does not compile until it is listed here (and in `ALL`).
+    fn position(e: HttpError) -> usize {
+        use HttpError as E;
+        match e {
+            E::BadRequest => 0,
+            E::MalformedJson => 1,
+            E::UnknownField => 2,
+            E::MissingField => 3,
+            E::InvalidType => 4,
+            E::InvalidUsername => 5,
+            E::InvalidPassword => 6,
+            E::InvalidDeviceName => 7,
+            E::InvalidUserId => 8,
+            E::CannotBefriendSelf => 9,
+            E::InvalidChatId => 10,
+            E::InvalidGroupName => 11,
+            E::CannotChatWithSelf => 12,
+            E::InvalidToken => 13,
+            E::InvalidCredentials => 14,
+            E::FriendshipRequired => 15,
+            E::NotOwner => 16,
+            E::NotFound => 17,
+            E::UserNotFound => 18,
+            E::NoFriendRequest => 19,
+            E::NotFriends => 20,
+            E::UnknownChat => 21,
+            E::NotMember => 22,
+            E::MethodNotAllowed => 23,
+            E::UsernameTaken => 24,
+            E::AlreadyMember => 25,
+            E::TooManyMembers => 26,
+            E::TooManyFriends => 27,
+            E::TooManyOutgoingRequests => 28,
+            E::TooManyIncomingRequests => 29,
+            E::LengthRequired => 30,
+            E::BodyTooLarge => 31,
+            E::RateLimited => 32,
+            E::UserRateLimited => 33,
+            E::HeadersTooLarge => 34,
+            E::Internal => 35,
+            E::Unavailable => 36,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_variant_once() {
+        for (i, e) in HttpError::ALL.iter().enumerate() {
+            assert_eq!(position(*e), i, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn codes_are_snake_case_and_statuses_are_errors() {
+        for e in HttpError::ALL {
+            let (status, code, message) = e.parts();
+            assert!((400..600).contains(&status), "{e:?}");
+            assert!(
+                !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+            assert!(!message.is_empty());
+        }
     }
 }

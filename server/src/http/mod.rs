@@ -6,7 +6,8 @@
 //!   function of a parsed [`Request`], so it is tested (and fuzzed) without sockets.
 //! * `error.rs` — [`HttpError`]: the one table of status codes and error codes.
 //! * `password.rs` — argon2id hashing, at most `cores` at once.
-//! * `ratelimit.rs` — per-address token buckets for signup and login.
+//! * `ratelimit.rs` — token buckets: per address for signup and login, per user
+//!   for every other write (LRU-bounded).
 //! * `server.rs` — [`start`]: HTTP/1.1 over TCP (httparse, one mio I/O thread,
 //!   a worker pool), with every size, count and time bounded.
 

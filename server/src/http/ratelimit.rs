@@ -1,4 +1,5 @@
-//! Per-address token buckets for signup and login.
+//! Token buckets: per source address for signup and login ([`RateLimiter`]),
+//! per user for the other writes ([`UserRateLimiter`]).
 //!
 //! Each source address gets a bucket holding up to `per_minute` tokens (the
 //! burst), refilled continuously at `per_minute` per minute; a request takes one
@@ -9,14 +10,28 @@
 //! is full, buckets that have refilled completely (they carry no information) are
 //! dropped; if every bucket is still in use, a new address is refused rather than
 //! letting an attacker evict the buckets of addresses that are being limited.
+//!
+//! The per-user table is bounded too ([`MAX_TRACKED_USERS`]) but never refuses
+//! a user for being full: it evicts the least recently used bucket instead. A
+//! user is authenticated (accounts cost a rate-limited signup each), so a full
+//! table can only push out the bucket of a user who wrote less recently than
+//! everyone else tracked, and that user comes back with a fresh bucket — at
+//! worst one extra burst, never a lock-out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::ids::UserId;
+
 /// Most addresses tracked at once: ~100k × ~48 bytes ≈ 5 MB at worst.
 pub(crate) const MAX_TRACKED: usize = 100_000;
+
+/// Most users whose write buckets are kept at once: each costs a map entry and
+/// an LRU entry (~100 bytes), so ~10 MB at worst; past it, the least recently
+/// used bucket is evicted (see the module docs).
+pub(crate) const MAX_TRACKED_USERS: usize = 100_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -63,7 +78,17 @@ impl RateLimiter {
     }
 
     /// Takes one token for `addr` at `now`; false when the address is over its limit.
+    #[cfg(test)]
     pub(crate) fn allow(&self, addr: IpAddr, now: Instant) -> bool {
+        self.check(addr, now).is_ok()
+    }
+
+    /// Takes one token for `addr` at `now`.
+    ///
+    /// # Errors
+    /// The address is over its limit (or the table is full of active buckets):
+    /// the time until a retry can succeed, in whole seconds, at least 1.
+    pub(crate) fn check(&self, addr: IpAddr, now: Instant) -> Result<(), u64> {
         let key = group(addr);
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let Table { buckets, last_sweep } = &mut *table;
@@ -81,7 +106,7 @@ impl RateLimiter {
                 }
             }
             if buckets.len() >= self.max_tracked {
-                return false;
+                return Err(1);
             }
         }
         let bucket = buckets.entry(key).or_insert(Bucket {
@@ -91,12 +116,104 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.per_sec).min(self.burst);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
+        take(&mut bucket.tokens, self.per_sec)
+    }
+}
+
+/// Takes a token from `tokens`, or says how many whole seconds (at least 1)
+/// until one has refilled at `per_sec`.
+fn take(tokens: &mut f64, per_sec: f64) -> Result<(), u64> {
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        Ok(())
+    } else {
+        let wait = ((1.0 - *tokens) / per_sec).ceil();
+        // `as` saturates; the bucket refills within a minute anyway.
+        Err((wait as u64).max(1))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UserBucket {
+    tokens: f64,
+    updated: Instant,
+    /// This bucket's key in [`UserTable::lru`] (with `updated`).
+    stamp: u64,
+}
+
+/// Token buckets by user id, for the side-port's writes other than signup and
+/// login. `per_minute` tokens per user, refilled continuously, bursts of as many.
+#[derive(Debug)]
+pub(crate) struct UserRateLimiter {
+    burst: f64,
+    per_sec: f64,
+    max_tracked: usize,
+    table: Mutex<UserTable>,
+}
+
+#[derive(Debug, Default)]
+struct UserTable {
+    buckets: HashMap<UserId, UserBucket>,
+    /// Every bucket by `(updated, stamp)`: the first entry is the least recently used.
+    lru: BTreeMap<(Instant, u64), UserId>,
+    next_stamp: u64,
+}
+
+impl UserRateLimiter {
+    /// `per_minute` writes per user per minute, with a burst of as many.
+    pub(crate) fn new(per_minute: u32) -> Self {
+        Self::with_capacity(per_minute, MAX_TRACKED_USERS)
+    }
+
+    fn with_capacity(per_minute: u32, max_tracked: usize) -> Self {
+        let burst = f64::from(per_minute.max(1));
+        Self {
+            burst,
+            per_sec: burst / 60.0,
+            max_tracked: max_tracked.max(1),
+            table: Mutex::new(UserTable::default()),
         }
+    }
+
+    /// Takes one token for `user` at `now`.
+    ///
+    /// # Errors
+    /// The user is over its limit: whole seconds (at least 1) until a retry can succeed.
+    pub(crate) fn check(&self, user: UserId, now: Instant) -> Result<(), u64> {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let UserTable {
+            buckets,
+            lru,
+            next_stamp,
+        } = &mut *table;
+        let mut bucket = match buckets.get(&user) {
+            Some(b) => {
+                lru.remove(&(b.updated, b.stamp));
+                *b
+            }
+            None => {
+                if buckets.len() >= self.max_tracked
+                    && let Some((_, evicted)) = lru.pop_first()
+                {
+                    buckets.remove(&evicted);
+                }
+                UserBucket {
+                    tokens: self.burst,
+                    updated: now,
+                    stamp: 0,
+                }
+            }
+        };
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_sec).min(self.burst);
+        // Never move a bucket back in time (callers' clocks race by microseconds).
+        bucket.updated = bucket.updated.max(now);
+        *next_stamp += 1;
+        bucket.stamp = *next_stamp;
+        let result = take(&mut bucket.tokens, self.per_sec);
+        lru.insert((bucket.updated, bucket.stamp), user);
+        buckets.insert(user, bucket);
+        result
     }
 }
 
@@ -165,5 +282,65 @@ mod tests {
         let later = t0 + Duration::from_secs(61);
         assert!(rl.allow(ip("10.0.0.3"), later), "refilled buckets were evicted");
         assert!(rl.table.lock().unwrap().buckets.len() <= 2);
+    }
+
+    #[test]
+    fn refusals_say_when_to_retry() {
+        let rl = RateLimiter::new(3);
+        let t0 = Instant::now();
+        let a = ip("10.0.0.1");
+        for _ in 0..3 {
+            assert_eq!(rl.check(a, t0), Ok(()));
+        }
+        // One token every 20 s.
+        assert_eq!(rl.check(a, t0), Err(20));
+        assert_eq!(rl.check(a, t0 + Duration::from_millis(15_500)), Err(5));
+    }
+
+    #[test]
+    fn users_get_a_burst_then_the_rate_and_retry_after() {
+        let rl = UserRateLimiter::new(60);
+        let t0 = Instant::now();
+        let (alice, bob) = (UserId(1), UserId(2));
+        for i in 0..60 {
+            assert_eq!(rl.check(alice, t0), Ok(()), "write {i} of the burst");
+        }
+        assert_eq!(rl.check(alice, t0), Err(1), "one token a second");
+        assert_eq!(rl.check(bob, t0), Ok(()), "users are independent");
+        assert_eq!(rl.check(alice, t0 + Duration::from_millis(1_001)), Ok(()));
+        assert!(rl.check(alice, t0 + Duration::from_millis(1_001)).is_err());
+        let slow = UserRateLimiter::new(2);
+        assert_eq!((slow.check(bob, t0), slow.check(bob, t0)), (Ok(()), Ok(())));
+        assert_eq!(slow.check(bob, t0), Err(30));
+    }
+
+    #[test]
+    fn a_full_user_table_evicts_the_least_recently_used_and_never_locks_out() {
+        let rl = UserRateLimiter::with_capacity(1, 3);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        for (i, id) in [1, 2, 3].into_iter().enumerate() {
+            assert_eq!(rl.check(UserId(id), at(i as u64)), Ok(()));
+        }
+        // All three are limited; user 1 is the least recently used.
+        assert!(rl.check(UserId(2), at(10)).is_err());
+        assert!(rl.check(UserId(3), at(11)).is_err());
+        // A fourth user is served, whatever the table holds: user 1 is evicted.
+        assert_eq!(rl.check(UserId(4), at(12)), Ok(()));
+        {
+            let table = rl.table.lock().unwrap();
+            assert_eq!(table.buckets.len(), 3);
+            assert_eq!(table.lru.len(), 3);
+            assert!(!table.buckets.contains_key(&UserId(1)));
+        }
+        // The limited users kept their buckets; the evicted one starts afresh.
+        assert!(rl.check(UserId(2), at(13)).is_err());
+        assert_eq!(rl.check(UserId(1), at(14)), Ok(()));
+        // Thousands of new users never grow the table past its bound.
+        for id in 100..5_000 {
+            assert_eq!(rl.check(UserId(id), at(20 + id)), Ok(()));
+        }
+        let table = rl.table.lock().unwrap();
+        assert_eq!((table.buckets.len(), table.lru.len()), (3, 3));
     }
 }

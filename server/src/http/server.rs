@@ -91,6 +91,35 @@ pub struct HttpServer {
 /// # Errors
 /// Creating the poll, registering the listener or spawning a thread failed.
 pub fn start(listener: std::net::TcpListener, api: Arc<Api>, workers: usize) -> io::Result<HttpServer> {
+    start_with(listener, api, workers, Timeouts::DEFAULT)
+}
+
+/// A connection's time limits: the consts in natterd; shorter in tests, so that
+/// the limits can be attacked without waiting for them.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// [`REQUEST_TIMEOUT`].
+    request: Duration,
+    /// [`IDLE_TIMEOUT`].
+    idle: Duration,
+    /// [`WRITE_TIMEOUT`].
+    write: Duration,
+}
+
+impl Timeouts {
+    const DEFAULT: Self = Self {
+        request: REQUEST_TIMEOUT,
+        idle: IDLE_TIMEOUT,
+        write: WRITE_TIMEOUT,
+    };
+}
+
+fn start_with(
+    listener: std::net::TcpListener,
+    api: Arc<Api>,
+    workers: usize,
+    timeouts: Timeouts,
+) -> io::Result<HttpServer> {
     let workers = workers.max(1);
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;
@@ -122,6 +151,7 @@ pub fn start(listener: std::net::TcpListener, api: Arc<Api>, workers: usize) -> 
         conns: Slab::new(),
         done: done_rx,
         ctx: Ctx {
+            timeouts,
             jobs: job_tx,
             stop: stop.clone(),
             api,
@@ -379,6 +409,9 @@ fn encode(response: &Response, close: bool) -> Vec<u8> {
     if let Some(allow) = response.allow {
         let _ = write!(head, "Allow: {allow}\r\n");
     }
+    if let Some(seconds) = response.retry_after {
+        let _ = write!(head, "Retry-After: {seconds}\r\n");
+    }
     head.push_str("Cache-Control: no-store\r\n");
     if close {
         head.push_str("Connection: close\r\n");
@@ -391,13 +424,18 @@ fn encode(response: &Response, close: bool) -> Vec<u8> {
     bytes
 }
 
+/// The reason phrase of every status the side-port sends (RFC 9110, section 15).
+/// A status missing here gets an empty phrase (which HTTP/1.1 allows), never a
+/// made-up one; `every_status_sent_has_its_reason_phrase` checks the list is complete.
 fn reason(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -407,12 +445,13 @@ fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
-        _ => "Unknown",
+        _ => "",
     }
 }
 
 /// What a connection step needs besides the connection itself.
 struct Ctx {
+    timeouts: Timeouts,
     jobs: Sender<Job>,
     stop: Arc<AtomicBool>,
     api: Arc<Api>,
@@ -523,7 +562,7 @@ impl IoLoop {
                 state: State::Reading,
                 continued: false,
                 drained: 0,
-                deadline: Some(Instant::now() + IDLE_TIMEOUT),
+                deadline: Some(Instant::now() + self.ctx.timeouts.idle),
             });
         }
         // Budget used up with connections possibly left in the backlog: the
@@ -546,7 +585,7 @@ impl IoLoop {
             } else {
                 State::Reading
             };
-            conn.deadline = Some(Instant::now() + WRITE_TIMEOUT);
+            conn.deadline = Some(Instant::now() + self.ctx.timeouts.write);
             self.drive(done.conn);
         }
     }
@@ -637,7 +676,7 @@ impl Ctx {
             if !conn.out.is_empty() {
                 conn.out.clear();
                 conn.out_pos = 0;
-                conn.deadline = Some(Instant::now() + IDLE_TIMEOUT);
+                conn.deadline = Some(Instant::now() + self.timeouts.idle);
             }
             match conn.state {
                 State::Closing => {
@@ -665,13 +704,13 @@ impl Ctx {
                         self.api.metrics().http.record(error.status());
                         conn.out = encode(&Response::error(error), true);
                         conn.state = State::Closing;
-                        conn.deadline = Some(Instant::now() + WRITE_TIMEOUT);
+                        conn.deadline = Some(Instant::now() + self.timeouts.write);
                         continue;
                     }
                     Parsed::Partial { expect_continue } => {
                         if expect_continue && !conn.continued {
                             conn.continued = true;
-                            conn.out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+                            conn.out = format!("HTTP/1.1 100 {}\r\n\r\n", reason(100)).into_bytes();
                             continue;
                         }
                     }
@@ -683,7 +722,7 @@ impl Ctx {
                 Ok(0) => return false,
                 Ok(n) => {
                     if conn.buf.is_empty() {
-                        conn.deadline = Some(Instant::now() + REQUEST_TIMEOUT);
+                        conn.deadline = Some(Instant::now() + self.timeouts.request);
                     }
                     conn.buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
                 }
@@ -722,7 +761,7 @@ impl Ctx {
                 self.api.metrics().http.record(HttpError::Unavailable.status());
                 conn.out = encode(&Response::error(HttpError::Unavailable), true);
                 conn.state = State::Closing;
-                conn.deadline = Some(Instant::now() + WRITE_TIMEOUT);
+                conn.deadline = Some(Instant::now() + self.timeouts.write);
             }
         }
     }
@@ -870,6 +909,121 @@ mod tests {
         );
     }
 
+    /// Reads one `GET /healthz` answer from a keep-alive connection.
+    fn read_healthz(stream: &mut std::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 512];
+        while !out.ends_with(br#"{"status":"ok"}"#) {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn at_most_max_connections_are_open_and_one_more_gets_503() {
+        let h = crate::http::api::tests::harness(30);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = start(listener, h.api.clone(), 2).unwrap();
+        let addr = server.local_addr();
+        // Fill every slot, each proven open by an answer on it.
+        let mut open: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS)
+            .map(|_| {
+                let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+                assert!(read_healthz(&mut stream).starts_with("HTTP/1.1 200 OK\r\n"));
+                stream
+            })
+            .collect();
+        // One more is answered 503 at once and closed (it sends nothing, so the
+        // close cannot reset the answer away).
+        let mut extra = std::net::TcpStream::connect(addr).unwrap();
+        extra.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = String::new();
+        extra.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains(r#""code":"unavailable""#), "{answer}");
+        // The held connections are still served.
+        let held = open.last_mut().unwrap();
+        held.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        assert!(read_healthz(held).starts_with("HTTP/1.1 200 OK\r\n"));
+        // A slot freed is a slot for the next client, once the close is seen.
+        drop(open.pop());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let served = loop {
+            let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+            if answer.starts_with("HTTP/1.1 200 OK\r\n") {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+        };
+        assert!(served, "a freed slot is reused");
+        drop(open);
+        server.shutdown();
+    }
+
+    #[test]
+    fn idle_connections_and_slow_requests_are_closed_at_their_deadlines() {
+        let h = crate::http::api::tests::harness(30);
+        let short = Duration::from_millis(300);
+        let long = Duration::from_secs(600);
+        let serve = |timeouts| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            start_with(listener, h.api.clone(), 2, timeouts).unwrap()
+        };
+        // Closed within the read timeout: only the short limit can have done it.
+        let closed_by_server = |stream: &mut std::net::TcpStream| {
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            let result = stream.read_to_end(&mut rest);
+            (result.is_ok() && rest.is_empty(), started.elapsed())
+        };
+
+        let idle = serve(Timeouts {
+            request: long,
+            idle: short,
+            write: long,
+        });
+        let mut silent = std::net::TcpStream::connect(idle.local_addr()).unwrap();
+        let (closed, after) = closed_by_server(&mut silent);
+        assert!(closed && after >= Duration::from_millis(200), "{after:?}");
+        let mut kept = std::net::TcpStream::connect(idle.local_addr()).unwrap();
+        kept.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        assert!(read_healthz(&mut kept).starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(closed_by_server(&mut kept).0, "idle after an answer: closed too");
+        idle.shutdown();
+
+        let slow = serve(Timeouts {
+            request: short,
+            idle: long,
+            write: long,
+        });
+        let mut partial = std::net::TcpStream::connect(slow.local_addr()).unwrap();
+        partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: x").unwrap();
+        assert!(closed_by_server(&mut partial).0, "a request that never completes");
+        // A connection that sent nothing is idle, not slow: the long limit applies.
+        let mut waiting = std::net::TcpStream::connect(slow.local_addr()).unwrap();
+        waiting
+            .set_read_timeout(Some(Duration::from_millis(800)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        let err = waiting.read(&mut byte).unwrap_err();
+        assert!(
+            matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
+            "{err}"
+        );
+        slow.shutdown();
+    }
+
     #[test]
     fn encodes_responses() {
         let r = Response::error(HttpError::NotFound);
@@ -883,8 +1037,64 @@ mod tests {
             body: String::new(),
             content_type: "x",
             allow: None,
+            retry_after: None,
         };
         let text = String::from_utf8(encode(&no_content, false)).unwrap();
         assert!(!text.contains("Content-Length") && text.ends_with("\r\n\r\n"));
+        let limited = Response {
+            retry_after: Some(7),
+            ..Response::error(HttpError::UserRateLimited)
+        };
+        let text = String::from_utf8(encode(&limited, false)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{text}");
+        assert!(text.contains("Retry-After: 7\r\n"), "{text}");
+    }
+
+    /// Every status the side-port can send (each error of the catalogue, the
+    /// successes, `100 Continue`) goes out with its RFC 9110 reason phrase.
+    #[test]
+    fn every_status_sent_has_its_reason_phrase() {
+        const RFC_9110: &[(u16, &str)] = &[
+            (100, "Continue"),
+            (200, "OK"),
+            (201, "Created"),
+            (204, "No Content"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (409, "Conflict"),
+            (411, "Length Required"),
+            (413, "Content Too Large"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (503, "Service Unavailable"),
+        ];
+        let expected = |status: u16| {
+            RFC_9110
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, phrase)| *phrase)
+                .unwrap_or_else(|| panic!("status {status} is sent but not in the RFC table"))
+        };
+        let statuses = HttpError::ALL
+            .iter()
+            .map(|e| e.status())
+            .chain([100, 200, 201, 204]);
+        for status in statuses {
+            assert_eq!(reason(status), expected(status), "status {status}");
+            let response = Response {
+                status,
+                ..Response::error(HttpError::Internal)
+            };
+            let text = String::from_utf8(encode(&response, true)).unwrap();
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status} {}\r\n", expected(status))),
+                "{text}"
+            );
+        }
+        assert_eq!(reason(403), "Forbidden", "403 no longer says Unknown");
     }
 }

@@ -2,9 +2,10 @@
 //! call returns), reading a chat with its members, a user's chats, a chat's
 //! messages and last `seq`, and the send dedupe lookup.
 //!
-//! Messages, dedupe records and membership changes of existing groups are
-//! *written* only by the group-commit writer (`writer.rs`), in the order the
-//! chat's owner core decided them; this file only reads them.
+//! Messages, dedupe records, membership changes of existing groups and the
+//! new owner when a group's owner leaves are *written* only by the
+//! group-commit writer (`writer.rs`), in the order the chat's owner core
+//! decided them; this file only reads them.
 
 use fjall::PersistMode;
 

@@ -1,7 +1,7 @@
 //! The store's decoders as the `store_records` fuzz target reaches them: every
 //! function that turns bytes read from disk into a key or a record, plus the
 //! matching encoders for round-trip checks. Compiled only with the `fuzzing`
-//! feature (STYLE.md convention 12); the store itself never calls it.
+//! feature (CONTRIBUTING.md, convention 12); the store itself never calls it.
 //!
 //! The layout they decode is documented in `keys.rs` and `records.rs`. The `encode_*` functions
 //! build the seeds of `fuzz/corpus/store_records/`.

@@ -1,5 +1,7 @@
 //! The embedded store: fjall in `--data-dir`, holding accounts, device tokens,
-//! friendships, chats, memberships, messages and send dedupe records.
+//! friendships (bounded per user: [`MAX_FRIENDS`], [`MAX_INCOMING_REQUESTS`],
+//! [`MAX_OUTGOING_REQUESTS`]), chats, memberships, messages and send dedupe
+//! records, last-seen times, device cursors and read markers.
 //!
 //! * `keys.rs` — keyspace names and key encodings (the on-disk layout table).
 //! * `records.rs` — record value encodings.
@@ -38,7 +40,8 @@
 //! the event loops, profile and friend reads) take no lock of ours. Account
 //! writes are serialised by one mutex inside the store so that username
 //! uniqueness checks, id allocation and friend state transitions are race-free;
-//! that path is low-volume (bounded by argon2 and the per-address rate limit).
+//! that path is low-volume (bounded by argon2, the per-address rate limit of
+//! signup and login, and the per-user rate limit of every other HTTP write).
 
 mod chats;
 mod cursors;
@@ -49,6 +52,7 @@ mod presence;
 mod records;
 pub mod writer;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -64,6 +68,22 @@ pub use records::{ChatKind, DeviceRecord, StoredMessage, UserRecord};
 
 /// Most members a group has, its owner included.
 pub const MAX_GROUP_MEMBERS: usize = 100;
+
+/// Most accepted friends a user has. A user's friend list is loaded whole by
+/// its home core on its first session (8 bytes per friend) and every presence
+/// change fans out to it, so it must be bounded; 5,000 is Facebook's long-standing
+/// cap, far above what a person keeps in a chat app.
+pub const MAX_FRIENDS: usize = 5_000;
+
+/// Most friend requests waiting for one user's answer. Bounds what a crowd of
+/// strangers can pile onto one account (each is a `friends` row and a line in
+/// `GET /v1/friends`); a real user clears them long before 1,000.
+pub const MAX_INCOMING_REQUESTS: usize = 1_000;
+
+/// Most friend requests one user has waiting for others' answers. Bounds the
+/// spam one account can send out (each pending request occupies a slot in the
+/// recipient's [`MAX_INCOMING_REQUESTS`]); a user withdraws old ones to send more.
+pub const MAX_OUTGOING_REQUESTS: usize = 1_000;
 
 /// The process exit code after a failed durable write (`EX_SOFTWARE`): the
 /// store is poisoned and natterd must restart to recover from the journal.
@@ -88,6 +108,18 @@ pub enum StoreError {
     /// Caller error: a direct chat needs two different users.
     #[error("a direct chat needs two different users")]
     SelfChat,
+    /// Limit hit: becoming friends would give `user` more than [`MAX_FRIENDS`] friends.
+    #[error("user {user} already has {MAX_FRIENDS} friends")]
+    TooManyFriends {
+        /// Whose list is full (the caller or the other user).
+        user: UserId,
+    },
+    /// Limit hit: the asking user already has [`MAX_OUTGOING_REQUESTS`] pending requests.
+    #[error("{MAX_OUTGOING_REQUESTS} friend requests are already waiting for an answer")]
+    TooManyOutgoingRequests,
+    /// Limit hit: the asked user already has [`MAX_INCOMING_REQUESTS`] pending requests.
+    #[error("the user asked already has {MAX_INCOMING_REQUESTS} requests waiting")]
+    TooManyIncomingRequests,
     /// Limit hit: a group would have more than [`MAX_GROUP_MEMBERS`] members.
     #[error("a group has at most {MAX_GROUP_MEMBERS} members, not {count}")]
     TooManyMembers {
@@ -137,13 +169,42 @@ pub struct FriendList {
     pub outgoing: Vec<(UserId, String)>,
 }
 
-/// Id counters, owned by the write mutex. Loaded at open, advanced only after
-/// the batch that persists the new value has committed.
+/// Users whose relation counts the store keeps in memory. Counting a full
+/// list is one prefix scan of up to ~7,000 rows (milliseconds, under the write
+/// lock that every account write shares), so the counts of users who write are
+/// cached; ~40 bytes each, ~4 MB at most. When full the cache is emptied and
+/// refills from the store on demand: it is a cache, never the truth.
+const MAX_CACHED_RELATION_COUNTS: usize = 100_000;
+
+/// How many relations of each kind one user has (one prefix scan of `friends`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct RelationCounts {
+    friends: usize,
+    incoming: usize,
+    outgoing: usize,
+}
+
+impl RelationCounts {
+    fn of(&mut self, state: FriendState) -> &mut usize {
+        match state {
+            FriendState::Friend => &mut self.friends,
+            FriendState::Incoming => &mut self.incoming,
+            FriendState::Outgoing => &mut self.outgoing,
+        }
+    }
+}
+
+/// What the write mutex guards: the id counters (loaded at open, advanced only
+/// after the batch that persists the new value has committed) and the cached
+/// relation counts (changed only after the batch that changes the relation has
+/// committed; friend writes all hold the mutex, so the cache cannot go stale).
 #[derive(Debug)]
 struct Counters {
     next_user: u64,
     next_device: u64,
     next_chat: u64,
+    /// At most [`MAX_CACHED_RELATION_COUNTS`] users.
+    relations: HashMap<UserId, RelationCounts>,
 }
 
 /// The embedded store. See the module docs for durability and concurrency.
@@ -210,6 +271,7 @@ impl Store {
                 next_user: 1,
                 next_device: 1,
                 next_chat: 1,
+                relations: HashMap::new(),
             }),
             poisoned: AtomicBool::new(false),
         };
@@ -217,6 +279,7 @@ impl Store {
             next_user: store.counter(keys::NEXT_USER_ID)?,
             next_device: store.counter(keys::NEXT_DEVICE_ID)?,
             next_chat: store.counter(keys::NEXT_CHAT_ID)?,
+            relations: HashMap::new(),
         };
         *store.lock() = counters;
         Ok(store)
@@ -381,14 +444,21 @@ impl Store {
 
     /// `from` asks `to` to be friends. If `to` had already asked `from`, they
     /// become friends at once; asking again while pending changes nothing.
+    /// A new request needs room on both sides ([`MAX_OUTGOING_REQUESTS`] for
+    /// `from`, [`MAX_INCOMING_REQUESTS`] for `to`) and `from` below
+    /// [`MAX_FRIENDS`]; a friendship needs both below [`MAX_FRIENDS`]. The
+    /// counts are read under the write lock, so concurrent requests cannot
+    /// overshoot them.
     ///
     /// # Errors
-    /// [`StoreError::SelfFriendship`], [`StoreError::UnknownUser`], or a store failure.
+    /// [`StoreError::SelfFriendship`], [`StoreError::UnknownUser`],
+    /// [`StoreError::TooManyFriends`], [`StoreError::TooManyOutgoingRequests`],
+    /// [`StoreError::TooManyIncomingRequests`], or a store failure.
     pub fn request_friend(&self, from: UserId, to: UserId) -> Result<FriendOutcome, StoreError> {
         if from == to {
             return Err(StoreError::SelfFriendship);
         }
-        let _guard = self.lock();
+        let mut counters = self.lock();
         for user in [from, to] {
             if self.users.get(keys::id(user.0))?.is_none() {
                 return Err(StoreError::UnknownUser(user));
@@ -398,11 +468,23 @@ impl Store {
             Some(FriendState::Friend) => Ok(FriendOutcome::AlreadyFriends),
             Some(FriendState::Outgoing) => Ok(FriendOutcome::Requested),
             Some(FriendState::Incoming) => {
-                self.set_relation(from, to, FriendState::Friend)?;
+                self.require_friend_room(&mut counters, from, to)?;
+                let old = Some(FriendState::Incoming);
+                self.set_relation(&mut counters, from, to, old, FriendState::Friend);
                 Ok(FriendOutcome::BecameFriends)
             }
             None => {
-                self.set_relation(from, to, FriendState::Outgoing)?;
+                let mine = self.relation_counts(&mut counters, from)?;
+                if mine.friends >= MAX_FRIENDS {
+                    return Err(StoreError::TooManyFriends { user: from });
+                }
+                if mine.outgoing >= MAX_OUTGOING_REQUESTS {
+                    return Err(StoreError::TooManyOutgoingRequests);
+                }
+                if self.relation_counts(&mut counters, to)?.incoming >= MAX_INCOMING_REQUESTS {
+                    return Err(StoreError::TooManyIncomingRequests);
+                }
+                self.set_relation(&mut counters, from, to, None, FriendState::Outgoing);
                 Ok(FriendOutcome::Requested)
             }
         }
@@ -413,12 +495,15 @@ impl Store {
     /// retried accept succeeds), `false` when `from` never asked.
     ///
     /// # Errors
-    /// A store failure, or [`StoreError::Corrupt`].
+    /// [`StoreError::TooManyFriends`] when either already has [`MAX_FRIENDS`]
+    /// (the request stays pending), a store failure, or [`StoreError::Corrupt`].
     pub fn accept_friend(&self, user: UserId, from: UserId) -> Result<bool, StoreError> {
-        let _guard = self.lock();
+        let mut counters = self.lock();
         match self.friend_state(user, from)? {
             Some(FriendState::Incoming) => {
-                self.set_relation(user, from, FriendState::Friend)?;
+                self.require_friend_room(&mut counters, user, from)?;
+                let old = Some(FriendState::Incoming);
+                self.set_relation(&mut counters, user, from, old, FriendState::Friend);
                 Ok(true)
             }
             Some(FriendState::Friend) => Ok(true),
@@ -433,14 +518,15 @@ impl Store {
     /// # Errors
     /// A store failure, or [`StoreError::Corrupt`].
     pub fn remove_friend(&self, user: UserId, other: UserId) -> Result<bool, StoreError> {
-        let _guard = self.lock();
-        if self.friend_state(user, other)?.is_none() {
+        let mut counters = self.lock();
+        let Some(old) = self.friend_state(user, other)? else {
             return Ok(false);
-        }
+        };
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.remove(&self.friends, keys::pair(user.0, other.0));
         batch.remove(&self.friends, keys::pair(other.0, user.0));
         self.commit(batch, "friend removal");
+        note_relation_change(&mut counters, user, other, Some(old), None);
         Ok(true)
     }
 
@@ -551,8 +637,57 @@ impl Store {
             .ok_or_else(|| corrupt(format!("friends[{user}/{other}]")))
     }
 
-    /// Writes `state` for `user → other` and its mirror for `other → user` in one durable batch.
-    fn set_relation(&self, user: UserId, other: UserId, state: FriendState) -> Result<(), StoreError> {
+    /// `user`'s friends and pending requests: from the cache, else one prefix
+    /// scan of at most `MAX_FRIENDS + MAX_INCOMING_REQUESTS +
+    /// MAX_OUTGOING_REQUESTS` one-byte values, then cached. Callers hold the
+    /// write lock (`counters`), so the counts stay true until they write.
+    fn relation_counts(&self, counters: &mut Counters, user: UserId) -> Result<RelationCounts, StoreError> {
+        if let Some(counts) = counters.relations.get(&user) {
+            return Ok(*counts);
+        }
+        let counts = self.count_relations(user)?;
+        if counters.relations.len() >= MAX_CACHED_RELATION_COUNTS {
+            counters.relations.clear();
+        }
+        counters.relations.insert(user, counts);
+        Ok(counts)
+    }
+
+    /// Counts `user`'s relations in the store (one prefix scan).
+    fn count_relations(&self, user: UserId) -> Result<RelationCounts, StoreError> {
+        let mut counts = RelationCounts::default();
+        for guard in self.friends.prefix(keys::id(user.0)) {
+            let value = guard.value()?;
+            match FriendState::decode(&value) {
+                Some(FriendState::Friend) => counts.friends += 1,
+                Some(FriendState::Incoming) => counts.incoming += 1,
+                Some(FriendState::Outgoing) => counts.outgoing += 1,
+                None => return Err(corrupt(format!("friends[{user}/..]"))),
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Checks that `a` and `b` may become friends: both below [`MAX_FRIENDS`].
+    fn require_friend_room(&self, counters: &mut Counters, a: UserId, b: UserId) -> Result<(), StoreError> {
+        for user in [a, b] {
+            if self.relation_counts(counters, user)?.friends >= MAX_FRIENDS {
+                return Err(StoreError::TooManyFriends { user });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `state` for `user → other` (which was `old`) and its mirror for
+    /// `other → user` in one durable batch, then updates the cached counts.
+    fn set_relation(
+        &self,
+        counters: &mut Counters,
+        user: UserId,
+        other: UserId,
+        old: Option<FriendState>,
+        state: FriendState,
+    ) {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(&self.friends, keys::pair(user.0, other.0), [state.to_byte()]);
         batch.insert(
@@ -561,7 +696,74 @@ impl Store {
             [state.mirror().to_byte()],
         );
         self.commit(batch, "friend change");
-        Ok(())
+        note_relation_change(counters, user, other, old, Some(state));
+    }
+}
+
+/// A relation for [`Store::seed_relations_for_test`].
+#[cfg(test)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TestRelation {
+    /// Accepted friends.
+    Friend,
+    /// A request from the other user, waiting for this one.
+    Incoming,
+    /// A request from this user, waiting for the other.
+    Outgoing,
+}
+
+#[cfg(test)]
+impl Store {
+    /// Gives `user` `n` relations of kind `relation` with made-up user ids from
+    /// `base` on (and their mirror rows), in one unsynced batch: a fast fixture
+    /// for the friend limits, which would otherwise need thousands of accounts.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn seed_relations_for_test(&self, user: UserId, base: u64, n: usize, relation: TestRelation) {
+        let state = match relation {
+            TestRelation::Friend => FriendState::Friend,
+            TestRelation::Incoming => FriendState::Incoming,
+            TestRelation::Outgoing => FriendState::Outgoing,
+        };
+        let mut counters = self.lock();
+        let mut batch = self.db.batch();
+        for other in (base..).take(n) {
+            batch.insert(&self.friends, keys::pair(user.0, other), [state.to_byte()]);
+            batch.insert(
+                &self.friends,
+                keys::pair(other, user.0),
+                [state.mirror().to_byte()],
+            );
+        }
+        batch.commit().unwrap();
+        // Written behind the cache's back: forget it.
+        counters.relations.clear();
+    }
+}
+
+/// Updates the cached counts of both users after `user → other` went from
+/// `old` to `new` (committed already). Users not cached are counted afresh
+/// from the store when next asked.
+fn note_relation_change(
+    counters: &mut Counters,
+    user: UserId,
+    other: UserId,
+    old: Option<FriendState>,
+    new: Option<FriendState>,
+) {
+    let sides = [
+        (user, old, new),
+        (other, old.map(FriendState::mirror), new.map(FriendState::mirror)),
+    ];
+    for (who, old, new) in sides {
+        if let Some(counts) = counters.relations.get_mut(&who) {
+            if let Some(old) = old {
+                let n = counts.of(old);
+                *n = n.saturating_sub(1);
+            }
+            if let Some(new) = new {
+                *counts.of(new) += 1;
+            }
+        }
     }
 }
 
@@ -763,6 +965,153 @@ mod tests {
         assert_eq!(store.friends(b).unwrap(), FriendList::default());
         assert!(!store.accept_friend(c, b).unwrap());
         assert_eq!(names(&store.friends(c).unwrap().friends), vec![a]);
+    }
+
+    fn seed_relations(store: &Store, user: UserId, base: u64, n: usize, state: FriendState) {
+        let relation = match state {
+            FriendState::Friend => TestRelation::Friend,
+            FriendState::Incoming => TestRelation::Incoming,
+            FriendState::Outgoing => TestRelation::Outgoing,
+        };
+        store.seed_relations_for_test(user, base, n, relation);
+    }
+
+    #[test]
+    fn friend_requests_are_bounded_per_user_on_both_sides() {
+        let (_dir, store) = open();
+        let a = store.create_user("a_user", PHC).unwrap();
+        let b = store.create_user("b_user", PHC).unwrap();
+        let c = store.create_user("c_user", PHC).unwrap();
+
+        // a has one request fewer than the limit out: the last one fits, one more does not.
+        seed_relations(
+            &store,
+            a,
+            1_000_000,
+            MAX_OUTGOING_REQUESTS - 1,
+            FriendState::Outgoing,
+        );
+        assert_eq!(store.request_friend(a, b).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.request_friend(a, c),
+            Err(StoreError::TooManyOutgoingRequests)
+        ));
+        assert_eq!(
+            store.request_friend(a, b).unwrap(),
+            FriendOutcome::Requested,
+            "repeating a pending request is not a new one"
+        );
+        assert!(store.remove_friend(a, UserId(1_000_000)).unwrap(), "withdraw one");
+        assert_eq!(store.request_friend(a, c).unwrap(), FriendOutcome::Requested);
+        assert_eq!(store.friends(c).unwrap().incoming.len(), 1);
+
+        // c has a full inbox: nobody else may ask.
+        let (_dir2, store) = open();
+        let a = store.create_user("a_user", PHC).unwrap();
+        let b = store.create_user("b_user", PHC).unwrap();
+        let c = store.create_user("c_user", PHC).unwrap();
+        seed_relations(
+            &store,
+            c,
+            2_000_000,
+            MAX_INCOMING_REQUESTS - 1,
+            FriendState::Incoming,
+        );
+        assert_eq!(store.request_friend(a, c).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.request_friend(b, c),
+            Err(StoreError::TooManyIncomingRequests)
+        ));
+        // c can still act: accepting empties a slot, and c's own requests are not incoming.
+        assert!(store.accept_friend(c, a).unwrap());
+        assert_eq!(store.request_friend(b, c).unwrap(), FriendOutcome::Requested);
+    }
+
+    #[test]
+    fn friendships_are_bounded_per_user() {
+        let (_dir, store) = open();
+        let a = store.create_user("a_user", PHC).unwrap();
+        let b = store.create_user("b_user", PHC).unwrap();
+        let c = store.create_user("c_user", PHC).unwrap();
+        let d = store.create_user("d_user", PHC).unwrap();
+        seed_relations(&store, a, 1_000_000, MAX_FRIENDS - 1, FriendState::Friend);
+
+        // The 5,000th friend is accepted.
+        assert_eq!(store.request_friend(b, a).unwrap(), FriendOutcome::Requested);
+        assert!(store.accept_friend(a, b).unwrap());
+        assert_eq!(store.friends(b).unwrap().friends.len(), 1);
+
+        // The 5,001st is refused on every path, and nothing is written.
+        assert!(matches!(
+            store.request_friend(a, c),
+            Err(StoreError::TooManyFriends { user }) if user == a
+        ));
+        assert_eq!(store.request_friend(c, a).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.accept_friend(a, c),
+            Err(StoreError::TooManyFriends { user }) if user == a
+        ));
+        assert!(!store.are_friends(a, c).unwrap());
+        assert_eq!(
+            store.friends(c).unwrap().outgoing.len(),
+            1,
+            "the request stays pending"
+        );
+        assert!(
+            matches!(
+                store.request_friend(a, c),
+                Err(StoreError::TooManyFriends { user }) if user == a
+            ),
+            "a crossing request would befriend: refused too"
+        );
+        // The other side's list counts as well.
+        seed_relations(&store, d, 3_000_000, MAX_FRIENDS, FriendState::Friend);
+        assert_eq!(store.request_friend(c, d).unwrap(), FriendOutcome::Requested);
+        assert!(matches!(
+            store.accept_friend(d, c),
+            Err(StoreError::TooManyFriends { user }) if user == d
+        ));
+        // Room again after an unfriending.
+        assert!(store.remove_friend(a, b).unwrap());
+        assert!(store.accept_friend(a, c).unwrap());
+        assert!(store.are_friends(a, c).unwrap());
+    }
+
+    #[test]
+    fn cached_relation_counts_always_match_the_store() {
+        let (_dir, store) = open();
+        let users: Vec<UserId> = (0..5)
+            .map(|i| store.create_user(&format!("user{i}"), PHC).unwrap())
+            .collect();
+        // A fixed pseudo-random walk over requests, accepts and removals.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let a = users[(x % 5) as usize];
+            let b = users[((x >> 8) % 5) as usize];
+            if a == b {
+                continue;
+            }
+            match (x >> 16) % 3 {
+                0 => drop(store.request_friend(a, b).unwrap()),
+                1 => drop(store.accept_friend(a, b).unwrap()),
+                _ => drop(store.remove_friend(a, b).unwrap()),
+            }
+            if step % 50 == 0 {
+                store.lock().relations.clear();
+            }
+            let mut counters = store.lock();
+            for user in &users {
+                let cached = store.relation_counts(&mut counters, *user).unwrap();
+                assert_eq!(
+                    cached,
+                    store.count_relations(*user).unwrap(),
+                    "step {step}, {user}"
+                );
+            }
+        }
     }
 
     #[test]

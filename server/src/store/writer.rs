@@ -48,7 +48,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use fjall::{OwnedWriteBatch, PersistMode};
 
 pub use super::POISON_EXIT_CODE;
-use super::records::encode_member;
+use super::records::{ChatRecord, encode_member};
 use super::{Store, StoreError, StoredMessage, keys, now_ms};
 use crate::ids::{ChatId, CoreId, DeviceId, Seq, UserId};
 use crate::metrics::Metrics;
@@ -128,6 +128,11 @@ pub enum WriteOp {
         user: UserId,
         /// Add (true) or remove (false).
         add: bool,
+        /// The group's owner from this change on, when the change is its owner
+        /// leaving (the longest-standing remaining member; `None` otherwise, and
+        /// when nobody remains). Written to the chat record in the same batch as
+        /// the removal, so the two are durable together or not at all.
+        new_owner: Option<UserId>,
         /// The origin's number for this change, echoed in its completion.
         ticket: u64,
     },
@@ -485,10 +490,14 @@ impl Store {
                     chat,
                     user,
                     add: false,
+                    new_owner,
                     ..
                 } => {
                     batch.remove(&self.members, keys::pair(chat.0, user.0));
                     batch.remove(&self.user_chats, keys::pair(user.0, chat.0));
+                    if let Some(owner) = new_owner {
+                        self.batch_owner_change(&mut batch, *chat, *owner);
+                    }
                 }
                 WriteOp::LastSeen {
                     user, last_seen_ms, ..
@@ -503,6 +512,29 @@ impl Store {
             }
         }
         self.commit(batch, "group commit");
+    }
+
+    /// Adds to `batch` the chat record of `chat` with `owner` as its owner. The
+    /// record is read from the store: only its owner ever changes after
+    /// creation, and the owner core sends a chat's owner changes in order, so
+    /// if one batch holds two of them the later insert wins, as it should.
+    fn batch_owner_change(&self, batch: &mut OwnedWriteBatch, chat: ChatId, owner: UserId) {
+        let record = match self.chats.get(keys::id(chat.0)) {
+            Ok(Some(value)) => ChatRecord::decode(&value),
+            Ok(None) => None,
+            // The store cannot read what it must rewrite: as for a failed write.
+            Err(error) => self.fail_stop("group commit (reading a chat record)", &error),
+        };
+        match record {
+            Some(mut record) => {
+                record.owner = owner;
+                batch.insert(&self.chats, keys::id(chat.0), record.encode());
+            }
+            // The owner core loaded this chat from that record; only corruption gets here.
+            None => {
+                tracing::error!(%chat, %owner, "owner change of a chat whose record is missing or corrupt")
+            }
+        }
     }
 }
 

@@ -97,6 +97,9 @@ impl ChatStore for Flaky {
     fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
         ChatStore::friend_ids(&*self.inner, user)
     }
+    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError> {
+        ChatStore::member_since(&*self.inner, chat, user)
+    }
     fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
         ChatStore::last_seen(&*self.inner, user)
     }

@@ -582,9 +582,10 @@ impl Harness {
                     user,
                     add,
                     ticket,
+                    new_owner,
                     ..
                 } => {
-                    self.store.commit_membership(chat, user, add);
+                    self.store.commit_membership(chat, user, add, new_owner);
                     Completion::Membership { ticket }
                 }
             };
@@ -800,7 +801,13 @@ impl Harness {
                     .insert((msg.chat, msg.seq), chat.chat.members.clone());
                 self.messages.insert((msg.chat, msg.seq), (msg.clone(), false));
             }
-            WriteOp::Membership { chat, user, add, .. } => {
+            WriteOp::Membership {
+                chat,
+                user,
+                add,
+                new_owner,
+                ..
+            } => {
                 assert_eq!(
                     chat.owner_core(CORES),
                     CoreId(core),
@@ -828,6 +835,28 @@ impl Harness {
                         model.chat.members.remove(user),
                         "user {user} removed from chat {chat}, not a member"
                     );
+                    // An owner who leaves hands the group to a remaining member
+                    // (the last one leaving leaves it ownerless); nobody else does.
+                    if *user == model.chat.owner {
+                        match new_owner {
+                            Some(next) => {
+                                assert!(
+                                    model.chat.members.contains(next),
+                                    "chat {chat} handed to {next}, not a member"
+                                );
+                                model.chat.owner = *next;
+                            }
+                            None => assert!(
+                                model.chat.members.is_empty(),
+                                "chat {chat}'s owner left without handing it on"
+                            ),
+                        }
+                    } else {
+                        assert_eq!(
+                            *new_owner, None,
+                            "chat {chat} changed owner without its owner leaving"
+                        );
+                    }
                 }
             }
         }

@@ -124,13 +124,17 @@ impl MemoryStore {
         self.lock().last_seen.insert(user, last_seen_ms);
     }
 
-    /// The storage writer committed a membership change.
-    pub(super) fn commit_membership(&self, chat: ChatId, user: UserId, add: bool) {
+    /// The storage writer committed a membership change (and, when the owner
+    /// left, the new owner).
+    pub(super) fn commit_membership(&self, chat: ChatId, user: UserId, add: bool, new_owner: Option<UserId>) {
         if let Some(c) = self.lock().chats.get_mut(&chat) {
             if add {
                 c.members.insert(user);
             } else {
                 c.members.remove(&user);
+            }
+            if let Some(owner) = new_owner {
+                c.owner = owner;
             }
         }
     }
@@ -172,6 +176,17 @@ impl ChatStore for MemoryStore {
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
         let _state = self.check()?;
         Ok(friends(a, b))
+    }
+
+    /// This store keeps no join times: every committed member joined at 0, so
+    /// an owner leaving hands the group to the lowest remaining id.
+    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError> {
+        let state = self.check()?;
+        Ok(state
+            .chats
+            .get(&chat)
+            .filter(|c| c.members.contains(&user))
+            .map(|_| 0))
     }
 
     fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {

@@ -24,6 +24,14 @@ pub(crate) struct Harness {
 const ALICE_IP: &str = "192.0.2.1";
 
 pub(crate) fn harness(auth_rate_limit: u32) -> Harness {
+    harness_with(Config {
+        auth_rate_limit,
+        ..Config::default()
+    })
+}
+
+/// A harness over `config` (its `cores` and `password_cost` are set for tests).
+pub(crate) fn harness_with(config: Config) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let mut polls = Vec::new();
@@ -43,8 +51,7 @@ pub(crate) fn harness(auth_rate_limit: u32) -> Harness {
             memory_kib: 8,
             iterations: 1,
         },
-        auth_rate_limit,
-        ..Config::default()
+        ..config
     };
     let api = Arc::new(Api::new(
         &config,
@@ -548,6 +555,9 @@ fn store_errors_map_to_status_codes() {
     assert_eq!(status(StoreError::SelfFriendship), 400);
     assert_eq!(status(StoreError::SelfChat), 400);
     assert_eq!(status(StoreError::TooManyMembers { count: 101 }), 409);
+    assert_eq!(status(StoreError::TooManyFriends { user: UserId(3) }), 409);
+    assert_eq!(status(StoreError::TooManyOutgoingRequests), 409);
+    assert_eq!(status(StoreError::TooManyIncomingRequests), 409);
     assert_eq!(
         status(StoreError::Corrupt {
             what: "users[1]".into()
@@ -559,46 +569,14 @@ fn store_errors_map_to_status_codes() {
 
 #[test]
 fn error_codes_are_unique() {
-    let all = [
-        HttpError::BadRequest,
-        HttpError::MalformedJson,
-        HttpError::UnknownField,
-        HttpError::MissingField,
-        HttpError::InvalidType,
-        HttpError::InvalidUsername,
-        HttpError::InvalidPassword,
-        HttpError::InvalidDeviceName,
-        HttpError::InvalidUserId,
-        HttpError::CannotBefriendSelf,
-        HttpError::InvalidChatId,
-        HttpError::InvalidGroupName,
-        HttpError::CannotChatWithSelf,
-        HttpError::InvalidToken,
-        HttpError::InvalidCredentials,
-        HttpError::FriendshipRequired,
-        HttpError::NotOwner,
-        HttpError::NotFound,
-        HttpError::UserNotFound,
-        HttpError::NoFriendRequest,
-        HttpError::NotFriends,
-        HttpError::UnknownChat,
-        HttpError::NotMember,
-        HttpError::MethodNotAllowed,
-        HttpError::UsernameTaken,
-        HttpError::AlreadyMember,
-        HttpError::TooManyMembers,
-        HttpError::LengthRequired,
-        HttpError::BodyTooLarge,
-        HttpError::RateLimited,
-        HttpError::HeadersTooLarge,
-        HttpError::Internal,
-        HttpError::Unavailable,
-    ];
-    // One code per variant, except `not_friends`: one meaning, two statuses (see error.rs).
+    let all = HttpError::ALL;
+    // One code per variant, except `not_friends` (one meaning, two statuses, see
+    // error.rs) and `rate_limited` (one meaning, by address or by account).
     let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
     codes.sort_unstable();
     codes.dedup();
-    assert_eq!(codes.len(), all.len() - 1);
+    assert_eq!(codes.len(), all.len() - 2);
+    assert_eq!(HttpError::RateLimited.code(), HttpError::UserRateLimited.code());
     assert_eq!(HttpError::FriendshipRequired.code(), HttpError::NotFriends.code());
     assert_eq!(
         (
@@ -612,11 +590,142 @@ fn error_codes_are_unique() {
             .message()
             .contains(&MAX_GROUP_MEMBERS.to_string())
     );
+    // The messages state the limits the store enforces.
+    use crate::store::{MAX_INCOMING_REQUESTS, MAX_OUTGOING_REQUESTS};
+    for (e, limit) in [
+        (HttpError::TooManyFriends, MAX_FRIENDS),
+        (HttpError::TooManyOutgoingRequests, MAX_OUTGOING_REQUESTS),
+        (HttpError::TooManyIncomingRequests, MAX_INCOMING_REQUESTS),
+    ] {
+        assert!(e.message().contains(&limit.to_string()), "{e:?}");
+    }
     for e in all {
         let v: Value = serde_json::from_str(&e.body()).unwrap();
         assert_eq!(v["error"]["code"], e.code());
         assert!((400..600).contains(&e.status()));
     }
+}
+
+#[test]
+fn friend_limits_answer_409_with_their_own_codes() {
+    use crate::store::{MAX_FRIENDS, MAX_INCOMING_REQUESTS, MAX_OUTGOING_REQUESTS, TestRelation};
+    let h = harness(1_000);
+    let (alice, ta) = h.account("alice");
+    let (bob, tb) = h.account("bob");
+    let (carol, tc) = h.account("carol");
+    let (_dave, td) = h.account("dave");
+    let ask = |token: &str, name: &str| {
+        h.call(
+            "POST",
+            "/v1/friends/requests",
+            Some(token),
+            json!({"username": name}),
+        )
+    };
+    let accept = |token: &str, from: u64| {
+        h.call(
+            "POST",
+            &format!("/v1/friends/requests/{from}/accept"),
+            Some(token),
+            Value::Null,
+        )
+    };
+    let store = &h.api.store;
+
+    // Outgoing: alice has the most pending requests one user may have.
+    store.seed_relations_for_test(
+        UserId(alice),
+        1_000_000,
+        MAX_OUTGOING_REQUESTS,
+        TestRelation::Outgoing,
+    );
+    let (status, v) = ask(&ta, "bob");
+    assert_eq!((status, code(&v)), (409, "too_many_outgoing_requests"), "{v}");
+    assert!(
+        h.api.store.friends(UserId(bob)).unwrap().incoming.is_empty(),
+        "nothing written"
+    );
+
+    // Incoming: carol's inbox is full; nobody may ask her, she may still ask.
+    store.seed_relations_for_test(
+        UserId(carol),
+        2_000_000,
+        MAX_INCOMING_REQUESTS,
+        TestRelation::Incoming,
+    );
+    let (status, v) = ask(&tb, "carol");
+    assert_eq!((status, code(&v)), (409, "too_many_incoming_requests"), "{v}");
+    assert_eq!(ask(&tc, "bob").0, 200);
+
+    // Friends: dave has the most friends a user may have.
+    let dave_id = h.api.store.user_by_name("dave").unwrap().unwrap().id;
+    store.seed_relations_for_test(dave_id, 3_000_000, MAX_FRIENDS, TestRelation::Friend);
+    let (status, v) = ask(&td, "bob");
+    assert_eq!((status, code(&v)), (409, "too_many_friends"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&dave_id.to_string())
+    );
+    assert_eq!(ask(&tb, "dave").0, 200, "a request to dave still fits his inbox");
+    let (status, v) = accept(&td, bob);
+    assert_eq!((status, code(&v)), (409, "too_many_friends"), "{v}");
+    assert!(!h.api.store.are_friends(dave_id, UserId(bob)).unwrap());
+}
+
+#[test]
+fn writes_are_rate_limited_per_user_with_retry_after() {
+    let h = harness_with(Config {
+        user_write_rate_limit: 3,
+        ..Config::default()
+    });
+    let (_alice, ta) = h.account("alice");
+    let (_bob, tb) = h.account("bob");
+    h.account("carol");
+    let write = |token: &str, body: &[u8]| {
+        h.raw(
+            "POST",
+            "/v1/friends/requests",
+            Some(&format!("Bearer {token}")),
+            body,
+            ALICE_IP,
+        )
+    };
+    assert_eq!(write(&ta, br#"{"username":"bob"}"#).status, 200);
+    assert_eq!(write(&ta, b"{").status, 400, "a refused write counts too");
+    let r = h.raw(
+        "DELETE",
+        "/v1/friends/2",
+        Some(&format!("Bearer {ta}")),
+        b"",
+        ALICE_IP,
+    );
+    assert_eq!(r.status, 204);
+    // The burst (3) is used up: the fourth write of any kind is refused.
+    let r = write(&ta, br#"{"username":"carol"}"#);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("\"rate_limited\""), "{}", r.body);
+    assert_eq!(r.retry_after, Some(20), "3 a minute: one token every 20 s");
+    for (method, path, body) in [
+        ("POST", "/v1/dms", &br#"{"user_id":2}"#[..]),
+        ("POST", "/v1/groups", br#"{"name":"g","members":[]}"#),
+        ("POST", "/v1/groups/1/members", br#"{"user_id":2}"#),
+        ("DELETE", "/v1/groups/1/members/2", b""),
+        ("POST", "/v1/chats/1/read", br#"{"seq":1}"#),
+        ("POST", "/v1/friends/requests/2/accept", b""),
+    ] {
+        let r = h.raw(method, path, Some(&format!("Bearer {ta}")), body, ALICE_IP);
+        assert_eq!((r.status, r.retry_after), (429, Some(20)), "{method} {path}");
+    }
+    // Reads, other users, and logout are not limited by alice's bucket.
+    let r = h.raw("GET", "/v1/friends", Some(&format!("Bearer {ta}")), b"", ALICE_IP);
+    assert_eq!(r.status, 200);
+    assert_eq!(write(&tb, br#"{"username":"carol"}"#).status, 200);
+    let r = h.raw("POST", "/v1/logout", Some(&format!("Bearer {ta}")), b"", ALICE_IP);
+    assert_eq!(r.status, 204);
+    // An unauthenticated write is refused as such, not counted against anyone.
+    assert_eq!(write("bogus", br#"{"username":"bob"}"#).status, 401);
 }
 
 /// A test password hash for accounts made directly in the store.

@@ -200,6 +200,7 @@ fn membership_ops_write_and_remove_member_rows_in_order() {
         chat: ChatId(9),
         user: UserId(user),
         add,
+        new_owner: None,
         ticket,
     };
     send(&sender, change(5, true, 1));
@@ -232,6 +233,54 @@ fn membership_ops_write_and_remove_member_rows_in_order() {
     assert_eq!(store.user_chats(UserId(6)).unwrap(), [ChatId(9)]);
     assert!(store.user_chats(UserId(5)).unwrap().is_empty());
     writer.shutdown().unwrap();
+}
+
+#[test]
+fn an_owner_leaving_writes_the_new_owner_in_the_same_batch_and_it_survives_a_reopen() {
+    const PHC: &str = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA";
+    let dir = tempfile::tempdir().unwrap();
+    let group = {
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let users: Vec<UserId> = (0..3)
+            .map(|i| store.create_user(&format!("user{i}"), PHC).unwrap())
+            .collect();
+        let group = store.create_group(users[0], "crew", &users[1..]).unwrap();
+        let metrics = Arc::new(Metrics::new(1));
+        let (writer, sender, rx, gate) = start_gated(&store, &metrics, 16);
+        let leave = |user: UserId, new_owner: Option<UserId>, ticket: u64| WriteOp::Membership {
+            origin: CoreId(0),
+            chat: group,
+            user,
+            add: false,
+            new_owner,
+            ticket,
+        };
+        // The writer is held in its first delivery, so both hand-overs pile up
+        // and land in one batch: the later one wins.
+        send(&sender, message(0, 99, 1, "first round"));
+        assert_eq!(collect(&rx, 1).len(), 1);
+        send(&sender, leave(users[0], Some(users[1]), 1));
+        send(&sender, leave(users[1], Some(users[2]), 2));
+        gate.send(()).unwrap();
+        let rounds = collect(&rx, 2);
+        assert_eq!(rounds.len(), 1, "one batch: {rounds:?}");
+        let info = store.chat(group).unwrap().unwrap();
+        assert_eq!((info.owner, info.members.as_slice()), (users[2], &users[2..]));
+        assert_eq!(
+            (info.name.as_str(), info.kind),
+            ("crew", crate::store::ChatKind::Group)
+        );
+        // The last member leaves: nobody to hand it to, the record keeps its owner.
+        send(&sender, leave(users[2], None, 3));
+        assert_eq!(collect(&rx, 1).len(), 1);
+        writer.shutdown().unwrap();
+        drop(sender);
+        group
+    };
+    let store = Store::open(dir.path()).unwrap();
+    let info = store.chat(group).unwrap().unwrap();
+    assert_eq!(info.owner, UserId(3), "the hand-over is durable");
+    assert!(info.members.is_empty(), "an empty group: nobody can reach it");
 }
 
 #[test]
@@ -280,6 +329,7 @@ fn shutdown_commits_everything_queued_and_it_survives_a_reopen() {
             chat: ChatId(7),
             user: UserId(3),
             add: true,
+            new_owner: None,
             ticket: 1,
         },
     );
