@@ -73,6 +73,10 @@ struct Cli {
     /// presence: presence changes per second, default 100).
     #[arg(long, value_name = "N")]
     rate: Option<u64>,
+    /// Bytes of text per message (one2one / group: at least the 160-byte stamp,
+    /// default 160; sync: default 32).
+    #[arg(long, value_name = "N")]
+    text_bytes: Option<usize>,
     /// Also write the figures as one JSON object to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -179,6 +183,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     let options = scenarios::Options {
         duration: cli.duration,
         rate: cli.rate,
+        text_bytes: cli.text_bytes,
     };
     match cli.scenario {
         ScenarioName::Connect => connect::check_args(&cli.connect, open_files)?,
@@ -190,7 +195,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.connect.in_flight,
             open_files,
         )?,
-        ScenarioName::Sync => sync_scenario::check_args(&cli.sync)?,
+        ScenarioName::Sync => sync_scenario::check_args(&cli.sync, sync_text_bytes(cli))?,
     }
 
     let spawned = if cli.spawn {
@@ -218,7 +223,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.one2one.users,
             cli.connect.in_flight,
         )?,
-        ScenarioName::Sync => sync_scenario::run(&target, &cli.sync)?,
+        ScenarioName::Sync => sync_scenario::run(&target, &cli.sync, sync_text_bytes(cli))?,
         _ => connect::run(&target, &options, &cli.connect)?,
     };
     report.scenario = cli.scenario.as_str().to_owned();
@@ -233,6 +238,11 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         println!("figures written to {}", path.display());
     }
     Ok(report)
+}
+
+/// The sync scenario's text size: `--text-bytes` or its default.
+fn sync_text_bytes(cli: &Cli) -> usize {
+    cli.text_bytes.unwrap_or(sync_scenario::DEFAULT_TEXT_BYTES)
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and returns the new

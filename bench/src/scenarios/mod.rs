@@ -21,4 +21,6 @@ pub(crate) struct Options {
     pub(crate) duration: Duration,
     /// Open-loop rate (per second), or `None` for closed-loop / full speed.
     pub(crate) rate: Option<u64>,
+    /// `--text-bytes`: bytes of text per message, `None` for the scenario's default.
+    pub(crate) text_bytes: Option<usize>,
 }

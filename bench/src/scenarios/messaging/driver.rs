@@ -86,6 +86,9 @@ pub(super) struct DriverSpec<'a> {
     pub(super) run_id: u64,
     /// State shared with the other threads and the coordinator.
     pub(super) shared: &'a Shared,
+    /// Filler bytes appended to every stamp (`--text-bytes` minus the stamp's
+    /// [`TEXT_LEN`]).
+    pub(super) padding: usize,
 }
 
 /// Latencies, counts and failures of one thread (or, merged, of the run).
@@ -109,6 +112,9 @@ pub(super) struct Tally {
     pub(super) deliver: Histogram<u64>,
     /// Failures by reason.
     pub(super) reasons: BTreeMap<String, u64>,
+    /// `Error` frames by error code name (`code N` for a code this build does not
+    /// know), so that codes added to natterd later show up on their own.
+    pub(super) codes: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -124,6 +130,7 @@ impl Tally {
             ack: latency_histogram(),
             deliver: latency_histogram(),
             reasons: BTreeMap::new(),
+            codes: BTreeMap::new(),
         }
     }
 
@@ -140,6 +147,9 @@ impl Tally {
         let _ = self.deliver.add(&other.deliver);
         for (reason, count) in other.reasons {
             *self.reasons.entry(reason).or_default() += count;
+        }
+        for (code, count) in other.codes {
+            *self.codes.entry(code).or_default() += count;
         }
     }
 
@@ -332,6 +342,8 @@ struct Context<'a> {
     /// arrive before: then every member counts).
     online: &'a [u64],
     timeline: Option<Timeline>,
+    /// Filler bytes after each stamp.
+    padding: usize,
 }
 
 /// One event-loop thread.
@@ -346,6 +358,8 @@ pub(super) struct Driver<'a> {
     encoder: Encoder,
     /// The `Send` frame reused for every message.
     send_frame: Frame,
+    /// Appended to every stamp to make texts `--text-bytes` long.
+    padding: String,
     plan: &'a Plan,
     shared: &'a Shared,
     sender_index: &'a [Option<u64>],
@@ -415,9 +429,10 @@ impl<'a> Driver<'a> {
                 Body::Send(Send {
                     chat_id: 0,
                     client_msg_id: 0,
-                    text: String::with_capacity(TEXT_LEN),
+                    text: String::with_capacity(TEXT_LEN + spec.padding),
                 }),
             ),
+            padding: Stamp::padding(spec.padding),
             plan: spec.plan,
             shared: spec.shared,
             sender_index: spec.sender_index,
@@ -701,6 +716,7 @@ impl<'a> Driver<'a> {
                 counter: conn.counter,
             }
             .write_to(&mut send.text);
+            send.text.push_str(&self.padding);
         }
         let bytes = self.encoder.encode(&self.send_frame);
         conn.outbuf.extend_from_slice(&bytes);
@@ -796,6 +812,7 @@ impl<'a> Driver<'a> {
             limits: &self.limits,
             online: &online,
             timeline,
+            padding: self.padding.len(),
         };
         let mut dead = Vec::new();
         for slot in ready {
@@ -968,6 +985,7 @@ fn handle_frame(
             if conn.pending.take(answers).is_some() {
                 books.deltas.in_flight -= 1;
             }
+            *books.tally.codes.entry(name.clone()).or_default() += 1;
             books.tally.fail(format!("server error {name}"));
         }
         // Pong, Presence and anything newer: not this benchmark's business.
@@ -1032,7 +1050,7 @@ fn on_message(conn: &mut Conn, message: fb::Message<'_>, now_ns: u64, ctx: &Cont
         return;
     }
     books.deltas.received += 1;
-    let Some(stamp) = Stamp::parse(message.text().unwrap_or_default()) else {
+    let Some(stamp) = Stamp::parse_padded(message.text().unwrap_or_default(), ctx.padding) else {
         books
             .tally
             .fail("Message text is not the one the benchmark sent".into());
@@ -1276,6 +1294,7 @@ mod tests {
                     send_end: 2_000_000_000,
                     drain_deadline: 3_000_000_000,
                 }),
+                padding: 0,
             };
             let bytes = Frame::new(request_id, body).encode();
             handle_frame(&mut self.conn, 0, &bytes, now_ns, &ctx, &mut self.books).unwrap();
