@@ -28,11 +28,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::error::BenchError;
 use crate::report::Report;
 use crate::scenarios::connect::{self, ConnectArgs};
+use crate::scenarios::flood::{self, FloodArgs};
 use crate::scenarios::group::{self, GroupArgs};
 use crate::scenarios::messaging::MessagingArgs;
 use crate::scenarios::one2one::{self, OneToOneArgs};
@@ -92,6 +94,16 @@ struct Cli {
     presence: PresenceArgs,
     #[command(flatten)]
     sync: SyncArgs,
+    #[command(flatten)]
+    flood: FloodArgs,
+    /// With --server: natterd's process id on this machine, so its RSS is read from
+    /// /proc/PID/status (sampled every 20 ms) instead of /metrics.
+    #[arg(long, conflicts_with = "spawn")]
+    pid: Option<u32>,
+    /// Whether `--connections` was given on the command line (set after parsing:
+    /// scenarios whose default differs from connect's use it).
+    #[arg(skip)]
+    connections_given: bool,
 }
 
 /// The scenarios the design names; only those with a module under `scenarios/` run.
@@ -108,6 +120,8 @@ enum ScenarioName {
     Sync,
     /// Presence changes pushed to friends.
     Presence,
+    /// Clients that make natterd produce or hold data and never read (issue 9).
+    Flood,
 }
 
 impl ScenarioName {
@@ -119,6 +133,7 @@ impl ScenarioName {
             ScenarioName::Group => "group",
             ScenarioName::Sync => "sync",
             ScenarioName::Presence => "presence",
+            ScenarioName::Flood => "flood",
         }
     }
 }
@@ -149,7 +164,12 @@ impl Transport {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    cli.connections_given = matches.value_source("connections") == Some(ValueSource::CommandLine);
     match run(&cli) {
         Ok(report) if report.failures() == 0 => ExitCode::SUCCESS,
         Ok(report) => {
@@ -185,7 +205,12 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         rate: cli.rate,
         text_bytes: cli.text_bytes,
     };
+    let mut flood_plan = None;
     match cli.scenario {
+        ScenarioName::Flood => {
+            let connections = cli.connections_given.then_some(cli.connect.connections);
+            flood_plan = Some(flood::check_args(&cli.flood, connections, open_files)?);
+        }
         ScenarioName::Connect => connect::check_args(&cli.connect, open_files)?,
         ScenarioName::OneToOne => one2one::check_args(&cli.one2one, &cli.messaging, &options, open_files)?,
         ScenarioName::Group => group::check_args(&cli.group, &cli.messaging, &options, open_files)?,
@@ -201,16 +226,20 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     let spawned = if cli.spawn {
         let extra = match cli.scenario {
             ScenarioName::Presence => presence::natterd_flags(&cli.presence),
+            ScenarioName::Flood => flood::natterd_flags()?,
             _ => Vec::new(),
         };
         Some(SpawnedServer::start(cli.cores, &extra)?)
     } else {
         None
     };
-    let target = match &spawned {
+    let mut target = match &spawned {
         Some(server) => Target::spawned(server)?,
         None => Target::remote(cli.server.as_deref().unwrap_or(DEFAULT_SERVER))?,
     };
+    if let Some(pid) = cli.pid {
+        target = target.with_pid(pid);
+    }
     println!("server: http {} · tcp {}", target.http_addr_text(), target.tcp);
 
     let mut report = match cli.scenario {
@@ -224,6 +253,10 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.connect.in_flight,
         )?,
         ScenarioName::Sync => sync_scenario::run(&target, &cli.sync, sync_text_bytes(cli))?,
+        ScenarioName::Flood => match flood_plan {
+            Some(plan) => flood::run(&target, &options, plan)?,
+            None => return Err(BenchError::Usage("flood: no plan".into())),
+        },
         _ => connect::run(&target, &options, &cli.connect)?,
     };
     report.scenario = cli.scenario.as_str().to_owned();

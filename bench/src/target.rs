@@ -70,6 +70,15 @@ impl Target {
         })
     }
 
+    /// This target with natterd's RSS read from `/proc/<pid>/status` (`--pid`: a
+    /// natterd on this machine that the benchmark did not spawn).
+    pub(crate) fn with_pid(self, pid: u32) -> Target {
+        Target {
+            rss: RssSource::Proc(pid),
+            ..self
+        }
+    }
+
     /// The side-port's base URL without the scheme, for messages.
     pub(crate) fn http_addr_text(&self) -> &str {
         self.http.base_url().trim_start_matches("http://")
