@@ -39,6 +39,7 @@ use crate::scenarios::group::{self, GroupArgs};
 use crate::scenarios::messaging::MessagingArgs;
 use crate::scenarios::one2one::{self, OneToOneArgs};
 use crate::scenarios::presence::{self, PresenceArgs};
+use crate::scenarios::seam::{self, SeamArgs};
 use crate::scenarios::sync::{self as sync_scenario, SyncArgs};
 use crate::spawn::SpawnedServer;
 use crate::target::Target;
@@ -96,6 +97,8 @@ struct Cli {
     sync: SyncArgs,
     #[command(flatten)]
     flood: FloodArgs,
+    #[command(flatten)]
+    seam: SeamArgs,
     /// With --server: natterd's process id on this machine, so its RSS is read from
     /// /proc/PID/status (sampled every 20 ms) instead of /metrics.
     #[arg(long, conflicts_with = "spawn")]
@@ -122,6 +125,8 @@ enum ScenarioName {
     Presence,
     /// Clients that make natterd produce or hold data and never read (issue 9).
     Flood,
+    /// Exactly-once delivery across the live/sync seam under reconnects and kill -9.
+    Seam,
 }
 
 impl ScenarioName {
@@ -134,6 +139,7 @@ impl ScenarioName {
             ScenarioName::Sync => "sync",
             ScenarioName::Presence => "presence",
             ScenarioName::Flood => "flood",
+            ScenarioName::Seam => "seam",
         }
     }
 }
@@ -211,6 +217,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             let connections = cli.connections_given.then_some(cli.connect.connections);
             flood_plan = Some(flood::check_args(&cli.flood, connections, open_files)?);
         }
+        ScenarioName::Seam => seam::check_args(&cli.seam, &options, cli.spawn)?,
         ScenarioName::Connect => connect::check_args(&cli.connect, open_files)?,
         ScenarioName::OneToOne => one2one::check_args(&cli.one2one, &cli.messaging, &options, open_files)?,
         ScenarioName::Group => group::check_args(&cli.group, &cli.messaging, &options, open_files)?,
@@ -223,7 +230,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         ScenarioName::Sync => sync_scenario::check_args(&cli.sync, sync_text_bytes(cli))?,
     }
 
-    let spawned = if cli.spawn {
+    let mut spawned = if cli.spawn {
         let extra = match cli.scenario {
             ScenarioName::Presence => presence::natterd_flags(&cli.presence),
             ScenarioName::Flood => flood::natterd_flags()?,
@@ -253,6 +260,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.connect.in_flight,
         )?,
         ScenarioName::Sync => sync_scenario::run(&target, &cli.sync, sync_text_bytes(cli))?,
+        ScenarioName::Seam => seam::run(&target, spawned.as_mut(), &options, &cli.seam)?,
         ScenarioName::Flood => match flood_plan {
             Some(plan) => flood::run(&target, &options, plan)?,
             None => return Err(BenchError::Usage("flood: no plan".into())),
