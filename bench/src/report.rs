@@ -144,6 +144,10 @@ pub(crate) struct Report {
     /// flood: most closes by natterd within any one second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_closed_max_per_s: Option<u64>,
+    /// flood: seconds into the flood at which natterd's RSS passed
+    /// `--max-server-rss-mib` and the flood was stopped (absent: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_rss_cap_reached_s: Option<f64>,
     /// seam: recipient devices.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) devices: Option<u64>,
@@ -349,6 +353,7 @@ impl Report {
         for (name, value) in [
             ("server_close_first_s", self.server_close_first_s),
             ("server_close_last_s", self.server_close_last_s),
+            ("server_rss_cap_reached_s", self.server_rss_cap_reached_s),
             ("storm_s", self.storm_s),
         ] {
             if let Some(v) = value {

@@ -121,7 +121,16 @@ pub(crate) struct FloodArgs {
     /// flood: pipelined requests per connection (history / sync).
     #[arg(long, default_value_t = 400, value_name = "M")]
     pub(crate) requests: usize,
+    /// flood: stop the flood (close every connection) once natterd's RSS passes this
+    /// many MiB, so an unbounded natterd cannot take the shared machine's memory.
+    #[arg(long, default_value_t = DEFAULT_MAX_SERVER_RSS_MIB, value_name = "MIB")]
+    pub(crate) max_server_rss_mib: u64,
 }
+
+/// Default `--max-server-rss-mib`: a sixth of the 24 GiB machines here, far above
+/// what a bounded natterd needs for this flood, and clearly shown in the report
+/// when reached.
+const DEFAULT_MAX_SERVER_RSS_MIB: u64 = 4_096;
 
 /// The flood's resolved settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +141,8 @@ pub(crate) struct FloodPlan {
     pub(crate) connections: usize,
     /// Requests per connection (0 for prehello).
     pub(crate) requests: usize,
+    /// Stop once natterd's RSS passes this, bytes.
+    pub(crate) max_server_rss: u64,
 }
 
 /// Resolves and checks the flags: `connections` is `--connections` if given on the
@@ -159,6 +170,7 @@ pub(crate) fn check_args(args: &FloodArgs, connections: Option<usize>, open_file
         kind: args.kind,
         connections,
         requests: if args.kind == FloodKind::Prehello { 0 } else { args.requests },
+        max_server_rss: args.max_server_rss_mib.saturating_mul(1024 * 1024),
     })
 }
 
@@ -209,7 +221,7 @@ pub(crate) fn run(target: &Target, options: &Options, plan: FloodPlan) -> Result
     );
     let sampler = RssSampler::start(target);
     let mut flood = Flood::new(target.tcp, plan, tokens, requests)?;
-    flood.run(options.duration)?;
+    flood.run(options.duration, &sampler)?;
     let server_rss = target.server_rss();
     let rss = sampler.stop();
 
@@ -223,6 +235,7 @@ pub(crate) fn run(target: &Target, options: &Options, plan: FloodPlan) -> Result
     report.server_close_last_s = flood.closes.iter().copied().reduce(f64::max);
     report.server_closed_max_per_s = Some(max_per_second(&flood.closes));
     report.errors_by_code = Some(flood.codes.clone());
+    report.server_rss_cap_reached_s = flood.cap_reached;
     report.errors = Some(flood.errors);
     report.server_rss_bytes = server_rss;
     if let Some(rss) = rss {
@@ -349,6 +362,8 @@ struct Flood {
     codes: BTreeMap<String, u64>,
     errors: u64,
     reasons: BTreeMap<String, u64>,
+    /// Seconds into the flood at which natterd's RSS passed the cap.
+    cap_reached: Option<f64>,
 }
 
 impl Flood {
@@ -382,12 +397,13 @@ impl Flood {
             codes: BTreeMap::new(),
             errors: 0,
             reasons: BTreeMap::new(),
+            cap_reached: None,
         })
     }
 
     /// Opens every connection and runs the loop until `duration` after the first
     /// connect.
-    fn run(&mut self, duration: Duration) -> Result<(), BenchError> {
+    fn run(&mut self, duration: Duration, rss: &RssSampler) -> Result<(), BenchError> {
         self.started = Instant::now();
         let deadline = self.started + duration;
         let mut next = 0;
@@ -402,6 +418,17 @@ impl Flood {
             next = end;
             self.turn()?;
             self.expire_handshakes(Instant::now());
+            if rss.peak() > self.plan.max_server_rss {
+                let at = self.started.elapsed().as_secs_f64();
+                self.cap_reached = Some(at);
+                println!(
+                    "flood: {at:.1}s: natterd's RSS passed --max-server-rss-mib {}; closing every \
+                     connection",
+                    self.plan.max_server_rss / (1024 * 1024)
+                );
+                self.conns.clear();
+                break;
+            }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 println!(
@@ -653,7 +680,11 @@ mod tests {
     use super::*;
 
     fn args(kind: FloodKind) -> FloodArgs {
-        FloodArgs { kind, requests: 400 }
+        FloodArgs {
+            kind,
+            requests: 400,
+            max_server_rss_mib: 4096,
+        }
     }
 
     #[test]
@@ -667,8 +698,8 @@ mod tests {
         assert!(check_args(&args(FloodKind::Sync), Some(0), 20_000).is_err());
         assert!(check_args(&args(FloodKind::Prehello), Some(19_950), 20_000).is_err());
         let none = FloodArgs {
-            kind: FloodKind::History,
             requests: 0,
+            ..args(FloodKind::History)
         };
         assert!(check_args(&none, None, 20_000).is_err());
     }
