@@ -26,6 +26,7 @@ mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::thread;
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -41,6 +42,7 @@ use crate::scenarios::one2one::{self, OneToOneArgs};
 use crate::scenarios::presence::{self, PresenceArgs};
 use crate::scenarios::seam::{self, SeamArgs};
 use crate::scenarios::sync::{self as sync_scenario, SyncArgs};
+use crate::scenarios::syncstorm::{self, SyncstormArgs};
 use crate::spawn::SpawnedServer;
 use crate::target::Target;
 
@@ -99,6 +101,8 @@ struct Cli {
     flood: FloodArgs,
     #[command(flatten)]
     seam: SeamArgs,
+    #[command(flatten)]
+    syncstorm: SyncstormArgs,
     /// With --server: natterd's process id on this machine, so its RSS is read from
     /// /proc/PID/status (sampled every 20 ms) instead of /metrics.
     #[arg(long, conflicts_with = "spawn")]
@@ -127,6 +131,8 @@ enum ScenarioName {
     Flood,
     /// Exactly-once delivery across the live/sync seam under reconnects and kill -9.
     Seam,
+    /// Bystanders' ping latency while 1,000 devices sync from a cold cache.
+    Syncstorm,
 }
 
 impl ScenarioName {
@@ -140,6 +146,7 @@ impl ScenarioName {
             ScenarioName::Presence => "presence",
             ScenarioName::Flood => "flood",
             ScenarioName::Seam => "seam",
+            ScenarioName::Syncstorm => "syncstorm",
         }
     }
 }
@@ -218,6 +225,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             flood_plan = Some(flood::check_args(&cli.flood, connections, open_files)?);
         }
         ScenarioName::Seam => seam::check_args(&cli.seam, &options, cli.spawn)?,
+        ScenarioName::Syncstorm => syncstorm::check_args(&cli.syncstorm, &options, open_files)?,
         ScenarioName::Connect => connect::check_args(&cli.connect, open_files)?,
         ScenarioName::OneToOne => one2one::check_args(&cli.one2one, &cli.messaging, &options, open_files)?,
         ScenarioName::Group => group::check_args(&cli.group, &cli.messaging, &options, open_files)?,
@@ -261,6 +269,15 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         )?,
         ScenarioName::Sync => sync_scenario::run(&target, &cli.sync, sync_text_bytes(cli))?,
         ScenarioName::Seam => seam::run(&target, spawned.as_mut(), &options, &cli.seam)?,
+        ScenarioName::Syncstorm => {
+            // The spawned natterd's cores: --cores, else natterd's default (the
+            // available parallelism); unknown for --server.
+            let cores = cli.spawn.then(|| {
+                cli.cores
+                    .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+            });
+            syncstorm::run(&target, spawned.as_mut(), cores, &options, &cli.syncstorm)?
+        }
         ScenarioName::Flood => match flood_plan {
             Some(plan) => flood::run(&target, &options, plan)?,
             None => return Err(BenchError::Usage("flood: no plan".into())),
@@ -406,6 +423,102 @@ mod tests {
         assert_eq!(cli.one2one.users, 1000);
         assert_eq!(cli.messaging.window, 16);
         assert_eq!(cli.group.groups, 10);
+    }
+
+    #[test]
+    fn command_line_parses_the_issue_9_scenarios() {
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "flood",
+            "--spawn",
+            "--kind",
+            "prehello",
+            "--connections",
+            "5000",
+            "--duration",
+            "15s",
+            "--max-server-rss-mib",
+            "2048",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Flood);
+        assert_eq!(cli.flood.kind, flood::FloodKind::Prehello);
+        assert_eq!(cli.flood.max_server_rss_mib, 2048);
+        let cli =
+            Cli::try_parse_from(["natter-bench", "flood", "--kind", "sync", "--requests", "9"]).unwrap();
+        assert_eq!((cli.flood.kind, cli.flood.requests), (flood::FloodKind::Sync, 9));
+
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "seam",
+            "--spawn",
+            "--kill-restarts",
+            "10",
+            "--devices",
+            "40",
+            "--seed",
+            "7",
+            "--after-welcome",
+            "--hold",
+            "500ms",
+            "--rate",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Seam);
+        assert_eq!(
+            (cli.seam.kill_restarts, cli.seam.devices, cli.seam.seed),
+            (10, 40, 7)
+        );
+        assert!(cli.seam.after_welcome && !cli.seam.pipelined);
+        assert_eq!(cli.seam.hold, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["natter-bench", "seam", "--pipelined", "--after-welcome"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "syncstorm",
+            "--spawn",
+            "--cores",
+            "2",
+            "--storm-devices",
+            "1000",
+            "--chats-per-user",
+            "20",
+            "--bystanders",
+            "50",
+            "--ping-interval",
+            "10ms",
+            "--storm-behind",
+            "5",
+            "--baseline",
+            "3s",
+            "--text-bytes",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Syncstorm);
+        assert_eq!(
+            (
+                cli.syncstorm.storm_devices,
+                cli.syncstorm.chats_per_user,
+                cli.syncstorm.bystanders
+            ),
+            (1000, 20, 50)
+        );
+        assert_eq!(cli.syncstorm.storm_behind, 5);
+        assert_eq!(cli.text_bytes, Some(300));
+
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "one2one",
+            "--rate",
+            "200000",
+            "--text-bytes",
+            "10000",
+        ])
+        .unwrap();
+        assert_eq!((cli.rate, cli.text_bytes), (Some(200_000), Some(10_000)));
+        assert!(Cli::try_parse_from(["natter-bench", "flood", "--spawn", "--pid", "5"]).is_err());
     }
 
     #[test]

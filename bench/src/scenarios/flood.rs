@@ -38,7 +38,10 @@ use bytes::{Buf, BytesMut};
 use clap::{Args, ValueEnum};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use natter_wire::{Body, Cursor, Encoder, ErrorCode, Frame, FrameDecoder, Hello, History, Limits, PROTOCOL_VERSION, Send, Sync};
+use natter_wire::{
+    Body, Cursor, Encoder, ErrorCode, Frame, FrameDecoder, Hello, History, Limits, PROTOCOL_VERSION, Send,
+    Sync,
+};
 
 use crate::accounts::PASSWORD;
 use crate::error::BenchError;
@@ -151,7 +154,11 @@ pub(crate) struct FloodPlan {
 /// # Errors
 /// [`BenchError::Usage`] for zero connections or requests, or more connections than
 /// this process may open.
-pub(crate) fn check_args(args: &FloodArgs, connections: Option<usize>, open_files: u64) -> Result<FloodPlan, BenchError> {
+pub(crate) fn check_args(
+    args: &FloodArgs,
+    connections: Option<usize>,
+    open_files: u64,
+) -> Result<FloodPlan, BenchError> {
     let connections = connections.unwrap_or_else(|| args.kind.default_connections());
     if connections == 0 {
         return Err(BenchError::Usage("--connections must be at least 1".into()));
@@ -169,7 +176,11 @@ pub(crate) fn check_args(args: &FloodArgs, connections: Option<usize>, open_file
     Ok(FloodPlan {
         kind: args.kind,
         connections,
-        requests: if args.kind == FloodKind::Prehello { 0 } else { args.requests },
+        requests: if args.kind == FloodKind::Prehello {
+            0
+        } else {
+            args.requests
+        },
         max_server_rss: args.max_server_rss_mib.saturating_mul(1024 * 1024),
     })
 }
@@ -260,7 +271,8 @@ fn prepare(target: &Target, devices: usize) -> Result<(Vec<String>, u64), BenchE
     }
     let owner = http.login(USER, PASSWORD, "bench-flood-setup")?;
     let chat = http.create_group(&owner.token, "flood", &[])?;
-    let mut conn = natter_client::Connection::connect(target.tcp, &owner.token, "natter-bench flood setup")?.0;
+    let mut conn =
+        natter_client::Connection::connect(target.tcp, &owner.token, "natter-bench flood setup")?.0;
     let text: String = std::iter::repeat_n(TEXT_CHAR, TEXT_CHARS).collect();
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -292,7 +304,10 @@ fn request_frames(kind: FloodKind, chat: u64, requests: usize) -> Vec<u8> {
     for i in 0..requests {
         let body = match kind {
             FloodKind::Sync => Body::Sync(Sync {
-                cursors: vec![Cursor { chat_id: chat, seq: 0 }],
+                cursors: vec![Cursor {
+                    chat_id: chat,
+                    seq: 0,
+                }],
             }),
             _ => Body::History(History {
                 chat_id: chat,
@@ -367,7 +382,12 @@ struct Flood {
 }
 
 impl Flood {
-    fn new(server: SocketAddr, plan: FloodPlan, tokens: Vec<String>, requests: Vec<u8>) -> Result<Flood, BenchError> {
+    fn new(
+        server: SocketAddr,
+        plan: FloodPlan,
+        tokens: Vec<String>,
+        requests: Vec<u8>,
+    ) -> Result<Flood, BenchError> {
         let now = Instant::now();
         Ok(Flood {
             poll: Poll::new()?,
@@ -553,14 +573,21 @@ impl Flood {
         let ended = loop {
             match stream.read(&mut self.scratch) {
                 Ok(0) => break true,
-                Ok(n) => conn.inbuf.extend_from_slice(self.scratch.get(..n).unwrap_or_default()),
+                Ok(n) => conn
+                    .inbuf
+                    .extend_from_slice(self.scratch.get(..n).unwrap_or_default()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("read: {e}")),
             }
         };
-        while let Some(bytes) = self.decoder.split(&mut conn.inbuf).map_err(|e| format!("bad frame: {e}"))? {
-            let frame = Frame::decode(&bytes, self.decoder.limits()).map_err(|e| format!("bad frame: {e}"))?;
+        while let Some(bytes) = self
+            .decoder
+            .split(&mut conn.inbuf)
+            .map_err(|e| format!("bad frame: {e}"))?
+        {
+            let frame =
+                Frame::decode(&bytes, self.decoder.limits()).map_err(|e| format!("bad frame: {e}"))?;
             match frame.body {
                 Body::Welcome(_) => {
                     self.accepted += 1;
@@ -717,7 +744,9 @@ mod tests {
                     (Body::History(h), FloodKind::History) => {
                         assert_eq!((h.chat_id, h.before_seq, h.limit), (9, 0, HISTORY_LIMIT));
                     }
-                    (Body::Sync(s), FloodKind::Sync) => assert_eq!(s.cursors, vec![Cursor { chat_id: 9, seq: 0 }]),
+                    (Body::Sync(s), FloodKind::Sync) => {
+                        assert_eq!(s.cursors, vec![Cursor { chat_id: 9, seq: 0 }])
+                    }
                     other => panic!("unexpected {other:?}"),
                 }
                 ids.push(frame.request_id);

@@ -13,6 +13,7 @@ pub(crate) mod one2one;
 pub(crate) mod presence;
 pub(crate) mod seam;
 pub(crate) mod sync;
+pub(crate) mod syncstorm;
 
 use std::time::Duration;
 

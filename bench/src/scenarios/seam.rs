@@ -115,7 +115,9 @@ pub(crate) fn check_args(args: &SeamArgs, options: &Options, spawn: bool) -> Res
         return Err(BenchError::Usage("--rate must be at least 1".into()));
     }
     if args.hold.is_zero() || options.duration.is_zero() {
-        return Err(BenchError::Usage("--hold and --duration must be longer than 0".into()));
+        return Err(BenchError::Usage(
+            "--hold and --duration must be longer than 0".into(),
+        ));
     }
     if args.kill_restarts > 0 && !spawn {
         return Err(BenchError::Usage(
@@ -149,7 +151,11 @@ impl SplitMix {
     /// A duration uniformly in `[low, high]`.
     pub(crate) fn between(&mut self, low: Duration, high: Duration) -> Duration {
         let span = high.saturating_sub(low).as_nanos() as u64;
-        low + Duration::from_nanos(if span == 0 { 0 } else { self.next_u64() % (span + 1) })
+        low + Duration::from_nanos(if span == 0 {
+            0
+        } else {
+            self.next_u64() % (span + 1)
+        })
     }
 }
 
@@ -282,7 +288,11 @@ pub(crate) fn run(
         chats.len(),
         devices.len(),
         args.hold,
-        if pipelined { "pipelined behind Hello" } else { "after Welcome" },
+        if pipelined {
+            "pipelined behind Hello"
+        } else {
+            "after Welcome"
+        },
         args.kill_restarts,
         args.seed
     );
@@ -294,7 +304,7 @@ pub(crate) fn run(
     let tcp = target.tcp;
     let started = Instant::now();
     let kill_error: Mutex<Option<BenchError>> = Mutex::new(None);
-    let (sender_tallies, device_tallies) = thread::scope(|scope| {
+    let (sender_tallies, device_tallies, server_rss) = thread::scope(|scope| {
         let sender_handles: Vec<_> = senders
             .iter()
             .enumerate()
@@ -350,7 +360,12 @@ pub(crate) fn run(
             .into_iter()
             .map(|h| h.join().unwrap_or_default())
             .collect();
-        (senders, devices)
+        // After restarts natterd has a new process id.
+        let rss = match server.as_deref() {
+            Some(server) => target.clone().with_pid(server.pid()).server_rss(),
+            None => target.server_rss(),
+        };
+        (senders, devices, rss)
     });
     interrupt::check()?;
     if let Some(e) = kill_error.into_inner().ok().flatten() {
@@ -407,7 +422,7 @@ pub(crate) fn run(
     report.lost = Some(lost);
     report.errors = Some(errors + unacked);
     report.errors_by_code = Some(codes);
-    report.server_rss_bytes = target.server_rss();
+    report.server_rss_bytes = server_rss;
     Ok(report)
 }
 
@@ -417,7 +432,10 @@ fn wait_until(at: Instant) -> bool {
         if interrupt::requested() {
             return false;
         }
-        thread::sleep(at.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)));
+        thread::sleep(
+            at.saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(50)),
+        );
     }
     true
 }
@@ -576,7 +594,11 @@ fn send_loop(
         let mut dead = false;
         if phase == PHASE_RUN {
             while due <= now {
-                let chat = plan.chats.get((next_id as usize) % plan.chats.len().max(1)).copied().unwrap_or(0);
+                let chat = plan
+                    .chats
+                    .get((next_id as usize) % plan.chats.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
                 let cmid = next_id;
                 next_id += 1;
                 due += interval;
@@ -630,7 +652,11 @@ fn send_loop(
                     Body::Error(e) => {
                         *tally.codes.entry(code_name(e.code)).or_default() += 1;
                         // Refused (e.g. overloaded): sent again after RESEND_AFTER.
-                        let request = if e.request_id != 0 { e.request_id } else { frame.request_id };
+                        let request = if e.request_id != 0 {
+                            e.request_id
+                        } else {
+                            frame.request_id
+                        };
                         if let Some(cmid) = by_request.remove(&request)
                             && let Some(entry) = pending.get_mut(&cmid)
                         {
