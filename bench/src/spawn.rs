@@ -259,14 +259,7 @@ impl SpawnedServer {
     /// [`BenchError::Server`] if natterd had already died, or did not exit cleanly
     /// on SIGTERM.
     pub(crate) fn stop(mut self) -> Result<(), BenchError> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Err(self.failure(format!("it died during the run ({status})")));
-        }
-        match self.terminate() {
-            Ok(status) if status.success() => Ok(()),
-            Ok(status) => Err(self.failure(format!("it exited with {status} after SIGTERM"))),
-            Err(e) => Err(self.failure(format!("it could not be stopped: {e}"))),
-        }
+        self.stop_for_restart()
     }
 
     /// SIGTERM to natterd's PID, then wait; SIGKILL if it outlives [`STOP_TIMEOUT`].

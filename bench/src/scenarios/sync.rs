@@ -173,8 +173,14 @@ pub(crate) fn run(target: &Target, args: &SyncArgs, text_bytes: usize) -> Result
     Ok(report)
 }
 
-/// Sends `args.behind` messages round-robin over `chats`, pipelined, until all are acknowledged.
-fn fill(
+/// Sends `behind` messages of `text_bytes` bytes round-robin over `chats` from one
+/// connection of `token`, pipelined ([`WINDOW`] in flight), until all are
+/// acknowledged.
+///
+/// # Errors
+/// [`BenchError::Setup`] if a send is refused or an answer takes longer than
+/// [`STALL`]; [`BenchError::Client`] if the connection fails.
+pub(crate) fn fill(
     target: &Target,
     token: &str,
     chats: &[u64],

@@ -42,10 +42,8 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use natter_client::{Connection, Login};
-use natter_wire::{
-    Body, Cursor, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping, Send, Sync, fb, view,
-};
+use natter_client::Login;
+use natter_wire::{Body, Cursor, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping, Sync, fb, view};
 
 use crate::accounts;
 use crate::error::BenchError;
@@ -54,6 +52,7 @@ use crate::progress;
 use crate::report::Report;
 use crate::scenarios::Options;
 use crate::scenarios::messaging::setup::{befriend, in_parallel};
+use crate::scenarios::sync;
 use crate::sockets::{Sources, connect_from};
 use crate::spawn::SpawnedServer;
 use crate::target::{RssSampler, Target};
@@ -62,10 +61,6 @@ use crate::target::{RssSampler, Target};
 const USERS_PER_GROUP: usize = 99;
 /// Bytes of text per message unless `--text-bytes` says otherwise.
 const DEFAULT_TEXT_BYTES: usize = 200;
-/// Sends in flight per owner while filling.
-const FILL_WINDOW: u64 = 2_048;
-/// Longest wait for one frame while filling.
-const FILL_STALL: Duration = Duration::from_secs(60);
 /// Longest the storm may take before the devices still syncing count as errors.
 const STORM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pinging goes on this long after the storm, so the storm's last pings get answers.
@@ -386,15 +381,8 @@ fn prepare(target: &Target, args: &SyncstormArgs, text_bytes: usize) -> Result<S
             .iter()
             .zip(&by_owner)
             .map(|(owner, groups)| {
-                scope.spawn(move || {
-                    fill(
-                        target.tcp,
-                        &owner.token,
-                        groups,
-                        args.messages_per_chat,
-                        text_bytes,
-                    )
-                })
+                let total = args.messages_per_chat * groups.len() as u64;
+                scope.spawn(move || sync::fill(target, &owner.token, groups, total, text_bytes))
             })
             .collect();
         handles
@@ -427,56 +415,6 @@ fn prepare(target: &Target, args: &SyncstormArgs, text_bytes: usize) -> Result<S
         heads,
         bystanders,
     })
-}
-
-/// Sends `per_chat` messages into each of `groups`, pipelined, until all are
-/// acknowledged.
-fn fill(
-    tcp: SocketAddr,
-    token: &str,
-    groups: &[u64],
-    per_chat: u64,
-    text_bytes: usize,
-) -> Result<(), BenchError> {
-    let mut conn = Connection::connect(tcp, token, "natter-bench syncstorm fill")?.0;
-    conn.set_timeout(FILL_STALL);
-    let text = "m".repeat(text_bytes);
-    let total = per_chat * groups.len() as u64;
-    let (mut sent, mut acked) = (0u64, 0u64);
-    while acked < total {
-        while sent < total && sent - acked < FILL_WINDOW {
-            let chat_id = groups
-                .get((sent % groups.len() as u64) as usize)
-                .copied()
-                .unwrap_or(0);
-            conn.send_body(Body::Send(Send {
-                chat_id,
-                client_msg_id: sent + 1,
-                text: text.clone(),
-            }))?;
-            sent += 1;
-        }
-        match conn.recv_timeout(FILL_STALL)? {
-            Some(Frame {
-                body: Body::SendOk(_),
-                ..
-            }) => acked += 1,
-            Some(Frame {
-                body: Body::Error(e), ..
-            }) => {
-                return Err(BenchError::Setup(format!(
-                    "a fill send was refused: {} (code {})",
-                    e.message, e.code
-                )));
-            }
-            Some(_) => {}
-            None => return Err(BenchError::Setup(format!("no SendOk for {FILL_STALL:?}"))),
-        }
-        if acked.is_multiple_of(16_384) {
-            interrupt::check()?;
-        }
-    }
-    Ok(())
 }
 
 /// One non-blocking connection of the bystander or storm loop.
@@ -516,6 +454,17 @@ impl Link {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Handles readiness and returns whether the stream ended (or failed) and the
+    /// whole frames read.
+    fn receive(&mut self, scratch: &mut [u8], decoder: &FrameDecoder) -> (bool, Vec<bytes::Bytes>) {
+        let ended = self.on_ready(scratch).unwrap_or(true);
+        let mut frames = Vec::new();
+        while let Ok(Some(bytes)) = decoder.split(&mut self.inbuf) {
+            frames.push(bytes);
+        }
+        (ended, frames)
     }
 
     /// Handles readiness: finishes the connect, writes, reads. `Ok(true)` at end
@@ -647,8 +596,8 @@ fn ping_loop(
             let Some(Some(link)) = links.get_mut(i) else {
                 continue;
             };
-            let ended = link.on_ready(&mut scratch).unwrap_or(true);
-            while let Ok(Some(bytes)) = decoder.split(&mut link.inbuf) {
+            let (ended, frames) = link.receive(&mut scratch, &decoder);
+            for bytes in frames {
                 let Ok(frame) = view(&bytes, decoder.limits()) else {
                     break;
                 };
@@ -776,8 +725,8 @@ fn storm_loop(
             if link.done {
                 continue;
             }
-            let ended = link.on_ready(&mut scratch).unwrap_or(true);
-            while let Ok(Some(bytes)) = decoder.split(&mut link.inbuf) {
+            let (ended, frames) = link.receive(&mut scratch, &decoder);
+            for bytes in frames {
                 let Ok(frame) = view(&bytes, decoder.limits()) else {
                     break;
                 };
