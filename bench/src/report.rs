@@ -126,6 +126,10 @@ pub(crate) struct Report {
     /// does not know).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) errors_by_code: Option<BTreeMap<String, u64>>,
+    /// one2one / group, open loop: sends skipped because their connection already
+    /// had 1 MiB the socket had not taken (natterd not reading).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sends_skipped: Option<u64>,
     /// flood: requests written (never read).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) requests: Option<u64>,
@@ -328,6 +332,7 @@ impl Report {
             }
         }
         for (name, value) in [
+            ("sends_skipped", self.sends_skipped),
             ("requests", self.requests),
             ("accepted_connections", self.accepted_connections),
             ("server_closed_connections", self.server_closed_connections),

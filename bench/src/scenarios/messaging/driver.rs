@@ -63,6 +63,13 @@ const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Latencies above this (µs) are recorded as this: one hour, far past any drain.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
+/// Bytes a connection may have queued in the benchmark but not yet taken by its
+/// socket: past this (natterd has stopped reading it), due sends are skipped and
+/// counted in [`Tally::skipped`] instead of growing the benchmark's memory. 1 MiB
+/// holds about 6,500 stamped 160-byte sends or 100 of 10,000 bytes: far more than a
+/// natterd that keeps up ever leaves unread.
+const MAX_UNSENT_BYTES: usize = 1 << 20;
+
 /// What a thread is given.
 pub(super) struct DriverSpec<'a> {
     /// The thread's number (its name is `bench-driver-{id}`, for profilers).
@@ -104,6 +111,9 @@ pub(super) struct Tally {
     pub(super) duplicated: u64,
     /// Steps of a device's `seq` stream that were not `last + 1`.
     pub(super) reordered: u64,
+    /// Open-loop sends that were due while their connection already had
+    /// [`MAX_UNSENT_BYTES`] unsent (natterd not reading), and were skipped.
+    pub(super) skipped: u64,
     /// `Error` frames, unexpected frames, lost connections, failed handshakes.
     pub(super) errors: u64,
     /// Send → `SendOk`, µs, measured-phase sends only.
@@ -126,6 +136,7 @@ impl Tally {
             delivered: 0,
             duplicated: 0,
             reordered: 0,
+            skipped: 0,
             errors: 0,
             ack: latency_histogram(),
             deliver: latency_histogram(),
@@ -141,6 +152,7 @@ impl Tally {
         self.delivered += other.delivered;
         self.duplicated += other.duplicated;
         self.reordered += other.reordered;
+        self.skipped += other.skipped;
         self.errors += other.errors;
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.ack.add(&other.ack);
@@ -695,6 +707,10 @@ impl<'a> Driver<'a> {
             return;
         };
         if conn.state != ConnState::Active {
+            return;
+        }
+        if conn.outbuf.len() >= MAX_UNSENT_BYTES {
+            self.books.tally.skipped += 1;
             return;
         }
         let Some(chat) = self.plan.chats.get(conn.chat) else {

@@ -424,6 +424,7 @@ pub(crate) fn run(
         report.server_rss_growth_bytes = Some(rss.growth());
     }
     report.errors_by_code = Some(tally.codes.clone());
+    report.sends_skipped = Some(tally.skipped);
     if let (Some(before), Some(after)) = (before, after) {
         let commits = after.commits - before.commits;
         let records = after.records - before.records;
