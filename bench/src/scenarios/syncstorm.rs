@@ -19,8 +19,8 @@
 //!    (`--storm-pipelined`: in the same write as the `Hello`), and reads until
 //!    `SyncDone`. `storm_s`: first connect → last `SyncDone`. (Sync after the
 //!    Welcome is the default because today's natterd leaves a Sync pipelined behind
-//!    the Hello unanswered on about half the connections — apparently those accepted
-//!    by a core other than the user's home core — until the client sends again.)
+//!    the Hello unanswered on about half the connections until the client sends
+//!    again; see docs/PERFORMANCE.md, "Hardening (issue 9)".)
 //!
 //! Figures: `ping_baseline_p50/p99/p999_us` (pings intended during the baseline),
 //! `ping_p50/p99/p999_us` (intended during the storm), both also per home core of
