@@ -75,7 +75,8 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
     /// Open-loop rate instead of full speed (connect: new connections per second;
-    /// presence: presence changes per second, default 100).
+    /// presence: presence changes per second, default 100; seam: messages per second
+    /// in total, default 2000).
     #[arg(long, value_name = "N")]
     rate: Option<u64>,
     /// Bytes of text per message (one2one / group: at least the 160-byte stamp,

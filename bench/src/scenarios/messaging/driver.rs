@@ -1216,6 +1216,43 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_counted_per_code_and_skips_merge() {
+        let mut f = Fixture::new();
+        for (code, n) in [(ErrorCode::RateLimited, 2), (ErrorCode::Unavailable, 1)] {
+            for _ in 0..n {
+                let id = f.conn.pending.push(PendingSend {
+                    sent_ns: 0,
+                    counted: false,
+                });
+                f.receive(id, Body::Error(natter_wire::ErrorBody::new(code, "no", id)), 0);
+            }
+        }
+        // A code this build does not know yet (a newer natterd's) keeps its number.
+        let id = f.conn.pending.push(PendingSend {
+            sent_ns: 0,
+            counted: false,
+        });
+        let mut unknown = natter_wire::ErrorBody::new(ErrorCode::Internal, "new", id);
+        unknown.code = 60_000;
+        f.receive(id, Body::Error(unknown), 0);
+        let codes = &f.books.tally.codes;
+        assert_eq!(codes.get("rate_limited"), Some(&2));
+        assert_eq!(codes.get("unavailable"), Some(&1));
+        assert_eq!(codes.get("code 60000"), Some(&1));
+        assert_eq!(f.conn.pending.live, 0);
+
+        let mut a = Tally::new();
+        a.skipped = 3;
+        a.codes.insert("rate_limited".into(), 1);
+        let mut b = Tally::new();
+        b.skipped = 4;
+        b.codes.insert("rate_limited".into(), 2);
+        a.merge(b);
+        assert_eq!(a.skipped, 7);
+        assert_eq!(a.codes.get("rate_limited"), Some(&3));
+    }
+
+    #[test]
     fn latencies_are_recorded_in_microseconds_and_at_least_one() {
         let mut h = latency_histogram();
         record(&mut h, 10, 10);
