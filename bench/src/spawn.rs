@@ -2,6 +2,10 @@
 //! free ports, with a temporary data directory, benchmark-only password hashing and
 //! no per-connection send rate limit —
 //! and stops again (SIGTERM to its PID, then wait), also when the run fails.
+//! Scenarios that test recovery kill it with SIGKILL ([`SpawnedServer::kill`]) or stop
+//! it cleanly ([`SpawnedServer::stop_for_restart`]) and start it again on the same
+//! data directory and ports ([`SpawnedServer::restart`]); [`natterd_accepts`] tells
+//! whether this natterd build has a flag, so one bench runs against several builds.
 //!
 //! natterd announces itself with one stdout line,
 //! `NATTERD_READY {"http":"127.0.0.1:PORT","tcp":"127.0.0.1:PORT"}`, once every
