@@ -757,7 +757,9 @@ fn session(
         }),
     )
     .encode();
+    let sent_cursors: Vec<(u64, u64)> = cursors.iter().map(|c| (c.chat_id, c.seq)).collect();
     let sync = Frame::new(2, Body::Sync(Sync { cursors })).encode();
+    let mut in_session = 0u64;
     let mut welcomed = false;
     if pipelined {
         let mut both = hello.to_vec();
@@ -798,6 +800,7 @@ fn session(
                     continue;
                 };
                 tally.received += 1;
+                in_session += 1;
                 let verdict = view.observe(m.seq);
                 if verdict != Seen::InOrder {
                     match verdict {
@@ -809,13 +812,19 @@ fn session(
                     }
                     if tally.first_anomaly.is_none() {
                         tally.first_anomaly = Some(format!(
-                            "chat {} seq {} {:?} (highest seen {}, cursor {}){}",
+                            "chat {} seq {} {:?} (highest seen {}, cursor {}){}; message {in_session} of \
+                             the connection, {}, Sync cursors {sent_cursors:?}",
                             m.chat_id,
                             m.seq,
                             verdict,
                             view.highest,
                             view.cursor(),
-                            if sync_done { "" } else { " before SyncDone" }
+                            if sync_done { "" } else { " before SyncDone" },
+                            if welcomed {
+                                "after the Welcome"
+                            } else {
+                                "before the Welcome"
+                            },
                         ));
                     }
                 }
