@@ -15,7 +15,7 @@ pub(crate) enum BenchError {
     Usage(String),
     /// The scenario or transport exists in the design but not in this build yet
     /// (exit code 2).
-    #[error("{0} is not implemented yet (implemented: `connect`, `one2one` and `group` over `tcp`)")]
+    #[error("{0} is not implemented yet (every scenario runs over `tcp` only)")]
     NotImplemented(String),
     /// `--spawn` found no natterd beside this binary.
     #[error(

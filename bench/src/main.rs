@@ -26,18 +26,23 @@ mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::thread;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::error::BenchError;
 use crate::report::Report;
 use crate::scenarios::connect::{self, ConnectArgs};
+use crate::scenarios::flood::{self, FloodArgs};
 use crate::scenarios::group::{self, GroupArgs};
 use crate::scenarios::messaging::MessagingArgs;
 use crate::scenarios::one2one::{self, OneToOneArgs};
 use crate::scenarios::presence::{self, PresenceArgs};
+use crate::scenarios::seam::{self, SeamArgs};
 use crate::scenarios::sync::{self as sync_scenario, SyncArgs};
+use crate::scenarios::syncstorm::{self, SyncstormArgs};
 use crate::spawn::SpawnedServer;
 use crate::target::Target;
 
@@ -70,9 +75,14 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
     /// Open-loop rate instead of full speed (connect: new connections per second;
-    /// presence: presence changes per second, default 100).
+    /// presence: presence changes per second, default 100; seam: messages per second
+    /// in total, default 2000).
     #[arg(long, value_name = "N")]
     rate: Option<u64>,
+    /// Bytes of text per message (one2one / group: at least the 160-byte stamp,
+    /// default 160; sync: default 32).
+    #[arg(long, value_name = "N")]
+    text_bytes: Option<usize>,
     /// Also write the figures as one JSON object to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -88,6 +98,20 @@ struct Cli {
     presence: PresenceArgs,
     #[command(flatten)]
     sync: SyncArgs,
+    #[command(flatten)]
+    flood: FloodArgs,
+    #[command(flatten)]
+    seam: SeamArgs,
+    #[command(flatten)]
+    syncstorm: SyncstormArgs,
+    /// With --server: natterd's process id on this machine, so its RSS is read from
+    /// /proc/PID/status (sampled every 20 ms) instead of /metrics.
+    #[arg(long, conflicts_with = "spawn")]
+    pid: Option<u32>,
+    /// Whether `--connections` was given on the command line (set after parsing:
+    /// scenarios whose default differs from connect's use it).
+    #[arg(skip)]
+    connections_given: bool,
 }
 
 /// The scenarios the design names; only those with a module under `scenarios/` run.
@@ -104,6 +128,12 @@ enum ScenarioName {
     Sync,
     /// Presence changes pushed to friends.
     Presence,
+    /// Clients that make natterd produce or hold data and never read (issue 9).
+    Flood,
+    /// Exactly-once delivery across the live/sync seam under reconnects and kill -9.
+    Seam,
+    /// Bystanders' ping latency while 1,000 devices sync from a cold cache.
+    Syncstorm,
 }
 
 impl ScenarioName {
@@ -115,6 +145,9 @@ impl ScenarioName {
             ScenarioName::Group => "group",
             ScenarioName::Sync => "sync",
             ScenarioName::Presence => "presence",
+            ScenarioName::Flood => "flood",
+            ScenarioName::Seam => "seam",
+            ScenarioName::Syncstorm => "syncstorm",
         }
     }
 }
@@ -145,7 +178,12 @@ impl Transport {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    cli.connections_given = matches.value_source("connections") == Some(ValueSource::CommandLine);
     match run(&cli) {
         Ok(report) if report.failures() == 0 => ExitCode::SUCCESS,
         Ok(report) => {
@@ -179,8 +217,16 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     let options = scenarios::Options {
         duration: cli.duration,
         rate: cli.rate,
+        text_bytes: cli.text_bytes,
     };
+    let mut flood_plan = None;
     match cli.scenario {
+        ScenarioName::Flood => {
+            let connections = cli.connections_given.then_some(cli.connect.connections);
+            flood_plan = Some(flood::check_args(&cli.flood, connections, open_files)?);
+        }
+        ScenarioName::Seam => seam::check_args(&cli.seam, &options, cli.spawn)?,
+        ScenarioName::Syncstorm => syncstorm::check_args(&cli.syncstorm, &options, open_files)?,
         ScenarioName::Connect => connect::check_args(&cli.connect, open_files)?,
         ScenarioName::OneToOne => one2one::check_args(&cli.one2one, &cli.messaging, &options, open_files)?,
         ScenarioName::Group => group::check_args(&cli.group, &cli.messaging, &options, open_files)?,
@@ -190,22 +236,26 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.connect.in_flight,
             open_files,
         )?,
-        ScenarioName::Sync => sync_scenario::check_args(&cli.sync)?,
+        ScenarioName::Sync => sync_scenario::check_args(&cli.sync, sync_text_bytes(cli))?,
     }
 
-    let spawned = if cli.spawn {
+    let mut spawned = if cli.spawn {
         let extra = match cli.scenario {
             ScenarioName::Presence => presence::natterd_flags(&cli.presence),
+            ScenarioName::Flood => flood::natterd_flags()?,
             _ => Vec::new(),
         };
         Some(SpawnedServer::start(cli.cores, &extra)?)
     } else {
         None
     };
-    let target = match &spawned {
+    let mut target = match &spawned {
         Some(server) => Target::spawned(server)?,
         None => Target::remote(cli.server.as_deref().unwrap_or(DEFAULT_SERVER))?,
     };
+    if let Some(pid) = cli.pid {
+        target = target.with_pid(pid);
+    }
     println!("server: http {} · tcp {}", target.http_addr_text(), target.tcp);
 
     let mut report = match cli.scenario {
@@ -218,7 +268,21 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.one2one.users,
             cli.connect.in_flight,
         )?,
-        ScenarioName::Sync => sync_scenario::run(&target, &cli.sync)?,
+        ScenarioName::Sync => sync_scenario::run(&target, &cli.sync, sync_text_bytes(cli))?,
+        ScenarioName::Seam => seam::run(&target, spawned.as_mut(), &options, &cli.seam)?,
+        ScenarioName::Syncstorm => {
+            // The spawned natterd's cores: --cores, else natterd's default (the
+            // available parallelism); unknown for --server.
+            let cores = cli.spawn.then(|| {
+                cli.cores
+                    .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+            });
+            syncstorm::run(&target, spawned.as_mut(), cores, &options, &cli.syncstorm)?
+        }
+        ScenarioName::Flood => match flood_plan {
+            Some(plan) => flood::run(&target, &options, plan)?,
+            None => return Err(BenchError::Usage("flood: no plan".into())),
+        },
         _ => connect::run(&target, &options, &cli.connect)?,
     };
     report.scenario = cli.scenario.as_str().to_owned();
@@ -233,6 +297,11 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         println!("figures written to {}", path.display());
     }
     Ok(report)
+}
+
+/// The sync scenario's text size: `--text-bytes` or its default.
+fn sync_text_bytes(cli: &Cli) -> usize {
+    cli.text_bytes.unwrap_or(sync_scenario::DEFAULT_TEXT_BYTES)
 }
 
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit and returns the new
@@ -355,6 +424,102 @@ mod tests {
         assert_eq!(cli.one2one.users, 1000);
         assert_eq!(cli.messaging.window, 16);
         assert_eq!(cli.group.groups, 10);
+    }
+
+    #[test]
+    fn command_line_parses_the_issue_9_scenarios() {
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "flood",
+            "--spawn",
+            "--kind",
+            "prehello",
+            "--connections",
+            "5000",
+            "--duration",
+            "15s",
+            "--max-server-rss-mib",
+            "2048",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Flood);
+        assert_eq!(cli.flood.kind, flood::FloodKind::Prehello);
+        assert_eq!(cli.flood.max_server_rss_mib, 2048);
+        let cli =
+            Cli::try_parse_from(["natter-bench", "flood", "--kind", "sync", "--requests", "9"]).unwrap();
+        assert_eq!((cli.flood.kind, cli.flood.requests), (flood::FloodKind::Sync, 9));
+
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "seam",
+            "--spawn",
+            "--kill-restarts",
+            "10",
+            "--devices",
+            "40",
+            "--seed",
+            "7",
+            "--after-welcome",
+            "--hold",
+            "500ms",
+            "--rate",
+            "2000",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Seam);
+        assert_eq!(
+            (cli.seam.kill_restarts, cli.seam.devices, cli.seam.seed),
+            (10, 40, 7)
+        );
+        assert!(cli.seam.after_welcome && !cli.seam.pipelined);
+        assert_eq!(cli.seam.hold, Duration::from_millis(500));
+        assert!(Cli::try_parse_from(["natter-bench", "seam", "--pipelined", "--after-welcome"]).is_err());
+
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "syncstorm",
+            "--spawn",
+            "--cores",
+            "2",
+            "--storm-devices",
+            "1000",
+            "--chats-per-user",
+            "20",
+            "--bystanders",
+            "50",
+            "--ping-interval",
+            "10ms",
+            "--storm-behind",
+            "5",
+            "--baseline",
+            "3s",
+            "--text-bytes",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(cli.scenario, ScenarioName::Syncstorm);
+        assert_eq!(
+            (
+                cli.syncstorm.storm_devices,
+                cli.syncstorm.chats_per_user,
+                cli.syncstorm.bystanders
+            ),
+            (1000, 20, 50)
+        );
+        assert_eq!(cli.syncstorm.storm_behind, 5);
+        assert_eq!(cli.text_bytes, Some(300));
+
+        let cli = Cli::try_parse_from([
+            "natter-bench",
+            "one2one",
+            "--rate",
+            "200000",
+            "--text-bytes",
+            "10000",
+        ])
+        .unwrap();
+        assert_eq!((cli.rate, cli.text_bytes), (Some(200_000), Some(10_000)));
+        assert!(Cli::try_parse_from(["natter-bench", "flood", "--spawn", "--pid", "5"]).is_err());
     }
 
     #[test]

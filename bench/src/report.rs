@@ -5,6 +5,7 @@
 //! are left out of the JSON (not written as zero, so "not measured" never reads as
 //! "measured zero").
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
@@ -111,9 +112,97 @@ pub(crate) struct Report {
     /// sync: catch-up messages per second (Sync sent → SyncDone received).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sync_msgs_per_sec: Option<f64>,
-    /// sync: natterd's peak resident memory during the catch-up, bytes.
+    /// sync: natterd's peak resident memory during the catch-up, bytes (flood,
+    /// one2one / group, syncstorm: during the measured phase).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_peak_rss_bytes: Option<u64>,
+    /// natterd's resident memory when the measured phase started, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_rss_before_bytes: Option<u64>,
+    /// `server_peak_rss_bytes - server_rss_before_bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_rss_growth_bytes: Option<u64>,
+    /// `Error` frames received, by error code name (`code N` for codes this build
+    /// does not know).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) errors_by_code: Option<BTreeMap<String, u64>>,
+    /// one2one / group, open loop: sends skipped because their connection already
+    /// had 1 MiB the socket had not taken (natterd not reading).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sends_skipped: Option<u64>,
+    /// flood: requests written (never read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) requests: Option<u64>,
+    /// flood: connections natterd accepted (Welcome; prehello: TCP connected).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) accepted_connections: Option<u64>,
+    /// flood: connections natterd closed (or reset) during the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_closed_connections: Option<u64>,
+    /// flood: seconds from the start of the flood to the first close by natterd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_close_first_s: Option<f64>,
+    /// flood: seconds from the start of the flood to the last close by natterd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_close_last_s: Option<f64>,
+    /// flood: most closes by natterd within any one second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_closed_max_per_s: Option<u64>,
+    /// flood: seconds into the flood at which natterd's RSS passed
+    /// `--max-server-rss-mib` and the flood was stopped (absent: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_rss_cap_reached_s: Option<f64>,
+    /// seam: recipient devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) devices: Option<u64>,
+    /// seam: reconnects of the recipient devices (after their own disconnects and
+    /// after natterd restarts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reconnects: Option<u64>,
+    /// seam: natterd kill -9 + restart cycles done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) kill_restarts: Option<u64>,
+    /// seam: messages committed in the run's chats (the heads at the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) committed: Option<u64>,
+    /// seam: `duplicated` / `reordered` deliveries that came before the `SyncDone`
+    /// of their connection's sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) anomalies_before_sync_done: Option<u64>,
+    /// seam: sends retried under their `client_msg_id` after a lost connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) retried: Option<u64>,
+    /// syncstorm: bystander pings answered during the storm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pings: Option<u64>,
+    /// syncstorm: median bystander ping latency during the storm (from the intended
+    /// send instant), µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_p50_us: Option<u64>,
+    /// syncstorm: 99th percentile ping latency during the storm, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_p99_us: Option<u64>,
+    /// syncstorm: 99.9th percentile ping latency during the storm, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_p999_us: Option<u64>,
+    /// syncstorm: median ping latency in the quiet baseline before the storm, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_baseline_p50_us: Option<u64>,
+    /// syncstorm: 99th percentile ping latency in the baseline, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_baseline_p99_us: Option<u64>,
+    /// syncstorm: 99.9th percentile ping latency in the baseline, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_baseline_p999_us: Option<u64>,
+    /// syncstorm: storm ping p99 per home core of the bystander (`"0"`, `"1"`, …), µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_p99_us_by_core: Option<BTreeMap<String, u64>>,
+    /// syncstorm: baseline ping p99 per home core, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ping_baseline_p99_us_by_core: Option<BTreeMap<String, u64>>,
+    /// syncstorm: first storm connect → last `SyncDone`, seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) storm_s: Option<f64>,
 }
 
 impl Report {
@@ -233,6 +322,58 @@ impl Report {
         }
         if let Some(v) = self.server_peak_rss_bytes {
             line("server_peak_rss_bytes", format!("{v} ({})", mib(v)));
+        }
+        for (name, value) in [
+            ("server_rss_before_bytes", self.server_rss_before_bytes),
+            ("server_rss_growth_bytes", self.server_rss_growth_bytes),
+        ] {
+            if let Some(v) = value {
+                line(name, format!("{v} ({})", mib(v)));
+            }
+        }
+        for (name, value) in [
+            ("sends_skipped", self.sends_skipped),
+            ("requests", self.requests),
+            ("accepted_connections", self.accepted_connections),
+            ("server_closed_connections", self.server_closed_connections),
+            ("server_closed_max_per_s", self.server_closed_max_per_s),
+            ("devices", self.devices),
+            ("reconnects", self.reconnects),
+            ("kill_restarts", self.kill_restarts),
+            ("committed", self.committed),
+            ("retried", self.retried),
+            ("anomalies_before_sync_done", self.anomalies_before_sync_done),
+            ("pings", self.pings),
+            ("ping_baseline_p50_us", self.ping_baseline_p50_us),
+            ("ping_baseline_p99_us", self.ping_baseline_p99_us),
+            ("ping_baseline_p999_us", self.ping_baseline_p999_us),
+            ("ping_p50_us", self.ping_p50_us),
+            ("ping_p99_us", self.ping_p99_us),
+            ("ping_p999_us", self.ping_p999_us),
+        ] {
+            if let Some(v) = value {
+                line(name, v.to_string());
+            }
+        }
+        for (name, value) in [
+            ("server_close_first_s", self.server_close_first_s),
+            ("server_close_last_s", self.server_close_last_s),
+            ("server_rss_cap_reached_s", self.server_rss_cap_reached_s),
+            ("storm_s", self.storm_s),
+        ] {
+            if let Some(v) = value {
+                line(name, format!("{v:.3}"));
+            }
+        }
+        for (name, value) in [
+            ("ping_baseline_p99_us_by_core", &self.ping_baseline_p99_us_by_core),
+            ("ping_p99_us_by_core", &self.ping_p99_us_by_core),
+            ("errors_by_code", &self.errors_by_code),
+        ] {
+            if let Some(map) = value {
+                let text: Vec<String> = map.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+                line(name, format!("{{{}}}", text.join(", ")));
+            }
         }
         if let Some(v) = self.duration_s {
             line("duration_s", format!("{v:.1}"));

@@ -6,6 +6,10 @@
 
 use std::fs;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use natter_client::HttpClient;
 
@@ -66,6 +70,15 @@ impl Target {
         })
     }
 
+    /// This target with natterd's RSS read from `/proc/<pid>/status` (`--pid`: a
+    /// natterd on this machine that the benchmark did not spawn).
+    pub(crate) fn with_pid(self, pid: u32) -> Target {
+        Target {
+            rss: RssSource::Proc(pid),
+            ..self
+        }
+    }
+
     /// The side-port's base URL without the scheme, for messages.
     pub(crate) fn http_addr_text(&self) -> &str {
         self.http.base_url().trim_start_matches("http://")
@@ -99,6 +112,84 @@ impl Target {
                 None
             }
         }
+    }
+}
+
+/// How often [`RssSampler`] reads natterd's resident memory: often enough to catch a
+/// peak that lasts a few tens of milliseconds, rarely enough to cost nothing (one
+/// small `/proc` read).
+pub(crate) const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Samples natterd's resident memory on its own thread every
+/// [`RSS_SAMPLE_INTERVAL`] from [`RssSampler::start`] until [`RssSampler::stop`],
+/// keeping the first value and the peak.
+#[derive(Debug)]
+pub(crate) struct RssSampler {
+    before: Option<u64>,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What an [`RssSampler`] saw, bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RssFigures {
+    /// natterd's RSS when sampling started.
+    pub(crate) before: u64,
+    /// The highest RSS seen (at least `before`).
+    pub(crate) peak: u64,
+}
+
+impl RssFigures {
+    /// `peak - before`.
+    pub(crate) fn growth(self) -> u64 {
+        self.peak.saturating_sub(self.before)
+    }
+}
+
+impl RssSampler {
+    /// Reads natterd's RSS now and keeps sampling it until [`RssSampler::stop`].
+    pub(crate) fn start(target: &Target) -> RssSampler {
+        let before = target.server_rss();
+        let peak = Arc::new(AtomicU64::new(before.unwrap_or(0)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, stop, target) = (peak.clone(), stop.clone(), target.clone());
+            thread::Builder::new()
+                .name("bench-rss".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(rss) = target.server_rss() {
+                            peak.fetch_max(rss, Ordering::Relaxed);
+                        }
+                        thread::sleep(RSS_SAMPLE_INTERVAL);
+                    }
+                })
+                .ok()
+        };
+        RssSampler {
+            before,
+            peak,
+            stop,
+            thread,
+        }
+    }
+
+    /// The peak so far, bytes.
+    pub(crate) fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Stops sampling; `None` if natterd's RSS could not be read at the start.
+    pub(crate) fn stop(mut self) -> Option<RssFigures> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        Some(RssFigures {
+            before: self.before?,
+            peak: self.peak().max(self.before?),
+        })
     }
 }
 

@@ -218,6 +218,7 @@ mod tests {
         let options = Options {
             duration: Duration::from_secs(10),
             rate: None,
+            text_bytes: None,
         };
         let check = |groups, members, senders| {
             check_args(

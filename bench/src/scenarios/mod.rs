@@ -6,11 +6,14 @@
 //! machinery `one2one` and `group` share.
 
 pub(crate) mod connect;
+pub(crate) mod flood;
 pub(crate) mod group;
 pub(crate) mod messaging;
 pub(crate) mod one2one;
 pub(crate) mod presence;
+pub(crate) mod seam;
 pub(crate) mod sync;
+pub(crate) mod syncstorm;
 
 use std::time::Duration;
 
@@ -21,4 +24,6 @@ pub(crate) struct Options {
     pub(crate) duration: Duration,
     /// Open-loop rate (per second), or `None` for closed-loop / full speed.
     pub(crate) rate: Option<u64>,
+    /// `--text-bytes`: bytes of text per message, `None` for the scenario's default.
+    pub(crate) text_bytes: Option<usize>,
 }

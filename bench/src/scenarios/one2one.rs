@@ -148,6 +148,7 @@ mod tests {
         let options = Options {
             duration: Duration::from_secs(10),
             rate: None,
+            text_bytes: None,
         };
         let check = |users| check_args(&OneToOneArgs { users }, &shared_args(), &options, 20_000);
         assert!(check(1000).is_ok());

@@ -14,8 +14,6 @@
 //! `server_rss_bytes` (before the catch-up), plus `lost`, `duplicated`, `reordered`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use natter_client::Connection;
@@ -24,7 +22,7 @@ use natter_wire::{Body, Cursor, Frame, Send, Sync};
 use crate::error::BenchError;
 use crate::interrupt;
 use crate::report::Report;
-use crate::target::Target;
+use crate::target::{RssSampler, Target};
 
 const PASSWORD: &str = "natter-bench-password";
 /// Sends in flight while filling the backlog.
@@ -41,22 +39,22 @@ pub(crate) struct SyncArgs {
     /// sync: how many chats the backlog is spread over.
     #[arg(long, default_value_t = 100)]
     pub(crate) chats: u64,
-    /// sync: bytes of text per message.
-    #[arg(long, default_value_t = 32)]
-    pub(crate) text_bytes: usize,
 }
+
+/// Bytes of text per message unless `--text-bytes` says otherwise.
+pub(crate) const DEFAULT_TEXT_BYTES: usize = 32;
 
 /// Checks the flags before anything starts.
 ///
 /// # Errors
 /// [`BenchError::Usage`] when a flag is out of range.
-pub(crate) fn check_args(args: &SyncArgs) -> Result<(), BenchError> {
+pub(crate) fn check_args(args: &SyncArgs, text_bytes: usize) -> Result<(), BenchError> {
     if args.behind == 0 || args.chats == 0 || args.chats > 10_000 {
         return Err(BenchError::Usage(
             "--behind must be at least 1 and --chats between 1 and 10000".into(),
         ));
     }
-    if args.text_bytes == 0 || args.text_bytes > 4096 {
+    if text_bytes == 0 || text_bytes > 4096 {
         return Err(BenchError::Usage(
             "--text-bytes must be between 1 and 4096".into(),
         ));
@@ -78,7 +76,7 @@ fn login(target: &Target, name: &str, device: &str) -> Result<natter_client::Log
 /// # Errors
 /// [`BenchError::Client`] / [`BenchError::Setup`] when natterd refuses the setup or
 /// a connection fails; [`BenchError::Interrupted`] after Ctrl-C.
-pub(crate) fn run(target: &Target, args: &SyncArgs) -> Result<Report, BenchError> {
+pub(crate) fn run(target: &Target, args: &SyncArgs, text_bytes: usize) -> Result<Report, BenchError> {
     let sender = login(target, "bench_s_sender", "bench")?;
     let reader = login(target, "bench_s_reader", "bench-setup")?;
     match target.http.friend_request(&sender.token, "bench_s_reader") {
@@ -101,7 +99,7 @@ pub(crate) fn run(target: &Target, args: &SyncArgs) -> Result<Report, BenchError
     }
     println!("filling {} messages over {} chats ...", args.behind, chats.len());
     let fill_started = Instant::now();
-    fill(target, &sender.token, &chats, args)?;
+    fill(target, &sender.token, &chats, args.behind, text_bytes)?;
     let fill_secs = fill_started.elapsed().as_secs_f64();
     println!(
         "filled in {fill_secs:.1}s ({:.0} sends/s); catching up ...",
@@ -113,20 +111,7 @@ pub(crate) fn run(target: &Target, args: &SyncArgs) -> Result<Report, BenchError
     let device = target.http.login("bench_s_reader", PASSWORD, "bench-sync")?;
     let mut conn = Connection::connect(target.tcp, &device.token, "natter-bench sync")?.0;
     conn.set_timeout(STALL);
-    let rss_before = target.server_rss();
-    let peak = Arc::new(AtomicU64::new(rss_before.unwrap_or(0)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop, target) = (peak.clone(), stop.clone(), target.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(rss) = target.server_rss() {
-                    peak.fetch_max(rss, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let sampler = RssSampler::start(target);
     let cursors = chats.iter().map(|&chat_id| Cursor { chat_id, seq: 0 }).collect();
     let started = Instant::now();
     conn.send_body(Body::Sync(Sync { cursors }))?;
@@ -169,8 +154,7 @@ pub(crate) fn run(target: &Target, args: &SyncArgs) -> Result<Report, BenchError
         }
     };
     let secs = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = sampler.join();
+    let rss = sampler.stop();
     let expected: u64 = done.heads.iter().map(|c| c.seq).sum();
     let lost = expected.saturating_sub(synced - duplicated);
 
@@ -180,8 +164,8 @@ pub(crate) fn run(target: &Target, args: &SyncArgs) -> Result<Report, BenchError
     report.delivered = Some(synced);
     report.duration_s = Some(secs);
     report.sync_msgs_per_sec = Some(synced as f64 / secs);
-    report.server_rss_bytes = rss_before;
-    report.server_peak_rss_bytes = Some(peak.load(Ordering::Relaxed));
+    report.server_rss_bytes = rss.map(|r| r.before);
+    report.server_peak_rss_bytes = Some(rss.map_or(0, |r| r.peak));
     report.lost = Some(lost);
     report.duplicated = Some(duplicated);
     report.reordered = Some(reordered);
@@ -189,17 +173,29 @@ pub(crate) fn run(target: &Target, args: &SyncArgs) -> Result<Report, BenchError
     Ok(report)
 }
 
-/// Sends `args.behind` messages round-robin over `chats`, pipelined, until all are acknowledged.
-fn fill(target: &Target, token: &str, chats: &[u64], args: &SyncArgs) -> Result<(), BenchError> {
+/// Sends `behind` messages of `text_bytes` bytes round-robin over `chats` from one
+/// connection of `token`, pipelined ([`WINDOW`] in flight), until all are
+/// acknowledged.
+///
+/// # Errors
+/// [`BenchError::Setup`] if a send is refused or an answer takes longer than
+/// [`STALL`]; [`BenchError::Client`] if the connection fails.
+pub(crate) fn fill(
+    target: &Target,
+    token: &str,
+    chats: &[u64],
+    behind: u64,
+    text_bytes: usize,
+) -> Result<(), BenchError> {
     let mut conn = Connection::connect(target.tcp, token, "natter-bench sync sender")?.0;
     conn.set_timeout(STALL);
-    let text = "s".repeat(args.text_bytes);
+    let text = "s".repeat(text_bytes);
     let (mut sent, mut acked) = (0u64, 0u64);
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    while acked < args.behind {
-        while sent < args.behind && sent - acked < WINDOW {
+    while acked < behind {
+        while sent < behind && sent - acked < WINDOW {
             let chat_id = chats
                 .get((sent % chats.len() as u64) as usize)
                 .copied()

@@ -63,6 +63,13 @@ const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(10);
 /// Latencies above this (µs) are recorded as this: one hour, far past any drain.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
+/// Bytes a connection may have queued in the benchmark but not yet taken by its
+/// socket: past this (natterd has stopped reading it), due sends are skipped and
+/// counted in [`Tally::skipped`] instead of growing the benchmark's memory. 1 MiB
+/// holds about 6,500 stamped 160-byte sends or 100 of 10,000 bytes: far more than a
+/// natterd that keeps up ever leaves unread.
+const MAX_UNSENT_BYTES: usize = 1 << 20;
+
 /// What a thread is given.
 pub(super) struct DriverSpec<'a> {
     /// The thread's number (its name is `bench-driver-{id}`, for profilers).
@@ -86,6 +93,9 @@ pub(super) struct DriverSpec<'a> {
     pub(super) run_id: u64,
     /// State shared with the other threads and the coordinator.
     pub(super) shared: &'a Shared,
+    /// Filler bytes appended to every stamp (`--text-bytes` minus the stamp's
+    /// [`TEXT_LEN`]).
+    pub(super) padding: usize,
 }
 
 /// Latencies, counts and failures of one thread (or, merged, of the run).
@@ -101,6 +111,9 @@ pub(super) struct Tally {
     pub(super) duplicated: u64,
     /// Steps of a device's `seq` stream that were not `last + 1`.
     pub(super) reordered: u64,
+    /// Open-loop sends that were due while their connection already had
+    /// [`MAX_UNSENT_BYTES`] unsent (natterd not reading), and were skipped.
+    pub(super) skipped: u64,
     /// `Error` frames, unexpected frames, lost connections, failed handshakes.
     pub(super) errors: u64,
     /// Send → `SendOk`, µs, measured-phase sends only.
@@ -109,6 +122,9 @@ pub(super) struct Tally {
     pub(super) deliver: Histogram<u64>,
     /// Failures by reason.
     pub(super) reasons: BTreeMap<String, u64>,
+    /// `Error` frames by error code name (`code N` for a code this build does not
+    /// know), so that codes added to natterd later show up on their own.
+    pub(super) codes: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -120,10 +136,12 @@ impl Tally {
             delivered: 0,
             duplicated: 0,
             reordered: 0,
+            skipped: 0,
             errors: 0,
             ack: latency_histogram(),
             deliver: latency_histogram(),
             reasons: BTreeMap::new(),
+            codes: BTreeMap::new(),
         }
     }
 
@@ -134,12 +152,16 @@ impl Tally {
         self.delivered += other.delivered;
         self.duplicated += other.duplicated;
         self.reordered += other.reordered;
+        self.skipped += other.skipped;
         self.errors += other.errors;
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.ack.add(&other.ack);
         let _ = self.deliver.add(&other.deliver);
         for (reason, count) in other.reasons {
             *self.reasons.entry(reason).or_default() += count;
+        }
+        for (code, count) in other.codes {
+            *self.codes.entry(code).or_default() += count;
         }
     }
 
@@ -332,6 +354,8 @@ struct Context<'a> {
     /// arrive before: then every member counts).
     online: &'a [u64],
     timeline: Option<Timeline>,
+    /// Filler bytes after each stamp.
+    padding: usize,
 }
 
 /// One event-loop thread.
@@ -346,6 +370,8 @@ pub(super) struct Driver<'a> {
     encoder: Encoder,
     /// The `Send` frame reused for every message.
     send_frame: Frame,
+    /// Appended to every stamp to make texts `--text-bytes` long.
+    padding: String,
     plan: &'a Plan,
     shared: &'a Shared,
     sender_index: &'a [Option<u64>],
@@ -415,9 +441,10 @@ impl<'a> Driver<'a> {
                 Body::Send(Send {
                     chat_id: 0,
                     client_msg_id: 0,
-                    text: String::with_capacity(TEXT_LEN),
+                    text: String::with_capacity(TEXT_LEN + spec.padding),
                 }),
             ),
+            padding: Stamp::padding(spec.padding),
             plan: spec.plan,
             shared: spec.shared,
             sender_index: spec.sender_index,
@@ -683,6 +710,10 @@ impl<'a> Driver<'a> {
         if conn.state != ConnState::Active {
             return;
         }
+        if conn.outbuf.len() >= MAX_UNSENT_BYTES {
+            self.books.tally.skipped += 1;
+            return;
+        }
         let Some(chat) = self.plan.chats.get(conn.chat) else {
             return;
         };
@@ -702,6 +733,7 @@ impl<'a> Driver<'a> {
                 counter: conn.counter,
             }
             .write_to(&mut send.text);
+            send.text.push_str(&self.padding);
         }
         let bytes = self.encoder.encode(&self.send_frame);
         conn.outbuf.extend_from_slice(&bytes);
@@ -797,6 +829,7 @@ impl<'a> Driver<'a> {
             limits: &self.limits,
             online: &online,
             timeline,
+            padding: self.padding.len(),
         };
         let mut dead = Vec::new();
         for slot in ready {
@@ -969,6 +1002,7 @@ fn handle_frame(
             if conn.pending.take(answers).is_some() {
                 books.deltas.in_flight -= 1;
             }
+            *books.tally.codes.entry(name.clone()).or_default() += 1;
             books.tally.fail(format!("server error {name}"));
         }
         // Pong, Presence and anything newer: not this benchmark's business.
@@ -1033,7 +1067,7 @@ fn on_message(conn: &mut Conn, message: fb::Message<'_>, now_ns: u64, ctx: &Cont
         return;
     }
     books.deltas.received += 1;
-    let Some(stamp) = Stamp::parse(message.text().unwrap_or_default()) else {
+    let Some(stamp) = Stamp::parse_padded(message.text().unwrap_or_default(), ctx.padding) else {
         books
             .tally
             .fail("Message text is not the one the benchmark sent".into());
@@ -1183,6 +1217,43 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_counted_per_code_and_skips_merge() {
+        let mut f = Fixture::new();
+        for (code, n) in [(ErrorCode::RateLimited, 2), (ErrorCode::Unavailable, 1)] {
+            for _ in 0..n {
+                let id = f.conn.pending.push(PendingSend {
+                    sent_ns: 0,
+                    counted: false,
+                });
+                f.receive(id, Body::Error(natter_wire::ErrorBody::new(code, "no", id)), 0);
+            }
+        }
+        // A code this build does not know yet (a newer natterd's) keeps its number.
+        let id = f.conn.pending.push(PendingSend {
+            sent_ns: 0,
+            counted: false,
+        });
+        let mut unknown = natter_wire::ErrorBody::new(ErrorCode::Internal, "new", id);
+        unknown.code = 60_000;
+        f.receive(id, Body::Error(unknown), 0);
+        let codes = &f.books.tally.codes;
+        assert_eq!(codes.get("rate_limited"), Some(&2));
+        assert_eq!(codes.get("unavailable"), Some(&1));
+        assert_eq!(codes.get("code 60000"), Some(&1));
+        assert_eq!(f.conn.pending.live, 0);
+
+        let mut a = Tally::new();
+        a.skipped = 3;
+        a.codes.insert("rate_limited".into(), 1);
+        let mut b = Tally::new();
+        b.skipped = 4;
+        b.codes.insert("rate_limited".into(), 2);
+        a.merge(b);
+        assert_eq!(a.skipped, 7);
+        assert_eq!(a.codes.get("rate_limited"), Some(&3));
+    }
+
+    #[test]
     fn latencies_are_recorded_in_microseconds_and_at_least_one() {
         let mut h = latency_histogram();
         record(&mut h, 10, 10);
@@ -1277,6 +1348,7 @@ mod tests {
                     send_end: 2_000_000_000,
                     drain_deadline: 3_000_000_000,
                 }),
+                padding: 0,
             };
             let bytes = Frame::new(request_id, body).encode();
             handle_frame(&mut self.conn, 0, &bytes, now_ns, &ctx, &mut self.books).unwrap();

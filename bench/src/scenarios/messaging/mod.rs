@@ -46,7 +46,7 @@ use crate::interrupt;
 use crate::report::Report;
 use crate::scenarios::Options;
 use crate::sockets::Sources;
-use crate::target::{Target, metric_sum};
+use crate::target::{RssSampler, Target, metric_sum};
 
 /// Files the benchmark needs besides its connections: standard streams, epoll
 /// instances, the HTTP connection pool, natterd's pipes and log.
@@ -62,6 +62,10 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 const CPU_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 /// Failure reasons shown after the run.
 const REASONS_SHOWN: usize = 8;
+/// Longest `--text-bytes`: 100,000 characters of at most 4 bytes each would be
+/// 400,000 bytes, but the stamp and filler are ASCII, so 100,000 bytes is the most a
+/// server accepts (the protocol's limit is in characters).
+const MAX_TEXT_BYTES: usize = 100_000;
 
 /// The flags the messaging scenarios share.
 #[derive(Clone, Debug, Args)]
@@ -200,6 +204,16 @@ pub(crate) fn check_args(
     if options.duration.is_zero() {
         return Err(BenchError::Usage("--duration must be longer than 0".into()));
     }
+    if let Some(bytes) = options.text_bytes
+        && !(stamp::TEXT_LEN..=MAX_TEXT_BYTES).contains(&bytes)
+    {
+        return Err(BenchError::Usage(format!(
+            "--text-bytes must be {} to {MAX_TEXT_BYTES} for one2one and group (every text starts \
+             with the {}-byte stamp)",
+            stamp::TEXT_LEN,
+            stamp::TEXT_LEN
+        )));
+    }
     let needed = (connections as u64).saturating_add(FD_MARGIN);
     if needed > open_files {
         return Err(BenchError::Usage(format!(
@@ -289,6 +303,7 @@ pub(crate) fn run(
     );
 
     let mut before = None;
+    let mut rss = None;
     let mut timeline = None;
     let mut cpu = (None, None);
     let results: Vec<DriverResult> = thread::scope(|scope| {
@@ -312,6 +327,9 @@ pub(crate) fn run(
                     }),
                     run_id,
                     shared: &shared,
+                    padding: options
+                        .text_bytes
+                        .map_or(0, |b| b.saturating_sub(stamp::TEXT_LEN)),
                 };
                 let shared = &shared;
                 scope.spawn(move || match Driver::new(spec) {
@@ -334,6 +352,7 @@ pub(crate) fn run(
             options.duration
         );
         before = StoreCounters::read(target);
+        rss = Some(RssSampler::start(target));
         let start = nanos(shared.origin.elapsed() + START_DELAY);
         let phases = Timeline::new(start, args.warmup, options.duration, args.drain_timeout);
         timeline = Some(phases);
@@ -352,6 +371,7 @@ pub(crate) fn run(
     });
     let after = StoreCounters::read(target);
     let server_rss = target.server_rss();
+    let rss = rss.and_then(RssSampler::stop);
 
     if results.iter().any(|r| r.interrupted) {
         return Err(BenchError::Interrupted);
@@ -398,6 +418,13 @@ pub(crate) fn run(
     report.reordered = Some(tally.reordered);
     report.errors = Some(tally.errors + plan.setup_errors);
     report.server_rss_bytes = server_rss;
+    if let Some(rss) = rss {
+        report.server_rss_before_bytes = Some(rss.before);
+        report.server_peak_rss_bytes = Some(rss.peak);
+        report.server_rss_growth_bytes = Some(rss.growth());
+    }
+    report.errors_by_code = Some(tally.codes.clone());
+    report.sends_skipped = Some(tally.skipped);
     if let (Some(before), Some(after)) = (before, after) {
         let commits = after.commits - before.commits;
         let records = after.records - before.records;
@@ -599,6 +626,7 @@ mod tests {
         let options = Options {
             duration: Duration::from_secs(10),
             rate: None,
+            text_bytes: None,
         };
         assert!(check_args(&args, &options, 1_000, 20_000).is_ok());
         assert!(check_args(&args, &options, 19_950, 20_000).is_err());
@@ -617,5 +645,18 @@ mod tests {
                 .exit_code(),
             2
         );
+        for (bytes, ok) in [
+            (160, true),
+            (10_000, true),
+            (100_000, true),
+            (159, false),
+            (100_001, false),
+        ] {
+            let sized = Options {
+                text_bytes: Some(bytes),
+                ..options
+            };
+            assert_eq!(check_args(&args, &sized, 1_000, 20_000).is_ok(), ok, "{bytes}");
+        }
     }
 }

@@ -51,6 +51,26 @@ impl Stamp {
         text.push_str(std::str::from_utf8(&bytes).unwrap_or_default());
     }
 
+    /// `len` filler bytes, appended after a stamp to make longer texts
+    /// (`--text-bytes`).
+    pub(crate) fn padding(len: usize) -> String {
+        char::from(FILLER).to_string().repeat(len)
+    }
+
+    /// The stamp in a text of [`TEXT_LEN`] + `padding` bytes whose tail is
+    /// `padding` filler bytes (see [`Stamp::padding`]), `None` if the text is not one
+    /// the benchmark wrote.
+    pub(crate) fn parse_padded(text: &str, padding: usize) -> Option<Stamp> {
+        if text.len() != TEXT_LEN.checked_add(padding)? {
+            return None;
+        }
+        let tail = text.get(TEXT_LEN..)?;
+        if !tail.bytes().all(|b| b == FILLER) {
+            return None;
+        }
+        Stamp::parse(text.get(..TEXT_LEN)?)
+    }
+
     /// The stamp in a message text, `None` if the text is not one the benchmark wrote.
     pub(crate) fn parse(text: &str) -> Option<Stamp> {
         if text.len() != TEXT_LEN || !text.starts_with(PREFIX) {
@@ -115,5 +135,24 @@ mod tests {
         assert_eq!(Stamp::parse(&not_digits), None);
         let longer = format!("{text}.");
         assert_eq!(Stamp::parse(&longer), None);
+    }
+
+    #[test]
+    fn padded_stamps_parse_only_with_their_exact_padding() {
+        let stamp = Stamp {
+            sent_ns: 5,
+            sender: 6,
+            counter: 7,
+        };
+        let mut text = String::new();
+        stamp.write_to(&mut text);
+        assert_eq!(Stamp::parse_padded(&text, 0), Some(stamp));
+        text.push_str(&Stamp::padding(9_840));
+        assert_eq!(text.len(), 10_000);
+        assert_eq!(Stamp::parse_padded(&text, 9_840), Some(stamp));
+        assert_eq!(Stamp::parse_padded(&text, 9_839), None);
+        assert_eq!(Stamp::parse(&text), None);
+        let damaged = format!("{}x", &text[..text.len() - 1]);
+        assert_eq!(Stamp::parse_padded(&damaged, 9_840), None);
     }
 }
