@@ -121,6 +121,12 @@ impl SpawnedServer {
             flags.push(flag.into());
             flags.push(value);
         }
+        // The per-user HTTP write limit (600 a minute) would throttle setups in which
+        // one user creates many chats; lifted where natterd has it.
+        if natterd_accepts("--user-write-rate-limit")? {
+            flags.push("--user-write-rate-limit".into());
+            flags.push(BENCH_AUTH_RATE_LIMIT.to_string());
+        }
         if let Some(cores) = cores {
             flags.push("--cores".into());
             flags.push(cores.to_string());

@@ -554,6 +554,7 @@ impl Flood {
                     token: token.unwrap_or_default(),
                     device: "natter-bench flood".into(),
                     protocol_version: PROTOCOL_VERSION,
+                    sync_first: false,
                 }),
             );
             conn.outbuf.extend_from_slice(&hello.encode());

@@ -91,6 +91,11 @@ pub(crate) struct SeamArgs {
     /// seam: each reconnect sends Sync only after the Welcome.
     #[arg(long)]
     pub(crate) after_welcome: bool,
+    /// seam: devices say `Hello{sync_first: true}`, so live pushes wait for their
+    /// Sync (the reconnect recipe of docs/PROTOCOL.md; without it a device gets
+    /// pushes from the Welcome and the seam cannot be exact).
+    #[arg(long)]
+    pub(crate) sync_first: bool,
     /// seam: kill natterd with SIGKILL this many times and restart it (needs --spawn).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub(crate) kill_restarts: u32,
@@ -264,6 +269,8 @@ struct SenderPlan {
 struct Shared {
     phase: AtomicU8,
     kills: AtomicU64,
+    /// Devices say `Hello{sync_first}` (live pushes held until their Sync).
+    sync_first: bool,
 }
 
 /// Runs the scenario.
@@ -283,7 +290,7 @@ pub(crate) fn run(
     let pipelined = !args.after_welcome;
     println!(
         "seam: {} senders at {rate} msgs/s in total into {} chats; {} devices reconnecting \
-         (hold ≤ {:?}, Sync {}); {} kill -9 restarts; seed {}",
+         (hold ≤ {:?}, Sync {}{}); {} kill -9 restarts; seed {}",
         senders.len(),
         chats.len(),
         devices.len(),
@@ -293,12 +300,18 @@ pub(crate) fn run(
         } else {
             "after Welcome"
         },
+        if args.sync_first {
+            ", Hello{sync_first}"
+        } else {
+            ""
+        },
         args.kill_restarts,
         args.seed
     );
     let shared = Shared {
         phase: AtomicU8::new(PHASE_RUN),
         kills: AtomicU64::new(0),
+        sync_first: args.sync_first,
     };
     let per_sender = (rate as f64 / senders.len() as f64).max(1e-3);
     let tcp = target.tcp;
@@ -754,6 +767,7 @@ fn session(
             token: plan.token.clone(),
             device: "natter-bench seam device".into(),
             protocol_version: PROTOCOL_VERSION,
+            sync_first: shared.sync_first,
         }),
     )
     .encode();
@@ -910,6 +924,7 @@ mod tests {
             devices: 40,
             pipelined: false,
             after_welcome: false,
+            sync_first: false,
             kill_restarts: 0,
             hold: Duration::from_secs(1),
             seed: 1,

@@ -515,6 +515,7 @@ fn hello(token: &str, device: &str) -> Vec<u8> {
             token: token.to_owned(),
             device: device.to_owned(),
             protocol_version: PROTOCOL_VERSION,
+            sync_first: false,
         }),
     )
     .encode()
