@@ -37,7 +37,7 @@ pub use preauth::MAX_PRE_AUTH_INPUT;
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
 pub use sync::{
     HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG,
-    SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES, SyncStore, max_text_bytes,
+    SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES, SYNC_STEPS_PER_TURN, SyncStore, max_text_bytes,
 };
 
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
@@ -367,6 +367,8 @@ pub struct Core {
     presence: presence::Presence,
     /// Sessions syncing, filtering pushes after a sync, or stopped as slow consumers (`sync.rs`).
     syncs: HashMap<ConnId, sync::SessionSync>,
+    /// Sessions whose sync waits for a step (planning or a page), in order.
+    sync_queue: VecDeque<ConnId>,
 }
 
 impl Core {
@@ -393,6 +395,7 @@ impl Core {
             wheel: TimerWheel::new(tick, now),
             presence: presence::Presence::new(config.presence_grace, now),
             syncs: HashMap::new(),
+            sync_queue: VecDeque::new(),
             expired: Vec::new(),
             actions: VecDeque::new(),
             next_generation: 0,
@@ -423,6 +426,10 @@ impl Core {
 
     /// When [`Core::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.sync_work_left() {
+            // Sync steps wait for the next turn: at once (a time already past).
+            return Some(self.anchor.0);
+        }
         match (self.wheel.next_deadline(), self.presence.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -954,6 +961,7 @@ impl Core {
     /// End of a loop turn: turns the work gathered for other cores into one
     /// [`Action::ToCore`] per core. Call once per turn, then drain actions.
     pub fn handle_end_of_turn(&mut self) {
+        self.sync_run_queue();
         for (core, batch) in self.outgoing.iter_mut().enumerate() {
             if !batch.is_empty() {
                 let msgs = std::mem::take(batch);

@@ -14,6 +14,14 @@
 //! messages holds at most about one page per session, and the core serves
 //! everything else between pages. When every chat is done: `SyncDone{heads}`.
 //!
+//! The store reads are bounded per loop turn, not only per session: planning
+//! a sync (two point reads per chat of the user) and each page are *steps*,
+//! queued and taken at the end of a turn, at most [`SYNC_STEPS_PER_TURN`] per
+//! turn across all sessions, so a storm of a thousand syncs delays other
+//! sessions' frames by at most that much work per turn. Until its plan is read
+//! a sync drops every live push to its session (the reads that follow cover
+//! them). Every Message of the stream carries the Sync's request id.
+//!
 //! # The seam with live pushes
 //! A message is pushed only after it is committed, and reads and pushes are
 //! handled by the same thread, so the store read always covers what was
@@ -205,7 +213,22 @@ struct Run {
     chats: Vec<(ChatId, u64)>,
     /// A page went out; the next waits for [`Core::handle_drained`].
     awaiting_drain: bool,
+    /// The cursors the Sync sent, until the run is planned (its store reads
+    /// wait for a turn's sync budget like its pages). While `Some`, every live
+    /// push to the session is dropped: the reads that follow include them.
+    unplanned: Option<HashMap<ChatId, u64>>,
+    /// In `Core::sync_queue`, waiting for a turn's budget.
+    queued: bool,
 }
+
+/// Sync steps (planning one run, or writing one page) the core takes per loop
+/// turn, across all sessions. A step is at most one page (1,024 messages or
+/// 256 KiB of text) or one plan (two point reads per chat of the user), well
+/// under a millisecond with a warm cache; two per turn keep a storm of syncs
+/// from delaying anyone else's frames by more than that, while a catch-up
+/// still moves a page per step. Steps left over run next turn
+/// ([`Core::poll_timeout`] asks for an immediate one).
+pub const SYNC_STEPS_PER_TURN: usize = 2;
 
 impl Core {
     /// Whether a live push of message `(chat, seq)` may go to `conn` (see the module docs).
@@ -217,6 +240,9 @@ impl Core {
             return false;
         }
         let seq = seq.0;
+        if state.run.as_ref().is_some_and(|r| r.unplanned.is_some()) {
+            return false;
+        }
         if state.run.as_ref().is_some_and(|r| r.planned.contains(&chat)) {
             return false;
         }
@@ -256,8 +282,44 @@ impl Core {
         };
         if run.awaiting_drain {
             run.awaiting_drain = false;
-            self.sync_step(conn);
+            self.sync_enqueue(conn);
         }
+    }
+
+    /// Queues `conn`'s sync for a step in a coming turn (once).
+    fn sync_enqueue(&mut self, conn: ConnId) {
+        if let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut())
+            && !run.queued
+        {
+            run.queued = true;
+            self.sync_queue.push_back(conn);
+        }
+    }
+
+    /// End of a loop turn: up to [`SYNC_STEPS_PER_TURN`] queued sync steps.
+    pub(super) fn sync_run_queue(&mut self) {
+        for _ in 0..SYNC_STEPS_PER_TURN {
+            let Some(conn) = self.sync_queue.pop_front() else {
+                return;
+            };
+            let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) else {
+                continue;
+            };
+            if !run.queued {
+                // A stale entry: the run it was queued for was replaced.
+                continue;
+            }
+            run.queued = false;
+            match run.unplanned.take() {
+                Some(given) => self.sync_plan(conn, &given),
+                None => self.sync_step(conn),
+            }
+        }
+    }
+
+    /// Whether sync steps wait for the next turn.
+    pub(super) fn sync_work_left(&self) -> bool {
+        !self.sync_queue.is_empty()
     }
 
     /// Whether `conn` has a sync in progress (for tests and the fuzzing harness).
@@ -293,7 +355,7 @@ impl Core {
         request_id: u64,
         now: std::time::Instant,
     ) {
-        let Some((user, device)) = self.active(conn) else {
+        let Some(_) = self.active(conn) else {
             return;
         };
         if !self
@@ -311,21 +373,57 @@ impl Core {
             .cursors()
             .map(|v| v.iter().map(|c| (ChatId(c.chat_id()), c.seq())).collect())
             .unwrap_or_default();
-        let plan = match self.plan(user, device, &given) {
+        // Planned (store reads) in a coming turn, within the sync budget;
+        // until then every live push to the session is dropped.
+        let state = self.syncs.entry(conn).or_default();
+        state.stopped = false;
+        state.run = Some(Run {
+            request_id,
+            pending: VecDeque::new(),
+            planned: HashSet::new(),
+            chats: Vec::new(),
+            awaiting_drain: false,
+            unplanned: Some(given),
+            queued: false,
+        });
+        self.sync_enqueue(conn);
+    }
+
+    /// Reads the plan of `conn`'s queued sync and writes its first page.
+    fn sync_plan(&mut self, conn: ConnId, given: &HashMap<ChatId, u64>) {
+        let Some((user, device)) = self.active(conn) else {
+            return;
+        };
+        let request_id = self
+            .syncs
+            .get(&conn)
+            .and_then(|s| s.run.as_ref())
+            .map_or(0, |r| r.request_id);
+        let plan = match self.plan(user, device, given) {
             Ok(plan) => plan,
             Err(e) => {
-                let message = format!("the store is unavailable: {e}");
+                // Nothing was sent: hold pushes until the next Sync (as after
+                // a failed page), so that one is exact.
+                if let Some(state) = self.syncs.get_mut(&conn) {
+                    state.run = None;
+                    state.stopped = true;
+                    state.delivered.clear();
+                }
+                let message = format!("the store is unavailable: {e}; send Sync again");
                 return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
             }
         };
-        let state = self.syncs.entry(conn).or_default();
-        state.stopped = false;
+        let Some(state) = self.syncs.get_mut(&conn) else {
+            return;
+        };
         let mut run = Run {
             request_id,
             pending: VecDeque::new(),
             planned: HashSet::new(),
             chats: Vec::with_capacity(plan.len()),
             awaiting_drain: false,
+            unplanned: None,
+            queued: false,
         };
         for (chat, after, head) in plan {
             run.chats.push((chat, head));
@@ -339,7 +437,8 @@ impl Core {
             }
         }
         state.run = Some(run);
-        self.sync_step(conn);
+        // The first page is the next step.
+        self.sync_enqueue(conn);
     }
 
     /// `(chat, start after, head)` for every chat of the user.

@@ -16,7 +16,7 @@ use natter_wire::{Ack, Body, Cursor, Frame, FrameDecoder, Hello, History, Limits
 use super::super::{Action, AuthResult, ChatSnapshot, ChatStore, ConnId, Core, CoreConfig, PROTOCOL_VERSION};
 use super::{
     HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG, SYNC_PAGE_MESSAGES,
-    SyncStore, max_text_bytes,
+    SYNC_STEPS_PER_TURN, SyncStore, max_text_bytes,
 };
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
 use crate::store::writer::{Completion, WriteOp, apply_for_test};
@@ -837,4 +837,65 @@ fn sync_and_history_are_rate_limited_per_connection() {
             ..
         }]
     ));
+}
+
+#[test]
+fn a_storm_of_syncs_takes_a_bounded_number_of_steps_per_turn_and_everyone_finishes() {
+    let mut s = Sim::new();
+    let alice = s.user("alice");
+    let mut phones = Vec::new();
+    let mut chats = Vec::new();
+    for i in 0..20 {
+        let bob = s.user(&format!("bob{i}"));
+        let (chat, _) = s.store.create_dm(alice, bob).unwrap();
+        s.backlog(chat, alice, 1, 1500);
+        chats.push(chat);
+        phones.push(s.connect(bob, 1));
+    }
+    for (&phone, &chat) in phones.iter().zip(&chats) {
+        let sync = Frame::new(
+            7,
+            Body::Sync(Sync {
+                cursors: vec![Cursor {
+                    chat_id: chat.0,
+                    seq: 0,
+                }],
+            }),
+        );
+        s.input(phone, &sync);
+    }
+    // One turn: at most SYNC_STEPS_PER_TURN steps (a plan or a page) for all of them.
+    s.pump();
+    let pages: usize = phones
+        .iter()
+        .map(|&p| messages(&s.take(p)).len().div_ceil(SYNC_PAGE_MESSAGES))
+        .sum();
+    assert!(pages <= SYNC_STEPS_PER_TURN, "{pages} pages in one turn");
+    assert!(
+        s.core.poll_timeout().is_some_and(|at| at <= s.now),
+        "work left asks for an immediate turn"
+    );
+    // Turn after turn, every sync completes, exactly.
+    let mut got: HashMap<ConnId, Vec<u64>> = HashMap::new();
+    let mut done = 0;
+    for _ in 0..10_000 {
+        for &p in &phones {
+            for f in s.take(p) {
+                match f.body {
+                    Body::Message(m) => got.entry(p).or_default().push(m.seq),
+                    Body::SyncDone(_) => done += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            s.core.handle_drained(p, s.now);
+        }
+        s.pump();
+        if done == phones.len() {
+            break;
+        }
+    }
+    assert_eq!(done, phones.len());
+    for p in &phones {
+        assert_eq!(got[p], (1..=1500).collect::<Vec<_>>());
+    }
 }
