@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::{ChatKind, ReadError};
 use crate::core::ConnId;
 use crate::core::presence::PresenceUpdate;
 use crate::ids::{ChatId, ClientMsgId, CoreId, Seq, UserId};
-use crate::store::{ChatKind, Store, StoreError};
 
 /// Where an answer goes: one session on one core. The generation tells a
 /// reused connection id from the session the answer was meant for.
@@ -89,13 +89,13 @@ pub struct ChatSnapshot {
 }
 
 /// The store reads the core makes (a trait so the core stays free of I/O
-/// plumbing; natterd passes its fjall [`Store`]).
+/// plumbing; natterd's fjall store implements it in `crate::store`).
 pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debug {
     /// Loads a chat, or `None` when it does not exist.
     ///
     /// # Errors
     /// The store failed.
-    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError>;
+    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, ReadError>;
 
     /// The committed `(seq, server_ts_ms)` of an earlier send with the same key.
     ///
@@ -106,13 +106,13 @@ pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debu
         chat: ChatId,
         sender: UserId,
         cmid: ClientMsgId,
-    ) -> Result<Option<(Seq, u64)>, StoreError>;
+    ) -> Result<Option<(Seq, u64)>, ReadError>;
 
     /// Whether two users are friends.
     ///
     /// # Errors
     /// The store failed.
-    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError>;
+    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, ReadError>;
 
     /// When `user` joined `chat` (ms since the Unix epoch) as committed, or
     /// `None` when it is not a committed member. The owner core reads it to pick
@@ -120,73 +120,26 @@ pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debu
     ///
     /// # Errors
     /// The store failed.
-    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError>;
+    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, ReadError>;
 
     /// A user's accepted friends (presence loads them on the user's first session).
     ///
     /// # Errors
     /// The store failed.
-    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError>;
+    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, ReadError>;
 
     /// A user's durable last-seen time (ms since the Unix epoch), if recorded.
     ///
     /// # Errors
     /// The store failed.
-    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError>;
+    fn last_seen(&self, user: UserId) -> Result<Option<u64>, ReadError>;
 
     /// The text of the committed message `(chat, seq)`, if stored (read on a
     /// dedupe hit, to tell a retry from a reused `client_msg_id`).
     ///
     /// # Errors
     /// The store failed.
-    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError>;
-}
-
-impl ChatStore for Store {
-    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
-        let Some(info) = self.chat(chat)? else {
-            return Ok(None);
-        };
-        Ok(Some(ChatSnapshot {
-            kind: info.kind,
-            owner: info.owner,
-            members: info.members,
-            last_seq: self.last_seq(chat)?,
-        }))
-    }
-
-    fn dedupe(
-        &self,
-        chat: ChatId,
-        sender: UserId,
-        cmid: ClientMsgId,
-    ) -> Result<Option<(Seq, u64)>, StoreError> {
-        Store::dedupe(self, chat, sender, cmid)
-    }
-
-    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
-        Store::are_friends(self, a, b)
-    }
-
-    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError> {
-        Store::member_since(self, chat, user)
-    }
-
-    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
-        Store::friend_ids(self, user)
-    }
-
-    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
-        Store::last_seen(self, user)
-    }
-
-    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
-        let Some(after) = seq.0.checked_sub(1) else {
-            return Ok(None);
-        };
-        let page = self.messages_page(chat, Seq(after), 1, usize::MAX)?;
-        Ok(page.into_iter().find(|m| m.seq == seq).map(|m| m.text))
-    }
+    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, ReadError>;
 }
 
 /// A send handed to the storage writer and not yet committed.

@@ -53,11 +53,10 @@ use std::time::{Duration, Instant};
 use natter_wire::Body;
 use slab::Slab;
 
+use super::WriteOp;
 use super::timer::{Mark, TimerWheel};
 use super::{Action, ConnId, Core, CoreMsg};
 use crate::ids::{CoreId, UserId};
-use crate::store::StoreError;
-use crate::store::writer::WriteOp;
 
 /// Known-user entries a core keeps before it drops the offline ones (which
 /// reload from the store on demand). ~32 bytes each: at most ~32 MiB per core.
@@ -446,7 +445,11 @@ impl Core {
 
     /// The presence of `user` as this core knows it: tracked here, told by its
     /// home core, or (offline) read from the store and remembered.
-    fn presence_seen_from_here(&mut self, user: UserId, now: Instant) -> Result<UserPresence, StoreError> {
+    fn presence_seen_from_here(
+        &mut self,
+        user: UserId,
+        now: Instant,
+    ) -> Result<UserPresence, super::ReadError> {
         if self.presence.index.contains_key(&user) {
             return Ok(UserPresence {
                 user,
@@ -592,7 +595,7 @@ impl Core {
     ///
     /// # Errors
     /// The store failed to read the user's last-seen time.
-    pub fn presence_of(&mut self, user: UserId, now: Instant) -> Result<UserPresence, StoreError> {
+    pub fn presence_of(&mut self, user: UserId, now: Instant) -> Result<UserPresence, super::ReadError> {
         self.presence_seen_from_here(user, now)
     }
 }

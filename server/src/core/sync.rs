@@ -54,10 +54,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use bytes::BytesMut;
 use natter_wire::{Body, Cursor, Frame, HistoryPage, Message, SyncDone, fb};
 
+use super::WriteOp;
 use super::{ConnId, Core, State};
+use super::{ReadError, StoredMessage};
 use crate::ids::{ChatId, DeviceId, Seq, UserId};
-use crate::store::writer::WriteOp;
-use crate::store::{Store, StoreError, StoredMessage};
 
 /// Most messages one sync step reads and writes.
 pub const SYNC_PAGE_MESSAGES: usize = 1024;
@@ -89,106 +89,59 @@ pub fn max_text_bytes(max_frame: usize) -> usize {
     max_frame.saturating_sub(HISTORY_PAGE_OVERHEAD + MESSAGE_OVERHEAD)
 }
 
-/// The store reads sync and history need. Defaults answer "nothing stored", for
-/// stores that do not keep messages (the fuzzing harness's).
+/// The store reads sync and history need (the store implements them for its
+/// fjall database; the fuzzing harness for its in-memory model).
 pub trait SyncStore {
     /// The chats `user` is a member of, ascending.
     ///
     /// # Errors
     /// The store failed.
-    fn sync_user_chats(&self, _user: UserId) -> Result<Vec<ChatId>, StoreError> {
-        Ok(Vec::new())
-    }
+    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, ReadError>;
 
     /// Whether `user` is a member of `chat` now.
     ///
     /// # Errors
     /// The store failed.
-    fn sync_is_member(&self, _chat: ChatId, _user: UserId) -> Result<bool, StoreError> {
-        Ok(false)
-    }
+    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, ReadError>;
 
     /// The chat's last committed seq.
     ///
     /// # Errors
     /// The store failed.
-    fn sync_last_seq(&self, _chat: ChatId) -> Result<Seq, StoreError> {
-        Ok(Seq(0))
-    }
+    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, ReadError>;
 
     /// The cursor the device stored for the chat.
     ///
     /// # Errors
     /// The store failed.
-    fn sync_device_cursor(&self, _device: DeviceId, _chat: ChatId) -> Result<Option<Seq>, StoreError> {
-        Ok(None)
-    }
+    fn sync_device_cursor(&self, device: DeviceId, chat: ChatId) -> Result<Option<Seq>, ReadError>;
 
-    /// See [`Store::messages_page`].
+    /// Up to `max_msgs` messages of `chat` with `seq > after`, ascending, whose
+    /// texts stop once they reach `max_bytes` (at least one when any exists).
     ///
     /// # Errors
     /// The store failed.
-    fn sync_page(
-        &self,
-        _chat: ChatId,
-        _after: Seq,
-        _max_msgs: usize,
-        _max_bytes: usize,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    /// See [`Store::messages_before`].
-    ///
-    /// # Errors
-    /// The store failed.
-    fn sync_history(
-        &self,
-        _chat: ChatId,
-        _before: Seq,
-        _max_msgs: usize,
-        _max_bytes: usize,
-    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
-        Ok((Vec::new(), false))
-    }
-}
-
-impl SyncStore for Store {
-    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
-        self.user_chats(user)
-    }
-
-    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, StoreError> {
-        Ok(self.member_since(chat, user)?.is_some())
-    }
-
-    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, StoreError> {
-        self.last_seq(chat)
-    }
-
-    fn sync_device_cursor(&self, device: DeviceId, chat: ChatId) -> Result<Option<Seq>, StoreError> {
-        self.device_cursor(device, chat)
-    }
-
     fn sync_page(
         &self,
         chat: ChatId,
         after: Seq,
         max_msgs: usize,
         max_bytes: usize,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
-        self.messages_page(chat, after, max_msgs, max_bytes)
-    }
+    ) -> Result<Vec<StoredMessage>, ReadError>;
 
+    /// Up to `max_msgs` messages of `chat` with `seq < before`, newest first, whose
+    /// texts stay within `max_bytes` except the first (always taken); and whether
+    /// older ones exist.
+    ///
+    /// # Errors
+    /// The store failed.
     fn sync_history(
         &self,
         chat: ChatId,
         before: Seq,
         max_msgs: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
-        self.messages_before(chat, before, max_msgs, max_bytes)
-    }
+    ) -> Result<(Vec<StoredMessage>, bool), ReadError>;
 }
 
 /// The sync state of one session (only sessions that synced or were stopped have one).
@@ -447,7 +400,7 @@ impl Core {
         user: UserId,
         device: DeviceId,
         given: &HashMap<ChatId, u64>,
-    ) -> Result<Vec<(ChatId, u64, u64)>, StoreError> {
+    ) -> Result<Vec<(ChatId, u64, u64)>, ReadError> {
         let mut plan = Vec::new();
         for chat in self.store.sync_user_chats(user)? {
             let head = self.store.sync_last_seq(chat)?.0;

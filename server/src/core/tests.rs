@@ -403,6 +403,9 @@ struct Mesh2 {
     /// Everything else the cores asked their drivers to do: (core, action).
     out: Vec<(usize, Action)>,
     now: Instant,
+    /// Membership reply channels by ticket (the driver's map).
+    waiters: HashMap<ReplyTicket, MembershipReplyTo>,
+    next_ticket: u64,
 }
 
 impl Mesh2 {
@@ -416,6 +419,8 @@ impl Mesh2 {
             writes: Vec::new(),
             out: Vec::new(),
             now,
+            waiters: HashMap::new(),
+            next_ticket: 0,
         }
     }
 
@@ -684,26 +689,27 @@ fn a_removed_member_gets_nothing_sent_after_the_removal_and_cannot_send() {
     let change = |actor, user, add| {
         let (reply, rx) = crossbeam_channel::bounded(1);
         (
-            MembershipChange {
-                chat,
-                actor,
-                user,
-                add,
+            (
+                MembershipChange {
+                    chat,
+                    actor,
+                    user,
+                    add,
+                },
                 reply,
-            },
+            ),
             rx,
         )
     };
     // Only the owner removes others.
     let (c, rx) = change(bob, cat, false);
-    let now = m.now;
-    m.cores[owner].handle_membership(c, now);
+    m.membership(owner, c);
     m.pump();
     m.drain_membership_replies();
     assert_eq!(rx.try_recv(), Ok(Err(MembershipError::NotOwner)));
 
     let (c, rx) = change(ann, bob, false);
-    m.cores[owner].handle_membership(c, now);
+    m.membership(owner, c);
     m.pump();
     m.send(ann_phone, chat, 1, "bob is gone", 1);
     m.commit();
@@ -730,25 +736,41 @@ fn a_removed_member_gets_nothing_sent_after_the_removal_and_cannot_send() {
 
     // Adding back needs friendship with the owner; bob is a friend.
     let (c, rx) = change(ann, bob, true);
-    m.cores[owner].handle_membership(c, now);
+    m.membership(owner, c);
     m.pump();
     m.commit();
     m.drain_membership_replies();
     assert_eq!(rx.try_recv(), Ok(Ok(())));
     let stranger = m.user("zed");
     let (c, rx) = change(ann, stranger, true);
-    m.cores[owner].handle_membership(c, now);
+    m.membership(owner, c);
     m.pump();
     m.drain_membership_replies();
     assert_eq!(rx.try_recv(), Ok(Err(MembershipError::NotFriends)));
 }
 
+/// Where a membership change's outcome goes (the HTTP worker's side).
+type MembershipReplyTo = crossbeam_channel::Sender<Result<(), MembershipError>>;
+
 impl Mesh2 {
+    /// Hands a membership change to `core` under a fresh ticket, keeping its
+    /// reply channel as the driver does.
+    fn membership(&mut self, core: usize, (change, reply): (MembershipChange, MembershipReplyTo)) {
+        self.next_ticket += 1;
+        let ticket = ReplyTicket(self.next_ticket);
+        self.waiters.insert(ticket, reply);
+        let now = self.now;
+        self.cores[core].handle_membership(change, ticket, now);
+    }
+
     /// Carries out the MembershipReply actions (the driver's job).
     fn drain_membership_replies(&mut self) {
+        let waiters = &mut self.waiters;
         self.out.retain(|(_, a)| match a {
             Action::MembershipReply { reply, result } => {
-                let _ = reply.send(result.clone());
+                if let Some(to) = waiters.remove(reply) {
+                    let _ = to.send(result.clone());
+                }
                 false
             }
             _ => true,
@@ -1049,16 +1071,17 @@ fn an_owner_who_leaves_hands_the_group_to_the_longest_standing_committed_member(
     type Reply = crossbeam_channel::Receiver<Result<(), MembershipError>>;
     fn change(m: &mut Mesh2, chat: ChatId, actor: UserId, user: UserId, add: bool) -> Reply {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        let now = m.now;
-        m.cores[chat.owner_core(2).0].handle_membership(
-            MembershipChange {
-                chat,
-                actor,
-                user,
-                add,
+        m.membership(
+            chat.owner_core(2).0,
+            (
+                MembershipChange {
+                    chat,
+                    actor,
+                    user,
+                    add,
+                },
                 reply,
-            },
-            now,
+            ),
         );
         m.pump();
         rx

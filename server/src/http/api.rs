@@ -673,12 +673,11 @@ impl Api {
             actor,
             user,
             add,
-            reply,
         };
         let core = chat.owner_core(self.mesh.len());
         if self
             .mesh
-            .send_blocking(core, Command::Membership(change))
+            .send_blocking(core, Command::Membership { change, reply })
             .is_err()
         {
             tracing::warn!(%chat, %core, "membership change: the owner core is gone");

@@ -7,58 +7,14 @@ pub mod supervise;
 pub use mesh::{Mesh, QUEUE_CAPACITY, Refused};
 pub use outbox::{OUTBOX_PAUSE_MARK, OUTBOX_RESUME_MARK};
 
-use crate::core::{CoreMsg, UserPresence};
-use crate::ids::{ChatId, DeviceId, UserId};
+use crate::core::{CoreMsg, ReadError, UserPresence};
+pub use crate::core::{MembershipChange, MembershipError};
+use crate::ids::{DeviceId, UserId};
 use crate::store::writer::Completion;
 
 /// Commands drained per queue per loop turn: enough to amortise the wake-up,
 /// small enough that a flood from other cores cannot starve this core's sockets.
 pub const COMMANDS_PER_TURN: usize = 1024;
-
-/// A group membership change requested over HTTP, decided by the chat's owner core.
-#[derive(Debug)]
-pub struct MembershipChange {
-    /// The group.
-    pub chat: ChatId,
-    /// Who asks (the owner adds or removes; any member may remove itself).
-    pub actor: UserId,
-    /// Who is added or removed.
-    pub user: UserId,
-    /// Add (true) or remove (false).
-    pub add: bool,
-    /// Where the outcome goes, once the change is durable (or refused).
-    pub reply: crossbeam_channel::Sender<Result<(), MembershipError>>,
-}
-
-/// Why a membership change was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum MembershipError {
-    /// No such chat.
-    #[error("no such chat")]
-    UnknownChat,
-    /// The chat is a direct chat, whose members never change.
-    #[error("direct chats have fixed members")]
-    NotAGroup,
-    /// Only the group's owner adds members or removes others.
-    #[error("only the group's owner may do that")]
-    NotOwner,
-    /// A member added must be a friend of the owner.
-    #[error("that user is not a friend of the group's owner")]
-    NotFriends,
-    /// The group already has the maximum number of members.
-    #[error("a group has at most {} members", crate::store::MAX_GROUP_MEMBERS)]
-    TooManyMembers,
-    /// The user is already a member.
-    #[error("already a member")]
-    AlreadyMember,
-    /// The user is not a member.
-    #[error("not a member")]
-    NotMember,
-    /// The store failed; nothing changed.
-    #[error("store unavailable: {0}")]
-    Store(String),
-}
 
 /// What one core asks of another (or the HTTP side-port of a core).
 #[derive(Debug)]
@@ -79,7 +35,12 @@ pub enum Command {
     /// The storage writer durably committed these writes of this core, in order.
     Committed(Vec<Completion>),
     /// Add or remove a group member (from the HTTP side-port), in order with the chat's messages.
-    Membership(MembershipChange),
+    Membership {
+        /// The change.
+        change: MembershipChange,
+        /// Where the outcome goes, once the change is durable (or refused).
+        reply: crossbeam_channel::Sender<Result<(), MembershipError>>,
+    },
     /// The friendship between `a` and `b` changed (committed by the HTTP
     /// side-port): sent to both users' home cores, which re-read it and start
     /// or stop pushing presence between them.
@@ -94,7 +55,7 @@ pub enum Command {
         /// The user asked about.
         user: UserId,
         /// Where the answer goes.
-        reply: crossbeam_channel::Sender<Result<UserPresence, String>>,
+        reply: crossbeam_channel::Sender<Result<UserPresence, ReadError>>,
     },
     /// Stop accepting, close every session and leave the loop.
     Shutdown,

@@ -16,9 +16,10 @@ use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::core::{Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus};
+use crate::core::{Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus, ReplyTicket};
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
+use crate::runtime::MembershipError;
 use crate::runtime::outbox::{Backpressure, OUTBOX_PAUSE_MARK, Outbox};
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
@@ -189,6 +190,11 @@ pub(crate) struct Worker {
     writer: WriterSender,
     write_backlog: VecDeque<WriteOp>,
     shutting_down: bool,
+    /// HTTP workers waiting for a membership change's outcome, by the ticket
+    /// the core echoes in `Action::MembershipReply`.
+    membership_waiters:
+        std::collections::HashMap<u64, crossbeam_channel::Sender<Result<(), MembershipError>>>,
+    next_membership_ticket: u64,
 }
 
 impl Worker {
@@ -242,6 +248,8 @@ impl Worker {
             writer,
             write_backlog: VecDeque::new(),
             shutting_down: false,
+            membership_waiters: std::collections::HashMap::new(),
+            next_membership_ticket: 0,
         })
     }
 
@@ -807,7 +815,9 @@ impl Worker {
                 }
                 Action::MembershipReply { reply, result } => {
                     // The HTTP worker may have given up waiting; nothing to do then.
-                    let _ = reply.send(result);
+                    if let Some(waiter) = self.membership_waiters.remove(&reply.0) {
+                        let _ = waiter.send(result);
+                    }
                 }
             }
         }
@@ -914,8 +924,13 @@ impl Worker {
                     self.core.handle_committed(completions, now);
                     self.run_actions(now);
                 }
-                Command::Membership(change) => {
-                    self.core.handle_membership(change, now);
+                Command::Membership { change, reply } => {
+                    // The core answers by ticket; the channel stays here. At most one
+                    // entry per HTTP worker waiting (each waits for its answer).
+                    self.next_membership_ticket += 1;
+                    let ticket = ReplyTicket(self.next_membership_ticket);
+                    self.membership_waiters.insert(ticket.0, reply);
+                    self.core.handle_membership(change, ticket, now);
                     self.run_actions(now);
                 }
                 Command::CloseDevice { user, device } => {
@@ -928,7 +943,7 @@ impl Worker {
                 }
                 Command::PresenceQuery { user, reply } => {
                     // The HTTP worker may have given up waiting; nothing to do then.
-                    let _ = reply.send(self.core.presence_of(user, now).map_err(|e| e.to_string()));
+                    let _ = reply.send(self.core.presence_of(user, now));
                 }
                 Command::Shutdown => {
                     self.shutting_down = true;

@@ -44,6 +44,7 @@
 //! signup and login, and the per-user rate limit of every other HTTP write).
 
 mod chats;
+mod core_reads;
 mod cursors;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
@@ -61,13 +62,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sha2::{Digest, Sha256};
 
+pub use crate::core::MAX_GROUP_MEMBERS;
 use crate::ids::{DeviceId, UserId};
 pub use chats::ChatInfo;
 use keys::FriendState;
 pub use records::{ChatKind, DeviceRecord, StoredMessage, UserRecord};
-
-/// Most members a group has, its owner included.
-pub const MAX_GROUP_MEMBERS: usize = 100;
 
 /// Most accepted friends a user has. A user's friend list is loaded whole by
 /// its home core on its first session (8 bytes per friend) and every presence

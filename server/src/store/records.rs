@@ -10,6 +10,7 @@
 //! anything malformed (short, long, bad UTF-8, unknown version); records come
 //! from disk and must never panic the server.
 
+pub use crate::core::{ChatKind, StoredMessage};
 use crate::ids::{ChatId, ClientMsgId, Seq, UserId};
 
 /// Version byte of the current user record layout.
@@ -113,15 +114,6 @@ impl DeviceRecord {
     }
 }
 
-/// What kind of chat a chat record describes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ChatKind {
-    /// A 1:1 chat between two friends; its members never change.
-    Direct,
-    /// A group of up to [`super::MAX_GROUP_MEMBERS`] members with an owner.
-    Group,
-}
-
 impl ChatKind {
     fn to_byte(self) -> u8 {
         match self {
@@ -199,23 +191,6 @@ pub(crate) fn decode_member(bytes: &[u8]) -> Option<u64> {
     let joined = r.u64()?;
     r.end()?;
     Some(joined)
-}
-
-/// One stored message: its key `(chat, seq)` plus its value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// The chat.
-    pub chat: ChatId,
-    /// Its position in the chat (gapless from 1).
-    pub seq: Seq,
-    /// Who sent it.
-    pub sender: UserId,
-    /// When the owner core accepted it, milliseconds since the Unix epoch.
-    pub server_ts_ms: u64,
-    /// The sender's id for the send (dedupe key).
-    pub client_msg_id: ClientMsgId,
-    /// The text (valid UTF-8, 1 to 100,000 characters; checked before it gets here).
-    pub text: String,
 }
 
 impl StoredMessage {

@@ -49,8 +49,9 @@ use fjall::{OwnedWriteBatch, PersistMode};
 
 pub use super::POISON_EXIT_CODE;
 use super::records::{ChatRecord, encode_member};
-use super::{Store, StoreError, StoredMessage, keys, now_ms};
-use crate::ids::{ChatId, CoreId, DeviceId, Seq, UserId};
+use super::{Store, StoreError, keys, now_ms};
+pub use crate::core::{Completion, WriteOp};
+use crate::ids::{ChatId, CoreId, UserId};
 use crate::metrics::Metrics;
 
 /// The writer thread's name. Its death is a storage failure whatever killed
@@ -108,58 +109,6 @@ impl<F: Fn(CoreId, Vec<Completion>) + Send> CompletionSink for F {
     }
 }
 
-/// One write a core hands to the writer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WriteOp {
-    /// A message and its dedupe record, in one batch.
-    Message {
-        /// The core to report completion to (the chat's owner core).
-        origin: CoreId,
-        /// The message, `seq` already assigned.
-        msg: StoredMessage,
-    },
-    /// Add or remove a group member (members + user_chats rows).
-    Membership {
-        /// The core to report completion to (the chat's owner core).
-        origin: CoreId,
-        /// The group.
-        chat: ChatId,
-        /// The member added or removed.
-        user: UserId,
-        /// Add (true) or remove (false).
-        add: bool,
-        /// The group's owner from this change on, when the change is its owner
-        /// leaving (the longest-standing remaining member; `None` otherwise, and
-        /// when nobody remains). Written to the chat record in the same batch as
-        /// the removal, so the two are durable together or not at all.
-        new_owner: Option<UserId>,
-        /// The origin's number for this change, echoed in its completion.
-        ticket: u64,
-    },
-    /// A user went offline: their last-seen time (one `last_seen` row, the
-    /// newest write wins). Rides in the next group commit; no completion.
-    LastSeen {
-        /// The user's home core, which decided it.
-        origin: CoreId,
-        /// The user.
-        user: UserId,
-        /// Last seen, milliseconds since the Unix epoch.
-        last_seen_ms: u64,
-    },
-    /// A device acknowledged everything up to `seq` in `chat` (one `cursors`
-    /// row, the newest write wins). Rides in the next group commit; no completion.
-    Cursor {
-        /// The device's home core, which took the Ack.
-        origin: CoreId,
-        /// The device.
-        device: DeviceId,
-        /// The chat.
-        chat: ChatId,
-        /// The acknowledged seq.
-        seq: Seq,
-    },
-}
-
 impl WriteOp {
     /// The core this op's completion goes to.
     pub fn origin(&self) -> CoreId {
@@ -191,23 +140,6 @@ impl WriteOp {
             Self::LastSeen { .. } | Self::Cursor { .. } => None,
         }
     }
-}
-
-/// What the writer reports to an origin core once an op is durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Completion {
-    /// The message `(chat, seq)` and its dedupe record are committed and synced.
-    Message {
-        /// The chat.
-        chat: ChatId,
-        /// The message's seq.
-        seq: Seq,
-    },
-    /// The membership change with this ticket is committed and synced.
-    Membership {
-        /// The ticket of the [`WriteOp::Membership`].
-        ticket: u64,
-    },
 }
 
 /// How the writer hands completions back: `deliver(core, completions)`.

@@ -18,9 +18,10 @@ use super::{
     HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG, SYNC_PAGE_MESSAGES,
     SYNC_STEPS_PER_TURN, SyncStore, max_text_bytes,
 };
+use crate::core::ReadError;
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
 use crate::store::writer::{Completion, WriteOp, apply_for_test};
-use crate::store::{Store, StoreError, StoredMessage};
+use crate::store::{Store, StoredMessage};
 use natter_wire::{Encoder, ErrorCode, HistoryPage};
 
 struct Sim {
@@ -42,16 +43,16 @@ struct Flaky {
 }
 
 impl SyncStore for Flaky {
-    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
+    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, ReadError> {
         self.inner.sync_user_chats(user)
     }
-    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, StoreError> {
+    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, ReadError> {
         self.inner.sync_is_member(chat, user)
     }
-    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, StoreError> {
+    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, ReadError> {
         self.inner.sync_last_seq(chat)
     }
-    fn sync_device_cursor(&self, device: DeviceId, chat: ChatId) -> Result<Option<Seq>, StoreError> {
+    fn sync_device_cursor(&self, device: DeviceId, chat: ChatId) -> Result<Option<Seq>, ReadError> {
         self.inner.sync_device_cursor(device, chat)
     }
     fn sync_page(
@@ -60,9 +61,9 @@ impl SyncStore for Flaky {
         after: Seq,
         n: usize,
         b: usize,
-    ) -> Result<Vec<StoredMessage>, StoreError> {
+    ) -> Result<Vec<StoredMessage>, ReadError> {
         if self.fail_pages.load(Ordering::Relaxed) {
-            return Err(StoreError::Corrupt {
+            return Err(ReadError::Corrupt {
                 what: "injected by the test".into(),
             });
         }
@@ -74,13 +75,13 @@ impl SyncStore for Flaky {
         before: Seq,
         n: usize,
         b: usize,
-    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+    ) -> Result<(Vec<StoredMessage>, bool), ReadError> {
         self.inner.sync_history(chat, before, n, b)
     }
 }
 
 impl ChatStore for Flaky {
-    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
+    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, ReadError> {
         self.inner.chat_snapshot(chat)
     }
     fn dedupe(
@@ -88,22 +89,22 @@ impl ChatStore for Flaky {
         chat: ChatId,
         sender: UserId,
         cmid: ClientMsgId,
-    ) -> Result<Option<(Seq, u64)>, StoreError> {
+    ) -> Result<Option<(Seq, u64)>, ReadError> {
         ChatStore::dedupe(&*self.inner, chat, sender, cmid)
     }
-    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, ReadError> {
         ChatStore::are_friends(&*self.inner, a, b)
     }
-    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, ReadError> {
         ChatStore::friend_ids(&*self.inner, user)
     }
-    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError> {
+    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, ReadError> {
         ChatStore::member_since(&*self.inner, chat, user)
     }
-    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
+    fn last_seen(&self, user: UserId) -> Result<Option<u64>, ReadError> {
         ChatStore::last_seen(&*self.inner, user)
     }
-    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
+    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, ReadError> {
         self.inner.stored_text(chat, seq)
     }
 }

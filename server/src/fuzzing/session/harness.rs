@@ -18,8 +18,8 @@ use crate::core::{
     Action, AuthResult, ConnId, Core, CoreConfig, CoreMsg, Detached, FRAMES_PER_SESSION_PER_TURN,
     HELLO_TIMEOUT, InputStatus,
 };
+use crate::core::{MembershipChange, MembershipError, ReplyTicket};
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
-use crate::runtime::{MembershipChange, MembershipError};
 use crate::store::writer::{Completion, WriteOp};
 use crate::store::{ChatKind, StoredMessage};
 
@@ -89,7 +89,8 @@ enum Command {
     Adopt(Detached, usize),
     Core(Vec<CoreMsg>),
     Committed(Vec<Completion>),
-    Membership(MembershipChange),
+    /// A change and the ticket its reply comes back under (an index into `reply_to`).
+    Membership(MembershipChange, ReplyTicket),
 }
 
 /// Which call produced the actions being drained.
@@ -149,6 +150,8 @@ pub(super) struct Harness {
     keys: HashMap<(ChatId, UserId, ClientMsgId), Seq>,
     /// One receiver per membership change asked for.
     replies: Vec<Receiver<Result<(), MembershipError>>>,
+    /// The sending side of each, by ticket (the driver's map; ticket = index).
+    reply_to: Vec<crossbeam_channel::Sender<Result<(), MembershipError>>>,
     decoder: FrameDecoder,
 }
 
@@ -190,6 +193,7 @@ impl Harness {
             messages: HashMap::new(),
             keys: HashMap::new(),
             replies: Vec::new(),
+            reply_to: Vec::new(),
             decoder: FrameDecoder::new(Limits::with_max_frame(MAX_FRAME)),
         }
     }
@@ -325,14 +329,15 @@ impl Harness {
                 let chat = ChatId(u64::from(*chat) % CHAT_IDS + 1);
                 let (reply, receiver) = crossbeam_channel::bounded(1);
                 self.replies.push(receiver);
+                let ticket = ReplyTicket(self.reply_to.len() as u64);
+                self.reply_to.push(reply);
                 let change = MembershipChange {
                     chat,
                     actor: user_id(*actor),
                     user: user_id(*user),
                     add: *add,
-                    reply,
                 };
-                self.queues[chat.owner_core(CORES).0].push_back(Command::Membership(change));
+                self.queues[chat.owner_core(CORES).0].push_back(Command::Membership(change, ticket));
             }
             Op::StoreFault { on } => self.store.set_failing(*on),
             Op::Overflow { conn } => {
@@ -541,8 +546,8 @@ impl Harness {
                 self.core_mut(core).handle_committed(completions, now);
                 self.drain(core, Cause::Mesh);
             }
-            Command::Membership(change) => {
-                self.core_mut(core).handle_membership(change, now);
+            Command::Membership(change, ticket) => {
+                self.core_mut(core).handle_membership(change, ticket, now);
                 self.drain(core, Cause::Membership);
             }
         }
@@ -730,8 +735,9 @@ impl Harness {
                         ),
                         Err(_) => assert_eq!(cause, Cause::Membership, "a refusal outside handle_membership"),
                     }
+                    let to = usize::try_from(reply.0).ok().and_then(|i| self.reply_to.get(i));
                     assert!(
-                        reply.try_send(result).is_ok(),
+                        to.is_some_and(|to| to.try_send(result).is_ok()),
                         "a second reply to one membership change"
                     );
                 }

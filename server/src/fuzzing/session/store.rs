@@ -15,9 +15,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::core::ReadError;
 use crate::core::{ChatSnapshot, ChatStore};
-use crate::ids::{ChatId, ClientMsgId, Seq, UserId};
-use crate::store::{ChatKind, StoreError, StoredMessage};
+use crate::ids::{ChatId, ClientMsgId, DeviceId, Seq, UserId};
+use crate::store::{ChatKind, StoredMessage};
 
 /// Chat ids `1..=CHAT_IDS` are the ones operations name (the last two do not exist).
 pub const CHAT_IDS: u64 = 7;
@@ -139,10 +140,10 @@ impl MemoryStore {
         }
     }
 
-    fn check(&self) -> Result<MutexGuard<'_, Committed>, StoreError> {
+    fn check(&self) -> Result<MutexGuard<'_, Committed>, ReadError> {
         let state = self.lock();
         if state.failing {
-            return Err(StoreError::Corrupt {
+            return Err(ReadError::Corrupt {
                 what: "a fault injected by the fuzz harness".to_owned(),
             });
         }
@@ -150,11 +151,63 @@ impl MemoryStore {
     }
 }
 
-/// Sync and history read nothing here: this store keeps no messages.
-impl crate::core::SyncStore for MemoryStore {}
+/// This store keeps no messages and no cursors, so sync and history find
+/// nothing; membership and heads come from the committed model.
+impl crate::core::SyncStore for MemoryStore {
+    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, ReadError> {
+        let state = self.check()?;
+        let mut chats: Vec<ChatId> = state
+            .chats
+            .iter()
+            .filter(|(_, c)| c.members.contains(&user))
+            .map(|(id, _)| *id)
+            .collect();
+        chats.sort_unstable();
+        Ok(chats)
+    }
+
+    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, ReadError> {
+        Ok(self
+            .check()?
+            .chats
+            .get(&chat)
+            .is_some_and(|c| c.members.contains(&user)))
+    }
+
+    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, ReadError> {
+        Ok(self.check()?.last_seq.get(&chat).copied().unwrap_or(Seq(0)))
+    }
+
+    fn sync_device_cursor(&self, _device: DeviceId, _chat: ChatId) -> Result<Option<Seq>, ReadError> {
+        let _state = self.check()?;
+        Ok(None)
+    }
+
+    fn sync_page(
+        &self,
+        _chat: ChatId,
+        _after: Seq,
+        _n: usize,
+        _b: usize,
+    ) -> Result<Vec<StoredMessage>, ReadError> {
+        let _state = self.check()?;
+        Ok(Vec::new())
+    }
+
+    fn sync_history(
+        &self,
+        _chat: ChatId,
+        _before: Seq,
+        _n: usize,
+        _b: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), ReadError> {
+        let _state = self.check()?;
+        Ok((Vec::new(), false))
+    }
+}
 
 impl ChatStore for MemoryStore {
-    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
+    fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, ReadError> {
         let state = self.check()?;
         Ok(state.chats.get(&chat).map(|c| ChatSnapshot {
             kind: c.kind,
@@ -169,18 +222,18 @@ impl ChatStore for MemoryStore {
         chat: ChatId,
         sender: UserId,
         cmid: ClientMsgId,
-    ) -> Result<Option<(Seq, u64)>, StoreError> {
+    ) -> Result<Option<(Seq, u64)>, ReadError> {
         Ok(self.check()?.dedupe.get(&(chat, sender, cmid)).copied())
     }
 
-    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, StoreError> {
+    fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, ReadError> {
         let _state = self.check()?;
         Ok(friends(a, b))
     }
 
     /// This store keeps no join times: every committed member joined at 0, so
     /// an owner leaving hands the group to the lowest remaining id.
-    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, StoreError> {
+    fn member_since(&self, chat: ChatId, user: UserId) -> Result<Option<u64>, ReadError> {
         let state = self.check()?;
         Ok(state
             .chats
@@ -189,7 +242,7 @@ impl ChatStore for MemoryStore {
             .map(|_| 0))
     }
 
-    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, StoreError> {
+    fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, ReadError> {
         let _state = self.check()?;
         let mut ids: Vec<UserId> = FRIENDS
             .iter()
@@ -203,11 +256,11 @@ impl ChatStore for MemoryStore {
         Ok(ids)
     }
 
-    fn last_seen(&self, user: UserId) -> Result<Option<u64>, StoreError> {
+    fn last_seen(&self, user: UserId) -> Result<Option<u64>, ReadError> {
         Ok(self.check()?.last_seen.get(&user).copied())
     }
 
-    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
+    fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, ReadError> {
         Ok(self.check()?.texts.get(&(chat, seq)).cloned())
     }
 }

@@ -958,13 +958,13 @@ fn owner_core(queue: &Receiver<Command>, chat: u64, actor: u64, script: Vec<Scri
             }
         };
         match command {
-            Ok(Command::Membership(change)) => {
+            Ok(Command::Membership { change, reply }) => {
                 assert_eq!(
                     (change.chat, change.actor, change.user, change.add),
                     (ChatId(chat), UserId(actor), UserId(step.user), step.add)
                 );
                 if let Some(answer) = step.answer {
-                    change.reply.send(answer).unwrap();
+                    reply.send(answer).unwrap();
                 }
             }
             Ok(other) => panic!("unexpected command {other:?}"),
@@ -1038,7 +1038,13 @@ fn membership_changes_go_to_the_owner_core_and_its_answers_map_to_codes() {
         step(false, carol, Some(Err(MembershipError::NotMember))),
         step(false, bob, Some(Err(MembershipError::UnknownChat))),
         step(false, bob, Some(Err(MembershipError::NotAGroup))),
-        step(false, bob, Some(Err(MembershipError::Store("disk".into())))),
+        step(
+            false,
+            bob,
+            Some(Err(MembershipError::Store(crate::core::ReadError::Unavailable(
+                "disk".into(),
+            )))),
+        ),
         step(false, bob, None),
     ];
     let other_core = h.queues[1 - owner].clone();
@@ -1240,7 +1246,9 @@ fn answer_presence_query(queue: &Receiver<Command>, user: u64, answer: Result<(b
                 online,
                 last_seen_ms,
             });
-            reply.send(answer).unwrap();
+            reply
+                .send(answer.map_err(crate::core::ReadError::Unavailable))
+                .unwrap();
         }
         other => panic!("expected a PresenceQuery, got {other:?}"),
     }

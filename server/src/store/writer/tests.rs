@@ -12,6 +12,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 
 use super::*;
 use crate::ids::ClientMsgId;
+use crate::ids::Seq;
+use crate::store::StoredMessage;
 
 /// How long a test waits for the writer before it fails (a busy 2-core machine).
 const DEADLINE: Duration = Duration::from_secs(60);
