@@ -66,7 +66,7 @@ pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
 pub use store_api::{ChatKind, Completion, MAX_GROUP_MEMBERS, ReadError, StoredMessage, WriteOp};
 pub use sync::{
     HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG,
-    SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES, SYNC_STEPS_PER_TURN, SyncStore, max_text_bytes,
+    SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES, SYNC_READS_PER_TURN, SyncStore, max_text_bytes,
 };
 
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};

@@ -15,12 +15,13 @@
 //! everything else between pages. When every chat is done: `SyncDone{heads}`.
 //!
 //! The store reads are bounded per loop turn, not only per session: planning
-//! a sync (two point reads per chat of the user) and each page are *steps*,
-//! queued and taken at the end of a turn, at most [`SYNC_STEPS_PER_TURN`] per
-//! turn across all sessions, so a storm of a thousand syncs delays other
-//! sessions' frames by at most that much work per turn. Until its plan is read
-//! a sync drops every live push to its session (the reads that follow cover
-//! them). Every Message of the stream carries the Sync's request id.
+//! a sync (the user's chats, then each chat's head and stored cursor) and
+//! streaming it (one bounded range read per chat) take their reads from one
+//! budget of [`SYNC_READS_PER_TURN`] per turn across all sessions, at the end
+//! of the turn, so a storm of a thousand syncs on a cold cache delays other
+//! sessions' frames by at most that many reads per turn. Until its plan is
+//! read a sync drops every live push to its session (the reads that follow
+//! cover them). Every Message of the stream carries the Sync's request id.
 //!
 //! # The seam with live pushes
 //! A message is pushed only after it is committed, and reads and pushes are
@@ -166,22 +167,34 @@ struct Run {
     chats: Vec<(ChatId, u64)>,
     /// A page went out; the next waits for [`Core::handle_drained`].
     awaiting_drain: bool,
-    /// The cursors the Sync sent, until the run is planned (its store reads
-    /// wait for a turn's sync budget like its pages). While `Some`, every live
-    /// push to the session is dropped: the reads that follow include them.
-    unplanned: Option<HashMap<ChatId, u64>>,
+    /// The plan being read, until it is complete (its store reads wait for
+    /// the turns' read budget like its pages). While `Some`, every live push
+    /// to the session is dropped: the reads that follow include them.
+    unplanned: Option<Planning>,
     /// In `Core::sync_queue`, waiting for a turn's budget.
     queued: bool,
 }
 
-/// Sync steps (planning one run, or writing one page) the core takes per loop
-/// turn, across all sessions. A step is at most one page (1,024 messages or
-/// 256 KiB of text) or one plan (two point reads per chat of the user), well
-/// under a millisecond with a warm cache; two per turn keep a storm of syncs
-/// from delaying anyone else's frames by more than that, while a catch-up
-/// still moves a page per step. Steps left over run next turn
+/// A sync's plan, read a few chats per turn.
+#[derive(Debug)]
+struct Planning {
+    /// The cursors the Sync sent.
+    given: HashMap<ChatId, u64>,
+    /// The user's chats still to plan (`None`: not read yet).
+    chats: Option<VecDeque<ChatId>>,
+    /// `(chat, start after, head)` of the chats planned so far.
+    plan: Vec<(ChatId, u64, u64)>,
+}
+
+/// Store reads all syncs of a core make per loop turn: the list of a user's
+/// chats, a chat's head and stored cursor while planning, one bounded page
+/// range per chat while streaming. A cold read (block cache miss, a block
+/// decompressed) costs up to ~100 µs here, so 16 keep a storm of syncs from
+/// holding the loop — and every other session's frames — for more than
+/// about a millisecond and a half per turn, while a catch-up still reads up to
+/// 1,024 messages per range read. Work left over runs next turn
 /// ([`Core::poll_timeout`] asks for an immediate one).
-pub const SYNC_STEPS_PER_TURN: usize = 2;
+pub const SYNC_READS_PER_TURN: usize = 16;
 
 impl Core {
     /// Whether a live push of message `(chat, seq)` may go to `conn` (see the module docs).
@@ -249,9 +262,11 @@ impl Core {
         }
     }
 
-    /// End of a loop turn: up to [`SYNC_STEPS_PER_TURN`] queued sync steps.
+    /// End of a loop turn: queued sync work, up to [`SYNC_READS_PER_TURN`]
+    /// store reads.
     pub(super) fn sync_run_queue(&mut self) {
-        for _ in 0..SYNC_STEPS_PER_TURN {
+        let mut reads = SYNC_READS_PER_TURN;
+        while reads > 0 {
             let Some(conn) = self.sync_queue.pop_front() else {
                 return;
             };
@@ -264,8 +279,8 @@ impl Core {
             }
             run.queued = false;
             match run.unplanned.take() {
-                Some(given) => self.sync_plan(conn, &given),
-                None => self.sync_step(conn),
+                Some(planning) => self.sync_plan(conn, planning, &mut reads),
+                None => self.sync_step(conn, &mut reads),
             }
         }
     }
@@ -336,14 +351,19 @@ impl Core {
             planned: HashSet::new(),
             chats: Vec::new(),
             awaiting_drain: false,
-            unplanned: Some(given),
+            unplanned: Some(Planning {
+                given,
+                chats: None,
+                plan: Vec::new(),
+            }),
             queued: false,
         });
         self.sync_enqueue(conn);
     }
 
-    /// Reads the plan of `conn`'s queued sync and writes its first page.
-    fn sync_plan(&mut self, conn: ConnId, given: &HashMap<ChatId, u64>) {
+    /// Reads more of the plan of `conn`'s queued sync, within `reads`; once it
+    /// is complete, sets the run up (its first page is the next step).
+    fn sync_plan(&mut self, conn: ConnId, mut planning: Planning, reads: &mut usize) {
         let Some((user, device)) = self.active(conn) else {
             return;
         };
@@ -352,8 +372,15 @@ impl Core {
             .get(&conn)
             .and_then(|s| s.run.as_ref())
             .map_or(0, |r| r.request_id);
-        let plan = match self.plan(user, device, given) {
-            Ok(plan) => plan,
+        match self.plan_some(user, device, &mut planning, reads) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Budget spent: more next turn.
+                if let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) {
+                    run.unplanned = Some(planning);
+                }
+                return self.sync_enqueue(conn);
+            }
             Err(e) => {
                 // Nothing was sent: hold pushes until the next Sync (as after
                 // a failed page), so that one is exact.
@@ -365,7 +392,8 @@ impl Core {
                 let message = format!("the store is unavailable: {e}; send Sync again");
                 return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
             }
-        };
+        }
+        let plan = planning.plan;
         let Some(state) = self.syncs.get_mut(&conn) else {
             return;
         };
@@ -394,30 +422,47 @@ impl Core {
         self.sync_enqueue(conn);
     }
 
-    /// `(chat, start after, head)` for every chat of the user.
-    fn plan(
+    /// Plans more chats of the user (`(chat, start after, head)` into
+    /// `planning.plan`), one store read taken from `reads` per read; true once
+    /// every chat is planned.
+    fn plan_some(
         &self,
         user: UserId,
         device: DeviceId,
-        given: &HashMap<ChatId, u64>,
-    ) -> Result<Vec<(ChatId, u64, u64)>, ReadError> {
-        let mut plan = Vec::new();
-        for chat in self.store.sync_user_chats(user)? {
-            let head = self.store.sync_last_seq(chat)?.0;
-            let after = match given.get(&chat) {
-                Some(&seq) => seq,
-                None => match self.store.sync_device_cursor(device, chat)? {
-                    Some(seq) => seq.0,
-                    None => head.saturating_sub(NEW_DEVICE_BACKLOG),
-                },
+        planning: &mut Planning,
+        reads: &mut usize,
+    ) -> Result<bool, ReadError> {
+        let chats = match &mut planning.chats {
+            Some(chats) => chats,
+            None => {
+                *reads = reads.saturating_sub(1);
+                planning.chats.insert(self.store.sync_user_chats(user)?.into())
+            }
+        };
+        while *reads > 0 {
+            let Some(chat) = chats.pop_front() else {
+                return Ok(true);
             };
-            plan.push((chat, after, head));
+            *reads = reads.saturating_sub(1);
+            let head = self.store.sync_last_seq(chat)?.0;
+            let after = match planning.given.get(&chat) {
+                Some(&seq) => seq,
+                None => {
+                    *reads = reads.saturating_sub(1);
+                    match self.store.sync_device_cursor(device, chat)? {
+                        Some(seq) => seq.0,
+                        None => head.saturating_sub(NEW_DEVICE_BACKLOG),
+                    }
+                }
+            };
+            planning.plan.push((chat, after, head));
         }
-        Ok(plan)
+        Ok(chats.is_empty())
     }
 
-    /// Writes the next page of `conn`'s sync (or SyncDone when nothing is left).
-    fn sync_step(&mut self, conn: ConnId) {
+    /// Writes the next page of `conn`'s sync (or SyncDone when nothing is
+    /// left), one page range read per chat taken from `reads`.
+    fn sync_step(&mut self, conn: ConnId, reads: &mut usize) {
         let mut out = BytesMut::new();
         let mut msgs = 0;
         let mut bytes = 0;
@@ -430,9 +475,10 @@ impl Core {
                 break;
             };
             let request_id = run.request_id;
-            if msgs >= SYNC_PAGE_MESSAGES || bytes >= SYNC_PAGE_BYTES {
+            if msgs >= SYNC_PAGE_MESSAGES || bytes >= SYNC_PAGE_BYTES || *reads == 0 {
                 break;
             }
+            *reads -= 1;
             let want = SYNC_PAGE_MESSAGES - msgs;
             let page = match self
                 .store
@@ -479,6 +525,7 @@ impl Core {
             }
         }
         self.stats.deliveries += msgs as u64;
+        let out_len = out.len();
         if !out.is_empty() {
             self.transmit(conn, out.freeze());
         }
@@ -502,6 +549,12 @@ impl Core {
             return;
         };
         if !run.pending.is_empty() {
+            if out_len == 0 {
+                // Nothing went out (the turn's reads ran out, or the chats
+                // read were already complete): no drain will be reported,
+                // so continue next turn.
+                return self.sync_enqueue(conn);
+            }
             run.awaiting_drain = true;
             return;
         }
