@@ -203,6 +203,16 @@ pub(crate) struct Report {
     /// syncstorm: first storm connect → last `SyncDone`, seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) storm_s: Option<f64>,
+    /// syncstorm: natterd's event-loop turns over 2 ms during the storm (its
+    /// `natter_loop_slow_turns_total`, both cores), where natterd exports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) loop_slow_turns: Option<u64>,
+    /// syncstorm: natterd's event-loop turns during the storm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) loop_turns: Option<u64>,
+    /// syncstorm: natterd's longest event-loop turn since its restart, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) loop_turn_max_us: Option<u64>,
 }
 
 impl Report {
@@ -350,6 +360,9 @@ impl Report {
             ("ping_p50_us", self.ping_p50_us),
             ("ping_p99_us", self.ping_p99_us),
             ("ping_p999_us", self.ping_p999_us),
+            ("loop_turns", self.loop_turns),
+            ("loop_slow_turns", self.loop_slow_turns),
+            ("loop_turn_max_us", self.loop_turn_max_us),
         ] {
             if let Some(v) = value {
                 line(name, v.to_string());

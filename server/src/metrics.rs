@@ -34,6 +34,29 @@ pub struct CoreMetrics {
     pub presence_pushes: AtomicU64,
     /// Users homed on this core that are online (grace periods included).
     pub online_users: AtomicU64,
+    /// Event-loop turns taken (poll wake-up to the end of the turn's work).
+    pub turns: AtomicU64,
+    /// Turns whose work took longer than [`SLOW_TURN`]: while a turn works,
+    /// every other session on the core waits, so these are the loop's stalls.
+    pub slow_turns: AtomicU64,
+    /// The longest turn's work since start, in microseconds.
+    pub turn_max_micros: AtomicU64,
+}
+
+/// A loop turn longer than this counts in `natter_loop_slow_turns_total`:
+/// 2 ms, the latency budget a session's frame may wait behind others' work.
+pub const SLOW_TURN: Duration = Duration::from_millis(2);
+
+impl CoreMetrics {
+    /// Counts one loop turn whose work took `elapsed`.
+    pub fn observe_turn(&self, elapsed: Duration) {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        if elapsed > SLOW_TURN {
+            self.slow_turns.fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.turn_max_micros.fetch_max(micros, Ordering::Relaxed);
+    }
 }
 
 /// HTTP status codes counted individually; anything else lands in "other".
@@ -180,7 +203,7 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [PerCoreSeries; 11] = [
+        let per_core: [PerCoreSeries; 14] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -237,6 +260,21 @@ impl Metrics {
                 "gauge",
                 "Users homed on this core that are online, grace periods included",
                 |c| &c.online_users,
+            ),
+            ("natter_loop_turns_total", "counter", "Event-loop turns", |c| {
+                &c.turns
+            }),
+            (
+                "natter_loop_slow_turns_total",
+                "counter",
+                "Event-loop turns whose work took over 2 ms (every other session on the core waited)",
+                |c| &c.slow_turns,
+            ),
+            (
+                "natter_loop_turn_max_microseconds",
+                "gauge",
+                "The longest event-loop turn since start, in microseconds",
+                |c| &c.turn_max_micros,
             ),
         ];
         for (name, kind, help, field) in per_core {

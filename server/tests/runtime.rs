@@ -77,21 +77,31 @@ fn read_frames(stream: &mut TcpStream, n: usize, deadline: Duration) -> (Vec<Fra
 
 #[test]
 fn frames_pipelined_behind_hello_in_one_write_are_answered_at_once_on_every_path() {
-    const USERS: usize = 8;
-    const CONNECTIONS: usize = 40;
+    pipelined_hellos(8, 40);
+}
+
+#[test]
+fn a_storm_of_pipelined_hellos_past_the_per_turn_lookup_budget_is_answered_in_full() {
+    // 300 Hellos at once: more token lookups than one turn takes on either
+    // core (AUTHS_PER_TURN, 32), so most wait for later turns; each must still
+    // be welcomed and its pipelined frames answered without another byte.
+    pipelined_hellos(30, 300);
+}
+
+fn pipelined_hellos(users: usize, connections: usize) {
     let server = start();
-    let logins: Vec<Login> = (0..USERS)
+    let logins: Vec<Login> = (0..users)
         .map(|i| server.user(&format!("pipeliner{i}")))
         .collect();
     // All connections first, each with Hello + Ping + Sync in one write, then
     // nothing more: the kernel spreads them over both cores, so some land on
     // their user's home core and the others migrate.
-    let mut streams: Vec<(TcpStream, u64)> = (0..CONNECTIONS)
+    let mut streams: Vec<(TcpStream, u64)> = (0..connections)
         .map(|i| {
             let mut stream = TcpStream::connect(server.tcp).unwrap();
             stream.set_nodelay(true).unwrap();
             let nonce = 1000 + i as u64;
-            let mut bytes = hello_frame(&logins[i % USERS].token, 1);
+            let mut bytes = hello_frame(&logins[i % users].token, 1);
             bytes.extend_from_slice(&Frame::new(2, Body::Ping(Ping { nonce })).encode());
             bytes.extend_from_slice(&Frame::new(3, Body::Sync(Sync { cursors: Vec::new() })).encode());
             stream.write_all(&bytes).unwrap();

@@ -32,8 +32,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -241,6 +241,8 @@ pub(crate) fn run(
     let storm_start_ns = AtomicU64::new(u64::MAX);
     let storm_end_ns = AtomicU64::new(u64::MAX);
     let failure: Mutex<Option<String>> = Mutex::new(None);
+    let loop_before: Mutex<Option<LoopCounters>> = Mutex::new(None);
+    let loop_after: Mutex<Option<LoopCounters>> = Mutex::new(None);
     let interval = args.ping_interval;
     let tcp = target.tcp;
 
@@ -255,6 +257,7 @@ pub(crate) fn run(
             plan.bystanders.len()
         );
         thread::sleep(args.baseline);
+        *loop_before.lock().unwrap_or_else(PoisonError::into_inner) = loop_counters(&target);
         storm_start_ns.store(nanos(origin.elapsed()), Ordering::Release);
         println!(
             "syncstorm: storm: {} devices connect and Sync at once",
@@ -262,6 +265,7 @@ pub(crate) fn run(
         );
         let storm = storm_loop(tcp, &plan, args.storm_behind, !args.storm_pipelined);
         storm_end_ns.store(nanos(origin.elapsed()), Ordering::Release);
+        *loop_after.lock().unwrap_or_else(PoisonError::into_inner) = loop_counters(&target);
         if let Err(e) = &storm
             && let Ok(mut f) = failure.lock()
         {
@@ -302,7 +306,36 @@ pub(crate) fn run(
         report.server_rss_growth_bytes = Some(rss.growth());
     }
     report.server_rss_bytes = target.server_rss();
+    let before = loop_before.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let after = loop_after.into_inner().unwrap_or_else(PoisonError::into_inner);
+    if let (Some(b), Some(a)) = (before, after) {
+        report.loop_turns = Some(a.turns.saturating_sub(b.turns));
+        report.loop_slow_turns = Some(a.slow.saturating_sub(b.slow));
+        report.loop_turn_max_us = Some(a.max_us);
+    }
     Ok(report)
+}
+
+/// natterd's event-loop counters at one instant (both cores summed; the max over them).
+struct LoopCounters {
+    turns: u64,
+    slow: u64,
+    max_us: u64,
+}
+
+/// Reads the loop counters from `/metrics`; `None` for a natterd without them.
+fn loop_counters(target: &Target) -> Option<LoopCounters> {
+    let text = target.http.metrics().ok()?;
+    let max_us = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("natter_loop_turn_max_microseconds{"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .max()?;
+    Some(LoopCounters {
+        turns: crate::target::metric_sum(&text, "natter_loop_turns_total")? as u64,
+        slow: crate::target::metric_sum(&text, "natter_loop_slow_turns_total")? as u64,
+        max_us,
+    })
 }
 
 /// Nanoseconds in `d`, saturating.

@@ -231,6 +231,16 @@ impl Core {
         }
     }
 
+    /// Whether `conn` waits for the lookup of exactly this token (a driver
+    /// that defers lookups checks it before reporting one: the id may belong
+    /// to another connection by then).
+    pub fn is_authenticating(&self, conn: ConnId, token: &str) -> bool {
+        self.sessions.get(conn.0).is_some_and(|s| match &s.state {
+            State::Authenticating { token: t, .. } | State::Migrating { token: t, .. } => t == token,
+            _ => false,
+        })
+    }
+
     /// The driver's answer to [`Action::Authenticate`].
     pub fn handle_auth(&mut self, conn: ConnId, result: AuthResult, now: Instant) {
         let Some(session) = self.sessions.get_mut(conn.0) else {

@@ -1130,3 +1130,28 @@ fn an_owner_who_leaves_hands_the_group_to_the_longest_standing_committed_member(
         "bob joined before dan, so dan was the last owner"
     );
 }
+
+#[test]
+fn a_deferred_token_lookup_is_only_reported_for_the_connection_and_token_it_was_made_for() {
+    let now = Instant::now();
+    let mut c = core(0, 1, now);
+    let conn = c.handle_accept(now).unwrap();
+    assert!(!c.is_authenticating(conn, "tok"), "no Hello yet");
+    let mut buf = hello("tok");
+    c.handle_input(conn, &mut buf, now);
+    drain(&mut c);
+    assert!(c.is_authenticating(conn, "tok"));
+    assert!(!c.is_authenticating(conn, "another token"));
+    // The connection goes; its id is reused by one waiting for another token.
+    c.handle_closed(conn);
+    let again = c.handle_accept(now).unwrap();
+    assert_eq!(again, conn, "slab ids are reused");
+    let mut buf = hello("other");
+    c.handle_input(again, &mut buf, now);
+    drain(&mut c);
+    assert!(
+        !c.is_authenticating(again, "tok"),
+        "the stale lookup must be dropped"
+    );
+    assert!(c.is_authenticating(again, "other"));
+}

@@ -37,6 +37,13 @@ const LINGER_TOKEN_BASE: usize = usize::MAX / 2;
 /// Connections accepted per loop turn: a connect storm is spread over turns so
 /// established sessions keep being served in between.
 const ACCEPTS_PER_TURN: usize = 256;
+/// Token lookups (each a store read, and on the home core the session's
+/// start: its friend list read for presence) per loop turn. A connect storm of
+/// a thousand Hellos would otherwise run them all in one turn — tens of
+/// milliseconds on a cold cache during which no other session on the core is
+/// served; 32 keep a turn's share to about a millisecond. The rest wait, in
+/// order, for the next turns (polled at once).
+const AUTHS_PER_TURN: usize = 32;
 /// Bytes read from one connection per loop turn before moving on to others.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
 /// Size of the per-core read scratch buffer (one read syscall's worth).
@@ -190,6 +197,9 @@ pub(crate) struct Worker {
     writer: WriterSender,
     write_backlog: VecDeque<WriteOp>,
     shutting_down: bool,
+    /// Token lookups over the turn's budget, in order (see [`AUTHS_PER_TURN`]).
+    pending_auths: VecDeque<(ConnId, String)>,
+    auths_left: usize,
     /// HTTP workers waiting for a membership change's outcome, by the ticket
     /// the core echoes in `Action::MembershipReply`.
     membership_waiters:
@@ -248,6 +258,8 @@ impl Worker {
             writer,
             write_backlog: VecDeque::new(),
             shutting_down: false,
+            pending_auths: VecDeque::new(),
+            auths_left: AUTHS_PER_TURN,
             membership_waiters: std::collections::HashMap::new(),
             next_membership_ticket: 0,
         })
@@ -259,6 +271,7 @@ impl Worker {
         tracing::debug!(core = self.id.0, "event loop started");
         loop {
             let timeout = if !self.again.is_empty()
+                || !self.pending_auths.is_empty()
                 || !self.drained.is_empty()
                 || !self.progressed.is_empty()
                 || !self.linger_again.is_empty()
@@ -287,6 +300,8 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
+            self.auths_left = AUTHS_PER_TURN;
+            self.run_pending_auths(now);
             let again = std::mem::take(&mut self.again);
             for conn in again {
                 self.service_read(conn, now);
@@ -326,6 +341,7 @@ impl Worker {
             self.flush_writes();
             self.expire_lingering(now);
             self.publish_stats();
+            self.metrics_core().observe_turn(now.elapsed());
             if self.shutting_down {
                 break;
             }
@@ -784,6 +800,39 @@ impl Worker {
 
     /// Carries out the core's actions, then writes what they queued. Returns
     /// whether there was any action.
+    /// Looks the token up and reports it to the core.
+    fn authenticate(&mut self, conn: ConnId, token: &str, now: Instant) {
+        let result = match self.store.authenticate(token) {
+            Ok(Some((user, device))) => AuthResult::Valid(user, device),
+            Ok(None) => AuthResult::Invalid,
+            Err(e) => {
+                tracing::error!(core = self.id.0, error = %e, "token lookup failed");
+                AuthResult::StoreUnavailable
+            }
+        };
+        self.core.handle_auth(conn, result, now);
+    }
+
+    /// Token lookups deferred by [`AUTHS_PER_TURN`], oldest first, within
+    /// this turn's budget. An entry whose connection no longer waits for that
+    /// token (it closed, and its id may belong to another connection now) is
+    /// dropped: a lookup is only ever reported for the token it was made for.
+    fn run_pending_auths(&mut self, now: Instant) {
+        while self.auths_left > 0 {
+            let Some((conn, token)) = self.pending_auths.pop_front() else {
+                return;
+            };
+            if !self.core.is_authenticating(conn, &token) {
+                continue;
+            }
+            self.auths_left -= 1;
+            self.authenticate(conn, &token, now);
+            self.run_actions(now);
+            // Frames pipelined behind its Hello wait in the inbound buffer.
+            self.again.push(conn);
+        }
+    }
+
     fn run_actions(&mut self, now: Instant) -> bool {
         let mut acted = false;
         while let Some(action) = self.core.poll_action() {
@@ -792,15 +841,13 @@ impl Worker {
                 Action::Transmit { conn, frame } => self.transmit(conn, frame),
                 Action::Close { conn } => self.close(conn),
                 Action::Authenticate { conn, token } => {
-                    let result = match self.store.authenticate(&token) {
-                        Ok(Some((user, device))) => AuthResult::Valid(user, device),
-                        Ok(None) => AuthResult::Invalid,
-                        Err(e) => {
-                            tracing::error!(core = self.id.0, error = %e, "token lookup failed");
-                            AuthResult::StoreUnavailable
-                        }
-                    };
-                    self.core.handle_auth(conn, result, now);
+                    if self.auths_left == 0 || !self.pending_auths.is_empty() {
+                        // Over this turn's budget: in order, next turn.
+                        self.pending_auths.push_back((conn, token));
+                    } else {
+                        self.auths_left -= 1;
+                        self.authenticate(conn, &token, now);
+                    }
                 }
                 Action::Migrate { conn, to } => self.migrate(conn, to),
                 Action::ToCore { core, msgs } => self.outbox.push(core, Command::Core(msgs)),
