@@ -463,6 +463,9 @@ impl Core {
     /// Writes the next page of `conn`'s sync (or SyncDone when nothing is
     /// left), one page range read per chat taken from `reads`.
     fn sync_step(&mut self, conn: ConnId, reads: &mut usize) {
+        let Some((user, _)) = self.active(conn) else {
+            return;
+        };
         let mut out = BytesMut::new();
         let mut msgs = 0;
         let mut bytes = 0;
@@ -478,13 +481,26 @@ impl Core {
             if msgs >= SYNC_PAGE_MESSAGES || bytes >= SYNC_PAGE_BYTES || *reads == 0 {
                 break;
             }
-            *reads -= 1;
+            *reads = reads.saturating_sub(2);
             let want = SYNC_PAGE_MESSAGES - msgs;
-            let page = match self
+            // The page first, then membership: a message sent after the user's
+            // removal is committed after the removal, so if the page holds one,
+            // the check already sees the removal and the page is dropped (the
+            // other order could let a removal and later messages slip between).
+            let read = self
                 .store
                 .sync_page(chat, Seq(after), want, SYNC_PAGE_BYTES - bytes)
-            {
-                Ok(page) => page,
+                .and_then(|page| Ok((page, self.store.sync_is_member(chat, user)?)));
+            let page = match read {
+                Ok((page, true)) => page,
+                Ok((_, false)) => {
+                    // Removed during the sync: nothing more of this chat.
+                    if let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) {
+                        run.pending.pop_front();
+                        run.planned.remove(&chat);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     failed = Some(e);
                     break;

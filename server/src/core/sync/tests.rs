@@ -902,3 +902,36 @@ fn a_storm_of_syncs_takes_a_bounded_number_of_steps_per_turn_and_everyone_finish
         assert_eq!(got[p], (1..=1500).collect::<Vec<_>>());
     }
 }
+
+#[test]
+fn a_member_removed_during_its_sync_gets_nothing_more_of_that_chat() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let g = s.store.create_group(alice, "g", &[bob]).unwrap();
+    s.backlog(g, alice, 1, 3000);
+    let phone = s.connect(bob, 1);
+    s.sync(phone, &[(g, 0)]);
+    // Turns until the first page is out.
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(messages(&s.take(phone)));
+        if !got.is_empty() {
+            break;
+        }
+        s.pump();
+    }
+    assert_eq!(got.len(), SYNC_PAGE_MESSAGES);
+    // bob is removed (committed), then more is sent to the group.
+    let removal = WriteOp::Membership {
+        origin: CoreId(0),
+        chat: g,
+        user: bob,
+        add: false,
+        new_owner: None,
+        ticket: 1,
+    };
+    apply_for_test(&s.store, removal);
+    s.backlog(g, alice, 3001, 5);
+    let (rest, _) = s.finish_sync(phone);
+    assert!(rest.is_empty(), "{} messages after the removal", rest.len());
+}
