@@ -2,13 +2,13 @@
 //! model of every client connection, checked against each other after every event. See the
 //! module documentation of [`crate::fuzzing::session`] for the invariants.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
-use natter_wire::{Body, ErrorCode, Frame, FrameDecoder, Limits, PROTOCOL_VERSION};
+use natter_wire::{Body, ErrorCode, Frame, FrameDecoder, HistoryPage, Limits, PROTOCOL_VERSION, SyncDone};
 
 use super::input::{AuthChoice, Input, Op};
 use super::store::{CHAT_IDS, MemoryStore, StoredChat, initial_chats};
@@ -16,7 +16,7 @@ use super::{CORES, DEVICES, HEARTBEAT_TIMEOUT, MAX_BUFFERED, MAX_CONNECTIONS, MA
 use crate::core::fuzz_hooks::Phase;
 use crate::core::{
     Action, AuthResult, ConnId, Core, CoreConfig, CoreMsg, Detached, FRAMES_PER_SESSION_PER_TURN,
-    HELLO_TIMEOUT, InputStatus,
+    HELLO_TIMEOUT, HISTORY_MAX_MESSAGES, InputStatus, NEW_DEVICE_BACKLOG,
 };
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
 use crate::runtime::{MembershipChange, MembershipError};
@@ -79,8 +79,42 @@ struct Client {
     sends: Vec<(u64, ChatId, ClientMsgId)>,
     /// Request ids of those Sends not answered yet (SendOk or Error).
     unanswered: Vec<u64>,
-    /// The last `seq` pushed to it, per chat.
+    /// The last `seq` pushed to it, per chat (since its last Sync).
     pushed: HashMap<ChatId, Seq>,
+    /// The latest Hello the core took from it said `sync_first`.
+    hello_sync_first: bool,
+    /// No `Message` may reach it now: welcomed after `Hello{sync_first}`, or sent `Resync`, and
+    /// no Sync taken since.
+    held: bool,
+    /// Request ids of every Sync the core took from it while welcomed.
+    syncs: HashSet<u64>,
+    /// The check of its latest Sync's stream.
+    seam: Seam,
+}
+
+/// The seam check of one client (docs/PROTOCOL.md, "The seam" and "Sync, history and cursors").
+#[derive(Debug, Default)]
+enum Seam {
+    /// Nothing to check: no Sync yet, or the last one was answered by an `Error` or followed by
+    /// `Resync`.
+    #[default]
+    Off,
+    /// The call being drained took Syncs, the last one with this request id: what comes before
+    /// its first answer (`Message`, `SyncDone` or `Error` with its id) belongs to the earlier
+    /// ones and is not checked; from that answer on, `next` applies.
+    Armed {
+        request_id: u64,
+        next: HashMap<ChatId, u64>,
+    },
+    /// The call being drained took two Syncs with the same request id: nothing of it is checked.
+    Blind,
+    /// Since the latest Sync's first answer: per chat of the sync's plan, the seq the next
+    /// `Message` of that chat must carry (no duplicate, no gap); `done` once its `SyncDone` came.
+    On {
+        request_id: u64,
+        next: HashMap<ChatId, u64>,
+        done: bool,
+    },
 }
 
 /// A command waiting in a core's queue (`runtime::Command` without the sockets).
@@ -97,6 +131,8 @@ enum Command {
 enum Cause {
     /// `handle_input` or `handle_outbound_overflow` for this client.
     Client(usize),
+    /// `handle_drained` for this client.
+    Drained(usize),
     /// `handle_auth` for this client.
     Auth(usize),
     /// `handle_adopt` of this client.
@@ -152,7 +188,34 @@ pub(super) struct Harness {
     decoder: FrameDecoder,
 }
 
+impl Seam {
+    /// A frame with `request_id` reached the client: if it answers the Sync this check is armed
+    /// for, the check starts here.
+    fn answered(&mut self, request_id: u64) {
+        if let Seam::Armed { request_id: r, next } = self
+            && *r == request_id
+        {
+            *self = Seam::On {
+                request_id,
+                next: std::mem::take(next),
+                done: false,
+            };
+        }
+    }
+}
+
 impl Harness {
+    /// The live clients whose core has a sync in progress for them.
+    fn syncing(&self) -> Vec<usize> {
+        self.live()
+            .into_iter()
+            .filter(|&k| {
+                self.place(k)
+                    .is_some_and(|(core, conn)| self.cores.get(core).is_some_and(|c| c.is_syncing(conn)))
+            })
+            .collect()
+    }
+
     pub(super) fn new() -> Self {
         let t0 = Instant::now();
         let store = Arc::new(MemoryStore::new());
@@ -343,6 +406,11 @@ impl Harness {
                     self.drain(core, Cause::Client(k));
                 }
             }
+            Op::Drained { conn } => {
+                if let Some(k) = self.pick(*conn) {
+                    self.drained(k);
+                }
+            }
         }
         self.end_turn();
     }
@@ -376,6 +444,10 @@ impl Harness {
                     sends: Vec::new(),
                     unanswered: Vec::new(),
                     pushed: HashMap::new(),
+                    hello_sync_first: false,
+                    held: false,
+                    syncs: HashSet::new(),
+                    seam: Seam::Off,
                 });
                 self.drain(core, Cause::Quiet);
             }
@@ -421,10 +493,14 @@ impl Harness {
         if taken > 0 {
             self.client_mut(k).last_heard = now;
         }
-        if was_welcomed {
-            self.record_sends(k, &before, taken);
-        }
+        self.record_frames(k, &before, taken, was_welcomed);
         let sent = self.drain(core, Cause::Client(k));
+        // A Sync that was taken but never answered (its session closed first) checks nothing.
+        let c = self.client_mut(k);
+        if matches!(c.seam, Seam::Armed { .. } | Seam::Blind) {
+            c.seam = Seam::Off;
+            c.pushed.clear();
+        }
         assert!(
             sent <= FRAMES_PER_SESSION_PER_TURN,
             "handle_input queued {sent} frames, the budget is {FRAMES_PER_SESSION_PER_TURN}"
@@ -452,24 +528,104 @@ impl Harness {
         self.client_mut(k).buf = buf;
     }
 
-    /// Records the well-formed Sends among the first `taken` frames of `bytes`.
-    fn record_sends(&mut self, k: usize, bytes: &BytesMut, taken: u64) {
+    /// Records what the first `taken` frames of `bytes` ask for: a Hello's `sync_first` (before
+    /// the Welcome); the well-formed Sends, and the Syncs, which arm the seam check (after it).
+    fn record_frames(&mut self, k: usize, bytes: &BytesMut, taken: u64, welcomed: bool) {
         let limits = Limits::with_max_frame(MAX_FRAME);
         let mut rest = bytes.clone();
+        let mut syncs: Vec<(u64, Vec<natter_wire::Cursor>)> = Vec::new();
         for _ in 0..taken {
             let Ok(Some(frame)) = self.decoder.split(&mut rest) else {
                 break;
             };
-            if let Ok(Frame {
-                request_id,
-                body: Body::Send(send),
-            }) = Frame::decode(&frame, &limits)
+            let Ok(Frame { request_id, body }) = Frame::decode(&frame, &limits) else {
+                continue;
+            };
+            let client = self.client_mut(k);
+            match body {
+                Body::Hello(hello) if !welcomed => client.hello_sync_first = hello.sync_first,
+                Body::Send(send) if welcomed => {
+                    client
+                        .sends
+                        .push((request_id, ChatId(send.chat_id), ClientMsgId(send.client_msg_id)));
+                    client.unanswered.push(request_id);
+                }
+                Body::Sync(sync) if welcomed => syncs.push((request_id, sync.cursors)),
+                _ => {}
+            }
+        }
+        let Some((request_id, cursors)) = syncs.pop() else {
+            return;
+        };
+        let ambiguous = syncs.iter().any(|(r, _)| *r == request_id);
+        let next = self.sync_plan(k, &cursors);
+        let client = self.client_mut(k);
+        client.held = false;
+        client.syncs.insert(request_id);
+        client.syncs.extend(syncs.iter().map(|(r, _)| *r));
+        client.pushed.clear();
+        client.seam = if ambiguous {
+            Seam::Blind
+        } else {
+            Seam::Armed { request_id, next }
+        };
+    }
+
+    /// What a Sync with `cursors` from client `k` must stream, from the committed state (the
+    /// core plans it from the store within the same call): per chat of the user, the seq it
+    /// starts at — one past the cursor sent (the last one sent for a chat wins), else past the
+    /// device's stored cursor, else past the head minus [`NEW_DEVICE_BACKLOG`]; never past the
+    /// head + 1. Chats whose membership of the user has a change written but not committed are
+    /// left out (when the change lands is not the seam's business).
+    fn sync_plan(&self, k: usize, cursors: &[natter_wire::Cursor]) -> HashMap<ChatId, u64> {
+        let Some((user, device)) = self.client(k).valid else {
+            return HashMap::new();
+        };
+        let mut given = HashMap::new();
+        for c in cursors {
+            given.insert(ChatId(c.chat_id), c.seq);
+        }
+        let mut next = HashMap::new();
+        for chat in self.store.chats_of(user) {
+            let settled = self
+                .chats
+                .get(&chat)
+                .is_some_and(|m| m.chat.members.contains(&user));
+            if !settled {
+                continue;
+            }
+            let head = self.store.head(chat).0;
+            let after = match given.get(&chat) {
+                Some(&seq) => seq,
+                None => match self.store.cursor(device, chat) {
+                    Some(seq) => seq.0,
+                    None => head.saturating_sub(NEW_DEVICE_BACKLOG),
+                },
+            };
+            next.insert(chat, after.min(head) + 1);
+        }
+        next
+    }
+
+    /// The driver reports that client `k`'s outbound buffer drained.
+    fn drained(&mut self, k: usize) {
+        let Some((core, conn)) = self.place(k) else {
+            return;
+        };
+        let now = self.now;
+        self.core_mut(core).handle_drained(conn, now);
+        self.drain(core, Cause::Drained(k));
+    }
+
+    /// A membership change of `user` in `chat` was written or committed: the seam check of the
+    /// user's sessions leaves that chat alone from now on (pushes stop or start at a point the
+    /// seam does not define).
+    fn forget_chat(&mut self, chat: ChatId, user: UserId) {
+        for c in &mut self.clients {
+            if c.valid.is_some_and(|(u, _)| u == user)
+                && let Seam::Armed { next, .. } | Seam::On { next, .. } = &mut c.seam
             {
-                let client = self.client_mut(k);
-                client
-                    .sends
-                    .push((request_id, ChatId(send.chat_id), ClientMsgId(send.client_msg_id)));
-                client.unanswered.push(request_id);
+                next.remove(&chat);
             }
         }
     }
@@ -564,8 +720,12 @@ impl Harness {
                     self.store.commit_last_seen(user, last_seen_ms);
                     continue;
                 }
-                // This store keeps no members, so the core never asks for a cursor write.
-                WriteOp::Cursor { .. } => continue,
+                WriteOp::Cursor {
+                    device, chat, seq, ..
+                } => {
+                    self.store.commit_cursor(device, chat, seq);
+                    continue;
+                }
                 WriteOp::Message { msg, .. } => {
                     self.store.commit_message(&msg);
                     let key = (msg.chat, msg.seq);
@@ -586,6 +746,7 @@ impl Harness {
                     ..
                 } => {
                     self.store.commit_membership(chat, user, add, new_owner);
+                    self.forget_chat(chat, user);
                     Completion::Membership { ticket }
                 }
             };
@@ -610,7 +771,7 @@ impl Harness {
     /// Whether `cause` may produce a Transmit or Close for client `k`.
     fn concerns(&self, cause: Cause, k: usize) -> bool {
         match cause {
-            Cause::Client(c) | Cause::Auth(c) | Cause::Adopt(c) => c == k,
+            Cause::Client(c) | Cause::Drained(c) | Cause::Auth(c) | Cause::Adopt(c) => c == k,
             Cause::Timeout | Cause::Shutdown | Cause::Mesh => true,
             Cause::CloseDevice(user, device) => self
                 .clients
@@ -627,22 +788,40 @@ impl Harness {
         let mut sent = 0;
         while let Some(action) = self.core_mut(core).poll_action() {
             match action {
-                Action::Transmit { conn, frame } => {
+                Action::Transmit { conn, frame: bytes } => {
                     sent += 1;
                     let k = self.client_of(core, conn, "Transmit");
-                    let frame = match Frame::decode(&frame, &Limits::default()) {
-                        Ok(frame) => frame,
-                        Err(err) => panic!("core {core} sent client {k} a frame that does not decode: {err}"),
-                    };
-                    // A presence change reaches the friends' sessions whatever event caused it.
-                    let presence = matches!(frame.body, Body::Presence(_))
-                        && !matches!(cause, Cause::Quiet | Cause::EndOfTurn | Cause::Membership);
-                    assert!(
-                        presence || self.concerns(cause, k),
-                        "{cause:?} produced a Transmit of {} for client {k}",
-                        frame.body.name()
-                    );
-                    self.transmitted(core, k, frame, cause, &mut must_close);
+                    // One Transmit may hold several frames (a sync page): split it as a client would.
+                    let mut rest = BytesMut::from(&bytes[..]);
+                    let splitter = FrameDecoder::new(Limits::default());
+                    loop {
+                        let raw = match splitter.split(&mut rest) {
+                            Ok(Some(raw)) => raw,
+                            Ok(None) => break,
+                            Err(err) => panic!("core {core} sent client {k} bytes that do not split into frames: {err}"),
+                        };
+                        let frame = match Frame::decode(&raw, &Limits::default()) {
+                            Ok(frame) => frame,
+                            Err(err) => panic!("core {core} sent client {k} a frame that does not decode: {err}"),
+                        };
+                        if matches!(frame.body, Body::HistoryPage(_)) {
+                            assert!(
+                                raw.len() <= MAX_FRAME,
+                                "a HistoryPage of {} bytes, over the frame limit {MAX_FRAME}",
+                                raw.len()
+                            );
+                        }
+                        // A presence change reaches the friends' sessions whatever event caused it.
+                        let presence = matches!(frame.body, Body::Presence(_))
+                            && !matches!(cause, Cause::Quiet | Cause::EndOfTurn | Cause::Membership);
+                        assert!(
+                            presence || self.concerns(cause, k),
+                            "{cause:?} produced a Transmit of {} for client {k}",
+                            frame.body.name()
+                        );
+                        self.transmitted(core, k, frame, cause, &mut must_close);
+                    }
+                    assert!(rest.is_empty(), "core {core} sent client {k} a partial frame");
                 }
                 Action::Authenticate { conn, token: _ } => {
                     let k = self.client_of(core, conn, "Authenticate");
@@ -713,6 +892,19 @@ impl Harness {
                     }
                 }
                 Action::Write(write) => {
+                    if let WriteOp::Cursor { device, chat, .. } = &write {
+                        let Cause::Client(k) = cause else {
+                            panic!("{cause:?} stored a cursor");
+                        };
+                        let Some((user, dev)) = self.client(k).valid else {
+                            panic!("client {k} stored a cursor before it authenticated");
+                        };
+                        assert_eq!(*device, dev, "client {k} stored the cursor of another device");
+                        assert!(
+                            self.store.is_member(*chat, user),
+                            "client {k} (user {user}) stored a cursor of chat {chat}, not a member"
+                        );
+                    }
                     let last_seen = matches!(write, WriteOp::LastSeen { .. })
                         && matches!(cause, Cause::Timeout | Cause::Shutdown);
                     assert!(
@@ -752,8 +944,8 @@ impl Harness {
             "a write whose completion goes to another core"
         );
         match &write {
-            WriteOp::Cursor { device, .. } => {
-                panic!("core {core} stored a cursor of device {device}, but this store has no members")
+            WriteOp::Cursor { chat, .. } => {
+                assert!(self.chats.contains_key(chat), "a cursor of chat {chat}, which does not exist");
             }
             WriteOp::LastSeen {
                 user, last_seen_ms, ..
@@ -813,6 +1005,7 @@ impl Harness {
                     CoreId(core),
                     "core {core} changed chat {chat} it does not own"
                 );
+                self.forget_chat(*chat, *user);
                 let Some(model) = self.chats.get_mut(chat) else {
                     panic!("a membership change of chat {chat}, which does not exist");
                 };
@@ -912,6 +1105,7 @@ impl Harness {
                 );
                 c.welcomed = true;
                 c.last_heard = now;
+                c.held = c.hello_sync_first;
             }
             Body::Error(e) => {
                 let Some(code) = ErrorCode::from_u16(e.code) else {
@@ -923,6 +1117,12 @@ impl Harness {
                 }
                 if let Some(i) = c.unanswered.iter().position(|&r| r == request_id) {
                     c.unanswered.remove(i);
+                }
+                // An Error with the latest Sync's id ends its check (until the next Sync).
+                if let Seam::Armed { request_id: r, .. } | Seam::On { request_id: r, .. } = c.seam
+                    && r == request_id
+                {
+                    c.seam = Seam::Off;
                 }
                 if cause == Cause::Timeout {
                     match code {
@@ -987,12 +1187,46 @@ impl Harness {
                     "chat {chat} seq {seq} pushed to client {k} (user {user:?}), not a member then ({members:?})"
                 );
                 let c = self.client_mut(k);
-                let last = c.pushed.insert(chat, seq);
                 assert!(
-                    last.is_none_or(|l| l < seq),
-                    "chat {chat}: seq {seq} pushed to client {k} after {last:?}"
+                    !c.held,
+                    "chat {chat} seq {seq} (request {request_id}) reached client {k} before its Sync \
+                     (it said sync_first, or was sent Resync)"
                 );
+                c.seam.answered(request_id);
+                match &mut c.seam {
+                    // A page of an earlier Sync of this call: superseded, not checked.
+                    Seam::Armed { .. } | Seam::Blind => {}
+                    seam => {
+                        let last = c.pushed.insert(chat, seq);
+                        assert!(
+                            last.is_none_or(|l| l < seq),
+                            "chat {chat}: seq {seq} pushed to client {k} after {last:?}"
+                        );
+                        if let Seam::On { request_id: r, next, .. } = seam {
+                            assert!(
+                                request_id == 0 || request_id == *r,
+                                "client {k} got a Message with request id {request_id}: neither a push \
+                                 nor a page of its latest Sync ({r})"
+                            );
+                            if let Some(n) = next.get_mut(&chat) {
+                                assert_eq!(
+                                    seq.0, *n,
+                                    "chat {chat}: client {k} got seq {seq} after its Sync {r}, expected {n} \
+                                     (a duplicate or a gap at the seam)"
+                                );
+                                *n += 1;
+                            }
+                        }
+                    }
+                }
             }
+            Body::SyncDone(done) => self.sync_done(k, request_id, &done),
+            Body::Resync => {
+                let c = self.client_mut(k);
+                c.seam = Seam::Off;
+                c.held = true;
+            }
+            Body::HistoryPage(page) => self.history_page(k, &page),
             Body::Presence(p) => {
                 let viewer = self.client(k).valid.map(|(u, _)| u);
                 assert!(
@@ -1006,6 +1240,88 @@ impl Harness {
             }
             _ => {}
         }
+    }
+
+    /// A `SyncDone` for client `k`: it answers a Sync the client sent, the latest one once that
+    /// one's stream began, once; its heads are what the stream delivered.
+    fn sync_done(&mut self, k: usize, request_id: u64, done: &SyncDone) {
+        let c = self.client_mut(k);
+        assert!(
+            c.syncs.contains(&request_id),
+            "SyncDone {request_id} for client {k}, which sent no Sync with that id"
+        );
+        c.seam.answered(request_id);
+        if let Seam::On {
+            request_id: r,
+            next,
+            done: finished,
+        } = &mut c.seam
+        {
+            assert_eq!(request_id, *r, "SyncDone {request_id} after Sync {r} replaced it");
+            assert!(!*finished, "a second SyncDone {request_id} for client {k}");
+            *finished = true;
+            for (chat, n) in next.iter() {
+                let Some(head) = done.heads.iter().find(|h| h.chat_id == chat.0) else {
+                    panic!("SyncDone {request_id} for client {k} leaves out chat {chat}");
+                };
+                assert_eq!(
+                    head.seq + 1,
+                    *n,
+                    "SyncDone {request_id}: client {k} holds chat {chat} up to {}, the head says {}",
+                    n - 1,
+                    head.seq
+                );
+            }
+        }
+    }
+
+    /// A `HistoryPage` for client `k`: only a member's is non-empty; newest first and contiguous,
+    /// the committed messages, at most [`HISTORY_MAX_MESSAGES`], and `has_more` exactly when older
+    /// ones exist (a chat's committed messages are seqs 1 to its head).
+    fn history_page(&self, k: usize, page: &HistoryPage) {
+        let chat = ChatId(page.chat_id);
+        let user = self.client(k).valid.map(|(u, _)| u);
+        let Some(oldest) = page.messages.last() else {
+            assert!(!page.has_more, "an empty HistoryPage of chat {chat} says has_more");
+            return;
+        };
+        assert!(
+            user.is_some_and(|u| self.store.is_member(chat, u)),
+            "a HistoryPage of chat {chat} for client {k} (user {user:?}), not a member"
+        );
+        assert!(
+            page.messages.len() <= HISTORY_MAX_MESSAGES,
+            "a HistoryPage of {} messages",
+            page.messages.len()
+        );
+        for (i, m) in page.messages.iter().enumerate() {
+            assert_eq!(m.chat_id, chat.0, "a HistoryPage of chat {chat} holds chat {}", m.chat_id);
+            if let Some(newer) = i.checked_sub(1).and_then(|j| page.messages.get(j)) {
+                assert_eq!(
+                    m.seq + 1,
+                    newer.seq,
+                    "HistoryPage of chat {chat}: seq {} after {} (newest first, no gap)",
+                    m.seq,
+                    newer.seq
+                );
+            }
+            match self.messages.get(&(chat, Seq(m.seq))) {
+                Some((msg, true)) => assert_eq!(
+                    (msg.sender.0, msg.server_ts_ms, msg.client_msg_id.0, msg.text.as_str()),
+                    (m.sender, m.server_ts_ms, m.client_msg_id, m.text.as_str()),
+                    "the history differs from the message written"
+                ),
+                Some((_, false)) => panic!("chat {chat} seq {} in history before its commit", m.seq),
+                None => panic!("chat {chat} seq {} in history, but never written", m.seq),
+            }
+        }
+        assert_eq!(
+            page.has_more,
+            oldest.seq > 1,
+            "HistoryPage of chat {chat} ends at seq {} with has_more = {}",
+            oldest.seq,
+            page.has_more
+        );
     }
 
     /// Checks every core against the model.
@@ -1055,9 +1371,14 @@ impl Harness {
         self.store.set_failing(false);
         let mut idle = false;
         for _ in 0..QUIESCE_ROUNDS {
-            if self.writes.is_empty() && self.queues.iter().all(VecDeque::is_empty) {
+            let syncing = self.syncing();
+            if self.writes.is_empty() && self.queues.iter().all(VecDeque::is_empty) && syncing.is_empty() {
                 idle = true;
                 break;
+            }
+            // The client reads everything at once, so every sync page drains.
+            for k in syncing {
+                self.drained(k);
             }
             self.commit(self.writes.len());
             for core in 0..CORES {
@@ -1077,6 +1398,31 @@ impl Harness {
                     "client {k}'s Sends {:?} were never answered",
                     c.unanswered
                 );
+            }
+        }
+        // A session that synced and got its SyncDone, and was sent no Resync or Error for it since,
+        // holds every committed message of every chat of its sync (docs/PROTOCOL.md, "While
+        // connected"): nothing was lost at the seam.
+        for k in self.live() {
+            let c = self.client(k);
+            if !c.welcomed || c.close_emitted {
+                continue;
+            }
+            if let Seam::On {
+                request_id,
+                next,
+                done: true,
+            } = &c.seam
+            {
+                for (chat, n) in next {
+                    let head = self.store.head(*chat).0;
+                    assert_eq!(
+                        *n,
+                        head + 1,
+                        "client {k} (Sync {request_id}) holds chat {chat} up to {}, its head is {head}",
+                        n - 1
+                    );
+                }
             }
         }
         for (i, reply) in self.replies.iter().enumerate() {

@@ -1,6 +1,15 @@
-//! The `session` target's store: what the cores read ([`ChatStore`]) kept in memory, holding a
-//! fixed set of users, friendships and chats, and exactly what the harness's storage writer has
-//! committed. It can be told to fail every read ([`crate::fuzzing::session::Op::StoreFault`]).
+//! The `session` target's store: what the cores read ([`ChatStore`], [`SyncStore`]) kept in
+//! memory, holding a fixed set of users, friendships and chats, and exactly what the harness's
+//! storage writer has committed: every message, membership change, device cursor and last-seen
+//! time. It can be told to fail every read ([`crate::fuzzing::session::Op::StoreFault`]), sync and
+//! history reads included.
+//!
+//! Its sync reads have the fjall store's semantics (`store/cursors.rs`): `sync_page` is
+//! `messages_page` (ascending, bounded by a count and a text budget that the last message may
+//! cross), `sync_history` is `messages_before` (newest first, never past the text budget except
+//! with the page's first message, and whether older ones exist), `sync_user_chats` is ascending,
+//! `sync_device_cursor` is the last committed [`WriteOp::Cursor`](crate::store::writer::WriteOp)
+//! of that device and chat (also when it is lower), and `sync_last_seq` is 0 for an empty chat.
 //!
 //! The chats (ids 1–5; 0, 6 and 7 do not exist):
 //!
@@ -12,11 +21,11 @@
 //! | 4 | group | 2 | 1–8 |
 //! | 5 | group | 7 | 7 |
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::core::{ChatSnapshot, ChatStore};
-use crate::ids::{ChatId, ClientMsgId, Seq, UserId};
+use crate::core::{ChatSnapshot, ChatStore, SyncStore};
+use crate::ids::{ChatId, ClientMsgId, DeviceId, Seq, UserId};
 use crate::store::{ChatKind, StoreError, StoredMessage};
 
 /// Chat ids `1..=CHAT_IDS` are the ones operations name (the last two do not exist).
@@ -73,8 +82,10 @@ struct Committed {
     chats: HashMap<ChatId, StoredChat>,
     last_seq: HashMap<ChatId, Seq>,
     dedupe: HashMap<(ChatId, UserId, ClientMsgId), (Seq, u64)>,
-    /// Committed texts, for `stored_text` (a dedupe hit compares them).
-    texts: HashMap<(ChatId, Seq), String>,
+    /// Every committed message, by chat and seq (a chat's history is one range, as in fjall).
+    messages: BTreeMap<(ChatId, Seq), StoredMessage>,
+    /// The last committed cursor of each device and chat.
+    cursors: HashMap<(DeviceId, ChatId), Seq>,
     last_seen: HashMap<UserId, u64>,
     failing: bool,
 }
@@ -92,7 +103,8 @@ impl MemoryStore {
                 chats: initial_chats(),
                 last_seq: HashMap::new(),
                 dedupe: HashMap::new(),
-                texts: HashMap::new(),
+                messages: BTreeMap::new(),
+                cursors: HashMap::new(),
                 last_seen: HashMap::new(),
                 failing: false,
             }),
@@ -116,7 +128,44 @@ impl MemoryStore {
             (msg.chat, msg.sender, msg.client_msg_id),
             (msg.seq, msg.server_ts_ms),
         );
-        state.texts.insert((msg.chat, msg.seq), msg.text.clone());
+        state.messages.insert((msg.chat, msg.seq), msg.clone());
+    }
+
+    /// The storage writer committed a device's cursor (the newest wins, also when lower).
+    pub(super) fn commit_cursor(&self, device: DeviceId, chat: ChatId, seq: Seq) {
+        self.lock().cursors.insert((device, chat), seq);
+    }
+
+    /// Whether `user` is a committed member of `chat`, whatever the fault switch says (the
+    /// harness's view, not a core's read).
+    pub(super) fn is_member(&self, chat: ChatId, user: UserId) -> bool {
+        self.lock()
+            .chats
+            .get(&chat)
+            .is_some_and(|c| c.members.contains(&user))
+    }
+
+    /// The committed chats of `user`, ascending, whatever the fault switch says.
+    pub(super) fn chats_of(&self, user: UserId) -> Vec<ChatId> {
+        let state = self.lock();
+        let mut chats: Vec<ChatId> = state
+            .chats
+            .iter()
+            .filter(|(_, c)| c.members.contains(&user))
+            .map(|(&id, _)| id)
+            .collect();
+        chats.sort_unstable();
+        chats
+    }
+
+    /// The last committed seq of `chat` (0 when it holds none), whatever the fault switch says.
+    pub(super) fn head(&self, chat: ChatId) -> Seq {
+        self.lock().last_seq.get(&chat).copied().unwrap_or(Seq(0))
+    }
+
+    /// The committed cursor of `device` in `chat`, whatever the fault switch says.
+    pub(super) fn cursor(&self, device: DeviceId, chat: ChatId) -> Option<Seq> {
+        self.lock().cursors.get(&(device, chat)).copied()
     }
 
     /// The storage writer committed a user's last-seen time.
@@ -150,8 +199,79 @@ impl MemoryStore {
     }
 }
 
-/// Sync and history read nothing here: this store keeps no messages.
-impl crate::core::SyncStore for MemoryStore {}
+/// The fjall store's sync reads (`store/cursors.rs`), over the committed state.
+impl SyncStore for MemoryStore {
+    fn sync_user_chats(&self, user: UserId) -> Result<Vec<ChatId>, StoreError> {
+        drop(self.check()?);
+        Ok(self.chats_of(user))
+    }
+
+    fn sync_is_member(&self, chat: ChatId, user: UserId) -> Result<bool, StoreError> {
+        let state = self.check()?;
+        Ok(state.chats.get(&chat).is_some_and(|c| c.members.contains(&user)))
+    }
+
+    fn sync_last_seq(&self, chat: ChatId) -> Result<Seq, StoreError> {
+        Ok(self.check()?.last_seq.get(&chat).copied().unwrap_or(Seq(0)))
+    }
+
+    fn sync_device_cursor(&self, device: DeviceId, chat: ChatId) -> Result<Option<Seq>, StoreError> {
+        Ok(self.check()?.cursors.get(&(device, chat)).copied())
+    }
+
+    /// Up to `max_msgs` messages with `seq > after`, ascending, stopping once their texts reach
+    /// `max_bytes` (the last one may cross it; at least one when any exists).
+    fn sync_page(
+        &self,
+        chat: ChatId,
+        after: Seq,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let state = self.check()?;
+        let Some(first) = after.0.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for msg in state.messages.range((chat, Seq(first))..=(chat, Seq(u64::MAX))).map(|(_, m)| m) {
+            if out.len() >= max_msgs || bytes >= max_bytes {
+                break;
+            }
+            bytes += msg.text.len();
+            out.push(msg.clone());
+        }
+        Ok(out)
+    }
+
+    /// Up to `max_msgs` messages with `seq < before`, newest first, within `max_bytes` of text
+    /// except for the first; and whether older ones exist beyond the last one returned.
+    fn sync_history(
+        &self,
+        chat: ChatId,
+        before: Seq,
+        max_msgs: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        let state = self.check()?;
+        if before.0 <= 1 {
+            return Ok((Vec::new(), false));
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for msg in state.messages.range((chat, Seq(1))..(chat, before)).rev().map(|(_, m)| m) {
+            if out.len() >= max_msgs {
+                return Ok((out, true));
+            }
+            if !out.is_empty() && bytes + msg.text.len() > max_bytes {
+                return Ok((out, true));
+            }
+            bytes += msg.text.len();
+            out.push(msg.clone());
+        }
+        Ok((out, false))
+    }
+}
 
 impl ChatStore for MemoryStore {
     fn chat_snapshot(&self, chat: ChatId) -> Result<Option<ChatSnapshot>, StoreError> {
@@ -208,6 +328,6 @@ impl ChatStore for MemoryStore {
     }
 
     fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
-        Ok(self.check()?.texts.get(&(chat, seq)).cloned())
+        Ok(self.check()?.messages.get(&(chat, seq)).map(|m| m.text.clone()))
     }
 }
