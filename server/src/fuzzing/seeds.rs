@@ -1162,7 +1162,10 @@ fn session() -> Vec<Seed> {
                 vec![
                     Op::Input {
                         conn: 1,
-                        input: frames(vec![sync(42, &[]), wire(3, WireBody::Ack { chat_id: 4, seq: 30 })]),
+                        input: frames(vec![
+                            sync(42, &[]),
+                            wire(3, WireBody::Ack { chat_id: 4, seq: 30 }),
+                        ]),
                     },
                     Op::Commit { count: u8::MAX },
                     Op::PeerClosed { conn: 1 },
@@ -1190,6 +1193,17 @@ fn session() -> Vec<Seed> {
                             frame: sync(52, &[(2, 2)]),
                             count: 12,
                         },
+                    },
+                    Op::Drained { conn: 1 },
+                    Op::Resume { conn: 1 },
+                    Op::Advance { ms: 1000 },
+                ],
+                settle(),
+                settle(),
+                vec![
+                    Op::Input {
+                        conn: 1,
+                        input: frames(vec![sync(53, &[(2, 1)])]),
                     },
                     Op::Drained { conn: 1 },
                 ],

@@ -162,7 +162,27 @@ struct ChatModel {
     next_seq: u64,
 }
 
+/// How often the sync and history checks ran in one input (so tests can tell that seeds reach
+/// them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Reached {
+    /// Messages checked against a Sync's expected next seq.
+    pub(super) seam_messages: u64,
+    /// SyncDones whose heads were checked.
+    pub(super) sync_dones: u64,
+    /// Sessions welcomed with `sync_first`.
+    pub(super) held_sessions: u64,
+    /// Resyncs sent.
+    pub(super) resyncs: u64,
+    /// Messages in HistoryPages.
+    pub(super) history_messages: u64,
+    /// Sync pages written after a `handle_drained`.
+    pub(super) drained_pages: u64,
+}
+
 pub(super) struct Harness {
+    /// What the checks saw.
+    pub(super) reached: Reached,
     t0: Instant,
     now: Instant,
     cores: Vec<Core>,
@@ -239,6 +259,7 @@ impl Harness {
             .map(|(id, chat)| (id, ChatModel { chat, next_seq: 1 }))
             .collect();
         Self {
+            reached: Reached::default(),
             t0,
             now: t0,
             cores,
@@ -614,7 +635,9 @@ impl Harness {
         };
         let now = self.now;
         self.core_mut(core).handle_drained(conn, now);
-        self.drain(core, Cause::Drained(k));
+        if self.drain(core, Cause::Drained(k)) > 0 {
+            self.reached.drained_pages += 1;
+        }
     }
 
     /// A membership change of `user` in `chat` was written or committed: the seam check of the
@@ -798,11 +821,15 @@ impl Harness {
                         let raw = match splitter.split(&mut rest) {
                             Ok(Some(raw)) => raw,
                             Ok(None) => break,
-                            Err(err) => panic!("core {core} sent client {k} bytes that do not split into frames: {err}"),
+                            Err(err) => panic!(
+                                "core {core} sent client {k} bytes that do not split into frames: {err}"
+                            ),
                         };
                         let frame = match Frame::decode(&raw, &Limits::default()) {
                             Ok(frame) => frame,
-                            Err(err) => panic!("core {core} sent client {k} a frame that does not decode: {err}"),
+                            Err(err) => {
+                                panic!("core {core} sent client {k} a frame that does not decode: {err}")
+                            }
                         };
                         if matches!(frame.body, Body::HistoryPage(_)) {
                             assert!(
@@ -945,7 +972,10 @@ impl Harness {
         );
         match &write {
             WriteOp::Cursor { chat, .. } => {
-                assert!(self.chats.contains_key(chat), "a cursor of chat {chat}, which does not exist");
+                assert!(
+                    self.chats.contains_key(chat),
+                    "a cursor of chat {chat}, which does not exist"
+                );
             }
             WriteOp::LastSeen {
                 user, last_seen_ms, ..
@@ -1106,6 +1136,8 @@ impl Harness {
                 c.welcomed = true;
                 c.last_heard = now;
                 c.held = c.hello_sync_first;
+                let held = u64::from(c.held);
+                self.reached.held_sessions += held;
             }
             Body::Error(e) => {
                 let Some(code) = ErrorCode::from_u16(e.code) else {
@@ -1193,6 +1225,7 @@ impl Harness {
                      (it said sync_first, or was sent Resync)"
                 );
                 c.seam.answered(request_id);
+                let mut checked = false;
                 match &mut c.seam {
                     // A page of an earlier Sync of this call: superseded, not checked.
                     Seam::Armed { .. } | Seam::Blind => {}
@@ -1202,7 +1235,10 @@ impl Harness {
                             last.is_none_or(|l| l < seq),
                             "chat {chat}: seq {seq} pushed to client {k} after {last:?}"
                         );
-                        if let Seam::On { request_id: r, next, .. } = seam {
+                        if let Seam::On {
+                            request_id: r, next, ..
+                        } = seam
+                        {
                             assert!(
                                 request_id == 0 || request_id == *r,
                                 "client {k} got a Message with request id {request_id}: neither a push \
@@ -1215,13 +1251,16 @@ impl Harness {
                                      (a duplicate or a gap at the seam)"
                                 );
                                 *n += 1;
+                                checked = true;
                             }
                         }
                     }
                 }
+                self.reached.seam_messages += u64::from(checked);
             }
             Body::SyncDone(done) => self.sync_done(k, request_id, &done),
             Body::Resync => {
+                self.reached.resyncs += 1;
                 let c = self.client_mut(k);
                 c.seam = Seam::Off;
                 c.held = true;
@@ -1251,6 +1290,7 @@ impl Harness {
             "SyncDone {request_id} for client {k}, which sent no Sync with that id"
         );
         c.seam.answered(request_id);
+        let mut checked = false;
         if let Seam::On {
             request_id: r,
             next,
@@ -1260,6 +1300,7 @@ impl Harness {
             assert_eq!(request_id, *r, "SyncDone {request_id} after Sync {r} replaced it");
             assert!(!*finished, "a second SyncDone {request_id} for client {k}");
             *finished = true;
+            checked = true;
             for (chat, n) in next.iter() {
                 let Some(head) = done.heads.iter().find(|h| h.chat_id == chat.0) else {
                     panic!("SyncDone {request_id} for client {k} leaves out chat {chat}");
@@ -1273,16 +1314,21 @@ impl Harness {
                 );
             }
         }
+        self.reached.sync_dones += u64::from(checked);
     }
 
     /// A `HistoryPage` for client `k`: only a member's is non-empty; newest first and contiguous,
     /// the committed messages, at most [`HISTORY_MAX_MESSAGES`], and `has_more` exactly when older
     /// ones exist (a chat's committed messages are seqs 1 to its head).
-    fn history_page(&self, k: usize, page: &HistoryPage) {
+    fn history_page(&mut self, k: usize, page: &HistoryPage) {
         let chat = ChatId(page.chat_id);
+        self.reached.history_messages += page.messages.len() as u64;
         let user = self.client(k).valid.map(|(u, _)| u);
         let Some(oldest) = page.messages.last() else {
-            assert!(!page.has_more, "an empty HistoryPage of chat {chat} says has_more");
+            assert!(
+                !page.has_more,
+                "an empty HistoryPage of chat {chat} says has_more"
+            );
             return;
         };
         assert!(
@@ -1295,7 +1341,11 @@ impl Harness {
             page.messages.len()
         );
         for (i, m) in page.messages.iter().enumerate() {
-            assert_eq!(m.chat_id, chat.0, "a HistoryPage of chat {chat} holds chat {}", m.chat_id);
+            assert_eq!(
+                m.chat_id, chat.0,
+                "a HistoryPage of chat {chat} holds chat {}",
+                m.chat_id
+            );
             if let Some(newer) = i.checked_sub(1).and_then(|j| page.messages.get(j)) {
                 assert_eq!(
                     m.seq + 1,
@@ -1307,7 +1357,12 @@ impl Harness {
             }
             match self.messages.get(&(chat, Seq(m.seq))) {
                 Some((msg, true)) => assert_eq!(
-                    (msg.sender.0, msg.server_ts_ms, msg.client_msg_id.0, msg.text.as_str()),
+                    (
+                        msg.sender.0,
+                        msg.server_ts_ms,
+                        msg.client_msg_id.0,
+                        msg.text.as_str()
+                    ),
                     (m.sender, m.server_ts_ms, m.client_msg_id, m.text.as_str()),
                     "the history differs from the message written"
                 ),

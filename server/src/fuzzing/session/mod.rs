@@ -108,3 +108,58 @@ pub fn run(data: &[u8]) {
     }
     harness.finish();
 }
+
+/// Feeds one input like [`run`] and says how often the sync and history checks ran.
+#[cfg(test)]
+fn run_reached(data: &[u8]) -> harness::Reached {
+    let input = SessionInput::from_bytes(data);
+    let mut harness = harness::Harness::new();
+    for op in &input.ops {
+        harness.apply(op);
+        harness.check_all();
+    }
+    harness.finish();
+    harness.reached
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::fuzzing::seeds;
+
+    fn reached(name: &str) -> harness::Reached {
+        let seed = seeds::corpus("session")
+            .into_iter()
+            .find(|s| s.name == format!("seed-{name}"))
+            .unwrap();
+        run_reached(&seed.data)
+    }
+
+    /// The sync seeds reach the seam checks: pages and pushes checked against the cursors,
+    /// SyncDone heads, a held `sync_first` session, pages after `handle_drained`, a Resync.
+    #[test]
+    fn sync_seeds_reach_the_seam_checks() {
+        let r = reached("sync-first-reconnect");
+        assert!(r.held_sessions >= 1 && r.sync_dones >= 1, "{r:?}");
+        // Seqs 2 and 3 from the sync (cursor 1), then 4 and 5 live.
+        assert!(r.seam_messages >= 4, "{r:?}");
+        let r = reached("sync-pages-and-the-seam");
+        assert!(r.drained_pages >= 1 && r.sync_dones >= 1, "{r:?}");
+        assert!(r.seam_messages >= 10, "{r:?}");
+        let r = reached("sync-backlog-and-stored-cursor");
+        // 50 of the backlog, then 30 after the stored cursor, then 5 after the cursor 55.
+        assert!(r.seam_messages >= 85 && r.sync_dones >= 3, "{r:?}");
+        let r = reached("sync-store-fault-and-resync");
+        assert!(r.resyncs >= 1 && r.sync_dones >= 1, "{r:?}");
+        let r = reached("sync-replaced-and-rate-limited");
+        assert!(r.sync_dones >= 1 && r.seam_messages >= 1, "{r:?}");
+    }
+
+    /// The history seed gets pages of committed messages (the checks ran on them).
+    #[test]
+    fn history_seed_reaches_the_page_checks() {
+        let r = reached("history-pages");
+        assert!(r.history_messages >= 8, "{r:?}");
+    }
+}

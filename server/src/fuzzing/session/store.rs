@@ -234,7 +234,11 @@ impl SyncStore for MemoryStore {
         };
         let mut out = Vec::new();
         let mut bytes = 0;
-        for msg in state.messages.range((chat, Seq(first))..=(chat, Seq(u64::MAX))).map(|(_, m)| m) {
+        for msg in state
+            .messages
+            .range((chat, Seq(first))..=(chat, Seq(u64::MAX)))
+            .map(|(_, m)| m)
+        {
             if out.len() >= max_msgs || bytes >= max_bytes {
                 break;
             }
@@ -259,7 +263,12 @@ impl SyncStore for MemoryStore {
         }
         let mut out = Vec::new();
         let mut bytes = 0;
-        for msg in state.messages.range((chat, Seq(1))..(chat, before)).rev().map(|(_, m)| m) {
+        for msg in state
+            .messages
+            .range((chat, Seq(1))..(chat, before))
+            .rev()
+            .map(|(_, m)| m)
+        {
             if out.len() >= max_msgs {
                 return Ok((out, true));
             }
@@ -329,5 +338,112 @@ impl ChatStore for MemoryStore {
 
     fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, StoreError> {
         Ok(self.check()?.messages.get(&(chat, seq)).map(|m| m.text.clone()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::ids::CoreId;
+    use crate::store::Store;
+    use crate::store::writer::WriteOp;
+
+    fn msg(chat: u64, seq: u64, len: usize) -> StoredMessage {
+        StoredMessage {
+            chat: ChatId(chat),
+            seq: Seq(seq),
+            sender: UserId(1),
+            server_ts_ms: seq,
+            client_msg_id: ClientMsgId(seq),
+            text: "x".repeat(len),
+        }
+    }
+
+    /// Every sync read of the memory store answers what the fjall store answers for the same
+    /// committed writes, over a grid of cursors, counts and byte budgets.
+    #[test]
+    fn sync_reads_match_the_fjall_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let fjall = Store::open(dir.path()).unwrap();
+        let memory = MemoryStore::new();
+        let mut ops = Vec::new();
+        for seq in 1..=12 {
+            let m = msg(2, seq, (seq as usize * 7) % 23 + 1);
+            memory.commit_message(&m);
+            ops.push(WriteOp::Message {
+                origin: CoreId(0),
+                msg: m,
+            });
+        }
+        let other = msg(3, 1, 5);
+        memory.commit_message(&other);
+        ops.push(WriteOp::Message {
+            origin: CoreId(0),
+            msg: other,
+        });
+        for (device, seq) in [(1, 9), (1, 4), (2, 7)] {
+            memory.commit_cursor(DeviceId(device), ChatId(2), Seq(seq));
+            ops.push(WriteOp::Cursor {
+                origin: CoreId(0),
+                device: DeviceId(device),
+                chat: ChatId(2),
+                seq: Seq(seq),
+            });
+        }
+        fjall.commit_writes(&ops);
+        let seqs = |v: Vec<StoredMessage>| v.into_iter().map(|m| (m.seq, m.text)).collect::<Vec<_>>();
+        for chat in [ChatId(1), ChatId(2), ChatId(3)] {
+            assert_eq!(
+                memory.sync_last_seq(chat).unwrap(),
+                fjall.sync_last_seq(chat).unwrap()
+            );
+            for device in [DeviceId(1), DeviceId(2), DeviceId(3)] {
+                assert_eq!(
+                    memory.sync_device_cursor(device, chat).unwrap(),
+                    fjall.sync_device_cursor(device, chat).unwrap()
+                );
+            }
+            for at in [0, 1, 2, 5, 11, 12, 13, u64::MAX] {
+                for max_msgs in [0, 1, 3, 100] {
+                    for max_bytes in [0, 1, 10, 30, 1000] {
+                        let args = (chat, Seq(at), max_msgs, max_bytes);
+                        assert_eq!(
+                            seqs(memory.sync_page(chat, Seq(at), max_msgs, max_bytes).unwrap()),
+                            seqs(fjall.sync_page(chat, Seq(at), max_msgs, max_bytes).unwrap()),
+                            "sync_page{args:?}"
+                        );
+                        let (m, m_more) = memory.sync_history(chat, Seq(at), max_msgs, max_bytes).unwrap();
+                        let (f, f_more) = fjall.sync_history(chat, Seq(at), max_msgs, max_bytes).unwrap();
+                        assert_eq!((seqs(m), m_more), (seqs(f), f_more), "sync_history{args:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sync_user_chats` is ascending, membership follows committed changes, and a fault fails
+    /// every sync read.
+    #[test]
+    fn members_follow_commits_and_faults_fail_sync_reads() {
+        let store = MemoryStore::new();
+        assert_eq!(
+            store.sync_user_chats(UserId(2)).unwrap(),
+            [ChatId(1), ChatId(2), ChatId(4)]
+        );
+        store.commit_membership(ChatId(3), UserId(2), true, None);
+        store.commit_membership(ChatId(2), UserId(2), false, None);
+        assert_eq!(
+            store.sync_user_chats(UserId(2)).unwrap(),
+            [ChatId(1), ChatId(3), ChatId(4)]
+        );
+        assert!(!store.sync_is_member(ChatId(2), UserId(2)).unwrap());
+        store.set_failing(true);
+        assert!(store.sync_user_chats(UserId(2)).is_err());
+        assert!(store.sync_is_member(ChatId(1), UserId(1)).is_err());
+        assert!(store.sync_last_seq(ChatId(1)).is_err());
+        assert!(store.sync_device_cursor(DeviceId(1), ChatId(1)).is_err());
+        assert!(store.sync_page(ChatId(1), Seq(0), 10, 10).is_err());
+        assert!(store.sync_history(ChatId(1), Seq(0), 10, 10).is_err());
     }
 }
