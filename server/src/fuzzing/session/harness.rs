@@ -185,6 +185,8 @@ pub(super) struct Harness {
     pub(super) reached: Reached,
     /// Bytes the last [`Harness::drain`] transmitted to the client its cause names.
     drained_bytes: usize,
+    /// Sync pages (Transmits of Messages only) the last [`Harness::drain`] carried out.
+    drained_pages: usize,
     t0: Instant,
     now: Instant,
     cores: Vec<Core>,
@@ -263,6 +265,7 @@ impl Harness {
         Self {
             reached: Reached::default(),
             drained_bytes: 0,
+            drained_pages: 0,
             t0,
             now: t0,
             cores,
@@ -529,6 +532,11 @@ impl Harness {
             sent <= FRAMES_PER_SESSION_PER_TURN,
             "handle_input queued {sent} frames, the budget is {FRAMES_PER_SESSION_PER_TURN}"
         );
+        assert!(
+            self.drained_pages as u64 <= taken,
+            "handle_input wrote {} sync pages for {taken} frames (one page per Sync and call)",
+            self.drained_pages
+        );
         let takes_frames = matches!(
             self.cores[core].phase(conn),
             Some(Phase::AwaitingHello | Phase::Active { .. })
@@ -640,7 +648,8 @@ impl Harness {
         };
         let now = self.now;
         self.core_mut(core).handle_drained(conn, now);
-        if self.drain(core, Cause::Drained(k)) > 0 {
+        self.drain(core, Cause::Drained(k));
+        if self.drained_bytes > 0 {
             self.reached.drained_pages += 1;
         }
     }
@@ -809,20 +818,23 @@ impl Harness {
         }
     }
 
-    /// Drains core `core`'s actions, carrying them out and checking each; returns how many frames
-    /// were transmitted.
+    /// Drains core `core`'s actions, carrying them out and checking each; returns how many
+    /// Transmits there were, sync pages (which go with a SyncDone or Error) not counted.
     fn drain(&mut self, core: usize, cause: Cause) -> usize {
         let mut must_close: Vec<usize> = Vec::new();
         let mut sent = 0;
         self.drained_bytes = 0;
+        self.drained_pages = 0;
         while let Some(action) = self.core_mut(core).poll_action() {
             match action {
                 Action::Transmit { conn, frame: bytes } => {
-                    sent += 1;
                     let k = self.client_of(core, conn, "Transmit");
-                    if matches!(cause, Cause::Client(c) if c == k) {
+                    if matches!(cause, Cause::Client(c) | Cause::Drained(c) if c == k) {
                         self.drained_bytes += bytes.len();
                     }
+                    // A sync page (Messages only) is part of the answer to a Sync, which also
+                    // gets its SyncDone or Error: it does not count as a frame's answer.
+                    let mut page = true;
                     // One Transmit may hold several frames (a sync page): split it as a client would.
                     let mut rest = BytesMut::from(&bytes[..]);
                     let splitter = FrameDecoder::new(Limits::default());
@@ -840,6 +852,7 @@ impl Harness {
                                 panic!("core {core} sent client {k} a frame that does not decode: {err}")
                             }
                         };
+                        page &= matches!(frame.body, Body::Message(_));
                         if matches!(frame.body, Body::HistoryPage(_)) {
                             assert!(
                                 raw.len() <= MAX_FRAME,
@@ -858,6 +871,8 @@ impl Harness {
                         self.transmitted(core, k, frame, cause, &mut must_close);
                     }
                     assert!(rest.is_empty(), "core {core} sent client {k} a partial frame");
+                    sent += usize::from(!page);
+                    self.drained_pages += usize::from(page);
                 }
                 Action::Authenticate { conn, token: _ } => {
                     let k = self.client_of(core, conn, "Authenticate");

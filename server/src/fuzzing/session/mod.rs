@@ -39,8 +39,10 @@
 //! * no `Transmit`, `Authenticate` or second `Close` after a connection's `Close`, and a call's
 //!   actions concern only the connections that call is about;
 //! * per [`Core::handle_input`] call at most [`FRAMES_PER_SESSION_PER_TURN`] frames are taken and
-//!   answered; `Budget` means a frame is waiting, `Paused` that the session takes no frames now,
-//!   and `Drained` that nothing the decoder could act on at once is left;
+//!   answered (a Sync's stream pages go with its `SyncDone` or `Error` and are not counted);
+//!   `Budget` means a frame is waiting and a budget was spent (the frames, or
+//!   [`REPLY_BYTES_PER_CALL`] of answers), `Paused` that the session takes no frames now, and
+//!   `Drained` that nothing the decoder could act on at once is left;
 //! * messages: every write goes to the chat's owner core's writer queue with the next `seq` of
 //!   the chat (gapless), from a member, once per `(chat, sender, client_msg_id)` (dedupe); a
 //!   `SendOk` answers a `Send` that connection made and names the committed message — only after
@@ -69,7 +71,7 @@ pub use input::{
 pub use store::CHAT_IDS;
 
 #[cfg(doc)]
-use crate::core::{Core, FRAMES_PER_SESSION_PER_TURN};
+use crate::core::{Core, FRAMES_PER_SESSION_PER_TURN, REPLY_BYTES_PER_CALL};
 
 /// Cores of the simulated natterd.
 pub const CORES: usize = 2;
