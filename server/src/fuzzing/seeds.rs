@@ -441,20 +441,26 @@ fn send_id(request_id: u64, chat: u8, cmid: u64, text: &str) -> WireFrame {
     )
 }
 
-/// Client `conn` sends `count` messages to `chat` (texts `text`, client ids from `first`), a
-/// second apart so that the send rate allows them, and they are committed and pushed.
+/// Client `conn` sends `count` messages to `chat` (texts `text`, client ids from `first`), ten
+/// per write and a second apart so that the send rate allows them, and each write's messages are
+/// committed and pushed before the next (the owner core commits a chat's queued sends as one
+/// batch after the one in flight).
 fn burst(conn: u8, chat: u8, first: u64, count: u64, text: &str) -> Vec<Op> {
     let mut ops = Vec::new();
-    for i in 0..count {
+    let ids: Vec<u64> = (first..first + count).collect();
+    for chunk in ids.chunks(10) {
+        let sends = chunk
+            .iter()
+            .map(|&id| send_id(100 + id, chat, id, text))
+            .collect();
         ops.push(Op::Input {
             conn,
-            input: frames(vec![send_id(100 + first + i, chat, first + i, text)]),
+            input: frames(sends),
         });
-        if i % 10 == 9 {
-            ops.push(Op::Advance { ms: 1000 });
-        }
+        ops.extend(settle());
+        ops.extend(settle());
+        ops.push(Op::Advance { ms: 1000 });
     }
-    ops.extend(settle());
     ops
 }
 
