@@ -8,7 +8,7 @@
 //! NATTER_WRITE_FUZZ_SEEDS=1 cargo test -p natter-server --test fuzz_replay -- seeds
 //! ```
 //!
-//! ([`write`] replaces the `seed-*` files and keeps everything else — inputs a campaign added or
+//! ([`write()`] replaces the `seed-*` files and keeps everything else — inputs a campaign added or
 //! `cargo fuzz cmin` kept.) `tests/fuzz_replay.rs` also runs every generated seed through its
 //! target on each `cargo test`, so the generator cannot rot.
 

@@ -12,9 +12,11 @@
 //! `StoreUnavailable`; let time pass; close a connection from the peer's side; let a core take
 //! the next command from its queue (a migrating session, the other core's work, commit
 //! completions, a membership change from the side-port); commit writes; close a device's
-//! sessions (logout); report an outbound overflow; make the store fail; shut a core down.
+//! sessions (logout); report an outbound overflow, or that it drained (`Core::handle_drained`:
+//! the next sync page); make the store fail (sync and history reads too); shut a core down.
 //! [`SessionInput::to_bytes`] is the inverse, so seeds are written as operations
-//! ([`crate::fuzzing::seeds`]). The store holds users 1–[`USERS`] and five chats (see `store.rs`).
+//! ([`crate::fuzzing::seeds`]). The store holds users 1–[`USERS`] and five chats (see `store.rs`),
+//! and every message, membership change and device cursor the harness's writer committed.
 //!
 //! # Driving
 //!
@@ -51,6 +53,18 @@
 //!   increasing `seq` per chat and connection; membership changes are written only for groups,
 //!   by their owner core, and succeed only after their commit; each gets exactly one answer;
 //! * once idle, every `Send` of an open session has been answered;
+//! * sync and the seam (docs/PROTOCOL.md): no `Message` reaches a session that said
+//!   `Hello{sync_first}`, or was sent `Resync`, before its next Sync; after a Sync, per chat of
+//!   its plan, the Messages it gets (pages with the Sync's request id, pushes with 0) are exactly
+//!   cursor+1, cursor+2, … — no duplicate, no gap except the session's own sends (answered by
+//!   SendOk) — until `Resync` or an `Error` with the Sync's id; a `SyncDone` answers a Sync the
+//!   session sent, the latest once its stream began, once, with heads equal to what was streamed;
+//!   once idle (every page drained), a synced session holds every committed message of those
+//!   chats; a sync page goes only to a member then or now, a push only to a member then;
+//! * history: a non-empty `HistoryPage` only for a member, newest first and contiguous, the
+//!   committed messages, at most [`HISTORY_MAX_MESSAGES`], `has_more` exactly when older ones
+//!   exist, and within [`MAX_FRAME`] encoded;
+//! * an `Ack` stores the cursor of the session's own device, for a chat it is a member of;
 //! * a connection is refused only when its core is at [`MAX_CONNECTIONS`], and never gets the id of
 //!   a live one;
 //! * timeouts are never early — a hello timeout only after the hello deadline, a heartbeat timeout
@@ -71,7 +85,7 @@ pub use input::{
 pub use store::CHAT_IDS;
 
 #[cfg(doc)]
-use crate::core::{Core, FRAMES_PER_SESSION_PER_TURN, REPLY_BYTES_PER_CALL};
+use crate::core::{Core, FRAMES_PER_SESSION_PER_TURN, HISTORY_MAX_MESSAGES, REPLY_BYTES_PER_CALL};
 
 /// Cores of the simulated natterd.
 pub const CORES: usize = 2;
