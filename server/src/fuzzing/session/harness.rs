@@ -37,13 +37,17 @@ fn user_id(user: u8) -> UserId {
     UserId(u64::from(user) % USERS + 1)
 }
 
-fn device_id(device: u8) -> DeviceId {
-    DeviceId(u64::from(device) % DEVICES + 1)
+/// Device `device % DEVICES + 1` of `user`, as a store-wide id (device ids are unique across
+/// users, so a device's stored cursors are its own).
+fn device_id(user: UserId, device: u8) -> DeviceId {
+    DeviceId((user.0 - 1) * DEVICES + u64::from(device) % DEVICES + 1)
 }
 
 fn auth_result(choice: AuthChoice) -> AuthResult {
     match choice {
-        AuthChoice::Valid { user, device } => AuthResult::Valid(user_id(user), device_id(device)),
+        AuthChoice::Valid { user, device } => {
+            AuthResult::Valid(user_id(user), device_id(user_id(user), device))
+        }
         AuthChoice::Invalid => AuthResult::Invalid,
         AuthChoice::StoreUnavailable => AuthResult::StoreUnavailable,
     }
@@ -386,7 +390,9 @@ impl Harness {
                     self.deliver(core);
                 }
             }
-            Op::CloseDevice { user, device } => self.close_device(user_id(*user), device_id(*device)),
+            Op::CloseDevice { user, device } => {
+                self.close_device(user_id(*user), device_id(user_id(*user), *device))
+            }
             Op::Shutdown { core } => {
                 let core = usize::from(*core) % CORES;
                 self.core_mut(core).handle_shutdown();

@@ -109,7 +109,7 @@ pub const MAX_BUFFERED: usize = 8 << 20;
 pub const MAX_OPS: usize = 256;
 /// Users `1..=USERS` are the ones a `Valid` answer can name.
 pub const USERS: u64 = 8;
-/// Devices `1..=DEVICES` per user.
+/// Devices per user: user `u`'s are ids `(u - 1) * DEVICES + 1 ..= u * DEVICES`.
 pub const DEVICES: u64 = 4;
 /// Longest text a [`Text`] can stand for (the protocol's limit is 100,000 characters).
 pub const MAX_TEXT: usize = 120_000;
