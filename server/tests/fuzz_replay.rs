@@ -170,11 +170,13 @@ fn session_inputs_round_trip_through_their_encoding() {
             token: text(),
             device: Text(String::new()),
             version: Version::Current,
+            sync_first: false,
         },
         WireBody::Hello {
             token: Text("a".repeat(254)),
             device: Text("q".repeat(5000)),
             version: Version::Other(7),
+            sync_first: true,
         },
         WireBody::Welcome {
             user_id: 1,
@@ -297,6 +299,7 @@ fn session_inputs_round_trip_through_their_encoding() {
         },
         Op::StoreFault { on: true },
         Op::Overflow { conn: 9 },
+        Op::Drained { conn: 10 },
     ]);
     let input = SessionInput { ops };
     assert_eq!(SessionInput::from_bytes(&input.to_bytes()), input);

@@ -430,6 +430,13 @@ impl Core {
         self.actions.pop_front()
     }
 
+    /// Whether work waits for the next turn (sync steps past this turn's read
+    /// budget): a driver then polls again at once; [`Core::poll_timeout`] says
+    /// so too.
+    pub fn work_left(&self) -> bool {
+        self.sync_work_left()
+    }
+
     /// When [`Core::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.sync_work_left() {

@@ -8,7 +8,7 @@
 //! NATTER_WRITE_FUZZ_SEEDS=1 cargo test -p natter-server --test fuzz_replay -- seeds
 //! ```
 //!
-//! ([`write`] replaces the `seed-*` files and keeps everything else — inputs a campaign added or
+//! ([`write()`] replaces the `seed-*` files and keeps everything else — inputs a campaign added or
 //! `cargo fuzz cmin` kept.) `tests/fuzz_replay.rs` also runs every generated seed through its
 //! target on each `cargo test`, so the generator cannot rot.
 
@@ -387,8 +387,102 @@ fn hello(token: &str) -> WireFrame {
             token: Text(token.into()),
             device: Text("seed".into()),
             version: Version::Current,
+            sync_first: false,
         },
     )
+}
+
+/// A Hello that asks the server to hold live pushes until the session's first Sync.
+fn hello_sync_first() -> WireFrame {
+    wire(
+        7,
+        WireBody::Hello {
+            token: Text("tok".into()),
+            device: Text("seed".into()),
+            version: Version::Current,
+            sync_first: true,
+        },
+    )
+}
+
+/// `Sync` with these `(chat, seq)` cursors.
+fn sync(request_id: u64, cursors: &[(u64, u64)]) -> WireFrame {
+    wire(
+        request_id,
+        WireBody::Sync(
+            cursors
+                .iter()
+                .map(|&(chat_id, seq)| WireCursor { chat_id, seq })
+                .collect(),
+        ),
+    )
+}
+
+fn history(request_id: u64, chat_id: u64, before_seq: u64, limit: u32) -> WireFrame {
+    wire(
+        request_id,
+        WireBody::History {
+            chat_id,
+            before_seq,
+            limit,
+        },
+    )
+}
+
+/// A Send with any client message id (so that many sends are not retries of each other).
+fn send_id(request_id: u64, chat: u8, cmid: u64, text: &str) -> WireFrame {
+    wire(
+        request_id,
+        WireBody::Send {
+            chat: Id::Small(chat),
+            client_msg_id: Id::Any(cmid),
+            text: Text(text.into()),
+        },
+    )
+}
+
+/// Client `conn` sends `count` messages to `chat` (texts `text`, client ids from `first`), ten
+/// per write and a second apart so that the send rate allows them, and each write's messages are
+/// committed and pushed before the next (the owner core commits a chat's queued sends as one
+/// batch after the one in flight).
+fn burst(conn: u8, chat: u8, first: u64, count: u64, text: &str) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let ids: Vec<u64> = (first..first + count).collect();
+    for chunk in ids.chunks(10) {
+        let sends = chunk
+            .iter()
+            .map(|&id| send_id(100 + id, chat, id, text))
+            .collect();
+        ops.push(Op::Input {
+            conn,
+            input: frames(sends),
+        });
+        ops.extend(settle());
+        ops.extend(settle());
+        ops.push(Op::Advance { ms: 1000 });
+    }
+    ops
+}
+
+/// Client number `conn` connects to user `n`'s home core and sends `Hello{sync_first}` and
+/// `Sync{cursors}` in one write, as docs/PROTOCOL.md's reconnect recipe says; the Sync is read
+/// after the Welcome.
+fn login_and_sync(conn: u8, n: u64, device: u8, request_id: u64, cursors: &[(u64, u64)]) -> Vec<Op> {
+    vec![
+        Op::Accept { core: home(n) },
+        Op::Input {
+            conn,
+            input: frames(vec![hello_sync_first(), sync(request_id, cursors)]),
+        },
+        Op::Auth {
+            pending: 0,
+            result: AuthChoice::Valid {
+                user: user(n),
+                device,
+            },
+        },
+        Op::Resume { conn },
+    ]
 }
 
 fn ping(nonce: u64) -> WireFrame {
@@ -602,6 +696,7 @@ fn session() -> Vec<Seed> {
                             token: Text("t".into()),
                             device: Text("d".into()),
                             version: Version::Other(99),
+                            sync_first: false,
                         },
                     )],
                 ),
@@ -619,6 +714,7 @@ fn session() -> Vec<Seed> {
                             token: Text("t".into()),
                             device: Text("d".repeat(200)),
                             version: Version::Current,
+                            sync_first: true,
                         },
                     )],
                 ),
@@ -1034,6 +1130,147 @@ fn session() -> Vec<Seed> {
                 login(1, 2, 1),
                 vec![input(1, vec![send(3, 2, 1, "a")])],
                 settle(),
+            ]),
+        ),
+        // ----- sync, history, cursors -----
+        ops(
+            "sync-first-reconnect",
+            cat(vec![
+                login(0, 1, 0),
+                burst(0, 1, 1, 3, "while you were away"),
+                login_and_sync(1, 2, 0, 40, &[(1, 1)]),
+                vec![Op::Drained { conn: 1 }],
+                burst(0, 1, 10, 2, "live now"),
+            ]),
+        ),
+        ops(
+            "sync-pages-and-the-seam",
+            cat(vec![
+                login(0, 1, 0),
+                burst(0, 2, 1, 4, &"a".repeat(100_000)),
+                burst(0, 2, 10, 3, "small"),
+                login_and_sync(1, 3, 0, 41, &[(2, 0)]),
+                // Sent while the sync is between pages: it comes in the sync's stream or as a
+                // push, once.
+                burst(0, 2, 20, 1, "during the sync"),
+                vec![Op::Drained { conn: 1 }],
+                burst(0, 2, 21, 1, "between pages"),
+                vec![Op::Drained { conn: 1 }, Op::Drained { conn: 1 }],
+                burst(0, 2, 22, 1, "after SyncDone"),
+            ]),
+        ),
+        ops(
+            "sync-backlog-and-stored-cursor",
+            cat(vec![
+                login(0, 1, 0),
+                burst(0, 4, 1, 60, "backlog"),
+                login(1, 5, 0),
+                vec![
+                    Op::Input {
+                        conn: 1,
+                        input: frames(vec![
+                            sync(42, &[]),
+                            wire(3, WireBody::Ack { chat_id: 4, seq: 30 }),
+                        ]),
+                    },
+                    Op::Commit { count: u8::MAX },
+                    Op::PeerClosed { conn: 1 },
+                ],
+                login_and_sync(1, 5, 0, 43, &[]),
+                login_and_sync(2, 5, 1, 44, &[(4, 999), (4, 55)]),
+                settle(),
+            ]),
+        ),
+        ops(
+            "sync-replaced-and-rate-limited",
+            cat(vec![
+                login(0, 1, 0),
+                burst(0, 2, 1, 3, &"b".repeat(100_000)),
+                login(1, 2, 0),
+                vec![
+                    Op::Input {
+                        conn: 1,
+                        input: frames(vec![sync(50, &[(2, 0)]), sync(51, &[(2, 1)])]),
+                    },
+                    Op::Drained { conn: 1 },
+                    Op::Input {
+                        conn: 1,
+                        input: Input::Repeat {
+                            frame: sync(52, &[(2, 2)]),
+                            count: 12,
+                        },
+                    },
+                    Op::Drained { conn: 1 },
+                    Op::Resume { conn: 1 },
+                    Op::Advance { ms: 1000 },
+                ],
+                settle(),
+                settle(),
+                vec![
+                    Op::Input {
+                        conn: 1,
+                        input: frames(vec![sync(53, &[(2, 1)])]),
+                    },
+                    Op::Drained { conn: 1 },
+                ],
+                burst(0, 2, 10, 1, "and on"),
+            ]),
+        ),
+        ops(
+            "sync-store-fault-and-resync",
+            cat(vec![
+                login(0, 1, 0),
+                burst(0, 2, 1, 3, &"c".repeat(100_000)),
+                login(1, 3, 0),
+                vec![
+                    Op::Input {
+                        conn: 1,
+                        input: frames(vec![sync(60, &[(2, 0)])]),
+                    },
+                    Op::StoreFault { on: true },
+                    Op::Drained { conn: 1 },
+                    Op::StoreFault { on: false },
+                ],
+                burst(0, 2, 10, 1, "held back"),
+                vec![
+                    Op::Input {
+                        conn: 1,
+                        input: frames(vec![sync(61, &[(2, 1)])]),
+                    },
+                    Op::Overflow { conn: 1 },
+                ],
+                burst(0, 2, 11, 1, "dropped: resync"),
+                vec![
+                    Op::Input {
+                        conn: 1,
+                        input: frames(vec![sync(62, &[(2, 3)])]),
+                    },
+                    Op::Drained { conn: 1 },
+                ],
+                burst(0, 2, 12, 1, "live again"),
+            ]),
+        ),
+        ops(
+            "history-pages",
+            cat(vec![
+                login(0, 1, 0),
+                burst(0, 4, 1, 5, "history"),
+                burst(0, 2, 10, 3, &"d".repeat(100_000)),
+                vec![Op::Input {
+                    conn: 0,
+                    input: frames(vec![
+                        history(70, 4, 0, 3),
+                        history(71, 4, 3, 10),
+                        history(72, 4, 1, 10),
+                        history(73, 2, 0, 200),
+                        history(74, 3, 0, 10),
+                        history(75, 4, 0, 0),
+                    ]),
+                }],
+                vec![Op::Input {
+                    conn: 0,
+                    input: frames(vec![history(76, 2, 3, 200), history(77, 9, 0, 5)]),
+                }],
             ]),
         ),
     ]

@@ -2,13 +2,13 @@
 //! model of every client connection, checked against each other after every event. See the
 //! module documentation of [`crate::fuzzing::session`] for the invariants.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
-use natter_wire::{Body, ErrorCode, Frame, FrameDecoder, Limits, PROTOCOL_VERSION};
+use natter_wire::{Body, ErrorCode, Frame, FrameDecoder, HistoryPage, Limits, PROTOCOL_VERSION, SyncDone};
 
 use super::input::{AuthChoice, Input, Op};
 use super::store::{CHAT_IDS, MemoryStore, StoredChat, initial_chats};
@@ -16,7 +16,7 @@ use super::{CORES, DEVICES, HEARTBEAT_TIMEOUT, MAX_BUFFERED, MAX_CONNECTIONS, MA
 use crate::core::fuzz_hooks::Phase;
 use crate::core::{
     Action, AuthResult, ConnId, Core, CoreConfig, CoreMsg, Detached, FRAMES_PER_SESSION_PER_TURN,
-    HELLO_TIMEOUT, InputStatus,
+    HELLO_TIMEOUT, HISTORY_MAX_MESSAGES, InputStatus, NEW_DEVICE_BACKLOG, REPLY_BYTES_PER_CALL,
 };
 use crate::core::{MembershipChange, MembershipError, ReplyTicket};
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
@@ -37,13 +37,17 @@ fn user_id(user: u8) -> UserId {
     UserId(u64::from(user) % USERS + 1)
 }
 
-fn device_id(device: u8) -> DeviceId {
-    DeviceId(u64::from(device) % DEVICES + 1)
+/// Device `device % DEVICES + 1` of `user`, as a store-wide id (device ids are unique across
+/// users, so a device's stored cursors are its own).
+fn device_id(user: UserId, device: u8) -> DeviceId {
+    DeviceId((user.0 - 1) * DEVICES + u64::from(device) % DEVICES + 1)
 }
 
 fn auth_result(choice: AuthChoice) -> AuthResult {
     match choice {
-        AuthChoice::Valid { user, device } => AuthResult::Valid(user_id(user), device_id(device)),
+        AuthChoice::Valid { user, device } => {
+            AuthResult::Valid(user_id(user), device_id(user_id(user), device))
+        }
         AuthChoice::Invalid => AuthResult::Invalid,
         AuthChoice::StoreUnavailable => AuthResult::StoreUnavailable,
     }
@@ -79,9 +83,48 @@ struct Client {
     sends: Vec<(u64, ChatId, ClientMsgId)>,
     /// Request ids of those Sends not answered yet (SendOk or Error).
     unanswered: Vec<u64>,
-    /// The last `seq` pushed to it, per chat.
+    /// The last `seq` pushed to it, per chat (since its last Sync).
     pushed: HashMap<ChatId, Seq>,
+    /// The latest Hello the core took from it said `sync_first`.
+    hello_sync_first: bool,
+    /// No `Message` may reach it now: welcomed after `Hello{sync_first}`, or sent `Resync`, and
+    /// no Sync taken since.
+    held: bool,
+    /// Request ids of every Sync the core took from it while welcomed.
+    syncs: HashSet<u64>,
+    /// The check of its latest Sync's stream.
+    seam: Seam,
 }
+
+/// The seam check of one client (docs/PROTOCOL.md, "The seam" and "Sync, history and cursors").
+#[derive(Debug, Default)]
+enum Seam {
+    /// Nothing to check: no Sync yet, or the last one was answered by an `Error` or followed by
+    /// `Resync`.
+    #[default]
+    Off,
+    /// The call being drained took Syncs, the last one with this request id: what comes before
+    /// its first answer (`Message`, `SyncDone` or `Error` with its id) belongs to the earlier
+    /// ones and is not checked; from that answer on, `next` applies.
+    Armed {
+        request_id: u64,
+        next: HashMap<ChatId, u64>,
+    },
+    /// The call being drained took two Syncs with the same request id: nothing of it is checked.
+    Blind,
+    /// Since the latest Sync's first answer: per chat of the sync's plan, the seq the next
+    /// `Message` of that chat must carry (no duplicate, no gap); `done` once its `SyncDone` came.
+    On {
+        request_id: u64,
+        next: HashMap<ChatId, u64>,
+        done: bool,
+    },
+}
+
+/// Most loop turns one op lets a core take while it has work left (a sync
+/// past its per-turn read budget): enough to finish the syncs a fuzz input
+/// can start, bounded so an input's cost stays bounded.
+const TURNS_PER_OP: usize = 64;
 
 /// A command waiting in a core's queue (`runtime::Command` without the sockets).
 #[derive(Debug)]
@@ -98,6 +141,8 @@ enum Command {
 enum Cause {
     /// `handle_input` or `handle_outbound_overflow` for this client.
     Client(usize),
+    /// `handle_drained` for this client.
+    Drained(usize),
     /// `handle_auth` for this client.
     Auth(usize),
     /// `handle_adopt` of this client.
@@ -127,7 +172,31 @@ struct ChatModel {
     next_seq: u64,
 }
 
+/// How often the sync and history checks ran in one input (so tests can tell that seeds reach
+/// them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Reached {
+    /// Messages checked against a Sync's expected next seq.
+    pub(super) seam_messages: u64,
+    /// SyncDones whose heads were checked.
+    pub(super) sync_dones: u64,
+    /// Sessions welcomed with `sync_first`.
+    pub(super) held_sessions: u64,
+    /// Resyncs sent.
+    pub(super) resyncs: u64,
+    /// Messages in HistoryPages.
+    pub(super) history_messages: u64,
+    /// Sync pages written after a `handle_drained`.
+    pub(super) drained_pages: u64,
+}
+
 pub(super) struct Harness {
+    /// What the checks saw.
+    pub(super) reached: Reached,
+    /// Bytes the last [`Harness::drain`] transmitted to the client its cause names.
+    drained_bytes: usize,
+    /// Sync pages (Transmits of Messages only) the last [`Harness::drain`] carried out.
+    drained_pages: usize,
     t0: Instant,
     now: Instant,
     cores: Vec<Core>,
@@ -155,7 +224,34 @@ pub(super) struct Harness {
     decoder: FrameDecoder,
 }
 
+impl Seam {
+    /// A frame with `request_id` reached the client: if it answers the Sync this check is armed
+    /// for, the check starts here.
+    fn answered(&mut self, request_id: u64) {
+        if let Seam::Armed { request_id: r, next } = self
+            && *r == request_id
+        {
+            *self = Seam::On {
+                request_id,
+                next: std::mem::take(next),
+                done: false,
+            };
+        }
+    }
+}
+
 impl Harness {
+    /// The live clients whose core has a sync in progress for them.
+    fn syncing(&self) -> Vec<usize> {
+        self.live()
+            .into_iter()
+            .filter(|&k| {
+                self.place(k)
+                    .is_some_and(|(core, conn)| self.cores.get(core).is_some_and(|c| c.is_syncing(conn)))
+            })
+            .collect()
+    }
+
     pub(super) fn new() -> Self {
         let t0 = Instant::now();
         let store = Arc::new(MemoryStore::new());
@@ -179,6 +275,9 @@ impl Harness {
             .map(|(id, chat)| (id, ChatModel { chat, next_seq: 1 }))
             .collect();
         Self {
+            reached: Reached::default(),
+            drained_bytes: 0,
+            drained_pages: 0,
             t0,
             now: t0,
             cores,
@@ -300,7 +399,9 @@ impl Harness {
                     self.deliver(core);
                 }
             }
-            Op::CloseDevice { user, device } => self.close_device(user_id(*user), device_id(*device)),
+            Op::CloseDevice { user, device } => {
+                self.close_device(user_id(*user), device_id(user_id(*user), *device))
+            }
             Op::Shutdown { core } => {
                 let core = usize::from(*core) % CORES;
                 self.core_mut(core).handle_shutdown();
@@ -348,14 +449,27 @@ impl Harness {
                     self.drain(core, Cause::Client(k));
                 }
             }
+            Op::Drained { conn } => {
+                if let Some(k) = self.pick(*conn) {
+                    self.drained(k);
+                }
+            }
         }
         self.end_turn();
     }
 
+    /// Ends the turn on every core, and keeps turning a core while it has
+    /// work left for the next turn (the driver polls with a zero timeout then),
+    /// up to [`TURNS_PER_OP`] turns.
     fn end_turn(&mut self) {
         for core in 0..CORES {
-            self.core_mut(core).handle_end_of_turn();
-            self.drain(core, Cause::EndOfTurn);
+            for _ in 0..TURNS_PER_OP {
+                self.core_mut(core).handle_end_of_turn();
+                self.drain(core, Cause::EndOfTurn);
+                if !self.core_mut(core).work_left() {
+                    break;
+                }
+            }
         }
     }
 
@@ -381,6 +495,10 @@ impl Harness {
                     sends: Vec::new(),
                     unanswered: Vec::new(),
                     pushed: HashMap::new(),
+                    hello_sync_first: false,
+                    held: false,
+                    syncs: HashSet::new(),
+                    seam: Seam::Off,
                 });
                 self.drain(core, Cause::Quiet);
             }
@@ -426,13 +544,27 @@ impl Harness {
         if taken > 0 {
             self.client_mut(k).last_heard = now;
         }
-        if was_welcomed {
-            self.record_sends(k, &before, taken);
-        }
+        self.record_frames(k, &before, taken, was_welcomed);
         let sent = self.drain(core, Cause::Client(k));
+        // A Sync that was taken but never answered checks nothing once its session has no
+        // sync in progress (it closed first); one still in progress is answered in a
+        // later turn (core/sync.rs reads within a per-turn budget).
+        let in_progress = self
+            .place(k)
+            .is_some_and(|(core, conn)| self.core_mut(core).is_syncing(conn));
+        let c = self.client_mut(k);
+        if matches!(c.seam, Seam::Armed { .. } | Seam::Blind) && !in_progress {
+            c.seam = Seam::Off;
+            c.pushed.clear();
+        }
         assert!(
             sent <= FRAMES_PER_SESSION_PER_TURN,
             "handle_input queued {sent} frames, the budget is {FRAMES_PER_SESSION_PER_TURN}"
+        );
+        assert!(
+            self.drained_pages as u64 <= taken,
+            "handle_input wrote {} sync pages for {taken} frames (one page per Sync and call)",
+            self.drained_pages
         );
         let takes_frames = matches!(
             self.cores[core].phase(conn),
@@ -441,9 +573,11 @@ impl Harness {
         let actionable = !matches!(self.decoder.split(&mut buf.clone()), Ok(None));
         match status {
             InputStatus::Budget => {
-                assert_eq!(
-                    taken, FRAMES_PER_SESSION_PER_TURN as u64,
-                    "Budget before the budget was spent"
+                // Either budget: the frames, or the bytes of answers one call may queue.
+                assert!(
+                    taken == FRAMES_PER_SESSION_PER_TURN as u64 || self.drained_bytes >= REPLY_BYTES_PER_CALL,
+                    "Budget before a budget was spent: {taken} frames taken, {} bytes answered",
+                    self.drained_bytes
                 );
                 assert!(actionable, "Budget with no complete frame left");
             }
@@ -457,24 +591,113 @@ impl Harness {
         self.client_mut(k).buf = buf;
     }
 
-    /// Records the well-formed Sends among the first `taken` frames of `bytes`.
-    fn record_sends(&mut self, k: usize, bytes: &BytesMut, taken: u64) {
+    /// Records what the first `taken` frames of `bytes` ask for: a Hello's `sync_first` (before
+    /// the Welcome); the well-formed Sends, and the Syncs, which arm the seam check (after it).
+    fn record_frames(&mut self, k: usize, bytes: &BytesMut, taken: u64, welcomed: bool) {
         let limits = Limits::with_max_frame(MAX_FRAME);
         let mut rest = bytes.clone();
+        let mut syncs: Vec<(u64, Vec<natter_wire::Cursor>)> = Vec::new();
         for _ in 0..taken {
             let Ok(Some(frame)) = self.decoder.split(&mut rest) else {
                 break;
             };
-            if let Ok(Frame {
-                request_id,
-                body: Body::Send(send),
-            }) = Frame::decode(&frame, &limits)
+            let Ok(Frame { request_id, body }) = Frame::decode(&frame, &limits) else {
+                continue;
+            };
+            let client = self.client_mut(k);
+            match body {
+                Body::Hello(hello) if !welcomed => client.hello_sync_first = hello.sync_first,
+                Body::Send(send) if welcomed => {
+                    client
+                        .sends
+                        .push((request_id, ChatId(send.chat_id), ClientMsgId(send.client_msg_id)));
+                    client.unanswered.push(request_id);
+                }
+                Body::Sync(sync) if welcomed => syncs.push((request_id, sync.cursors)),
+                _ => {}
+            }
+        }
+        let Some((request_id, cursors)) = syncs.pop() else {
+            return;
+        };
+        let ambiguous = syncs.iter().any(|(r, _)| *r == request_id);
+        let next = self.sync_plan(k, &cursors);
+        let client = self.client_mut(k);
+        client.held = false;
+        client.syncs.insert(request_id);
+        client.syncs.extend(syncs.iter().map(|(r, _)| *r));
+        client.pushed.clear();
+        client.seam = if ambiguous {
+            Seam::Blind
+        } else {
+            Seam::Armed { request_id, next }
+        };
+    }
+
+    /// What a Sync with `cursors` from client `k` must stream, from the committed state (the
+    /// core plans it from the store within the same call): per chat of the user, the seq it
+    /// starts at — one past the cursor sent (the last one sent for a chat wins), else past the
+    /// device's stored cursor, else past the head minus [`NEW_DEVICE_BACKLOG`]; never past the
+    /// head + 1. Chats whose membership of the user has a change written but not committed are
+    /// left out (when the change lands is not the seam's business).
+    fn sync_plan(&self, k: usize, cursors: &[natter_wire::Cursor]) -> HashMap<ChatId, u64> {
+        let Some((user, device)) = self.client(k).valid else {
+            return HashMap::new();
+        };
+        let mut given = HashMap::new();
+        for c in cursors {
+            given.insert(ChatId(c.chat_id), c.seq);
+        }
+        let mut next = HashMap::new();
+        for chat in self.store.chats_of(user) {
+            let settled = self
+                .chats
+                .get(&chat)
+                .is_some_and(|m| m.chat.members.contains(&user));
+            if !settled {
+                continue;
+            }
+            let head = self.store.head(chat).0;
+            let after = match given.get(&chat) {
+                Some(&seq) => seq,
+                None => match self.store.cursor(device, chat) {
+                    Some(seq) => seq.0,
+                    None => head.saturating_sub(NEW_DEVICE_BACKLOG),
+                },
+            };
+            next.insert(chat, after.min(head) + 1);
+        }
+        next
+    }
+
+    /// The driver reports that client `k`'s outbound buffer drained.
+    fn drained(&mut self, k: usize) {
+        let Some((core, conn)) = self.place(k) else {
+            return;
+        };
+        let now = self.now;
+        self.core_mut(core).handle_drained(conn, now);
+        self.drain(core, Cause::Drained(k));
+        let mut paged = self.drained_bytes > 0;
+        // The page itself goes out at the end of the turn, within the sync's
+        // read budget (core/sync.rs), as the driver ends every turn.
+        self.core_mut(core).handle_end_of_turn();
+        self.drain(core, Cause::EndOfTurn);
+        paged |= self.drained_pages > 0;
+        if paged {
+            self.reached.drained_pages += 1;
+        }
+    }
+
+    /// A membership change of `user` in `chat` was written or committed: the seam check of the
+    /// user's sessions leaves that chat alone from now on (pushes stop or start at a point the
+    /// seam does not define).
+    fn forget_chat(&mut self, chat: ChatId, user: UserId) {
+        for c in &mut self.clients {
+            if c.valid.is_some_and(|(u, _)| u == user)
+                && let Seam::Armed { next, .. } | Seam::On { next, .. } = &mut c.seam
             {
-                let client = self.client_mut(k);
-                client
-                    .sends
-                    .push((request_id, ChatId(send.chat_id), ClientMsgId(send.client_msg_id)));
-                client.unanswered.push(request_id);
+                next.remove(&chat);
             }
         }
     }
@@ -569,8 +792,12 @@ impl Harness {
                     self.store.commit_last_seen(user, last_seen_ms);
                     continue;
                 }
-                // This store keeps no members, so the core never asks for a cursor write.
-                WriteOp::Cursor { .. } => continue,
+                WriteOp::Cursor {
+                    device, chat, seq, ..
+                } => {
+                    self.store.commit_cursor(device, chat, seq);
+                    continue;
+                }
                 WriteOp::Message { msg, .. } => {
                     self.store.commit_message(&msg);
                     let key = (msg.chat, msg.seq);
@@ -591,6 +818,7 @@ impl Harness {
                     ..
                 } => {
                     self.store.commit_membership(chat, user, add, new_owner);
+                    self.forget_chat(chat, user);
                     Completion::Membership { ticket }
                 }
             };
@@ -615,7 +843,7 @@ impl Harness {
     /// Whether `cause` may produce a Transmit or Close for client `k`.
     fn concerns(&self, cause: Cause, k: usize) -> bool {
         match cause {
-            Cause::Client(c) | Cause::Auth(c) | Cause::Adopt(c) => c == k,
+            Cause::Client(c) | Cause::Drained(c) | Cause::Auth(c) | Cause::Adopt(c) => c == k,
             Cause::Timeout | Cause::Shutdown | Cause::Mesh => true,
             Cause::CloseDevice(user, device) => self
                 .clients
@@ -625,29 +853,67 @@ impl Harness {
         }
     }
 
-    /// Drains core `core`'s actions, carrying them out and checking each; returns how many frames
-    /// were transmitted.
+    /// Drains core `core`'s actions, carrying them out and checking each; returns how many
+    /// Transmits there were, sync pages (which go with a SyncDone or Error) not counted.
     fn drain(&mut self, core: usize, cause: Cause) -> usize {
         let mut must_close: Vec<usize> = Vec::new();
         let mut sent = 0;
+        self.drained_bytes = 0;
+        self.drained_pages = 0;
         while let Some(action) = self.core_mut(core).poll_action() {
             match action {
-                Action::Transmit { conn, frame } => {
-                    sent += 1;
+                Action::Transmit { conn, frame: bytes } => {
                     let k = self.client_of(core, conn, "Transmit");
-                    let frame = match Frame::decode(&frame, &Limits::default()) {
-                        Ok(frame) => frame,
-                        Err(err) => panic!("core {core} sent client {k} a frame that does not decode: {err}"),
-                    };
-                    // A presence change reaches the friends' sessions whatever event caused it.
-                    let presence = matches!(frame.body, Body::Presence(_))
-                        && !matches!(cause, Cause::Quiet | Cause::EndOfTurn | Cause::Membership);
-                    assert!(
-                        presence || self.concerns(cause, k),
-                        "{cause:?} produced a Transmit of {} for client {k}",
-                        frame.body.name()
-                    );
-                    self.transmitted(core, k, frame, cause, &mut must_close);
+                    if matches!(cause, Cause::Client(c) | Cause::Drained(c) if c == k) {
+                        self.drained_bytes += bytes.len();
+                    }
+                    // A sync page (Messages only) is part of the answer to a Sync, which also
+                    // gets its SyncDone or Error: it does not count as a frame's answer.
+                    let mut page = true;
+                    // One Transmit may hold several frames (a sync page): split it as a client would.
+                    let mut rest = BytesMut::from(&bytes[..]);
+                    let splitter = FrameDecoder::new(Limits::default());
+                    loop {
+                        let raw = match splitter.split(&mut rest) {
+                            Ok(Some(raw)) => raw,
+                            Ok(None) => break,
+                            Err(err) => panic!(
+                                "core {core} sent client {k} bytes that do not split into frames: {err}"
+                            ),
+                        };
+                        let frame = match Frame::decode(&raw, &Limits::default()) {
+                            Ok(frame) => frame,
+                            Err(err) => {
+                                panic!("core {core} sent client {k} a frame that does not decode: {err}")
+                            }
+                        };
+                        page &= matches!(frame.body, Body::Message(_));
+                        if matches!(frame.body, Body::HistoryPage(_)) {
+                            assert!(
+                                raw.len() <= MAX_FRAME,
+                                "a HistoryPage of {} bytes, over the frame limit {MAX_FRAME}",
+                                raw.len()
+                            );
+                        }
+                        // A presence change reaches the friends' sessions whatever event caused it.
+                        let presence = matches!(frame.body, Body::Presence(_))
+                            && !matches!(cause, Cause::Quiet | Cause::EndOfTurn | Cause::Membership);
+                        // Sync work runs at the end of a turn within its read budget
+                        // (core/sync.rs): pages (the Sync's request id), SyncDone and
+                        // an Error answering a failed sync may go out then.
+                        let sync_answer = cause == Cause::EndOfTurn
+                            && (matches!(frame.body, Body::Message(_) if frame.request_id != 0)
+                                || matches!(frame.body, Body::SyncDone(_) | Body::Error(_)));
+                        assert!(
+                            presence || sync_answer || self.concerns(cause, k),
+                            "{cause:?} produced a Transmit of {} for client {k}",
+                            frame.body.name()
+                        );
+                        self.transmitted(core, k, frame, cause, &mut must_close);
+                    }
+                    assert!(rest.is_empty(), "core {core} sent client {k} a partial frame");
+                    sent += usize::from(!page);
+                    self.drained_pages += usize::from(page);
                 }
                 Action::Authenticate { conn, token: _ } => {
                     let k = self.client_of(core, conn, "Authenticate");
@@ -718,6 +984,19 @@ impl Harness {
                     }
                 }
                 Action::Write(write) => {
+                    if let WriteOp::Cursor { device, chat, .. } = &write {
+                        let Cause::Client(k) = cause else {
+                            panic!("{cause:?} stored a cursor");
+                        };
+                        let Some((user, dev)) = self.client(k).valid else {
+                            panic!("client {k} stored a cursor before it authenticated");
+                        };
+                        assert_eq!(*device, dev, "client {k} stored the cursor of another device");
+                        assert!(
+                            self.store.is_member(*chat, user),
+                            "client {k} (user {user}) stored a cursor of chat {chat}, not a member"
+                        );
+                    }
                     let last_seen = matches!(write, WriteOp::LastSeen { .. })
                         && matches!(cause, Cause::Timeout | Cause::Shutdown);
                     assert!(
@@ -758,8 +1037,11 @@ impl Harness {
             "a write whose completion goes to another core"
         );
         match &write {
-            WriteOp::Cursor { device, .. } => {
-                panic!("core {core} stored a cursor of device {device}, but this store has no members")
+            WriteOp::Cursor { chat, .. } => {
+                assert!(
+                    self.chats.contains_key(chat),
+                    "a cursor of chat {chat}, which does not exist"
+                );
             }
             WriteOp::LastSeen {
                 user, last_seen_ms, ..
@@ -819,6 +1101,7 @@ impl Harness {
                     CoreId(core),
                     "core {core} changed chat {chat} it does not own"
                 );
+                self.forget_chat(*chat, *user);
                 let Some(model) = self.chats.get_mut(chat) else {
                     panic!("a membership change of chat {chat}, which does not exist");
                 };
@@ -918,6 +1201,9 @@ impl Harness {
                 );
                 c.welcomed = true;
                 c.last_heard = now;
+                c.held = c.hello_sync_first;
+                let held = u64::from(c.held);
+                self.reached.held_sessions += held;
             }
             Body::Error(e) => {
                 let Some(code) = ErrorCode::from_u16(e.code) else {
@@ -929,6 +1215,12 @@ impl Harness {
                 }
                 if let Some(i) = c.unanswered.iter().position(|&r| r == request_id) {
                     c.unanswered.remove(i);
+                }
+                // An Error with the latest Sync's id ends its check (until the next Sync).
+                if let Seam::Armed { request_id: r, .. } | Seam::On { request_id: r, .. } = c.seam
+                    && r == request_id
+                {
+                    c.seam = Seam::Off;
                 }
                 if cause == Cause::Timeout {
                     match code {
@@ -988,17 +1280,71 @@ impl Harness {
                     None => panic!("chat {chat} seq {seq} pushed, but never written"),
                 }
                 let members = self.members_at.get(&(chat, seq));
+                let member_then = user.is_some_and(|u| members.is_some_and(|m| m.contains(&u)));
+                // A sync page (the only Messages a client's own call produces) is read from the
+                // store like History: a member gets the chat's backlog, also from before it
+                // joined (docs/PROTOCOL.md: the last 50 for a new device). A live push goes only
+                // to those who were members when its seq was assigned.
+                // Pages carry their Sync's request id (pushes 0); they go out when
+                // the Sync is handled or at the end of a turn (core/sync.rs budget).
+                let page = request_id != 0;
+                let member_now = page && user.is_some_and(|u| self.store.is_member(chat, u));
                 assert!(
-                    user.is_some_and(|u| members.is_some_and(|m| m.contains(&u))),
-                    "chat {chat} seq {seq} pushed to client {k} (user {user:?}), not a member then ({members:?})"
+                    member_then || member_now,
+                    "chat {chat} seq {seq} {} client {k} (user {user:?}), not a member then ({members:?}){}",
+                    if page { "paged by a sync to" } else { "pushed to" },
+                    if page { " nor now" } else { "" }
                 );
                 let c = self.client_mut(k);
-                let last = c.pushed.insert(chat, seq);
                 assert!(
-                    last.is_none_or(|l| l < seq),
-                    "chat {chat}: seq {seq} pushed to client {k} after {last:?}"
+                    !c.held,
+                    "chat {chat} seq {seq} (request {request_id}) reached client {k} before its Sync \
+                     (it said sync_first, or was sent Resync)"
                 );
+                c.seam.answered(request_id);
+                // A page of an earlier Sync of this call (Armed, Blind) is superseded: not checked.
+                if !matches!(c.seam, Seam::Armed { .. } | Seam::Blind) {
+                    let last = c.pushed.insert(chat, seq);
+                    assert!(
+                        last.is_none_or(|l| l < seq),
+                        "chat {chat}: seq {seq} pushed to client {k} after {last:?}"
+                    );
+                }
+                let Seam::On {
+                    request_id: r, next, ..
+                } = &c.seam
+                else {
+                    return;
+                };
+                let r = *r;
+                assert!(
+                    request_id == 0 || request_id == r,
+                    "client {k} got a Message with request id {request_id}: neither a push nor a page \
+                     of its latest Sync ({r})"
+                );
+                let Some(n) = next.get(&chat).copied() else {
+                    return;
+                };
+                // The session's own sends come back as SendOk, not as pushes: only those may be
+                // skipped.
+                assert!(
+                    seq.0 >= n && (n..seq.0).all(|s| self.own(k, chat, s)),
+                    "chat {chat}: client {k} got seq {seq} after its Sync {r}, expected {n} \
+                     (a duplicate or a gap at the seam)"
+                );
+                if let Seam::On { next, .. } = &mut self.client_mut(k).seam {
+                    next.insert(chat, seq.0 + 1);
+                }
+                self.reached.seam_messages += 1;
             }
+            Body::SyncDone(done) => self.sync_done(k, request_id, &done),
+            Body::Resync => {
+                self.reached.resyncs += 1;
+                let c = self.client_mut(k);
+                c.seam = Seam::Off;
+                c.held = true;
+            }
+            Body::HistoryPage(page) => self.history_page(k, &page),
             Body::Presence(p) => {
                 let viewer = self.client(k).valid.map(|(u, _)| u);
                 assert!(
@@ -1012,6 +1358,116 @@ impl Harness {
             }
             _ => {}
         }
+    }
+
+    /// Whether message `(chat, seq)` is one client `k` sent (its user's, with a client message id
+    /// it sent in that chat): the sending session gets SendOk instead of the push.
+    fn own(&self, k: usize, chat: ChatId, seq: u64) -> bool {
+        let c = self.client(k);
+        self.messages.get(&(chat, Seq(seq))).is_some_and(|(msg, _)| {
+            c.valid.is_some_and(|(u, _)| u == msg.sender)
+                && c.sends
+                    .iter()
+                    .any(|&(_, ch, cmid)| ch == chat && cmid == msg.client_msg_id)
+        })
+    }
+
+    /// A `SyncDone` for client `k`: it answers a Sync the client sent, the latest one once that
+    /// one's stream began, once; its heads are what the stream delivered.
+    fn sync_done(&mut self, k: usize, request_id: u64, done: &SyncDone) {
+        let c = self.client_mut(k);
+        assert!(
+            c.syncs.contains(&request_id),
+            "SyncDone {request_id} for client {k}, which sent no Sync with that id"
+        );
+        c.seam.answered(request_id);
+        let mut checked = false;
+        if let Seam::On {
+            request_id: r,
+            next,
+            done: finished,
+        } = &mut c.seam
+        {
+            assert_eq!(request_id, *r, "SyncDone {request_id} after Sync {r} replaced it");
+            assert!(!*finished, "a second SyncDone {request_id} for client {k}");
+            *finished = true;
+            checked = true;
+            for (chat, n) in next.iter() {
+                let Some(head) = done.heads.iter().find(|h| h.chat_id == chat.0) else {
+                    panic!("SyncDone {request_id} for client {k} leaves out chat {chat}");
+                };
+                assert_eq!(
+                    head.seq + 1,
+                    *n,
+                    "SyncDone {request_id}: client {k} holds chat {chat} up to {}, the head says {}",
+                    n - 1,
+                    head.seq
+                );
+            }
+        }
+        self.reached.sync_dones += u64::from(checked);
+    }
+
+    /// A `HistoryPage` for client `k`: only a member's is non-empty; newest first and contiguous,
+    /// the committed messages, at most [`HISTORY_MAX_MESSAGES`], and `has_more` exactly when older
+    /// ones exist (a chat's committed messages are seqs 1 to its head).
+    fn history_page(&mut self, k: usize, page: &HistoryPage) {
+        let chat = ChatId(page.chat_id);
+        self.reached.history_messages += page.messages.len() as u64;
+        let user = self.client(k).valid.map(|(u, _)| u);
+        let Some(oldest) = page.messages.last() else {
+            assert!(
+                !page.has_more,
+                "an empty HistoryPage of chat {chat} says has_more"
+            );
+            return;
+        };
+        assert!(
+            user.is_some_and(|u| self.store.is_member(chat, u)),
+            "a HistoryPage of chat {chat} for client {k} (user {user:?}), not a member"
+        );
+        assert!(
+            page.messages.len() <= HISTORY_MAX_MESSAGES,
+            "a HistoryPage of {} messages",
+            page.messages.len()
+        );
+        for (i, m) in page.messages.iter().enumerate() {
+            assert_eq!(
+                m.chat_id, chat.0,
+                "a HistoryPage of chat {chat} holds chat {}",
+                m.chat_id
+            );
+            if let Some(newer) = i.checked_sub(1).and_then(|j| page.messages.get(j)) {
+                assert_eq!(
+                    m.seq + 1,
+                    newer.seq,
+                    "HistoryPage of chat {chat}: seq {} after {} (newest first, no gap)",
+                    m.seq,
+                    newer.seq
+                );
+            }
+            match self.messages.get(&(chat, Seq(m.seq))) {
+                Some((msg, true)) => assert_eq!(
+                    (
+                        msg.sender.0,
+                        msg.server_ts_ms,
+                        msg.client_msg_id.0,
+                        msg.text.as_str()
+                    ),
+                    (m.sender, m.server_ts_ms, m.client_msg_id, m.text.as_str()),
+                    "the history differs from the message written"
+                ),
+                Some((_, false)) => panic!("chat {chat} seq {} in history before its commit", m.seq),
+                None => panic!("chat {chat} seq {} in history, but never written", m.seq),
+            }
+        }
+        assert_eq!(
+            page.has_more,
+            oldest.seq > 1,
+            "HistoryPage of chat {chat} ends at seq {} with has_more = {}",
+            oldest.seq,
+            page.has_more
+        );
     }
 
     /// Checks every core against the model.
@@ -1061,9 +1517,14 @@ impl Harness {
         self.store.set_failing(false);
         let mut idle = false;
         for _ in 0..QUIESCE_ROUNDS {
-            if self.writes.is_empty() && self.queues.iter().all(VecDeque::is_empty) {
+            let syncing = self.syncing();
+            if self.writes.is_empty() && self.queues.iter().all(VecDeque::is_empty) && syncing.is_empty() {
                 idle = true;
                 break;
+            }
+            // The client reads everything at once, so every sync page drains.
+            for k in syncing {
+                self.drained(k);
             }
             self.commit(self.writes.len());
             for core in 0..CORES {
@@ -1083,6 +1544,30 @@ impl Harness {
                     "client {k}'s Sends {:?} were never answered",
                     c.unanswered
                 );
+            }
+        }
+        // A session that synced and got its SyncDone, and was sent no Resync or Error for it since,
+        // holds every committed message of every chat of its sync (docs/PROTOCOL.md, "While
+        // connected"): nothing was lost at the seam.
+        for k in self.live() {
+            let c = self.client(k);
+            if !c.welcomed || c.close_emitted {
+                continue;
+            }
+            if let Seam::On {
+                request_id,
+                next,
+                done: true,
+            } = &c.seam
+            {
+                for (chat, n) in next {
+                    let head = self.store.head(*chat).0;
+                    assert!(
+                        *n <= head + 1 && (*n..=head).all(|s| self.own(k, *chat, s)),
+                        "client {k} (Sync {request_id}) holds chat {chat} up to {}, its head is {head}",
+                        n - 1
+                    );
+                }
             }
         }
         for (i, reply) in self.replies.iter().enumerate() {

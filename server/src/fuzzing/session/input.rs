@@ -151,6 +151,12 @@ pub enum Op {
         /// Which connection.
         conn: u8,
     },
+    /// The driver reports that a connection's outbound buffer drained (`Core::handle_drained`):
+    /// a sync waiting for that writes its next page.
+    Drained {
+        /// Which connection.
+        conn: u8,
+    },
 }
 
 /// Bytes arriving on a connection.
@@ -222,6 +228,7 @@ pub enum WireBody {
         token: Text,
         device: Text,
         version: Version,
+        sync_first: bool,
     },
     Welcome {
         user_id: u64,
@@ -392,6 +399,7 @@ impl WireFrame {
                 token,
                 device,
                 version,
+                sync_first,
             } => Body::Hello(natter_wire::Hello {
                 token: token.0.clone(),
                 device: device.0.clone(),
@@ -399,7 +407,7 @@ impl WireFrame {
                     Version::Current => PROTOCOL_VERSION,
                     Version::Other(v) => *v,
                 },
-                sync_first: false,
+                sync_first: *sync_first,
             }),
             WireBody::Welcome {
                 user_id,
@@ -587,7 +595,7 @@ macro_rules! emit_variant {
 
 impl Emit for Op {
     fn emit(&self, out: &mut Vec<u8>) {
-        const N: u64 = 15;
+        const N: u64 = 16;
         match self {
             Op::Accept { core } => emit_variant!(out, 0, N; core),
             Op::Input { conn, input } => emit_variant!(out, 1, N; conn, input),
@@ -609,6 +617,7 @@ impl Emit for Op {
             } => emit_variant!(out, 12, N; chat, actor, user, add),
             Op::StoreFault { on } => emit_variant!(out, 13, N; on),
             Op::Overflow { conn } => emit_variant!(out, 14, N; conn),
+            Op::Drained { conn } => emit_variant!(out, 15, N; conn),
         }
     }
 }
@@ -653,7 +662,8 @@ impl Emit for WireBody {
                 token,
                 device,
                 version,
-            } => emit_variant!(out, 0, N; token, device, version),
+                sync_first,
+            } => emit_variant!(out, 0, N; token, device, version, sync_first),
             WireBody::Welcome {
                 user_id,
                 device_id,
