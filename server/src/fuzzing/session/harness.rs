@@ -902,8 +902,7 @@ impl Harness {
                         // (core/sync.rs): pages (the Sync's request id), SyncDone and
                         // an Error answering a failed sync may go out then.
                         let sync_answer = cause == Cause::EndOfTurn
-                            && (matches!(frame.body, Body::Message(_) if frame.request_id != 0)
-                                || matches!(frame.body, Body::SyncDone(_) | Body::Error(_)));
+                            && matches!(frame.body, Body::Message(_) | Body::SyncDone(_) | Body::Error(_));
                         assert!(
                             presence || sync_answer || self.concerns(cause, k),
                             "{cause:?} produced a Transmit of {} for client {k}",
@@ -1285,9 +1284,12 @@ impl Harness {
                 // store like History: a member gets the chat's backlog, also from before it
                 // joined (docs/PROTOCOL.md: the last 50 for a new device). A live push goes only
                 // to those who were members when its seq was assigned.
-                // Pages carry their Sync's request id (pushes 0); they go out when
-                // the Sync is handled or at the end of a turn (core/sync.rs budget).
-                let page = request_id != 0;
+                // Pages carry their Sync's request id (pushes 0, and so do the
+                // pages of a Sync sent with request id 0); they go out when the
+                // Sync is handled or at the end of a turn (core/sync.rs budget),
+                // pushes only when another core's commit arrives (Mesh).
+                let page = request_id != 0
+                    || matches!(cause, Cause::Client(_) | Cause::Drained(_) | Cause::EndOfTurn);
                 let member_now = page && user.is_some_and(|u| self.store.is_member(chat, u));
                 assert!(
                     member_then || member_now,
