@@ -188,13 +188,14 @@ struct Planning {
 
 /// Store reads all syncs of a core make per loop turn: the list of a user's
 /// chats, a chat's head and stored cursor while planning, one bounded page
-/// range per chat while streaming. A cold read (block cache miss, a block
-/// decompressed) costs up to ~100 µs here, so 16 keep a storm of syncs from
-/// holding the loop — and every other session's frames — for more than
-/// about a millisecond and a half per turn, while a catch-up still reads up to
-/// 1,024 messages per range read. Work left over runs next turn
+/// range (plus a membership check) per chat while streaming. A range read over
+/// a cold store costs up to about a millisecond here (an iterator over every
+/// table of the range), so four keep a storm of syncs from holding the loop —
+/// and every other session's frames — for more than a few milliseconds per
+/// turn, while a catch-up still reads up to 1,024 messages per range read
+/// (`natter-bench sync`: ~1.1 M messages/s). Work left over runs next turn
 /// ([`Core::poll_timeout`] asks for an immediate one).
-pub const SYNC_READS_PER_TURN: usize = 16;
+pub const SYNC_READS_PER_TURN: usize = 4;
 
 impl Core {
     /// Whether a live push of message `(chat, seq)` may go to `conn` (see the module docs).

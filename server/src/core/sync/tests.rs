@@ -867,7 +867,7 @@ fn a_storm_of_syncs_takes_a_bounded_number_of_steps_per_turn_and_everyone_finish
     }
     // One turn: at most SYNC_READS_PER_TURN store reads for all of them. Each
     // sync plans with 2 reads (its chats, one head: the cursor is given), so
-    // the first turn plans 8 of the 20 and streams nothing yet.
+    // the first turn plans 2 of the 20 and streams nothing yet.
     s.pump();
     let pages: usize = phones
         .iter()
