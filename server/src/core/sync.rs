@@ -423,9 +423,9 @@ impl Core {
         self.sync_enqueue(conn);
     }
 
-    /// Plans more chats of the user (`(chat, start after, head)` into
-    /// `planning.plan`), one store read taken from `reads` per read; true once
-    /// every chat is planned.
+    /// Plans every chat of the user (`(chat, start after, head)` into
+    /// `planning.plan`), charging one store read to `reads` per read; true once
+    /// every chat is planned (always, unless a read fails).
     fn plan_some(
         &self,
         user: UserId,
@@ -440,10 +440,12 @@ impl Core {
                 planning.chats.insert(self.store.sync_user_chats(user)?.into())
             }
         };
-        while *reads > 0 {
-            let Some(chat) = chats.pop_front() else {
-                return Ok(true);
-            };
+        // The whole plan in one step, whatever the budget (it only decides
+        // when a plan starts): a plan split over turns would leave windows in
+        // which a push of a chat already planned as up to date, or of a chat
+        // joined meanwhile, is dropped and read by nothing. Its reads are
+        // charged to the turn, which ends the turn's sync work.
+        while let Some(chat) = chats.pop_front() {
             *reads = reads.saturating_sub(1);
             let head = self.store.sync_last_seq(chat)?.0;
             let after = match planning.given.get(&chat) {
@@ -458,7 +460,7 @@ impl Core {
             };
             planning.plan.push((chat, after, head));
         }
-        Ok(chats.is_empty())
+        Ok(true)
     }
 
     /// Writes the next page of `conn`'s sync (or SyncDone when nothing is

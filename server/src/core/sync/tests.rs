@@ -865,8 +865,8 @@ fn a_storm_of_syncs_takes_a_bounded_number_of_steps_per_turn_and_everyone_finish
         );
         s.input(phone, &sync);
     }
-    // One turn: at most SYNC_READS_PER_TURN store reads for all of them. Each
-    // sync plans with 2 reads (its chats, one head: the cursor is given), so
+    // One turn: sync work stops once SYNC_READS_PER_TURN store reads are spent.
+    // Each sync plans with 2 reads (its chats, one head: the cursor is given), so
     // the first turn plans 2 of the 20 and streams nothing yet.
     s.pump();
     let pages: usize = phones
@@ -934,4 +934,36 @@ fn a_member_removed_during_its_sync_gets_nothing_more_of_that_chat() {
     s.backlog(g, alice, 3001, 5);
     let (rest, _) = s.finish_sync(phone);
     assert!(rest.is_empty(), "{} messages after the removal", rest.len());
+}
+
+#[test]
+fn a_plan_is_read_whole_so_no_push_falls_between_its_turns() {
+    // More chats than one turn's read budget plans: were the plan split, a push
+    // of a chat planned as up to date in the first turn would be dropped
+    // (pushes wait for the plan) and read by nothing.
+    let mut s = Sim::new();
+    let bob = s.user("bob");
+    let mut chats = Vec::new();
+    for i in 0..10 {
+        let a = s.user(&format!("a{i}"));
+        let (chat, _) = s.store.create_dm(a, bob).unwrap();
+        s.backlog(chat, a, 1, 3);
+        chats.push((chat, a));
+    }
+    assert!(1 + 2 * chats.len() > SYNC_READS_PER_TURN);
+    let sender = s.connect(chats[0].1, 9);
+    let phone = s.connect_with(bob, 1, true);
+    let cursors: Vec<(ChatId, u64)> = chats.iter().map(|&(c, _)| (c, 3)).collect();
+    s.sync(phone, &cursors); // planned in this turn, whole
+    s.send(sender, chats[0].0, 77, "right after the plan");
+    s.commit();
+    // Everything the phone gets until SyncDone and a turn after it.
+    let mut frames = Vec::new();
+    for _ in 0..100 {
+        frames.extend(s.take(phone));
+        s.drained(phone);
+    }
+    assert!(frames.iter().any(|f| matches!(f.body, Body::SyncDone(_))));
+    let got = seqs(&messages(&frames), chats[0].0);
+    assert_eq!(got, vec![4], "the message after the plan arrives once");
 }
