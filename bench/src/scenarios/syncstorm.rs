@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,6 +61,9 @@ use crate::target::{RssSampler, Target};
 const USERS_PER_GROUP: usize = 99;
 /// Bytes of text per message unless `--text-bytes` says otherwise.
 const DEFAULT_TEXT_BYTES: usize = 200;
+/// Longest the bystanders may take to be welcomed before the baseline starts anyway.
+const BYSTANDERS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest the storm may take before the devices still syncing count as errors.
 const STORM_TIMEOUT: Duration = Duration::from_secs(120);
 /// Pinging goes on this long after the storm, so the storm's last pings get answers.
@@ -238,6 +241,7 @@ pub(crate) fn run(
     let cores = cores.unwrap_or(1);
     let origin = Instant::now();
     let stop = AtomicBool::new(false);
+    let ready = AtomicUsize::new(0);
     let storm_start_ns = AtomicU64::new(u64::MAX);
     let storm_end_ns = AtomicU64::new(u64::MAX);
     let failure: Mutex<Option<String>> = Mutex::new(None);
@@ -248,8 +252,12 @@ pub(crate) fn run(
 
     let sampler = RssSampler::start(&target);
     let (samples, bystander_errors, storm) = thread::scope(|scope| {
-        let pinger = scope.spawn(|| ping_loop(tcp, &plan.bystanders, cores, interval, origin, &stop));
-        thread::sleep(Duration::from_millis(500)); // connect the bystanders
+        let pinger = scope.spawn(|| ping_loop(tcp, &plan.bystanders, cores, interval, origin, &stop, &ready));
+        // The baseline starts once every bystander is welcomed (or failed to connect).
+        let connected_by = Instant::now() + BYSTANDERS_CONNECT_TIMEOUT;
+        while ready.load(Ordering::Acquire) < plan.bystanders.len() && Instant::now() < connected_by {
+            thread::park_timeout(Duration::from_millis(5));
+        }
         let baseline_start = nanos(origin.elapsed());
         println!(
             "syncstorm: baseline: {:?} of pings every {interval:?} from {} bystanders",
@@ -564,6 +572,7 @@ fn ping_loop(
     interval: Duration,
     origin: Instant,
     stop: &AtomicBool,
+    welcomed_count: &AtomicUsize,
 ) -> (Vec<Sample>, u64) {
     let mut samples = Vec::new();
     let mut errors = 0;
@@ -588,6 +597,7 @@ fn ping_loop(
             Err(_) => {
                 errors += 1;
                 links.push(None);
+                welcomed_count.fetch_add(1, Ordering::Release);
             }
         }
     }
@@ -638,6 +648,9 @@ fn ping_loop(
                 match frame.body_type() {
                     fb::Body::Welcome => {
                         if let Some(w) = welcomed.get_mut(i) {
+                            if !*w {
+                                welcomed_count.fetch_add(1, Ordering::Release);
+                            }
                             *w = true;
                             // Pinging starts from now on, not from the run's start.
                             if let Some(k) = next.get_mut(i) {
