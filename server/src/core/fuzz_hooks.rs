@@ -50,6 +50,12 @@ impl Core {
         })
     }
 
+    /// Whether `conn` waits for the answer of a read it asked for (History):
+    /// its frames are not taken until then ([`InputStatus::Paused`](super::InputStatus::Paused)).
+    pub fn is_reading(&self, conn: ConnId) -> bool {
+        self.sessions.get(conn.0).is_some_and(|s| s.reading)
+    }
+
     /// Checks that the index of authenticated devices describes exactly the
     /// sessions in [`Phase::Active`]: every entry names an active session of that
     /// user and device, on this core, listed once; every active session is

@@ -31,7 +31,8 @@
 //!   owner core: cache, seq, dedupe, in-flight caps, commits and pushes;
 //! * `membership.rs` — group membership and the owner hand-over;
 //! * `routing.rs` — the batches between cores; `sync.rs` — sync, history, Ack
-//!   and the live/sync seam; `presence.rs` — online state and last seen;
+//!   and the live/sync seam; `reads.rs` — the store reads the driver runs off
+//!   the loop for them ([`Action::Read`]); `presence.rs` — online state and last seen;
 //! * `preauth.rs`, `liveness.rs`, `timer.rs` — the pre-authentication input
 //!   cap, output progress as liveness, the timing wheel; `store_api.rs` — the
 //!   storage vocabulary.
@@ -44,6 +45,7 @@ mod membership;
 mod owner;
 mod preauth;
 mod presence;
+mod reads;
 mod routing;
 mod send;
 mod session;
@@ -63,10 +65,12 @@ pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
 pub use membership::{MembershipChange, MembershipError, ReplyTicket};
 pub use preauth::MAX_PRE_AUTH_INPUT;
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
+pub use reads::{ChatPage, PlannedChat, ReadAnswer, ReadRequest, ReadTicket};
 pub use store_api::{ChatKind, Completion, MAX_GROUP_MEMBERS, ReadError, StoredMessage, WriteOp};
 pub use sync::{
-    HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG,
-    SYNC_PAGE_BYTES, SYNC_PAGE_MESSAGES, SYNC_READS_PER_TURN, SyncStore, max_text_bytes,
+    HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MAX_HELD_BYTES, MAX_HELD_PUSHES,
+    MAX_SYNC_READS_IN_FLIGHT, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG, SYNC_CHATS_PER_READ, SYNC_PAGE_BYTES,
+    SYNC_PAGE_MESSAGES, SyncStore, max_text_bytes,
 };
 
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
@@ -203,6 +207,24 @@ pub enum Action {
     },
     /// Hand this write to the storage writer, after every earlier `Write`.
     Write(WriteOp),
+    /// Run this store read off the event loop ([`ReadRequest::run`]), then
+    /// call [`Core::handle_read`] with the ticket and the answer. Reads may be
+    /// answered in any order; an answer nobody waits for any more is ignored.
+    Read {
+        /// Names the read in the answer.
+        ticket: ReadTicket,
+        /// The session it is for (the answer goes by ticket; this is for
+        /// the driver's bookkeeping).
+        conn: ConnId,
+        /// What to read.
+        request: ReadRequest,
+    },
+    /// The session can take frames again (it waited for a read): call
+    /// [`Core::handle_input`] with its buffered bytes, then read its socket.
+    ResumeInput {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Send the outcome of a membership change to the HTTP worker waiting for it.
     MembershipReply {
         /// Whom to tell: the ticket the driver gave [`Core::handle_membership`].
@@ -277,6 +299,9 @@ struct Session {
     syncs: Bucket,
     histories: Bucket,
     acks: Bucket,
+    /// A read for one of its requests (History) is in flight: its later
+    /// frames wait in the driver's buffer until the answer.
+    reading: bool,
 }
 
 /// A token bucket of `rate` per second with bursts of `rate`.
@@ -373,8 +398,14 @@ pub struct Core {
     presence: presence::Presence,
     /// Sessions syncing, filtering pushes after a sync, or stopped as slow consumers (`sync.rs`).
     syncs: HashMap<ConnId, sync::SessionSync>,
-    /// Sessions whose sync waits for a step (planning or a page), in order.
+    /// Sessions whose sync waits for a read (its plan or a page), in order.
     sync_queue: VecDeque<ConnId>,
+    /// Reads asked for and not answered yet, by ticket.
+    reads: HashMap<u64, sync::PendingRead>,
+    /// The last ticket given out.
+    next_read: u64,
+    /// Sync reads among `reads` (bounded by [`MAX_SYNC_READS_IN_FLIGHT`]).
+    sync_reads_in_flight: usize,
 }
 
 impl Core {
@@ -402,6 +433,9 @@ impl Core {
             presence: presence::Presence::new(config.presence_grace, now),
             syncs: HashMap::new(),
             sync_queue: VecDeque::new(),
+            reads: HashMap::new(),
+            next_read: 0,
+            sync_reads_in_flight: 0,
             expired: Vec::new(),
             actions: VecDeque::new(),
             next_generation: 0,
@@ -430,9 +464,9 @@ impl Core {
         self.actions.pop_front()
     }
 
-    /// Whether work waits for the next turn (sync steps past this turn's read
-    /// budget): a driver then polls again at once; [`Core::poll_timeout`] says
-    /// so too.
+    /// Whether work waits for the next turn (syncs queued for a read slot
+    /// that is free): a driver then polls again at once; [`Core::poll_timeout`]
+    /// says so too.
     pub fn work_left(&self) -> bool {
         self.sync_work_left()
     }
@@ -440,7 +474,7 @@ impl Core {
     /// When [`Core::handle_timeout`] must next be called, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.sync_work_left() {
-            // Sync steps wait for the next turn: at once (a time already past).
+            // Syncs wait to ask for reads: at once (a time already past).
             return Some(self.anchor.0);
         }
         match (self.wheel.next_deadline(), self.presence.next_deadline()) {

@@ -60,7 +60,7 @@ impl Core {
                     }
                 }
                 // Syncing and stopped sessions filter their pushes (sync.rs).
-                targets.retain(|c| self.sync_admits(*c, chat, seq));
+                targets.retain(|c| self.sync_admits(*c, chat, seq, &frame));
                 self.stats.deliveries += targets.len() as u64;
                 for conn in targets {
                     self.transmit(conn, frame.clone());

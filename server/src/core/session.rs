@@ -39,6 +39,7 @@ impl Core {
             syncs: Bucket::full(SYNCS_PER_SECOND, now),
             histories: Bucket::full(HISTORY_PER_SECOND, now),
             acks: Bucket::full(ACKS_PER_SECOND, now),
+            reading: false,
         });
         let at = self.deadline_of(key).unwrap_or(now);
         self.wheel.schedule(at, Mark { key, generation });
@@ -83,7 +84,8 @@ impl Core {
             let Some(session) = self.sessions.get_mut(conn.0) else {
                 return InputStatus::Paused;
             };
-            if !matches!(session.state, State::AwaitingHello { .. } | State::Active { .. }) {
+            if !matches!(session.state, State::AwaitingHello { .. } | State::Active { .. }) || session.reading
+            {
                 return InputStatus::Paused;
             }
             match self.decoder.split(buf) {

@@ -14,30 +14,41 @@
 //! messages holds at most about one page per session, and the core serves
 //! everything else between pages. When every chat is done: `SyncDone{heads}`.
 //!
-//! The store reads are bounded per loop turn, not only per session: planning
-//! a sync (the user's chats, then each chat's head and stored cursor) and
-//! streaming it (one bounded range read per chat) take their reads from one
-//! budget of [`SYNC_READS_PER_TURN`] per turn across all sessions, at the end
-//! of the turn, so a storm of a thousand syncs on a cold cache delays other
-//! sessions' frames by at most that many reads per turn. Until its plan is
-//! read a sync drops every live push to its session (the reads that follow
-//! cover them). Every Message of the stream carries the Sync's request id.
+//! The store reads are not the core's: each plan and each page is an
+//! [`Action::Read`](super::Action::Read) that the driver runs on the core's
+//! reader thread ([`super::ReadRequest::run`]) and answers through
+//! [`Core::handle_read`], so a cold read (tens of milliseconds when fjall first
+//! loads a table) delays that one sync, never the loop and the other sessions
+//! on it. A session has at most one sync read in flight, a core at most
+//! [`MAX_SYNC_READS_IN_FLIGHT`] (more syncs wait their turn, in order). A plan
+//! is one read, whole; a page read covers up to [`SYNC_CHATS_PER_READ`] chats.
+//! Every Message of the stream carries the Sync's request id.
 //!
 //! # The seam with live pushes
-//! A message is pushed only after it is committed, and reads and pushes are
-//! handled by the same thread, so the store read always covers what was
-//! committed before it. Per syncing session and chat:
-//! * a chat still planned (not reached yet, or being paged): live pushes for
-//!   it are dropped; the store read that finishes the chat includes them;
-//! * a chat finished (its last page was short, so it held everything committed
-//!   at that moment): a push is forwarded iff its seq is past the last seq this
-//!   session was sent, which then moves on. Pushes of one chat reach a home core
-//!   in seq order, so past that point nothing is lost or doubled; the filter
-//!   entry for the chat is dropped by the first push it lets through after
-//!   `SyncDone`.
+//! A message is pushed only after it is committed, so a read that *starts*
+//! after a push arrived holds that push's message. A read runs some time after
+//! it is asked for and its answer arrives later still, so what a push that
+//! arrives while the read is in flight means depends on the answer. Per
+//! syncing session and chat:
+//! * the read in flight covers the chat (the plan covers every chat): the push
+//!   is **held** (at most [`MAX_HELD_PUSHES`] and [`MAX_HELD_BYTES`] per
+//!   session, past which the session is sent `Resync`); once the answer is
+//!   applied, the held pushes go through the rules below, in arrival order;
+//! * the plan is not read yet, or the chat is still planned (not reached, or
+//!   between pages) and no read covers it: the push is dropped; the read that
+//!   finishes the chat starts later, so it includes it;
+//! * the chat is finished (its last page was short, so it held everything
+//!   committed when it was read), or was up to date in the plan: a push is
+//!   forwarded iff its seq is past the last seq this session was sent, which
+//!   then moves on. Pushes of one chat reach a home core in seq order, so past
+//!   that point nothing is lost or doubled; the filter entry for the chat is
+//!   dropped by the first push it lets through after `SyncDone`.
 //!
-//! So each message reaches a syncing session exactly once, in order per chat.
-//! Pushes of finished chats may arrive before `SyncDone`.
+//! A held push whose message the answer also held is at or below the chat's
+//! mark and dropped; one it missed (committed after the read ran) is past the
+//! mark and goes out, after the page. So each message reaches a syncing
+//! session exactly once, in order per chat. Pushes of finished chats may
+//! arrive before `SyncDone`.
 //!
 //! # Slow consumers
 //! When a session's outbound buffer overflows (the driver calls
@@ -46,16 +57,20 @@
 //!
 //! # History and Ack
 //! History pages (newest first, at most [`HISTORY_MAX_MESSAGES`] and about
-//! [`HISTORY_MAX_BYTES`] of text) are read on the home core for members only;
-//! a non-member gets an empty page. `Ack{chat, seq}` from a member stores the
+//! [`HISTORY_MAX_BYTES`] of text) are read off the loop like sync pages, for
+//! members only (a non-member gets an empty page); while a session's History
+//! read is in flight its later frames wait ([`InputStatus::Paused`](super::InputStatus::Paused),
+//! then [`Action::ResumeInput`](super::Action::ResumeInput)), so a pipeline of
+//! Histories holds one page at a time in natterd. `Ack{chat, seq}` from a member stores the
 //! device's cursor through the group-commit writer ([`WriteOp::Cursor`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use natter_wire::{Body, Cursor, Frame, HistoryPage, Message, SyncDone, fb};
 
 use super::WriteOp;
+use super::reads::{ChatPage, PlannedChat, ReadAnswer, ReadRequest, ReadTicket};
 use super::{ConnId, Core, State};
 use super::{ReadError, StoredMessage};
 use crate::ids::{ChatId, DeviceId, Seq, UserId};
@@ -161,45 +176,80 @@ struct Run {
     request_id: u64,
     /// Chats still to stream, in order, with the last seq sent of each; the front is current.
     pending: VecDeque<(ChatId, u64)>,
-    /// The chats of `pending`: their live pushes are dropped.
+    /// The chats of `pending`: their live pushes are dropped (or held while read).
     planned: HashSet<ChatId>,
     /// Every chat of the user at the start, with its head then (for SyncDone).
     chats: Vec<(ChatId, u64)>,
     /// A page went out; the next waits for [`Core::handle_drained`].
     awaiting_drain: bool,
-    /// The plan being read, until it is complete (its store reads wait for
-    /// the turns' read budget like its pages). While `Some`, every live push
-    /// to the session is dropped: the reads that follow include them.
-    unplanned: Option<Planning>,
-    /// In `Core::sync_queue`, waiting for a turn's budget.
+    /// The cursors the Sync sent, until its plan is read. While `Some`, every
+    /// live push to the session is dropped (the plan read will include it) or,
+    /// with the plan read in flight, held.
+    unplanned: Option<HashMap<ChatId, u64>>,
+    /// In `Core::sync_queue`, waiting for a read slot.
     queued: bool,
+    /// The read in flight for this run, if any.
+    reading: Option<Reading>,
+    /// Live pushes that arrived while `reading` covers their chat, in arrival
+    /// order: the answer may or may not hold them (it reads what is committed
+    /// when the reader gets to it), so they are replayed through the filter
+    /// once the answer is applied. At most [`MAX_HELD_PUSHES`] and
+    /// [`MAX_HELD_BYTES`]; past that the session is sent `Resync`.
+    held: Vec<(ChatId, u64, Bytes)>,
+    held_bytes: usize,
 }
 
-/// A sync's plan, read a few chats per turn.
+/// The read in flight for a sync run.
 #[derive(Debug)]
-struct Planning {
-    /// The cursors the Sync sent.
-    given: HashMap<ChatId, u64>,
-    /// The user's chats still to plan (`None`: not read yet).
-    chats: Option<VecDeque<ChatId>>,
-    /// `(chat, start after, head)` of the chats planned so far.
-    plan: Vec<(ChatId, u64, u64)>,
+struct Reading {
+    ticket: ReadTicket,
+    /// The chats it reads (`None`: the plan, which covers every chat).
+    chats: Option<HashSet<ChatId>>,
 }
 
-/// Store reads all syncs of a core make per loop turn: the list of a user's
-/// chats, a chat's head and stored cursor while planning, one bounded page
-/// range (plus a membership check) per chat while streaming. A range read over
-/// a cold store costs up to about a millisecond here (an iterator over every
-/// table of the range), so four keep a storm of syncs from holding the loop —
-/// and every other session's frames — for more than a few milliseconds per
-/// turn, while a catch-up still reads up to 1,024 messages per range read
-/// (`natter-bench sync`: ~1.1 M messages/s). Work left over runs next turn
-/// ([`Core::poll_timeout`] asks for an immediate one).
-pub const SYNC_READS_PER_TURN: usize = 4;
+impl Reading {
+    fn covers(&self, chat: ChatId) -> bool {
+        self.chats.as_ref().is_none_or(|c| c.contains(&chat))
+    }
+}
+
+/// Sync reads (plans and pages) a core has in flight at once, over all its
+/// sessions; more syncs wait in `Core::sync_queue`, in order. Each session has
+/// at most one read in flight and its next page waits for its outbound to
+/// drain, so this bounds the reader's queue, not memory per session.
+pub const MAX_SYNC_READS_IN_FLIGHT: usize = 64;
+
+/// Most chats one sync page read covers (the page's message and byte limits
+/// usually end it first).
+pub const SYNC_CHATS_PER_READ: usize = 64;
+
+/// Most live pushes held for one session while its sync read is in flight.
+pub const MAX_HELD_PUSHES: usize = 4096;
+
+/// Most bytes of live pushes held for one session while its sync read is in
+/// flight (about one outbound buffer's worth of typical messages).
+pub const MAX_HELD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why the core asked for a read, kept until its answer arrives.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PendingRead {
+    conn: ConnId,
+    generation: u32,
+    purpose: Purpose,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Sync,
+    History { request_id: u64, chat: ChatId },
+}
 
 impl Core {
-    /// Whether a live push of message `(chat, seq)` may go to `conn` (see the module docs).
-    pub(super) fn sync_admits(&mut self, conn: ConnId, chat: ChatId, seq: Seq) -> bool {
+    /// Whether a live push of message `(chat, seq)` may go to `conn` now (see
+    /// the module docs). A push the session's in-flight sync read covers is
+    /// held (a clone of `frame`) and replayed when the answer arrives; false
+    /// is returned for it too.
+    pub(super) fn sync_admits(&mut self, conn: ConnId, chat: ChatId, seq: Seq, frame: &Bytes) -> bool {
         let Some(state) = self.syncs.get_mut(&conn) else {
             return true;
         };
@@ -207,11 +257,20 @@ impl Core {
             return false;
         }
         let seq = seq.0;
-        if state.run.as_ref().is_some_and(|r| r.unplanned.is_some()) {
-            return false;
-        }
-        if state.run.as_ref().is_some_and(|r| r.planned.contains(&chat)) {
-            return false;
+        if let Some(run) = state.run.as_mut() {
+            if run.reading.as_ref().is_some_and(|r| r.covers(chat)) {
+                if run.held.len() >= MAX_HELD_PUSHES || run.held_bytes + frame.len() > MAX_HELD_BYTES {
+                    // The read is slower than the chat: catch up later instead.
+                    self.sync_stop(conn);
+                    return false;
+                }
+                run.held_bytes += frame.len();
+                run.held.push((chat, seq, frame.clone()));
+                return false;
+            }
+            if run.unplanned.is_some() || run.planned.contains(&chat) {
+                return false;
+            }
         }
         match state.delivered.get(&chat).copied() {
             Some(last) if seq <= last => false,
@@ -242,7 +301,7 @@ impl Core {
     }
 
     /// The driver: `conn`'s outbound buffer drained below its low-water mark.
-    /// A sync waiting for that writes its next page.
+    /// A sync waiting for that reads its next page.
     pub fn handle_drained(&mut self, conn: ConnId, _now: std::time::Instant) {
         let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) else {
             return;
@@ -253,7 +312,7 @@ impl Core {
         }
     }
 
-    /// Queues `conn`'s sync for a step in a coming turn (once).
+    /// Queues `conn`'s sync for its next read (once).
     fn sync_enqueue(&mut self, conn: ConnId) {
         if let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut())
             && !run.queued
@@ -263,11 +322,10 @@ impl Core {
         }
     }
 
-    /// End of a loop turn: queued sync work, up to [`SYNC_READS_PER_TURN`]
-    /// store reads.
+    /// End of a loop turn: queued syncs ask for their next read, while fewer
+    /// than [`MAX_SYNC_READS_IN_FLIGHT`] are in flight.
     pub(super) fn sync_run_queue(&mut self) {
-        let mut reads = SYNC_READS_PER_TURN;
-        while reads > 0 {
+        while self.sync_reads_in_flight < MAX_SYNC_READS_IN_FLIGHT {
             let Some(conn) = self.sync_queue.pop_front() else {
                 return;
             };
@@ -279,16 +337,13 @@ impl Core {
                 continue;
             }
             run.queued = false;
-            match run.unplanned.take() {
-                Some(planning) => self.sync_plan(conn, planning, &mut reads),
-                None => self.sync_step(conn, &mut reads),
-            }
+            self.sync_step(conn);
         }
     }
 
-    /// Whether sync steps wait for the next turn.
+    /// Whether queued syncs can ask for reads next turn.
     pub(super) fn sync_work_left(&self) -> bool {
-        !self.sync_queue.is_empty()
+        !self.sync_queue.is_empty() && self.sync_reads_in_flight < MAX_SYNC_READS_IN_FLIGHT
     }
 
     /// Whether `conn` has a sync in progress (for tests and the fuzzing harness).
@@ -342,8 +397,9 @@ impl Core {
             .cursors()
             .map(|v| v.iter().map(|c| (ChatId(c.chat_id()), c.seq())).collect())
             .unwrap_or_default();
-        // Planned (store reads) in a coming turn, within the sync budget;
-        // until then every live push to the session is dropped.
+        // Planned by a read asked for at the end of the turn; until the plan
+        // is applied every live push to the session is dropped or held. A
+        // read still in flight for an earlier run is ignored when it answers.
         let state = self.syncs.entry(conn).or_default();
         state.stopped = false;
         state.run = Some(Run {
@@ -352,62 +408,167 @@ impl Core {
             planned: HashSet::new(),
             chats: Vec::new(),
             awaiting_drain: false,
-            unplanned: Some(Planning {
-                given,
-                chats: None,
-                plan: Vec::new(),
-            }),
+            unplanned: Some(given),
             queued: false,
+            reading: None,
+            held: Vec::new(),
+            held_bytes: 0,
         });
         self.sync_enqueue(conn);
     }
 
-    /// Reads more of the plan of `conn`'s queued sync, within `reads`; once it
-    /// is complete, sets the run up (its first page is the next step).
-    fn sync_plan(&mut self, conn: ConnId, mut planning: Planning, reads: &mut usize) {
+    /// Asks for `read` on behalf of `conn` (its session as it is now).
+    fn ask_read(&mut self, conn: ConnId, purpose: Purpose, request: ReadRequest) -> Option<ReadTicket> {
+        let generation = self.sessions.get(conn.0)?.generation;
+        self.next_read += 1;
+        let ticket = ReadTicket(self.next_read);
+        self.reads.insert(
+            ticket.0,
+            PendingRead {
+                conn,
+                generation,
+                purpose,
+            },
+        );
+        if matches!(purpose, Purpose::Sync) {
+            self.sync_reads_in_flight += 1;
+        }
+        self.actions.push_back(super::Action::Read {
+            ticket,
+            conn,
+            request,
+        });
+        Some(ticket)
+    }
+
+    /// The next read of `conn`'s sync: its plan, else its next page; or
+    /// SyncDone when nothing is left.
+    fn sync_step(&mut self, conn: ConnId) {
         let Some((user, device)) = self.active(conn) else {
             return;
         };
-        let request_id = self
-            .syncs
-            .get(&conn)
-            .and_then(|s| s.run.as_ref())
-            .map_or(0, |r| r.request_id);
-        match self.plan_some(user, device, &mut planning, reads) {
-            Ok(true) => {}
-            Ok(false) => {
-                // Budget spent: more next turn.
-                if let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) {
-                    run.unplanned = Some(planning);
-                }
-                return self.sync_enqueue(conn);
+        let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) else {
+            return;
+        };
+        if let Some(given) = &run.unplanned {
+            let request = ReadRequest::SyncPlan {
+                user,
+                device,
+                given: given.clone(),
+            };
+            if let Some(ticket) = self.ask_read(conn, Purpose::Sync, request)
+                && let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut())
+            {
+                run.reading = Some(Reading { ticket, chats: None });
             }
-            Err(e) => {
-                // Nothing was sent: hold pushes until the next Sync (as after
-                // a failed page), so that one is exact.
-                if let Some(state) = self.syncs.get_mut(&conn) {
-                    state.run = None;
-                    state.stopped = true;
-                    state.delivered.clear();
+            return;
+        }
+        if run.pending.is_empty() {
+            return self.sync_done(conn);
+        }
+        let chats: Vec<(ChatId, u64)> = run.pending.iter().take(SYNC_CHATS_PER_READ).copied().collect();
+        let covered: HashSet<ChatId> = chats.iter().map(|&(c, _)| c).collect();
+        let request = ReadRequest::SyncPages {
+            user,
+            chats,
+            max_msgs: SYNC_PAGE_MESSAGES,
+            max_bytes: SYNC_PAGE_BYTES,
+        };
+        if let Some(ticket) = self.ask_read(conn, Purpose::Sync, request)
+            && let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut())
+        {
+            run.reading = Some(Reading {
+                ticket,
+                chats: Some(covered),
+            });
+        }
+    }
+
+    /// The driver: the read `ticket` (asked for by an [`Action::Read`](super::Action::Read))
+    /// answered. An answer for a session that has gone, or for a sync that was
+    /// replaced or stopped meanwhile, is dropped.
+    pub fn handle_read(&mut self, ticket: ReadTicket, answer: ReadAnswer, _now: std::time::Instant) {
+        let Some(pending) = self.reads.remove(&ticket.0) else {
+            return;
+        };
+        if matches!(pending.purpose, Purpose::Sync) {
+            self.sync_reads_in_flight = self.sync_reads_in_flight.saturating_sub(1);
+        }
+        let conn = pending.conn;
+        let Some(session) = self.sessions.get_mut(conn.0) else {
+            return;
+        };
+        if session.generation != pending.generation {
+            return;
+        }
+        match (pending.purpose, answer) {
+            (Purpose::History { request_id, chat }, ReadAnswer::History(result)) => {
+                session.reading = false;
+                self.history_answered(conn, request_id, chat, result);
+                // Its later frames waited for this answer.
+                self.actions.push_back(super::Action::ResumeInput { conn });
+            }
+            (Purpose::Sync, answer) => {
+                let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) else {
+                    return;
+                };
+                if run.reading.as_ref().map(|r| r.ticket) != Some(ticket) {
+                    return;
                 }
-                let message = format!("the store is unavailable: {e}; send Sync again");
-                return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
+                run.reading = None;
+                let held = std::mem::take(&mut run.held);
+                run.held_bytes = 0;
+                match answer {
+                    ReadAnswer::SyncPlan(result) => self.sync_planned(conn, result),
+                    ReadAnswer::SyncPages(result) => self.sync_paged(conn, result),
+                    ReadAnswer::History(_) => {}
+                }
+                // What arrived while the read was in flight, through the
+                // filter as it stands after the answer: a push the answer
+                // held is at or below the chat's mark and dropped, a newer
+                // one goes out (in order, after the answer's messages), and
+                // one of a chat still to read is dropped for that read.
+                for (chat, seq, frame) in held {
+                    if self.sync_admits(conn, chat, Seq(seq), &frame) {
+                        self.stats.deliveries += 1;
+                        self.transmit(conn, frame);
+                    }
+                }
+            }
+            // A mismatched answer is a driver bug; the session is not helped
+            // by guessing. Its later frames must not wait forever, though.
+            (Purpose::History { .. }, _) => {
+                session.reading = false;
+                self.actions.push_back(super::Action::ResumeInput { conn });
             }
         }
-        let plan = planning.plan;
+    }
+
+    /// The sync's plan was read: sets the run up (its first page is the next
+    /// step), or answers the Sync with `unavailable`.
+    fn sync_planned(&mut self, conn: ConnId, result: Result<Vec<PlannedChat>, ReadError>) {
         let Some(state) = self.syncs.get_mut(&conn) else {
             return;
         };
-        let mut run = Run {
-            request_id,
-            pending: VecDeque::new(),
-            planned: HashSet::new(),
-            chats: Vec::with_capacity(plan.len()),
-            awaiting_drain: false,
-            unplanned: None,
-            queued: false,
+        let Some(run) = state.run.as_mut() else {
+            return;
         };
-        for (chat, after, head) in plan {
+        let request_id = run.request_id;
+        let plan = match result {
+            Ok(plan) => plan,
+            Err(e) => {
+                // Nothing was sent: hold pushes until the next Sync (as after
+                // a failed page), so that one is exact.
+                state.run = None;
+                state.stopped = true;
+                state.delivered.clear();
+                let message = format!("the store is unavailable: {e}; send Sync again");
+                return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
+            }
+        };
+        run.unplanned = None;
+        run.chats.reserve(plan.len());
+        for PlannedChat { chat, after, head } in plan {
             run.chats.push((chat, head));
             if after < head {
                 run.pending.push_back((chat, after));
@@ -418,102 +579,50 @@ impl Core {
                 state.delivered.insert(chat, head);
             }
         }
-        state.run = Some(run);
-        // The first page is the next step.
         self.sync_enqueue(conn);
     }
 
-    /// Plans every chat of the user (`(chat, start after, head)` into
-    /// `planning.plan`), charging one store read to `reads` per read; true once
-    /// every chat is planned (always, unless a read fails).
-    fn plan_some(
-        &self,
-        user: UserId,
-        device: DeviceId,
-        planning: &mut Planning,
-        reads: &mut usize,
-    ) -> Result<bool, ReadError> {
-        let chats = match &mut planning.chats {
-            Some(chats) => chats,
-            None => {
-                *reads = reads.saturating_sub(1);
-                planning.chats.insert(self.store.sync_user_chats(user)?.into())
-            }
-        };
-        // The whole plan in one step, whatever the budget (it only decides
-        // when a plan starts): a plan split over turns would leave windows in
-        // which a push of a chat already planned as up to date, or of a chat
-        // joined meanwhile, is dropped and read by nothing. Its reads are
-        // charged to the turn, which ends the turn's sync work.
-        while let Some(chat) = chats.pop_front() {
-            *reads = reads.saturating_sub(1);
-            let head = self.store.sync_last_seq(chat)?.0;
-            let after = match planning.given.get(&chat) {
-                Some(&seq) => seq,
-                None => {
-                    *reads = reads.saturating_sub(1);
-                    match self.store.sync_device_cursor(device, chat)? {
-                        Some(seq) => seq.0,
-                        None => head.saturating_sub(NEW_DEVICE_BACKLOG),
-                    }
-                }
-            };
-            planning.plan.push((chat, after, head));
-        }
-        Ok(true)
-    }
-
-    /// Writes the next page of `conn`'s sync (or SyncDone when nothing is
-    /// left), one page range read per chat taken from `reads`.
-    fn sync_step(&mut self, conn: ConnId, reads: &mut usize) {
-        let Some((user, _)) = self.active(conn) else {
+    /// A page of the sync was read: writes it, then waits for the session to
+    /// drain (or, when nothing went out, asks for the next read at once).
+    fn sync_paged(&mut self, conn: ConnId, result: Result<Vec<ChatPage>, ReadError>) {
+        let Some(state) = self.syncs.get_mut(&conn) else {
             return;
         };
+        let Some(run) = state.run.as_mut() else {
+            return;
+        };
+        let request_id = run.request_id;
+        let pages = match result {
+            Ok(pages) => pages,
+            Err(e) => {
+                // The filters are part-way: hold every live push back until
+                // the client's next Sync, which starts from its own cursors,
+                // so that one is exact again.
+                state.run = None;
+                state.stopped = true;
+                state.delivered.clear();
+                let message = format!("the store is unavailable: {e}; send Sync again");
+                return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
+            }
+        };
         let mut out = BytesMut::new();
-        let mut msgs = 0;
-        let mut bytes = 0;
-        let mut failed = None;
-        loop {
-            let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) else {
-                return;
-            };
-            let Some(&(chat, after)) = run.pending.front() else {
-                break;
-            };
-            let request_id = run.request_id;
-            if msgs >= SYNC_PAGE_MESSAGES || bytes >= SYNC_PAGE_BYTES || *reads == 0 {
+        let mut msgs = 0u64;
+        for page in pages {
+            let chat = page.chat;
+            if run.pending.front().map(|&(c, _)| c) != Some(chat) {
+                // Pages come in the order asked, a prefix of `pending`.
                 break;
             }
-            *reads = reads.saturating_sub(2);
-            let want = SYNC_PAGE_MESSAGES - msgs;
-            // The page first, then membership: a message sent after the user's
-            // removal is committed after the removal, so if the page holds one,
-            // the check already sees the removal and the page is dropped (the
-            // other order could let a removal and later messages slip between).
-            let read = self
-                .store
-                .sync_page(chat, Seq(after), want, SYNC_PAGE_BYTES - bytes)
-                .and_then(|page| Ok((page, self.store.sync_is_member(chat, user)?)));
-            let page = match read {
-                Ok((page, true)) => page,
-                Ok((_, false)) => {
-                    // Removed during the sync: nothing more of this chat.
-                    if let Some(run) = self.syncs.get_mut(&conn).and_then(|s| s.run.as_mut()) {
-                        run.pending.pop_front();
-                        run.planned.remove(&chat);
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            };
-            let short = page.len() < want && bytes + page_bytes(&page) < SYNC_PAGE_BYTES;
-            let last = page.last().map_or(after, |m| m.seq.0);
-            msgs += page.len();
-            for m in page {
-                bytes += m.text.len();
+            if !page.member {
+                // Removed during the sync: nothing more of this chat.
+                run.pending.pop_front();
+                run.planned.remove(&chat);
+                continue;
+            }
+            let after = run.pending.front().map_or(0, |&(_, a)| a);
+            let last = page.messages.last().map_or(after, |m| m.seq.0);
+            msgs += page.messages.len() as u64;
+            for m in page.messages {
                 // The Sync's request id tells a sync page from a live push (0).
                 let frame = self.encoder.message(
                     request_id,
@@ -528,55 +637,39 @@ impl Core {
                 );
                 out.extend_from_slice(&frame);
             }
-            let Some(state) = self.syncs.get_mut(&conn) else {
-                return;
-            };
             state.delivered.insert(chat, last);
-            let Some(run) = state.run.as_mut() else {
-                return;
-            };
-            if short {
+            if page.complete {
                 // Everything committed when it was read: the chat is done.
                 run.pending.pop_front();
                 run.planned.remove(&chat);
-            } else if let Some(front) = run.pending.front_mut() {
-                front.1 = last;
+            } else {
+                if let Some(front) = run.pending.front_mut() {
+                    front.1 = last;
+                }
+                break;
             }
         }
-        self.stats.deliveries += msgs as u64;
-        let out_len = out.len();
-        if !out.is_empty() {
+        self.stats.deliveries += msgs;
+        let pending_left = !run.pending.is_empty();
+        if out.is_empty() {
+            // Nothing went out (the chats read were already complete, or
+            // left): no drain will be reported, so go on (or finish) at once.
+            return self.sync_enqueue(conn);
+        }
+        if pending_left {
+            run.awaiting_drain = true;
             self.transmit(conn, out.freeze());
+        } else {
+            self.transmit(conn, out.freeze());
+            self.sync_done(conn);
         }
-        if let Some(e) = failed {
-            // The filters are part-way: hold every live push back until the
-            // client's next Sync, which starts from its own cursors, so that
-            // one is exact again.
-            let mut request_id = 0;
-            if let Some(state) = self.syncs.get_mut(&conn) {
-                request_id = state.run.take().map_or(0, |r| r.request_id);
-                state.stopped = true;
-                state.delivered.clear();
-            }
-            let message = format!("the store is unavailable: {e}; send Sync again");
-            return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
-        }
+    }
+
+    /// Every chat of `conn`'s sync is streamed: `SyncDone{heads}`.
+    fn sync_done(&mut self, conn: ConnId) {
         let Some(state) = self.syncs.get_mut(&conn) else {
             return;
         };
-        let Some(run) = state.run.as_mut() else {
-            return;
-        };
-        if !run.pending.is_empty() {
-            if out_len == 0 {
-                // Nothing went out (the turn's reads ran out, or the chats
-                // read were already complete): no drain will be reported,
-                // so continue next turn.
-                return self.sync_enqueue(conn);
-            }
-            run.awaiting_drain = true;
-            return;
-        }
         let Some(run) = state.run.take() else {
             return;
         };
@@ -633,13 +726,31 @@ impl Core {
                 .max_frame
                 .saturating_sub(HISTORY_PAGE_OVERHEAD + limit * MESSAGE_OVERHEAD),
         );
-        let result = self.store.sync_is_member(chat, user).and_then(|member| {
-            if member && limit > 0 {
-                self.store.sync_history(chat, before, limit, budget)
-            } else {
-                Ok((Vec::new(), false))
-            }
-        });
+        let request = ReadRequest::History {
+            user,
+            chat,
+            before,
+            limit,
+            max_bytes: budget,
+        };
+        let purpose = Purpose::History { request_id, chat };
+        if self.ask_read(conn, purpose, request).is_some()
+            && let Some(session) = self.sessions.get_mut(conn.0)
+        {
+            // Its later frames wait for the answer (one read per session at a
+            // time, so pipelined Histories cannot pile pages up).
+            session.reading = true;
+        }
+    }
+
+    /// A History read answered: the page, or `unavailable`.
+    fn history_answered(
+        &mut self,
+        conn: ConnId,
+        request_id: u64,
+        chat: ChatId,
+        result: Result<(Vec<StoredMessage>, bool), ReadError>,
+    ) {
         let (messages, has_more) = match result {
             Ok(page) => page,
             Err(e) => {
@@ -706,10 +817,6 @@ impl Core {
             }
         }
     }
-}
-
-fn page_bytes(page: &[StoredMessage]) -> usize {
-    page.iter().map(|m| m.text.len()).sum()
 }
 
 #[cfg(test)]

@@ -537,6 +537,16 @@ fn settle() -> Vec<Op> {
     ops
 }
 
+/// Each core takes the answers of a few of its store reads (a sync's plan and pages, a
+/// History), as a reader thread would hand them back.
+fn answer_reads() -> Vec<Op> {
+    let mut ops = Vec::new();
+    for _ in 0..4 {
+        ops.extend([Op::Deliver { core: 2 }, Op::Deliver { core: 3 }]);
+    }
+    ops
+}
+
 fn ops(name: &str, ops: Vec<Op>) -> Seed {
     seed(name, SessionInput { ops }.to_bytes())
 }
@@ -1165,17 +1175,15 @@ fn session() -> Vec<Seed> {
                 login(0, 1, 0),
                 burst(0, 4, 1, 60, "backlog"),
                 login(1, 5, 0),
-                vec![
-                    Op::Input {
-                        conn: 1,
-                        input: frames(vec![
-                            sync(42, &[]),
-                            wire(3, WireBody::Ack { chat_id: 4, seq: 30 }),
-                        ]),
-                    },
-                    Op::Commit { count: u8::MAX },
-                    Op::PeerClosed { conn: 1 },
-                ],
+                vec![Op::Input {
+                    conn: 1,
+                    input: frames(vec![
+                        sync(42, &[]),
+                        wire(3, WireBody::Ack { chat_id: 4, seq: 30 }),
+                    ]),
+                }],
+                answer_reads(),
+                vec![Op::Commit { count: u8::MAX }, Op::PeerClosed { conn: 1 }],
                 login_and_sync(1, 5, 0, 43, &[]),
                 login_and_sync(2, 5, 1, 44, &[(4, 999), (4, 55)]),
                 settle(),

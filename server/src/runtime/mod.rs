@@ -2,6 +2,7 @@
 
 mod mesh;
 mod outbox;
+mod reader;
 pub mod supervise;
 
 pub use mesh::{Mesh, QUEUE_CAPACITY, Refused};

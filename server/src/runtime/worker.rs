@@ -16,11 +16,14 @@ use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::core::{Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus, ReplyTicket};
+use crate::core::{
+    Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus, ReadAnswer, ReadTicket, ReplyTicket,
+};
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::runtime::MembershipError;
 use crate::runtime::outbox::{Backpressure, OUTBOX_PAUSE_MARK, Outbox};
+use crate::runtime::reader::Reader;
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
 use crate::store::writer::{WriteOp, WriterSender};
@@ -205,6 +208,11 @@ pub(crate) struct Worker {
     membership_waiters:
         std::collections::HashMap<u64, crossbeam_channel::Sender<Result<(), MembershipError>>>,
     next_membership_ticket: u64,
+    /// This core's store reader (sync and History reads, off the loop).
+    reader: Reader,
+    /// Answers made here because the reader was gone, handled with the
+    /// reader's answers.
+    failed_reads: Vec<(ReadTicket, ReadAnswer)>,
 }
 
 impl Worker {
@@ -230,7 +238,10 @@ impl Worker {
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        let reader = Reader::start(config.core, store.clone(), mesh.clone())?;
         Ok(Self {
+            reader,
+            failed_reads: Vec::new(),
             id: config.core,
             core: Core::new(config, store.clone(), Instant::now(), unix_ms),
             poll,
@@ -334,6 +345,7 @@ impl Worker {
                 self.accept(now);
             }
             self.drain_commands(now);
+            self.drain_reads(now);
             self.core.handle_timeout(now);
             self.core.handle_end_of_turn();
             self.run_actions(now);
@@ -860,6 +872,12 @@ impl Worker {
                         self.write_backlog.push_back(op);
                     }
                 }
+                Action::Read { ticket, request, .. } => {
+                    if let Some(failed) = self.reader.ask(ticket, request) {
+                        self.failed_reads.push(failed);
+                    }
+                }
+                Action::ResumeInput { conn } => self.again.push(conn),
                 Action::MembershipReply { reply, result } => {
                     // The HTTP worker may have given up waiting; nothing to do then.
                     if let Some(waiter) = self.membership_waiters.remove(&reply.0) {
@@ -1002,6 +1020,23 @@ impl Worker {
         // Budget spent with commands left: come back at once.
         if !self.queue.is_empty() {
             self.mesh.wake(self.id);
+        }
+    }
+
+    /// Hands the core the answers of its reads that have arrived (at most
+    /// what it has in flight, which it bounds).
+    fn drain_reads(&mut self, now: Instant) {
+        loop {
+            let answer = match self.failed_reads.pop() {
+                Some(answer) => answer,
+                None => match self.reader.answer() {
+                    Some(answer) => answer,
+                    None => return,
+                },
+            };
+            let (ticket, answer) = answer;
+            self.core.handle_read(ticket, answer, now);
+            self.run_actions(now);
         }
     }
 

@@ -18,7 +18,7 @@ use crate::core::{
     Action, AuthResult, ConnId, Core, CoreConfig, CoreMsg, Detached, FRAMES_PER_SESSION_PER_TURN,
     HELLO_TIMEOUT, HISTORY_MAX_MESSAGES, InputStatus, NEW_DEVICE_BACKLOG, REPLY_BYTES_PER_CALL,
 };
-use crate::core::{MembershipChange, MembershipError, ReplyTicket};
+use crate::core::{MembershipChange, MembershipError, ReadAnswer, ReadRequest, ReadTicket, ReplyTicket};
 use crate::ids::{ChatId, ClientMsgId, CoreId, DeviceId, Seq, UserId};
 use crate::store::writer::{Completion, WriteOp};
 use crate::store::{ChatKind, StoredMessage};
@@ -127,6 +127,15 @@ enum Seam {
 const TURNS_PER_OP: usize = 64;
 
 /// A command waiting in a core's queue (`runtime::Command` without the sockets).
+/// A read asked for, as the simulated reader thread holds it.
+#[derive(Debug)]
+enum PendingRead {
+    /// Read when asked; the answer is on its way.
+    Answered(ReadAnswer),
+    /// Read when delivered.
+    Asked(ReadRequest),
+}
+
 #[derive(Debug)]
 enum Command {
     Adopt(Detached, usize),
@@ -159,6 +168,8 @@ enum Cause {
     Membership,
     /// `handle_end_of_turn`.
     EndOfTurn,
+    /// `handle_read` of a read this client's session asked for.
+    Read(usize),
     /// A call that must produce no action (`handle_accept`, `handle_closed`, `handle_close_device`
     /// on another core).
     Quiet,
@@ -186,7 +197,7 @@ pub(super) struct Reached {
     pub(super) resyncs: u64,
     /// Messages in HistoryPages.
     pub(super) history_messages: u64,
-    /// Sync pages written after a `handle_drained`.
+    /// Sync pages written after a `handle_drained` (by the answer of the read it led to).
     pub(super) drained_pages: u64,
 }
 
@@ -208,8 +219,18 @@ pub(super) struct Harness {
     pending: Vec<(usize, ConnId, usize)>,
     /// Per core: its command queue.
     queues: Vec<VecDeque<Command>>,
+    /// Per core: the reads it asked for, oldest first, with the client whose
+    /// session asked. Even tickets are read when asked (the answer waits),
+    /// odd ones when delivered: both ends of a reader thread's latitude.
+    reads: Vec<VecDeque<(ReadTicket, usize, PendingRead)>>,
+
     /// The storage writer's queue, in order.
     writes: VecDeque<WriteOp>,
+    /// Clients whose input a read's answer resumed (during the last drain).
+    resumed: Vec<usize>,
+    /// Clients whose sync was told their outbound drained and whose next
+    /// page waits for a read (counted in [`Reached::drained_pages`] when it comes).
+    after_drain: HashSet<usize>,
     chats: HashMap<ChatId, ChatModel>,
     /// The members of the chat when each message's seq was assigned.
     members_at: HashMap<(ChatId, Seq), BTreeSet<UserId>>,
@@ -286,6 +307,9 @@ impl Harness {
             conns: (0..CORES).map(|_| HashMap::new()).collect(),
             pending: Vec::new(),
             queues: (0..CORES).map(|_| VecDeque::new()).collect(),
+            reads: (0..CORES).map(|_| VecDeque::new()).collect(),
+            resumed: Vec::new(),
+            after_drain: HashSet::new(),
             writes: VecDeque::new(),
             chats,
             members_at: HashMap::new(),
@@ -391,12 +415,18 @@ impl Harness {
                 }
             }
             Op::Deliver { core } => {
+                // `core % CORES` first; odd `core / CORES`: its reads before its queue.
                 let first = usize::from(*core) % CORES;
+                let reads_first = (usize::from(*core) / CORES) % 2 == 1;
                 if let Some(core) = (0..CORES)
                     .map(|i| (first + i) % CORES)
-                    .find(|&c| !self.queues[c].is_empty())
+                    .find(|&c| !self.queues[c].is_empty() || !self.reads[c].is_empty())
                 {
-                    self.deliver(core);
+                    if self.queues[core].is_empty() || (reads_first && !self.reads[core].is_empty()) {
+                        self.deliver_read(core);
+                    } else {
+                        self.deliver(core);
+                    }
                 }
             }
             Op::CloseDevice { user, device } => {
@@ -569,7 +599,7 @@ impl Harness {
         let takes_frames = matches!(
             self.cores[core].phase(conn),
             Some(Phase::AwaitingHello | Phase::Active { .. })
-        );
+        ) && !self.cores[core].is_reading(conn);
         let actionable = !matches!(self.decoder.split(&mut buf.clone()), Ok(None));
         match status {
             InputStatus::Budget => {
@@ -686,6 +716,9 @@ impl Harness {
         paged |= self.drained_pages > 0;
         if paged {
             self.reached.drained_pages += 1;
+        } else if self.core_mut(core).is_syncing(conn) {
+            // The page is read off the loop: it goes out with the answer.
+            self.after_drain.insert(k);
         }
     }
 
@@ -776,6 +809,28 @@ impl Harness {
         }
     }
 
+    /// Core `core` gets the answer of its oldest read; a session that waited
+    /// for it takes its buffered frames again (as the driver does on `ResumeInput`).
+    fn deliver_read(&mut self, core: usize) {
+        let Some((ticket, k, pending)) = self.reads[core].pop_front() else {
+            return;
+        };
+        let answer = match pending {
+            PendingRead::Answered(answer) => answer,
+            PendingRead::Asked(request) => request.run(&*self.store),
+        };
+        let now = self.now;
+        self.core_mut(core).handle_read(ticket, answer, now);
+        self.resumed.clear();
+        self.drain(core, Cause::Read(k));
+        if self.drained_pages > 0 && self.after_drain.remove(&k) {
+            self.reached.drained_pages += 1;
+        }
+        for k in std::mem::take(&mut self.resumed) {
+            self.feed(k);
+        }
+    }
+
     /// The storage writer commits its oldest `n` writes and queues the completions, in order,
     /// one command per origin core.
     fn commit(&mut self, n: usize) {
@@ -843,7 +898,9 @@ impl Harness {
     /// Whether `cause` may produce a Transmit or Close for client `k`.
     fn concerns(&self, cause: Cause, k: usize) -> bool {
         match cause {
-            Cause::Client(c) | Cause::Drained(c) | Cause::Auth(c) | Cause::Adopt(c) => c == k,
+            Cause::Client(c) | Cause::Drained(c) | Cause::Auth(c) | Cause::Adopt(c) | Cause::Read(c) => {
+                c == k
+            }
             Cause::Timeout | Cause::Shutdown | Cause::Mesh => true,
             Cause::CloseDevice(user, device) => self
                 .clients
@@ -1003,6 +1060,27 @@ impl Harness {
                         "{cause:?} produced a Write"
                     );
                     self.written(core, write);
+                }
+                Action::Read {
+                    ticket,
+                    conn,
+                    request,
+                } => {
+                    let k = self.client_of(core, conn, "Read");
+                    let pending = if ticket.0 % 2 == 0 {
+                        PendingRead::Answered(request.run(&*self.store))
+                    } else {
+                        PendingRead::Asked(request)
+                    };
+                    self.reads[core].push_back((ticket, k, pending));
+                }
+                Action::ResumeInput { conn } => {
+                    let k = self.client_of(core, conn, "ResumeInput");
+                    assert!(
+                        matches!(cause, Cause::Read(c) if c == k),
+                        "{cause:?} resumed client {k}'s input"
+                    );
+                    self.resumed.push(k);
                 }
                 Action::MembershipReply { reply, result } => {
                     match &result {
@@ -1520,7 +1598,11 @@ impl Harness {
         let mut idle = false;
         for _ in 0..QUIESCE_ROUNDS {
             let syncing = self.syncing();
-            if self.writes.is_empty() && self.queues.iter().all(VecDeque::is_empty) && syncing.is_empty() {
+            if self.writes.is_empty()
+                && self.queues.iter().all(VecDeque::is_empty)
+                && self.reads.iter().all(VecDeque::is_empty)
+                && syncing.is_empty()
+            {
                 idle = true;
                 break;
             }
@@ -1532,6 +1614,9 @@ impl Harness {
             for core in 0..CORES {
                 while !self.queues[core].is_empty() {
                     self.deliver(core);
+                }
+                while !self.reads[core].is_empty() {
+                    self.deliver_read(core);
                 }
             }
             self.end_turn();

@@ -98,7 +98,8 @@ pub enum Op {
     /// The driver finishes every `Close` it was asked for (`handle_closed`).
     Reap,
     /// Core `core % CORES` takes the oldest command from its queue (a migrating session, work
-    /// from the other core, commit completions, a membership change); if its queue is empty, the
+    /// from the other core, commit completions, a membership change) or, when `core / CORES` is
+    /// odd or its queue is empty, the answer of its oldest store read; if it has neither, the
     /// other core does.
     Deliver {
         /// The receiving core.
