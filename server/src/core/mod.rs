@@ -64,7 +64,7 @@ use slab::Slab;
 pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
 pub use membership::{MembershipChange, MembershipError, ReplyTicket};
 pub use preauth::MAX_PRE_AUTH_INPUT;
-pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, UserPresence};
+pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, SessionSeed, UserPresence};
 pub use reads::{ChatPage, PlannedChat, ReadAnswer, ReadRequest, ReadTicket};
 pub use store_api::{ChatKind, Completion, MAX_GROUP_MEMBERS, ReadError, StoredMessage, WriteOp};
 pub use sync::{

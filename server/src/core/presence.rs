@@ -171,6 +171,24 @@ pub(crate) struct Presence {
     /// The latest `now` this state was given (what `poll_timeout` answers
     /// while a grace period waits to be started).
     clock: Instant,
+    /// Bumped by every `handle_friends_changed`: a [`SessionSeed`] read
+    /// before a change this core has since applied is not used.
+    friends_epoch: u64,
+}
+
+/// What the driver reads off the loop, with a token lookup, for the start of
+/// a session on its user's home core ([`Core::handle_auth_seeded`]): the
+/// user's friends and their stored last-seen times, which the presence
+/// snapshot would otherwise read on the loop, one read per friend.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionSeed {
+    /// [`Core::friends_epoch`] when the driver asked for the lookup: the
+    /// friend list is used only if no friendship change was applied since.
+    pub epoch: u64,
+    /// The user's friends, as stored when read (after `epoch` was taken).
+    pub friends: Vec<UserId>,
+    /// Each friend's stored last-seen time, ms since the Unix epoch (0: never).
+    pub last_seen: Vec<(UserId, u64)>,
 }
 
 impl Presence {
@@ -191,6 +209,7 @@ impl Presence {
             known: HashMap::new(),
             known_skip: 0,
             clock: now,
+            friends_epoch: 0,
         }
     }
 
@@ -239,19 +258,46 @@ impl Presence {
 }
 
 impl Core {
+    /// Changes whenever this core applies a friendship change
+    /// ([`Core::handle_friends_changed`]); a driver stamps a [`SessionSeed`]
+    /// with it before reading the seed.
+    pub fn friends_epoch(&self) -> u64 {
+        self.presence.friends_epoch
+    }
+
     /// A session of `user` became active on this, its home core, and got its
     /// `Welcome`: sends the session a snapshot of its friends' presence, and
     /// tells the friends if the user just came online (not when it came back
     /// within its grace period).
-    pub(super) fn presence_session_up(&mut self, user: UserId, conn: ConnId, now: Instant) {
+    pub(super) fn presence_session_up(
+        &mut self,
+        user: UserId,
+        conn: ConnId,
+        now: Instant,
+        seed: Option<SessionSeed>,
+    ) {
         self.presence.clock = now;
+        let seed = seed.filter(|s| s.epoch == self.presence.friends_epoch);
+        if let Some(seed) = &seed {
+            // What the snapshot would read: offline friends' stored last seen.
+            for &(friend, last_seen_ms) in &seed.last_seen {
+                if !self.presence.index.contains_key(&friend) && !self.presence.known.contains_key(&friend) {
+                    let known = Known {
+                        online: false,
+                        last_seen_ms,
+                    };
+                    self.presence.remember(friend, known);
+                }
+            }
+        }
+        let seeded = seed.map(|s| s.friends);
         let came_online = match self.presence.index.get(&user).copied() {
             Some(key) => {
                 if let Some(t) = self.presence.tracked.get_mut(key) {
                     t.status = Status::Online;
                 }
                 if self.presence.tracked.get(key).is_some_and(|t| !t.friends_loaded) {
-                    let (friends, loaded) = self.load_friends(user);
+                    let (friends, loaded) = self.load_friends(user, seeded);
                     if let Some(t) = self.presence.tracked.get_mut(key) {
                         t.friends = friends;
                         t.friends_loaded = loaded;
@@ -260,7 +306,7 @@ impl Core {
                 false
             }
             None => {
-                let (friends, friends_loaded) = self.load_friends(user);
+                let (friends, friends_loaded) = self.load_friends(user, seeded);
                 self.presence.next_generation = self.presence.next_generation.wrapping_add(1);
                 let key = self.presence.tracked.insert(Tracked {
                     user,
@@ -391,12 +437,17 @@ impl Core {
         }
     }
 
-    /// Friends of `user` from the store, grouped by home core and sorted, and
-    /// whether the load succeeded (an empty list otherwise).
-    fn load_friends(&mut self, user: UserId) -> (Box<[Arc<[UserId]>]>, bool) {
+    /// Friends of `user` (`seeded`, else read from the store), grouped by
+    /// home core and sorted, and whether the load succeeded (an empty list
+    /// otherwise).
+    fn load_friends(&mut self, user: UserId, seeded: Option<Vec<UserId>>) -> (Box<[Arc<[UserId]>]>, bool) {
         let cores = self.config.cores;
         let mut by_core: Vec<Vec<UserId>> = vec![Vec::new(); cores];
-        let loaded = match self.store.friend_ids(user) {
+        let read = match seeded {
+            Some(friends) => Ok(friends),
+            None => self.store.friend_ids(user),
+        };
+        let loaded = match read {
             Ok(mut ids) => {
                 ids.sort_unstable();
                 ids.dedup();
@@ -561,6 +612,7 @@ impl Core {
     /// the user's friend list if tracked, and if they are friends now send the
     /// user's presence to the other's home core (flagged `recheck`).
     pub fn handle_friends_changed(&mut self, a: UserId, b: UserId, now: Instant) {
+        self.presence.friends_epoch += 1;
         let cores = self.config.cores;
         for (me, other) in [(a, b), (b, a)] {
             if me == other || me.home_core(cores) != self.config.core {

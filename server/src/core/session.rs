@@ -245,6 +245,19 @@ impl Core {
 
     /// The driver's answer to [`Action::Authenticate`].
     pub fn handle_auth(&mut self, conn: ConnId, result: AuthResult, now: Instant) {
+        self.handle_auth_seeded(conn, result, None, now);
+    }
+
+    /// [`Core::handle_auth`] with what the driver read for the session's start
+    /// besides the token (on the user's home core; ignored elsewhere, and
+    /// when a friendship change was applied since `seed.epoch`).
+    pub fn handle_auth_seeded(
+        &mut self,
+        conn: ConnId,
+        result: AuthResult,
+        seed: Option<SessionSeed>,
+        now: Instant,
+    ) {
         let Some(session) = self.sessions.get_mut(conn.0) else {
             return;
         };
@@ -329,7 +342,7 @@ impl Core {
                     .encoder
                     .encode(&natter_wire::Frame::new(request_id, Body::Welcome(welcome)));
                 self.transmit(conn, frame);
-                self.presence_session_up(user, conn, now);
+                self.presence_session_up(user, conn, now, seed);
             }
         }
     }

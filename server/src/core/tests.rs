@@ -1178,3 +1178,64 @@ fn a_deferred_token_lookup_is_only_reported_for_the_connection_and_token_it_was_
     );
     assert!(c.is_authenticating(again, "other"));
 }
+
+/// The presence frames (user, online, last seen) among `actions`.
+fn presence_frames(actions: &[Action]) -> Vec<(u64, bool, u64)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Transmit { frame, .. } => match decode(frame).body {
+                Body::Presence(p) => Some((p.user_id, p.online, p.last_seen_ms)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_seed_read_off_the_loop_replaces_the_store_reads_unless_friendships_changed_since() {
+    let now = Instant::now();
+    let store = store();
+    let (ann, bob, cid) = (
+        store.create_user("ann", "$argon2id$x").unwrap(),
+        store.create_user("bob", "$argon2id$x").unwrap(),
+        store.create_user("cid", "$argon2id$x").unwrap(),
+    );
+    store.request_friend(ann, bob).unwrap();
+    store.accept_friend(bob, ann).unwrap();
+    store.commit_writes(&[WriteOp::LastSeen {
+        origin: CoreId(0),
+        user: bob,
+        last_seen_ms: 1234,
+    }]);
+    // The seed says what the reader read: here deliberately not what is
+    // stored (a friend cid, bob last seen at 999), so the frames tell which
+    // one the core used.
+    for stale in [false, true] {
+        let mut c = Core::new(config(0, 1), store.clone(), now, 1_700_000_000_000);
+        let epoch = c.friends_epoch();
+        if stale {
+            // A friendship change applied after the seed's epoch was taken.
+            c.handle_friends_changed(ann, cid, now);
+            drain(&mut c);
+        }
+        let conn = c.handle_accept(now).unwrap();
+        let mut buf = hello("tok");
+        c.handle_input(conn, &mut buf, now);
+        drain(&mut c);
+        let seed = SessionSeed {
+            epoch,
+            friends: vec![bob, cid],
+            last_seen: vec![(bob, 999), (cid, 5)],
+        };
+        c.handle_auth_seeded(conn, AuthResult::Valid(ann, DeviceId(1)), Some(seed), now);
+        let mut got = presence_frames(&drain(&mut c));
+        got.sort_unstable();
+        if stale {
+            assert_eq!(got, vec![(bob.0, false, 1234)], "the store's friends and times");
+        } else {
+            assert_eq!(got, vec![(bob.0, false, 999), (cid.0, false, 5)], "the seed's");
+        }
+    }
+}

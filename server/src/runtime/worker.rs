@@ -18,12 +18,13 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::core::{
     Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus, ReadAnswer, ReadTicket, ReplyTicket,
+    SessionSeed,
 };
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::runtime::MembershipError;
 use crate::runtime::outbox::{Backpressure, OUTBOX_PAUSE_MARK, Outbox};
-use crate::runtime::reader::Reader;
+use crate::runtime::reader::{Answer, Reader};
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
 use crate::store::writer::{WriteOp, WriterSender};
@@ -40,13 +41,17 @@ const LINGER_TOKEN_BASE: usize = usize::MAX / 2;
 /// Connections accepted per loop turn: a connect storm is spread over turns so
 /// established sessions keep being served in between.
 const ACCEPTS_PER_TURN: usize = 256;
-/// Token lookups (each a store read, and on the home core the session's
-/// start: its friend list read for presence) per loop turn. A connect storm of
-/// a thousand Hellos would otherwise run them all in one turn — tens of
-/// milliseconds on a cold cache during which no other session on the core is
-/// served; 32 keep a turn's share to about a millisecond. The rest wait, in
-/// order, for the next turns (polled at once).
+/// Token lookup answers handed to the core per loop turn (each, on the home
+/// core, the session's start: its presence snapshot and friend list). The
+/// lookups themselves run on the reader thread; a connect storm of a thousand
+/// Hellos would otherwise start every session in one turn, during which no
+/// other session on the core is served. The rest wait, in order, for the next
+/// turns (polled at once).
 const AUTHS_PER_TURN: usize = 32;
+/// Read answers (sync plans and pages, History pages) handed to the core per
+/// loop turn: each page is up to 1,024 messages to encode, so a full pipeline
+/// of answers is spread over turns. The rest wait for the next turns.
+const READ_ANSWERS_PER_TURN: usize = 8;
 /// Bytes read from one connection per loop turn before moving on to others.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
 /// Size of the per-core read scratch buffer (one read syscall's worth).
@@ -161,7 +166,6 @@ pub(crate) struct Worker {
     mesh: Mesh,
     core: Core,
     sockets: Vec<Option<Socket>>,
-    store: Arc<Store>,
     metrics: Arc<Metrics>,
     scratch: Box<[u8]>,
     /// Connections with work left over from the last turn (budget ran out).
@@ -200,9 +204,9 @@ pub(crate) struct Worker {
     writer: WriterSender,
     write_backlog: VecDeque<WriteOp>,
     shutting_down: bool,
-    /// Token lookups over the turn's budget, in order (see [`AUTHS_PER_TURN`]).
-    pending_auths: VecDeque<(ConnId, String)>,
-    auths_left: usize,
+    /// Token lookups answered by the reader and not yet handed to the core
+    /// (see [`AUTHS_PER_TURN`]), in order.
+    pending_auths: VecDeque<(ConnId, String, AuthResult, Option<SessionSeed>)>,
     /// HTTP workers waiting for a membership change's outcome, by the ticket
     /// the core echoes in `Action::MembershipReply`.
     membership_waiters:
@@ -210,9 +214,9 @@ pub(crate) struct Worker {
     next_membership_ticket: u64,
     /// This core's store reader (sync and History reads, off the loop).
     reader: Reader,
-    /// Answers made here because the reader was gone, handled with the
-    /// reader's answers.
-    failed_reads: Vec<(ReadTicket, ReadAnswer)>,
+    /// Read answers taken from the reader and not yet handed to the core
+    /// (see [`READ_ANSWERS_PER_TURN`]), in order.
+    pending_reads: VecDeque<(ReadTicket, ReadAnswer)>,
 }
 
 impl Worker {
@@ -238,18 +242,16 @@ impl Worker {
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let reader = Reader::start(config.core, store.clone(), mesh.clone())?;
+        let reader = Reader::start(config.core, config.cores, store.clone(), mesh.clone())?;
         Ok(Self {
             reader,
-            failed_reads: Vec::new(),
             id: config.core,
-            core: Core::new(config, store.clone(), Instant::now(), unix_ms),
+            core: Core::new(config, store, Instant::now(), unix_ms),
             poll,
             listener,
             queue,
             mesh,
             sockets: Vec::new(),
-            store,
             metrics,
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             again: Vec::new(),
@@ -270,7 +272,7 @@ impl Worker {
             write_backlog: VecDeque::new(),
             shutting_down: false,
             pending_auths: VecDeque::new(),
-            auths_left: AUTHS_PER_TURN,
+            pending_reads: VecDeque::new(),
             membership_waiters: std::collections::HashMap::new(),
             next_membership_ticket: 0,
         })
@@ -283,6 +285,7 @@ impl Worker {
         loop {
             let timeout = if !self.again.is_empty()
                 || !self.pending_auths.is_empty()
+                || !self.pending_reads.is_empty()
                 || !self.drained.is_empty()
                 || !self.progressed.is_empty()
                 || !self.linger_again.is_empty()
@@ -311,8 +314,6 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
-            self.auths_left = AUTHS_PER_TURN;
-            self.run_pending_auths(now);
             let again = std::mem::take(&mut self.again);
             for conn in again {
                 self.service_read(conn, now);
@@ -348,7 +349,7 @@ impl Worker {
             self.drain_reads(now);
             self.core.handle_timeout(now);
             self.core.handle_end_of_turn();
-            self.run_actions(now);
+            self.run_actions();
             self.flush_outbox();
             self.flush_writes();
             self.expire_lingering(now);
@@ -435,7 +436,7 @@ impl Worker {
                 tracing::debug!(core = self.id.0, error = %e, "could not register a connection");
                 self.core.handle_closed(conn);
             }
-            self.run_actions(now);
+            self.run_actions();
         }
         // Budget spent: accept_pending stays set, so the loop polls with a zero timeout.
     }
@@ -516,7 +517,7 @@ impl Worker {
                     status
                 }
             };
-            let acted = self.run_actions(now);
+            let acted = self.run_actions();
             let Some(socket) = self.socket(conn) else {
                 return;
             };
@@ -665,7 +666,7 @@ impl Worker {
         let progressed = std::mem::take(&mut self.progressed);
         for conn in progressed {
             self.core.handle_output_progress(conn, now);
-            self.run_actions(now);
+            self.run_actions();
         }
         let drained = std::mem::take(&mut self.drained);
         for conn in drained {
@@ -674,7 +675,7 @@ impl Worker {
             };
             socket.drain_noted = false;
             self.core.handle_drained(conn, now);
-            self.run_actions(now);
+            self.run_actions();
         }
     }
 
@@ -812,40 +813,7 @@ impl Worker {
 
     /// Carries out the core's actions, then writes what they queued. Returns
     /// whether there was any action.
-    /// Looks the token up and reports it to the core.
-    fn authenticate(&mut self, conn: ConnId, token: &str, now: Instant) {
-        let result = match self.store.authenticate(token) {
-            Ok(Some((user, device))) => AuthResult::Valid(user, device),
-            Ok(None) => AuthResult::Invalid,
-            Err(e) => {
-                tracing::error!(core = self.id.0, error = %e, "token lookup failed");
-                AuthResult::StoreUnavailable
-            }
-        };
-        self.core.handle_auth(conn, result, now);
-    }
-
-    /// Token lookups deferred by [`AUTHS_PER_TURN`], oldest first, within
-    /// this turn's budget. An entry whose connection no longer waits for that
-    /// token (it closed, and its id may belong to another connection now) is
-    /// dropped: a lookup is only ever reported for the token it was made for.
-    fn run_pending_auths(&mut self, now: Instant) {
-        while self.auths_left > 0 {
-            let Some((conn, token)) = self.pending_auths.pop_front() else {
-                return;
-            };
-            if !self.core.is_authenticating(conn, &token) {
-                continue;
-            }
-            self.auths_left -= 1;
-            self.authenticate(conn, &token, now);
-            self.run_actions(now);
-            // Frames pipelined behind its Hello wait in the inbound buffer.
-            self.again.push(conn);
-        }
-    }
-
-    fn run_actions(&mut self, now: Instant) -> bool {
+    fn run_actions(&mut self) -> bool {
         let mut acted = false;
         while let Some(action) = self.core.poll_action() {
             acted = true;
@@ -853,12 +821,9 @@ impl Worker {
                 Action::Transmit { conn, frame } => self.transmit(conn, frame),
                 Action::Close { conn } => self.close(conn),
                 Action::Authenticate { conn, token } => {
-                    if self.auths_left == 0 || !self.pending_auths.is_empty() {
-                        // Over this turn's budget: in order, next turn.
-                        self.pending_auths.push_back((conn, token));
-                    } else {
-                        self.auths_left -= 1;
-                        self.authenticate(conn, &token, now);
+                    let epoch = self.core.friends_epoch();
+                    if let Some(failed) = self.reader.authenticate(conn, token, epoch) {
+                        self.take_answer(failed);
                     }
                 }
                 Action::Migrate { conn, to } => self.migrate(conn, to),
@@ -873,8 +838,8 @@ impl Worker {
                     }
                 }
                 Action::Read { ticket, request, .. } => {
-                    if let Some(failed) = self.reader.ask(ticket, request) {
-                        self.failed_reads.push(failed);
+                    if let Some(failed) = self.reader.read(ticket, request) {
+                        self.take_answer(failed);
                     }
                 }
                 Action::ResumeInput { conn } => self.again.push(conn),
@@ -977,17 +942,17 @@ impl Worker {
                         tracing::debug!(core = self.id.0, error = %e, "could not adopt a connection");
                         self.core.handle_closed(conn);
                     }
-                    self.run_actions(now);
+                    self.run_actions();
                     // Frames pipelined behind the Hello wait in the inbound buffer.
                     self.service_read(conn, now);
                 }
                 Command::Core(msgs) => {
                     self.core.handle_core_msgs(msgs, now);
-                    self.run_actions(now);
+                    self.run_actions();
                 }
                 Command::Committed(completions) => {
                     self.core.handle_committed(completions, now);
-                    self.run_actions(now);
+                    self.run_actions();
                 }
                 Command::Membership { change, reply } => {
                     // The core answers by ticket; the channel stays here. At most one
@@ -996,15 +961,15 @@ impl Worker {
                     let ticket = ReplyTicket(self.next_membership_ticket);
                     self.membership_waiters.insert(ticket.0, reply);
                     self.core.handle_membership(change, ticket, now);
-                    self.run_actions(now);
+                    self.run_actions();
                 }
                 Command::CloseDevice { user, device } => {
                     self.core.handle_close_device(user, device);
-                    self.run_actions(now);
+                    self.run_actions();
                 }
                 Command::FriendsChanged { a, b } => {
                     self.core.handle_friends_changed(a, b, now);
-                    self.run_actions(now);
+                    self.run_actions();
                 }
                 Command::PresenceQuery { user, reply } => {
                     // The HTTP worker may have given up waiting; nothing to do then.
@@ -1013,7 +978,7 @@ impl Worker {
                 Command::Shutdown => {
                     self.shutting_down = true;
                     self.core.handle_shutdown();
-                    self.run_actions(now);
+                    self.run_actions();
                 }
             }
         }
@@ -1023,20 +988,46 @@ impl Worker {
         }
     }
 
-    /// Hands the core the answers of its reads that have arrived (at most
-    /// what it has in flight, which it bounds).
+    /// Keeps an answer of the reader for the core, in order with the others of its kind.
+    fn take_answer(&mut self, answer: Answer) {
+        match answer {
+            Answer::Read(ticket, answer) => self.pending_reads.push_back((ticket, answer)),
+            Answer::Auth {
+                conn,
+                token,
+                result,
+                seed,
+            } => self.pending_auths.push_back((conn, token, result, seed)),
+        }
+    }
+
+    /// Hands the core what its reader answered, within this turn's budgets
+    /// ([`AUTHS_PER_TURN`], [`READ_ANSWERS_PER_TURN`]); the rest waits, in
+    /// order, for the next turns. A lookup is reported only for the token it
+    /// was made for: an entry whose connection no longer waits for it (it
+    /// closed, and its id may belong to another connection now) is dropped.
     fn drain_reads(&mut self, now: Instant) {
-        loop {
-            let answer = match self.failed_reads.pop() {
-                Some(answer) => answer,
-                None => match self.reader.answer() {
-                    Some(answer) => answer,
-                    None => return,
-                },
+        while let Some(answer) = self.reader.answer() {
+            self.take_answer(answer);
+        }
+        for _ in 0..AUTHS_PER_TURN {
+            let Some((conn, token, result, seed)) = self.pending_auths.pop_front() else {
+                break;
             };
-            let (ticket, answer) = answer;
+            if !self.core.is_authenticating(conn, &token) {
+                continue;
+            }
+            self.core.handle_auth_seeded(conn, result, seed, now);
+            self.run_actions();
+            // Frames pipelined behind its Hello wait in the inbound buffer.
+            self.again.push(conn);
+        }
+        for _ in 0..READ_ANSWERS_PER_TURN {
+            let Some((ticket, answer)) = self.pending_reads.pop_front() else {
+                break;
+            };
             self.core.handle_read(ticket, answer, now);
-            self.run_actions(now);
+            self.run_actions();
         }
     }
 
