@@ -213,6 +213,10 @@ pub(crate) struct Report {
     /// syncstorm: natterd's longest event-loop turn since its restart, µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) loop_turn_max_us: Option<u64>,
+    /// syncstorm: store reads natterd's event loops made themselves during
+    /// the storm (`natter_loop_store_reads_total`), where natterd exports it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) loop_store_reads: Option<u64>,
 }
 
 impl Report {
@@ -362,6 +366,7 @@ impl Report {
             ("ping_p999_us", self.ping_p999_us),
             ("loop_turns", self.loop_turns),
             ("loop_slow_turns", self.loop_slow_turns),
+            ("loop_store_reads", self.loop_store_reads),
             ("loop_turn_max_us", self.loop_turn_max_us),
         ] {
             if let Some(v) = value {

@@ -41,6 +41,9 @@ pub struct CoreMetrics {
     pub slow_turns: AtomicU64,
     /// The longest turn's work since start, in microseconds.
     pub turn_max_micros: AtomicU64,
+    /// Store reads the loop thread made itself (sync, History and token
+    /// reads run on the core's reader thread and are not counted here).
+    pub loop_store_reads: AtomicU64,
 }
 
 /// A loop turn longer than this counts in `natter_loop_slow_turns_total`:
@@ -203,7 +206,7 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [PerCoreSeries; 14] = [
+        let per_core: [PerCoreSeries; 15] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -275,6 +278,12 @@ impl Metrics {
                 "gauge",
                 "The longest event-loop turn since start, in microseconds",
                 |c| &c.turn_max_micros,
+            ),
+            (
+                "natter_loop_store_reads_total",
+                "counter",
+                "Store reads the event-loop thread made itself (the reader thread's are not counted)",
+                |c| &c.loop_store_reads,
             ),
         ];
         for (name, kind, help, field) in per_core {

@@ -406,3 +406,63 @@ fn read_markers_give_unread_counts_per_user_and_never_move_back() {
     let err = http.mark_read(&w.eve.token, w.dm, 1).unwrap_err();
     assert_eq!(err.http_code(), Some("unknown_chat"), "{err}");
 }
+
+/// Store reads natterd's event loops made themselves, both cores.
+fn loop_store_reads(server: &TestServer) -> f64 {
+    (0..2)
+        .map(|core| {
+            server
+                .metric(&format!("natter_loop_store_reads_total{{core=\"{core}\"}}"))
+                .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+#[test]
+fn connecting_syncing_and_paging_history_make_no_store_read_on_the_event_loops() {
+    let server = start_with(&["--send-rate-limit", "1000000", "--cores", "2"]);
+    let http = server.client();
+    let (alice, bob) = (server.user("alice"), server.user("bob"));
+    befriend(&server, &alice, &bob, "bob");
+    let dm = http.direct_chat(&alice.token, bob.user_id).unwrap();
+    let mut sender = Device::connect(&server, &alice);
+    send_many(&mut sender.conn, dm, 1, 300, 20);
+    let before = loop_store_reads(&server);
+    // Bob's phones connect (token lookup, friend list, friends' last seen),
+    // sync the backlog, and page History back to the start.
+    for device in 0..3 {
+        let login = http.login("bob", PASSWORD, &format!("phone-{device}")).unwrap();
+        let mut phone = Device::connect_sync_first(&server, &login);
+        let heads = phone.sync(&[]);
+        assert_eq!(heads.get(&dm), Some(&300));
+        let mut before_seq = 0;
+        let mut paged = 0;
+        loop {
+            let reply = phone
+                .conn
+                .request(Body::History(History {
+                    chat_id: dm,
+                    before_seq,
+                    limit: 100,
+                }))
+                .unwrap();
+            let Body::HistoryPage(page) = reply.body else {
+                panic!("{reply:?}");
+            };
+            paged += page.messages.len();
+            match page.messages.last() {
+                Some(oldest) if page.has_more => before_seq = oldest.seq,
+                _ => break,
+            }
+        }
+        assert_eq!(paged, 300);
+    }
+    assert_eq!(
+        loop_store_reads(&server),
+        before,
+        "sync, History and session starts read the store off the loop"
+    );
+    // The metric counts: a Send's dedupe look-up is a loop read.
+    send_many(&mut sender.conn, dm, 10_000, 1, 20);
+    assert!(loop_store_reads(&server) > before, "the counter counts");
+}

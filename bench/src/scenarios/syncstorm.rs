@@ -320,6 +320,7 @@ pub(crate) fn run(
         report.loop_turns = Some(a.turns.saturating_sub(b.turns));
         report.loop_slow_turns = Some(a.slow.saturating_sub(b.slow));
         report.loop_turn_max_us = Some(a.max_us);
+        report.loop_store_reads = a.reads.zip(b.reads).map(|(a, b)| a.saturating_sub(b));
     }
     Ok(report)
 }
@@ -329,6 +330,8 @@ struct LoopCounters {
     turns: u64,
     slow: u64,
     max_us: u64,
+    /// Store reads the loops made themselves (`None`: natterd does not say).
+    reads: Option<u64>,
 }
 
 /// Reads the loop counters from `/metrics`; `None` for a natterd without them.
@@ -343,6 +346,7 @@ fn loop_counters(target: &Target) -> Option<LoopCounters> {
         turns: crate::target::metric_sum(&text, "natter_loop_turns_total")? as u64,
         slow: crate::target::metric_sum(&text, "natter_loop_slow_turns_total")? as u64,
         max_us,
+        reads: crate::target::metric_sum(&text, "natter_loop_store_reads_total").map(|r| r as u64),
     })
 }
 

@@ -47,11 +47,11 @@ const ACCEPTS_PER_TURN: usize = 256;
 /// Hellos would otherwise start every session in one turn, during which no
 /// other session on the core is served. The rest wait, in order, for the next
 /// turns (polled at once).
-const AUTHS_PER_TURN: usize = 32;
+const AUTHS_PER_TURN: usize = 16;
 /// Read answers (sync plans and pages, History pages) handed to the core per
 /// loop turn: each page is up to 1,024 messages to encode, so a full pipeline
 /// of answers is spread over turns. The rest wait for the next turns.
-const READ_ANSWERS_PER_TURN: usize = 8;
+const READ_ANSWERS_PER_TURN: usize = 4;
 /// Bytes read from one connection per loop turn before moving on to others.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
 /// Size of the per-core read scratch buffer (one read syscall's worth).
@@ -355,6 +355,10 @@ impl Worker {
             self.expire_lingering(now);
             self.publish_stats();
             self.metrics_core().observe_turn(now.elapsed());
+            let reads = crate::store::take_reads_on_this_thread();
+            self.metrics_core()
+                .loop_store_reads
+                .fetch_add(reads, Ordering::Relaxed);
             if self.shutting_down {
                 break;
             }

@@ -45,6 +45,7 @@
 
 mod chats;
 mod core_reads;
+pub use core_reads::take_reads_on_this_thread;
 mod cursors;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
