@@ -4,7 +4,8 @@
 #   Swift       -> clients/bindings/swift/generated/
 #   Kotlin      -> clients/bindings/kotlin/generated/
 #   TypeScript  -> clients/bindings/typescript/generated/
-#   Python      -> clients/bindings/python/generated/
+#   Python      -> clients/bindings/python/generated/  (--python-typing: the typed output
+#                  imports the classes it refers to; the untyped one does not and fails)
 #                  and its natter/wire/ package vendored into clients/python/src/natter/wire/
 #                  (the Python client imports it from there)
 # `scripts/gen-wire.sh --check` fails when any checked-in copy differs (CI runs it);
@@ -20,7 +21,7 @@ flatc --rust --gen-all -o "$out/rust" "$schema"
 flatc --swift --gen-all -o "$out/swift" "$schema"
 flatc --kotlin --gen-all -o "$out/kotlin" "$schema"
 flatc --ts --gen-all -o "$out/typescript" "$schema"
-flatc --python --gen-all -o "$out/python" "$schema"
+flatc --python --python-typing --gen-all -o "$out/python" "$schema"
 
 # generated output (under $out) -> checked-in directory (under $root)
 pairs=(

@@ -4,6 +4,8 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from typing import Optional
 np = import_numpy()
 
 # Server → client: a request failed, or the connection is being closed.
@@ -12,7 +14,7 @@ class Error(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Error()
         x.Init(buf, n + offset)
@@ -23,7 +25,7 @@ class Error(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Error
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # A stable numeric code (see docs/PROTOCOL.md, `ErrorCode` in natter-wire).
@@ -36,7 +38,7 @@ class Error(object):
 
     # A human-readable explanation; never parse it.
     # Error
-    def Message(self):
+    def Message(self) -> Optional[str]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
             return self._tab.String(o + self._tab.Pos)
@@ -50,32 +52,32 @@ class Error(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
-def ErrorStart(builder):
+def ErrorStart(builder: flatbuffers.Builder):
     builder.StartObject(3)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     ErrorStart(builder)
 
-def ErrorAddCode(builder, code):
+def ErrorAddCode(builder: flatbuffers.Builder, code: int):
     builder.PrependUint16Slot(0, code, 0)
 
-def AddCode(builder, code):
+def AddCode(builder: flatbuffers.Builder, code: int):
     ErrorAddCode(builder, code)
 
-def ErrorAddMessage(builder, message):
+def ErrorAddMessage(builder: flatbuffers.Builder, message: int):
     builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(message), 0)
 
-def AddMessage(builder, message):
+def AddMessage(builder: flatbuffers.Builder, message: int):
     ErrorAddMessage(builder, message)
 
-def ErrorAddRequestId(builder, requestId):
+def ErrorAddRequestId(builder: flatbuffers.Builder, requestId: int):
     builder.PrependUint64Slot(2, requestId, 0)
 
-def AddRequestId(builder, requestId):
+def AddRequestId(builder: flatbuffers.Builder, requestId: int):
     ErrorAddRequestId(builder, requestId)
 
-def ErrorEnd(builder):
+def ErrorEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return ErrorEnd(builder)

@@ -4,6 +4,9 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from flatbuffers.table import Table
+from typing import Optional
 np = import_numpy()
 
 # Every frame on every transport.
@@ -11,7 +14,7 @@ class Frame(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Frame()
         x.Init(buf, n + offset)
@@ -22,7 +25,7 @@ class Frame(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Frame
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Chosen by the client for requests; echoed in the server's answer
@@ -42,41 +45,40 @@ class Frame(object):
         return 0
 
     # Frame
-    def Body(self):
+    def Body(self) -> Optional[flatbuffers.table.Table]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         if o != 0:
-            from flatbuffers.table import Table
             obj = Table(bytearray(), 0)
             self._tab.Union(obj, o)
             return obj
         return None
 
-def FrameStart(builder):
+def FrameStart(builder: flatbuffers.Builder):
     builder.StartObject(3)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     FrameStart(builder)
 
-def FrameAddRequestId(builder, requestId):
+def FrameAddRequestId(builder: flatbuffers.Builder, requestId: int):
     builder.PrependUint64Slot(0, requestId, 0)
 
-def AddRequestId(builder, requestId):
+def AddRequestId(builder: flatbuffers.Builder, requestId: int):
     FrameAddRequestId(builder, requestId)
 
-def FrameAddBodyType(builder, bodyType):
+def FrameAddBodyType(builder: flatbuffers.Builder, bodyType: int):
     builder.PrependUint8Slot(1, bodyType, 0)
 
-def AddBodyType(builder, bodyType):
+def AddBodyType(builder: flatbuffers.Builder, bodyType: int):
     FrameAddBodyType(builder, bodyType)
 
-def FrameAddBody(builder, body):
+def FrameAddBody(builder: flatbuffers.Builder, body: int):
     builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(body), 0)
 
-def AddBody(builder, body):
+def AddBody(builder: flatbuffers.Builder, body: int):
     FrameAddBody(builder, body)
 
-def FrameEnd(builder):
+def FrameEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return FrameEnd(builder)

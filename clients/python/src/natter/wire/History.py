@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Client → server: page back through a chat's history.
@@ -11,7 +12,7 @@ class History(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = History()
         x.Init(buf, n + offset)
@@ -22,7 +23,7 @@ class History(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # History
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # History
@@ -48,32 +49,32 @@ class History(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
-def HistoryStart(builder):
+def HistoryStart(builder: flatbuffers.Builder):
     builder.StartObject(3)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     HistoryStart(builder)
 
-def HistoryAddChatId(builder, chatId):
+def HistoryAddChatId(builder: flatbuffers.Builder, chatId: int):
     builder.PrependUint64Slot(0, chatId, 0)
 
-def AddChatId(builder, chatId):
+def AddChatId(builder: flatbuffers.Builder, chatId: int):
     HistoryAddChatId(builder, chatId)
 
-def HistoryAddBeforeSeq(builder, beforeSeq):
+def HistoryAddBeforeSeq(builder: flatbuffers.Builder, beforeSeq: int):
     builder.PrependUint64Slot(1, beforeSeq, 0)
 
-def AddBeforeSeq(builder, beforeSeq):
+def AddBeforeSeq(builder: flatbuffers.Builder, beforeSeq: int):
     HistoryAddBeforeSeq(builder, beforeSeq)
 
-def HistoryAddLimit(builder, limit):
+def HistoryAddLimit(builder: flatbuffers.Builder, limit: int):
     builder.PrependUint32Slot(2, limit, 0)
 
-def AddLimit(builder, limit):
+def AddLimit(builder: flatbuffers.Builder, limit: int):
     HistoryAddLimit(builder, limit)
 
-def HistoryEnd(builder):
+def HistoryEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return HistoryEnd(builder)

@@ -4,6 +4,9 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from natter.wire.Message import Message
+from typing import Optional
 np = import_numpy()
 
 # Server → client: the answer to History. Messages are newest first.
@@ -11,7 +14,7 @@ class HistoryPage(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = HistoryPage()
         x.Init(buf, n + offset)
@@ -22,7 +25,7 @@ class HistoryPage(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # HistoryPage
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # HistoryPage
@@ -33,7 +36,7 @@ class HistoryPage(object):
         return 0
 
     # HistoryPage
-    def Messages(self, j):
+    def Messages(self, j: int) -> Optional[Message]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
             x = self._tab.Vector(o)
@@ -45,14 +48,14 @@ class HistoryPage(object):
         return None
 
     # HistoryPage
-    def MessagesLength(self):
+    def MessagesLength(self) -> int:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # HistoryPage
-    def MessagesIsNone(self):
+    def MessagesIsNone(self) -> bool:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         return o == 0
 
@@ -64,38 +67,38 @@ class HistoryPage(object):
             return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
         return False
 
-def HistoryPageStart(builder):
+def HistoryPageStart(builder: flatbuffers.Builder):
     builder.StartObject(3)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     HistoryPageStart(builder)
 
-def HistoryPageAddChatId(builder, chatId):
+def HistoryPageAddChatId(builder: flatbuffers.Builder, chatId: int):
     builder.PrependUint64Slot(0, chatId, 0)
 
-def AddChatId(builder, chatId):
+def AddChatId(builder: flatbuffers.Builder, chatId: int):
     HistoryPageAddChatId(builder, chatId)
 
-def HistoryPageAddMessages(builder, messages):
+def HistoryPageAddMessages(builder: flatbuffers.Builder, messages: int):
     builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(messages), 0)
 
-def AddMessages(builder, messages):
+def AddMessages(builder: flatbuffers.Builder, messages: int):
     HistoryPageAddMessages(builder, messages)
 
-def HistoryPageStartMessagesVector(builder, numElems):
+def HistoryPageStartMessagesVector(builder, numElems: int) -> int:
     return builder.StartVector(4, numElems, 4)
 
-def StartMessagesVector(builder, numElems):
+def StartMessagesVector(builder, numElems: int) -> int:
     return HistoryPageStartMessagesVector(builder, numElems)
 
-def HistoryPageAddHasMore(builder, hasMore):
+def HistoryPageAddHasMore(builder: flatbuffers.Builder, hasMore: bool):
     builder.PrependBoolSlot(2, hasMore, 0)
 
-def AddHasMore(builder, hasMore):
+def AddHasMore(builder: flatbuffers.Builder, hasMore: bool):
     HistoryPageAddHasMore(builder, hasMore)
 
-def HistoryPageEnd(builder):
+def HistoryPageEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return HistoryPageEnd(builder)

@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Either direction: keepalive. The peer answers with a Pong carrying `nonce`.
@@ -11,7 +12,7 @@ class Ping(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Ping()
         x.Init(buf, n + offset)
@@ -22,7 +23,7 @@ class Ping(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Ping
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Ping
@@ -32,20 +33,20 @@ class Ping(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
-def PingStart(builder):
+def PingStart(builder: flatbuffers.Builder):
     builder.StartObject(1)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     PingStart(builder)
 
-def PingAddNonce(builder, nonce):
+def PingAddNonce(builder: flatbuffers.Builder, nonce: int):
     builder.PrependUint64Slot(0, nonce, 0)
 
-def AddNonce(builder, nonce):
+def AddNonce(builder: flatbuffers.Builder, nonce: int):
     PingAddNonce(builder, nonce)
 
-def PingEnd(builder):
+def PingEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return PingEnd(builder)

@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Either direction: the answer to a Ping.
@@ -11,7 +12,7 @@ class Pong(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Pong()
         x.Init(buf, n + offset)
@@ -22,7 +23,7 @@ class Pong(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Pong
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Pong
@@ -32,20 +33,20 @@ class Pong(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
-def PongStart(builder):
+def PongStart(builder: flatbuffers.Builder):
     builder.StartObject(1)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     PongStart(builder)
 
-def PongAddNonce(builder, nonce):
+def PongAddNonce(builder: flatbuffers.Builder, nonce: int):
     builder.PrependUint64Slot(0, nonce, 0)
 
-def AddNonce(builder, nonce):
+def AddNonce(builder: flatbuffers.Builder, nonce: int):
     PongAddNonce(builder, nonce)
 
-def PongEnd(builder):
+def PongEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return PongEnd(builder)

@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Server → client: a friend's presence changed (or the snapshot after Welcome).
@@ -11,7 +12,7 @@ class Presence(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Presence()
         x.Init(buf, n + offset)
@@ -22,7 +23,7 @@ class Presence(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Presence
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Presence
@@ -47,32 +48,32 @@ class Presence(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
-def PresenceStart(builder):
+def PresenceStart(builder: flatbuffers.Builder):
     builder.StartObject(3)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     PresenceStart(builder)
 
-def PresenceAddUserId(builder, userId):
+def PresenceAddUserId(builder: flatbuffers.Builder, userId: int):
     builder.PrependUint64Slot(0, userId, 0)
 
-def AddUserId(builder, userId):
+def AddUserId(builder: flatbuffers.Builder, userId: int):
     PresenceAddUserId(builder, userId)
 
-def PresenceAddOnline(builder, online):
+def PresenceAddOnline(builder: flatbuffers.Builder, online: bool):
     builder.PrependBoolSlot(1, online, 0)
 
-def AddOnline(builder, online):
+def AddOnline(builder: flatbuffers.Builder, online: bool):
     PresenceAddOnline(builder, online)
 
-def PresenceAddLastSeenMs(builder, lastSeenMs):
+def PresenceAddLastSeenMs(builder: flatbuffers.Builder, lastSeenMs: int):
     builder.PrependUint64Slot(2, lastSeenMs, 0)
 
-def AddLastSeenMs(builder, lastSeenMs):
+def AddLastSeenMs(builder: flatbuffers.Builder, lastSeenMs: int):
     PresenceAddLastSeenMs(builder, lastSeenMs)
 
-def PresenceEnd(builder):
+def PresenceEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return PresenceEnd(builder)

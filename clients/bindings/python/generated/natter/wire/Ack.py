@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Client → server: this device has received everything up to `seq` in `chat_id`.
@@ -11,7 +12,7 @@ class Ack(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Ack()
         x.Init(buf, n + offset)
@@ -22,7 +23,7 @@ class Ack(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Ack
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Ack
@@ -39,26 +40,26 @@ class Ack(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
-def AckStart(builder):
+def AckStart(builder: flatbuffers.Builder):
     builder.StartObject(2)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     AckStart(builder)
 
-def AckAddChatId(builder, chatId):
+def AckAddChatId(builder: flatbuffers.Builder, chatId: int):
     builder.PrependUint64Slot(0, chatId, 0)
 
-def AddChatId(builder, chatId):
+def AddChatId(builder: flatbuffers.Builder, chatId: int):
     AckAddChatId(builder, chatId)
 
-def AckAddSeq(builder, seq):
+def AckAddSeq(builder: flatbuffers.Builder, seq: int):
     builder.PrependUint64Slot(1, seq, 0)
 
-def AddSeq(builder, seq):
+def AddSeq(builder: flatbuffers.Builder, seq: int):
     AckAddSeq(builder, seq)
 
-def AckEnd(builder):
+def AckEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return AckEnd(builder)

@@ -4,6 +4,8 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from typing import Optional
 np = import_numpy()
 
 # Client → server, first frame of every connection.
@@ -11,7 +13,7 @@ class Hello(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Hello()
         x.Init(buf, n + offset)
@@ -22,12 +24,12 @@ class Hello(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Hello
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # The device token from `POST /v1/login` (64 hex characters).
     # Hello
-    def Token(self):
+    def Token(self) -> Optional[str]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
             return self._tab.String(o + self._tab.Pos)
@@ -35,7 +37,7 @@ class Hello(object):
 
     # Free-form description of the device/app, for logs (at most 128 bytes).
     # Hello
-    def Device(self):
+    def Device(self) -> Optional[str]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(6))
         if o != 0:
             return self._tab.String(o + self._tab.Pos)
@@ -60,38 +62,38 @@ class Hello(object):
             return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
         return False
 
-def HelloStart(builder):
+def HelloStart(builder: flatbuffers.Builder):
     builder.StartObject(4)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     HelloStart(builder)
 
-def HelloAddToken(builder, token):
+def HelloAddToken(builder: flatbuffers.Builder, token: int):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(token), 0)
 
-def AddToken(builder, token):
+def AddToken(builder: flatbuffers.Builder, token: int):
     HelloAddToken(builder, token)
 
-def HelloAddDevice(builder, device):
+def HelloAddDevice(builder: flatbuffers.Builder, device: int):
     builder.PrependUOffsetTRelativeSlot(1, flatbuffers.number_types.UOffsetTFlags.py_type(device), 0)
 
-def AddDevice(builder, device):
+def AddDevice(builder: flatbuffers.Builder, device: int):
     HelloAddDevice(builder, device)
 
-def HelloAddProtocolVersion(builder, protocolVersion):
+def HelloAddProtocolVersion(builder: flatbuffers.Builder, protocolVersion: int):
     builder.PrependUint32Slot(2, protocolVersion, 0)
 
-def AddProtocolVersion(builder, protocolVersion):
+def AddProtocolVersion(builder: flatbuffers.Builder, protocolVersion: int):
     HelloAddProtocolVersion(builder, protocolVersion)
 
-def HelloAddSyncFirst(builder, syncFirst):
+def HelloAddSyncFirst(builder: flatbuffers.Builder, syncFirst: bool):
     builder.PrependBoolSlot(3, syncFirst, 0)
 
-def AddSyncFirst(builder, syncFirst):
+def AddSyncFirst(builder: flatbuffers.Builder, syncFirst: bool):
     HelloAddSyncFirst(builder, syncFirst)
 
-def HelloEnd(builder):
+def HelloEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return HelloEnd(builder)

@@ -4,6 +4,8 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from typing import Optional
 np = import_numpy()
 
 # Server → client: one stored message (live push, sync or history).
@@ -12,7 +14,7 @@ class Message(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Message()
         x.Init(buf, n + offset)
@@ -23,7 +25,7 @@ class Message(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Message
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Message
@@ -62,56 +64,56 @@ class Message(object):
         return 0
 
     # Message
-    def Text(self):
+    def Text(self) -> Optional[str]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
         if o != 0:
             return self._tab.String(o + self._tab.Pos)
         return None
 
-def MessageStart(builder):
+def MessageStart(builder: flatbuffers.Builder):
     builder.StartObject(6)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     MessageStart(builder)
 
-def MessageAddChatId(builder, chatId):
+def MessageAddChatId(builder: flatbuffers.Builder, chatId: int):
     builder.PrependUint64Slot(0, chatId, 0)
 
-def AddChatId(builder, chatId):
+def AddChatId(builder: flatbuffers.Builder, chatId: int):
     MessageAddChatId(builder, chatId)
 
-def MessageAddSeq(builder, seq):
+def MessageAddSeq(builder: flatbuffers.Builder, seq: int):
     builder.PrependUint64Slot(1, seq, 0)
 
-def AddSeq(builder, seq):
+def AddSeq(builder: flatbuffers.Builder, seq: int):
     MessageAddSeq(builder, seq)
 
-def MessageAddSender(builder, sender):
+def MessageAddSender(builder: flatbuffers.Builder, sender: int):
     builder.PrependUint64Slot(2, sender, 0)
 
-def AddSender(builder, sender):
+def AddSender(builder: flatbuffers.Builder, sender: int):
     MessageAddSender(builder, sender)
 
-def MessageAddServerTsMs(builder, serverTsMs):
+def MessageAddServerTsMs(builder: flatbuffers.Builder, serverTsMs: int):
     builder.PrependUint64Slot(3, serverTsMs, 0)
 
-def AddServerTsMs(builder, serverTsMs):
+def AddServerTsMs(builder: flatbuffers.Builder, serverTsMs: int):
     MessageAddServerTsMs(builder, serverTsMs)
 
-def MessageAddClientMsgId(builder, clientMsgId):
+def MessageAddClientMsgId(builder: flatbuffers.Builder, clientMsgId: int):
     builder.PrependUint64Slot(4, clientMsgId, 0)
 
-def AddClientMsgId(builder, clientMsgId):
+def AddClientMsgId(builder: flatbuffers.Builder, clientMsgId: int):
     MessageAddClientMsgId(builder, clientMsgId)
 
-def MessageAddText(builder, text):
+def MessageAddText(builder: flatbuffers.Builder, text: int):
     builder.PrependUOffsetTRelativeSlot(5, flatbuffers.number_types.UOffsetTFlags.py_type(text), 0)
 
-def AddText(builder, text):
+def AddText(builder: flatbuffers.Builder, text: int):
     MessageAddText(builder, text)
 
-def MessageEnd(builder):
+def MessageEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return MessageEnd(builder)

@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Server → client: live pushes to this session have stopped (it fell too far
@@ -12,7 +13,7 @@ class Resync(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Resync()
         x.Init(buf, n + offset)
@@ -23,17 +24,17 @@ class Resync(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Resync
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
-def ResyncStart(builder):
+def ResyncStart(builder: flatbuffers.Builder):
     builder.StartObject(0)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     ResyncStart(builder)
 
-def ResyncEnd(builder):
+def ResyncEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return ResyncEnd(builder)

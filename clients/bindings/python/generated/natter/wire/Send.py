@@ -4,6 +4,8 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from typing import Optional
 np = import_numpy()
 
 # Client → server: store a message in a chat.
@@ -13,7 +15,7 @@ class Send(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Send()
         x.Init(buf, n + offset)
@@ -24,7 +26,7 @@ class Send(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Send
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Send
@@ -43,38 +45,38 @@ class Send(object):
 
     # 1 to 100,000 Unicode scalar values of UTF-8.
     # Send
-    def Text(self):
+    def Text(self) -> Optional[str]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(8))
         if o != 0:
             return self._tab.String(o + self._tab.Pos)
         return None
 
-def SendStart(builder):
+def SendStart(builder: flatbuffers.Builder):
     builder.StartObject(3)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     SendStart(builder)
 
-def SendAddChatId(builder, chatId):
+def SendAddChatId(builder: flatbuffers.Builder, chatId: int):
     builder.PrependUint64Slot(0, chatId, 0)
 
-def AddChatId(builder, chatId):
+def AddChatId(builder: flatbuffers.Builder, chatId: int):
     SendAddChatId(builder, chatId)
 
-def SendAddClientMsgId(builder, clientMsgId):
+def SendAddClientMsgId(builder: flatbuffers.Builder, clientMsgId: int):
     builder.PrependUint64Slot(1, clientMsgId, 0)
 
-def AddClientMsgId(builder, clientMsgId):
+def AddClientMsgId(builder: flatbuffers.Builder, clientMsgId: int):
     SendAddClientMsgId(builder, clientMsgId)
 
-def SendAddText(builder, text):
+def SendAddText(builder: flatbuffers.Builder, text: int):
     builder.PrependUOffsetTRelativeSlot(2, flatbuffers.number_types.UOffsetTFlags.py_type(text), 0)
 
-def AddText(builder, text):
+def AddText(builder: flatbuffers.Builder, text: int):
     SendAddText(builder, text)
 
-def SendEnd(builder):
+def SendEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return SendEnd(builder)

@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Server → client: the Send with this `client_msg_id` is durably stored.
@@ -11,7 +12,7 @@ class SendOk(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = SendOk()
         x.Init(buf, n + offset)
@@ -22,7 +23,7 @@ class SendOk(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # SendOk
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # SendOk
@@ -54,38 +55,38 @@ class SendOk(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
-def SendOkStart(builder):
+def SendOkStart(builder: flatbuffers.Builder):
     builder.StartObject(4)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     SendOkStart(builder)
 
-def SendOkAddClientMsgId(builder, clientMsgId):
+def SendOkAddClientMsgId(builder: flatbuffers.Builder, clientMsgId: int):
     builder.PrependUint64Slot(0, clientMsgId, 0)
 
-def AddClientMsgId(builder, clientMsgId):
+def AddClientMsgId(builder: flatbuffers.Builder, clientMsgId: int):
     SendOkAddClientMsgId(builder, clientMsgId)
 
-def SendOkAddChatId(builder, chatId):
+def SendOkAddChatId(builder: flatbuffers.Builder, chatId: int):
     builder.PrependUint64Slot(1, chatId, 0)
 
-def AddChatId(builder, chatId):
+def AddChatId(builder: flatbuffers.Builder, chatId: int):
     SendOkAddChatId(builder, chatId)
 
-def SendOkAddSeq(builder, seq):
+def SendOkAddSeq(builder: flatbuffers.Builder, seq: int):
     builder.PrependUint64Slot(2, seq, 0)
 
-def AddSeq(builder, seq):
+def AddSeq(builder: flatbuffers.Builder, seq: int):
     SendOkAddSeq(builder, seq)
 
-def SendOkAddServerTsMs(builder, serverTsMs):
+def SendOkAddServerTsMs(builder: flatbuffers.Builder, serverTsMs: int):
     builder.PrependUint64Slot(3, serverTsMs, 0)
 
-def AddServerTsMs(builder, serverTsMs):
+def AddServerTsMs(builder: flatbuffers.Builder, serverTsMs: int):
     SendOkAddServerTsMs(builder, serverTsMs)
 
-def SendOkEnd(builder):
+def SendOkEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return SendOkEnd(builder)

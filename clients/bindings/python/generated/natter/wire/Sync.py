@@ -4,6 +4,9 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from natter.wire.Cursor import Cursor
+from typing import Optional
 np = import_numpy()
 
 # Client → server: send me everything after these cursors, then SyncDone.
@@ -12,7 +15,7 @@ class Sync(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Sync()
         x.Init(buf, n + offset)
@@ -23,11 +26,11 @@ class Sync(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Sync
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Sync
-    def Cursors(self, j):
+    def Cursors(self, j: int) -> Optional[Cursor]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
             x = self._tab.Vector(o)
@@ -38,37 +41,37 @@ class Sync(object):
         return None
 
     # Sync
-    def CursorsLength(self):
+    def CursorsLength(self) -> int:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # Sync
-    def CursorsIsNone(self):
+    def CursorsIsNone(self) -> bool:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         return o == 0
 
-def SyncStart(builder):
+def SyncStart(builder: flatbuffers.Builder):
     builder.StartObject(1)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     SyncStart(builder)
 
-def SyncAddCursors(builder, cursors):
+def SyncAddCursors(builder: flatbuffers.Builder, cursors: int):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(cursors), 0)
 
-def AddCursors(builder, cursors):
+def AddCursors(builder: flatbuffers.Builder, cursors: int):
     SyncAddCursors(builder, cursors)
 
-def SyncStartCursorsVector(builder, numElems):
+def SyncStartCursorsVector(builder, numElems: int) -> int:
     return builder.StartVector(16, numElems, 8)
 
-def StartCursorsVector(builder, numElems):
+def StartCursorsVector(builder, numElems: int) -> int:
     return SyncStartCursorsVector(builder, numElems)
 
-def SyncEnd(builder):
+def SyncEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return SyncEnd(builder)

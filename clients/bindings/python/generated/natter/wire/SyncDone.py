@@ -4,6 +4,9 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
+from natter.wire.Cursor import Cursor
+from typing import Optional
 np = import_numpy()
 
 # Server → client: the sync is complete; `heads` holds each chat's last seq.
@@ -11,7 +14,7 @@ class SyncDone(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = SyncDone()
         x.Init(buf, n + offset)
@@ -22,11 +25,11 @@ class SyncDone(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # SyncDone
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # SyncDone
-    def Heads(self, j):
+    def Heads(self, j: int) -> Optional[Cursor]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
             x = self._tab.Vector(o)
@@ -37,37 +40,37 @@ class SyncDone(object):
         return None
 
     # SyncDone
-    def HeadsLength(self):
+    def HeadsLength(self) -> int:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         if o != 0:
             return self._tab.VectorLen(o)
         return 0
 
     # SyncDone
-    def HeadsIsNone(self):
+    def HeadsIsNone(self) -> bool:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(4))
         return o == 0
 
-def SyncDoneStart(builder):
+def SyncDoneStart(builder: flatbuffers.Builder):
     builder.StartObject(1)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     SyncDoneStart(builder)
 
-def SyncDoneAddHeads(builder, heads):
+def SyncDoneAddHeads(builder: flatbuffers.Builder, heads: int):
     builder.PrependUOffsetTRelativeSlot(0, flatbuffers.number_types.UOffsetTFlags.py_type(heads), 0)
 
-def AddHeads(builder, heads):
+def AddHeads(builder: flatbuffers.Builder, heads: int):
     SyncDoneAddHeads(builder, heads)
 
-def SyncDoneStartHeadsVector(builder, numElems):
+def SyncDoneStartHeadsVector(builder, numElems: int) -> int:
     return builder.StartVector(16, numElems, 8)
 
-def StartHeadsVector(builder, numElems):
+def StartHeadsVector(builder, numElems: int) -> int:
     return SyncDoneStartHeadsVector(builder, numElems)
 
-def SyncDoneEnd(builder):
+def SyncDoneEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return SyncDoneEnd(builder)

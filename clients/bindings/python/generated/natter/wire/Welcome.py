@@ -4,6 +4,7 @@
 
 import flatbuffers
 from flatbuffers.compat import import_numpy
+from typing import Any
 np = import_numpy()
 
 # Server → client, the answer to a valid Hello.
@@ -11,7 +12,7 @@ class Welcome(object):
     __slots__ = ['_tab']
 
     @classmethod
-    def GetRootAs(cls, buf, offset=0):
+    def GetRootAs(cls, buf, offset: int = 0):
         n = flatbuffers.encode.Get(flatbuffers.packer.uoffset, buf, offset)
         x = Welcome()
         x.Init(buf, n + offset)
@@ -22,7 +23,7 @@ class Welcome(object):
         """This method is deprecated. Please switch to GetRootAs."""
         return cls.GetRootAs(buf, offset)
     # Welcome
-    def Init(self, buf, pos):
+    def Init(self, buf: bytes, pos: int):
         self._tab = flatbuffers.table.Table(buf, pos)
 
     # Welcome
@@ -72,50 +73,50 @@ class Welcome(object):
             return self._tab.Get(flatbuffers.number_types.Uint32Flags, o + self._tab.Pos)
         return 0
 
-def WelcomeStart(builder):
+def WelcomeStart(builder: flatbuffers.Builder):
     builder.StartObject(6)
 
-def Start(builder):
+def Start(builder: flatbuffers.Builder):
     WelcomeStart(builder)
 
-def WelcomeAddUserId(builder, userId):
+def WelcomeAddUserId(builder: flatbuffers.Builder, userId: int):
     builder.PrependUint64Slot(0, userId, 0)
 
-def AddUserId(builder, userId):
+def AddUserId(builder: flatbuffers.Builder, userId: int):
     WelcomeAddUserId(builder, userId)
 
-def WelcomeAddDeviceId(builder, deviceId):
+def WelcomeAddDeviceId(builder: flatbuffers.Builder, deviceId: int):
     builder.PrependUint64Slot(1, deviceId, 0)
 
-def AddDeviceId(builder, deviceId):
+def AddDeviceId(builder: flatbuffers.Builder, deviceId: int):
     WelcomeAddDeviceId(builder, deviceId)
 
-def WelcomeAddHeartbeatIntervalMs(builder, heartbeatIntervalMs):
+def WelcomeAddHeartbeatIntervalMs(builder: flatbuffers.Builder, heartbeatIntervalMs: int):
     builder.PrependUint32Slot(2, heartbeatIntervalMs, 0)
 
-def AddHeartbeatIntervalMs(builder, heartbeatIntervalMs):
+def AddHeartbeatIntervalMs(builder: flatbuffers.Builder, heartbeatIntervalMs: int):
     WelcomeAddHeartbeatIntervalMs(builder, heartbeatIntervalMs)
 
-def WelcomeAddServerTimeMs(builder, serverTimeMs):
+def WelcomeAddServerTimeMs(builder: flatbuffers.Builder, serverTimeMs: int):
     builder.PrependUint64Slot(3, serverTimeMs, 0)
 
-def AddServerTimeMs(builder, serverTimeMs):
+def AddServerTimeMs(builder: flatbuffers.Builder, serverTimeMs: int):
     WelcomeAddServerTimeMs(builder, serverTimeMs)
 
-def WelcomeAddProtocolVersion(builder, protocolVersion):
+def WelcomeAddProtocolVersion(builder: flatbuffers.Builder, protocolVersion: int):
     builder.PrependUint32Slot(4, protocolVersion, 0)
 
-def AddProtocolVersion(builder, protocolVersion):
+def AddProtocolVersion(builder: flatbuffers.Builder, protocolVersion: int):
     WelcomeAddProtocolVersion(builder, protocolVersion)
 
-def WelcomeAddMaxFrame(builder, maxFrame):
+def WelcomeAddMaxFrame(builder: flatbuffers.Builder, maxFrame: int):
     builder.PrependUint32Slot(5, maxFrame, 0)
 
-def AddMaxFrame(builder, maxFrame):
+def AddMaxFrame(builder: flatbuffers.Builder, maxFrame: int):
     WelcomeAddMaxFrame(builder, maxFrame)
 
-def WelcomeEnd(builder):
+def WelcomeEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()
 
-def End(builder):
+def End(builder: flatbuffers.Builder) -> int:
     return WelcomeEnd(builder)
