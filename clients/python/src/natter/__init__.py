@@ -54,6 +54,7 @@ __all__ = [
 
 def connect(http: Union[str, HttpClient], token: str, **kwargs) -> Connection:
     """Connects to the ``tcp`` endpoint that ``GET /v1/endpoints`` names on the side-port
-    ``http`` (a base URL or an :class:`HttpClient`); ``kwargs`` go to :class:`Connection`."""
+    ``http`` (a base URL or an :class:`HttpClient`), asked again on every reconnect;
+    ``kwargs`` go to :class:`Connection`."""
     client = http if isinstance(http, HttpClient) else HttpClient(http)
-    return Connection.connect(client.endpoints()["tcp"], token, **kwargs)
+    return Connection.connect(lambda: client.endpoints()["tcp"], token, **kwargs)

@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Deque, Dict, List, Mapping, Optional, Set, Union
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Union
 
 from natter import frames
 from natter.errors import (
@@ -80,7 +80,9 @@ def parse_address(address: str) -> tuple:
 class Connection:
     """A session on natterd's frame port, authenticated with a device token.
 
-    ``address`` is the ``tcp`` endpoint (``"127.0.0.1:7100"``, from ``GET /v1/endpoints``).
+    ``address`` is the ``tcp`` endpoint (``"127.0.0.1:7100"``, from ``GET /v1/endpoints``),
+    or a function returning it, called on every (re)connect -- :func:`natter.connect` passes
+    one that asks the side-port again, so a restarted natterd on new ports is found.
     With ``sync_first`` (the default, what a reconnecting device should do) the server holds
     live pushes back until this connection's first :meth:`sync`. ``ssl_context`` wraps the
     socket in TLS for a TLS endpoint (natterd has none yet: this hook is untested).
@@ -88,7 +90,7 @@ class Connection:
 
     def __init__(
         self,
-        address: str,
+        address: Union[str, Callable[[], str]],
         token: str,
         device: str = "natter-python",
         sync_first: bool = True,
@@ -118,7 +120,7 @@ class Connection:
     # --- lifecycle -----------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, address: str, token: str, **kwargs) -> "Connection":
+    def connect(cls, address: Union[str, Callable[[], str]], token: str, **kwargs) -> "Connection":
         """Connects and completes the handshake; see the class for the arguments.
 
         Raises :class:`ServerError` when natterd refuses the ``Hello`` (``invalid_token``:
@@ -131,14 +133,18 @@ class Connection:
     def open(self) -> Welcome:
         """Opens the socket, sends ``Hello`` and waits for ``Welcome``."""
         self.close()
-        host, port = parse_address(self.address)
+        try:
+            address = self.address() if callable(self.address) else self.address
+            host, port = parse_address(address)
+        except NatterError as e:
+            raise ConnectionClosed(f"cannot find the tcp endpoint: {e}") from None
         try:
             sock = socket.create_connection((host, port), timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
         except OSError as e:
-            raise ConnectionClosed(f"cannot connect to {self.address}: {e}") from None
+            raise ConnectionClosed(f"cannot connect to {address}: {e}") from None
         self._sock = sock
         self._reader = frames.FrameReader()
         self._internal_syncs.clear()
