@@ -56,6 +56,12 @@ _FATAL_CODES = frozenset(
     }
 )
 
+#: Codes with which natterd refuses or ends a session that a new connection may not meet
+#: (after a backoff): a send goes on retrying through them.
+_RECONNECTABLE_CODES = frozenset(
+    {"shutting_down", "heartbeat_timeout", "too_many_connections", "too_many_sessions", "slow_consumer"}
+)
+
 #: What :meth:`Connection.recv` hands out.
 Event = Union[Message, Presence]
 
@@ -124,7 +130,8 @@ class Connection:
         """Connects and completes the handshake; see the class for the arguments.
 
         Raises :class:`ServerError` when natterd refuses the ``Hello`` (``invalid_token``:
-        log in again), :class:`ConnectionClosed` when it cannot be reached.
+        log in again; ``too_many_connections``: later), :class:`ConnectionClosed` when it
+        cannot be reached.
         """
         conn = cls(address, token, **kwargs)
         conn.open()
@@ -151,7 +158,12 @@ class Connection:
         self._user_sync = None
         rid = self._rid()
         self._write(frames.encode_hello(rid, self.token, self.device, self.sync_first))
-        frame = self._wait_answer(rid, self.timeout)
+        try:
+            frame = self._wait_answer(rid, self.timeout)
+        except ConnectionClosed as e:
+            if e.error is not None:
+                raise e.error from None  # the Hello was refused: invalid_token, ...
+            raise
         if not isinstance(frame.body, Welcome):
             self.close()
             raise ProtocolError(f"expected Welcome, got {type(frame.body).__name__}")
@@ -223,8 +235,10 @@ class Connection:
                 self._own(ok)
                 return ok
             except ServerError as e:
-                if not e.retryable:
+                if not (e.retryable or e.name in _RECONNECTABLE_CODES):
                     raise
+                if e.closes_connection:
+                    self.close()
                 last = e
             except ConnectionClosed as e:
                 if e.error is not None and e.error.name in _FATAL_CODES:
@@ -241,7 +255,7 @@ class Connection:
 
         ``cursors`` maps chat ids to the ``seq`` held (``{chat: 0}``: the whole chat);
         ``None`` uses this connection's own cursors, and when it has none, the cursors the
-        server stored for this device from its :meth:`ack`\\ s (else each chat's last 50).
+        server stored for this device from its acks (else each chat's last 50).
         Pushes that arrive meanwhile (chats the sync has finished) wait in :meth:`recv`:
         apply the result's messages first.
         """
@@ -471,7 +485,9 @@ class Connection:
 
     def _heads(self, done: SyncDone) -> None:
         for chat, seq in done.heads.items():
-            if seq > self.cursors.get(chat, 0):
+            # After a sync this device holds each chat up to its head (an empty chat: 0).
+            cur = self.cursors.get(chat)
+            if cur is None or seq > cur:
                 self.cursors[chat] = seq
             ahead = self._ahead.get(chat)
             if ahead:
