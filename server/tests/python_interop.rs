@@ -334,7 +334,7 @@ fn a_python_device_catches_up_by_sync_after_being_offline() {
     let live = bob.cmd(json!({"cmd": "recv_until", "chat_id": chat, "seq": 3}));
     assert_eq!(entries(&live["messages"], chat).len(), 3);
     bob.cmd(json!({"cmd": "ack", "chat_id": chat}));
-    // A ping round trip after the Ack: the server has read it before the disconnect.
+    // A History round trip after the Ack: the server has handled the Ack before the disconnect.
     bob.cmd(json!({"cmd": "history", "chat_id": chat, "limit": 1}));
     bob.cmd(json!({"cmd": "disconnect"}));
 
