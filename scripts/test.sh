@@ -10,3 +10,5 @@ cargo test --locked -j2 --workspace
 # The fuzz corpora and regressions, replayed through the targets' code (needs the feature;
 # this rebuilds natter-server with it, after every test of the production build has run).
 cargo test --locked -j2 -p natter-server --features fuzzing --test fuzz_replay
+# The generated TypeScript bindings type-check against the pinned npm flatbuffers (~10 s).
+scripts/check-ts-bindings.sh
