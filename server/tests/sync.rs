@@ -199,8 +199,11 @@ fn two_devices_catch_up_exactly_once_in_order_with_sends_during_the_sync_and_ind
     phone.receive_until(dm, 1500);
     phone.receive_until(g, 300);
 
-    // The laptop comes online and syncs while Alice keeps sending to both chats.
-    let mut laptop = Device::connect(&w.server, &w.laptop);
+    // The laptop comes online and syncs while Alice keeps sending to both chats
+    // (with `sync_first`, as PROTOCOL.md's reconnect recipe says: without it, a
+    // push sent between its Welcome and its Sync may arrive before the sync's
+    // older messages, which the protocol allows and this test's order forbids).
+    let mut laptop = Device::connect_sync_first(&w.server, &w.laptop);
     let sender = std::thread::spawn(move || {
         send_many(&mut alice.conn, dm, 200_000, 400, 20);
         send_many(&mut alice.conn, g, 300_000, 100, 20);

@@ -501,6 +501,10 @@ impl Core {
         if session.generation != pending.generation {
             return;
         }
+        if !matches!(session.state, State::Active { .. }) {
+            // Closing (an Error and Close went out): nothing more for it.
+            return;
+        }
         match (pending.purpose, answer) {
             (Purpose::History { request_id, chat }, ReadAnswer::History(result)) => {
                 session.reading = false;

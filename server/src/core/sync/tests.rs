@@ -217,6 +217,8 @@ impl Sim {
                 Action::Read { ticket, request, .. } => self.pending_reads.push((ticket, request)),
                 // Its input waits in no buffer here: `input` hands whole frames.
                 Action::ResumeInput { .. } => {}
+                // The driver would close the socket after what is queued.
+                Action::Close { .. } => {}
                 Action::Transmit { conn, frame } => {
                     let mut buf = BytesMut::from(&frame[..]);
                     while let Some(one) = decoder.split(&mut buf).unwrap() {
@@ -1133,4 +1135,34 @@ fn too_much_held_for_one_read_is_a_resync_and_the_next_sync_is_exact() {
     s.sync(phone, &[(chat, 0)]);
     let frames = until_sync_done(&mut s, phone);
     assert_eq!(seqs(&messages(&frames), chat), (1..=n as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_answer_for_a_session_closed_meanwhile_sends_it_nothing() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (chat, _) = s.store.create_dm(alice, bob).unwrap();
+    s.backlog(chat, alice, 1, 3);
+    let phone = s.connect(bob, 1);
+    s.hold_reads = true;
+    s.request(
+        phone,
+        Body::History(History {
+            chat_id: chat.0,
+            before_seq: 0,
+            limit: 10,
+        }),
+    );
+    assert_eq!(s.pending_reads.len(), 1);
+    // The session is closed (a heartbeat timeout) before the answer comes.
+    s.now += Duration::from_secs(120);
+    s.core.handle_timeout(s.now);
+    s.pump();
+    let closing = s.take(phone);
+    assert!(
+        closing.iter().any(|f| matches!(f.body, Body::Error(_))),
+        "{closing:?}"
+    );
+    s.answer_reads();
+    assert!(s.take(phone).is_empty(), "no HistoryPage after its Close");
 }

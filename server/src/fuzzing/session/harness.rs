@@ -220,8 +220,9 @@ pub(super) struct Harness {
     /// Per core: its command queue.
     queues: Vec<VecDeque<Command>>,
     /// Per core: the reads it asked for, oldest first, with the client whose
-    /// session asked. Even tickets are read when asked (the answer waits),
-    /// odd ones when delivered: both ends of a reader thread's latitude.
+    /// session asked. Plans and even tickets are read when asked (the answer
+    /// waits), other odd ones when delivered: both ends of a reader thread's
+    /// latitude.
     reads: Vec<VecDeque<(ReadTicket, usize, PendingRead)>>,
 
     /// The storage writer's queue, in order.
@@ -1067,7 +1068,13 @@ impl Harness {
                     request,
                 } => {
                     let k = self.client_of(core, conn, "Read");
-                    let pending = if ticket.0 % 2 == 0 {
+                    // A sync's plan is read when asked (at the end of the turn that took the
+                    // Sync): the seam check's model of the plan is taken from the committed state
+                    // when the Sync is taken, and nothing commits between the two. Pages and
+                    // History pages are read when asked (even tickets) or when delivered (odd),
+                    // so commits land on both sides of their reads.
+                    let plan = matches!(request, ReadRequest::SyncPlan { .. });
+                    let pending = if plan || ticket.0 % 2 == 0 {
                         PendingRead::Answered(request.run(&*self.store))
                     } else {
                         PendingRead::Asked(request)
@@ -1382,6 +1389,13 @@ impl Harness {
                      (it said sync_first, or was sent Resync)"
                 );
                 c.seam.answered(request_id);
+                // A live push while the latest Sync is armed comes after its plan was applied
+                // (until then the core drops or holds every push): the seam starts there too.
+                if request_id == 0
+                    && let Seam::Armed { request_id: r, .. } = c.seam
+                {
+                    c.seam.answered(r);
+                }
                 // A page of an earlier Sync of this call (Armed, Blind) is superseded: not checked.
                 if !matches!(c.seam, Seam::Armed { .. } | Seam::Blind) {
                     let last = c.pushed.insert(chat, seq);
