@@ -377,10 +377,7 @@ impl Live {
             });
         }
         if !CliError::is_transient(error) {
-            return Err(CliError::from_client(
-                ClientError::Io(std::io::Error::other(error.to_string())),
-                &self.account.server,
-            ));
+            return Err(CliError::Connection(describe(error)));
         }
         let jitter = getrandom::u64().map_or(0, |r| r % 1000);
         // ±25% around the backoff, so restarted clients do not come back in step.
@@ -550,7 +547,6 @@ impl Live {
             return;
         };
         let now = Instant::now();
-        let mut failed = false;
         for (&client_msg_id, out) in self.outbox.iter_mut() {
             if out.request_id != 0 || out.not_before.is_some_and(|t| t > now) {
                 continue;
@@ -564,16 +560,11 @@ impl Live {
                 Ok(request_id) => {
                     out.request_id = request_id;
                     out.not_before = None;
+                    self.last_sent = now;
                 }
-                Err(_) => {
-                    // The read side notices the broken connection next.
-                    failed = true;
-                    break;
-                }
+                // The read side notices the broken connection next.
+                Err(_) => break,
             }
-        }
-        if !failed {
-            self.last_sent = now;
         }
     }
 

@@ -400,3 +400,49 @@ fn tail_survives_a_natterd_restart_without_duplicates_or_gaps() {
         "each message once, in order:\n{screen}"
     );
 }
+
+/// The sum over cores of a `/metrics` counter, e.g. `natter_accepted_total`.
+fn metric_sum(server: &support::Server, name: &str) -> f64 {
+    let text = natter_client::HttpClient::new(&server.url()).metrics().unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn tail_pings_a_server_with_a_short_heartbeat_and_stays_connected() {
+    // Sessions silent for 600 ms are closed; Welcome asks for a frame every 200 ms.
+    let server = support::start_with(&["--heartbeat-timeout", "600ms"]);
+    let bob = User::new();
+    bob.signup(&server, "bob");
+    let tail = bob.spawn_pty(&["tail"]);
+    tail.expect("synced");
+    // About four seconds of heartbeats (Hello, Sync, then a Ping every 200 ms).
+    assert!(support::wait_until(|| metric_sum(
+        &server,
+        "natter_frames_in_total"
+    ) >= 20.0));
+    assert_eq!(
+        metric_sum(&server, "natter_accepted_total"),
+        1.0,
+        "tail never reconnected"
+    );
+    assert!(!tail.screen().contains("reconnecting"), "{}", tail.screen());
+}
+
+#[test]
+fn login_prompts_for_the_password_without_echo() {
+    let server = support::start();
+    let alice = User::new();
+    alice.signup(&server, "alice");
+    alice.ok(&["logout"]);
+    let mut login = alice.spawn_pty(&["--server", &server.url(), "login", "alice"]);
+    login.expect("password for alice: ");
+    login.type_text(&format!("{PASSWORD}\n"));
+    assert!(login.wait().success(), "{}", login.screen());
+    let screen = login.screen();
+    assert!(screen.contains("logged in as alice"), "{screen}");
+    assert!(!screen.contains(PASSWORD), "the password was echoed: {screen}");
+    alice.ok(&["chats"]);
+}

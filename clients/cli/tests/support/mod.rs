@@ -272,7 +272,9 @@ impl Pty {
         cmd.stdin(slave.try_clone().unwrap())
             .stdout(slave.try_clone().unwrap())
             .stderr(slave);
-        let child = cmd.spawn().expect("spawn under pty");
+        let child = cmd
+            .spawn()
+            .expect("spawn under a pty (`setsid` from util-linux is needed)");
         // The parent's copies of the slave close with `cmd`: the reader sees EIO at exit.
         drop(cmd);
         let master = File::from(master);
