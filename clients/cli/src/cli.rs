@@ -74,8 +74,9 @@ pub(crate) enum Command {
     History {
         /// A friend's username, a group's name, or #ID
         chat: String,
-        /// How many messages, counted from the newest
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        /// How many messages, counted from the newest (at most 10,000: 50 pages, what
+        /// natterd serves in one burst)
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// Sync, then print arriving messages and presence changes until interrupted

@@ -24,8 +24,8 @@ const SEND_ATTEMPTS: u32 = 5;
 /// Pause after the first failed send attempt, doubled per attempt.
 const SEND_BACKOFF: Duration = Duration::from_millis(200);
 
-/// Most bytes read from stdin for `send CHAT -`: the longest legal text is 100,000
-/// characters of at most 4 bytes, plus a newline; one byte more proves it too long.
+/// Most bytes `send CHAT -` takes from stdin: the longest legal text is 100,000
+/// characters of at most 4 bytes, plus a `\r\n`. More is refused as too long unread.
 const MAX_STDIN_BYTES: u64 = (MAX_TEXT_CHARS as u64) * 4 + 2;
 
 /// Messages per `History` request (the server's cap).
@@ -265,9 +265,14 @@ fn send_text(words: &[String]) -> Result<String, CliError> {
         let mut bytes = Vec::new();
         std::io::stdin()
             .lock()
-            .take(MAX_STDIN_BYTES)
+            .take(MAX_STDIN_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| CliError::Input(format!("cannot read stdin: {e}")))?;
+        if bytes.len() as u64 > MAX_STDIN_BYTES {
+            return Err(CliError::Usage(format!(
+                "message too long: more than {MAX_STDIN_BYTES} bytes on stdin, at most {MAX_TEXT_CHARS} characters are allowed"
+            )));
+        }
         let mut text =
             String::from_utf8(bytes).map_err(|_| CliError::Input("stdin is not UTF-8 text".into()))?;
         if text.ends_with('\n') {

@@ -214,6 +214,8 @@ pub(crate) enum Event {
 /// One message waiting for its `SendOk`.
 #[derive(Debug)]
 struct Outgoing {
+    /// Random, nonzero, the same on every attempt (the server's dedupe key).
+    client_msg_id: u64,
     chat_id: u64,
     text: String,
     /// The request id of the last attempt on the current connection (0: not sent on it).
@@ -232,7 +234,12 @@ pub(crate) struct Live {
     ack_only: Option<u64>,
     acked: HashMap<u64, u64>,
     last_ack: Instant,
+    /// Messages waiting for their `SendOk`, by the order they were queued (so a resend
+    /// after a reconnect keeps the order they were typed in).
     outbox: BTreeMap<u64, Outgoing>,
+    queued: u64,
+    /// When a failed `Sync` is tried again.
+    resync_at: Option<Instant>,
     sync_request: Option<u64>,
     heartbeat: Duration,
     last_sent: Instant,
@@ -256,6 +263,8 @@ impl Live {
             acked: HashMap::new(),
             last_ack: now,
             outbox: BTreeMap::new(),
+            queued: 0,
+            resync_at: None,
             sync_request: None,
             heartbeat: Duration::from_secs(60),
             last_sent: now,
@@ -284,13 +293,15 @@ impl Live {
     pub(crate) fn send(&mut self, chat_id: u64, text: String) -> Result<(), CliError> {
         let client_msg_id = loop {
             let id = getrandom::u64().map_err(|e| CliError::Input(format!("no random source: {e}")))?;
-            if id != 0 && !self.outbox.contains_key(&id) {
+            if id != 0 && !self.outbox.values().any(|out| out.client_msg_id == id) {
                 break id;
             }
         };
+        self.queued += 1;
         self.outbox.insert(
-            client_msg_id,
+            self.queued,
             Outgoing {
+                client_msg_id,
                 chat_id,
                 text,
                 request_id: 0,
@@ -371,6 +382,7 @@ impl Live {
     fn lost(&mut self, error: &ClientError, events: &mut Vec<Event>) -> Result<(), CliError> {
         self.conn = None;
         self.sync_request = None;
+        self.resync_at = None;
         if CliError::is_revoked(error) {
             return Err(CliError::SessionRevoked {
                 username: self.account.session.username.clone(),
@@ -421,7 +433,12 @@ impl Live {
                 }
             },
             Body::SendOk(ok) => {
-                if let Some(out) = self.outbox.remove(&ok.client_msg_id) {
+                let queued = self
+                    .outbox
+                    .iter()
+                    .find(|(_, out)| out.client_msg_id == ok.client_msg_id)
+                    .map(|(&k, _)| k);
+                if let Some(out) = queued.and_then(|k| self.outbox.remove(&k)) {
                     let message = Message {
                         chat_id: ok.chat_id,
                         seq: ok.seq,
@@ -466,16 +483,18 @@ impl Live {
     ) -> Result<(), ClientError> {
         let code = error.error_code();
         if request_id != 0 && Some(request_id) == self.sync_request {
-            // The store failed mid-sync: sync again from what we hold.
+            // The store failed mid-sync, or syncs came too fast: sync again from what we
+            // hold, after a pause.
             self.sync_request = None;
-            return self.resync();
+            self.resync_at = Some(Instant::now() + SEND_RETRY_DELAY);
+            return Ok(());
         }
         let sending = self
             .outbox
             .iter()
             .find(|(_, out)| request_id != 0 && out.request_id == request_id)
             .map(|(&id, _)| id);
-        if let Some(client_msg_id) = sending {
+        if let Some(queued) = sending {
             let retry = matches!(
                 code,
                 Some(
@@ -486,11 +505,11 @@ impl Live {
                 )
             );
             if retry {
-                if let Some(out) = self.outbox.get_mut(&client_msg_id) {
+                if let Some(out) = self.outbox.get_mut(&queued) {
                     out.request_id = 0;
                     out.not_before = Some(Instant::now() + SEND_RETRY_DELAY);
                 }
-            } else if let Some(out) = self.outbox.remove(&client_msg_id) {
+            } else if let Some(out) = self.outbox.remove(&queued) {
                 events.push(Event::SendRefused {
                     text: out.text,
                     reason: format!(
@@ -511,6 +530,7 @@ impl Live {
 
     /// Sends `Sync` from the cursors held (after a gap, a `Resync`, a failed sync).
     fn resync(&mut self) -> Result<(), ClientError> {
+        self.resync_at = None;
         let cursors = self.cursors.to_sync();
         if let Some(conn) = self.conn.as_mut() {
             self.sync_request = Some(conn.send_body(Body::Sync(Sync { cursors }))?);
@@ -522,6 +542,9 @@ impl Live {
     /// Timers: resend retried sends, `Ack`, `Ping` when idle, give up on a silent peer.
     fn tick(&mut self) -> Result<(), ClientError> {
         self.flush_outbox();
+        if self.resync_at.is_some_and(|at| at <= Instant::now()) && self.sync_request.is_none() {
+            self.resync()?;
+        }
         if self.last_ack.elapsed() >= ACK_INTERVAL {
             self.send_acks()?;
         }
@@ -547,13 +570,13 @@ impl Live {
             return;
         };
         let now = Instant::now();
-        for (&client_msg_id, out) in self.outbox.iter_mut() {
+        for out in self.outbox.values_mut() {
             if out.request_id != 0 || out.not_before.is_some_and(|t| t > now) {
                 continue;
             }
             let send = Body::Send(Send {
                 chat_id: out.chat_id,
-                client_msg_id,
+                client_msg_id: out.client_msg_id,
                 text: out.text.clone(),
             });
             match conn.send_body(send) {

@@ -150,6 +150,7 @@ pub(crate) fn chat(account: &Account, profile: &Profile, chat: &str, last: u64) 
     let mut read_marked = target.read_seq;
     let mut last_mark = Instant::now();
     let mut disconnected = false;
+    let mut presence: HashMap<u64, bool> = HashMap::new();
     loop {
         for event in live.poll(POLL)? {
             match event {
@@ -157,7 +158,10 @@ pub(crate) fn chat(account: &Account, profile: &Profile, chat: &str, last: u64) 
                     names.lookup(account, m.sender, None);
                     println!("{}", format::message_line(&m, None, &names.user(m.sender)));
                 }
-                Event::Presence(p) if members.contains(&p.user_id) => {
+                Event::Presence(p)
+                    if members.contains(&p.user_id)
+                        && presence.insert(p.user_id, p.online) != Some(p.online) =>
+                {
                     let line = format::presence_line(
                         &names.user(p.user_id),
                         p.online,

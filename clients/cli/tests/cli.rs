@@ -210,6 +210,9 @@ fn bad_input_is_refused_with_one_line_and_a_nonzero_exit() {
         let line = one_line_failure(&out);
         assert!(line.contains("too long") && line.contains("100001"), "{line}");
     }
+    // Far more than any legal text on stdin: refused without reading it all.
+    let line = one_line_failure(&alice.run_with_stdin(&["send", "bob", "-"], &vec![b'x'; 1 << 20]));
+    assert!(line.contains("too long"), "{line}");
     // Nothing reached the server: bob has no chat with alice yet (no DM was even opened).
     assert!(bob.ok(&["chats"]).contains("no chats yet"));
     // The longest legal text goes through.
@@ -445,4 +448,35 @@ fn login_prompts_for_the_password_without_echo() {
     assert!(screen.contains("logged in as alice"), "{screen}");
     assert!(!screen.contains(PASSWORD), "the password was echoed: {screen}");
     alice.ok(&["chats"]);
+}
+
+#[test]
+fn chat_sends_lines_typed_while_natterd_is_down_once_and_in_order() {
+    let mut server = support::start();
+    let (alice, bob) = (User::new(), User::new());
+    alice.signup(&server, "alice");
+    bob.signup(&server, "bob");
+    befriend(&alice, "alice", &bob, "bob");
+    let mut chat = alice.spawn_pty(&["chat", "bob"]);
+    chat.expect("Ctrl-D leaves");
+    chat.type_text("one\n");
+    chat.expect("alice: one");
+
+    server.kill9();
+    chat.expect("reconnecting");
+    for text in ["two", "three", "four"] {
+        chat.type_text(&format!("{text}\n"));
+    }
+    server.start_again();
+    chat.expect("reconnected");
+    chat.expect("alice: four");
+    chat.type_text("\x04");
+    assert!(chat.wait().success(), "{}", chat.screen());
+
+    let history = bob.ok(&["history", "alice"]);
+    let texts: Vec<&str> = history
+        .lines()
+        .map(|l| l.split("alice: ").nth(1).unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "two", "three", "four"], "{history}");
 }
