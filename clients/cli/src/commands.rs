@@ -10,7 +10,7 @@ use natter_client::{ClientError, FriendStatus, HttpClient};
 use natter_wire::{Body, History, MAX_TEXT_CHARS, Send};
 
 use crate::error::CliError;
-use crate::format;
+use crate::format::{self, out};
 use crate::live;
 use crate::profile::{Profile, Session};
 use crate::resolve::{Account, FriendKind, Names};
@@ -42,9 +42,10 @@ pub(crate) fn signup(profile: &Profile, server: &str, name: &str, password: &str
     http.signup(name, password)
         .map_err(|e| CliError::from_client(e, server))?;
     let session = login_session(profile, server, &http, name, password)?;
-    println!(
+    out!(
         "signed up and logged in as {} (user {})",
-        session.username, session.user_id
+        session.username,
+        session.user_id
     );
     Ok(())
 }
@@ -53,7 +54,7 @@ pub(crate) fn signup(profile: &Profile, server: &str, name: &str, password: &str
 pub(crate) fn login(profile: &Profile, server: &str, name: &str, password: &str) -> Result<(), CliError> {
     let http = HttpClient::new(server);
     let session = login_session(profile, server, &http, name, password)?;
-    println!("logged in as {} (user {})", session.username, session.user_id);
+    out!("logged in as {} (user {})", session.username, session.user_id);
     Ok(())
 }
 
@@ -92,7 +93,7 @@ pub(crate) fn logout(profile: &Profile, account: &Account) -> Result<(), CliErro
         Err(e) => return Err(CliError::from_client(e, &account.server)),
     }
     profile.clear_session()?;
-    println!("logged out {}", account.session.username);
+    out!("logged out {}", account.session.username);
     Ok(())
 }
 
@@ -101,7 +102,7 @@ pub(crate) fn friends(account: &Account) -> Result<(), CliError> {
     let token = &account.session.token;
     let list = account.http.friends(token).map_err(|e| account.fail(e))?;
     if list.friends.is_empty() && list.incoming.is_empty() && list.outgoing.is_empty() {
-        println!("no friends yet: `natter friends add NAME`");
+        out!("no friends yet: `natter friends add NAME`");
     }
     for friend in &list.friends {
         let state = match account.http.presence(token, friend.user_id) {
@@ -109,16 +110,17 @@ pub(crate) fn friends(account: &Account) -> Result<(), CliError> {
             Ok(p) => format!("offline, {}", format::last_seen(p.last_seen_ms)),
             Err(_) => "presence unknown".to_owned(),
         };
-        println!("{:<32} {state}", friend.username);
+        out!("{:<32} {state}", friend.username);
     }
     for asked in &list.incoming {
-        println!(
+        out!(
             "{:<32} asked to be your friend: `natter friends accept {}`",
-            asked.username, asked.username
+            asked.username,
+            asked.username
         );
     }
     for asked in &list.outgoing {
-        println!("{:<32} request sent, not accepted yet", asked.username);
+        out!("{:<32} request sent, not accepted yet", asked.username);
     }
     Ok(())
 }
@@ -130,8 +132,8 @@ pub(crate) fn friend_add(account: &Account, name: &str) -> Result<(), CliError> 
         .friend_request(&account.session.token, name)
         .map_err(|e| account.fail(e))?;
     match status {
-        FriendStatus::Friends => println!("you and {name} are friends"),
-        _ => println!("friend request sent to {name}"),
+        FriendStatus::Friends => out!("you and {name} are friends"),
+        _ => out!("friend request sent to {name}"),
     }
     Ok(())
 }
@@ -143,7 +145,7 @@ pub(crate) fn friend_accept(account: &Account, name: &str) -> Result<(), CliErro
         .http
         .accept_friend(&account.session.token, user_id)
         .map_err(|e| account.fail(e))?;
-    println!("you and {name} are friends");
+    out!("you and {name} are friends");
     Ok(())
 }
 
@@ -154,7 +156,7 @@ pub(crate) fn friend_remove(account: &Account, name: &str) -> Result<(), CliErro
         .http
         .remove_friend(&account.session.token, user_id)
         .map_err(|e| account.fail(e))?;
-    println!("removed {name}");
+    out!("removed {name}");
     Ok(())
 }
 
@@ -165,7 +167,7 @@ pub(crate) fn dm(account: &Account, name: &str) -> Result<(), CliError> {
         .http
         .direct_chat(&account.session.token, user_id)
         .map_err(|e| account.fail(e))?;
-    println!("#{chat_id} direct chat with {}", name.to_lowercase());
+    out!("#{chat_id} direct chat with {}", name.to_lowercase());
     Ok(())
 }
 
@@ -179,7 +181,7 @@ pub(crate) fn group_create(account: &Account, name: &str, members: &[String]) ->
         .http
         .create_group(&account.session.token, name, &ids)
         .map_err(|e| account.fail(e))?;
-    println!("#{chat_id} group {name} created");
+    out!("#{chat_id} group {name} created");
     Ok(())
 }
 
@@ -191,7 +193,7 @@ pub(crate) fn group_add(account: &Account, group: &str, name: &str) -> Result<()
         .http
         .add_member(&account.session.token, chat.chat_id, user_id)
         .map_err(|e| account.fail(e))?;
-    println!("added {name} to {}", chat.label);
+    out!("added {name} to {}", chat.label);
     Ok(())
 }
 
@@ -214,9 +216,9 @@ pub(crate) fn group_remove(account: &Account, group: &str, name: &str) -> Result
         .remove_member(&account.session.token, chat.chat_id, member.user_id)
         .map_err(|e| account.fail(e))?;
     if member.user_id == account.session.user_id {
-        println!("you left {}", chat.label);
+        out!("you left {}", chat.label);
     } else {
-        println!("removed {name} from {}", chat.label);
+        out!("removed {name} from {}", chat.label);
     }
     Ok(())
 }
@@ -225,10 +227,10 @@ pub(crate) fn group_remove(account: &Account, group: &str, name: &str) -> Result
 pub(crate) fn chats(account: &Account) -> Result<(), CliError> {
     let chats = account.chats()?;
     if chats.is_empty() {
-        println!("no chats yet: `natter dm NAME` or `natter group create NAME MEMBER…`");
+        out!("no chats yet: `natter dm NAME` or `natter group create NAME MEMBER…`");
     }
     for chat in chats {
-        println!(
+        out!(
             "{:<8} {:<6} {:<32} {} unread",
             format!("#{}", chat.chat_id),
             chat.kind,
@@ -307,7 +309,9 @@ pub(crate) fn send(
     let mut pause = SEND_BACKOFF;
     let mut attempt = 1;
     let ok = loop {
-        let result = live::open(account, &device, false).and_then(|(mut conn, _)| {
+        // sync_first: natterd holds live pushes back until a Sync that never comes, so this
+        // short connection is sent nothing it would only skip.
+        let result = live::open(account, &device, true).and_then(|(mut conn, _)| {
             conn.request(Body::Send(Send {
                 chat_id: chat.chat_id,
                 client_msg_id,
@@ -343,7 +347,7 @@ pub(crate) fn send(
             .http
             .mark_read(&account.session.token, chat.chat_id, ok.seq);
     }
-    println!("sent #{} to {}", ok.seq, chat.label);
+    out!("sent #{} to {}", ok.seq, chat.label);
     Ok(())
 }
 
@@ -375,7 +379,8 @@ fn retryable_send(error: &ClientError) -> bool {
 pub(crate) fn history(account: &Account, profile: &Profile, chat: &str, limit: u32) -> Result<(), CliError> {
     let chat = account.resolve_chat(chat)?;
     let device = device_name(profile)?;
-    let (mut conn, _) = live::open(account, &device, false).map_err(|e| account.fail(e))?;
+    // sync_first: no live pushes to skip while paging (see `send`).
+    let (mut conn, _) = live::open(account, &device, true).map_err(|e| account.fail(e))?;
     let mut messages = Vec::new();
     let mut before_seq = 0;
     loop {
@@ -406,13 +411,13 @@ pub(crate) fn history(account: &Account, profile: &Profile, chat: &str, limit: u
     messages.truncate(limit as usize);
     messages.reverse();
     if messages.is_empty() {
-        println!("no messages in {} yet", chat.label);
+        out!("no messages in {} yet", chat.label);
         return Ok(());
     }
     let mut names = Names::new(&account.session);
     names.refresh(account);
     for m in &messages {
-        println!("{}", format::message_line(m, None, &names.user(m.sender)));
+        out!("{}", format::message_line(m, None, &names.user(m.sender)));
     }
     if let Some(newest) = messages.last() {
         let _ = account

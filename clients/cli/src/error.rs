@@ -55,9 +55,12 @@ pub(crate) enum CliError {
         /// What went wrong.
         detail: String,
     },
-    /// Reading the terminal or stdin failed.
+    /// Reading the terminal or stdin (or writing stdout) failed.
     #[error("{0}")]
     Input(String),
+    /// Whoever read stdout went away (`natter tail | head -1`): not an error to report.
+    #[error("stdout closed")]
+    OutputClosed,
 }
 
 impl CliError {

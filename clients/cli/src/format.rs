@@ -5,7 +5,33 @@
 //!   the lines of a multi-line text after the first are indented by four spaces;
 //! * presence: `2026-12-02 14:30:05 * bob is online` / `* bob is offline (last seen …)`.
 
+use std::io::Write;
+
 use natter_wire::Message;
+
+use crate::error::CliError;
+
+/// `println!` for the verbs: writes one line to stdout and returns
+/// [`CliError::OutputClosed`] from the enclosing function when stdout is gone (`natter
+/// tail | head -1`), instead of panicking as `println!` does.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::format::say(&format!($($arg)*))?
+    };
+}
+pub(crate) use out;
+
+/// Writes `line` and a newline to stdout (line-buffered, so a pipe sees each at once).
+///
+/// # Errors
+/// [`CliError::OutputClosed`] when stdout is closed; [`CliError::Input`] for other write errors.
+pub(crate) fn say(line: &str) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => CliError::OutputClosed,
+        _ => CliError::Input(format!("cannot write to stdout: {e}")),
+    })
+}
 
 /// Milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC).
 pub(crate) fn utc(ms: u64) -> String {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::commands::{check_text, device_name};
 use crate::error::CliError;
-use crate::format;
+use crate::format::{self, out};
 use crate::live::{Cursors, Event, Live};
 use crate::profile::Profile;
 use crate::resolve::{Account, FriendKind, Names};
@@ -40,7 +40,7 @@ pub(crate) fn tail(account: &Account, profile: &Profile) -> Result<(), CliError>
                 Event::Message(m) => {
                     names.lookup(account, m.sender, Some(m.chat_id));
                     let chat = names.chat(m.chat_id);
-                    println!("{}", format::message_line(&m, Some(&chat), &names.user(m.sender)));
+                    out!("{}", format::message_line(&m, Some(&chat), &names.user(m.sender)));
                 }
                 Event::Presence(p) => {
                     if presence.insert(p.user_id, p.online) != Some(p.online) {
@@ -51,7 +51,7 @@ pub(crate) fn tail(account: &Account, profile: &Profile) -> Result<(), CliError>
                             p.last_seen_ms,
                             format::now_ms(),
                         );
-                        println!("{line}");
+                        out!("{line}");
                     }
                 }
                 Event::Synced if !synced_once => {
@@ -156,7 +156,7 @@ pub(crate) fn chat(account: &Account, profile: &Profile, chat: &str, last: u64) 
             match event {
                 Event::Message(m) if m.chat_id == target.chat_id => {
                     names.lookup(account, m.sender, None);
-                    println!("{}", format::message_line(&m, None, &names.user(m.sender)));
+                    out!("{}", format::message_line(&m, None, &names.user(m.sender)));
                 }
                 Event::Presence(p)
                     if members.contains(&p.user_id)
@@ -168,7 +168,7 @@ pub(crate) fn chat(account: &Account, profile: &Profile, chat: &str, last: u64) 
                         p.last_seen_ms,
                         format::now_ms(),
                     );
-                    println!("{line}");
+                    out!("{line}");
                 }
                 Event::SendRefused { text, reason } => {
                     let preview: String = text.chars().take(40).collect();

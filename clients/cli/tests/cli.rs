@@ -480,3 +480,41 @@ fn chat_sends_lines_typed_while_natterd_is_down_once_and_in_order() {
         .collect();
     assert_eq!(texts, ["one", "two", "three", "four"], "{history}");
 }
+
+#[test]
+fn tail_into_a_closed_pipe_exits_quietly() {
+    use std::io::BufRead;
+    let server = support::start();
+    let (alice, bob) = (User::new(), User::new());
+    alice.signup(&server, "alice");
+    bob.signup(&server, "bob");
+    befriend(&alice, "alice", &bob, "bob");
+    alice.ok(&["send", "bob", "first"]);
+    // `natter tail | head -1`
+    let mut tail = bob
+        .command(&["tail"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let first = lines
+        .find(|l| l.as_ref().unwrap().contains("alice: "))
+        .unwrap()
+        .unwrap();
+    assert!(first.ends_with("alice: first"), "{first}");
+    drop(lines);
+    // The next line tail writes finds the pipe closed.
+    let mut n = 0;
+    let exited = support::wait_until(|| {
+        n += 1;
+        alice.ok(&["send", "bob", &format!("more {n}")]);
+        tail.try_wait().unwrap().is_some()
+    });
+    assert!(exited, "tail kept running with nobody reading");
+    let out = tail.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
