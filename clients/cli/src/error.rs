@@ -58,6 +58,10 @@ pub(crate) enum CliError {
     /// Reading the terminal or stdin (or writing stdout) failed.
     #[error("{0}")]
     Input(String),
+    /// The user pressed Ctrl-C in `tail` or `chat`: exit 130, as a shell expects, without
+    /// a message.
+    #[error("interrupted")]
+    Interrupted,
     /// Whoever read stdout went away (`natter tail | head -1`): not an error to report.
     #[error("stdout closed")]
     OutputClosed,

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,21 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 /// How often `chat` moves the read marker while messages arrive (an HTTP write each).
 const READ_MARK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A flag set by the first Ctrl-C (SIGINT) or SIGTERM; a second one ends the process
+/// at once with status 130.
+///
+/// # Errors
+/// [`CliError::Input`] if the handlers cannot be installed.
+fn interrupt_flag() -> Result<Arc<AtomicBool>, CliError> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&flag)))
+            .map_err(|e| CliError::Input(format!("cannot handle Ctrl-C: {e}")))?;
+    }
+    Ok(flag)
+}
+
 /// `natter tail`: sync (from the cursors natterd keeps for this profile's device), then
 /// print messages and presence as they come, across reconnects, until interrupted.
 pub(crate) fn tail(account: &Account, profile: &Profile) -> Result<(), CliError> {
@@ -34,7 +51,13 @@ pub(crate) fn tail(account: &Account, profile: &Profile) -> Result<(), CliError>
     let mut live = Live::new(account.clone(), device, Cursors::default(), None);
     let mut synced_once = false;
     let mut disconnected = false;
+    let interrupted = interrupt_flag()?;
     loop {
+        if interrupted.load(Ordering::Relaxed) {
+            // The next tail of this profile resumes after what was printed.
+            live.flush_acks();
+            return Err(CliError::Interrupted);
+        }
         for event in live.poll(POLL)? {
             match event {
                 Event::Message(m) => {
@@ -151,7 +174,17 @@ pub(crate) fn chat(account: &Account, profile: &Profile, chat: &str, last: u64) 
     let mut last_mark = Instant::now();
     let mut disconnected = false;
     let mut presence: HashMap<u64, bool> = HashMap::new();
+    let interrupted = interrupt_flag()?;
     loop {
+        if interrupted.load(Ordering::Relaxed) {
+            live.flush_acks();
+            if let Some(position) = live.position(target.chat_id).filter(|p| *p > read_marked) {
+                let _ = account
+                    .http
+                    .mark_read(&account.session.token, target.chat_id, position);
+            }
+            return Err(CliError::Interrupted);
+        }
         for event in live.poll(POLL)? {
             match event {
                 Event::Message(m) if m.chat_id == target.chat_id => {

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) | Err(CliError::OutputClosed) => ExitCode::SUCCESS,
+        Err(CliError::Interrupted) => ExitCode::from(130),
         Err(e) => {
             let line = e.to_string().replace('\n', " ");
             eprintln!("natter: {line}");

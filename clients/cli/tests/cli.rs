@@ -7,7 +7,6 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 
 use support::{PASSWORD, User, one_line_failure};
 
@@ -281,14 +280,27 @@ fn tail_under_a_pty_shows_messages_and_presence_until_ctrl_c() {
     assert!(chat.wait().success(), "{}", chat.screen());
     tail.expect("* alice is offline (last seen");
 
-    // Ctrl-C on the terminal ends tail.
+    // Ctrl-C on the terminal ends tail (status 130, as for any command a shell interrupts).
     let mut tail = tail;
     tail.type_text("\x03");
     let status = tail.wait();
-    assert_eq!(status.signal(), Some(2), "tail ends on SIGINT: {status:?}");
+    assert_eq!(status.code(), Some(130), "tail ends on Ctrl-C: {status:?}");
     let screen = tail.screen();
     assert_eq!(screen.matches("alice: before tail").count(), 1, "{screen}");
     assert_eq!(screen.matches("alice: while tailing").count(), 1, "{screen}");
+
+    // The next tail of the profile resumes after what the last one printed.
+    alice.ok(&["send", "bob", "between tails"]);
+    let mut again = bob.spawn_pty(&["tail"]);
+    again.expect("synced");
+    again.expect("alice: between tails");
+    again.interrupt();
+    assert_eq!(again.wait().code(), Some(130));
+    let screen = again.screen();
+    assert!(
+        !screen.contains("before tail") && !screen.contains("while tailing"),
+        "{screen}"
+    );
 }
 
 #[test]
