@@ -154,8 +154,10 @@ impl Cursors {
         }
     }
 
-    /// A `SyncDone` head: a chat still without a position starts at its head, and own
-    /// messages held for a chat the sync showed to be complete are released.
+    /// A `SyncDone` head: a chat still without a position starts at its head. A known
+    /// position never moves, even past the head: pushes of a chat the sync has finished
+    /// may arrive before `SyncDone` and be newer than the head it reports
+    /// (docs/PROTOCOL.md, the seam).
     pub(crate) fn head(&mut self, chat: u64, seq: u64) {
         self.held.entry(chat).or_insert(seq);
     }
@@ -666,7 +668,17 @@ mod tests {
         c.head(8, 12);
         assert_eq!(c.position(8), Some(12));
         c.head(7, 99);
-        assert_eq!(c.position(7), Some(41), "a head never moves a known position");
+        assert_eq!(
+            c.position(7),
+            Some(41),
+            "a head ahead does not move a known position"
+        );
+        c.head(7, 3);
+        assert_eq!(
+            c.position(7),
+            Some(41),
+            "nor a head behind (pushes may pass SyncDone)"
+        );
     }
 
     #[test]
