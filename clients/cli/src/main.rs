@@ -36,12 +36,10 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // clap's message is several lines (usage, hint); keep the first, the one that says
-            // what is wrong.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("natter: {first} (see `natter --help`)");
+            eprintln!(
+                "natter: {} (see `natter --help`)",
+                usage_error_line(&e.render().to_string())
+            );
             return ExitCode::from(2);
         }
     };
@@ -53,6 +51,24 @@ fn main() -> ExitCode {
             eprintln!("natter: {line}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// clap's message in one line: its first paragraph (what is wrong, e.g. "the following
+/// required arguments were not provided:" and the names on the lines below), without the
+/// usage and hint paragraphs that follow the first blank line.
+fn usage_error_line(rendered: &str) -> String {
+    let words: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = words.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line).to_owned();
+    if line.is_empty() {
+        "invalid arguments".to_owned()
+    } else {
+        line
     }
 }
 
@@ -113,5 +129,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::History { chat, limit } => commands::history(&account, &profile, &chat, limit),
         Command::Tail => live_commands::tail(&account, &profile),
         Command::Chat { chat, last } => live_commands::chat(&account, &profile, &chat, last),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_error_is_one_line() {
+        let rendered = "error: the following required arguments were not provided:\n  <NAME>\n\nUsage: natter signup <NAME>\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            usage_error_line(rendered),
+            "the following required arguments were not provided: <NAME>"
+        );
+        assert_eq!(usage_error_line(""), "invalid arguments");
     }
 }

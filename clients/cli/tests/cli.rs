@@ -231,6 +231,10 @@ fn bad_input_is_refused_with_one_line_and_a_nonzero_exit() {
         (vec!["friends", "add", "nobody"], "user_not_found"),
         (vec!["group", "create", "g", "nobody"], "not your friend"),
         (vec!["frobnicate"], "unrecognized subcommand"),
+        (
+            vec!["send", "bob"],
+            "required arguments were not provided: <TEXT>",
+        ),
     ] {
         let line = one_line_failure(&alice.run(&args));
         assert!(line.contains(expect), "{args:?}: {line}");
