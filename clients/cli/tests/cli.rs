@@ -240,6 +240,35 @@ fn bad_input_is_refused_with_one_line_and_a_nonzero_exit() {
         assert!(line.contains(expect), "{args:?}: {line}");
     }
 
+    // Signup refusals come with the server's code.
+    let taken = one_line_failure(&User::new().run(&[
+        "--server",
+        &server.url(),
+        "signup",
+        "alice",
+        "--password",
+        PASSWORD,
+    ]));
+    assert!(taken.contains("(username_taken)"), "{taken}");
+    let invalid = one_line_failure(&User::new().run(&[
+        "--server",
+        &server.url(),
+        "signup",
+        "A!",
+        "--password",
+        PASSWORD,
+    ]));
+    assert!(invalid.contains("(invalid_username)"), "{invalid}");
+    let short = one_line_failure(&User::new().run(&[
+        "--server",
+        &server.url(),
+        "signup",
+        "dave",
+        "--password",
+        "short",
+    ]));
+    assert!(short.contains("(invalid_password)"), "{short}");
+
     // Wrong password: refused, and the profile keeps its working session.
     let line = one_line_failure(&alice.run(&["login", "alice", "--password", "wrong password"]));
     assert!(line.contains("wrong username or password"), "{line}");
