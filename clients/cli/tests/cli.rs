@@ -488,7 +488,8 @@ fn login_prompts_for_the_password_without_echo() {
     let mut login = alice.spawn_pty(&["--server", &server.url(), "login", "alice"]);
     login.expect("password for alice: ");
     login.type_text(&format!("{PASSWORD}\n"));
-    assert!(login.wait().success(), "{}", login.screen());
+    let status = login.wait();
+    assert!(status.success(), "{status:?}: {}", login.screen());
     let screen = login.screen();
     assert!(screen.contains("logged in as alice"), "{screen}");
     assert!(!screen.contains(PASSWORD), "the password was echoed: {screen}");

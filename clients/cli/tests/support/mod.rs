@@ -14,6 +14,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -255,6 +256,9 @@ pub struct Pty {
     child: Child,
     master: File,
     screen: Arc<Mutex<String>>,
+    /// Set by the reader once the terminal is closed on the other side (the process and
+    /// everything that held the pty exited): the screen is complete.
+    drained: Arc<AtomicBool>,
 }
 
 impl Pty {
@@ -281,11 +285,17 @@ impl Pty {
         let screen = Arc::new(Mutex::new(String::new()));
         let mut reader = master.try_clone().unwrap();
         let sink = Arc::clone(&screen);
+        let drained = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&drained);
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             loop {
                 match reader.read(&mut buf) {
-                    Ok(0) | Err(_) => return,
+                    // EIO once no process holds the slave side any more.
+                    Ok(0) | Err(_) => {
+                        done.store(true, Ordering::Release);
+                        return;
+                    }
                     Ok(n) => {
                         let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
                         sink.lock().unwrap().push_str(&text);
@@ -297,6 +307,7 @@ impl Pty {
             child,
             master,
             screen,
+            drained,
         }
     }
 
@@ -333,11 +344,14 @@ impl Pty {
         self.expect_count(needle, 1);
     }
 
-    /// Waits for the process to exit (up to [`DEADLINE`]).
+    /// Waits for the process to exit and for everything it wrote to be read (up to
+    /// [`DEADLINE`]).
     pub fn wait(&mut self) -> ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
+                let drained = wait_until(|| self.drained.load(Ordering::Acquire));
+                assert!(drained, "the terminal stayed open after natter exited");
                 return status;
             }
             assert!(
