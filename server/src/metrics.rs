@@ -188,6 +188,8 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// The group-commit writer's counters.
     pub store: StoreMetrics,
+    /// The push thread's counters (`crate::push`).
+    pub push: crate::push::PushMetrics,
 }
 
 impl Metrics {
@@ -197,6 +199,7 @@ impl Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             http: HttpMetrics::default(),
             store: StoreMetrics::default(),
+            push: crate::push::PushMetrics::default(),
         }
     }
 
@@ -305,6 +308,7 @@ impl Metrics {
             self.http.other.load(Ordering::Relaxed)
         );
         self.store.render(&mut out);
+        self.push.render(&mut out);
         if let Some(rss) = resident_memory_bytes() {
             let name = "process_resident_memory_bytes";
             let _ = writeln!(

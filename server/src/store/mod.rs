@@ -50,6 +50,7 @@ mod cursors;
 pub(crate) mod fuzz_hooks;
 mod keys;
 mod presence;
+mod push;
 mod records;
 pub mod writer;
 
@@ -66,6 +67,7 @@ pub use crate::core::MAX_GROUP_MEMBERS;
 use crate::ids::{DeviceId, UserId};
 pub use chats::ChatInfo;
 use keys::FriendState;
+pub use push::{OwedAtStart, PushFormat, Pusher};
 pub use records::{ChatKind, DeviceRecord, StoredMessage, UserRecord};
 
 /// Most accepted friends a user has. A user's friend list is loaded whole by
@@ -224,6 +226,9 @@ pub struct Store {
     last_seen: Keyspace,
     cursors: Keyspace,
     read_markers: Keyspace,
+    /// Pushers and push watermarks (`push.rs`).
+    pushers: Keyspace,
+    push_marks: Keyspace,
     /// Serialises account writes and chat creation (never taken by reads, nor
     /// by the group-commit writer).
     writer: Mutex<Counters>,
@@ -265,6 +270,8 @@ impl Store {
             last_seen: ks(keys::LAST_SEEN)?,
             cursors: ks(keys::CURSORS)?,
             read_markers: ks(keys::READ_MARKERS)?,
+            pushers: ks(push::PUSHERS)?,
+            push_marks: ks(push::PUSH_MARKS)?,
             db,
             writer: Mutex::new(Counters {
                 next_user: 1,
@@ -437,6 +444,8 @@ impl Store {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.remove(&self.tokens, hash);
         batch.remove(&self.devices, keys::pair(user, device));
+        // A logged-out device gets no more notifications (push.rs).
+        batch.remove(&self.pushers, keys::pair(user, device));
         self.commit(batch, "logout");
         Ok(Some((UserId(user), DeviceId(device))))
     }
