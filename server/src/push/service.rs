@@ -507,12 +507,22 @@ impl PushThread {
             .or_insert((now - FAILURE_LOG_INTERVAL * 2, 0));
         entry.1 += 1;
         if now.saturating_duration_since(entry.0) >= FAILURE_LOG_INTERVAL {
-            tracing::warn!(
-                class = class.as_str(),
-                gateway = host_of(&job.gateway_url),
-                failures = entry.1,
-                "push gateway attempt failed (class refused: a 4xx, dropped; others: retried with backoff)"
-            );
+            let (class, gateway, failures) = (class.as_str(), host_of(&job.gateway_url), entry.1);
+            if class == "refused" {
+                tracing::warn!(
+                    class,
+                    gateway,
+                    failures,
+                    "push gateway refused notifications (4xx); dropped"
+                );
+            } else {
+                tracing::warn!(
+                    class,
+                    gateway,
+                    failures,
+                    "push gateway attempts failed; retrying with backoff"
+                );
+            }
             *entry = (now, 0);
         }
     }
