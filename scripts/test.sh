@@ -10,3 +10,6 @@ cargo test --locked -j2 --workspace
 # The fuzz corpora and regressions, replayed through the targets' code (needs the feature;
 # this rebuilds natter-server with it, after every test of the production build has run).
 cargo test --locked -j2 -p natter-server --features fuzzing --test fuzz_replay
+# The side-port against its OpenAPI description (docs/openapi.json), short mode
+# (scripts/schemathesis.sh --full for many more examples).
+scripts/schemathesis.sh
