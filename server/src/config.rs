@@ -112,7 +112,7 @@ pub struct Flags {
     #[arg(long)]
     pub user_write_rate_limit: Option<u32>,
     /// Push gateway notify URL used for pushers that name none, e.g.
-    /// "https://push.example.com/_matrix/push/v1/notify" [default: none].
+    /// "http://sygnal.internal:5000/_matrix/push/v1/notify" (plain HTTP: no TLS yet) [default: none].
     #[arg(long)]
     pub push_gateway: Option<String>,
     /// Comma-separated hosts (`host` or `host:port`) a pusher's own gateway_url

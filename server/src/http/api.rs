@@ -728,13 +728,15 @@ impl Api {
         let (true, true, Some(format)) = (app_ok, key_ok, format) else {
             return Err(HttpError::InvalidPusher.into());
         };
-        let gateway_url = check_gateway_url(&self.push_config, body.gateway_url.as_deref()).map_err(|e| {
-            Response::from(match e {
-                GatewayUrlError::NotAllowed => HttpError::GatewayNotAllowed,
-                GatewayUrlError::NoDefault => HttpError::NoPushGateway,
-                _ => HttpError::InvalidGatewayUrl,
-            })
-        })?;
+        let gateway_url =
+            check_gateway_url(&self.push_config, body.gateway_url.as_deref()).map_err(|e| match e {
+                GatewayUrlError::NotAllowed => HttpError::GatewayNotAllowed.into(),
+                GatewayUrlError::NoDefault => HttpError::NoPushGateway.into(),
+                GatewayUrlError::HttpsNotBuilt => {
+                    Response::error_with(HttpError::InvalidGatewayUrl, &e.to_string())
+                }
+                _ => HttpError::InvalidGatewayUrl.into(),
+            })?;
         let existed = self.store.pusher(user, device).map_err(store_error)?.is_some();
         let pusher = Pusher {
             user,

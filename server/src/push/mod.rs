@@ -45,8 +45,8 @@ pub use gateway::{Client, FailureClass, Job, NOTIFY_PATH, Notification, Outcome,
 pub use metrics::{LATENCY_SECONDS_BUCKETS, PushMetrics};
 pub use schedule::{Due, MAX_RATE_BUCKETS, ScheduleConfig, Scheduler};
 pub use service::{
-    BUSY_RETRY, DUE_PER_TURN, EVENTS_PER_TURN, FAILURE_LOG_INTERVAL, JOBS_PER_SENDER, LIVENESS_DEADLINE,
-    MAX_CACHED_CHATS, PushService, start,
+    BUSY_RETRY, DUE_PER_TURN, EVENT_BATCH_WINDOW, EVENTS_PER_TURN, FAILURE_LOG_INTERVAL, JOBS_PER_SENDER,
+    LIVENESS_DEADLINE, MARK_FLUSH_INTERVAL, MAX_CACHED_CHATS, MAX_PENDING_MARKS, PushService, start,
 };
 
 use crate::ids::{ChatId, DeviceId, Seq, UserId};
@@ -139,9 +139,15 @@ impl Default for PushConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayUrlError {
-    /// Caller error: not `http(s)://host[:port]/_matrix/push/v1/notify`.
-    #[error("a gateway URL is http(s)://host[:port]{NOTIFY_PATH}")]
+    /// Caller error: not `http://host[:port]/_matrix/push/v1/notify`.
+    #[error("a gateway URL is http://host[:port]{NOTIFY_PATH}")]
     Malformed,
+    /// Not built: the push client has no TLS yet, so an `https://` gateway
+    /// cannot be reached (refused up front rather than failing every attempt).
+    /// Run the gateway (e.g. Sygnal) where natterd reaches it over plain HTTP
+    /// on a trusted network.
+    #[error("https gateways are not supported by this build (the push client has no TLS yet)")]
+    HttpsNotBuilt,
     /// Refused by policy: the host is not on `--push-gateway-allow`.
     #[error("that gateway host is not allowed on this server")]
     NotAllowed,
@@ -152,10 +158,10 @@ pub enum GatewayUrlError {
 
 /// The host and `host:port` of a well-formed notify URL.
 fn url_host(url: &str) -> Result<(String, String), GatewayUrlError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or(GatewayUrlError::Malformed)?;
+    if url.starts_with("https://") {
+        return Err(GatewayUrlError::HttpsNotBuilt);
+    }
+    let rest = url.strip_prefix("http://").ok_or(GatewayUrlError::Malformed)?;
     let (authority, path) = rest.split_at(rest.find('/').ok_or(GatewayUrlError::Malformed)?);
     if path != NOTIFY_PATH
         || authority.is_empty()
@@ -333,8 +339,16 @@ mod tests {
             check_gateway_url(&config, None).unwrap(),
             "http://push.example:8080/_matrix/push/v1/notify"
         );
-        assert!(check("https://sygnal.example/_matrix/push/v1/notify").is_ok());
-        assert!(check("https://SYGNAL.example:8443/_matrix/push/v1/notify").is_ok());
+        assert!(check("http://sygnal.example/_matrix/push/v1/notify").is_ok());
+        assert!(check("http://SYGNAL.example:8443/_matrix/push/v1/notify").is_ok());
+        assert!(
+            check("http://[::1]:9000/_matrix/push/v1/notify").is_err(),
+            "not on the list"
+        );
+        assert_eq!(
+            check("https://sygnal.example/_matrix/push/v1/notify"),
+            Err(GatewayUrlError::HttpsNotBuilt)
+        );
         assert!(check("http://127.0.0.1:9000/_matrix/push/v1/notify").is_ok());
         assert!(check("http://push.example:8080/_matrix/push/v1/notify").is_ok());
         assert_eq!(
@@ -347,12 +361,13 @@ mod tests {
         );
         for bad in [
             "ftp://sygnal.example/_matrix/push/v1/notify",
-            "https://sygnal.example/other",
-            "https://sygnal.example",
-            "https://user@sygnal.example/_matrix/push/v1/notify",
-            "https://sygnal.example:x/_matrix/push/v1/notify",
-            "https:///_matrix/push/v1/notify",
-            "https://sygnal.example/_matrix/push/v1/notify?x=1",
+            "http://sygnal.example/other",
+            "http://sygnal.example",
+            "http://user@sygnal.example/_matrix/push/v1/notify",
+            "http://sygnal.example:x/_matrix/push/v1/notify",
+            "http:///_matrix/push/v1/notify",
+            "http://sygnal.example/_matrix/push/v1/notify?x=1",
+            "http://[::1]x/_matrix/push/v1/notify",
         ] {
             assert_eq!(check(bad), Err(GatewayUrlError::Malformed), "{bad}");
         }
