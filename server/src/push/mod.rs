@@ -115,7 +115,9 @@ pub struct PushConfig {
     pub text_max: usize,
     /// `--push-rate-limit`: notifications per user per minute.
     pub rate_per_minute: u32,
-    /// Gateway sender threads (each blocks on one request at a time).
+    /// Gateway sender threads (each blocks on one request at a time, on its
+    /// own kept-alive connection): 16, as a gateway round trip is mostly
+    /// waiting for the gateway.
     pub senders: usize,
 }
 
@@ -130,7 +132,7 @@ impl Default for PushConfig {
             timeout: DEFAULT_TIMEOUT,
             text_max: DEFAULT_TEXT_MAX,
             rate_per_minute: DEFAULT_RATE_LIMIT,
-            senders: 8,
+            senders: 16,
         }
     }
 }

@@ -101,7 +101,11 @@ pub fn start(
     let senders = config.senders.max(1);
     let (jobs_tx, jobs) = crossbeam_channel::bounded::<Job>(senders * JOBS_PER_SENDER);
     let (results_tx, results) = crossbeam_channel::unbounded();
-    let client = Client::new(config.timeout.min(Duration::from_secs(5)), config.timeout);
+    let client = Client::new(
+        config.timeout.min(Duration::from_secs(5)),
+        config.timeout,
+        senders * 2,
+    );
     for i in 0..senders {
         let (jobs, results_tx, client, metrics) =
             (jobs.clone(), results_tx.clone(), client.clone(), metrics.clone());
@@ -462,6 +466,8 @@ impl PushThread {
             }
         }
         let now = Instant::now();
+        // The newest message of each chat, read once per turn for all its devices.
+        let mut newest: HashMap<(ChatId, Seq), Option<crate::store::StoredMessage>> = HashMap::new();
         for (d, live) in due.iter().zip(live) {
             match live {
                 None => self.scheduler.handle_later(d.device, d.chat, now, BUSY_RETRY),
@@ -470,18 +476,26 @@ impl PushThread {
                     self.marks.push((d.device, d.chat, d.seq));
                     self.scheduler.handle_live(d.device, d.chat, now);
                 }
-                Some(false) => self.dispatch(d.user, d.device, d.chat, d.seq, now),
+                Some(false) => self.dispatch(d.user, d.device, d.chat, d.seq, now, &mut newest),
             }
         }
     }
 
     /// Builds the notification for `device` and queues it for a sender.
-    fn dispatch(&mut self, user: UserId, device: DeviceId, chat: ChatId, seq: Seq, now: Instant) {
+    fn dispatch(
+        &mut self,
+        user: UserId,
+        device: DeviceId,
+        chat: ChatId,
+        seq: Seq,
+        now: Instant,
+        newest: &mut HashMap<(ChatId, Seq), Option<crate::store::StoredMessage>>,
+    ) {
         let Some(pusher) = self.pusher(user, device).cloned() else {
             self.scheduler.handle_dropped(device, chat);
             return;
         };
-        let job = match self.build_job(&pusher, chat, seq) {
+        let job = match self.build_job(&pusher, chat, seq, newest) {
             Ok(Some(job)) => job,
             Ok(None) => {
                 // Read meanwhile: nothing is owed any more.
@@ -503,13 +517,30 @@ impl PushThread {
         }
     }
 
-    fn build_job(&self, pusher: &Pusher, chat: ChatId, seq: Seq) -> Result<Option<Job>, StoreError> {
+    fn build_job(
+        &self,
+        pusher: &Pusher,
+        chat: ChatId,
+        seq: Seq,
+        newest: &mut HashMap<(ChatId, Seq), Option<crate::store::StoredMessage>>,
+    ) -> Result<Option<Job>, StoreError> {
         let (chat_unread, total_unread) = self.store.unread_counts(pusher.user, chat)?;
         if chat_unread == 0 {
             return Ok(None);
         }
-        let newest = self.store.messages(chat, Seq(seq.0.saturating_sub(1)), 1)?;
-        let Some(message) = newest.into_iter().next() else {
+        let message = match newest.get(&(chat, seq)) {
+            Some(m) => m.clone(),
+            None => {
+                let m = self
+                    .store
+                    .messages(chat, Seq(seq.0.saturating_sub(1)), 1)?
+                    .into_iter()
+                    .next();
+                newest.insert((chat, seq), m.clone());
+                m
+            }
+        };
+        let Some(message) = message else {
             return Ok(None);
         };
         let with_text = pusher.format == PushFormat::WithText;
