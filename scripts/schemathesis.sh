@@ -47,11 +47,21 @@ done
 http=$(sed -n 's/^NATTERD_READY //p' "$work/out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["http"])')
 base="http://$http"
 
-# One account with a token for the authenticated operations.
-post() { curl -sS -X POST -H 'Content-Type: application/json' -d "$2" "$base$1"; }
-post /v1/signup '{"username":"schemathesis","password":"correct horse battery"}' >/dev/null
-token=$(post /v1/login '{"username":"schemathesis","password":"correct horse battery","device_name":"st"}' \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+# One account with a token for the authenticated operations (python3's
+# standard library: no curl needed).
+token=$(python3 - "$base" <<'PY'
+import json, sys, urllib.request
+base = sys.argv[1]
+def post(path, body):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+account = {"username": "schemathesis", "password": "correct horse battery"}
+post("/v1/signup", account)
+print(post("/v1/login", dict(account, device_name="st"))["token"])
+PY
+)
 
 checks=not_a_server_error,status_code_conformance,content_type_conformance
 checks+=,response_headers_conformance,response_schema_conformance,negative_data_rejection
