@@ -3,7 +3,8 @@
 //! coalesced notification for a burst, with the right counts; an online device
 //! gets none; 500s and a hang are retried until delivered; a rejected pushkey
 //! stops being used; kill -9 between the commit and the push still delivers
-//! after the restart; a read marker cancels what is owed; pushers only for
+//! after the restart; a read marker cancels what is owed and lowers the badge
+//! of a device already notified; pushers only for
 //! the caller's own devices, gateways only from the allow-list.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -338,6 +339,40 @@ fn a_read_marker_cancels_what_is_owed() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].seq(), 3);
     assert_eq!(got[0].body["notification"]["counts"]["unread"], 1);
+}
+
+#[test]
+fn reading_after_a_notification_lowers_the_badge() {
+    let gateway = Gateway::start();
+    let server = server(&gateway, &[]);
+    let http = Http::new(&server);
+    let w = world(&server, &http);
+    send(&server, &w.alice, w.chat, 1, 2);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 1));
+    assert_eq!(gateway.received()[0].body["notification"]["counts"]["unread"], 2);
+    // bob reads on another device: the phone's badge goes down to 0.
+    server.client().mark_read(&w.bob.token, w.chat, 2).unwrap();
+    assert!(wait_until(DEADLINE, || gateway.count() >= 2));
+    assert!(wait_until(DEADLINE, || metric(
+        &server,
+        "natter_push_queue_depth"
+    ) == 0.0));
+    let got = gateway.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let badge = &got[1].body["notification"];
+    assert_eq!(badge["counts"]["unread"], 0);
+    assert_eq!(badge["devices"][0]["data"]["badge_only"], true);
+    assert!(
+        badge.get("event_id").is_none(),
+        "no message in a badge update: {badge}"
+    );
+    // Reading again changes nothing more.
+    server.client().mark_read(&w.bob.token, w.chat, 2).unwrap();
+    send(&server, &w.alice, w.chat, 3, 1);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 3));
+    let got = gateway.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2].seq(), 3);
 }
 
 #[test]

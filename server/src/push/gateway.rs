@@ -40,6 +40,8 @@ pub struct Job {
     pub pushkey: String,
     /// The JSON body.
     pub body: String,
+    /// A counts-only update (no message).
+    pub badge_only: bool,
 }
 
 /// What one attempt came to.
@@ -143,6 +145,36 @@ pub fn body(
         }
     }
     json!({ "notification": notification }).to_string()
+}
+
+/// The JSON body of a counts-only notification: the chat was read after a
+/// notification was shown, so the badge (`counts.unread`) goes down. No
+/// `event_id`, as the spec has it for badge updates; `data.badge_only` says so.
+pub fn badge_body(
+    chat: ChatId,
+    chat_unread: u64,
+    total_unread: u64,
+    app_id: &str,
+    pushkey: &str,
+    pushkey_ts_s: u64,
+    format: PushFormat,
+) -> String {
+    json!({"notification": {
+        "prio": "low",
+        "counts": {"unread": total_unread},
+        "devices": [{
+            "app_id": app_id,
+            "pushkey": pushkey,
+            "pushkey_ts": pushkey_ts_s,
+            "data": {
+                "format": format.as_str(),
+                "chat_id": chat.0,
+                "chat_unread": chat_unread,
+                "badge_only": true,
+            },
+        }],
+    }})
+    .to_string()
 }
 
 /// The blocking HTTP client shared by the sender threads (keep-alive pool).

@@ -41,12 +41,13 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 
-pub use gateway::{Client, FailureClass, Job, NOTIFY_PATH, Notification, Outcome, body};
+pub use gateway::{Client, FailureClass, Job, NOTIFY_PATH, Notification, Outcome, badge_body, body};
 pub use metrics::{LATENCY_SECONDS_BUCKETS, PushMetrics};
 pub use schedule::{Due, MAX_RATE_BUCKETS, ScheduleConfig, Scheduler};
 pub use service::{
     BUSY_RETRY, DUE_PER_TURN, EVENT_BATCH_WINDOW, EVENTS_PER_TURN, FAILURE_LOG_INTERVAL, JOBS_PER_SENDER,
-    LIVENESS_DEADLINE, MARK_FLUSH_INTERVAL, MAX_CACHED_CHATS, MAX_PENDING_MARKS, PushService, start,
+    LIVENESS_DEADLINE, MARK_FLUSH_INTERVAL, MAX_CACHED_CHATS, MAX_NOTIFIED, MAX_PENDING_MARKS, PushService,
+    start,
 };
 
 use crate::ids::{ChatId, DeviceId, Seq, UserId};

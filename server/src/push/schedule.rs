@@ -56,6 +56,9 @@ pub struct Due {
     pub seq: Seq,
     /// Attempts made before this one (0 for the first).
     pub attempts: u32,
+    /// Only the counts changed (the chat was read after a notification was
+    /// shown): a badge update without a message.
+    pub badge_only: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +69,8 @@ struct Entry {
     attempts: u32,
     /// The seq handed to the driver, while an attempt is in flight.
     in_flight: Option<Seq>,
+    /// A badge update only (no message owed): see [`Scheduler::owe_badge`].
+    badge_only: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,7 +128,10 @@ impl Scheduler {
     pub fn owe(&mut self, user: UserId, device: DeviceId, chat: ChatId, seq: Seq, now: Instant) -> bool {
         if let Some(entry) = self.owed.get_mut(&(device, chat)) {
             entry.seq = entry.seq.max(seq);
-            return true;
+            // A message now: it carries the new counts as well.
+            let joined = !entry.badge_only;
+            entry.badge_only = false;
+            return joined;
         }
         if self.owed.len() >= self.config.max_owed {
             self.overflowed = true;
@@ -141,10 +149,37 @@ impl Scheduler {
                 due,
                 attempts: 0,
                 in_flight: None,
+                badge_only: false,
             },
         );
         self.timers.insert((due, device, chat));
         false
+    }
+
+    /// `device` was shown a notification for `chat` and the chat has been read
+    /// since (up to `seq`): its badge is stale. Owes a counts-only update,
+    /// unless something is owed for the chat already (it will carry the counts).
+    /// Coalesced and rate-limited like any notification.
+    pub fn owe_badge(&mut self, user: UserId, device: DeviceId, chat: ChatId, seq: Seq, now: Instant) {
+        if self.owed.contains_key(&(device, chat)) || self.owed.len() >= self.config.max_owed {
+            return;
+        }
+        let mut due = now + self.config.settle;
+        if let Some(sent) = self.last_sent.get(&(device, chat)) {
+            due = due.max(*sent + self.config.coalesce);
+        }
+        self.owed.insert(
+            (device, chat),
+            Entry {
+                user,
+                seq,
+                due,
+                attempts: 0,
+                in_flight: None,
+                badge_only: true,
+            },
+        );
+        self.timers.insert((due, device, chat));
     }
 
     /// The device has seen `chat` up to `seq` (a read marker, an Ack, its own
@@ -152,7 +187,8 @@ impl Scheduler {
     /// entry was dropped. An attempt in flight is not recalled.
     pub fn cancel(&mut self, device: DeviceId, chat: ChatId, seq: Seq) -> bool {
         match self.owed.get(&(device, chat)) {
-            Some(entry) if entry.in_flight.is_none() && entry.seq <= seq => {
+            // A badge update stays: reading more only lowers the counts it will carry.
+            Some(entry) if entry.in_flight.is_none() && entry.seq <= seq && !entry.badge_only => {
                 self.timers.remove(&(entry.due, device, chat));
                 self.owed.remove(&(device, chat));
                 true
@@ -223,6 +259,7 @@ impl Scheduler {
                 chat,
                 seq: entry.seq,
                 attempts: entry.attempts,
+                badge_only: entry.badge_only,
             });
         }
         out
@@ -430,6 +467,25 @@ mod tests {
         assert!(s.is_empty());
         s.owe(U, D, C, Seq(9), t0 + Duration::from_secs(4));
         assert_eq!(s.poll_due(t0 + Duration::from_secs(5), 1).len(), 1);
+    }
+
+    #[test]
+    fn a_badge_update_is_owed_once_and_a_message_takes_it_over() {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(config(), 1);
+        s.owe_badge(U, D, C, Seq(5), t0);
+        s.owe_badge(U, D, C, Seq(6), t0);
+        assert_eq!(s.len(), 1);
+        assert!(!s.cancel(D, C, Seq(9)), "a read does not cancel a badge update");
+        let due = s.poll_due(t0 + 200 * MS, 10);
+        assert!(due[0].badge_only && due[0].seq == Seq(5));
+        s.handle_sent(D, C, t0 + 210 * MS);
+        assert!(s.is_empty());
+        // A message owed after a badge update turns it into a message notification.
+        s.owe_badge(U, D, C, Seq(7), t0 + 6000 * MS);
+        assert!(!s.owe(U, D, C, Seq(8), t0 + 6000 * MS), "not a coalesced message");
+        let due = s.poll_due(t0 + Duration::from_secs(20), 10);
+        assert!(!due[0].badge_only && due[0].seq == Seq(8));
     }
 
     #[test]

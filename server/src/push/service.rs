@@ -10,7 +10,7 @@
 //! what was sent (or delivered live) are written in one batch per turn. It
 //! never runs on an event loop, and the event loops never wait for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -64,6 +64,10 @@ pub const MARK_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Watermarks that make the push thread write at once.
 pub const MAX_PENDING_MARKS: usize = 8192;
+
+/// Most `(device, chat)` pairs remembered as shown a notification (for badge
+/// updates after a read; 24 bytes each).
+pub const MAX_NOTIFIED: usize = 1_000_000;
 
 /// Most chats whose member lists the push thread caches (cleared when full;
 /// a miss is one range read of `members`).
@@ -156,6 +160,7 @@ pub fn start(
                 marks: Vec::new(),
                 failures: HashMap::new(),
                 bursts: HashMap::new(),
+                notified: HashSet::new(),
             };
             push.run(&stop_rx);
         })?;
@@ -182,6 +187,11 @@ struct PushThread {
     failures: HashMap<FailureClass, (Instant, u64)>,
     /// Messages gathered this turn, per chat (applied by `apply_bursts`).
     bursts: HashMap<ChatId, Burst>,
+    /// `(device, chat)` shown a message notification since the chat was last
+    /// read: a read then owes it a badge update. In memory only (a restart
+    /// forgets it: the next notification carries the right counts anyway); at
+    /// most [`MAX_NOTIFIED`], emptied when full.
+    notified: HashSet<(DeviceId, ChatId)>,
 }
 
 /// The messages of one chat gathered in one turn.
@@ -312,6 +322,10 @@ impl PushThread {
                 for device in self.devices_of(user) {
                     self.scheduler.cancel(device, chat, seq);
                     self.marks.push((device, chat, seq));
+                    // Its badge shows counts from before the read: lower it.
+                    if self.notified.remove(&(device, chat)) {
+                        self.scheduler.owe_badge(user, device, chat, seq, now);
+                    }
                 }
             }
         }
@@ -476,7 +490,7 @@ impl PushThread {
                     self.marks.push((d.device, d.chat, d.seq));
                     self.scheduler.handle_live(d.device, d.chat, now);
                 }
-                Some(false) => self.dispatch(d.user, d.device, d.chat, d.seq, now, &mut newest),
+                Some(false) => self.dispatch(d, now, &mut newest),
             }
         }
     }
@@ -484,18 +498,21 @@ impl PushThread {
     /// Builds the notification for `device` and queues it for a sender.
     fn dispatch(
         &mut self,
-        user: UserId,
-        device: DeviceId,
-        chat: ChatId,
-        seq: Seq,
+        due: &super::Due,
         now: Instant,
         newest: &mut HashMap<(ChatId, Seq), Option<crate::store::StoredMessage>>,
     ) {
+        let (user, device, chat, seq) = (due.user, due.device, due.chat, due.seq);
         let Some(pusher) = self.pusher(user, device).cloned() else {
             self.scheduler.handle_dropped(device, chat);
             return;
         };
-        let job = match self.build_job(&pusher, chat, seq, newest) {
+        let built = if due.badge_only {
+            self.build_badge_job(&pusher, chat, seq).map(Some)
+        } else {
+            self.build_job(&pusher, chat, seq, newest)
+        };
+        let job = match built {
             Ok(Some(job)) => job,
             Ok(None) => {
                 // Read meanwhile: nothing is owed any more.
@@ -574,7 +591,31 @@ impl PushThread {
             gateway_url: pusher.gateway_url.clone(),
             pushkey: pusher.pushkey.clone(),
             body,
+            badge_only: false,
         }))
+    }
+
+    /// A counts-only notification (the chat was read after one was shown).
+    fn build_badge_job(&self, pusher: &Pusher, chat: ChatId, seq: Seq) -> Result<Job, StoreError> {
+        let (chat_unread, total_unread) = self.store.unread_counts(pusher.user, chat)?;
+        Ok(Job {
+            user: pusher.user,
+            device: pusher.device,
+            chat,
+            seq,
+            gateway_url: pusher.gateway_url.clone(),
+            pushkey: pusher.pushkey.clone(),
+            body: gateway::badge_body(
+                chat,
+                chat_unread,
+                total_unread,
+                &pusher.app_id,
+                &pusher.pushkey,
+                pusher.created_ms / 1000,
+                pusher.format,
+            ),
+            badge_only: true,
+        })
     }
 
     fn handle_result(&mut self, job: &Job, outcome: Outcome, now: Instant) {
@@ -582,6 +623,12 @@ impl PushThread {
         match outcome {
             Outcome::Sent => {
                 m.sent.fetch_add(1, Ordering::Relaxed);
+                if !job.badge_only {
+                    if self.notified.len() >= MAX_NOTIFIED {
+                        self.notified.clear();
+                    }
+                    self.notified.insert((job.device, job.chat));
+                }
                 self.marks.push((job.device, job.chat, job.seq));
                 self.scheduler.handle_sent(job.device, job.chat, now);
             }
