@@ -12,3 +12,6 @@ cargo test --locked -j2 --workspace
 cargo test --locked -j2 -p natter-server --features fuzzing --test fuzz_replay
 # The generated TypeScript bindings type-check against the pinned npm flatbuffers (~10 s).
 scripts/check-ts-bindings.sh
+# The side-port against its OpenAPI description (docs/openapi.json), short mode
+# (scripts/schemathesis.sh --full for many more examples).
+scripts/schemathesis.sh

@@ -40,6 +40,7 @@ use crate::scenarios::group::{self, GroupArgs};
 use crate::scenarios::messaging::MessagingArgs;
 use crate::scenarios::one2one::{self, OneToOneArgs};
 use crate::scenarios::presence::{self, PresenceArgs};
+use crate::scenarios::push::{self as push_scenario, PushArgs};
 use crate::scenarios::seam::{self, SeamArgs};
 use crate::scenarios::sync::{self as sync_scenario, SyncArgs};
 use crate::scenarios::syncstorm::{self, SyncstormArgs};
@@ -104,6 +105,8 @@ struct Cli {
     seam: SeamArgs,
     #[command(flatten)]
     syncstorm: SyncstormArgs,
+    #[command(flatten)]
+    push: PushArgs,
     /// With --server: natterd's process id on this machine, so its RSS is read from
     /// /proc/PID/status (sampled every 20 ms) instead of /metrics.
     #[arg(long, conflicts_with = "spawn")]
@@ -134,6 +137,8 @@ enum ScenarioName {
     Seam,
     /// Bystanders' ping latency while 1,000 devices sync from a cold cache.
     Syncstorm,
+    /// Push notifications to 10,000 offline devices in 100-member groups (issue 14).
+    Push,
 }
 
 impl ScenarioName {
@@ -148,6 +153,7 @@ impl ScenarioName {
             ScenarioName::Flood => "flood",
             ScenarioName::Seam => "seam",
             ScenarioName::Syncstorm => "syncstorm",
+            ScenarioName::Push => "push",
         }
     }
 }
@@ -237,12 +243,14 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             open_files,
         )?,
         ScenarioName::Sync => sync_scenario::check_args(&cli.sync, sync_text_bytes(cli))?,
+        ScenarioName::Push => push_scenario::check_args(&cli.push, open_files)?,
     }
 
     let mut spawned = if cli.spawn {
         let extra = match cli.scenario {
             ScenarioName::Presence => presence::natterd_flags(&cli.presence),
             ScenarioName::Flood => flood::natterd_flags()?,
+            ScenarioName::Push => push_scenario::natterd_flags(&cli.push),
             _ => Vec::new(),
         };
         Some(SpawnedServer::start(cli.cores, &extra)?)
@@ -270,6 +278,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         )?,
         ScenarioName::Sync => sync_scenario::run(&target, &cli.sync, sync_text_bytes(cli))?,
         ScenarioName::Seam => seam::run(&target, spawned.as_mut(), &options, &cli.seam)?,
+        ScenarioName::Push => push_scenario::run(&target, &options, &cli.push)?,
         ScenarioName::Syncstorm => {
             // The spawned natterd's cores: --cores, else natterd's default (the
             // available parallelism); unknown for --server.

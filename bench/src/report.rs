@@ -217,6 +217,29 @@ pub(crate) struct Report {
     /// the storm (`natter_loop_store_reads_total`), where natterd exports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) loop_store_reads: Option<u64>,
+    /// push: offline devices with a pusher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_devices: Option<u64>,
+    /// push: notifications the bench's gateway received in the push-on phase
+    /// (and its drain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pushes: Option<u64>,
+    /// push: notifications received per second of the push-on phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pushes_per_sec: Option<f64>,
+    /// push: median delay from the SendOk of a notification's message to the
+    /// notification's arrival at the gateway, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_delay_p50_us: Option<u64>,
+    /// push: 99th percentile of that delay, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_delay_p99_us: Option<u64>,
+    /// push: acked sends per second of the push-off phase (no pushers yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) msgs_per_sec_push_off: Option<f64>,
+    /// push: `msgs_per_sec` (push on) / `msgs_per_sec_push_off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_throughput_ratio: Option<f64>,
 }
 
 impl Report {
@@ -368,12 +391,19 @@ impl Report {
             ("loop_slow_turns", self.loop_slow_turns),
             ("loop_store_reads", self.loop_store_reads),
             ("loop_turn_max_us", self.loop_turn_max_us),
+            ("push_devices", self.push_devices),
+            ("pushes", self.pushes),
+            ("push_delay_p50_us", self.push_delay_p50_us),
+            ("push_delay_p99_us", self.push_delay_p99_us),
         ] {
             if let Some(v) = value {
                 line(name, v.to_string());
             }
         }
         for (name, value) in [
+            ("pushes_per_sec", self.pushes_per_sec),
+            ("msgs_per_sec_push_off", self.msgs_per_sec_push_off),
+            ("push_throughput_ratio", self.push_throughput_ratio),
             ("server_close_first_s", self.server_close_first_s),
             ("server_close_last_s", self.server_close_last_s),
             ("server_rss_cap_reached_s", self.server_rss_cap_reached_s),

@@ -111,6 +111,34 @@ pub struct Flags {
     /// bursts of as many [default: 600].
     #[arg(long)]
     pub user_write_rate_limit: Option<u32>,
+    /// Push gateway notify URL used for pushers that name none, e.g.
+    /// "http://sygnal.internal:5000/_matrix/push/v1/notify" (plain HTTP: no TLS yet) [default: none].
+    #[arg(long)]
+    pub push_gateway: Option<String>,
+    /// Comma-separated hosts (`host` or `host:port`) a pusher's own gateway_url
+    /// may name; the --push-gateway host is always allowed [default: none].
+    #[arg(long)]
+    pub push_gateway_allow: Option<String>,
+    /// At most one notification per device per chat per this window [default: 5s].
+    #[arg(long)]
+    pub push_coalesce: Option<String>,
+    /// A session silent for longer than this counts as offline for push
+    /// [default: half the heartbeat timeout].
+    #[arg(long)]
+    pub push_silent_after: Option<String>,
+    /// Time limit of one push gateway exchange (connect + answer) [default: 10s].
+    #[arg(long)]
+    pub push_timeout: Option<String>,
+    /// Characters of message text in a `with_text` notification [default: 200].
+    #[arg(long)]
+    pub push_text_max: Option<usize>,
+    /// Notifications per user per minute, bursts of as many [default: 60].
+    #[arg(long)]
+    pub push_rate_limit: Option<u32>,
+    /// Internal: how long a first owed message waits before its notification
+    /// [default: 200ms]. Command line only and hidden: tests lengthen it.
+    #[arg(long, hide = true)]
+    pub push_settle: Option<String>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -132,6 +160,13 @@ struct FileConfig {
     send_rate_limit: Option<u32>,
     max_sessions_per_user: Option<usize>,
     user_write_rate_limit: Option<u32>,
+    push_gateway: Option<String>,
+    push_gateway_allow: Option<String>,
+    push_coalesce: Option<String>,
+    push_silent_after: Option<String>,
+    push_timeout: Option<String>,
+    push_text_max: Option<usize>,
+    push_rate_limit: Option<u32>,
 }
 
 /// Default `--user-write-rate-limit`: HTTP writes per user per minute, bursts of
@@ -213,6 +248,8 @@ pub struct Config {
     /// HTTP writes other than signup, login and logout per user per minute
     /// (bursts of as many).
     pub user_write_rate_limit: u32,
+    /// Push notifications (`--push-*`).
+    pub push: crate::push::PushConfig,
 }
 
 impl Default for Config {
@@ -234,6 +271,10 @@ impl Default for Config {
             core_queue_capacity: crate::runtime::QUEUE_CAPACITY,
             writer_queue_capacity: crate::store::writer::CHANNEL_CAPACITY,
             user_write_rate_limit: DEFAULT_USER_WRITE_RATE_LIMIT,
+            push: crate::push::PushConfig {
+                silent_after: DEFAULT_HEARTBEAT_TIMEOUT / 2,
+                ..crate::push::PushConfig::default()
+            },
         }
     }
 }
@@ -249,6 +290,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let d = Config::default();
+        let push_flags = flags_push(&flags, &file);
         let heartbeat = flags.heartbeat_timeout.or(file.heartbeat_timeout);
         let grace = flags.presence_grace.or(file.presence_grace);
         let config = Config {
@@ -304,7 +346,10 @@ impl Config {
                 .user_write_rate_limit
                 .or(file.user_write_rate_limit)
                 .unwrap_or(d.user_write_rate_limit),
+            push: d.push.clone(),
         };
+        let mut config = config;
+        config.push = push_config(&push_flags, config.heartbeat_timeout)?;
         config.validate()?;
         Ok(config)
     }
@@ -360,6 +405,83 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The `--push-*` values, flag over file.
+struct PushFlags {
+    gateway: Option<String>,
+    allow: Option<String>,
+    coalesce: Option<String>,
+    silent_after: Option<String>,
+    timeout: Option<String>,
+    text_max: Option<usize>,
+    rate_limit: Option<u32>,
+    settle: Option<String>,
+}
+
+fn flags_push(flags: &Flags, file: &FileConfig) -> PushFlags {
+    PushFlags {
+        gateway: flags.push_gateway.clone().or(file.push_gateway.clone()),
+        allow: flags
+            .push_gateway_allow
+            .clone()
+            .or(file.push_gateway_allow.clone()),
+        coalesce: flags.push_coalesce.clone().or(file.push_coalesce.clone()),
+        silent_after: flags.push_silent_after.clone().or(file.push_silent_after.clone()),
+        timeout: flags.push_timeout.clone().or(file.push_timeout.clone()),
+        text_max: flags.push_text_max.or(file.push_text_max),
+        rate_limit: flags.push_rate_limit.or(file.push_rate_limit),
+        settle: flags.push_settle.clone(),
+    }
+}
+
+/// Validates the push settings; the silent threshold defaults to half the heartbeat timeout
+/// (a healthy client pings every third of it, so a live session is never that silent).
+fn push_config(f: &PushFlags, heartbeat: Duration) -> Result<crate::push::PushConfig, ConfigError> {
+    let invalid = |key, message: String| ConfigError::Invalid { key, message };
+    let duration = |key, text: &Option<String>, default: Duration| match text {
+        Some(t) => parse_duration(t).map_err(|m| invalid(key, m)),
+        None => Ok(default),
+    };
+    let d = crate::push::PushConfig::default();
+    let config = crate::push::PushConfig {
+        gateway: f.gateway.clone(),
+        allow: f
+            .allow
+            .as_deref()
+            .map(|a| {
+                a.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        coalesce: duration("push-coalesce", &f.coalesce, d.coalesce)?,
+        silent_after: duration("push-silent-after", &f.silent_after, heartbeat / 2)?,
+        timeout: duration("push-timeout", &f.timeout, d.timeout)?,
+        text_max: f.text_max.unwrap_or(d.text_max),
+        rate_per_minute: f.rate_limit.unwrap_or(d.rate_per_minute),
+        settle: duration("push-settle", &f.settle, d.settle)?,
+        ..d
+    };
+    if let Some(url) = &config.gateway {
+        crate::push::check_gateway_url(&config, Some(url))
+            .map_err(|e| invalid("push-gateway", format!("{url:?}: {e}")))?;
+    }
+    if config.coalesce > Duration::from_secs(3600) {
+        return Err(invalid("push-coalesce", "must be at most 1h".into()));
+    }
+    if config.timeout < Duration::from_millis(10) || config.timeout > Duration::from_secs(300) {
+        return Err(invalid("push-timeout", "must be between 10ms and 5m".into()));
+    }
+    if config.rate_per_minute == 0 {
+        return Err(invalid("push-rate-limit", "must be at least 1 per minute".into()));
+    }
+    if config.text_max == 0 || config.text_max > 4096 {
+        return Err(invalid("push-text-max", "must be between 1 and 4096".into()));
+    }
+    Ok(config)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

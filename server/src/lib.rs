@@ -14,6 +14,7 @@ pub mod http;
 pub mod ids;
 pub mod logging;
 pub mod metrics;
+pub mod push;
 pub mod runtime;
 mod server;
 pub mod store;

@@ -191,6 +191,8 @@ pub struct Metrics {
     pub http: HttpMetrics,
     /// The group-commit writer's counters.
     pub store: StoreMetrics,
+    /// The push thread's counters (`crate::push`).
+    pub push: crate::push::PushMetrics,
 }
 
 impl Metrics {
@@ -200,6 +202,7 @@ impl Metrics {
             cores: (0..cores).map(|_| CoreMetrics::default()).collect(),
             http: HttpMetrics::default(),
             store: StoreMetrics::default(),
+            push: crate::push::PushMetrics::default(),
         }
     }
 
@@ -314,6 +317,7 @@ impl Metrics {
             self.http.other.load(Ordering::Relaxed)
         );
         self.store.render(&mut out);
+        self.push.render(&mut out);
         if let Some(rss) = resident_memory_bytes() {
             let name = "process_resident_memory_bytes";
             let _ = writeln!(

@@ -10,8 +10,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::config::Config;
 use crate::http::{self, Api, Endpoints, HttpServer};
 use crate::metrics::Metrics;
+use crate::push::{self, PushHandle, PushService};
 use crate::runtime::{Command, Cores, Mesh, Refused, supervise};
-use crate::store::writer::{Completion, CompletionSink, Offered, Writer};
+use crate::store::writer::{Completion, CompletionSink, Offered, WriteOp, Writer};
 use crate::store::{Store, StoreError};
 
 /// HTTP worker threads: enough to overlap a few slow password hashes with
@@ -81,6 +82,7 @@ impl CompletionSink for CoreSink {
 pub struct Server {
     cores: Cores,
     http: HttpServer,
+    push: PushService,
     writer: Writer,
     store: Arc<Store>,
     endpoints: Endpoints,
@@ -103,29 +105,49 @@ impl Server {
         // The writer reports commits to the cores through the mesh, which exists
         // once the cores do; nothing is written before that.
         let mesh_slot: Arc<OnceLock<Mesh>> = Arc::default();
-        let (writer, writer_tx) = Writer::start_with_sink(
+        // The push thread learns of commits from the writer (after each fsync)
+        // and asks the cores about live sessions; it starts once the cores exist.
+        let push_slot: Arc<OnceLock<PushHandle>> = Arc::default();
+        let observer_slot = push_slot.clone();
+        let (writer, writer_tx) = Writer::start_observed(
             store.clone(),
             metrics.clone(),
             Box::new(CoreSink {
                 mesh: mesh_slot.clone(),
             }),
             config.writer_queue_capacity,
+            Some(Box::new(move |ops: &[WriteOp]| {
+                if let Some(push) = observer_slot.get() {
+                    push.committed(ops);
+                }
+            })),
         )
         .map_err(io_err("starting the storage writer"))?;
         let cores = Cores::start(&config, store.clone(), writer_tx, metrics.clone())
             .map_err(io_err("starting the event loops"))?;
         let _ = mesh_slot.set(cores.mesh().clone());
+        let (push, push_handle) = push::start(
+            config.push.clone(),
+            store.clone(),
+            cores.mesh().clone(),
+            metrics.clone(),
+        )
+        .map_err(io_err("starting the push thread"))?;
+        let _ = push_slot.set(push_handle.clone());
         let endpoints = Endpoints {
             http: http_addr,
             tcp: cores.tcp_addr(),
         };
-        let api = Arc::new(Api::new(
-            &config,
-            store.clone(),
-            cores.mesh().clone(),
-            metrics,
-            endpoints.clone(),
-        ));
+        let api = Arc::new(
+            Api::new(
+                &config,
+                store.clone(),
+                cores.mesh().clone(),
+                metrics,
+                endpoints.clone(),
+            )
+            .with_push(push_handle),
+        );
         let http = http::start(http_listener, api, http_workers(config.cores))
             .map_err(io_err("starting the HTTP side-port"))?;
         if config.password_cost.is_lowered() {
@@ -140,6 +162,7 @@ impl Server {
         Ok(Self {
             cores,
             http,
+            push,
             writer,
             store,
             endpoints,
@@ -158,6 +181,8 @@ impl Server {
     /// A core that died of an I/O error, or a store that failed to persist.
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.http.shutdown();
+        // What the push thread had not sent yet stays owed in the store.
+        self.push.shutdown();
         let cores = self.cores.shutdown().map_err(io_err("stopping the event loops"));
         // The cores handed the writer their last writes (the `last_seen` of
         // users still online) before they stopped; this commits them.

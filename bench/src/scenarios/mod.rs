@@ -11,6 +11,7 @@ pub(crate) mod group;
 pub(crate) mod messaging;
 pub(crate) mod one2one;
 pub(crate) mod presence;
+pub(crate) mod push;
 pub(crate) mod seam;
 pub(crate) mod sync;
 pub(crate) mod syncstorm;

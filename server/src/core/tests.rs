@@ -348,6 +348,44 @@ fn logout_closes_only_that_devices_sessions() {
     assert_eq!(errors_and_close(&actions, laptop), (vec![], false));
 }
 
+/// The push thread's question (`Core::devices_heard_within`): a device is live
+/// while it has an authenticated session heard from within the threshold.
+#[test]
+fn push_liveness_is_a_recently_heard_session_of_that_device() {
+    let t0 = Instant::now();
+    let mut c = core(0, 1, t0);
+    let phone = authenticate(&mut c, UserId(1), 1, t0);
+    let asked = [
+        (UserId(1), DeviceId(1)),
+        (UserId(1), DeviceId(2)),
+        (UserId(2), DeviceId(3)),
+    ];
+    let within = Duration::from_millis(500);
+    assert_eq!(
+        c.devices_heard_within(&asked, within, t0),
+        vec![true, false, false]
+    );
+    // Silent past the threshold: offline for push, though not yet closed.
+    let later = t0 + Duration::from_millis(600);
+    assert_eq!(
+        c.devices_heard_within(&asked, within, later),
+        vec![false, false, false]
+    );
+    c.handle_input(phone, &mut ping(1), later);
+    drain(&mut c);
+    assert_eq!(
+        c.devices_heard_within(&asked, within, later),
+        vec![true, false, false]
+    );
+    c.handle_close_device(UserId(1), DeviceId(1));
+    drain(&mut c);
+    c.handle_closed(phone);
+    assert_eq!(
+        c.devices_heard_within(&asked, within, later),
+        vec![false, false, false]
+    );
+}
+
 #[test]
 fn a_flood_of_frames_is_served_within_the_per_turn_budget() {
     let t0 = Instant::now();

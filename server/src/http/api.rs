@@ -29,8 +29,11 @@ use crate::http::password::Passwords;
 use crate::http::ratelimit::{RateLimiter, UserRateLimiter};
 use crate::ids::{ChatId, DeviceId, UserId};
 use crate::metrics::Metrics;
+use crate::push::{GatewayUrlError, PushConfig, PushHandle, check_gateway_url};
 use crate::runtime::{Command, MembershipChange, MembershipError, Mesh};
-use crate::store::{ChatInfo, ChatKind, FriendOutcome, MAX_FRIENDS, MAX_GROUP_MEMBERS, Store, StoreError};
+use crate::store::{
+    ChatInfo, ChatKind, FriendOutcome, MAX_FRIENDS, MAX_GROUP_MEMBERS, PushFormat, Pusher, Store, StoreError,
+};
 
 /// Shortest accepted username, in characters.
 pub const USERNAME_MIN: usize = 3;
@@ -52,6 +55,13 @@ pub const GROUP_NAME_MAX: usize = 64;
 pub const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(10);
 
 const JSON: &str = "application/json";
+/// The OpenAPI 3.1 description of every route, served at `/v1/openapi.json`.
+const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+/// Longest accepted pusher `app_id`, in bytes.
+pub const APP_ID_MAX: usize = 64;
+/// Longest accepted `pushkey`, in bytes (the Matrix spec's bound; APNs tokens
+/// are 64 hex characters, FCM tokens ~160).
+pub const PUSHKEY_MAX: usize = 512;
 const PROMETHEUS: &str = "text/plain; version=0.0.4";
 
 /// A parsed HTTP request, independent of any HTTP library.
@@ -154,6 +164,9 @@ enum Route<'a> {
     Chats,
     Presence,
     ReadMarker(&'a str),
+    /// `/v1/devices/{id}/pusher`: GET, POST and DELETE.
+    Pusher(&'a str),
+    OpenApi,
 }
 
 impl<'a> Route<'a> {
@@ -191,14 +204,18 @@ impl<'a> Route<'a> {
             ("v1", Some("chats"), None, ..) => Self::Chats,
             ("v1", Some("chats"), Some(id), Some("read"), None) => Self::ReadMarker(id),
             ("v1", Some("presence"), None, ..) => Self::Presence,
+            ("v1", Some("devices"), Some(id), Some("pusher"), None) => Self::Pusher(id),
+            ("v1", Some("openapi.json"), None, ..) => Self::OpenApi,
             _ => return None,
         };
         Some(route)
     }
 
-    /// The one method this route takes.
+    /// The methods this route takes (the `Allow` header).
     fn method(self) -> &'static str {
         match self {
+            Self::Pusher(_) => "GET, POST, DELETE",
+            Self::OpenApi => "GET",
             Self::Healthz
             | Self::Metrics
             | Self::Endpoints
@@ -255,6 +272,17 @@ struct UserIdBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct PusherBody {
+    app_id: String,
+    pushkey: String,
+    #[serde(default)]
+    gateway_url: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct GroupBody {
     name: String,
     members: Vec<u64>,
@@ -271,6 +299,10 @@ pub struct Api {
     limiter: RateLimiter,
     /// Writes other than signup and login, per user (`--user-write-rate-limit`).
     writes: UserRateLimiter,
+    /// Push settings (gateway URL checks).
+    push_config: PushConfig,
+    /// The push thread, told of pushers, logouts and read markers.
+    push: Option<PushHandle>,
 }
 
 /// The outcome of a handler: a success response or an error from the catalogue.
@@ -297,7 +329,17 @@ impl Api {
             passwords: Passwords::new(config.password_cost, config.cores),
             limiter: RateLimiter::new(config.auth_rate_limit),
             writes: UserRateLimiter::new(config.user_write_rate_limit),
+            push_config: config.push.clone(),
+            push: None,
         }
+    }
+
+    /// Tells `push` of pusher changes, logouts and read markers from now on.
+    #[must_use]
+    pub fn with_push(mut self, push: PushHandle) -> Self {
+        self.push_config = push.config().clone();
+        self.push = Some(push);
+        self
     }
 
     /// The metrics this API reports on `/metrics` (the transport counts answers into them).
@@ -311,7 +353,7 @@ impl Api {
         let Some(route) = Route::parse(req.path) else {
             return HttpError::NotFound.into();
         };
-        if req.method != route.method() {
+        if !route.method().split(", ").any(|m| m == req.method) {
             return Response {
                 allow: Some(route.method()),
                 ..Response::error(HttpError::MethodNotAllowed)
@@ -342,6 +384,18 @@ impl Api {
             Route::Chats => self.chats(req),
             Route::Presence => self.presence(req),
             Route::ReadMarker(id) => self.mark_read(req, id),
+            Route::Pusher(id) => match req.method {
+                "POST" => self.set_pusher(req, id),
+                "DELETE" => self.delete_pusher(req, id),
+                _ => self.get_pusher(req, id),
+            },
+            Route::OpenApi => Ok(Response {
+                status: 200,
+                body: OPENAPI.to_owned(),
+                content_type: JSON,
+                allow: None,
+                retry_after: None,
+            }),
         };
         result.unwrap_or_else(|error| error)
     }
@@ -406,6 +460,9 @@ impl Api {
         match self.store.revoke(token).map_err(store_error)? {
             Some((user, device)) => {
                 self.mesh.close_device(user, device);
+                if let Some(push) = &self.push {
+                    push.pusher_removed(user, device);
+                }
                 tracing::debug!(%user, %device, "logout");
                 Ok(Response::no_content())
             }
@@ -644,10 +701,96 @@ impl Api {
         let last_seq = self.store.last_seq(chat).map_err(store_error)?;
         let seq = crate::ids::Seq(body.seq.min(last_seq.0));
         let read = self.store.set_read_marker(user, chat, seq).map_err(store_error)?;
+        if let Some(push) = &self.push {
+            push.read(user, chat, read);
+        }
         Ok(Response::json(
             200,
             &json!({"chat_id": chat.0, "read_seq": read.0, "unread": last_seq.0.saturating_sub(read.0)}),
         ))
+    }
+
+    /// `POST /v1/devices/{id}/pusher`: registers (or replaces) the pusher of
+    /// one of the caller's own devices.
+    fn set_pusher(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (user, _) = self.authenticate_write(req)?;
+        let device = self.own_device(user, id)?;
+        let body: PusherBody = parse_json(req.body)?;
+        let app_ok = (1..=APP_ID_MAX).contains(&body.app_id.len())
+            && body.app_id.bytes().all(|b| b.is_ascii_graphic());
+        let key_ok =
+            (1..=PUSHKEY_MAX).contains(&body.pushkey.len()) && !body.pushkey.chars().any(char::is_control);
+        let format = match body.format.as_deref() {
+            None | Some("content_free") => Some(PushFormat::ContentFree),
+            Some("with_text") => Some(PushFormat::WithText),
+            Some(_) => None,
+        };
+        let (true, true, Some(format)) = (app_ok, key_ok, format) else {
+            return Err(HttpError::InvalidPusher.into());
+        };
+        let gateway_url =
+            check_gateway_url(&self.push_config, body.gateway_url.as_deref()).map_err(|e| match e {
+                GatewayUrlError::NotAllowed => HttpError::GatewayNotAllowed.into(),
+                GatewayUrlError::NoDefault => HttpError::NoPushGateway.into(),
+                GatewayUrlError::HttpsNotBuilt => {
+                    Response::error_with(HttpError::InvalidGatewayUrl, &e.to_string())
+                }
+                _ => HttpError::InvalidGatewayUrl.into(),
+            })?;
+        let existed = self.store.pusher(user, device).map_err(store_error)?.is_some();
+        let pusher = Pusher {
+            user,
+            device,
+            app_id: body.app_id,
+            pushkey: body.pushkey,
+            gateway_url,
+            format,
+            created_ms: unix_ms(),
+        };
+        self.store.set_pusher(&pusher).map_err(store_error)?;
+        let answer = pusher_json(&pusher);
+        if let Some(push) = &self.push {
+            push.pusher_set(pusher);
+        }
+        tracing::debug!(%user, %device, "pusher set");
+        Ok(Response::json(if existed { 200 } else { 201 }, &answer))
+    }
+
+    /// `GET /v1/devices/{id}/pusher`.
+    fn get_pusher(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (user, _) = self.authenticate(req)?;
+        let device = self.own_device(user, id)?;
+        match self.store.pusher(user, device).map_err(store_error)? {
+            Some(pusher) => Ok(Response::json(200, &pusher_json(&pusher))),
+            None => Err(HttpError::NoPusher.into()),
+        }
+    }
+
+    /// `DELETE /v1/devices/{id}/pusher`.
+    fn delete_pusher(&self, req: &Request<'_>, id: &str) -> Handled {
+        let (user, _) = self.authenticate_write(req)?;
+        let device = self.own_device(user, id)?;
+        if !self
+            .store
+            .remove_pusher(user, device, None)
+            .map_err(store_error)?
+        {
+            return Err(HttpError::NoPusher.into());
+        }
+        if let Some(push) = &self.push {
+            push.pusher_removed(user, device);
+        }
+        Ok(Response::no_content())
+    }
+
+    /// The `{device_id}` segment if it names one of `user`'s logged-in devices;
+    /// `unknown_device` otherwise (another user's device is not revealed).
+    fn own_device(&self, user: UserId, id: &str) -> Result<DeviceId, Response> {
+        let device = parse_id(id).map(DeviceId).ok_or(HttpError::InvalidDeviceId)?;
+        match self.store.device(user, device).map_err(store_error)? {
+            Some(_) => Ok(device),
+            None => Err(HttpError::UnknownDevice.into()),
+        }
     }
 
     /// The group `chat` if `user` is a member of it; otherwise (no such chat, a
@@ -791,6 +934,24 @@ impl Api {
             .check(req.remote, Instant::now())
             .map_err(|seconds| rate_limited(HttpError::RateLimited, seconds))
     }
+}
+
+/// A pusher as the API shows it (to its own user only).
+fn pusher_json(p: &Pusher) -> serde_json::Value {
+    json!({
+        "device_id": p.device.0,
+        "app_id": p.app_id,
+        "pushkey": p.pushkey,
+        "gateway_url": p.gateway_url,
+        "format": p.format.as_str(),
+        "created_ms": p.created_ms,
+    })
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A 429 answer with its `Retry-After` (whole seconds).

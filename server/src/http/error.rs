@@ -46,6 +46,13 @@
 //! | 431    | `headers_too_large`    | request line plus headers over 16 KiB, or over 64 headers |
 //! | 500    | `internal`             | a bug or a corrupt record; logged |
 //! | 503    | `unavailable`          | the store failed, the server is overloaded/stopping, or a group change got no answer in 10 s; retry later |
+//! | 400    | `invalid_device_id`    | a `{device_id}` path segment is not a positive integer |
+//! | 400    | `invalid_pusher`       | `app_id` not 1–64 bytes of printable ASCII, `pushkey` not 1–512 bytes without control characters, or an unknown `format` |
+//! | 400    | `invalid_gateway_url`  | `gateway_url` is not `http://host[:port]/_matrix/push/v1/notify` (https is not supported yet: the push client has no TLS) |
+//! | 400    | `no_push_gateway`      | no `gateway_url` given and the server has no `--push-gateway` |
+//! | 403    | `gateway_not_allowed`  | `gateway_url` names a host outside `--push-gateway-allow` |
+//! | 404    | `unknown_device`       | no such device among the caller's own (other users' devices are not revealed) |
+//! | 404    | `no_pusher`            | the device has no pusher |
 
 use std::fmt::Write as _;
 
@@ -131,12 +138,26 @@ pub enum HttpError {
     Internal,
     /// 503: the store failed, or the server is overloaded or stopping.
     Unavailable,
+    /// 400: a `{device_id}` path segment is not a positive integer.
+    InvalidDeviceId,
+    /// 400: a pusher's `app_id`, `pushkey` or `format` fails validation.
+    InvalidPusher,
+    /// 400: a pusher's `gateway_url` is not a notify URL.
+    InvalidGatewayUrl,
+    /// 400: no `gateway_url` and no `--push-gateway`.
+    NoPushGateway,
+    /// 403 (refused by policy): the gateway host is not on `--push-gateway-allow`.
+    GatewayNotAllowed,
+    /// 404: not one of the caller's devices.
+    UnknownDevice,
+    /// 404: the device has no pusher.
+    NoPusher,
 }
 
 impl HttpError {
     /// Every entry of the catalogue, in table order (the tests check that no
     /// variant is missing and that each status has its reason phrase).
-    pub const ALL: [HttpError; 37] = [
+    pub const ALL: [HttpError; 44] = [
         Self::BadRequest,
         Self::MalformedJson,
         Self::UnknownField,
@@ -174,6 +195,13 @@ impl HttpError {
         Self::HeadersTooLarge,
         Self::Internal,
         Self::Unavailable,
+        Self::InvalidDeviceId,
+        Self::InvalidPusher,
+        Self::InvalidGatewayUrl,
+        Self::NoPushGateway,
+        Self::GatewayNotAllowed,
+        Self::UnknownDevice,
+        Self::NoPusher,
     ];
 
     /// The catalogue: `(status, code, default message)`.
@@ -276,6 +304,30 @@ impl HttpError {
             Self::HeadersTooLarge => (431, "headers_too_large", "request headers are too large"),
             Self::Internal => (500, "internal", "internal server error"),
             Self::Unavailable => (503, "unavailable", "service unavailable; retry later"),
+            Self::InvalidDeviceId => (400, "invalid_device_id", "device ids are positive integers"),
+            Self::InvalidPusher => (
+                400,
+                "invalid_pusher",
+                "app_id is 1 to 64 bytes of printable ASCII, pushkey 1 to 512 bytes without control \
+                 characters, format \"content_free\" or \"with_text\"",
+            ),
+            Self::InvalidGatewayUrl => (
+                400,
+                "invalid_gateway_url",
+                "gateway_url is http://host[:port]/_matrix/push/v1/notify (no https yet)",
+            ),
+            Self::NoPushGateway => (
+                400,
+                "no_push_gateway",
+                "this server has no default push gateway: give a gateway_url",
+            ),
+            Self::GatewayNotAllowed => (
+                403,
+                "gateway_not_allowed",
+                "that push gateway host is not allowed on this server",
+            ),
+            Self::UnknownDevice => (404, "unknown_device", "no such device of yours"),
+            Self::NoPusher => (404, "no_pusher", "that device has no pusher"),
         }
     }
 
@@ -368,6 +420,13 @@ mod tests {
             E::HeadersTooLarge => 34,
             E::Internal => 35,
             E::Unavailable => 36,
+            E::InvalidDeviceId => 37,
+            E::InvalidPusher => 38,
+            E::InvalidGatewayUrl => 39,
+            E::NoPushGateway => 40,
+            E::GatewayNotAllowed => 41,
+            E::UnknownDevice => 42,
+            E::NoPusher => 43,
         }
     }
 

@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 pub use api::{
-    Api, DEVICE_NAME_MAX, GROUP_NAME_MAX, MEMBERSHIP_DEADLINE, PASSWORD_MAX, PASSWORD_MIN, Request, Response,
-    USERNAME_MAX, USERNAME_MIN, validate_group_name, validate_username,
+    APP_ID_MAX, Api, DEVICE_NAME_MAX, GROUP_NAME_MAX, MEMBERSHIP_DEADLINE, PASSWORD_MAX, PASSWORD_MIN,
+    PUSHKEY_MAX, Request, Response, USERNAME_MAX, USERNAME_MIN, validate_group_name, validate_username,
 };
 pub use error::HttpError;
 pub use server::{

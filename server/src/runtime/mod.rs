@@ -58,6 +58,17 @@ pub enum Command {
         /// Where the answer goes.
         reply: crossbeam_channel::Sender<Result<UserPresence, ReadError>>,
     },
+    /// The push thread asks which of these devices (all homed on the receiving
+    /// core) have a session heard from within `silent_after`
+    /// ([`crate::core::Core::devices_heard_within`]).
+    PushLiveness {
+        /// The devices, with their users.
+        devices: Vec<(UserId, DeviceId)>,
+        /// How long a session may have been silent and still count as live.
+        silent_after: std::time::Duration,
+        /// Where the answer goes, one bool per device in order.
+        reply: crossbeam_channel::Sender<Vec<bool>>,
+    },
     /// Stop accepting, close every session and leave the loop.
     Shutdown,
 }

@@ -979,6 +979,14 @@ impl Worker {
                     // The HTTP worker may have given up waiting; nothing to do then.
                     let _ = reply.send(self.core.presence_of(user, now));
                 }
+                Command::PushLiveness {
+                    devices,
+                    silent_after,
+                    reply,
+                } => {
+                    // The push thread may have given up waiting; nothing to do then.
+                    let _ = reply.send(self.core.devices_heard_within(&devices, silent_after, now));
+                }
                 Command::Shutdown => {
                     self.shutting_down = true;
                     self.core.handle_shutdown();

@@ -24,7 +24,8 @@
 //! So a chat's history is one contiguous range of `messages` (its last key holds
 //! the chat's last `seq`), a chat's members one range of `members`, a user's chats
 //! one range of `user_chats`; a retried send is one point read in `dedupe`.
-//! Later keyspaces follow the same pattern (cursors `device_id ++ chat_id`).
+//! Later keyspaces follow the same pattern (cursors `device_id ++ chat_id`;
+//! `pushers` and `push_marks`, whose names and table live in `push.rs`).
 //!
 //! Decoding never panics: a key or value of the wrong length decodes to `None`,
 //! which the caller reports as [`super::StoreError::Corrupt`].

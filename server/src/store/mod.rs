@@ -51,6 +51,7 @@ mod cursors;
 pub(crate) mod fuzz_hooks;
 mod keys;
 mod presence;
+mod push;
 mod records;
 pub mod writer;
 
@@ -67,6 +68,7 @@ pub use crate::core::MAX_GROUP_MEMBERS;
 use crate::ids::{DeviceId, UserId};
 pub use chats::ChatInfo;
 use keys::FriendState;
+pub use push::{OwedAtStart, PushFormat, Pusher};
 pub use records::{ChatKind, DeviceRecord, StoredMessage, UserRecord};
 
 /// Most accepted friends a user has. A user's friend list is loaded whole by
@@ -225,6 +227,9 @@ pub struct Store {
     last_seen: Keyspace,
     cursors: Keyspace,
     read_markers: Keyspace,
+    /// Pushers and push watermarks (`push.rs`).
+    pushers: Keyspace,
+    push_marks: Keyspace,
     /// Serialises account writes and chat creation (never taken by reads, nor
     /// by the group-commit writer).
     writer: Mutex<Counters>,
@@ -266,6 +271,8 @@ impl Store {
             last_seen: ks(keys::LAST_SEEN)?,
             cursors: ks(keys::CURSORS)?,
             read_markers: ks(keys::READ_MARKERS)?,
+            pushers: ks(push::PUSHERS)?,
+            push_marks: ks(push::PUSH_MARKS)?,
             db,
             writer: Mutex::new(Counters {
                 next_user: 1,
@@ -438,6 +445,8 @@ impl Store {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.remove(&self.tokens, hash);
         batch.remove(&self.devices, keys::pair(user, device));
+        // A logged-out device gets no more notifications (push.rs).
+        batch.remove(&self.pushers, keys::pair(user, device));
         self.commit(batch, "logout");
         Ok(Some((UserId(user), DeviceId(device))))
     }

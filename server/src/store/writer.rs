@@ -145,6 +145,11 @@ impl WriteOp {
 /// How the writer hands completions back: `deliver(core, completions)`.
 type Deliver = Box<dyn Fn(CoreId, Vec<Completion>) + Send>;
 
+/// Called on the writer thread with every committed batch of ops, after its
+/// `fdatasync` and before the completions go out (the push thread's feed:
+/// `crate::push`). It must not block: it hands a summary to a bounded queue.
+pub type CommitObserver = Box<dyn FnMut(&[WriteOp]) + Send>;
+
 /// The writer thread's owner: stops it with [`Writer::shutdown`]. Dropping it
 /// without that also makes the thread commit what is queued and end, but
 /// nobody waits for it.
@@ -230,6 +235,21 @@ impl Writer {
         sink: Box<dyn CompletionSink>,
         capacity: usize,
     ) -> std::io::Result<(Writer, WriterSender)> {
+        Self::start_observed(store, metrics, sink, capacity, None)
+    }
+
+    /// [`Writer::start_with_sink`], also showing every committed batch to
+    /// `observer` ([`CommitObserver`]).
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn start_observed(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        sink: Box<dyn CompletionSink>,
+        capacity: usize,
+        observer: Option<CommitObserver>,
+    ) -> std::io::Result<(Writer, WriterSender)> {
         let (tx, ops) = crossbeam_channel::bounded(capacity);
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
         let thread = std::thread::Builder::new()
@@ -239,6 +259,7 @@ impl Writer {
                     store,
                     metrics,
                     sink,
+                    observer,
                     ops,
                     stop: stop_rx,
                     per_core: Vec::new(),
@@ -273,6 +294,7 @@ struct WriterThread {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     sink: Box<dyn CompletionSink>,
+    observer: Option<CommitObserver>,
     ops: Receiver<WriteOp>,
     stop: Receiver<()>,
     /// Completions committed and not yet taken by their core, indexed by
@@ -363,6 +385,9 @@ impl WriterThread {
         self.metrics
             .store
             .observe_commit(started.elapsed(), batch_ops.len() as u64);
+        if let Some(observe) = self.observer.as_mut() {
+            observe(batch_ops);
+        }
         for op in batch_ops.drain(..) {
             let core = op.origin().0;
             if self.per_core.len() <= core {

@@ -1,0 +1,324 @@
+//! The push gateway client: the Matrix Push Gateway API request
+//! (`POST /_matrix/push/v1/notify`), sent by a small pool of blocking sender
+//! threads (never an event loop), with connect and response timeouts, and the
+//! classification of each answer into sent / rejected / retry / refused.
+//!
+//! The body follows the spec's `notification` object: `event_id`, `room_id`
+//! (our chat id), `type`, `sender`, `prio`, `counts.unread` (the user's total
+//! unread count: the badge), and one entry in `devices` (`app_id`, `pushkey`,
+//! `pushkey_ts`, `data`). natter's own fields go in the device's `data`, which
+//! gateways hand to the app untouched: `chat_id`, `seq`, `chat_unread`,
+//! `format`. The message text goes in `content.body` only for a `with_text`
+//! pusher, cut to `--push-text-max` characters. A gateway answers
+//! `{"rejected": [pushkey, …]}`: a pushkey listed there is dead and its
+//! pusher is removed.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::ids::{ChatId, DeviceId, Seq, UserId};
+use crate::store::PushFormat;
+
+/// The path every gateway URL must have (the Matrix Push Gateway API).
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+/// One notification to send, built by the push thread.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The device's user.
+    pub user: UserId,
+    /// The device.
+    pub device: DeviceId,
+    /// The chat.
+    pub chat: ChatId,
+    /// The newest message announced.
+    pub seq: Seq,
+    /// Where to post.
+    pub gateway_url: String,
+    /// The pushkey (only ever in the request body, never in a log).
+    pub pushkey: String,
+    /// The JSON body.
+    pub body: String,
+    /// A counts-only update (no message).
+    pub badge_only: bool,
+}
+
+/// What one attempt came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The gateway took it (2xx) and did not reject the pushkey.
+    Sent,
+    /// The gateway took it and listed the pushkey in `rejected`.
+    Rejected,
+    /// Worth retrying: timeout, connection failure, 5xx, 408 or 429.
+    Retry(FailureClass),
+    /// The gateway refused the request itself (another 4xx): retrying the same
+    /// request cannot help, so it is dropped.
+    Refused,
+}
+
+/// Failure classes, one log line (and one metric label) each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// No TCP connection (refused, unreachable, DNS).
+    Connect,
+    /// No answer within the timeout.
+    Timeout,
+    /// A 5xx (or 408 / 429) answer.
+    Status,
+    /// Another transport error (reset, malformed answer).
+    Io,
+    /// A 4xx other than 408 / 429: the request was refused (not retried).
+    Refused,
+}
+
+impl FailureClass {
+    /// The name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Status => "status",
+            Self::Io => "io",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// The content of one notification.
+#[derive(Clone, Debug)]
+pub struct Notification<'a> {
+    /// The chat.
+    pub chat: ChatId,
+    /// The newest message's seq.
+    pub seq: Seq,
+    /// Its sender.
+    pub sender: UserId,
+    /// The sender's username, if known.
+    pub sender_name: Option<&'a str>,
+    /// The newest message's text (used only by `with_text`).
+    pub text: Option<&'a str>,
+    /// Unread in this chat.
+    pub chat_unread: u64,
+    /// Unread in all of the user's chats (the badge).
+    pub total_unread: u64,
+}
+
+/// The JSON body of a notify request for one device.
+pub fn body(
+    n: &Notification<'_>,
+    app_id: &str,
+    pushkey: &str,
+    pushkey_ts_s: u64,
+    format: PushFormat,
+    text_max: usize,
+) -> String {
+    let mut notification = json!({
+        "event_id": format!("{}:{}", n.chat.0, n.seq.0),
+        "room_id": n.chat.0.to_string(),
+        "type": "natter.message",
+        "sender": n.sender.0.to_string(),
+        "prio": "high",
+        "counts": {"unread": n.total_unread},
+        "devices": [{
+            "app_id": app_id,
+            "pushkey": pushkey,
+            "pushkey_ts": pushkey_ts_s,
+            "data": {
+                "format": format.as_str(),
+                "chat_id": n.chat.0,
+                "seq": n.seq.0,
+                "chat_unread": n.chat_unread,
+            },
+        }],
+    });
+    if format == PushFormat::WithText
+        && let Some(map) = notification.as_object_mut()
+    {
+        if let Some(name) = n.sender_name {
+            map.insert("sender_display_name".into(), json!(name));
+        }
+        if let Some(text) = n.text {
+            let cut: String = text.chars().take(text_max).collect();
+            map.insert("content".into(), json!({"msgtype": "m.text", "body": cut}));
+        }
+    }
+    json!({ "notification": notification }).to_string()
+}
+
+/// The JSON body of a counts-only notification: the chat was read after a
+/// notification was shown, so the badge (`counts.unread`) goes down. No
+/// `event_id`, as the spec has it for badge updates; `data.badge_only` says so.
+pub fn badge_body(
+    chat: ChatId,
+    chat_unread: u64,
+    total_unread: u64,
+    app_id: &str,
+    pushkey: &str,
+    pushkey_ts_s: u64,
+    format: PushFormat,
+) -> String {
+    json!({"notification": {
+        "prio": "low",
+        "counts": {"unread": total_unread},
+        "devices": [{
+            "app_id": app_id,
+            "pushkey": pushkey,
+            "pushkey_ts": pushkey_ts_s,
+            "data": {
+                "format": format.as_str(),
+                "chat_id": chat.0,
+                "chat_unread": chat_unread,
+                "badge_only": true,
+            },
+        }],
+    }})
+    .to_string()
+}
+
+/// The blocking HTTP client shared by the sender threads (keep-alive pool).
+#[derive(Clone, Debug)]
+pub struct Client {
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// A client that gives up connecting after `connect` and waiting for a whole
+    /// answer after `timeout`; no redirects (a gateway that redirects is
+    /// misconfigured, and following one would leave the allow-list). It keeps
+    /// up to `idle` connections open for reuse, per gateway host and in all:
+    /// at least one per sender thread, or each request past the pool pays a
+    /// new connection (ureq's default pool is 10 in all, which made 8 to 32
+    /// senders reconnect constantly: a quarter of natterd's CPU in the bench).
+    pub fn new(connect: Duration, timeout: Duration, idle: usize) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(connect))
+            .timeout_global(Some(timeout))
+            .max_redirects(0)
+            .max_idle_connections(idle)
+            .max_idle_connections_per_host(idle)
+            .user_agent("natterd-push")
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            BlockingResolver,
+        );
+        Self { agent }
+    }
+
+    /// Posts `job` and classifies the answer.
+    pub fn send(&self, job: &Job) -> Outcome {
+        let result = self
+            .agent
+            .post(&job.gateway_url)
+            .header("Content-Type", "application/json")
+            .send(job.body.as_bytes());
+        let mut response = match result {
+            Ok(r) => r,
+            Err(e) => return Outcome::Retry(classify_error(&e)),
+        };
+        let status = response.status().as_u16();
+        match status {
+            200..=299 => {
+                // A gateway that answers 2xx without a readable body took it.
+                let text = response
+                    .body_mut()
+                    .with_config()
+                    .limit(64 * 1024)
+                    .read_to_string()
+                    .unwrap_or_default();
+                let rejected = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("rejected")?
+                            .as_array()
+                            .map(|keys| keys.iter().any(|k| k.as_str() == Some(job.pushkey.as_str())))
+                    })
+                    .unwrap_or(false);
+                if rejected {
+                    Outcome::Rejected
+                } else {
+                    Outcome::Sent
+                }
+            }
+            408 | 429 | 500..=599 => Outcome::Retry(FailureClass::Status),
+            _ => Outcome::Refused,
+        }
+    }
+}
+
+/// Resolves gateway hosts on the sender thread itself. ureq's default resolver,
+/// when a timeout is set, spawns a thread per request to bound the lookup, and
+/// it resolves before it looks in its connection pool: a thread per
+/// notification (a sixth of the senders' CPU in the bench). A gateway is
+/// usually an IP address or a name in the local resolver's cache, and a slow
+/// lookup only holds up one sender thread, never an event loop.
+#[derive(Debug)]
+struct BlockingResolver;
+
+impl ureq::unversioned::resolver::Resolver for BlockingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        _config: &ureq::config::Config,
+        _timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        use std::net::ToSocketAddrs as _;
+        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let mut out = self.empty();
+        for addr in (host, port).to_socket_addrs()?.take(16) {
+            out.push(addr);
+        }
+        if out.is_empty() {
+            Err(ureq::Error::HostNotFound)
+        } else {
+            Ok(out)
+        }
+    }
+}
+
+fn classify_error(error: &ureq::Error) -> FailureClass {
+    match error {
+        ureq::Error::Timeout(_) => FailureClass::Timeout,
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => FailureClass::Connect,
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => FailureClass::Connect,
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => FailureClass::Timeout,
+        _ => FailureClass::Io,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_content_free_unless_asked_and_cut_text() {
+        let n = Notification {
+            chat: ChatId(5),
+            seq: Seq(9),
+            sender: UserId(2),
+            sender_name: Some("alice"),
+            text: Some("héllo world"),
+            chat_unread: 3,
+            total_unread: 7,
+        };
+        let free: serde_json::Value =
+            serde_json::from_str(&body(&n, "app", "KEY", 1, PushFormat::ContentFree, 4)).unwrap();
+        let note = &free["notification"];
+        assert_eq!(note["counts"]["unread"], 7);
+        assert_eq!(note["devices"][0]["pushkey"], "KEY");
+        assert_eq!(note["devices"][0]["data"]["chat_unread"], 3);
+        assert_eq!(note["devices"][0]["data"]["seq"], 9);
+        assert!(note.get("content").is_none() && note.get("sender_display_name").is_none());
+        let text: serde_json::Value =
+            serde_json::from_str(&body(&n, "app", "KEY", 1, PushFormat::WithText, 4)).unwrap();
+        assert_eq!(text["notification"]["content"]["body"], "héll");
+        assert_eq!(text["notification"]["sender_display_name"], "alice");
+    }
+}
