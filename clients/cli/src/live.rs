@@ -137,6 +137,11 @@ impl Cursors {
         }
     }
 
+    /// Whether own messages wait for the cursor to reach them.
+    pub(crate) fn has_own_ahead(&self) -> bool {
+        !self.own_ahead.is_empty()
+    }
+
     /// Takes one's own message confirmed by `SendOk`: accepted now if it is the next
     /// `seq`, else kept until the messages before it arrive. Returns what is now in order.
     pub(crate) fn accept_own(&mut self, message: Message) -> Vec<Message> {
@@ -282,9 +287,11 @@ impl Live {
         self.cursors.position(chat)
     }
 
-    /// Whether messages are still waiting for their `SendOk`.
+    /// Whether messages are still waiting for their `SendOk`, or were confirmed
+    /// but not shown yet (their `seq` is ahead of what has arrived of the chat:
+    /// the sync still streams what comes before them).
     pub(crate) fn sending(&self) -> bool {
-        !self.outbox.is_empty()
+        !self.outbox.is_empty() || self.cursors.has_own_ahead()
     }
 
     /// Queues `text` for `chat_id` under a fresh random `client_msg_id` and sends it if
