@@ -55,4 +55,4 @@ pub use http::{
     DEFAULT_HTTP_TIMEOUT, Endpoints, Friend, FriendList, FriendStatus, HttpClient, Login, RawResponse,
 };
 pub use presence::UserPresence;
-pub use transport::{Endpoint, Scheme, Trust, fingerprint};
+pub use transport::{Endpoint, Scheme, Trust, fingerprint, tls_client_config};

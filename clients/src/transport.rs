@@ -383,6 +383,18 @@ fn handshake(transport: &'static str, message: String) -> ClientError {
 
 /// A TLS 1.3 client connection to `host` trusting by `trust`.
 fn client_tls(trust: &Trust, host: &str) -> Result<ClientConnection, ClientError> {
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|e| ClientError::InvalidArgument(format!("server name {host:?}: {e}")))?;
+    ClientConnection::new(tls_client_config(trust)?, name).map_err(|e| handshake("TLS", e.to_string()))
+}
+
+/// The rustls client configuration natter-client uses (TLS 1.3 only, ring),
+/// trusting by `trust`: for tools that drive TLS themselves (natter-bench's
+/// non-blocking connections).
+///
+/// # Errors
+/// [`ClientError::InvalidArgument`] for an unreadable or malformed CA file.
+pub fn tls_client_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -403,22 +415,16 @@ fn client_tls(trust: &Trust, host: &str) -> Result<ClientConnection, ClientError
                 .with_no_client_auth()
         }
         Trust::CaFile(path) => {
+            let bad =
+                |e: &dyn std::fmt::Display| ClientError::InvalidArgument(format!("{}: {e}", path.display()));
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path)
-                .map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))?
-            {
-                let cert =
-                    cert.map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| ClientError::InvalidArgument(format!("{}: {e}", path.display())))?;
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
     };
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| ClientError::InvalidArgument(format!("server name {host:?}: {e}")))?;
-    ClientConnection::new(Arc::new(config), name).map_err(|e| handshake("TLS", e.to_string()))
+    Ok(Arc::new(config))
 }
 
 /// SHA-256 of a certificate's DER as lowercase hex.
