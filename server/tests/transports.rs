@@ -213,6 +213,85 @@ fn presence(scheme: &str) {
     assert!(!presence_of(&mut a, p.bob.user_id), "offline");
 }
 
+/// Sends Sync with `cursors` and reads to its SyncDone; returns the messages.
+fn sync_from(conn: &mut Connection, cursors: Vec<Cursor>) -> Vec<Message> {
+    let rid = conn.send_body(Body::Sync(Sync { cursors })).unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    loop {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        match conn.recv_timeout(left).unwrap() {
+            Some(Frame {
+                body: Body::Message(m),
+                ..
+            }) => got.push(m),
+            Some(Frame {
+                body: Body::SyncDone(_),
+                request_id,
+            }) if request_id == rid => return got,
+            Some(_) => {}
+            None => panic!("no SyncDone within {DEADLINE:?}"),
+        }
+    }
+}
+
+/// Bob on `scheme` stops reading while Alice sends 20 MB: natterd's memory
+/// stays bounded (outbound limits hold on every transport), he is switched
+/// to sync mode (Resync), and a sync then gives him everything once, in order.
+fn slow_consumer(scheme: &str) {
+    const COUNT: u64 = 2000;
+    // Bob is silent the whole time: a heartbeat timeout longer than the sends.
+    let p = pair_with(&["--heartbeat-timeout", "120s"]);
+    let (mut a, _) = p.server.connect("tcp", &p.alice);
+    let (mut b, _) = p.server.connect(scheme, &p.bob);
+    sync_from(&mut b, Vec::new());
+    let before = rss_bytes(p.server.pid());
+    let text = "y".repeat(10_000);
+    for i in 1..=COUNT {
+        send(&mut a, p.dm, i, &text);
+    }
+    let grown = rss_bytes(p.server.pid()).saturating_sub(before);
+    assert!(grown < 64 << 20, "natterd grew by {grown} bytes");
+    let slow = || {
+        p.server
+            .metric("natter_slow_consumers_total{core=\"0\"}")
+            .unwrap_or(0.0)
+            + p.server
+                .metric("natter_slow_consumers_total{core=\"1\"}")
+                .unwrap_or(0.0)
+    };
+    assert!(wait_until(DEADLINE, || slow() >= 1.0), "no slow consumer counted");
+    let start = Instant::now();
+    let mut held = Vec::new();
+    loop {
+        let left = DEADLINE.saturating_sub(start.elapsed());
+        match b.recv_timeout(left).unwrap() {
+            Some(Frame {
+                body: Body::Message(m),
+                ..
+            }) => held.push(m),
+            Some(Frame {
+                body: Body::Resync, ..
+            }) => break,
+            Some(_) => {}
+            None => panic!("no Resync"),
+        }
+    }
+    assert!(
+        (held.len() as u64) < COUNT,
+        "some pushes were dropped for the sync"
+    );
+    assert_gapless(&held, 1, held.len() as u64);
+    let rest = sync_from(
+        &mut b,
+        vec![Cursor {
+            chat_id: p.dm,
+            seq: held.len() as u64,
+        }],
+    );
+    assert_gapless(&rest, held.len() as u64 + 1, COUNT);
+}
+
 /// An honest pair on `scheme` exchanges one more message (after each attack).
 struct Honest {
     a: Connection,
@@ -426,6 +505,11 @@ macro_rules! per_transport {
             fn friends_see_the_user_come_online_and_go_offline() {
                 super::presence(stringify!($scheme));
             }
+
+            #[test]
+            fn a_device_that_stops_reading_stays_bounded_and_is_switched_to_sync() {
+                super::slow_consumer(stringify!($scheme));
+            }
         }
     )*};
 }
@@ -535,4 +619,52 @@ fn a_flood_of_stalled_handshakes_is_bounded_and_closed_at_the_deadline() {
         "only the honest pair left"
     );
     honest.chat();
+}
+
+/// `--ws-tls`: WebSocket over TLS, trusted by a CA file (the self-signed
+/// certificate itself); the certificate, and so the pin, survive a restart.
+#[test]
+fn wss_trusted_by_a_ca_file_and_the_same_certificate_after_a_restart() {
+    let mut server = server_with(&["--ws-tls"]);
+    let alice = server.user("alice");
+    assert!(
+        server.urls.iter().any(|u| u.starts_with("wss://")),
+        "{:?}",
+        server.urls
+    );
+    let ca = Trust::CaFile(server.data_dir().join("tls/cert.pem"));
+    let (mut conn, welcome) =
+        Connection::connect_url(&server.url("wss"), Some(&ca), &alice.token, "browser").unwrap();
+    assert_eq!(welcome.user_id, alice.user_id);
+    conn.ping().unwrap();
+    drop(conn);
+    let pin = server.cert_sha256.clone();
+    assert_eq!(pin.as_ref().map(String::len), Some(64));
+    server.restart();
+    assert_eq!(server.cert_sha256, pin, "the certificate is reused");
+    for scheme in ["tls", "wss"] {
+        let (mut conn, _) = server.connect(scheme, &alice);
+        conn.ping().unwrap();
+    }
+    // Endpoints and login list the same URLs and fingerprint as the ready line.
+    let endpoints = server.client().endpoints().unwrap();
+    assert_eq!(
+        (&endpoints.urls, &endpoints.cert_sha256),
+        (&server.urls, &server.cert_sha256)
+    );
+    let login = server
+        .client()
+        .login("alice", "correct horse battery", "again")
+        .unwrap();
+    assert_eq!(login.endpoints.urls, server.urls);
+}
+
+/// A transport turned off has no listener, no URL and (without any TLS) no fingerprint.
+#[test]
+fn transports_turned_off_are_not_listed() {
+    let server = server_with(&["--tls-port", "off", "--ws-port", "off"]);
+    assert_eq!(server.urls, vec![format!("tcp://{}", server.tcp)]);
+    assert_eq!(server.cert_sha256, None);
+    let endpoints = server.client().endpoints().unwrap();
+    assert_eq!((endpoints.tls, endpoints.ws), (None, None));
 }
