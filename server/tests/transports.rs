@@ -668,3 +668,25 @@ fn transports_turned_off_are_not_listed() {
     let endpoints = server.client().endpoints().unwrap();
     assert_eq!((endpoints.tls, endpoints.ws), (None, None));
 }
+
+/// What an idle authenticated connection costs natterd on each transport
+/// (printed for PERFORMANCE.md; bounded here so that a regression that keeps
+/// large buffers per connection fails).
+#[test]
+fn idle_connections_cost_little_on_every_transport() {
+    const EACH: usize = 300;
+    let server = server_with(&["--max-sessions-per-user", "10000", "--heartbeat-timeout", "120s"]);
+    let alice = server.user("alice");
+    let mut held = Vec::new();
+    for scheme in ["tcp", "tls", "ws"] {
+        let before = rss_bytes(server.pid());
+        for _ in 0..EACH {
+            let (mut conn, _) = server.connect(scheme, &alice);
+            conn.ping().unwrap();
+            held.push(conn);
+        }
+        let per = rss_bytes(server.pid()).saturating_sub(before) / EACH as u64;
+        println!("{scheme}: natterd RSS +{per} B per idle authenticated connection ({EACH} connections)");
+        assert!(per < 64 * 1024, "{scheme}: {per} B per idle connection");
+    }
+}
