@@ -132,14 +132,15 @@ impl Stream {
         }
     }
 
-    /// False while a TLS handshake or a WebSocket upgrade is still under way:
-    /// frames written to it now would wait behind the handshake, so a close
-    /// at this point drops them and just closes the socket.
+    /// False while a TLS handshake or a WebSocket upgrade is still under way,
+    /// and once a WebSocket Close was sent: frames written to it now would
+    /// never be read, so a close at this point drops them and only says
+    /// goodbye.
     pub fn established(&self) -> bool {
         match self {
             Stream::Tcp(_) => true,
             Stream::Tls(s) => !s.is_handshaking(),
-            Stream::Ws(s) => s.is_open(),
+            Stream::Ws(s) => s.is_open() && !s.is_closing(),
         }
     }
 }

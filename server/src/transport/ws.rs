@@ -146,6 +146,11 @@ impl WsStream {
         matches!(self.state, State::Open)
     }
 
+    /// True once a Close was sent or received.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
     /// Reads frame bytes: the upgrade first, then binary messages' payloads.
     /// See [`crate::transport::Stream::read`].
     ///
