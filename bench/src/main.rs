@@ -218,11 +218,11 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     if transport != transport::Kind::Tcp
         && !matches!(
             cli.scenario,
-            ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync
+            ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
         )
     {
         return Err(BenchError::NotImplemented(format!(
-            "transport {:?} for {} (one2one, group and sync have it)",
+            "transport {:?} for {} (one2one, group, sync and connect have it)",
             cli.transport.as_str(),
             cli.scenario.as_str()
         )));
