@@ -3,7 +3,8 @@
 //! test (a sender on TLS, recipients on WebSocket and TCP, one gapless order),
 //! and bad input per transport while an honest session keeps chatting: TLS
 //! garbage and a stalled half-handshake, a WebSocket text message, an
-//! oversized message, a message that is not one frame, bad upgrades; natterd's
+//! oversized message, a fragmented flood, a message that is not one frame, bad
+//! upgrades; a slow consumer per transport; idle connection cost; natterd's
 //! memory while flooded with half-open handshakes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -367,6 +368,33 @@ fn raw(server: &TestServer, scheme: &str) -> TcpStream {
     TcpStream::connect(addr).unwrap()
 }
 
+/// A raw socket past a WebSocket upgrade (the 101 read).
+fn raw_ws_upgrade(server: &TestServer) -> TcpStream {
+    let mut s = raw(server, "ws");
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).unwrap(),
+            1,
+            "closed during the upgrade: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
 /// The start of a TLS 1.3 ClientHello record header claiming 512 bytes,
 /// followed by only a few of them: a handshake that stalls half-way.
 const HALF_CLIENT_HELLO: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
@@ -481,6 +509,27 @@ fn bad_input_ws() {
     let _ = s.write_all(long.as_bytes());
     let answer = String::from_utf8_lossy(&read_to_close(&mut s, DEADLINE)).into_owned();
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    // A fragmented flood: fragments of 1 KiB, never a final one, summed past the limit.
+    let mut flood = raw_ws_upgrade(&p.server);
+    let mut code = None;
+    for i in 0..200 {
+        let opcode = if i == 0 { 0x2 } else { 0x0 };
+        // FIN clear, masked with a zero key (valid, and the payload stays as written).
+        let mut fragment = vec![opcode, 0x80 | 126, 0x04, 0x00, 0, 0, 0, 0];
+        fragment.resize(8 + 1024, 0x55);
+        if flood.write_all(&fragment).is_err() {
+            break;
+        }
+    }
+    let answer = read_to_close(&mut flood, DEADLINE);
+    // The server's Close frame: 0x88, a length, then the code (big-endian).
+    if let Some(at) = answer.windows(2).position(|w| w[0] == 0x88) {
+        code = answer
+            .get(at + 2..at + 4)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]));
+    }
+    assert_eq!(code, Some(1009), "{answer:?}");
+    honest.chat();
     // The allowed origin is let in.
     let ok = Connection::open_url(&url, None, Some("https://chat.example"));
     assert!(ok.is_ok(), "{ok:?}");
@@ -527,7 +576,7 @@ fn tls_garbage_a_stalled_handshake_and_a_wrong_pin_are_refused_while_an_honest_s
 }
 
 #[test]
-fn websocket_text_oversize_non_frame_messages_and_bad_upgrades_get_clear_codes() {
+fn websocket_text_oversize_fragmented_non_frame_messages_and_bad_upgrades_get_clear_codes() {
     bad_input_ws();
 }
 
