@@ -174,6 +174,9 @@ pub struct TlsStream {
     tcp: TcpStream,
     tls: ServerConnection,
     close_sent: bool,
+    /// An error met after a read had already gathered plaintext: returned by
+    /// the next read, so the frames before it are not lost.
+    deferred: Option<io::Error>,
 }
 
 impl TlsStream {
@@ -188,6 +191,7 @@ impl TlsStream {
             tcp,
             tls,
             close_sent: false,
+            deferred: None,
         })
     }
 
@@ -235,30 +239,60 @@ impl TlsStream {
 }
 
 impl Read for TlsStream {
+    /// Fills `buf` with as much plaintext as the socket has (several records:
+    /// rustls reads 4 KiB per `read_tls`), so the worker hands the core many
+    /// frames per call, as on raw TCP.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        let mut filled = 0;
         loop {
-            match self.tls.reader().read(buf) {
-                Ok(n) => return Ok(n),
+            let rest = buf.get_mut(filled..).unwrap_or_default();
+            if rest.is_empty() {
+                return Ok(filled);
+            }
+            match self.tls.reader().read(rest) {
+                // close_notify: the frames before it first.
+                Ok(0) => return Ok(filled),
+                Ok(n) => {
+                    filled += n;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The peer closed the socket without close_notify: a close all the same.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
+                Err(e) => return self.fail(filled, e),
             }
             // No plaintext buffered: take records from the socket.
             match self.tls.read_tls(&mut self.tcp) {
-                Ok(0) => return Ok(0),
+                Ok(0) => return Ok(filled),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
+                Err(e) => return self.fail(filled, e),
             }
             if let Err(e) = self.tls.process_new_packets() {
                 // rustls queued an alert saying why: best effort to send it.
                 let _ = self.push();
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                return self.fail(filled, io::Error::new(io::ErrorKind::InvalidData, e));
             }
             // The handshake (or a key update) may have something to answer.
-            self.push()?;
+            if let Err(e) = self.push() {
+                return self.fail(filled, e);
+            }
         }
+    }
+}
+
+impl TlsStream {
+    /// Returns `e` now, or after the `filled` bytes already gathered.
+    fn fail(&mut self, filled: usize, e: io::Error) -> io::Result<usize> {
+        if filled == 0 {
+            return Err(e);
+        }
+        self.deferred = Some(e);
+        Ok(filled)
     }
 }
 

@@ -117,6 +117,9 @@ pub struct WsStream {
     pending: Bytes,
     settings: Arc<WsSettings>,
     closing: bool,
+    /// An error met after a read had already gathered frames: returned by the
+    /// next read, so the frames before it are not lost.
+    deferred: Option<io::Error>,
 }
 
 impl WsStream {
@@ -130,6 +133,7 @@ impl WsStream {
             pending: Bytes::new(),
             settings,
             closing: false,
+            deferred: None,
         }
     }
 
@@ -158,6 +162,15 @@ impl WsStream {
     /// `WouldBlock` when drained; `InvalidData` after a refused upgrade or a
     /// close code sent for bad input; other I/O errors.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.deferred.take() {
+            // A close seen after earlier frames: now it is the end of the stream.
+            return if e.kind() == io::ErrorKind::UnexpectedEof {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        let mut filled = 0;
         loop {
             match &mut self.state {
                 State::Upgrading { head } => {
@@ -177,53 +190,87 @@ impl WsStream {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, "upgrade refused"));
                 }
                 State::Open => {
+                    // As many messages as fit: the worker hands the core many
+                    // frames per call, as on raw TCP.
                     if !self.pending.is_empty() {
-                        let n = self.pending.len().min(buf.len());
-                        if let (Some(dst), Some(src)) = (buf.get_mut(..n), self.pending.get(..n)) {
+                        let rest = buf.get_mut(filled..).unwrap_or_default();
+                        let n = self.pending.len().min(rest.len());
+                        if let (Some(dst), Some(src)) = (rest.get_mut(..n), self.pending.get(..n)) {
                             dst.copy_from_slice(src);
                         }
                         self.pending.advance(n);
-                        return Ok(n);
+                        filled += n;
+                        if filled == buf.len() {
+                            return Ok(filled);
+                        }
+                        continue;
                     }
                     if self.closing {
-                        return Ok(0);
+                        return Ok(filled);
                     }
-                    match self.ctx.read(&mut self.inner) {
-                        Ok(Message::Binary(message)) => {
-                            if !is_one_frame(&message) {
-                                return Err(self.refuse(
-                                    CloseCode::Invalid,
-                                    "each binary message carries exactly one size-prefixed frame",
-                                ));
+                    let read = self.ctx.read(&mut self.inner);
+                    if filled > 0 {
+                        match read {
+                            Ok(Message::Binary(message)) if is_one_frame(&message) => {
+                                self.pending = message;
+                                continue;
                             }
-                            self.pending = message;
+                            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                                return Ok(filled);
+                            }
+                            // Anything else is dealt with on the next call, after these frames.
+                            other => {
+                                self.deferred = Some(match self.message_error(other) {
+                                    Ok(()) => return Ok(filled),
+                                    Err(e) => e,
+                                });
+                                return Ok(filled);
+                            }
                         }
-                        Ok(Message::Text(_)) => {
-                            return Err(
-                                self.refuse(CloseCode::Unsupported, "natter speaks binary messages only")
-                            );
-                        }
-                        // Pings are answered by tungstenite (flushed with our writes).
-                        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                        Ok(Message::Close(_)) => {
-                            self.closing = true;
-                            return Ok(0);
-                        }
-                        Err(WsError::Io(e)) => return Err(e),
-                        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => return Ok(0),
-                        Err(WsError::Capacity(_)) => {
-                            return Err(self.refuse(CloseCode::Size, "message over the frame limit"));
-                        }
-                        Err(WsError::WriteBufferFull(_)) => {
-                            return Err(self.refuse(CloseCode::Policy, "pings faster than their pongs leave"));
-                        }
-                        Err(WsError::Utf8(_)) => {
-                            return Err(self.refuse(CloseCode::Invalid, "invalid UTF-8"));
-                        }
-                        Err(e) => return Err(self.refuse(CloseCode::Protocol, &e.to_string())),
+                    }
+                    match self.message_error(read) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                        Err(e) => return Err(e),
                     }
                 }
             }
+        }
+    }
+
+    /// Takes what tungstenite read: a binary message becomes `pending`;
+    /// anything that ends the connection is an error (`UnexpectedEof` for a
+    /// close), with a close code queued where natterd owes one.
+    fn message_error(&mut self, read: tungstenite::Result<Message>) -> io::Result<()> {
+        match read {
+            Ok(Message::Binary(message)) if is_one_frame(&message) => {
+                self.pending = message;
+                Ok(())
+            }
+            Ok(Message::Binary(_)) => Err(self.refuse(
+                CloseCode::Invalid,
+                "each binary message carries exactly one size-prefixed frame",
+            )),
+            Ok(Message::Text(_)) => {
+                Err(self.refuse(CloseCode::Unsupported, "natter speaks binary messages only"))
+            }
+            // Pings are answered by tungstenite (flushed with our writes).
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => Ok(()),
+            Ok(Message::Close(_)) => {
+                self.closing = true;
+                Err(io::ErrorKind::UnexpectedEof.into())
+            }
+            Err(WsError::Io(e)) => Err(e),
+            Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            }
+            Err(WsError::Capacity(_)) => Err(self.refuse(CloseCode::Size, "message over the frame limit")),
+            Err(WsError::WriteBufferFull(_)) => {
+                Err(self.refuse(CloseCode::Policy, "pings faster than their pongs leave"))
+            }
+            Err(WsError::Utf8(_)) => Err(self.refuse(CloseCode::Invalid, "invalid UTF-8")),
+            Err(e) => Err(self.refuse(CloseCode::Protocol, &e.to_string())),
         }
     }
 
