@@ -420,25 +420,34 @@ impl Ws {
             self.ctx = WebSocketContext::from_partially_read(leftover, Role::Client, Some(ws_config()));
             self.answer = None;
         }
+        // As many messages as fit (the driver then decodes many frames per read).
+        let mut filled = 0;
         loop {
             if !self.pending.is_empty() {
-                let n = self.pending.len().min(buf.len());
-                if let (Some(dst), Some(src)) = (buf.get_mut(..n), self.pending.get(..n)) {
+                let rest = buf.get_mut(filled..).unwrap_or_default();
+                let n = self.pending.len().min(rest.len());
+                if let (Some(dst), Some(src)) = (rest.get_mut(..n), self.pending.get(..n)) {
                     dst.copy_from_slice(src);
                 }
                 self.pending.advance(n);
-                return Ok(n);
+                filled += n;
+                if filled == buf.len() {
+                    return Ok(filled);
+                }
+                continue;
             }
             match self.ctx.read(&mut self.inner) {
                 Ok(Message::Binary(b)) => self.pending = b,
-                Ok(Message::Close(_)) => return Ok(0),
-                Ok(Message::Text(_)) => {
+                // The end (or an error) after gathered frames comes with the next read.
+                Ok(Message::Close(_)) => return Ok(filled),
+                Ok(Message::Text(_)) if filled == 0 => {
                     return Err(io::Error::new(io::ErrorKind::InvalidData, "a text message"));
                 }
                 Ok(_) => {}
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Ok(0);
+                    return Ok(filled);
                 }
+                Err(_) if filled > 0 => return Ok(filled),
                 Err(e) => return Err(ws_error(e)),
             }
         }

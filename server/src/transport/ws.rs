@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use mio::net::TcpStream;
 use tungstenite::Message;
 use tungstenite::error::Error as WsError;
@@ -36,9 +36,15 @@ pub const MAX_UPGRADE_REQUEST: usize = MAX_PRE_AUTH_INPUT;
 /// Headers parsed in an upgrade request; a browser sends about 15.
 const MAX_UPGRADE_HEADERS: usize = 32;
 
-/// Bytes tungstenite reads from the socket per call and keeps allocated per
-/// connection: small, so an idle WebSocket costs little.
-const WS_READ_BUFFER: usize = 8 * 1024;
+/// Bytes tungstenite reads per call and keeps allocated per connection:
+/// small, so an idle WebSocket costs little. Its reads are served from
+/// [`ReadAhead`], so this does not set the size of the read syscalls.
+const WS_READ_BUFFER: usize = 4 * 1024;
+
+/// Bytes read from the socket per syscall once the WebSocket is open, as on
+/// raw TCP (the worker's `READ_CHUNK`): a burst of small messages costs one
+/// `read`, not one per [`WS_READ_BUFFER`].
+const READ_AHEAD: usize = 64 * 1024;
 
 /// Bytes of encoded messages gathered before they are written out: a burst of
 /// pushes leaves in one write, like TCP's vectored write.
@@ -91,6 +97,47 @@ impl Write for ByteStream {
     }
 }
 
+/// The open WebSocket's reads: large reads from the socket, the bytes
+/// tungstenite has not taken yet kept in `ahead` (allocated only while it
+/// holds bytes, so an idle connection keeps nothing here).
+#[derive(Debug)]
+struct ReadAhead {
+    stream: ByteStream,
+    ahead: BytesMut,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ahead.is_empty() {
+            if buf.len() >= READ_AHEAD {
+                return self.stream.read(buf);
+            }
+            let mut chunk = [0u8; READ_AHEAD];
+            let n = self.stream.read(&mut chunk)?;
+            self.ahead.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        }
+        let n = self.ahead.len().min(buf.len());
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), self.ahead.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.ahead.advance(n);
+        if self.ahead.is_empty() && self.ahead.capacity() > 0 {
+            self.ahead = BytesMut::new();
+        }
+        Ok(n)
+    }
+}
+
+impl Write for ReadAhead {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 #[derive(Debug)]
 enum State {
     /// Reading the HTTP upgrade request.
@@ -110,7 +157,7 @@ enum State {
 /// One WebSocket connection: the upgrade, then one frame per binary message.
 #[derive(Debug)]
 pub struct WsStream {
-    inner: ByteStream,
+    inner: ReadAhead,
     state: State,
     ctx: WebSocketContext,
     /// The rest of the current message not yet handed to the reader.
@@ -127,7 +174,10 @@ impl WsStream {
     pub fn new(inner: ByteStream, settings: Arc<WsSettings>) -> Self {
         let ctx = WebSocketContext::new(Role::Server, Some(ws_config(settings.max_frame)));
         Self {
-            inner,
+            inner: ReadAhead {
+                stream: inner,
+                ahead: BytesMut::new(),
+            },
             state: State::Upgrading { head: Vec::new() },
             ctx,
             pending: Bytes::new(),
@@ -139,7 +189,7 @@ impl WsStream {
 
     /// The socket underneath.
     pub fn tcp(&mut self) -> &mut TcpStream {
-        match &mut self.inner {
+        match &mut self.inner.stream {
             ByteStream::Plain(s) => s,
             ByteStream::Tls(s) => s.tcp(),
         }
@@ -177,7 +227,9 @@ impl WsStream {
                     let mut chunk = [0u8; 1024];
                     let room = MAX_UPGRADE_REQUEST.saturating_sub(head.len()).min(chunk.len());
                     let chunk = chunk.get_mut(..room.max(1)).unwrap_or_default();
-                    let n = self.inner.read(chunk)?;
+                    // Straight from the stream: the upgrade's 4 KiB budget
+                    // leaves nothing to read ahead.
+                    let n = self.inner.stream.read(chunk)?;
                     if n == 0 {
                         return Ok(0);
                     }
