@@ -242,7 +242,8 @@ fn sync_from(conn: &mut Connection, cursors: Vec<Cursor>) -> Vec<Message> {
 fn slow_consumer(scheme: &str) {
     const COUNT: u64 = 2000;
     // Bob is silent the whole time: a heartbeat timeout longer than the sends.
-    let p = pair_with(&["--heartbeat-timeout", "120s"]);
+    // Sends as fast as the loop goes: not limited by --send-rate-limit.
+    let p = pair_with(&["--heartbeat-timeout", "120s", "--send-rate-limit", "100000"]);
     let (mut a, _) = p.server.connect("tcp", &p.alice);
     let (mut b, _) = p.server.connect(scheme, &p.bob);
     sync_from(&mut b, Vec::new());
