@@ -23,6 +23,7 @@ mod scenarios;
 mod sockets;
 mod spawn;
 mod target;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -211,10 +212,25 @@ fn main() -> ExitCode {
 
 /// Checks the command line, sets up the server under test and runs the scenario.
 fn run(cli: &Cli) -> Result<Report, BenchError> {
-    if cli.transport != Transport::Tcp {
+    // The scenarios that drive TLS and WebSocket; the others speak raw TCP only.
+    let transport = match cli.transport {
+        Transport::Tcp => transport::Kind::Tcp,
+        Transport::Tls => transport::Kind::Tls,
+        Transport::Ws => transport::Kind::Ws,
+        Transport::Quic => {
+            return Err(BenchError::NotImplemented("transport \"quic\"".into()));
+        }
+    };
+    if transport != transport::Kind::Tcp
+        && !matches!(
+            cli.scenario,
+            ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
+        )
+    {
         return Err(BenchError::NotImplemented(format!(
-            "transport {:?}",
-            cli.transport.as_str()
+            "transport {:?} for {} (one2one, group, sync and connect have it)",
+            cli.transport.as_str(),
+            cli.scenario.as_str()
         )));
     }
     interrupt::install()?;
@@ -264,7 +280,15 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     if let Some(pid) = cli.pid {
         target = target.with_pid(pid);
     }
-    println!("server: http {} · tcp {}", target.http_addr_text(), target.tcp);
+    if transport != transport::Kind::Tcp {
+        target = target.with_transport(transport)?;
+    }
+    println!(
+        "server: http {} · tcp {} · clients on {}",
+        target.http_addr_text(),
+        target.tcp,
+        target.dial.url()
+    );
 
     let mut report = match cli.scenario {
         ScenarioName::OneToOne => one2one::run(&target, &options, &cli.one2one, &cli.messaging)?,

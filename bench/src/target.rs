@@ -15,6 +15,7 @@ use natter_client::HttpClient;
 
 use crate::error::BenchError;
 use crate::spawn::SpawnedServer;
+use crate::transport::{Dial, Kind};
 
 /// Where natterd's resident memory is read from.
 #[derive(Clone, Debug)]
@@ -32,6 +33,12 @@ pub(crate) struct Target {
     pub(crate) http: HttpClient,
     /// The raw TCP frame port.
     pub(crate) tcp: SocketAddr,
+    /// Every transport natterd serves, as URLs (`GET /v1/endpoints`).
+    pub(crate) urls: Vec<String>,
+    /// The TLS certificate's SHA-256, pinned by TLS connections.
+    pub(crate) cert_sha256: Option<String>,
+    /// How the scenario's clients connect (`--transport`; raw TCP unless changed).
+    pub(crate) dial: Dial,
     rss: RssSource,
 }
 
@@ -43,9 +50,13 @@ impl Target {
     pub(crate) fn spawned(server: &SpawnedServer) -> Result<Target, BenchError> {
         let http = HttpClient::from_addr(server.http);
         http.healthz()?;
+        let endpoints = http.endpoints()?;
         Ok(Target {
             http,
             tcp: server.tcp,
+            urls: endpoints.urls,
+            cert_sha256: endpoints.cert_sha256,
+            dial: Dial::tcp(server.tcp),
             rss: RssSource::Proc(server.pid()),
         })
     }
@@ -66,8 +77,33 @@ impl Target {
         Ok(Target {
             http,
             tcp: endpoints.tcp,
+            dial: Dial::tcp(endpoints.tcp),
+            urls: endpoints.urls,
+            cert_sha256: endpoints.cert_sha256,
             rss: RssSource::Metrics,
         })
+    }
+
+    /// Opens and authenticates a blocking connection over the target's transport.
+    ///
+    /// # Errors
+    /// As [`natter_client::Connection::connect_url`].
+    pub(crate) fn connect(
+        &self,
+        token: &str,
+        device: &str,
+    ) -> Result<(natter_client::Connection, natter_wire::Welcome), natter_client::ClientError> {
+        let trust = self.cert_sha256.clone().map(natter_client::Trust::Fingerprint);
+        natter_client::Connection::connect_url(&self.dial.url(), trust.as_ref(), token, device)
+    }
+
+    /// This target with its clients connecting over `kind`.
+    ///
+    /// # Errors
+    /// [`BenchError::Setup`] when natterd does not serve that transport.
+    pub(crate) fn with_transport(self, kind: Kind) -> Result<Target, BenchError> {
+        let dial = Dial::new(&self, kind)?;
+        Ok(Target { dial, ..self })
     }
 
     /// This target with natterd's RSS read from `/proc/<pid>/status` (`--pid`: a
@@ -296,6 +332,9 @@ mod tests {
         let target = Target {
             http: HttpClient::new("127.0.0.1:9"),
             tcp: SocketAddr::from(([127, 0, 0, 1], 9)),
+            urls: Vec::new(),
+            cert_sha256: None,
+            dial: Dial::tcp(SocketAddr::from(([127, 0, 0, 1], 9))),
             rss: RssSource::Proc(std::process::id()),
         };
         assert!(target.server_rss().unwrap() > 0);

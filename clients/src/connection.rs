@@ -1,5 +1,6 @@
-//! [`Connection`]: one blocking TCP session with natterd — the `Hello`/`Welcome`
-//! handshake, typed frames in and out, request ids, and `Ping`.
+//! [`Connection`]: one blocking session with natterd — over raw TCP, TLS or
+//! WebSocket (see `transport.rs`) — the `Hello`/`Welcome` handshake, typed
+//! frames in and out, request ids, and `Ping`.
 //!
 //! Frames are read through [`natter_wire::FrameDecoder`] over a [`BytesMut`], so
 //! partial reads and several frames per read are handled, and every frame is
@@ -8,14 +9,15 @@
 //! queued and handed out by the next [`Connection::recv`], in arrival order.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use natter_wire::{Body, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping, Welcome};
 
 use crate::error::{ClientError, ServerCode};
+use crate::transport::{Endpoint, Got, Io, Trust};
 
 /// How long [`Connection::open`] waits for the TCP handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,13 +32,16 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Longest frame description kept in [`ClientError::UnexpectedFrame`].
 const MAX_FRAME_DESCRIPTION: usize = 120;
 
-/// A blocking, authenticated (after [`Connection::hello`]) TCP session with natterd.
+/// A blocking, authenticated (after [`Connection::hello`]) session with natterd
+/// over TCP, TLS or WebSocket; the API is the same on each.
 ///
 /// Not thread-safe by design: one owner sends and receives. Dropping it closes the
 /// socket.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    io: Io,
+    /// The WebSocket close code the server sent, once it closed.
+    close_code: Option<u16>,
     decoder: FrameDecoder,
     buf: BytesMut,
     pending: VecDeque<Frame>,
@@ -74,15 +79,59 @@ impl Connection {
     pub fn open(addr: SocketAddr) -> Result<Connection, ClientError> {
         let stream = TcpStream::connect_timeout(&addr, DEFAULT_CONNECT_TIMEOUT)?;
         stream.set_nodelay(true)?;
-        Ok(Connection {
-            stream,
+        Ok(Connection::over(Io::Tcp(stream)))
+    }
+
+    /// Opens a connection to an endpoint URL (`tcp://`, `tls://`, `ws://`,
+    /// `wss://`, as `GET /v1/endpoints` lists them) and authenticates, like
+    /// [`Connection::connect`]. TLS needs `trust`.
+    ///
+    /// # Errors
+    /// As [`Connection::connect`]; [`ClientError::Handshake`] when the TLS
+    /// handshake (e.g. a fingerprint that does not match) or the WebSocket
+    /// upgrade fails; [`ClientError::InvalidArgument`] for a bad URL.
+    pub fn connect_url(
+        url: &str,
+        trust: Option<&Trust>,
+        token: &str,
+        device: &str,
+    ) -> Result<(Connection, Welcome), ClientError> {
+        let mut connection = Connection::open_url(url, trust, None)?;
+        let welcome = connection.hello(token, device)?;
+        Ok((connection, welcome))
+    }
+
+    /// Opens a connection to an endpoint URL without sending anything (TLS
+    /// handshake and WebSocket upgrade done); `origin` is sent as the
+    /// WebSocket upgrade's `Origin` header (as a browser would).
+    ///
+    /// # Errors
+    /// As [`Connection::connect_url`].
+    pub fn open_url(
+        url: &str,
+        trust: Option<&Trust>,
+        origin: Option<&str>,
+    ) -> Result<Connection, ClientError> {
+        let endpoint = Endpoint::parse(url)?;
+        Ok(Connection::over(Io::open(
+            &endpoint,
+            trust,
+            origin,
+            DEFAULT_CONNECT_TIMEOUT,
+        )?))
+    }
+
+    fn over(io: Io) -> Connection {
+        Connection {
+            io,
+            close_code: None,
             decoder: FrameDecoder::new(Limits::default()),
             buf: BytesMut::with_capacity(READ_CHUNK),
             pending: VecDeque::new(),
             next_request_id: 1,
             timeout: DEFAULT_REPLY_TIMEOUT,
             closed: false,
-        })
+        }
     }
 
     /// Sends `Hello` with this protocol version and waits for `Welcome`.
@@ -181,13 +230,29 @@ impl Connection {
         Ok(request_id)
     }
 
-    /// Writes raw bytes to the socket (tests that send garbage, oversize length
-    /// prefixes or partial frames).
+    /// Writes raw bytes (tests that send garbage, oversize length prefixes or
+    /// partial frames): on TCP and TLS into the stream, on WebSocket as one
+    /// binary message.
     ///
     /// # Errors
     /// As [`Connection::send`].
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.stream.write_all(bytes).map_err(closed_or_io)
+        self.io.write_all(bytes).map_err(closed_or_io)
+    }
+
+    /// Sends a WebSocket text message (natterd refuses them: tests).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] when not on WebSocket; as [`Connection::send`].
+    pub fn send_ws_text(&mut self, text: &str) -> Result<(), ClientError> {
+        self.io.write_text(text)
+    }
+
+    /// The WebSocket close code the server ended the connection with, once
+    /// [`ClientError::Closed`] has been seen (`None` on other transports, or
+    /// when it sent none).
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// Waits for the next frame, up to the connection's timeout (see
@@ -303,7 +368,7 @@ impl Connection {
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
     pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.stream.local_addr()?)
+        Ok(self.io.tcp().local_addr()?)
     }
 
     /// The server's end of the TCP connection.
@@ -311,7 +376,7 @@ impl Connection {
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
     pub fn peer_addr(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.stream.peer_addr()?)
+        Ok(self.io.tcp().peer_addr()?)
     }
 
     /// Closes the sending half (the server sees end of stream); frames can still be
@@ -319,8 +384,8 @@ impl Connection {
     ///
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
-    pub fn shutdown_write(&self) -> Result<(), ClientError> {
-        Ok(self.stream.shutdown(Shutdown::Write)?)
+    pub fn shutdown_write(&mut self) -> Result<(), ClientError> {
+        Ok(self.io.shutdown_write()?)
     }
 
     /// Reads the next frame *from the socket buffer or the socket*, bypassing the
@@ -362,25 +427,20 @@ impl Connection {
         self.closed = true;
         self.buf.clear();
         // Best effort: the socket is useless now and the caller gets the real error.
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.io.shutdown_both();
         ClientError::Wire(error)
     }
 
     /// One `read` with at most `wait` of blocking; end of stream or a reset marks
     /// the connection closed. A timeout is not an error here.
     fn read_some(&mut self, wait: Duration) -> Result<(), ClientError> {
-        // A zero read timeout means "block forever" to the OS.
-        self.stream
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         let mut chunk = [0u8; READ_CHUNK];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => self.closed = true,
-            Ok(n) => self.buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-            Err(e) => match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => {}
-                io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted => self.closed = true,
-                _ => return Err(ClientError::Io(e)),
-            },
+        match self.io.read_some(&mut self.buf, &mut chunk, wait)? {
+            Got::Data | Got::Nothing => {}
+            Got::Closed(code) => {
+                self.closed = true;
+                self.close_code = self.close_code.or(code);
+            }
         }
         Ok(())
     }
@@ -415,6 +475,7 @@ fn unexpected(expected: &'static str, frame: &Frame, request_id: u64) -> ClientE
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
     use std::net::TcpListener;
     use std::thread;
 

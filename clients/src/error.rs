@@ -48,6 +48,15 @@ pub enum ClientError {
     /// afterwards).
     #[error("invalid frame from server: {0}")]
     Wire(#[from] WireError),
+    /// The TLS handshake or the WebSocket upgrade failed: a certificate that
+    /// does not match the pin or the CA, an upgrade refused with an HTTP status.
+    #[error("{transport} handshake failed: {message}")]
+    Handshake {
+        /// `TLS` or `WebSocket`.
+        transport: &'static str,
+        /// What went wrong (for an upgrade: the HTTP status).
+        message: String,
+    },
     /// The server closed the TCP connection (end of stream or connection reset).
     #[error("connection closed by the server")]
     Closed,

@@ -34,6 +34,31 @@ pub struct Endpoints {
     pub http: SocketAddr,
     /// The raw TCP frame port.
     pub tcp: SocketAddr,
+    /// The TLS port, if enabled.
+    #[serde(default)]
+    pub tls: Option<SocketAddr>,
+    /// The WebSocket port, if enabled.
+    #[serde(default)]
+    pub ws: Option<SocketAddr>,
+    /// Every enabled transport as a URL (`tcp://`, `tls://`, `ws://`, `wss://`);
+    /// pass one to [`crate::Connection::connect_url`].
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// SHA-256 of the server's TLS certificate, hex: pin it with
+    /// [`crate::Trust::Fingerprint`].
+    #[serde(default)]
+    pub cert_sha256: Option<String>,
+}
+
+impl Endpoints {
+    /// The first URL of this scheme (`"tls"`, `"ws"`, …), if the server has it.
+    pub fn url(&self, scheme: &str) -> Option<&str> {
+        let prefix = format!("{scheme}://");
+        self.urls
+            .iter()
+            .map(String::as_str)
+            .find(|u| u.starts_with(&prefix))
+    }
 }
 
 /// The answer to a successful login: the device's token and where to connect.

@@ -46,6 +46,7 @@ mod connection;
 mod error;
 mod http;
 mod presence;
+mod transport;
 
 pub use chats::{ChatSummary, Group, GroupMember};
 pub use connection::{Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};
@@ -54,3 +55,4 @@ pub use http::{
     DEFAULT_HTTP_TIMEOUT, Endpoints, Friend, FriendList, FriendStatus, HttpClient, Login, RawResponse,
 };
 pub use presence::UserPresence;
+pub use transport::{Endpoint, Scheme, Trust, fingerprint, tls_client_config};

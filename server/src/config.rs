@@ -66,6 +66,29 @@ pub struct Flags {
     /// Raw TCP port for clients; 0 = any free port [default: 7100].
     #[arg(long)]
     pub tcp_port: Option<u16>,
+    /// TLS 1.3 port (same frames as TCP, inside TLS); 0 = any free port, "off" =
+    /// no TLS listener [default: 7101].
+    #[arg(long, value_name = "PORT|off")]
+    pub tls_port: Option<String>,
+    /// PEM certificate chain for TLS (and `--ws-tls`); without it natterd
+    /// creates a self-signed one in the data dir on first start and reuses it.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// WebSocket port (one frame per binary message); 0 = any free port, "off"
+    /// = no WebSocket listener [default: 7102].
+    #[arg(long, value_name = "PORT|off")]
+    pub ws_port: Option<String>,
+    /// Serve WebSocket over TLS (`wss://`) with the TLS certificate.
+    #[arg(long)]
+    pub ws_tls: bool,
+    /// Browser origins allowed to open a WebSocket, comma-separated (e.g.
+    /// "https://chat.example"); a request without Origin is always allowed
+    /// [default: any origin].
+    #[arg(long, value_delimiter = ',')]
+    pub ws_origin: Option<Vec<String>>,
     /// Event-loop threads [default: available parallelism].
     #[arg(long)]
     pub cores: Option<usize>,
@@ -149,6 +172,12 @@ struct FileConfig {
     bind: Option<IpAddr>,
     http_port: Option<u16>,
     tcp_port: Option<u16>,
+    tls_port: Option<PortSetting>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    ws_port: Option<PortSetting>,
+    ws_tls: Option<bool>,
+    ws_origin: Option<Vec<String>>,
     cores: Option<usize>,
     heartbeat_timeout: Option<String>,
     presence_grace: Option<String>,
@@ -167,6 +196,40 @@ struct FileConfig {
     push_timeout: Option<String>,
     push_text_max: Option<usize>,
     push_rate_limit: Option<u32>,
+}
+
+/// A port key in the `--config` file: a number, or `"off"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PortSetting {
+    Port(u16),
+    Text(String),
+}
+
+impl PortSetting {
+    fn into_text(self) -> String {
+        match self {
+            PortSetting::Port(p) => p.to_string(),
+            PortSetting::Text(t) => t,
+        }
+    }
+}
+
+/// Default `--tls-port`.
+pub const DEFAULT_TLS_PORT: u16 = 7101;
+/// Default `--ws-port`.
+pub const DEFAULT_WS_PORT: u16 = 7102;
+
+/// Parses a port flag: a number (0 = any free port) or `off` (`None`).
+fn parse_port(key: &'static str, text: &str) -> Result<Option<u16>, ConfigError> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| ConfigError::Invalid {
+        key,
+        message: format!("{text:?} is neither a port number nor \"off\""),
+    })
 }
 
 /// Default `--user-write-rate-limit`: HTTP writes per user per minute, bursts of
@@ -223,6 +286,18 @@ pub struct Config {
     pub http_port: u16,
     /// Raw TCP port (0 = any).
     pub tcp_port: u16,
+    /// TLS port (0 = any, `None` = off).
+    pub tls_port: Option<u16>,
+    /// TLS certificate chain and key (PEM); `None` = self-signed in the data dir.
+    pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// WebSocket port (0 = any, `None` = off).
+    pub ws_port: Option<u16>,
+    /// WebSocket over TLS (`wss://`).
+    pub ws_tls: bool,
+    /// Allowed browser origins for WebSocket (`None` = any).
+    pub ws_origins: Option<Vec<String>>,
     /// Event-loop threads.
     pub cores: usize,
     /// A session silent this long is closed.
@@ -259,6 +334,12 @@ impl Default for Config {
             bind: IpAddr::from([127, 0, 0, 1]),
             http_port: 7180,
             tcp_port: 7100,
+            tls_port: Some(DEFAULT_TLS_PORT),
+            tls_cert: None,
+            tls_key: None,
+            ws_port: Some(DEFAULT_WS_PORT),
+            ws_tls: false,
+            ws_origins: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             presence_grace: DEFAULT_PRESENCE_GRACE,
@@ -280,6 +361,21 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The port of the listeners of `kind`, `None` when it is off (raw TCP is
+    /// always on).
+    pub fn port(&self, kind: crate::transport::Kind) -> Option<u16> {
+        match kind {
+            crate::transport::Kind::Tcp => Some(self.tcp_port),
+            crate::transport::Kind::Tls => self.tls_port,
+            crate::transport::Kind::Ws => self.ws_port,
+        }
+    }
+
+    /// Whether the TLS certificate is needed (a TLS listener, or `--ws-tls`).
+    pub fn needs_tls(&self) -> bool {
+        self.tls_port.is_some() || (self.ws_tls && self.ws_port.is_some())
+    }
+
     /// Builds a configuration from parsed flags (reading `--config` if given).
     ///
     /// # Errors
@@ -298,6 +394,18 @@ impl Config {
             bind: flags.bind.or(file.bind).unwrap_or(d.bind),
             http_port: flags.http_port.or(file.http_port).unwrap_or(d.http_port),
             tcp_port: flags.tcp_port.or(file.tcp_port).unwrap_or(d.tcp_port),
+            tls_port: match flags.tls_port.or(file.tls_port.map(PortSetting::into_text)) {
+                Some(text) => parse_port("tls-port", &text)?,
+                None => d.tls_port,
+            },
+            tls_cert: flags.tls_cert.or(file.tls_cert),
+            tls_key: flags.tls_key.or(file.tls_key),
+            ws_port: match flags.ws_port.or(file.ws_port.map(PortSetting::into_text)) {
+                Some(text) => parse_port("ws-port", &text)?,
+                None => d.ws_port,
+            },
+            ws_tls: flags.ws_tls || file.ws_tls.unwrap_or(false),
+            ws_origins: flags.ws_origin.or(file.ws_origin),
             cores: flags.cores.or(file.cores).unwrap_or(d.cores),
             heartbeat_timeout: match heartbeat {
                 Some(text) => parse_duration(&text).map_err(|message| ConfigError::Invalid {
@@ -399,6 +507,14 @@ impl Config {
         }
         if self.writer_queue_capacity == 0 {
             return invalid("writer-queue-capacity", "must be at least 1");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls-cert/tls-key", "must be given together");
+        }
+        if let Some(origins) = &self.ws_origins
+            && origins.iter().any(|o| o.trim().is_empty())
+        {
+            return invalid("ws-origin", "origins must not be empty");
         }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");
@@ -613,6 +729,57 @@ mod tests {
                 err,
                 ConfigError::Invalid {
                     key: "user-write-rate-limit",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn transport_ports_default_on_and_can_be_turned_off() {
+        let d = Config::from_flags(Flags::default()).unwrap();
+        assert_eq!((d.tls_port, d.ws_port, d.ws_tls), (Some(7101), Some(7102), false));
+        let off = Config::from_flags(Flags {
+            tls_port: Some("off".into()),
+            ws_port: Some("0".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!((off.tls_port, off.ws_port), (None, Some(0)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(
+            &path,
+            "tls_port = 9101\nws_port = \"off\"\nws_origin = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        let file = Config::from_flags(Flags {
+            config: Some(path),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!((file.tls_port, file.ws_port), (Some(9101), None));
+        assert_eq!(file.ws_origins, Some(vec!["https://a.example".to_owned()]));
+        let err = Config::from_flags(Flags {
+            tls_port: Some("soon".into()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { key: "tls-port", .. }),
+            "{err}"
+        );
+        let err = Config::from_flags(Flags {
+            tls_cert: Some("cert.pem".into()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "tls-cert/tls-key",
                     ..
                 }
             ),

@@ -14,6 +14,9 @@ use crate::push::{self, PushHandle, PushService};
 use crate::runtime::{Command, Cores, Mesh, Refused, supervise};
 use crate::store::writer::{Completion, CompletionSink, Offered, WriteOp, Writer};
 use crate::store::{Store, StoreError};
+use crate::transport::tls::{TlsError, TlsSetup};
+use crate::transport::ws::WsSettings;
+use crate::transport::{Acceptor, Kind};
 
 /// HTTP worker threads: enough to overlap a few slow password hashes with
 /// quick requests (hashes themselves are capped at one per core).
@@ -33,6 +36,9 @@ pub enum ServerError {
     /// on every other storage failure, and recovers from the journal on restart.
     #[error("store failed at shutdown: {0}")]
     Poisoned(StoreError),
+    /// The TLS certificate or key could not be loaded or created.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     /// A listener, thread or poll could not be set up, or a core died.
     #[error("{what}: {source}")]
     Io {
@@ -123,7 +129,28 @@ impl Server {
             })),
         )
         .map_err(io_err("starting the storage writer"))?;
-        let cores = Cores::start(&config, store.clone(), writer_tx, metrics.clone())
+        let tls = if config.needs_tls() {
+            let setup = TlsSetup::load(
+                config.tls_cert.as_deref(),
+                config.tls_key.as_deref(),
+                &config.data_dir,
+                config.bind,
+            )?;
+            tracing::info!(cert = %setup.cert_path.display(), sha256 = %setup.fingerprint,
+                "TLS certificate (pin this SHA-256 fingerprint in clients)");
+            Some(setup)
+        } else {
+            None
+        };
+        let acceptor = Arc::new(Acceptor {
+            tls: tls.as_ref().map(|t| t.config.clone()),
+            ws: Arc::new(WsSettings {
+                max_frame: config.max_frame,
+                origins: config.ws_origins.clone(),
+            }),
+            ws_tls: config.ws_tls,
+        });
+        let cores = Cores::start(&config, acceptor, store.clone(), writer_tx, metrics.clone())
             .map_err(io_err("starting the event loops"))?;
         let _ = mesh_slot.set(cores.mesh().clone());
         let (push, push_handle) = push::start(
@@ -134,10 +161,14 @@ impl Server {
         )
         .map_err(io_err("starting the push thread"))?;
         let _ = push_slot.set(push_handle.clone());
-        let endpoints = Endpoints {
-            http: http_addr,
-            tcp: cores.tcp_addr(),
-        };
+        let endpoints = Endpoints::new(
+            http_addr,
+            cores.addr(Kind::Tcp).unwrap_or(http_addr),
+            cores.addr(Kind::Tls),
+            cores.addr(Kind::Ws),
+            config.ws_tls,
+            tls.map(|t| t.fingerprint),
+        );
         let api = Arc::new(
             Api::new(
                 &config,
@@ -157,7 +188,7 @@ impl Server {
                 "password hashing cost is LOWERED below OWASP: for tests and benchmarks only"
             );
         }
-        tracing::info!(http = %endpoints.http, tcp = %endpoints.tcp, cores = config.cores,
+        tracing::info!(http = %endpoints.http, urls = ?endpoints.urls, cores = config.cores,
             data_dir = %config.data_dir.display(), "natterd listening");
         Ok(Self {
             cores,

@@ -203,7 +203,30 @@ fn signup_login_logout_and_discovery() {
 
     let health = http.get("/healthz", None);
     assert_eq!((health.status, &health.json), (200, &json!({"status": "ok"})));
-    let endpoints = json!({"http": server.http.to_string(), "tcp": server.tcp.to_string()});
+    let url = |scheme: &str| {
+        server
+            .urls
+            .iter()
+            .find(|u| u.starts_with(scheme))
+            .unwrap()
+            .clone()
+    };
+    let addr = |scheme: &str| {
+        url(scheme)
+            .split("://")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    let endpoints = json!({
+        "http": server.http.to_string(),
+        "tcp": server.tcp.to_string(),
+        "tls": addr("tls://"),
+        "ws": addr("ws://"),
+        "urls": [format!("tcp://{}", server.tcp), url("tls://"), url("ws://")],
+        "cert_sha256": server.cert_sha256.clone().unwrap(),
+    });
     assert_eq!(http.get("/v1/endpoints", None).json, endpoints);
 
     let alice = http.signup("Alice");

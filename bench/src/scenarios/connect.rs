@@ -16,14 +16,12 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use clap::Args;
 use indicatif::ProgressBar;
 use mio::event::Event;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use natter_wire::{Body, Encoder, ErrorCode, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping};
 
@@ -35,6 +33,7 @@ use crate::report::Report;
 use crate::scenarios::Options;
 use crate::sockets::{Sources, connect_from};
 use crate::target::Target;
+use crate::transport::{ClientStream, Dial};
 
 /// The flags of the `connect` scenario.
 #[derive(Clone, Debug, Args)]
@@ -126,7 +125,7 @@ pub(crate) fn run(target: &Target, options: &Options, args: &ConnectArgs) -> Res
     }
 
     let rss_before = target.server_rss();
-    let mut driver = Driver::new(target.tcp, args.in_flight, options.rate)?;
+    let mut driver = Driver::new(target.dial.clone(), args.in_flight, options.rate)?;
     let hellos: Vec<Option<String>> = accounts
         .logins
         .into_iter()
@@ -202,7 +201,7 @@ enum State {
 /// One benchmark connection.
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    stream: ClientStream,
     state: State,
     /// When the current state began (for the handshake timeout).
     since: Instant,
@@ -230,10 +229,15 @@ impl Conn {
     fn on_ready(&mut self, decoder: &FrameDecoder, now: Instant) -> Result<Progress, String> {
         let mut progress = Progress::default();
         if self.state == State::Connecting {
-            if let Some(e) = self.stream.take_error().map_err(|e| format!("connect: {e}"))? {
+            if let Some(e) = self
+                .stream
+                .tcp()
+                .take_error()
+                .map_err(|e| format!("connect: {e}"))?
+            {
                 return Err(format!("connect: {e}"));
             }
-            match self.stream.peer_addr() {
+            match self.stream.tcp().peer_addr() {
                 Ok(_) => {
                     self.state = State::AwaitingWelcome;
                     self.since = now;
@@ -245,6 +249,10 @@ impl Conn {
         }
         self.flush()?;
         let end_of_stream = self.fill()?;
+        if !self.stream.is_raw() {
+            // A TLS handshake or WebSocket upgrade the read finished lets the Hello leave.
+            self.flush()?;
+        }
         while let Some(bytes) = decoder
             .split(&mut self.inbuf)
             .map_err(|e| format!("bad frame: {e}"))?
@@ -298,7 +306,7 @@ impl Conn {
                 Err(e) => return Err(format!("write: {e}")),
             }
         }
-        Ok(())
+        self.stream.flush_buffered().map_err(|e| format!("write: {e}"))
     }
 
     /// Reads until the socket would block; returns whether the stream ended.
@@ -326,7 +334,7 @@ fn body_name(body: &Body) -> String {
 struct Driver {
     poll: Poll,
     events: Events,
-    server: SocketAddr,
+    server: Dial,
     sources: Sources,
     decoder: FrameDecoder,
     encoder: Encoder,
@@ -361,12 +369,12 @@ impl Driver {
     ///
     /// # Errors
     /// [`BenchError::Io`] if the poll instance cannot be created.
-    fn new(server: SocketAddr, max_in_flight: usize, rate: Option<u64>) -> Result<Driver, BenchError> {
+    fn new(server: Dial, max_in_flight: usize, rate: Option<u64>) -> Result<Driver, BenchError> {
         Ok(Driver {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_CAPACITY),
+            sources: Sources::for_server(server.addr),
             server,
-            sources: Sources::for_server(server),
             decoder: FrameDecoder::new(Limits::default()),
             encoder: Encoder::new(),
             conns: Vec::new(),
@@ -508,10 +516,11 @@ impl Driver {
     /// Opens slot `user`'s socket (skipping busy source addresses) and queues its
     /// `Hello`.
     fn start(&mut self, user: usize, token: &str, now: Instant) -> Result<(), String> {
-        let mut stream = connect_from(&mut self.sources, self.server)?;
+        let tcp = connect_from(&mut self.sources, self.server.addr)?;
+        let mut stream = self.server.wrap(tcp).map_err(|e| format!("transport: {e}"))?;
         self.poll
             .registry()
-            .register(&mut stream, Token(user), Interest::READABLE | Interest::WRITABLE)
+            .register(stream.tcp(), Token(user), Interest::READABLE | Interest::WRITABLE)
             .map_err(|e| format!("register: {e}"))?;
         let hello = Hello {
             token: token.to_owned(),
@@ -659,7 +668,7 @@ impl Driver {
     fn close(&mut self, slot: usize) {
         if let Some(Some(mut conn)) = self.conns.get_mut(slot).map(Option::take) {
             // The socket is closed right after; a failed deregistration changes nothing.
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            let _ = self.poll.registry().deregister(conn.stream.tcp());
         }
     }
 }

@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use natter_client::Connection;
 use natter_wire::{Body, Cursor, Frame, Send, Sync};
 
 use crate::error::BenchError;
@@ -109,7 +108,7 @@ pub(crate) fn run(target: &Target, args: &SyncArgs, text_bytes: usize) -> Result
 
     // A fresh device of the reader.
     let device = target.http.login("bench_s_reader", PASSWORD, "bench-sync")?;
-    let mut conn = Connection::connect(target.tcp, &device.token, "natter-bench sync")?.0;
+    let mut conn = target.connect(&device.token, "natter-bench sync")?.0;
     conn.set_timeout(STALL);
     let sampler = RssSampler::start(target);
     let cursors = chats.iter().map(|&chat_id| Cursor { chat_id, seq: 0 }).collect();
@@ -187,7 +186,7 @@ pub(crate) fn fill(
     behind: u64,
     text_bytes: usize,
 ) -> Result<(), BenchError> {
-    let mut conn = Connection::connect(target.tcp, token, "natter-bench sync sender")?.0;
+    let mut conn = target.connect(token, "natter-bench sync sender")?.0;
     conn.set_timeout(STALL);
     let text = "s".repeat(text_bytes);
     let (mut sent, mut acked) = (0u64, 0u64);

@@ -144,6 +144,8 @@ impl Instance {
         let config = Config {
             data_dir: dir.clone(),
             tcp_port: 0,
+            tls_port: None,
+            ws_port: None,
             http_port: 0,
             cores: CORES,
             // The cheapest argon2 natterd allows: hashing is not what this target tests.
@@ -168,15 +170,29 @@ impl Instance {
             Ok(started) => started,
             Err(err) => panic!("cannot start the storage writer: {err}"),
         };
-        let cores = match Cores::start(&config, store.clone(), writer_tx, metrics.clone()) {
+        let acceptor = Arc::new(crate::transport::Acceptor {
+            tls: None,
+            ws: Arc::new(crate::transport::ws::WsSettings {
+                max_frame: config.max_frame,
+                origins: None,
+            }),
+            ws_tls: false,
+        });
+        let cores = match Cores::start(&config, acceptor, store.clone(), writer_tx, metrics.clone()) {
             Ok(cores) => cores,
             Err(err) => panic!("cannot start the event loops: {err}"),
         };
         let _ = mesh_slot.set(cores.mesh().clone());
-        let endpoints = Endpoints {
-            http: SocketAddr::from(([127, 0, 0, 1], 7180)),
-            tcp: cores.tcp_addr(),
-        };
+        let endpoints = Endpoints::new(
+            SocketAddr::from(([127, 0, 0, 1], 7180)),
+            cores
+                .addr(crate::transport::Kind::Tcp)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+            None,
+            None,
+            false,
+            None,
+        );
         let api = Api::new(&config, store, cores.mesh().clone(), metrics, endpoints);
         Self {
             api,

@@ -31,14 +31,77 @@ pub use server::{
     QUEUE_PER_WORKER, REQUEST_TIMEOUT, SHUTDOWN_GRACE, WRITE_TIMEOUT, start,
 };
 
-/// Where clients connect: returned by `GET /v1/endpoints` and by login, as
-/// `{"http":"127.0.0.1:7180","tcp":"127.0.0.1:7100"}`. The addresses are the
-/// ones actually bound (so port 0 shows the chosen port). Later transports add
-/// fields (`tls`, `quic`, `ws`); clients ignore fields they do not know.
+/// Where clients connect: returned by `GET /v1/endpoints` and by login, e.g.
+/// `{"http":"127.0.0.1:7180","tcp":"127.0.0.1:7100","tls":"127.0.0.1:7101",
+/// "ws":"127.0.0.1:7102","urls":["tcp://127.0.0.1:7100","tls://127.0.0.1:7101",
+/// "ws://127.0.0.1:7102/"],"cert_sha256":"…"}`. The addresses are the ones
+/// actually bound (so port 0 shows the chosen port); a transport that is off
+/// has no field and no URL. Clients ignore fields they do not know.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Endpoints {
     /// The HTTP side-port.
     pub http: SocketAddr,
     /// The raw TCP chat listener.
     pub tcp: SocketAddr,
+    /// The TLS listener, if enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SocketAddr>,
+    /// The WebSocket listener, if enabled (`ws_tls`: it speaks `wss://`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ws: Option<SocketAddr>,
+    /// Every enabled transport as a URL (`tcp://`, `tls://`, `ws://` or
+    /// `wss://`), fastest first.
+    pub urls: Vec<String>,
+    /// SHA-256 of the TLS certificate (DER), lowercase hex, for pinning; only
+    /// when a transport uses TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_sha256: Option<String>,
+}
+
+impl Endpoints {
+    /// The endpoints of a natterd with these listeners (`ws_tls`: the
+    /// WebSocket listener speaks TLS).
+    pub fn new(
+        http: SocketAddr,
+        tcp: SocketAddr,
+        tls: Option<SocketAddr>,
+        ws: Option<SocketAddr>,
+        ws_tls: bool,
+        cert_sha256: Option<String>,
+    ) -> Self {
+        let mut urls = vec![format!("tcp://{tcp}")];
+        if let Some(tls) = tls {
+            urls.push(format!("tls://{tls}"));
+        }
+        if let Some(ws) = ws {
+            urls.push(format!("{}://{ws}/", if ws_tls { "wss" } else { "ws" }));
+        }
+        let uses_tls = tls.is_some() || (ws.is_some() && ws_tls);
+        Self {
+            http,
+            tcp,
+            tls,
+            ws,
+            urls,
+            cert_sha256: cert_sha256.filter(|_| uses_tls),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_enabled_transports_are_listed_and_the_fingerprint_only_with_tls() {
+        let http = SocketAddr::from(([127, 0, 0, 1], 7180));
+        let tcp = SocketAddr::from(([127, 0, 0, 1], 7100));
+        let ws = SocketAddr::from(([127, 0, 0, 1], 7102));
+        let plain = Endpoints::new(http, tcp, None, Some(ws), false, Some("ab".into()));
+        assert_eq!(plain.urls, ["tcp://127.0.0.1:7100", "ws://127.0.0.1:7102/"]);
+        assert_eq!(plain.cert_sha256, None, "no transport uses TLS");
+        let wss = Endpoints::new(http, tcp, None, Some(ws), true, Some("ab".into()));
+        assert_eq!(wss.urls, ["tcp://127.0.0.1:7100", "wss://127.0.0.1:7102/"]);
+        assert_eq!(wss.cert_sha256.as_deref(), Some("ab"));
+    }
 }

@@ -88,29 +88,48 @@ use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::writer::WriterSender;
-use crate::transport::tcp;
+use crate::transport::{Acceptor, Kind, tcp};
 
 /// The running event loops.
 #[derive(Debug)]
 pub struct Cores {
     mesh: Mesh,
     threads: Vec<JoinHandle<io::Result<()>>>,
-    tcp_addr: SocketAddr,
+    addrs: Vec<(Kind, SocketAddr)>,
 }
 
 impl Cores {
-    /// Binds the TCP listeners and starts one event-loop thread per core.
+    /// Binds the listeners of every enabled transport (one per core each) and
+    /// starts one event-loop thread per core.
     ///
     /// # Errors
     /// When a listener cannot be bound or a poll/waker/thread cannot be created.
     pub fn start(
         config: &Config,
+        acceptor: Arc<Acceptor>,
         store: Arc<Store>,
         writer: WriterSender,
         metrics: Arc<Metrics>,
     ) -> io::Result<Self> {
-        let (listeners, tcp_addr) =
-            tcp::bind_listeners(SocketAddr::new(config.bind, config.tcp_port), config.cores)?;
+        let mut per_core: Vec<Vec<(Kind, mio::net::TcpListener)>> =
+            (0..config.cores).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for kind in Kind::ALL {
+            let Some(port) = config.port(kind) else {
+                continue;
+            };
+            let (listeners, addr) = tcp::bind_listeners(SocketAddr::new(config.bind, port), config.cores)
+                .map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("binding the {} port {port}: {e}", kind.as_str()),
+                    )
+                })?;
+            addrs.push((kind, addr));
+            for (core, listener) in per_core.iter_mut().zip(listeners) {
+                core.push((kind, listener));
+            }
+        }
         let mut polls = Vec::with_capacity(config.cores);
         let mut handles = Vec::with_capacity(config.cores);
         let mut receivers = Vec::with_capacity(config.cores);
@@ -124,7 +143,7 @@ impl Cores {
         }
         let mesh = Mesh::new(handles);
         let mut threads = Vec::with_capacity(config.cores);
-        for (i, ((poll, listener), queue)) in polls.into_iter().zip(listeners).zip(receivers).enumerate() {
+        for (i, ((poll, listeners), queue)) in polls.into_iter().zip(per_core).zip(receivers).enumerate() {
             let core_config = CoreConfig {
                 core: CoreId(i),
                 cores: config.cores,
@@ -141,22 +160,18 @@ impl Cores {
                 writer: writer.clone(),
                 metrics: metrics.clone(),
             };
-            let worker = worker::Worker::new(core_config, poll, listener, queue, shared)?;
+            let worker = worker::Worker::new(core_config, poll, listeners, acceptor.clone(), queue, shared)?;
             let thread = std::thread::Builder::new()
                 .name(format!("natter-core-{i}"))
                 .spawn(move || worker.run())?;
             threads.push(thread);
         }
-        Ok(Self {
-            mesh,
-            threads,
-            tcp_addr,
-        })
+        Ok(Self { mesh, threads, addrs })
     }
 
-    /// The address the TCP listeners are bound to.
-    pub fn tcp_addr(&self) -> SocketAddr {
-        self.tcp_addr
+    /// The address the listeners of `kind` are bound to, if it is enabled.
+    pub fn addr(&self, kind: Kind) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
     }
 
     /// Handles to the cores' queues.

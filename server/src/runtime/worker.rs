@@ -1,19 +1,20 @@
 //! One core's event loop: a thin mio driver around [`Core`].
 //!
-//! It accepts on its own `SO_REUSEPORT` listener, moves bytes between sockets
+//! It accepts on its own `SO_REUSEPORT` listeners (one per enabled transport),
+//! moves frame bytes between connections' [`Stream`]s (the transport seam)
 //! and the core, drains its command queue, fires the core's timers and carries
 //! out the core's actions (including token lookups in the store and handing
 //! sessions to their home core). Every protocol decision is the core's.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::core::{
@@ -28,10 +29,15 @@ use crate::runtime::reader::{Answer, Reader};
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
 use crate::store::writer::{WriteOp, WriterSender};
-use crate::transport::tcp;
+use crate::transport::{Acceptor, Kind, Stream, tcp};
 
-/// Token of the listener; connections use their `ConnId` as token.
-const LISTENER: Token = Token(usize::MAX - 1);
+/// Tokens of the listeners, by [`Kind`] (in [`Kind::ALL`]'s order);
+/// connections use their `ConnId` as token.
+const LISTENERS: [Token; 3] = [
+    Token(usize::MAX - 1),
+    Token(usize::MAX - 3),
+    Token(usize::MAX - 4),
+];
 /// Token of the waker other threads use after queueing a command.
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 /// Tokens at or above this belong to closed connections that are lingering
@@ -69,9 +75,6 @@ const MAX_OUTBOUND_HARD: usize = 8 * 1024 * 1024;
 const DRAIN_MARK: usize = 128 * 1024;
 /// Readiness events taken per `poll` call.
 const EVENTS_CAPACITY: usize = 1024;
-/// Frames handed to one vectored write: a presence snapshot (one frame per
-/// friend) or a burst of pushes leaves in one syscall instead of one per frame.
-const WRITE_SLICES: usize = 64;
 /// How often a core retries commands another core's full queue (or the
 /// writer's full queue) refused, when nothing else wakes it: a full target
 /// does not wake its senders when it drains, and retrying at once would spin
@@ -104,7 +107,7 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 /// A session moving to another core, with its socket and buffered bytes.
 #[derive(Debug)]
 pub struct Adopted {
-    stream: TcpStream,
+    stream: Stream,
     session: Detached,
     inbound: BytesMut,
     outbound: VecDeque<Bytes>,
@@ -123,7 +126,7 @@ pub(crate) struct Shared {
 /// so an idle session costs only this struct and the core's session entry.
 #[derive(Debug)]
 struct Socket {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read but not yet consumed by the core (a partial frame, or frames
     /// left for the next turn).
     inbound: BytesMut,
@@ -147,9 +150,11 @@ struct Socket {
 /// peer before the socket is closed (see [`LINGER_TIMEOUT`]).
 #[derive(Debug)]
 struct Lingering {
-    stream: TcpStream,
+    stream: Stream,
     /// Frames still to write before the write side is shut down.
     outbound: VecDeque<Bytes>,
+    /// The transport's goodbye (TLS close_notify, WebSocket Close) is queued.
+    goodbye: bool,
     /// `shutdown(Write)` done: only discarding input until EOF.
     half_closed: bool,
     /// The peer closed its side (read returned 0).
@@ -161,7 +166,9 @@ struct Lingering {
 pub(crate) struct Worker {
     id: CoreId,
     poll: Poll,
-    listener: TcpListener,
+    /// One listener per enabled transport, with `accept_pending` per listener.
+    listeners: Vec<(Kind, TcpListener, bool)>,
+    acceptor: Arc<Acceptor>,
     queue: Receiver<Command>,
     mesh: Mesh,
     core: Core,
@@ -176,7 +183,6 @@ pub(crate) struct Worker {
     /// Connections whose outbound drained to `DRAIN_MARK` since they were last
     /// reported; reported once per turn, so a sync writes one page per turn.
     drained: Vec<ConnId>,
-    accept_pending: bool,
     /// Commands for other cores not yet taken by their queues, FIFO per target
     /// core (see `outbox.rs`); retried every turn.
     outbox: Outbox<Command>,
@@ -224,7 +230,8 @@ impl Worker {
     pub(crate) fn new(
         config: CoreConfig,
         poll: Poll,
-        mut listener: TcpListener,
+        listeners: Vec<(Kind, TcpListener)>,
+        acceptor: Arc<Acceptor>,
         queue: Receiver<Command>,
         shared: Shared,
     ) -> io::Result<Self> {
@@ -234,8 +241,12 @@ impl Worker {
             writer,
             metrics,
         } = shared;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut registered = Vec::with_capacity(listeners.len());
+        for (kind, mut listener) in listeners {
+            poll.registry()
+                .register(&mut listener, listener_token(kind), Interest::READABLE)?;
+            registered.push((kind, listener, false));
+        }
         let cores = config.cores;
         let probe_interval =
             (config.heartbeat_timeout / 4).clamp(Duration::from_millis(5), MAX_WRITE_PROBE_INTERVAL);
@@ -248,7 +259,8 @@ impl Worker {
             id: config.core,
             core: Core::new(config, store, Instant::now(), unix_ms),
             poll,
-            listener,
+            listeners: registered,
+            acceptor,
             queue,
             mesh,
             sockets: Vec::new(),
@@ -257,7 +269,6 @@ impl Worker {
             again: Vec::new(),
             unflushed: Vec::new(),
             drained: Vec::new(),
-            accept_pending: false,
             outbox: Outbox::new(cores),
             reads_paused: false,
             deferred: Vec::new(),
@@ -289,7 +300,7 @@ impl Worker {
                 || !self.drained.is_empty()
                 || !self.progressed.is_empty()
                 || !self.linger_again.is_empty()
-                || self.accept_pending
+                || self.accept_pending()
             {
                 Some(Duration::ZERO)
             } else {
@@ -323,7 +334,11 @@ impl Worker {
             }
             for event in &events {
                 match event.token() {
-                    LISTENER => self.accept_pending = true,
+                    token if LISTENERS.contains(&token) => {
+                        for (kind, _, pending) in &mut self.listeners {
+                            *pending |= listener_token(*kind) == token;
+                        }
+                    }
                     WAKER => {}
                     Token(t) if t >= LINGER_TOKEN_BASE => self.service_lingering(t - LINGER_TOKEN_BASE),
                     token => {
@@ -342,7 +357,7 @@ impl Worker {
                 self.probe_writes();
             }
             self.report_drained(now);
-            if self.accept_pending && !self.shutting_down {
+            if self.accept_pending() && !self.shutting_down {
                 self.accept(now);
             }
             self.drain_commands(now);
@@ -413,48 +428,75 @@ impl Worker {
         }
     }
 
+    /// Whether a listener has connections left to accept.
+    fn accept_pending(&self) -> bool {
+        self.listeners.iter().any(|(_, _, pending)| *pending)
+    }
+
+    /// Accepts from every listener with connections waiting, up to
+    /// [`ACCEPTS_PER_TURN`] in all, and wraps each socket in its listener's
+    /// transport. A TLS handshake or WebSocket upgrade then runs as the
+    /// connection's first reads and writes, under the core's pre-authentication
+    /// deadline like a raw connection's `Hello`.
     fn accept(&mut self, now: Instant) {
-        for _ in 0..ACCEPTS_PER_TURN {
-            let (stream, _peer) = match self.listener.accept() {
-                Ok(pair) => pair,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_pending = false;
-                    return;
+        let mut budget = ACCEPTS_PER_TURN;
+        for i in 0..self.listeners.len() {
+            while budget > 0 {
+                let Some((kind, listener, pending)) = self.listeners.get_mut(i) else {
+                    break;
+                };
+                let kind = *kind;
+                if !*pending {
+                    break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // EMFILE and friends: the listener stays readable; back off
-                    // until the next turn instead of spinning.
-                    tracing::warn!(core = self.id.0, error = %e, "accept failed");
-                    self.accept_pending = false;
-                    return;
+                let (tcp, _peer) = match listener.accept() {
+                    Ok(pair) => pair,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        *pending = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        // EMFILE and friends: the listener stays readable; back off
+                        // until the next turn instead of spinning.
+                        *pending = false;
+                        tracing::warn!(core = self.id.0, error = %e, "accept failed");
+                        break;
+                    }
+                };
+                budget -= 1;
+                self.metrics_core().accepted.fetch_add(1, Ordering::Relaxed);
+                let stream = match tcp::configure_stream(&tcp).and_then(|()| self.acceptor.wrap(kind, tcp)) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(core = self.id.0, error = %e, "could not set up a connection");
+                        continue;
+                    }
+                };
+                let Some(conn) = self.core.handle_accept(now) else {
+                    let frame = self.core.refusal();
+                    self.linger(stream, VecDeque::from([frame]), now);
+                    continue;
+                };
+                if let Err(e) = self.install(conn, stream, BytesMut::new(), VecDeque::new()) {
+                    tracing::debug!(core = self.id.0, error = %e, "could not register a connection");
+                    self.core.handle_closed(conn);
                 }
-            };
-            self.metrics_core().accepted.fetch_add(1, Ordering::Relaxed);
-            let Some(conn) = self.core.handle_accept(now) else {
-                let frame = self.core.refusal();
-                self.linger(stream, VecDeque::from([frame]), now);
-                continue;
-            };
-            if let Err(e) = self.install(conn, stream, BytesMut::new(), VecDeque::new()) {
-                tracing::debug!(core = self.id.0, error = %e, "could not register a connection");
-                self.core.handle_closed(conn);
+                self.run_actions();
             }
-            self.run_actions();
         }
-        // Budget spent: accept_pending stays set, so the loop polls with a zero timeout.
+        // Budget spent: a listener stays pending, so the loop polls with a zero timeout.
     }
 
     fn install(
         &mut self,
         conn: ConnId,
-        mut stream: TcpStream,
+        mut stream: Stream,
         inbound: BytesMut,
         outbound: VecDeque<Bytes>,
     ) -> io::Result<()> {
-        tcp::configure_stream(&stream)?;
         self.poll.registry().register(
-            &mut stream,
+            stream.tcp(),
             Token(conn.0),
             Interest::READABLE | Interest::WRITABLE,
         )?;
@@ -582,19 +624,20 @@ impl Worker {
         };
         let mut blocked = false;
         let mut progressed = false;
-        while !socket.outbound.is_empty() {
-            let written = {
-                let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-                let n = slices
-                    .iter_mut()
-                    .zip(&socket.outbound)
-                    .map(|(slice, frame)| *slice = IoSlice::new(frame))
-                    .count();
-                socket.stream.write_vectored(slices.get(..n).unwrap_or_default())
+        loop {
+            // Frames first (each transport writes them its way: vectored on
+            // TCP and TLS, one message each on WebSocket), then whatever the
+            // transport holds itself (records, handshake answers).
+            let written = if socket.outbound.is_empty() {
+                match socket.stream.flush_buffered() {
+                    Ok(()) => break,
+                    Err(e) => Err(e),
+                }
+            } else {
+                socket.stream.write_frames(&mut socket.outbound)
             };
             match written {
-                Ok(0) => return self.close(conn),
-                Ok(mut n) => {
+                Ok(n) => {
                     if socket.write_blocked {
                         // The peer acknowledged data that had filled its window:
                         // it is alive and reading, even if it sends nothing.
@@ -602,14 +645,6 @@ impl Worker {
                         progressed = true;
                     }
                     socket.queued -= n;
-                    while let Some(front) = socket.outbound.front_mut() {
-                        if front.len() > n {
-                            front.advance(n);
-                            break;
-                        }
-                        n -= front.len();
-                        socket.outbound.pop_front();
-                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     socket.write_blocked = true;
@@ -703,7 +738,7 @@ impl Worker {
     /// says why, reach the peer.
     fn close(&mut self, conn: ConnId) {
         if let Some(mut socket) = self.sockets.get_mut(conn.0).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(&mut socket.stream);
+            let _ = self.poll.registry().deregister(socket.stream.tcp());
             self.linger(socket.stream, socket.outbound, Instant::now());
         }
         self.core.handle_closed(conn);
@@ -715,12 +750,21 @@ impl Worker {
     /// it closes too or [`LINGER_TIMEOUT`] passes. Only then is the socket
     /// closed: with its receive queue empty the kernel sends FIN, not a reset
     /// that could destroy the unread Error at the peer.
-    fn linger(&mut self, stream: TcpStream, outbound: VecDeque<Bytes>, now: Instant) {
+    ///
+    /// On TLS and WebSocket the transport's own goodbye follows the frames; a
+    /// connection whose handshake had not completed gets no frames (they could
+    /// not be read) but still its goodbye (an alert, or the HTTP refusal the
+    /// upgrade already queued).
+    fn linger(&mut self, stream: Stream, mut outbound: VecDeque<Bytes>, now: Instant) {
+        if !stream.established() {
+            outbound.clear();
+        }
         let entry = self.lingering.vacant_entry();
         let key = entry.key();
         let mut lingering = Lingering {
             stream,
             outbound,
+            goodbye: false,
             half_closed: false,
             eof: false,
             deadline: now + LINGER_TIMEOUT,
@@ -729,7 +773,7 @@ impl Worker {
             .poll
             .registry()
             .register(
-                &mut lingering.stream,
+                lingering.stream.tcp(),
                 Token(LINGER_TOKEN_BASE + key),
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -750,33 +794,41 @@ impl Worker {
             return;
         };
         let mut done = false;
-        while let Some(front) = l.outbound.front_mut() {
-            match l.stream.write(front) {
-                Ok(0) => {
-                    done = true;
+        let mut blocked = false;
+        while !l.outbound.is_empty() {
+            match l.stream.write_frames(&mut l.outbound) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
                     break;
                 }
-                Ok(n) if n < front.len() => front.advance(n),
-                Ok(_) => {
-                    l.outbound.pop_front();
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     done = true;
                     break;
                 }
             }
         }
-        if !done && l.outbound.is_empty() && !l.half_closed {
-            l.half_closed = true;
-            done = l.stream.shutdown(std::net::Shutdown::Write).is_err();
+        if !done && !blocked && !l.goodbye {
+            l.goodbye = true;
+            l.stream.start_close();
+        }
+        if !done && !blocked && l.goodbye && !l.half_closed {
+            match l.stream.flush_buffered() {
+                Ok(()) => {
+                    l.half_closed = true;
+                    done = l.stream.tcp().shutdown(std::net::Shutdown::Write).is_err();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => done = true,
+            }
         }
         // Discard input within the per-turn read budget; what is left is read
         // next turn (the deadline bounds how long a flood costs us).
         let mut budget = READ_BYTES_PER_TURN;
         while !done && !l.eof {
-            match l.stream.read(&mut self.scratch) {
+            // Raw bytes: after the goodbye nothing is decoded any more.
+            match l.stream.tcp().read(&mut self.scratch) {
                 Ok(0) => l.eof = true,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
@@ -797,7 +849,7 @@ impl Worker {
 
     fn drop_lingering(&mut self, key: usize) {
         if let Some(mut l) = self.lingering.try_remove(key) {
-            let _ = self.poll.registry().deregister(&mut l.stream);
+            let _ = self.poll.registry().deregister(l.stream.tcp());
         }
     }
 
@@ -870,7 +922,7 @@ impl Worker {
         let (Some(mut socket), Some(session)) = (socket, session) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut socket.stream);
+        let _ = self.poll.registry().deregister(socket.stream.tcp());
         let adopted = Adopted {
             stream: socket.stream,
             session,
@@ -1065,4 +1117,10 @@ impl Worker {
         m.presence_pushes.store(stats.presence_pushes, Ordering::Relaxed);
         m.online_users.store(stats.online_users, Ordering::Relaxed);
     }
+}
+
+/// The token of the listener of `kind`.
+fn listener_token(kind: Kind) -> Token {
+    let i = Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    LISTENERS.get(i).copied().unwrap_or(Token(usize::MAX - 1))
 }

@@ -1,9 +1,12 @@
 //! Raw TCP listeners: one `SO_REUSEPORT` listener per core on the same port,
-//! so the kernel spreads accepted connections over the cores.
+//! so the kernel spreads accepted connections over the cores; and the
+//! vectored frame write that TCP and TLS share.
 
-use std::io;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 
+use bytes::{Buf, Bytes};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Accept backlog of each listener: deep enough for a reconnect storm of tens
@@ -39,4 +42,41 @@ pub fn bind_listeners(
 /// latency matters more than packet count).
 pub fn configure_stream(stream: &mio::net::TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)
+}
+
+/// Frames handed to one vectored write: a presence snapshot (one frame per
+/// friend) or a burst of pushes leaves in one syscall instead of one per frame.
+pub const WRITE_SLICES: usize = 64;
+
+/// One vectored write of up to [`WRITE_SLICES`] frames from the front of
+/// `frames` into `out` (a socket, or TLS's plaintext side); what was written
+/// is removed (the front frame may be left partly written). Returns the bytes
+/// taken.
+///
+/// # Errors
+/// `WouldBlock` when `out` took nothing; a write of 0 bytes is reported as
+/// `WriteZero` (the peer is gone).
+pub fn write_frames(out: &mut impl io::Write, frames: &mut VecDeque<Bytes>) -> io::Result<usize> {
+    let written = {
+        let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
+        let n = slices
+            .iter_mut()
+            .zip(frames.iter())
+            .map(|(slice, frame)| *slice = IoSlice::new(frame))
+            .count();
+        out.write_vectored(slices.get(..n).unwrap_or_default())?
+    };
+    if written == 0 && frames.iter().any(|f| !f.is_empty()) {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    let mut left = written;
+    while let Some(front) = frames.front_mut() {
+        if front.len() > left {
+            front.advance(left);
+            break;
+        }
+        left -= front.len();
+        frames.pop_front();
+    }
+    Ok(written)
 }

@@ -26,6 +26,10 @@ pub struct TestServer {
     pub http: SocketAddr,
     /// The raw TCP port.
     pub tcp: SocketAddr,
+    /// Every enabled transport as a URL (`tcp://`, `tls://`, `ws://`), from the ready line.
+    pub urls: Vec<String>,
+    /// The TLS certificate's SHA-256 (hex), when TLS is on.
+    pub cert_sha256: Option<String>,
     dir: tempfile::TempDir,
     args: Vec<String>,
 }
@@ -43,6 +47,8 @@ pub fn start_with(extra: &[&str]) -> TestServer {
         child: None,
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
         tcp: SocketAddr::from(([127, 0, 0, 1], 0)),
+        urls: Vec::new(),
+        cert_sha256: None,
         dir,
         args,
     };
@@ -56,6 +62,7 @@ impl TestServer {
         cmd.arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--cores", "2", "--http-port", "0", "--tcp-port", "0"])
+            .args(["--tls-port", "0", "--ws-port", "0"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000"])
             .args(&self.args)
@@ -83,7 +90,34 @@ impl TestServer {
         let v: serde_json::Value = serde_json::from_str(&json).expect("ready line is JSON");
         self.http = v["http"].as_str().unwrap().parse().unwrap();
         self.tcp = v["tcp"].as_str().unwrap().parse().unwrap();
+        self.urls = v["urls"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        self.cert_sha256 = v["cert_sha256"].as_str().map(str::to_owned);
         self.child = Some(child);
+    }
+
+    /// The URL of the enabled transport `scheme` (`tcp`, `tls`, `ws`, `wss`).
+    pub fn url(&self, scheme: &str) -> String {
+        let prefix = format!("{scheme}://");
+        self.urls
+            .iter()
+            .find(|u| u.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("natterd has no {scheme} endpoint: {:?}", self.urls))
+            .clone()
+    }
+
+    /// The pin for the server's certificate.
+    pub fn trust(&self) -> natter_client::Trust {
+        natter_client::Trust::Fingerprint(self.cert_sha256.clone().expect("TLS is on"))
+    }
+
+    /// Opens and authenticates a connection over `scheme` (`tcp`, `tls`, `ws`).
+    pub fn connect(&self, scheme: &str, login: &Login) -> (natter_client::Connection, natter_wire::Welcome) {
+        let trust = self.cert_sha256.as_ref().map(|_| self.trust());
+        natter_client::Connection::connect_url(&self.url(scheme), trust.as_ref(), &login.token, "test-device")
+            .unwrap_or_else(|e| panic!("connect over {scheme}: {e}"))
     }
 
     /// The side-port's base URL.

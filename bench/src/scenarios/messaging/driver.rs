@@ -12,13 +12,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::CString;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use natter_wire::{
     Body, Encoder, ErrorCode, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping, Send, fb, view,
@@ -31,6 +29,7 @@ use super::{Plan, Shared, Timeline};
 use crate::accounts::DEVICE;
 use crate::interrupt;
 use crate::sockets::{Sources, connect_from};
+use crate::transport::{ClientStream, Dial};
 
 /// Most handshakes (TCP connect + `Hello` → `Welcome`) in flight per thread.
 const MAX_HANDSHAKES: usize = 512;
@@ -74,8 +73,8 @@ const MAX_UNSENT_BYTES: usize = 1 << 20;
 pub(super) struct DriverSpec<'a> {
     /// The thread's number (its name is `bench-driver-{id}`, for profilers).
     pub(super) id: usize,
-    /// natterd's TCP frame port.
-    pub(super) server: SocketAddr,
+    /// natterd's frame port and the transport (`--transport`).
+    pub(super) server: Dial,
     /// This thread's share of source addresses.
     pub(super) sources: Sources,
     /// The whole plan (this thread reads the users in `users`).
@@ -293,7 +292,7 @@ impl Pending {
 /// One user's connection.
 #[derive(Debug)]
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<ClientStream>,
     state: ConnState,
     /// When the handshake began.
     since: Instant,
@@ -363,7 +362,7 @@ pub(super) struct Driver<'a> {
     id: usize,
     poll: Poll,
     events: Events,
-    server: SocketAddr,
+    server: Dial,
     sources: Sources,
     decoder: FrameDecoder,
     limits: Limits,
@@ -542,10 +541,11 @@ impl<'a> Driver<'a> {
         let Some(token) = token.map(|u| u.token.clone()) else {
             return;
         };
-        let stream = connect_from(&mut self.sources, self.server).and_then(|mut stream| {
+        let stream = connect_from(&mut self.sources, self.server.addr).and_then(|tcp| {
+            let mut stream = self.server.wrap(tcp).map_err(|e| format!("transport: {e}"))?;
             self.poll
                 .registry()
-                .register(&mut stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .register(stream.tcp(), Token(slot), Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| format!("register: {e}"))?;
             Ok(stream)
         });
@@ -874,7 +874,7 @@ impl<'a> Driver<'a> {
         conn.state = ConnState::Dead;
         if let Some(mut stream) = conn.stream.take() {
             // The socket is closed right after; a failed deregistration changes nothing.
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.poll.registry().deregister(stream.tcp());
         }
         let unanswered = conn.pending.clear();
         self.books.deltas.in_flight -= unanswered as i64;
@@ -922,7 +922,7 @@ fn on_ready(
     books: &mut Books,
 ) -> Result<(), String> {
     if conn.state == ConnState::Connecting {
-        let Some(stream) = conn.stream.as_ref() else {
+        let Some(stream) = conn.stream.as_mut().map(ClientStream::tcp) else {
             return Err("no socket".into());
         };
         if let Some(e) = stream.take_error().map_err(|e| format!("connect: {e}"))? {
@@ -937,6 +937,11 @@ fn on_ready(
     }
     flush(conn)?;
     let end_of_stream = fill(conn, scratch)?;
+    if conn.stream.as_ref().is_some_and(|s| !s.is_raw()) {
+        // A TLS handshake or WebSocket upgrade that the read just finished
+        // lets queued frames leave now.
+        flush(conn)?;
+    }
     let now_ns = nanos_since(ctx.shared.origin);
     while let Some(bytes) = decoder
         .split(&mut conn.inbuf)
@@ -1112,7 +1117,7 @@ fn flush(conn: &mut Conn) -> Result<(), String> {
             Err(e) => return Err(format!("write: {e}")),
         }
     }
-    Ok(())
+    stream.flush_buffered().map_err(|e| format!("write: {e}"))
 }
 
 /// Reads until the socket is drained; returns whether the stream ended.
@@ -1132,7 +1137,7 @@ fn fill(conn: &mut Conn, scratch: &mut [u8]) -> Result<bool, String> {
             Ok(0) => return Ok(true),
             Ok(n) => {
                 conn.inbuf.extend_from_slice(scratch.get(..n).unwrap_or_default());
-                if n < scratch.len() {
+                if n < scratch.len() && stream.is_raw() {
                     return Ok(false);
                 }
             }

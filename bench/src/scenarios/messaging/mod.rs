@@ -290,7 +290,7 @@ pub(crate) fn run(
     let run_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(1, |d| d.as_secs() & 0xffff_ffff);
-    let sources = Sources::for_server(target.tcp);
+    let sources = Sources::for_server(target.dial.addr);
     let load = match options.rate {
         Some(rate) => format!("open loop, {rate} messages/s in total"),
         None => format!("closed loop, {} sends in flight per sender", args.window),
@@ -311,7 +311,7 @@ pub(crate) fn run(
             .map(|t| {
                 let spec = DriverSpec {
                     id: t,
-                    server: target.tcp,
+                    server: target.dial.clone(),
                     sources: sources.share(t, threads),
                     plan,
                     users: (t..plan.users.len()).step_by(threads).collect(),

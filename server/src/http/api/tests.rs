@@ -69,10 +69,26 @@ pub(crate) fn harness_with(config: Config) -> Harness {
 }
 
 fn endpoints() -> Endpoints {
-    Endpoints {
-        http: SocketAddr::from(([127, 0, 0, 1], 7180)),
-        tcp: SocketAddr::from(([127, 0, 0, 1], 7100)),
-    }
+    Endpoints::new(
+        SocketAddr::from(([127, 0, 0, 1], 7180)),
+        SocketAddr::from(([127, 0, 0, 1], 7100)),
+        Some(SocketAddr::from(([127, 0, 0, 1], 7101))),
+        Some(SocketAddr::from(([127, 0, 0, 1], 7102))),
+        false,
+        Some("ab".repeat(32)),
+    )
+}
+
+/// What `endpoints()` serialises to.
+fn endpoints_json() -> Value {
+    json!({
+        "http": "127.0.0.1:7180",
+        "tcp": "127.0.0.1:7100",
+        "tls": "127.0.0.1:7101",
+        "ws": "127.0.0.1:7102",
+        "urls": ["tcp://127.0.0.1:7100", "tls://127.0.0.1:7101", "ws://127.0.0.1:7102/"],
+        "cert_sha256": "ab".repeat(32),
+    })
 }
 
 impl Harness {
@@ -159,7 +175,7 @@ fn health_metrics_and_endpoints() {
     assert!(r.body.contains("natter_http_requests_total{status=\"200\"}"));
     assert_eq!(
         h.call("GET", "/v1/endpoints", None, Value::Null),
-        (200, json!({"http": "127.0.0.1:7180", "tcp": "127.0.0.1:7100"}))
+        (200, endpoints_json())
     );
 }
 
@@ -305,10 +321,7 @@ fn login_gives_tokens_and_hides_which_part_was_wrong() {
         None,
         json!({"username": "alice", "password": "password1", "device_name": "laptop"}),
     );
-    assert_eq!(
-        v["endpoints"],
-        json!({"http": "127.0.0.1:7180", "tcp": "127.0.0.1:7100"})
-    );
+    assert_eq!(v["endpoints"], endpoints_json());
     assert_ne!(
         v["device_id"].as_u64().unwrap(),
         device,
