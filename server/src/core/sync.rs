@@ -548,6 +548,20 @@ impl Core {
         }
     }
 
+    /// A read of `conn`'s sync failed: the Sync is answered `unavailable` and
+    /// every live push is held back until the client's next Sync, which starts
+    /// from its own cursors, so that one is exact (the filters may be
+    /// part-way).
+    fn sync_failed(&mut self, conn: ConnId, request_id: u64, e: &ReadError) {
+        if let Some(state) = self.syncs.get_mut(&conn) {
+            state.run = None;
+            state.stopped = true;
+            state.delivered.clear();
+        }
+        let message = format!("the store is unavailable: {e}; send Sync again");
+        self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
+    }
+
     /// The sync's plan was read: sets the run up (its first page is the next
     /// step), or answers the Sync with `unavailable`.
     fn sync_planned(&mut self, conn: ConnId, result: Result<Vec<PlannedChat>, ReadError>) {
@@ -560,15 +574,7 @@ impl Core {
         let request_id = run.request_id;
         let plan = match result {
             Ok(plan) => plan,
-            Err(e) => {
-                // Nothing was sent: hold pushes until the next Sync (as after
-                // a failed page), so that one is exact.
-                state.run = None;
-                state.stopped = true;
-                state.delivered.clear();
-                let message = format!("the store is unavailable: {e}; send Sync again");
-                return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
-            }
+            Err(e) => return self.sync_failed(conn, request_id, &e),
         };
         run.unplanned = None;
         run.chats.reserve(plan.len());
@@ -598,16 +604,7 @@ impl Core {
         let request_id = run.request_id;
         let pages = match result {
             Ok(pages) => pages,
-            Err(e) => {
-                // The filters are part-way: hold every live push back until
-                // the client's next Sync, which starts from its own cursors,
-                // so that one is exact again.
-                state.run = None;
-                state.stopped = true;
-                state.delivered.clear();
-                let message = format!("the store is unavailable: {e}; send Sync again");
-                return self.reply_error(conn, natter_wire::ErrorCode::Unavailable, &message, request_id);
-            }
+            Err(e) => return self.sync_failed(conn, request_id, &e),
         };
         let mut out = BytesMut::new();
         let mut msgs = 0u64;
