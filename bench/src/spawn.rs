@@ -127,6 +127,11 @@ impl SpawnedServer {
             flags.push("--user-write-rate-limit".into());
             flags.push(BENCH_AUTH_RATE_LIMIT.to_string());
         }
+        // Likewise the per-user friend-request limit (30 a minute): setups befriend in bulk.
+        if natterd_accepts("--friend-request-rate-limit")? {
+            flags.push("--friend-request-rate-limit".into());
+            flags.push(BENCH_AUTH_RATE_LIMIT.to_string());
+        }
         if let Some(cores) = cores {
             flags.push("--cores".into());
             flags.push(cores.to_string());

@@ -162,6 +162,33 @@ pub struct Flags {
     /// [default: 200ms]. Command line only and hidden: tests lengthen it.
     #[arg(long, hide = true)]
     pub push_settle: Option<String>,
+    /// Most side-port connections from one address (IPv6: one /64) [default: 64].
+    #[arg(long)]
+    pub http_connections_per_address: Option<usize>,
+    /// Idle and header timeout of side-port connections once 3/4 of its slots
+    /// are taken, e.g. "2s" [default: 2s].
+    #[arg(long)]
+    pub http_pressure_timeout: Option<String>,
+    /// First wait after 5 consecutive failed logins at one account, doubling
+    /// with each further failure, e.g. "1s" [default: 1s].
+    #[arg(long)]
+    pub login_backoff_base: Option<String>,
+    /// Longest wait between two login attempts at one account [default: 15m].
+    #[arg(long)]
+    pub login_backoff_max: Option<String>,
+    /// How long an account takes no password after 100 consecutive failures [default: 1h].
+    #[arg(long)]
+    pub login_lockout: Option<String>,
+    /// Friend requests per user per minute, bursts of as many [default: 30].
+    #[arg(long)]
+    pub friend_request_rate_limit: Option<u32>,
+    /// Most connections from one address still awaiting their Hello, per core [default: 32].
+    #[arg(long)]
+    pub preauth_per_address: Option<usize>,
+    /// Most connections awaiting their Hello, per core; lowered at start so that
+    /// all cores together hold at most a quarter of the open-files limit [default: 4096].
+    #[arg(long)]
+    pub preauth_total: Option<usize>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -196,6 +223,14 @@ struct FileConfig {
     push_timeout: Option<String>,
     push_text_max: Option<usize>,
     push_rate_limit: Option<u32>,
+    http_connections_per_address: Option<usize>,
+    http_pressure_timeout: Option<String>,
+    login_backoff_base: Option<String>,
+    login_backoff_max: Option<String>,
+    login_lockout: Option<String>,
+    friend_request_rate_limit: Option<u32>,
+    preauth_per_address: Option<usize>,
+    preauth_total: Option<usize>,
 }
 
 /// A port key in the `--config` file: a number, or `"off"`.
@@ -325,6 +360,41 @@ pub struct Config {
     pub user_write_rate_limit: u32,
     /// Push notifications (`--push-*`).
     pub push: crate::push::PushConfig,
+    /// Limits against abuse (`docs/SECURITY.md`).
+    pub limits: AbuseLimits,
+}
+
+/// Limits against abuse; `docs/SECURITY.md` lists each with its default and
+/// the attack it answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AbuseLimits {
+    /// Most side-port connections from one address (IPv6: its /64).
+    pub http_connections_per_address: usize,
+    /// Idle and header timeout of side-port connections once 3/4 of
+    /// [`crate::http::MAX_CONNECTIONS`] are open (otherwise 30 s and 10 s).
+    pub http_pressure_timeout: Duration,
+    /// Per-account backoff of failed logins.
+    pub login_backoff: crate::http::LoginBackoff,
+    /// Friend requests per user per minute.
+    pub friend_request_rate_limit: u32,
+    /// Most connections awaiting their Hello from one address, per core.
+    pub preauth_per_address: usize,
+    /// Most connections awaiting their Hello, per core (before the open-files
+    /// cap that `server.rs` applies at start).
+    pub preauth_total: usize,
+}
+
+impl Default for AbuseLimits {
+    fn default() -> Self {
+        Self {
+            http_connections_per_address: 64,
+            http_pressure_timeout: Duration::from_secs(2),
+            login_backoff: crate::http::LoginBackoff::DEFAULT,
+            friend_request_rate_limit: 30,
+            preauth_per_address: 32,
+            preauth_total: 4096,
+        }
+    }
 }
 
 impl Default for Config {
@@ -356,6 +426,7 @@ impl Default for Config {
                 silent_after: DEFAULT_HEARTBEAT_TIMEOUT / 2,
                 ..crate::push::PushConfig::default()
             },
+            limits: AbuseLimits::default(),
         }
     }
 }
@@ -387,6 +458,7 @@ impl Config {
         };
         let d = Config::default();
         let push_flags = flags_push(&flags, &file);
+        let limits = abuse_limits(&flags, &file, &d.limits)?;
         let heartbeat = flags.heartbeat_timeout.or(file.heartbeat_timeout);
         let grace = flags.presence_grace.or(file.presence_grace);
         let config = Config {
@@ -455,6 +527,7 @@ impl Config {
                 .or(file.user_write_rate_limit)
                 .unwrap_or(d.user_write_rate_limit),
             push: d.push.clone(),
+            limits,
         };
         let mut config = config;
         config.push = push_config(&push_flags, config.heartbeat_timeout)?;
@@ -516,11 +589,91 @@ impl Config {
         {
             return invalid("ws-origin", "origins must not be empty");
         }
+        let l = &self.limits;
+        if l.http_connections_per_address == 0 {
+            return invalid("http-connections-per-address", "must be at least 1");
+        }
+        if l.http_pressure_timeout < Duration::from_millis(100) {
+            return invalid("http-pressure-timeout", "must be at least 100ms");
+        }
+        let b = &l.login_backoff;
+        if b.base.is_zero() || b.max_delay < b.base || b.lockout < b.max_delay {
+            return invalid(
+                "login-backoff-base/login-backoff-max/login-lockout",
+                "need 0 < base <= max <= lockout",
+            );
+        }
+        if l.friend_request_rate_limit == 0 {
+            return invalid("friend-request-rate-limit", "must be at least 1 per minute");
+        }
+        if l.preauth_per_address == 0 || l.preauth_total < l.preauth_per_address {
+            return invalid(
+                "preauth-per-address/preauth-total",
+                "need 1 <= preauth-per-address <= preauth-total",
+            );
+        }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");
         }
         Ok(())
     }
+}
+
+/// The abuse limits, flag over file over default.
+fn abuse_limits(flags: &Flags, file: &FileConfig, d: &AbuseLimits) -> Result<AbuseLimits, ConfigError> {
+    let duration = |key, flag: &Option<String>, file: &Option<String>, default: Duration| match flag
+        .as_ref()
+        .or(file.as_ref())
+    {
+        Some(text) => parse_duration(text).map_err(|message| ConfigError::Invalid { key, message }),
+        None => Ok(default),
+    };
+    let b = d.login_backoff;
+    Ok(AbuseLimits {
+        http_connections_per_address: flags
+            .http_connections_per_address
+            .or(file.http_connections_per_address)
+            .unwrap_or(d.http_connections_per_address),
+        http_pressure_timeout: duration(
+            "http-pressure-timeout",
+            &flags.http_pressure_timeout,
+            &file.http_pressure_timeout,
+            d.http_pressure_timeout,
+        )?,
+        login_backoff: crate::http::LoginBackoff {
+            base: duration(
+                "login-backoff-base",
+                &flags.login_backoff_base,
+                &file.login_backoff_base,
+                b.base,
+            )?,
+            max_delay: duration(
+                "login-backoff-max",
+                &flags.login_backoff_max,
+                &file.login_backoff_max,
+                b.max_delay,
+            )?,
+            lockout: duration(
+                "login-lockout",
+                &flags.login_lockout,
+                &file.login_lockout,
+                b.lockout,
+            )?,
+            ..b
+        },
+        friend_request_rate_limit: flags
+            .friend_request_rate_limit
+            .or(file.friend_request_rate_limit)
+            .unwrap_or(d.friend_request_rate_limit),
+        preauth_per_address: flags
+            .preauth_per_address
+            .or(file.preauth_per_address)
+            .unwrap_or(d.preauth_per_address),
+        preauth_total: flags
+            .preauth_total
+            .or(file.preauth_total)
+            .unwrap_or(d.preauth_total),
+    })
 }
 
 /// The `--push-*` values, flag over file.

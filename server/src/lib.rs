@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod core;
+pub mod fdreserve;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http;

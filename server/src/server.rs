@@ -179,7 +179,11 @@ impl Server {
             )
             .with_push(push_handle),
         );
-        let http = http::start(http_listener, api, http_workers(config.cores))
+        let side_port_limits = http::SidePortLimits {
+            per_address: config.limits.http_connections_per_address,
+            pressure_timeout: config.limits.http_pressure_timeout,
+        };
+        let http = http::start_limited(http_listener, api, http_workers(config.cores), side_port_limits)
             .map_err(io_err("starting the HTTP side-port"))?;
         if config.password_cost.is_lowered() {
             tracing::warn!(

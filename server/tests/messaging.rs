@@ -323,7 +323,11 @@ fn non_members_neither_send_nor_receive_and_removed_members_stop_receiving() {
         connect(&server, &eve),
     );
 
-    assert_eq!(refusal(send(&mut e, chat, 1, "let me in")), ErrorCode::NotMember);
+    // A non-member is told what a missing chat's sender is told (no existence oracle).
+    assert_eq!(
+        refusal(send(&mut e, chat, 1, "let me in")),
+        ErrorCode::UnknownChat
+    );
     send(&mut a, chat, 1, "hello trio").unwrap();
     assert_eq!(receive(&mut b, 1)[0].text, "hello trio");
     assert_eq!(receive(&mut c, 1)[0].text, "hello trio");
@@ -337,7 +341,7 @@ fn non_members_neither_send_nor_receive_and_removed_members_stop_receiving() {
     send(&mut a, chat, 2, "bob has left").unwrap();
     assert_eq!(receive(&mut c, 1)[0].seq, 2);
     receives_nothing(&mut b);
-    assert_eq!(refusal(send(&mut b, chat, 2, "wait")), ErrorCode::NotMember);
+    assert_eq!(refusal(send(&mut b, chat, 2, "wait")), ErrorCode::UnknownChat);
     // A member may leave by itself.
     http.remove_member(&cat.token, chat, cat.user_id).unwrap();
     assert_eq!(http.group(&ann.token, chat).unwrap().members.len(), 1);

@@ -417,10 +417,11 @@ fn the_python_client_refuses_bad_input_and_names_server_codes() {
     );
 
     // Server refusals carry the code name; the connection stays usable.
+    // A chat one is not a member of answers like a missing one (no existence oracle).
     let not_member = bob
         .try_cmd(json!({"cmd": "send", "chat_id": others, "text": "hi"}))
         .unwrap_err();
-    assert_eq!(not_member["code"], "not_member");
+    assert_eq!(not_member["code"], "unknown_chat");
     let page = bob.cmd(json!({"cmd": "history", "chat_id": chat, "limit": 10}));
     assert_eq!(entries(&page["messages"], chat).len(), 2);
     let wrong = bob

@@ -37,8 +37,9 @@ pub enum ErrorCode {
     /// Peer at fault: a well-formed frame that a client must never send (a server-to-client frame such
     /// as `Welcome` or `Message`). The client misunderstands the protocol; closes the connection.
     UnexpectedFrame = 6,
-    /// Peer at fault: the user is not a member of the chat named in the request. The request is
-    /// refused; the connection stays open.
+    /// Peer at fault: the user is not a member of the chat named in the request. Reserved: the
+    /// server no longer sends it (a non-member's `Send` answers [`ErrorCode::UnknownChat`], like a
+    /// missing chat, so that ids reveal nothing); clients still decode it.
     NotMember = 7,
     /// Peer at fault: a `Send` with an empty text. The request is refused; the connection stays open.
     EmptyText = 8,
@@ -48,8 +49,8 @@ pub enum ErrorCode {
     /// Peer at fault: a string field (such as `Send.text`) is not valid UTF-8. The request is refused;
     /// the connection stays open.
     InvalidUtf8 = 10,
-    /// Peer at fault: the chat named in the request does not exist. The request is refused; the
-    /// connection stays open.
+    /// Peer at fault: the chat named in the request does not exist, or the user is not a member
+    /// of it (one answer for both). The request is refused; the connection stays open.
     UnknownChat = 11,
     /// Limit hit by the peer: too many requests (frames, sends, signups or logins) in too short a
     /// time. Slow down and retry later. The connection stays open.

@@ -5,6 +5,10 @@
 
 use super::*;
 
+/// The answer to a `Send` naming a chat that does not exist or that the
+/// sender is not a member of: one text for both, like the code.
+const NO_SUCH_CHAT: &str = "no such chat, or you are not a member of it";
+
 impl Core {
     /// Loads a chat this core owns into memory (once).
     pub(super) fn load_chat(&mut self, chat: ChatId) -> Result<Option<&mut ChatState>, ReadError> {
@@ -63,20 +67,16 @@ impl Core {
         let (origin, rid) = (req.origin, req.request_id);
         let chat = match self.load_chat(req.chat) {
             Ok(Some(chat)) => chat,
-            Ok(None) => return self.error_to(origin, ErrorCode::UnknownChat, "no such chat", rid, now),
+            // A missing chat and a chat the sender is not in answer alike (code
+            // and message), so that chat ids do not reveal which chats exist.
+            Ok(None) => return self.error_to(origin, ErrorCode::UnknownChat, NO_SUCH_CHAT, rid, now),
             Err(e) => {
                 let message = format!("the store is unavailable: {e}");
                 return self.error_to(origin, ErrorCode::Unavailable, &message, rid, now);
             }
         };
         if !chat.members.contains(&req.sender) {
-            return self.error_to(
-                origin,
-                ErrorCode::NotMember,
-                "you are not a member of this chat",
-                rid,
-                now,
-            );
+            return self.error_to(origin, ErrorCode::UnknownChat, NO_SUCH_CHAT, rid, now);
         }
         let key = (req.sender, req.client_msg_id);
         let digest = text_digest(&req.text);

@@ -656,11 +656,14 @@ fn refusals_have_specific_codes_and_keep_the_session_open() {
     let ann_phone = m.connect(ann, 1);
     let eve_phone = m.connect(eve, 2);
 
+    // A chat one is not a member of and a chat that does not exist answer
+    // alike, code and message: chat ids reveal nothing.
     m.send(eve_phone, chat, 1, "let me in", 1);
-    assert_eq!(
-        error_code(&m.received(eve_phone)),
-        vec![ErrorCode::NotMember.as_u16()]
-    );
+    let not_member = m.received(eve_phone);
+    m.send(eve_phone, ChatId(999), 1, "anyone?", 1);
+    let missing = m.received(eve_phone);
+    assert_eq!(error_code(&not_member), vec![ErrorCode::UnknownChat.as_u16()]);
+    assert_eq!(not_member, missing);
     m.send(ann_phone, ChatId(999), 1, "anyone?", 1);
     assert_eq!(
         error_code(&m.received(ann_phone)),
@@ -764,7 +767,7 @@ fn a_removed_member_gets_nothing_sent_after_the_removal_and_cannot_send() {
     m.send(bob_phone, chat, 2, "hello?", 9);
     assert_eq!(
         error_code(&m.received(bob_phone)),
-        vec![ErrorCode::NotMember.as_u16()]
+        vec![ErrorCode::UnknownChat.as_u16()]
     );
     assert_eq!(
         m.store.chat(chat).unwrap().unwrap().members.len(),

@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::http::Endpoints;
 use crate::http::error::HttpError;
+use crate::http::lockout::AccountThrottle;
 use crate::http::password::Passwords;
 use crate::http::ratelimit::{RateLimiter, UserRateLimiter};
 use crate::ids::{ChatId, DeviceId, UserId};
@@ -237,6 +238,12 @@ impl<'a> Route<'a> {
     }
 }
 
+/// Whether a request to `path` may hash a password (signup, login): the
+/// transport queues those apart, so cheap requests never wait behind argon2.
+pub(crate) fn hashes_password(path: &str) -> bool {
+    matches!(Route::parse(path), Some(Route::Signup | Route::Login))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignupBody {
@@ -299,6 +306,11 @@ pub struct Api {
     limiter: RateLimiter,
     /// Writes other than signup and login, per user (`--user-write-rate-limit`).
     writes: UserRateLimiter,
+    /// Friend requests per user (`--friend-request-rate-limit`): each one
+    /// looks a username up, so this bounds how fast an account probes names.
+    friend_requests: UserRateLimiter,
+    /// Consecutive failed logins per username (`--login-backoff-*`).
+    accounts: AccountThrottle,
     /// Push settings (gateway URL checks).
     push_config: PushConfig,
     /// The push thread, told of pushers, logouts and read markers.
@@ -329,6 +341,8 @@ impl Api {
             passwords: Passwords::new(config.password_cost, config.cores),
             limiter: RateLimiter::new(config.auth_rate_limit),
             writes: UserRateLimiter::new(config.user_write_rate_limit),
+            friend_requests: UserRateLimiter::new(config.limits.friend_request_rate_limit),
+            accounts: AccountThrottle::new(config.limits.login_backoff),
             push_config: config.push.clone(),
             push: None,
         }
@@ -428,16 +442,42 @@ impl Api {
         }
         // A name that cannot exist and an unknown name get the same answer, and
         // the same time, as a wrong password.
-        let user = match validate_username(&body.username) {
-            Ok(name) => self.store.user_by_name(&name).map_err(store_error)?,
+        let name = validate_username(&body.username);
+        // Per-account backoff, keyed alike for existing and unknown names.
+        let key = match &name {
+            Ok(name) => name.clone(),
+            Err(_) => body
+                .username
+                .chars()
+                .take(USERNAME_MAX + 1)
+                .collect::<String>()
+                .to_lowercase(),
+        };
+        self.accounts
+            .begin(&key, Instant::now())
+            .map_err(|seconds| rate_limited(HttpError::AccountThrottled, seconds))?;
+        let user = match name {
+            Ok(name) => match self.store.user_by_name(&name) {
+                Ok(user) => user,
+                Err(e) => {
+                    self.accounts.failed(&key, Instant::now());
+                    return Err(store_error(e));
+                }
+            },
             Err(_) => None,
         };
         let Some(user) = user else {
             self.passwords.verify_dummy(&body.password);
+            self.accounts.failed(&key, Instant::now());
             return Err(HttpError::InvalidCredentials.into());
         };
         if !self.passwords.verify(&body.password, &user.password_phc) {
+            self.accounts.failed(&key, Instant::now());
             return Err(HttpError::InvalidCredentials.into());
+        }
+        self.accounts.succeeded(&key);
+        if self.passwords.needs_rehash(&user.password_phc) {
+            self.rehash(user.id, &body.password);
         }
         let (device, token) = self
             .store
@@ -453,6 +493,20 @@ impl Api {
                 "endpoints": &self.endpoints,
             }),
         ))
+    }
+
+    /// Re-hashes `password` at the configured cost and stores it: an account
+    /// hashed under an older, cheaper cost is upgraded at its next successful
+    /// login (the plaintext exists only then). A failure is logged and the
+    /// login still succeeds with the old hash kept.
+    fn rehash(&self, user: UserId, password: &str) {
+        match self.passwords.hash(password) {
+            Ok(phc) => match self.store.set_password(user, &phc) {
+                Ok(_) => tracing::info!(%user, "password re-hashed at the current cost"),
+                Err(e) => tracing::warn!(%user, error = %e, "password re-hash not stored"),
+            },
+            Err(e) => tracing::warn!(%user, error = %e, "password re-hash failed"),
+        }
     }
 
     fn logout(&self, req: &Request<'_>) -> Handled {
@@ -490,6 +544,9 @@ impl Api {
 
     fn request_friend(&self, req: &Request<'_>) -> Handled {
         let (user, _) = self.authenticate_write(req)?;
+        self.friend_requests
+            .check(user, Instant::now())
+            .map_err(|seconds| rate_limited(HttpError::UserRateLimited, seconds))?;
         let body: FriendRequestBody = parse_json(req.body)?;
         let name = validate_username(&body.username)?;
         let other = self
@@ -982,7 +1039,21 @@ fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Parses a JSON body into `T`, mapping each kind of failure to its code.
+///
+/// Only a JSON object is accepted: serde would also read a struct from an
+/// array (`["bob","pw"]`, positionally), which no route documents.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(b'[' | b'"' | b't' | b'f' | b'n' | b'-' | b'0'..=b'9') => {
+            return Err(Response::error_with(
+                HttpError::InvalidType,
+                "the body must be a JSON object",
+            ));
+        }
+        // Not the start of any JSON value: serde reports the syntax error.
+        Some(_) => {}
+    }
     serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         let text = e.to_string();

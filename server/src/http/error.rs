@@ -42,7 +42,7 @@
 //! | 409    | `too_many_incoming_requests` | the user you asked already has 1,000 requests waiting for their answer |
 //! | 411    | `length_required`      | a body sent without `Content-Length` (chunked bodies are not accepted) |
 //! | 413    | `body_too_large`       | body over 64 KiB |
-//! | 429    | `rate_limited`         | too many signups/logins from this address, or too many writes from this account; retry after `Retry-After` seconds |
+//! | 429    | `rate_limited`         | too many signups/logins from this address, too many failed logins at this account (any address), or too many writes (friend requests) from this account; retry after `Retry-After` seconds |
 //! | 431    | `headers_too_large`    | request line plus headers over 16 KiB, or over 64 headers |
 //! | 500    | `internal`             | a bug or a corrupt record; logged |
 //! | 503    | `unavailable`          | the store failed, the server is overloaded/stopping, or a group change got no answer in 10 s; retry later |
@@ -152,12 +152,15 @@ pub enum HttpError {
     UnknownDevice,
     /// 404: the device has no pusher.
     NoPusher,
+    /// 429 (code `rate_limited`; limit hit): too many failed logins at this
+    /// account, from any address (`--login-backoff-*`).
+    AccountThrottled,
 }
 
 impl HttpError {
     /// Every entry of the catalogue, in table order (the tests check that no
     /// variant is missing and that each status has its reason phrase).
-    pub const ALL: [HttpError; 44] = [
+    pub const ALL: [HttpError; 45] = [
         Self::BadRequest,
         Self::MalformedJson,
         Self::UnknownField,
@@ -202,6 +205,7 @@ impl HttpError {
         Self::GatewayNotAllowed,
         Self::UnknownDevice,
         Self::NoPusher,
+        Self::AccountThrottled,
     ];
 
     /// The catalogue: `(status, code, default message)`.
@@ -328,6 +332,11 @@ impl HttpError {
             ),
             Self::UnknownDevice => (404, "unknown_device", "no such device of yours"),
             Self::NoPusher => (404, "no_pusher", "that device has no pusher"),
+            Self::AccountThrottled => (
+                429,
+                "rate_limited",
+                "too many failed logins at this account; retry after Retry-After seconds",
+            ),
         }
     }
 
@@ -427,6 +436,7 @@ mod tests {
             E::GatewayNotAllowed => 41,
             E::UnknownDevice => 42,
             E::NoPusher => 43,
+            E::AccountThrottled => 44,
         }
     }
 

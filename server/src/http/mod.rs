@@ -5,7 +5,8 @@
 //! * `api.rs` — [`Api::handle`]: routing, auth, validation, store calls; a pure
 //!   function of a parsed [`Request`], so it is tested (and fuzzed) without sockets.
 //! * `error.rs` — [`HttpError`]: the one table of status codes and error codes.
-//! * `password.rs` — argon2id hashing, at most `cores` at once.
+//! * `lockout.rs` — per-account backoff of failed logins (any address).
+//! * `password.rs` — argon2id hashing, at most `cores` at once; re-hash checks.
 //! * `ratelimit.rs` — token buckets: per address for signup and login, per user
 //!   for every other write (LRU-bounded).
 //! * `server.rs` — [`start`]: HTTP/1.1 over TCP (httparse, one mio I/O thread,
@@ -13,6 +14,7 @@
 
 mod api;
 mod error;
+mod lockout;
 mod password;
 mod ratelimit;
 mod server;
@@ -26,9 +28,10 @@ pub use api::{
     PUSHKEY_MAX, Request, Response, USERNAME_MAX, USERNAME_MIN, validate_group_name, validate_username,
 };
 pub use error::HttpError;
+pub use lockout::LoginBackoff;
 pub use server::{
     HttpServer, IDLE_TIMEOUT, LINGER, LINGER_MAX_BYTES, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS,
-    QUEUE_PER_WORKER, REQUEST_TIMEOUT, SHUTDOWN_GRACE, WRITE_TIMEOUT, start,
+    QUEUE_PER_WORKER, REQUEST_TIMEOUT, SHUTDOWN_GRACE, SidePortLimits, WRITE_TIMEOUT, start, start_limited,
 };
 
 /// Where clients connect: returned by `GET /v1/endpoints` and by login, e.g.

@@ -56,6 +56,21 @@ impl Passwords {
             .is_ok()
     }
 
+    /// True when `phc` was hashed at a lower cost (memory or iterations) than
+    /// the configured one, so a successful login should re-hash the password.
+    /// A hash that does not parse is not re-hashed here (it never verifies).
+    pub(crate) fn needs_rehash(&self, phc: &str) -> bool {
+        let Ok(parsed) = PasswordHash::new(phc) else {
+            return false;
+        };
+        let Ok(stored) = Params::try_from(&parsed) else {
+            return false;
+        };
+        parsed.algorithm != Algorithm::Argon2id.ident()
+            || stored.m_cost() < self.params.m_cost()
+            || stored.t_cost() < self.params.t_cost()
+    }
+
     /// Spends the time of one verification without a user (unknown username).
     pub(crate) fn verify_dummy(&self, password: &str) {
         let dummy = self.dummy.get_or_init(|| {
@@ -144,6 +159,12 @@ mod tests {
         assert!(other.verify("correct horse", &phc));
         assert_ne!(p.hash("correct horse").unwrap(), phc, "salts are random");
         p.verify_dummy("anything");
+        assert!(!p.needs_rehash(&phc), "hashed at the current cost");
+        assert!(
+            other.needs_rehash(&phc),
+            "a cheaper hash than the configured cost"
+        );
+        assert!(!p.needs_rehash("not a phc string"));
     }
 
     #[test]

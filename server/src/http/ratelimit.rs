@@ -6,22 +6,21 @@
 //! token or is refused. IPv6 addresses are grouped by their /64 (one subscriber's
 //! network), IPv4-mapped IPv6 addresses count as their IPv4 address.
 //!
-//! Memory is bounded: the table holds at most [`MAX_TRACKED`] addresses. When it
-//! is full, buckets that have refilled completely (they carry no information) are
-//! dropped; if every bucket is still in use, a new address is refused rather than
-//! letting an attacker evict the buckets of addresses that are being limited.
-//!
-//! The per-user table is bounded too ([`MAX_TRACKED_USERS`]) but never refuses
-//! a user for being full: it evicts the least recently used bucket instead. A
-//! user is authenticated (accounts cost a rate-limited signup each), so a full
-//! table can only push out the bucket of a user who wrote less recently than
-//! everyone else tracked, and that user comes back with a fresh bucket — at
-//! worst one extra burst, never a lock-out.
+//! Memory is bounded: the table holds at most [`MAX_TRACKED`] addresses, the
+//! per-user table at most [`MAX_TRACKED_USERS`] users. Neither ever refuses a
+//! key for being full: the least recently used bucket is evicted instead
+//! ([`LruBuckets`]). Refusing new addresses when full (what this table did
+//! first) let `{}` logins from 100,000 source addresses lock every other
+//! address out. With eviction, filling the table can only push out the bucket
+//! of the address (or user) heard from least recently, which comes back with a
+//! fresh bucket — at worst one extra burst per `MAX_TRACKED` new keys, never a
+//! lock-out. Password guessing is bounded per account besides (`lockout.rs`).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::ids::UserId;
 
@@ -33,28 +32,10 @@ pub(crate) const MAX_TRACKED: usize = 100_000;
 /// used bucket is evicted (see the module docs).
 pub(crate) const MAX_TRACKED_USERS: usize = 100_000;
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// Token buckets by source address.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
-    burst: f64,
-    per_sec: f64,
-    /// Time for an empty bucket to refill completely.
-    refill: Duration,
-    max_tracked: usize,
-    table: Mutex<Table>,
-}
-
-#[derive(Debug)]
-struct Table {
-    buckets: HashMap<IpAddr, Bucket>,
-    /// When the full table was last swept; sweeps are O(n), so at most one per second.
-    last_sweep: Option<Instant>,
+    buckets: LruBuckets<IpAddr>,
 }
 
 impl RateLimiter {
@@ -64,16 +45,8 @@ impl RateLimiter {
     }
 
     fn with_capacity(per_minute: u32, max_tracked: usize) -> Self {
-        let burst = f64::from(per_minute.max(1));
         Self {
-            burst,
-            per_sec: burst / 60.0,
-            refill: Duration::from_secs(60),
-            max_tracked,
-            table: Mutex::new(Table {
-                buckets: HashMap::new(),
-                last_sweep: None,
-            }),
+            buckets: LruBuckets::new(per_minute, max_tracked),
         }
     }
 
@@ -83,40 +56,15 @@ impl RateLimiter {
         self.check(addr, now).is_ok()
     }
 
-    /// Takes one token for `addr` at `now`.
+    /// Takes one token for `addr` at `now`. An address not in the table gets
+    /// a full bucket, even when the table is full (the least recently used
+    /// bucket is evicted for it).
     ///
     /// # Errors
-    /// The address is over its limit (or the table is full of active buckets):
-    /// the time until a retry can succeed, in whole seconds, at least 1.
+    /// The address is over its limit: the time until a retry can succeed, in
+    /// whole seconds, at least 1.
     pub(crate) fn check(&self, addr: IpAddr, now: Instant) -> Result<(), u64> {
-        let key = group(addr);
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let Table { buckets, last_sweep } = &mut *table;
-        if !buckets.contains_key(&key) && buckets.len() >= self.max_tracked {
-            if last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1)) {
-                *last_sweep = Some(now);
-                let refill = self.refill;
-                buckets.retain(|_, b| now.saturating_duration_since(b.updated) < refill);
-                if buckets.len() >= self.max_tracked {
-                    // Logged at most once per sweep, i.e. once a second while it lasts.
-                    tracing::warn!(
-                        tracked = buckets.len(),
-                        "rate-limit table full; refusing new addresses"
-                    );
-                }
-            }
-            if buckets.len() >= self.max_tracked {
-                return Err(1);
-            }
-        }
-        let bucket = buckets.entry(key).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_sec).min(self.burst);
-        bucket.updated = now;
-        take(&mut bucket.tokens, self.per_sec)
+        self.buckets.check(group(addr), now)
     }
 }
 
@@ -134,10 +82,10 @@ fn take(tokens: &mut f64, per_sec: f64) -> Result<(), u64> {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct UserBucket {
+struct Bucket {
     tokens: f64,
     updated: Instant,
-    /// This bucket's key in [`UserTable::lru`] (with `updated`).
+    /// This bucket's key in [`Table::lru`] (with `updated`).
     stamp: u64,
 }
 
@@ -145,18 +93,7 @@ struct UserBucket {
 /// login. `per_minute` tokens per user, refilled continuously, bursts of as many.
 #[derive(Debug)]
 pub(crate) struct UserRateLimiter {
-    burst: f64,
-    per_sec: f64,
-    max_tracked: usize,
-    table: Mutex<UserTable>,
-}
-
-#[derive(Debug, Default)]
-struct UserTable {
-    buckets: HashMap<UserId, UserBucket>,
-    /// Every bucket by `(updated, stamp)`: the first entry is the least recently used.
-    lru: BTreeMap<(Instant, u64), UserId>,
-    next_stamp: u64,
+    buckets: LruBuckets<UserId>,
 }
 
 impl UserRateLimiter {
@@ -166,12 +103,8 @@ impl UserRateLimiter {
     }
 
     fn with_capacity(per_minute: u32, max_tracked: usize) -> Self {
-        let burst = f64::from(per_minute.max(1));
         Self {
-            burst,
-            per_sec: burst / 60.0,
-            max_tracked: max_tracked.max(1),
-            table: Mutex::new(UserTable::default()),
+            buckets: LruBuckets::new(per_minute, max_tracked),
         }
     }
 
@@ -180,13 +113,51 @@ impl UserRateLimiter {
     /// # Errors
     /// The user is over its limit: whole seconds (at least 1) until a retry can succeed.
     pub(crate) fn check(&self, user: UserId, now: Instant) -> Result<(), u64> {
+        self.buckets.check(user, now)
+    }
+}
+
+/// A bounded table of token buckets that evicts the least recently used one
+/// when a new key arrives and it is full: a new key always gets a full bucket.
+#[derive(Debug)]
+struct LruBuckets<K> {
+    burst: f64,
+    per_sec: f64,
+    max_tracked: usize,
+    table: Mutex<Table<K>>,
+}
+
+#[derive(Debug)]
+struct Table<K> {
+    buckets: HashMap<K, Bucket>,
+    /// Every bucket by `(updated, stamp)`: the first entry is the least recently used.
+    lru: BTreeMap<(Instant, u64), K>,
+    next_stamp: u64,
+}
+
+impl<K: Copy + Eq + Hash> LruBuckets<K> {
+    fn new(per_minute: u32, max_tracked: usize) -> Self {
+        let burst = f64::from(per_minute.max(1));
+        Self {
+            burst,
+            per_sec: burst / 60.0,
+            max_tracked: max_tracked.max(1),
+            table: Mutex::new(Table {
+                buckets: HashMap::new(),
+                lru: BTreeMap::new(),
+                next_stamp: 0,
+            }),
+        }
+    }
+
+    fn check(&self, key: K, now: Instant) -> Result<(), u64> {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        let UserTable {
+        let Table {
             buckets,
             lru,
             next_stamp,
         } = &mut *table;
-        let mut bucket = match buckets.get(&user) {
+        let mut bucket = match buckets.get(&key) {
             Some(b) => {
                 lru.remove(&(b.updated, b.stamp));
                 *b
@@ -197,7 +168,7 @@ impl UserRateLimiter {
                 {
                     buckets.remove(&evicted);
                 }
-                UserBucket {
+                Bucket {
                     tokens: self.burst,
                     updated: now,
                     stamp: 0,
@@ -211,14 +182,14 @@ impl UserRateLimiter {
         *next_stamp += 1;
         bucket.stamp = *next_stamp;
         let result = take(&mut bucket.tokens, self.per_sec);
-        lru.insert((bucket.updated, bucket.stamp), user);
-        buckets.insert(user, bucket);
+        lru.insert((bucket.updated, bucket.stamp), key);
+        buckets.insert(key, bucket);
         result
     }
 }
 
-/// The key an address is limited under.
-fn group(addr: IpAddr) -> IpAddr {
+/// The key an address is limited (and counted) under: IPv4 as is, IPv6 by its /64.
+pub(crate) fn group(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -231,6 +202,8 @@ fn group(addr: IpAddr) -> IpAddr {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {
@@ -269,19 +242,29 @@ mod tests {
     }
 
     #[test]
-    fn table_is_bounded_and_evicts_only_refilled_buckets() {
+    fn a_full_address_table_evicts_the_least_recently_used_and_never_locks_out() {
         let rl = RateLimiter::with_capacity(1, 2);
         let t0 = Instant::now();
-        assert!(rl.allow(ip("10.0.0.1"), t0));
-        assert!(rl.allow(ip("10.0.0.2"), t0));
-        assert!(!rl.allow(ip("10.0.0.3"), t0), "full of active buckets");
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(rl.allow(ip("10.0.0.1"), at(0)));
+        assert!(rl.allow(ip("10.0.0.2"), at(1)));
+        assert!(!rl.allow(ip("10.0.0.2"), at(2)), "limited");
+        // A third address is served although both buckets are in use: 10.0.0.1,
+        // the least recently used, is evicted.
+        assert!(rl.allow(ip("10.0.0.3"), at(3)));
         assert!(
-            !rl.allow(ip("10.0.0.1"), t0),
+            !rl.allow(ip("10.0.0.2"), at(4)),
             "a tracked address keeps its bucket"
         );
-        let later = t0 + Duration::from_secs(61);
-        assert!(rl.allow(ip("10.0.0.3"), later), "refilled buckets were evicted");
-        assert!(rl.table.lock().unwrap().buckets.len() <= 2);
+        assert!(rl.allow(ip("10.0.0.1"), at(5)), "the evicted one starts afresh");
+        // 100,000 new addresses (the table-fill attack) never lock out the next one.
+        let rl = RateLimiter::with_capacity(1, 1000);
+        for i in 0..100_000u32 {
+            let addr = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(rl.allow(addr, at(10)));
+        }
+        assert!(rl.allow(ip("192.0.2.1"), at(10)), "an unseen address is served");
+        assert_eq!(rl.buckets.table.lock().unwrap().buckets.len(), 1000);
     }
 
     #[test]
@@ -328,7 +311,7 @@ mod tests {
         // A fourth user is served, whatever the table holds: user 1 is evicted.
         assert_eq!(rl.check(UserId(4), at(12)), Ok(()));
         {
-            let table = rl.table.lock().unwrap();
+            let table = rl.buckets.table.lock().unwrap();
             assert_eq!(table.buckets.len(), 3);
             assert_eq!(table.lru.len(), 3);
             assert!(!table.buckets.contains_key(&UserId(1)));
@@ -340,7 +323,7 @@ mod tests {
         for id in 100..5_000 {
             assert_eq!(rl.check(UserId(id), at(20 + id)), Ok(()));
         }
-        let table = rl.table.lock().unwrap();
+        let table = rl.buckets.table.lock().unwrap();
         assert_eq!((table.buckets.len(), table.lru.len()), (3, 3));
     }
 }

@@ -324,6 +324,24 @@ impl Store {
         Ok(id)
     }
 
+    /// Replaces `user`'s password hash with `password_phc` (a re-hash at the
+    /// current cost after a successful login), durably: returns once synced.
+    /// Returns false when the account does not exist.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn set_password(&self, user: UserId, password_phc: &str) -> Result<bool, StoreError> {
+        let _counters = self.lock();
+        let Some(mut record) = self.user(user)? else {
+            return Ok(false);
+        };
+        record.password_phc = password_phc.to_owned();
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.users, keys::id(user.0), record.encode());
+        self.commit(batch, "password re-hash");
+        Ok(true)
+    }
+
     /// Looks an account up by its (already lowercased) username.
     ///
     /// # Errors

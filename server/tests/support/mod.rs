@@ -65,6 +65,7 @@ impl TestServer {
             .args(["--tls-port", "0", "--ws-port", "0"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000"])
+            .args(["--friend-request-rate-limit", "100000"])
             .args(&self.args)
             .env(
                 "NATTER_LOG",

@@ -584,12 +584,14 @@ fn store_errors_map_to_status_codes() {
 fn error_codes_are_unique() {
     let all = HttpError::ALL;
     // One code per variant, except `not_friends` (one meaning, two statuses, see
-    // error.rs) and `rate_limited` (one meaning, by address or by account).
+    // error.rs) and `rate_limited` (one meaning, "too many, retry after
+    // Retry-After": by address, by account's writes, by account's failed logins).
     let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
     codes.sort_unstable();
     codes.dedup();
-    assert_eq!(codes.len(), all.len() - 2);
+    assert_eq!(codes.len(), all.len() - 3);
     assert_eq!(HttpError::RateLimited.code(), HttpError::UserRateLimited.code());
+    assert_eq!(HttpError::RateLimited.code(), HttpError::AccountThrottled.code());
     assert_eq!(HttpError::FriendshipRequired.code(), HttpError::NotFriends.code());
     assert_eq!(
         (
