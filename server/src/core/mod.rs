@@ -63,7 +63,7 @@ use slab::Slab;
 
 pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
 pub use membership::{MembershipChange, MembershipError, ReplyTicket};
-pub use preauth::MAX_PRE_AUTH_INPUT;
+pub use preauth::{AcceptRefusal, MAX_PRE_AUTH_INPUT, PreAuthLimits};
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, SessionSeed, UserPresence};
 pub use reads::{ChatPage, PlannedChat, ReadAnswer, ReadRequest, ReadTicket};
 pub use store_api::{ChatKind, Completion, MAX_GROUP_MEMBERS, ReadError, StoredMessage, WriteOp};
@@ -357,6 +357,10 @@ pub struct CoreStats {
     pub presence_pushes: u64,
     /// Users homed here that are online (including those in their grace period).
     pub online_users: u64,
+    /// Connections refused: their address had too many awaiting authentication.
+    pub preauth_refused: u64,
+    /// Connections awaiting authentication closed to make room for a new one.
+    pub preauth_evicted: u64,
 }
 
 /// The sans-IO state of one core. See the module docs for the driving contract.
@@ -375,6 +379,8 @@ pub struct Core {
     /// Wall-clock anchor: `now` at construction and the Unix time then (ms).
     anchor: (Instant, u64),
     stats: CoreStats,
+    /// Connections awaiting authentication, by address (`preauth.rs`).
+    preauth: preauth::PreAuthTable,
     store: Arc<dyn ChatStore>,
     /// Chats this core owns that have been touched since start.
     chats: HashMap<ChatId, ChatState>,
@@ -441,6 +447,7 @@ impl Core {
             next_generation: 0,
             anchor: (now, unix_ms_now),
             stats: CoreStats::default(),
+            preauth: preauth::PreAuthTable::default(),
             config,
         }
     }

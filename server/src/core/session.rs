@@ -288,6 +288,7 @@ impl Core {
                 request_id,
             ),
             AuthResult::Valid(user, device) => {
+                self.preauth.release(conn.0);
                 let home = user.home_core(self.config.cores);
                 if home != self.config.core {
                     let token = match std::mem::replace(&mut session.state, State::Closing) {
@@ -350,6 +351,7 @@ impl Core {
     /// Removes a session that is migrating to another core (after
     /// [`Action::Migrate`]). The id is free once this returns.
     pub fn detach(&mut self, conn: ConnId) -> Option<Detached> {
+        self.preauth_release(conn);
         let session = self.sessions.try_remove(conn.0)?;
         Some(Detached {
             state: session.state,
@@ -385,6 +387,7 @@ impl Core {
     /// The connection is gone (closed by us after [`Action::Close`], or by the
     /// peer). Idempotent.
     pub fn handle_closed(&mut self, conn: ConnId) {
+        self.preauth_release(conn);
         let Some(session) = self.sessions.try_remove(conn.0) else {
             return;
         };

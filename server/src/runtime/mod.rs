@@ -83,7 +83,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::config::Config;
-use crate::core::CoreConfig;
+use crate::core::{CoreConfig, PreAuthLimits};
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -142,6 +142,7 @@ impl Cores {
             receivers.push(rx);
         }
         let mesh = Mesh::new(handles);
+        let preauth = preauth_limits(config);
         let mut threads = Vec::with_capacity(config.cores);
         for (i, ((poll, listeners), queue)) in polls.into_iter().zip(per_core).zip(receivers).enumerate() {
             let core_config = CoreConfig {
@@ -159,6 +160,7 @@ impl Cores {
                 store: store.clone(),
                 writer: writer.clone(),
                 metrics: metrics.clone(),
+                preauth,
             };
             let worker = worker::Worker::new(core_config, poll, listeners, acceptor.clone(), queue, shared)?;
             let thread = std::thread::Builder::new()
@@ -210,4 +212,23 @@ impl Cores {
         }
         result
     }
+}
+
+/// The per-core caps on connections awaiting authentication: the configured
+/// ones, with `total` lowered so that all cores together hold at most a quarter
+/// of the open-files limit (the rest stays for authenticated sessions, the
+/// store, the side-port and the descriptors `accept` needs).
+fn preauth_limits(config: &Config) -> PreAuthLimits {
+    let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(u64::MAX, |(soft, _)| soft);
+    let share = usize::try_from(nofile / 4 / config.cores.max(1) as u64).unwrap_or(usize::MAX);
+    let total = config.limits.preauth_total.min(share).max(1);
+    let per_address = config.limits.preauth_per_address.min(total);
+    if total < config.limits.preauth_total {
+        tracing::info!(
+            nofile,
+            total,
+            "connections awaiting authentication per core capped at a quarter of the open-files limit"
+        );
+    }
+    PreAuthLimits { per_address, total }
 }

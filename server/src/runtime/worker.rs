@@ -18,9 +18,10 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::core::{
-    Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus, ReadAnswer, ReadTicket, ReplyTicket,
-    SessionSeed,
+    AcceptRefusal, Action, AuthResult, ConnId, Core, CoreConfig, Detached, InputStatus, PreAuthLimits,
+    ReadAnswer, ReadTicket, ReplyTicket, SessionSeed,
 };
+use crate::fdreserve::FdReserve;
 use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::runtime::MembershipError;
@@ -120,6 +121,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Store>,
     pub(crate) writer: WriterSender,
     pub(crate) metrics: Arc<Metrics>,
+    /// The caps on connections awaiting authentication on this core.
+    pub(crate) preauth: PreAuthLimits,
 }
 
 /// One client socket and its byte buffers. Empty buffers hold no allocation,
@@ -220,6 +223,8 @@ pub(crate) struct Worker {
     next_membership_ticket: u64,
     /// This core's store reader (sync and History reads, off the loop).
     reader: Reader,
+    /// A spare descriptor: `accept` never stalls when the process is out of them.
+    fd_reserve: FdReserve,
     /// Read answers taken from the reader and not yet handed to the core
     /// (see [`READ_ANSWERS_PER_TURN`]), in order.
     pending_reads: VecDeque<(ReadTicket, ReadAnswer)>,
@@ -240,6 +245,7 @@ impl Worker {
             store,
             writer,
             metrics,
+            preauth,
         } = shared;
         let mut registered = Vec::with_capacity(listeners.len());
         for (kind, mut listener) in listeners {
@@ -254,10 +260,13 @@ impl Worker {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let reader = Reader::start(config.core, config.cores, store.clone(), mesh.clone())?;
+        let mut core = Core::new(config.clone(), store, Instant::now(), unix_ms);
+        core.set_preauth_limits(preauth);
         Ok(Self {
             reader,
             id: config.core,
-            core: Core::new(config, store, Instant::now(), unix_ms),
+            core,
+            fd_reserve: FdReserve::new(),
             poll,
             listeners: registered,
             acceptor,
@@ -449,15 +458,25 @@ impl Worker {
                 if !*pending {
                     break;
                 }
-                let (tcp, _peer) = match listener.accept() {
+                let (tcp, peer) = match listener.accept() {
                     Ok(pair) => pair,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         *pending = false;
                         break;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if FdReserve::is_out_of_fds(&e) => {
+                        // Out of descriptors: accept-and-close with the spare, so the
+                        // backlog drains and clients see a close instead of hanging.
+                        budget -= 1;
+                        if !self.fd_reserve.shed(|| listener.accept()) {
+                            *pending = false;
+                            break;
+                        }
+                        continue;
+                    }
                     Err(e) => {
-                        // EMFILE and friends: the listener stays readable; back off
+                        // Other failures: the listener stays readable; back off
                         // until the next turn instead of spinning.
                         *pending = false;
                         tracing::warn!(core = self.id.0, error = %e, "accept failed");
@@ -473,10 +492,22 @@ impl Worker {
                         continue;
                     }
                 };
-                let Some(conn) = self.core.handle_accept(now) else {
-                    let frame = self.core.refusal();
-                    self.linger(stream, VecDeque::from([frame]), now);
-                    continue;
+                let conn = match self.core.handle_accept_from(peer.ip(), now) {
+                    Ok(conn) => conn,
+                    Err(AcceptRefusal::Full) => {
+                        let frame = self.core.refusal();
+                        self.linger(stream, VecDeque::from([frame]), now);
+                        continue;
+                    }
+                    Err(AcceptRefusal::PerAddress(frame)) => {
+                        // Closed at once, without lingering: an abuser's refusals
+                        // must not hold descriptors. Raw TCP gets the Error if it fits.
+                        let mut stream = stream;
+                        if kind == Kind::Tcp {
+                            let _ = io::Write::write(stream.tcp(), &frame);
+                        }
+                        continue;
+                    }
                 };
                 if let Err(e) = self.install(conn, stream, BytesMut::new(), VecDeque::new()) {
                     tracing::debug!(core = self.id.0, error = %e, "could not register a connection");
