@@ -24,8 +24,9 @@ impl HttpClient {
     /// `GET /v1/presence?user_id={user_id}`: a friend's presence (or one's own).
     ///
     /// # Errors
-    /// [`ClientError::Http`] 403 `not_friends` for someone who is not a friend,
-    /// 404 `user_not_found`, 401 for a bad token.
+    /// [`ClientError::Http`] 403 `not_friends` for someone who is not a friend
+    /// (or a user id that does not exist: the server answers both alike), 401
+    /// for a bad token.
     pub fn presence(&self, token: &str, user_id: u64) -> Result<UserPresence, ClientError> {
         let path = format!("/v1/presence?user_id={user_id}");
         self.call_json("GET /v1/presence", "GET", &path, Some(token), None)

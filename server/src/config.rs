@@ -182,13 +182,17 @@ pub struct Flags {
     /// Friend requests per user per minute, bursts of as many [default: 30].
     #[arg(long)]
     pub friend_request_rate_limit: Option<u32>,
-    /// Most connections from one address still awaiting their Hello, per core [default: 32].
+    /// Most connections from one address still awaiting their Hello, per core [default: 256].
     #[arg(long)]
     pub preauth_per_address: Option<usize>,
     /// Most connections awaiting their Hello, per core; lowered at start so that
     /// all cores together hold at most a quarter of the open-files limit [default: 4096].
     #[arg(long)]
     pub preauth_total: Option<usize>,
+    /// Internal: most addresses the signup/login limiter tracks [default:
+    /// 100000]. Command line only and hidden: tests shrink it to attack it.
+    #[arg(long, hide = true)]
+    pub auth_rate_limit_table: Option<usize>,
 }
 
 /// The `--config` file: the same keys as [`Flags`].
@@ -380,8 +384,10 @@ pub struct AbuseLimits {
     /// Most connections awaiting their Hello from one address, per core.
     pub preauth_per_address: usize,
     /// Most connections awaiting their Hello, per core (before the open-files
-    /// cap that `server.rs` applies at start).
+    /// cap that `runtime` applies at start).
     pub preauth_total: usize,
+    /// Most addresses the signup/login limiter tracks (LRU-evicted past it).
+    pub auth_rate_limit_table: usize,
 }
 
 impl Default for AbuseLimits {
@@ -391,8 +397,9 @@ impl Default for AbuseLimits {
             http_pressure_timeout: Duration::from_secs(2),
             login_backoff: crate::http::LoginBackoff::DEFAULT,
             friend_request_rate_limit: 30,
-            preauth_per_address: 32,
+            preauth_per_address: 256,
             preauth_total: 4096,
+            auth_rate_limit_table: crate::http::MAX_TRACKED_ADDRESSES,
         }
     }
 }
@@ -603,6 +610,9 @@ impl Config {
                 "need 0 < base <= max <= lockout",
             );
         }
+        if l.auth_rate_limit_table == 0 {
+            return invalid("auth-rate-limit-table", "must be at least 1");
+        }
         if l.friend_request_rate_limit == 0 {
             return invalid("friend-request-rate-limit", "must be at least 1 per minute");
         }
@@ -673,6 +683,7 @@ fn abuse_limits(flags: &Flags, file: &FileConfig, d: &AbuseLimits) -> Result<Abu
             .preauth_total
             .or(file.preauth_total)
             .unwrap_or(d.preauth_total),
+        auth_rate_limit_table: flags.auth_rate_limit_table.unwrap_or(d.auth_rate_limit_table),
     })
 }
 

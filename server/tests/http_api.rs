@@ -470,7 +470,9 @@ fn direct_chats_and_groups_with_their_limits_and_the_chat_list() {
     let refused = dm(&alice, dave.id);
     assert_eq!((refused.status, refused.code()), (403, "not_friends"));
     assert_eq!(dm(&alice, alice.id).code(), "cannot_chat_with_self");
-    assert_eq!(dm(&alice, 9_999).code(), "user_not_found");
+    // A missing user answers like an existing non-friend: ids reveal nothing.
+    let missing = dm(&alice, 9_999);
+    assert_eq!((missing.status, &missing.json), (refused.status, &refused.json));
     assert_eq!(
         http.post("/v1/dms", None, Some(json!({"user_id": bob.id})))
             .status,
@@ -635,7 +637,12 @@ fn group_members_change_through_the_owner_core_durably() {
     assert_eq!((stranger.status, stranger.code()), (403, "not_friends"));
     let outsider = add(&dave, dave.id);
     assert_eq!((outsider.status, outsider.code()), (404, "unknown_chat"));
-    assert_eq!(add(&alice, 9_999).code(), "user_not_found");
+    let missing = add(&alice, 9_999);
+    assert_eq!(
+        (missing.status, &missing.json),
+        (stranger.status, &stranger.json),
+        "ids reveal nothing"
+    );
     let others = remove(&bob, carol.id);
     assert_eq!((others.status, others.code()), (403, "not_owner"));
 

@@ -9,12 +9,15 @@
 //! The number of anonymous connections is bounded too ([`PreAuthLimits`]):
 //! with only the file limit in the way, 1,300 silent connections made every
 //! honest Hello time out until the hello deadline freed descriptors. A core
-//! holds at most `per_address` connections awaiting authentication (no Hello
-//! yet, or its token lookup pending) from one address (IPv6: one /64) — more
-//! from that address are refused at once — and at most `total` in all: when
-//! full, the oldest anonymous connection is closed to make room, so a flood
-//! from many addresses cannot keep out an honest client, whose Hello follows
-//! its connect within one round trip. Authenticated sessions do not count.
+//! holds at most `per_address` connections that have not sent a complete
+//! Hello from one address (IPv6: one /64) — more from that address are
+//! refused at once — and at most `total` in all: when full, the oldest is
+//! closed to make room, so a flood from many addresses cannot keep out an
+//! honest client, whose Hello follows its connect within one round trip (the
+//! runtime reads a new connection at once, so a Hello already in the socket
+//! buffer is handled before the next accept). A connection leaves the table
+//! with its Hello (the token lookup that follows ends by itself), or when it
+//! closes or migrates.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -34,12 +37,13 @@ pub struct PreAuthLimits {
 }
 
 impl Default for PreAuthLimits {
-    /// 32 per address, 4,096 in all: far more than honest clients behind one
-    /// NAT connect within one round trip, and far below any file limit natterd
-    /// is run with (`server.rs` lowers `total` to a quarter of the limit).
+    /// 256 per address, 4,096 in all (per core): more than the honest clients
+    /// behind one NAT connect within one round trip, while one address holds
+    /// at most 1/16 of the table; `runtime` lowers `total` so that all cores
+    /// together stay under a quarter of the open-files limit.
     fn default() -> Self {
         Self {
-            per_address: 32,
+            per_address: 256,
             total: 4096,
         }
     }

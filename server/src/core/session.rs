@@ -175,6 +175,9 @@ impl Core {
                 sync_first: hello.sync_first(),
             };
         }
+        // A complete Hello ends the anonymous phase the pre-authentication
+        // caps bound: what is left (one token lookup) finishes by itself.
+        self.preauth_release(conn);
         self.actions.push_back(Action::Authenticate { conn, token });
     }
 

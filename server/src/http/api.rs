@@ -339,7 +339,7 @@ impl Api {
             metrics,
             endpoints,
             passwords: Passwords::new(config.password_cost, config.cores),
-            limiter: RateLimiter::new(config.auth_rate_limit),
+            limiter: RateLimiter::with_capacity(config.auth_rate_limit, config.limits.auth_rate_limit_table),
             writes: UserRateLimiter::new(config.user_write_rate_limit),
             friend_requests: UserRateLimiter::new(config.limits.friend_request_rate_limit),
             accounts: AccountThrottle::new(config.limits.login_backoff),
@@ -603,9 +603,8 @@ impl Api {
         if other == user {
             return Err(HttpError::CannotChatWithSelf.into());
         }
-        if self.store.username(other).map_err(store_error)?.is_none() {
-            return Err(HttpError::UserNotFound.into());
-        }
+        // A missing user is "not a friend" too: one answer for both, so user
+        // ids reveal nothing (the authorization matrix, tests/authz.rs).
         if !self.store.are_friends(user, other).map_err(store_error)? {
             return Err(HttpError::FriendshipRequired.into());
         }
@@ -685,9 +684,15 @@ impl Api {
         let chat = parse_chat_id(id)?;
         let body: UserIdBody = parse_json(req.body)?;
         let user = positive_user_id(body.user_id)?;
-        self.group_of_member(actor, chat)?;
+        let info = self.group_of_member(actor, chat)?;
         if self.store.username(user).map_err(store_error)?.is_none() {
-            return Err(HttpError::UserNotFound.into());
+            // Answered as the owner core answers an existing non-friend of the
+            // owner (after `not_owner` for anyone else): user ids reveal nothing.
+            return Err(if info.owner == actor {
+                membership_error(MembershipError::NotFriends)
+            } else {
+                HttpError::NotOwner.into()
+            });
         }
         self.change_membership(chat, actor, user, true)?;
         Ok(Response::json(
@@ -930,9 +935,7 @@ impl Api {
             Response::error_with(HttpError::MissingField, "missing query parameter user_id")
         })?;
         let user = parse_user_id(raw)?;
-        if self.store.username(user).map_err(store_error)?.is_none() {
-            return Err(HttpError::UserNotFound.into());
-        }
+        // Not a friend and no such user answer alike: user ids reveal nothing.
         if user != caller && !self.store.are_friends(caller, user).map_err(store_error)? {
             return Err(Response::error_with(
                 HttpError::FriendshipRequired,

@@ -29,6 +29,7 @@ pub use api::{
 };
 pub use error::HttpError;
 pub use lockout::LoginBackoff;
+pub use ratelimit::MAX_TRACKED as MAX_TRACKED_ADDRESSES;
 pub use server::{
     HttpServer, IDLE_TIMEOUT, LINGER, LINGER_MAX_BYTES, MAX_BODY, MAX_CONNECTIONS, MAX_HEAD, MAX_HEADERS,
     QUEUE_PER_WORKER, REQUEST_TIMEOUT, SHUTDOWN_GRACE, SidePortLimits, WRITE_TIMEOUT, start, start_limited,

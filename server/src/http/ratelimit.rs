@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use crate::ids::UserId;
 
-/// Most addresses tracked at once: ~100k × ~48 bytes ≈ 5 MB at worst.
-pub(crate) const MAX_TRACKED: usize = 100_000;
+/// The default of `--auth-rate-limit-table`: ~100k × ~64 bytes ≈ 6 MB at worst.
+pub const MAX_TRACKED: usize = 100_000;
 
 /// Most users whose write buckets are kept at once: each costs a map entry and
 /// an LRU entry (~100 bytes), so ~10 MB at worst; past it, the least recently
@@ -40,11 +40,13 @@ pub(crate) struct RateLimiter {
 
 impl RateLimiter {
     /// `per_minute` requests per address per minute, with a burst of as many.
+    #[cfg(test)]
     pub(crate) fn new(per_minute: u32) -> Self {
         Self::with_capacity(per_minute, MAX_TRACKED)
     }
 
-    fn with_capacity(per_minute: u32, max_tracked: usize) -> Self {
+    /// Like `new`, tracking at most `max_tracked` addresses.
+    pub(crate) fn with_capacity(per_minute: u32, max_tracked: usize) -> Self {
         Self {
             buckets: LruBuckets::new(per_minute, max_tracked),
         }

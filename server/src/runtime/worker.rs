@@ -225,6 +225,9 @@ pub(crate) struct Worker {
     reader: Reader,
     /// A spare descriptor: `accept` never stalls when the process is out of them.
     fd_reserve: FdReserve,
+    /// Most sockets lingering at once (the pre-authentication total: both
+    /// bound what anonymous connections can cost in descriptors).
+    max_lingering: usize,
     /// Read answers taken from the reader and not yet handed to the core
     /// (see [`READ_ANSWERS_PER_TURN`]), in order.
     pending_reads: VecDeque<(ReadTicket, ReadAnswer)>,
@@ -267,6 +270,7 @@ impl Worker {
             id: config.core,
             core,
             fd_reserve: FdReserve::new(),
+            max_lingering: preauth.total.max(1),
             poll,
             listeners: registered,
             acceptor,
@@ -514,6 +518,10 @@ impl Worker {
                     self.core.handle_closed(conn);
                 }
                 self.run_actions();
+                // Read at once: a Hello (or TLS ClientHello) already buffered
+                // is handled before the next accept can push this connection
+                // out of a full pre-authentication table.
+                self.service_read(conn, now);
             }
         }
         // Budget spent: a listener stays pending, so the loop polls with a zero timeout.
@@ -786,9 +794,22 @@ impl Worker {
     /// connection whose handshake had not completed gets no frames (they could
     /// not be read) but still its goodbye (an alert, or the HTTP refusal the
     /// upgrade already queued).
+    ///
+    /// At most `max_lingering` sockets linger (each is a file): past it, the
+    /// one lingering longest is closed at once, so that a flood of refused or
+    /// evicted connections cannot exhaust the descriptors through lingering.
     fn linger(&mut self, stream: Stream, mut outbound: VecDeque<Bytes>, now: Instant) {
         if !stream.established() {
             outbound.clear();
+        }
+        while self.lingering.len() >= self.max_lingering {
+            let Some((deadline, key)) = self.linger_deadlines.pop_front() else {
+                break;
+            };
+            // Skip entries whose socket is gone (or whose key was reused).
+            if self.lingering.get(key).is_some_and(|l| l.deadline == deadline) {
+                self.drop_lingering(key);
+            }
         }
         let entry = self.lingering.vacant_entry();
         let key = entry.key();

@@ -32,6 +32,8 @@ pub struct TestServer {
     pub cert_sha256: Option<String>,
     dir: tempfile::TempDir,
     args: Vec<String>,
+    /// A command natterd is run under, e.g. `prlimit --nofile=1200:1200 --`.
+    wrapper: Vec<String>,
 }
 
 /// Starts natterd with `--cores 2`, free ports, a temp dir and cheap password hashing.
@@ -41,8 +43,15 @@ pub fn start() -> TestServer {
 
 /// Like [`start`], with extra flags (later flags override earlier ones).
 pub fn start_with(extra: &[&str]) -> TestServer {
+    start_under(&[], extra)
+}
+
+/// Like [`start_with`], with natterd run under `wrapper` (a command that
+/// execs its arguments, e.g. `["prlimit", "--nofile=1200:1200", "--"]`).
+pub fn start_under(wrapper: &[&str], extra: &[&str]) -> TestServer {
     let dir = tempfile::tempdir().expect("temp dir");
     let args = extra.iter().map(|s| s.to_string()).collect();
+    let wrapper = wrapper.iter().map(|s| s.to_string()).collect();
     let mut server = TestServer {
         child: None,
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -51,22 +60,88 @@ pub fn start_with(extra: &[&str]) -> TestServer {
         cert_sha256: None,
         dir,
         args,
+        wrapper,
     };
     server.spawn();
     server
 }
 
+/// The natterd under test: the one built with the tests, or the binary named
+/// by `NATTER_BASELINE_NATTERD` (to measure an older build, e.g. main's, with
+/// the same tests; flags it does not know are left out).
+fn natterd_binary() -> (PathBuf, bool) {
+    match std::env::var_os("NATTER_BASELINE_NATTERD") {
+        Some(path) => (PathBuf::from(path), true),
+        None => (PathBuf::from(env!("CARGO_BIN_EXE_natterd")), false),
+    }
+}
+
+/// Drops `--flag value` pairs whose flag `help` (natterd's `--help`) does not list.
+fn known_flags(args: Vec<String>, help: &str) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut skip_value = false;
+    for arg in args {
+        if skip_value {
+            skip_value = false;
+            if !arg.starts_with("--") {
+                continue;
+            }
+        }
+        if arg.starts_with("--") && !help.split_whitespace().any(|w| w.trim_end_matches(',') == arg) {
+            eprintln!("baseline natterd does not know {arg}: left out");
+            skip_value = true;
+            continue;
+        }
+        out.push(arg);
+    }
+    out
+}
+
 impl TestServer {
     fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natterd"));
+        let (binary, baseline) = natterd_binary();
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(&binary);
+                cmd
+            }
+            None => Command::new(&binary),
+        };
+        let mut args: Vec<String> = [
+            "--cores",
+            "2",
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--tls-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--argon2-memory-kib",
+            "8",
+            "--argon2-iterations",
+            "1",
+            "--auth-rate-limit",
+            "100000",
+            "--friend-request-rate-limit",
+            "100000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(self.args.iter().cloned())
+        .collect();
+        if baseline {
+            let help = Command::new(&binary)
+                .arg("--help")
+                .output()
+                .expect("natterd --help");
+            args = known_flags(args, &String::from_utf8_lossy(&help.stdout));
+        }
         cmd.arg("--data-dir")
             .arg(self.dir.path().join("data"))
-            .args(["--cores", "2", "--http-port", "0", "--tcp-port", "0"])
-            .args(["--tls-port", "0", "--ws-port", "0"])
-            .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
-            .args(["--auth-rate-limit", "100000"])
-            .args(["--friend-request-rate-limit", "100000"])
-            .args(&self.args)
+            .args(&args)
             .env(
                 "NATTER_LOG",
                 std::env::var("NATTER_LOG").unwrap_or_else(|_| "warn".into()),
@@ -160,6 +235,11 @@ impl TestServer {
         let status = self.stop();
         assert!(status.success(), "natterd exited with {status}");
         self.spawn();
+    }
+
+    /// Replaces the extra flags used by the next (re)start.
+    pub fn set_args(&mut self, extra: &[&str]) {
+        self.args = extra.iter().map(|s| s.to_string()).collect();
     }
 
     /// Starts natterd again after [`TestServer::kill9`] or [`TestServer::stop`].

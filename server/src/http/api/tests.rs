@@ -790,8 +790,9 @@ fn direct_chats_need_friendship_and_are_one_per_pair() {
     assert_eq!((status, code(&v)), (403, "not_friends"));
     let (status, v) = dm(&ta, json!({"user_id": alice}));
     assert_eq!((status, code(&v)), (400, "cannot_chat_with_self"));
+    // A missing user answers like a non-friend: user ids reveal nothing.
     let (status, v) = dm(&ta, json!({"user_id": 999}));
-    assert_eq!((status, code(&v)), (404, "user_not_found"));
+    assert_eq!((status, v), dm(&ta, json!({"user_id": carol})));
     assert_eq!(code(&dm(&ta, json!({"user_id": 0})).1), "invalid_user_id");
     assert_eq!(code(&dm(&ta, json!({"user_id": -1})).1), "invalid_type");
     assert_eq!(code(&dm(&ta, json!({"user_id": "2"})).1), "invalid_type");
@@ -1033,8 +1034,9 @@ fn membership_changes_go_to_the_owner_core_and_its_answers_map_to_codes() {
     assert_eq!(code(&add(&ta, "999", carol).1), "unknown_chat");
     assert_eq!(code(&add(&ta, "x", carol).1), "invalid_chat_id");
     assert_eq!(code(&add(&ta, &g, 0).1), "invalid_user_id");
-    assert_eq!(add(&ta, &g, 999).0, 404);
-    assert_eq!(code(&add(&ta, &g, 999).1), "user_not_found");
+    // A missing user is refused like a non-friend of the owner.
+    assert_eq!(add(&ta, &g, 999).0, 403);
+    assert_eq!(code(&add(&ta, &g, 999).1), "not_friends");
     assert_eq!(code(&remove(&ta, &g, "0").1), "invalid_user_id");
     assert_eq!(code(&remove(&ta, "0", "2").1), "invalid_chat_id");
     assert_eq!(add("nope", &g, carol).0, 401);
@@ -1286,10 +1288,11 @@ fn presence_is_answered_by_the_home_core_for_friends_only() {
         let (status, v) = get(Some(&ta), bad);
         assert_eq!(status, 400, "{bad}: {v}");
     }
-    let (status, v) = get(Some(&ta), "?user_id=999");
-    assert_eq!((status, code(&v)), (404, "user_not_found"));
+    // A missing user answers like a non-friend: user ids reveal nothing.
+    let missing = get(Some(&ta), "?user_id=999");
     let (status, v) = get(Some(&ta), &format!("?user_id={carol}"));
     assert_eq!((status, code(&v)), (403, "not_friends"));
+    assert_eq!(missing, (status, v));
     assert!(
         h.queues.iter().all(|q| q.is_empty()),
         "refusals never reach a core"
