@@ -229,6 +229,7 @@ fn a_filled_rate_limit_table_never_locks_out_a_new_address() {
     let server = start_with(&flags);
     server.client().signup("honest", "correct horse").unwrap();
     let started = Instant::now();
+    let mut locked_out = 0;
     for i in 0..addresses {
         let source = Ipv4Addr::new(
             127,
@@ -236,8 +237,13 @@ fn a_filled_rate_limit_table_never_locks_out_a_new_address() {
             (i / 250 % 250) as u8,
             (i % 250) as u8 + 1,
         );
+        // Every address is new to the limiter: each must get its 400 (missing fields), never 429.
         let answer = http(server.http, source, "POST", "/v1/login", None, Some("{}")).unwrap();
-        assert_eq!(answer.status, 400, "{answer:?}");
+        match answer.status {
+            400 => {}
+            429 => locked_out += 1,
+            _ => panic!("{answer:?}"),
+        }
     }
     let fill = started.elapsed();
     let mut honest = Honest::default();
@@ -253,11 +259,14 @@ fn a_filled_rate_limit_table_never_locks_out_a_new_address() {
         });
     }
     let all_ok = honest.report(&format!(
-        "rate-limit table, {addresses} addresses filled a {}-entry table in {:.1} s",
+        "rate-limit table, {addresses} addresses filled a {}-entry table in {:.1} s ({locked_out} of them got 429 at their first request)",
         table.unwrap_or("100000"),
         fill.as_secs_f64()
     ));
-    assert!(all_ok, "an address the limiter had not seen was refused");
+    assert!(
+        all_ok && locked_out == 0,
+        "an address the limiter had not seen was refused"
+    );
     // The limit itself still holds for an address that uses it up.
     let busy = Ipv4Addr::new(127, 9, 0, 1);
     for _ in 0..30 {
