@@ -901,6 +901,56 @@ mod tests {
     }
 
     #[test]
+    fn abuse_limits_come_from_the_file_or_the_flag_and_are_checked() {
+        let d = Config::from_flags(Flags::default()).unwrap().limits;
+        assert_eq!(d, AbuseLimits::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(
+            &path,
+            "http_connections_per_address = 8\nlogin_backoff_base = \"2s\"\npreauth_total = 100\npreauth_per_address = 50\n",
+        )
+        .unwrap();
+        let l = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            login_backoff_base: Some("500ms".into()),
+            friend_request_rate_limit: Some(5),
+            ..Flags::default()
+        })
+        .unwrap()
+        .limits;
+        assert_eq!(l.http_connections_per_address, 8);
+        assert_eq!(l.login_backoff.base, Duration::from_millis(500), "the flag wins");
+        assert_eq!((l.preauth_total, l.preauth_per_address), (100, 50));
+        assert_eq!(l.friend_request_rate_limit, 5);
+        assert_eq!(l.login_backoff.max_failures, 100, "NIST SP 800-63B");
+        for bad in [
+            Flags {
+                http_connections_per_address: Some(0),
+                ..Flags::default()
+            },
+            Flags {
+                login_backoff_base: Some("20m".into()),
+                ..Flags::default()
+            },
+            Flags {
+                preauth_per_address: Some(10),
+                preauth_total: Some(5),
+                ..Flags::default()
+            },
+            Flags {
+                friend_request_rate_limit: Some(0),
+                ..Flags::default()
+            },
+        ] {
+            assert!(matches!(
+                Config::from_flags(bad),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
+    }
+
+    #[test]
     fn transport_ports_default_on_and_can_be_turned_off() {
         let d = Config::from_flags(Flags::default()).unwrap();
         assert_eq!((d.tls_port, d.ws_port, d.ws_tls), (Some(7101), Some(7102), false));

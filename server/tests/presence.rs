@@ -276,8 +276,12 @@ fn last_seen_survives_a_restart_and_presence_over_http_is_for_friends_only() {
         (refused.http_status(), refused.http_code()),
         (Some(403), Some("not_friends"))
     );
+    // A user id that does not exist answers like a non-friend: ids reveal nothing.
     let missing = http.presence(&bob.token, 9_999).unwrap_err();
-    assert_eq!(missing.http_status(), Some(404));
+    assert_eq!(
+        (missing.http_status(), missing.http_code()),
+        (Some(403), Some("not_friends"))
+    );
     assert!(
         http.presence(&alice.token, alice.user_id).unwrap().online,
         "oneself"

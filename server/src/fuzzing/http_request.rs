@@ -156,6 +156,16 @@ impl Instance {
             // Never rate-limited, so the outcome of an input does not depend on earlier ones.
             auth_rate_limit: u32::MAX,
             user_write_rate_limit: u32::MAX,
+            limits: crate::config::AbuseLimits {
+                friend_request_rate_limit: u32::MAX,
+                // No failure ever waits: every login is evaluated.
+                login_backoff: crate::http::LoginBackoff {
+                    free: u32::MAX,
+                    max_failures: u32::MAX,
+                    ..crate::http::LoginBackoff::DEFAULT
+                },
+                ..crate::config::AbuseLimits::default()
+            },
             ..Config::default()
         };
         let metrics = Arc::new(Metrics::new(config.cores));
