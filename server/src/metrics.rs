@@ -30,6 +30,12 @@ pub struct CoreMetrics {
     pub deliveries: AtomicU64,
     /// Sessions closed as slow consumers.
     pub slow_consumers: AtomicU64,
+    /// Connections refused: their address had too many awaiting their Hello.
+    pub preauth_refused: AtomicU64,
+    /// Connections awaiting their Hello closed to make room for a new one.
+    pub preauth_evicted: AtomicU64,
+    /// Connections accepted and closed at once for lack of a file descriptor.
+    pub accept_shed: AtomicU64,
     /// Presence frames (snapshots and pushes) this core queued for its sessions.
     pub presence_pushes: AtomicU64,
     /// Users homed on this core that are online (grace periods included).
@@ -209,7 +215,7 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [PerCoreSeries; 15] = [
+        let per_core: [PerCoreSeries; 18] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -254,6 +260,24 @@ impl Metrics {
                 "counter",
                 "Sessions whose outbound buffer overflowed (sent Resync, or closed before authenticating)",
                 |c| &c.slow_consumers,
+            ),
+            (
+                "natter_preauth_refused_total",
+                "counter",
+                "Connections refused: too many from their address had not sent their Hello",
+                |c| &c.preauth_refused,
+            ),
+            (
+                "natter_preauth_evicted_total",
+                "counter",
+                "Connections that had not sent their Hello, closed to make room for a new one",
+                |c| &c.preauth_evicted,
+            ),
+            (
+                "natter_accept_shed_total",
+                "counter",
+                "Connections accepted and closed at once for lack of a file descriptor",
+                |c| &c.accept_shed,
             ),
             (
                 "natter_presence_pushes_total",

@@ -361,6 +361,16 @@ fn silent_connections_up_to_past_the_file_limit_leave_room_for_honest_hellos() {
     let all_ok = honest.report("pending connections, 1600 silent sockets under a 1200-file limit");
     drop(flood);
     assert!(all_ok, "honest Hellos failed during the flood");
+    // The flood did reach the limits: anonymous connections were closed to make room.
+    let evicted: f64 = ["0", "1"]
+        .iter()
+        .filter_map(|core| server.metric(&format!("natter_preauth_evicted_total{{core=\"{core}\"}}")))
+        .sum();
+    println!("abuse pending connections: {evicted} anonymous connections evicted");
+    assert!(
+        evicted > 0.0,
+        "the flood never filled the pre-authentication table"
+    );
 }
 
 /// Runs `threads` attackers from 127.<net>.0.<i>, each making `each` login

@@ -1166,6 +1166,9 @@ impl Worker {
         m.messages.store(stats.messages_accepted, Ordering::Relaxed);
         m.deliveries.store(stats.deliveries, Ordering::Relaxed);
         m.slow_consumers.store(stats.slow_consumers, Ordering::Relaxed);
+        m.preauth_refused.store(stats.preauth_refused, Ordering::Relaxed);
+        m.preauth_evicted.store(stats.preauth_evicted, Ordering::Relaxed);
+        m.accept_shed.store(self.fd_reserve.dropped(), Ordering::Relaxed);
         m.presence_pushes.store(stats.presence_pushes, Ordering::Relaxed);
         m.online_users.store(stats.online_users, Ordering::Relaxed);
     }
