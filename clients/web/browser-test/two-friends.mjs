@@ -6,7 +6,8 @@
 //
 //   1. both log in through the form and see each other online;
 //   2. alice opens the DM by clicking bob, they chat; both pages show the same messages, in seq
-//      order, each once; bob's chat list showed the unread count first;
+//      order, each once; bob's chat list showed the unread count first; an empty and an
+//      over-long message are refused under the input box before anything is sent;
 //   3. natterd is killed (-9): both pages show an error in the status bar, not a blank page;
 //      alice writes a message meanwhile (kept in her outbox); natterd starts again on the same
 //      ports and data dir; both pages reconnect and sync; alice's kept message arrives once;
@@ -223,6 +224,20 @@ async function main() {
   await shoot(b, '2-bob-chat');
   log('2. chatted: both pages show seq 1..5 in order');
 
+  // Bad input is refused under the input box before anything is sent.
+  for (const [text, why] of [['   ', 'empty'], ['x'.repeat(100_001), 'at most 100000']]) {
+    await send(a, text);
+    await a.waitForFunction(
+      (w) => { const e = document.getElementById('compose-error'); return !!e && !e.hidden && e.textContent.includes(w); },
+      why,
+      { timeout: WAIT },
+    );
+    if ((await a.$$('#messages li.message.pending')).length !== 0) fail(`a refused text (${why}) was queued`);
+  }
+  await shoot(a, '2-alice-refused-too-long');
+  assertEqual((await conversation(a)).length, 5, 'nothing more was stored after the refusals');
+  log('2. empty and over-long messages refused before sending');
+
   // 3. natterd dies: a clear error on both pages; alice writes meanwhile; natterd comes back.
   await killNatterd();
   await waitForStatus(a, 'error', 'natterd');
@@ -234,7 +249,11 @@ async function main() {
   }
   await send(a, 'written while natterd was down');
   await a.waitForSelector('#messages li.message.pending', { timeout: WAIT });
-  await a.waitForFunction(() => !document.getElementById('compose-error')?.hidden, null, { timeout: WAIT });
+  await a.waitForFunction(
+    () => { const e = document.getElementById('compose-error'); return !!e && !e.hidden && e.textContent.includes('Not connected'); },
+    null,
+    { timeout: WAIT },
+  );
   await shoot(a, '3-alice-natterd-down');
   await shoot(b, '3-bob-natterd-down');
   log('3. natterd killed: both pages show', JSON.stringify(await a.textContent('#status')));

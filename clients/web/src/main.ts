@@ -428,6 +428,12 @@ function addMessage(m: WireMessage): Chat | null {
     void refreshChats().then(() => render(), () => undefined);
   }
   chat.messages.set(m.seq, m);
+  const mine = state.session !== null && Number(m.sender) === state.session.userId;
+  if (mine && state.outbox.get(m.clientMsgId)?.chatId === m.chatId) {
+    // Our own send, stored before the connection broke and brought back by the sync: the
+    // retry's SendOk would only repeat its seq.
+    state.outbox.delete(m.clientMsgId);
+  }
   if (m.seq > chat.lastSeq) chat.lastSeq = m.seq;
   if (chat.held !== null) {
     while (chat.messages.has(chat.held + 1n)) chat.held += 1n;
@@ -753,14 +759,18 @@ function showLogin(message = ''): void {
   );
 }
 
+let refresher: number | undefined;
+
 function showApp(): void {
   $('login').hidden = true;
   $('app').hidden = false;
   render();
   conn.start();
-  window.setInterval(() => {
-    if (conn.live) void Promise.all([refreshFriends(), refreshChats()]).then(() => render(), () => undefined);
-  }, REFRESH_MS);
+  if (refresher === undefined) {
+    refresher = window.setInterval(() => {
+      if (conn.live) void Promise.all([refreshFriends(), refreshChats()]).then(() => render(), () => undefined);
+    }, REFRESH_MS);
+  }
 }
 
 async function login(signup: boolean): Promise<void> {
