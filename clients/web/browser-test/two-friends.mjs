@@ -10,7 +10,8 @@
 //      over-long message are refused under the input box before anything is sent;
 //   3. natterd is killed (-9): both pages show an error in the status bar, not a blank page;
 //      alice writes a message meanwhile (kept in her outbox); natterd starts again on the same
-//      ports and data dir; both pages reconnect and sync; alice's kept message arrives once;
+//      ports and data dir, with `--ws-origin` naming only the side-port's origin; both pages
+//      reconnect and sync; alice's kept message arrives once;
 //   4. alice sends 60 more; bob reloads (the token is in localStorage), sees the newest 50 and
 //      pages back with "Load older" to the first message: every seq once, gapless;
 //   5. bob's page closes: alice sees bob go offline.
@@ -52,12 +53,13 @@ function log(...args) {
 }
 
 /** Starts natterd with `ports` (`{http, tcp, ws}`, 0 = free) on the test's data dir; resolves to its endpoints. */
-function startNatterd(ports) {
+function startNatterd(ports, extra = []) {
   const args = [
     '--data-dir', join(work, 'data'), '--cores', '2',
     '--http-port', String(ports.http), '--tcp-port', String(ports.tcp), '--ws-port', String(ports.ws),
     '--tls-port', 'off', '--argon2-memory-kib', '8', '--argon2-iterations', '1',
     '--auth-rate-limit', '100000', '--user-write-rate-limit', '100000', '--presence-grace', '0s',
+    ...extra,
   ];
   const child = spawn(NATTERD, args, { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NATTER_LOG: process.env.NATTER_LOG ?? 'warn' } });
   natterd = child;
@@ -260,7 +262,9 @@ async function main() {
   const [, httpPort] = endpoints.http.split(':');
   const [, tcpPort] = endpoints.tcp.split(':');
   const [, wsPort] = endpoints.ws.split(':');
-  await startNatterd({ http: httpPort, tcp: tcpPort, ws: wsPort });
+  // This time with a WebSocket Origin allow-list naming only the side-port's origin: the
+  // page's socket carries that origin, so it is let in.
+  await startNatterd({ http: httpPort, tcp: tcpPort, ws: wsPort }, ['--ws-origin', `http://${endpoints.http}`]);
   await waitForStatus(a, 'ok', 'Connected as alice');
   await waitForStatus(b, 'ok', 'Connected as bob');
   await waitForText(b, 'written while natterd was down');
