@@ -31,13 +31,16 @@ if $check; then
 fi
 mkdir -p "$out"
 # --alias resolves `flatbuffers` from clients/web (not from the bindings' own node_modules, which
-# scripts/check-ts-bindings.sh may have installed), so the bundle is the same on every machine.
+# scripts/check-ts-bindings.sh may have installed) and --tsconfig makes clients/web/tsconfig.json
+# govern every file (not the bindings' own tsconfig.json for the generated code), so the bundle
+# depends on nothing outside these inputs.
 node_modules/.bin/esbuild src/main.ts --bundle --minify --format=iife --target=es2020 --charset=utf8 \
-  --legal-comments=none --alias:flatbuffers=flatbuffers --log-level=warning --outfile="$out/app.js"
+  --legal-comments=none --alias:flatbuffers=flatbuffers --tsconfig=tsconfig.json --log-level=warning \
+  --outfile="$out/app.js"
 cp src/index.html src/app.css "$out/"
 if $check; then
-  if ! diff -r "$out" "$web/dist" >/dev/null; then
-    diff -r "$out" "$web/dist" | head -20 >&2 || true
+  if ! diff -r -q "$out" "$web/dist" >/dev/null; then
+    diff -r -q "$out" "$web/dist" >&2 || true
     echo "scripts/build-web.sh --check: clients/web/dist/ is stale: run scripts/build-web.sh and commit dist/" >&2
     exit 1
   fi
