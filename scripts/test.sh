@@ -12,6 +12,8 @@ cargo test --locked -j2 --workspace
 cargo test --locked -j2 -p natter-server --features fuzzing --test fuzz_replay
 # The generated TypeScript bindings type-check against the pinned npm flatbuffers (~10 s).
 scripts/check-ts-bindings.sh
+# The web page's checked-in build (clients/web/dist/, embedded in natterd) matches its source.
+scripts/build-web.sh --check
 # The side-port against its OpenAPI description (docs/openapi.json), short mode
 # (scripts/schemathesis.sh --full for many more examples).
 scripts/schemathesis.sh

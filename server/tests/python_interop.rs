@@ -262,7 +262,9 @@ fn python_and_rust_clients_see_one_group_in_the_same_order() {
     // from their Welcome on; bob (Python) says sync_first and syncs the empty chat.
     let (mut alice_conn, _) = Connection::connect(server.tcp, &alice.token, "rust").unwrap();
     let (mut carol_conn, _) = Connection::connect(server.tcp, &carol.token, "rust").unwrap();
-    bob.cmd(json!({"cmd": "connect", "sync_first": true}));
+    // The Python client's best transport: TLS, the certificate pinned from the endpoints.
+    let connected = bob.cmd(json!({"cmd": "connect", "sync_first": true}));
+    assert_eq!(connected["transport"], server.url("tls"), "{connected}");
     let synced = bob.cmd(json!({"cmd": "sync"}));
     assert!(entries(&synced["messages"], chat).is_empty());
     assert_eq!(synced["heads"][chat.to_string()], 0);
@@ -451,6 +453,35 @@ fn the_python_client_refuses_bad_input_and_names_server_codes() {
     assert_eq!(big["type"], "FrameTooLarge", "{big}");
     let fits = erin.cmd(json!({"cmd": "send", "chat_id": chat, "text": "x".repeat(3000)}));
     assert_eq!(fits["seq"], 1, "nothing was stored for the refused frame");
+}
+
+#[test]
+fn the_python_client_pins_the_tls_certificate_and_falls_back_to_tcp() {
+    // Another fingerprint than the server's: the handshake is refused by the client.
+    let server = start_with(&[]);
+    let mut peer = Peer::start(&server);
+    python_user(&mut peer, "frank");
+    let wrong = "00".repeat(32);
+    let refused = peer.try_cmd(json!({"cmd": "connect", "pin": wrong})).unwrap_err();
+    assert_eq!(refused["type"], "ConnectionClosed", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not the pinned"),
+        "{refused}"
+    );
+    // The right one: connected over TLS.
+    let right = server.cert_sha256.clone().unwrap();
+    let ok = peer.cmd(json!({"cmd": "connect", "pin": right}));
+    assert_eq!(ok["transport"], server.url("tls"));
+
+    // A natterd without TLS: the best transport is TCP.
+    let plain = start_with(&["--tls-port", "off"]);
+    let mut peer = Peer::start(&plain);
+    python_user(&mut peer, "gina");
+    let ok = peer.cmd(json!({"cmd": "connect"}));
+    assert_eq!(ok["transport"], plain.url("tcp"));
 }
 
 /// A free loopback port (bound and released: another process could take it in between,

@@ -311,7 +311,7 @@ pub(crate) fn send(
     let ok = loop {
         // sync_first: natterd holds live pushes back until a Sync that never comes, so this
         // short connection is sent nothing it would only skip.
-        let result = live::open(account, &device, true).and_then(|(mut conn, _)| {
+        let result = live::open(account, &device, true).and_then(|(mut conn, _, _)| {
             conn.request(Body::Send(Send {
                 chat_id: chat.chat_id,
                 client_msg_id,
@@ -380,7 +380,7 @@ pub(crate) fn history(account: &Account, profile: &Profile, chat: &str, limit: u
     let chat = account.resolve_chat(chat)?;
     let device = device_name(profile)?;
     // sync_first: no live pushes to skip while paging (see `send`).
-    let (mut conn, _) = live::open(account, &device, true).map_err(|e| account.fail(e))?;
+    let (mut conn, _, _) = live::open(account, &device, true).map_err(|e| account.fail(e))?;
     let mut messages = Vec::new();
     let mut before_seq = 0;
     loop {

@@ -1,7 +1,8 @@
 //! [`Live`]: the long-lived frame connection behind `natter tail` and `natter chat`,
 //! following the client's duties of `docs/PROTOCOL.md`:
 //!
-//! * connect to the best transport of `GET /v1/endpoints` ([`best_transport`]), send
+//! * connect to the best transport of `GET /v1/endpoints` ([`best_transport`]: TLS with
+//!   the certificate pinned where offered, else TCP), send
 //!   `Hello{sync_first: true}` and then `Sync` with the cursors held (the seam rules:
 //!   every message exactly once, in `seq` order per chat);
 //! * accept a message only when it is the next `seq` of its chat ([`Cursors`]): an old
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use natter_client::{ClientError, Connection, Endpoints};
+use natter_client::{ClientError, Connection, Endpoints, Trust};
 use natter_wire::{Ack, Body, Cursor, ErrorCode, Frame, Message, Ping, Pong, Presence, Send, Sync, Welcome};
 
 use crate::error::CliError;
@@ -43,36 +44,70 @@ const SILENT_INTERVALS: u32 = 3;
 const SEND_RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// The transport [`best_transport`] picked, with its address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Transport {
-    /// Raw TCP (the only one natter-client speaks today).
+    /// TLS 1.3 to this `tls://` URL, the server's certificate pinned by the SHA-256 that
+    /// the endpoints list (`cert_sha256`). The pin is only as trustworthy as the side-port
+    /// answer it came from: it keeps the chat stream private on the wire, and an attacker
+    /// who can rewrite the side-port's answers could rewrite the pin too (docs/PROTOCOL.md).
+    Tls {
+        /// `tls://host:port`.
+        url: String,
+        /// Lowercase hex SHA-256 of the certificate (DER).
+        cert_sha256: String,
+    },
+    /// Raw TCP, when the server offers no TLS (or no fingerprint to pin).
     Tcp(SocketAddr),
 }
 
-/// Picks the best transport the server offers that this client speaks. Only raw TCP
-/// exists today; TLS goes first here once natter-client has it.
-pub(crate) fn best_transport(endpoints: &Endpoints) -> Transport {
-    Transport::Tcp(endpoints.tcp)
+impl Transport {
+    /// The endpoint URL, for messages (`tls://…` or `tcp://…`).
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Transport::Tls { url, .. } => url.clone(),
+            Transport::Tcp(addr) => format!("tcp://{addr}"),
+        }
+    }
 }
 
-/// Opens an authenticated connection to the server of `account` over [`best_transport`].
+/// Picks the best transport the server offers that this client speaks: TLS with the
+/// certificate pinned when the endpoints list a `tls://` URL and its `cert_sha256`, else
+/// raw TCP. (WebSocket is for browsers; QUIC is not in natter-client.)
+pub(crate) fn best_transport(endpoints: &Endpoints) -> Transport {
+    match (endpoints.url("tls"), endpoints.cert_sha256.as_deref()) {
+        (Some(url), Some(pin)) if !pin.is_empty() => Transport::Tls {
+            url: url.to_owned(),
+            cert_sha256: pin.to_owned(),
+        },
+        _ => Transport::Tcp(endpoints.tcp),
+    }
+}
+
+/// Opens an authenticated connection to the server of `account` over [`best_transport`];
+/// returns the transport used too.
 ///
 /// # Errors
-/// The side-port or the connection failed ([`ClientError`] as it came).
+/// The side-port or the connection failed ([`ClientError`] as it came; a certificate that
+/// does not match the pin fails the TLS handshake).
 pub(crate) fn open(
     account: &Account,
     device: &str,
     sync_first: bool,
-) -> Result<(Connection, Welcome), ClientError> {
+) -> Result<(Connection, Welcome, Transport), ClientError> {
     let endpoints = account.http.endpoints()?;
-    let Transport::Tcp(addr) = best_transport(&endpoints);
-    let mut conn = Connection::open(addr)?;
+    let transport = best_transport(&endpoints);
+    let mut conn = match &transport {
+        Transport::Tls { url, cert_sha256 } => {
+            Connection::open_url(url, Some(&Trust::Fingerprint(cert_sha256.clone())), None)?
+        }
+        Transport::Tcp(addr) => Connection::open(*addr)?,
+    };
     let welcome = if sync_first {
         conn.hello_sync_first(&account.session.token, device)?
     } else {
         conn.hello(&account.session.token, device)?
     };
-    Ok((conn, welcome))
+    Ok((conn, welcome, transport))
 }
 
 /// Per-chat positions: the highest `seq` up to which every message was accepted.
@@ -254,6 +289,8 @@ pub(crate) struct Live {
     backoff: Duration,
     next_attempt: Instant,
     was_disconnected: bool,
+    /// The endpoint URL of the current (or last) connection.
+    transport: Option<String>,
 }
 
 impl Live {
@@ -279,7 +316,14 @@ impl Live {
             backoff: BACKOFF_START,
             next_attempt: now,
             was_disconnected: false,
+            transport: None,
         }
+    }
+
+    /// The endpoint URL (`tls://…` or `tcp://…`) of the current or last connection, once
+    /// one was made.
+    pub(crate) fn transport(&self) -> Option<&str> {
+        self.transport.as_deref()
     }
 
     /// The position held in `chat`.
@@ -368,7 +412,8 @@ impl Live {
 
     /// Connects, sends `Hello{sync_first}`, the `Sync` and the outbox.
     fn connect(&mut self) -> Result<(), ClientError> {
-        let (mut conn, welcome) = open(&self.account, &self.device, true)?;
+        let (mut conn, welcome, transport) = open(&self.account, &self.device, true)?;
+        self.transport = Some(transport.url());
         if welcome.heartbeat_interval_ms > 0 {
             self.heartbeat = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms));
         }
@@ -708,12 +753,32 @@ mod tests {
     }
 
     #[test]
-    fn tcp_is_the_transport_today() {
-        let endpoints: Endpoints =
-            serde_json::from_str(r#"{"http":"127.0.0.1:1","tcp":"127.0.0.1:2"}"#).unwrap();
+    fn tls_with_its_pin_is_preferred_and_tcp_is_the_fallback() {
+        let tcp_only: Endpoints = serde_json::from_str(
+            r#"{"http":"127.0.0.1:1","tcp":"127.0.0.1:2","urls":["tcp://127.0.0.1:2"]}"#,
+        )
+        .unwrap();
         assert_eq!(
-            best_transport(&endpoints),
+            best_transport(&tcp_only),
             Transport::Tcp("127.0.0.1:2".parse().unwrap())
         );
+        let both: Endpoints = serde_json::from_str(
+            r#"{"http":"127.0.0.1:1","tcp":"127.0.0.1:2","tls":"127.0.0.1:3",
+                "urls":["tcp://127.0.0.1:2","tls://127.0.0.1:3","ws://127.0.0.1:4/"],"cert_sha256":"ab12"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            best_transport(&both),
+            Transport::Tls {
+                url: "tls://127.0.0.1:3".into(),
+                cert_sha256: "ab12".into()
+            }
+        );
+        // TLS without a fingerprint to pin (nothing to trust it by): TCP.
+        let unpinned: Endpoints = serde_json::from_str(
+            r#"{"http":"127.0.0.1:1","tcp":"127.0.0.1:2","urls":["tcp://127.0.0.1:2","tls://127.0.0.1:3"]}"#,
+        )
+        .unwrap();
+        assert_eq!(best_transport(&unpinned).url(), "tcp://127.0.0.1:2");
     }
 }

@@ -79,7 +79,10 @@ pub(crate) fn tail(account: &Account, profile: &Profile) -> Result<(), CliError>
                 }
                 Event::Synced if !synced_once => {
                     synced_once = true;
-                    eprintln!("natter: synced; waiting for messages (Ctrl-C to stop)");
+                    eprintln!(
+                        "natter: synced over {}; waiting for messages (Ctrl-C to stop)",
+                        live.transport().unwrap_or("?")
+                    );
                 }
                 Event::Disconnected { reason, retry_in } => {
                     if !disconnected {

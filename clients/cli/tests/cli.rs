@@ -301,7 +301,8 @@ fn tail_under_a_pty_shows_messages_and_presence_until_ctrl_c() {
     let tail = bob.spawn_pty(&["tail"]);
     // Sync first: what was sent before tail started.
     tail.expect("[alice] alice: before tail");
-    tail.expect("synced");
+    // Over the best transport the endpoints offer: TLS, the certificate pinned.
+    tail.expect(&format!("synced over tls://127.0.0.1:{}", server.tls_port));
     alice.ok(&["send", "bob", "while tailing"]);
     tail.expect("[alice] alice: while tailing");
 
@@ -408,7 +409,7 @@ fn tail_survives_a_natterd_restart_without_duplicates_or_gaps() {
     befriend(&alice, "alice", &bob, "bob");
 
     let mut tail = bob.spawn_pty(&["tail"]);
-    tail.expect("synced");
+    tail.expect("synced over tls://");
     for i in 1..=3 {
         alice.ok(&["send", "bob", &format!("before restart {i}")]);
     }
@@ -447,6 +448,21 @@ fn tail_survives_a_natterd_restart_without_duplicates_or_gaps() {
         ],
         "each message once, in order:\n{screen}"
     );
+}
+
+#[test]
+fn without_tls_the_cli_falls_back_to_tcp() {
+    let server = support::start_with(&["--tls-port", "off"]);
+    let (alice, bob) = (User::new(), User::new());
+    alice.signup(&server, "alice");
+    bob.signup(&server, "bob");
+    befriend(&alice, "alice", &bob, "bob");
+    alice.ok(&["send", "bob", "over tcp"]);
+    let mut tail = bob.spawn_pty(&["tail"]);
+    tail.expect(&format!("synced over tcp://{}", server.tcp));
+    tail.expect("alice: over tcp");
+    tail.interrupt();
+    assert_eq!(tail.wait().code(), Some(130));
 }
 
 /// The sum over cores of a `/metrics` counter, e.g. `natter_accepted_total`.

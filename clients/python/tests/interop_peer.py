@@ -64,11 +64,23 @@ class Peer:
             self.http.accept_friend(self.login.token, c["user_id"])
             return {}
         if cmd == "connect":
-            self.conn = natter.connect(
-                self.http, self.login.token, device="interop", sync_first=c.get("sync_first", True)
-            )
+            if "pin" in c:
+                # The best endpoint with another fingerprint to pin (a test of the pin check).
+                url, _ = natter.best_endpoint(self.http.endpoints())
+                self.conn = Connection.connect(
+                    (url, c["pin"]), self.login.token, device="interop", sync_first=c.get("sync_first", True)
+                )
+            else:
+                self.conn = natter.connect(
+                    self.http, self.login.token, device="interop", sync_first=c.get("sync_first", True)
+                )
             w = self.conn.welcome
-            return {"user_id": w.user_id, "device_id": w.device_id, "max_frame": w.max_frame}
+            return {
+                "user_id": w.user_id,
+                "device_id": w.device_id,
+                "max_frame": w.max_frame,
+                "transport": self.conn.transport,
+            }
         if cmd == "sync":
             cur = c.get("cursors", "held")
             cursors = None if cur == "held" else {} if cur == "stored" else {

@@ -364,6 +364,9 @@ impl Api {
     /// Answers one request. Blocking: may hash a password and waits for the
     /// store's fsync on writes. Never panics on any input.
     pub fn handle(&self, req: &Request<'_>) -> Response {
+        if let Some(page) = crate::http::web::handle(req) {
+            return page;
+        }
         let Some(route) = Route::parse(req.path) else {
             return HttpError::NotFound.into();
         };

@@ -11,6 +11,7 @@
 //!   for every other write (LRU-bounded).
 //! * `server.rs` — [`start`]: HTTP/1.1 over TCP (httparse, one mio I/O thread,
 //!   a worker pool), with every size, count and time bounded.
+//! * `web.rs` — the web page (`clients/web/dist/`, embedded) at `/`, `/app.js`, `/app.css`.
 
 mod api;
 mod error;
@@ -18,6 +19,7 @@ mod lockout;
 mod password;
 mod ratelimit;
 mod server;
+mod web;
 
 use std::net::SocketAddr;
 

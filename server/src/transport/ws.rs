@@ -346,20 +346,25 @@ impl WsStream {
             let Some(front) = frames.front() else {
                 break;
             };
-            let len = front.len();
-            match self.ctx.write(&mut self.inner, Message::Binary(front.clone())) {
+            // One queued buffer may hold several frames back to back (a sync
+            // page): each goes out as its own binary message, as PROTOCOL.md says.
+            let len = first_frame_len(front);
+            match self
+                .ctx
+                .write(&mut self.inner, Message::Binary(front.slice(..len)))
+            {
                 Ok(()) => {}
                 Err(WsError::WriteBufferFull(_)) => break,
                 // The message is in tungstenite's buffer; the socket is full.
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    frames.pop_front();
+                    consume_front(frames, len);
                     taken += len;
                     break;
                 }
                 Err(WsError::Io(e)) => return Err(e),
                 Err(e) => return Err(io::Error::other(e)),
             }
-            frames.pop_front();
+            consume_front(frames, len);
             taken += len;
         }
         match self.ctx.flush(&mut self.inner) {
@@ -521,6 +526,29 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 }
 
 /// True when `message` is exactly one size-prefixed frame.
+/// The length (prefix included) of the first size-prefixed frame in `buf`, or all
+/// of `buf` when its prefix does not describe a frame that fits inside it (the
+/// core only queues whole frames, so that is one frame or a bug to show as-is).
+fn first_frame_len(buf: &[u8]) -> usize {
+    let frame = buf
+        .get(..4)
+        .and_then(|p| <[u8; 4]>::try_from(p).ok())
+        .map(|p| (u32::from_le_bytes(p) as usize).saturating_add(4));
+    match frame {
+        Some(n) if n >= 8 && n <= buf.len() => n,
+        _ => buf.len(),
+    }
+}
+
+/// Drops the first `len` bytes of the queue's front buffer (the whole buffer
+/// when that is all of it).
+fn consume_front(frames: &mut VecDeque<Bytes>, len: usize) {
+    match frames.front_mut() {
+        Some(front) if len < front.len() => drop(front.split_to(len)),
+        _ => drop(frames.pop_front()),
+    }
+}
+
 fn is_one_frame(message: &[u8]) -> bool {
     let Some(prefix) = message.get(..4).and_then(|p| <[u8; 4]>::try_from(p).ok()) else {
         return false;
@@ -642,5 +670,29 @@ mod tests {
         assert!(!is_one_frame(&[2, 0, 0, 0, 9]));
         assert!(!is_one_frame(&[1, 0, 0, 0, 9, 9]));
         assert!(!is_one_frame(&[0, 0]));
+    }
+
+    #[test]
+    fn a_buffer_of_several_frames_is_split_into_one_message_per_frame() {
+        let frame = |body: &[u8]| {
+            let mut f = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+            f.extend_from_slice(body);
+            f
+        };
+        let (a, b) = (frame(b"12345678"), frame(b"abcdefghij"));
+        let mut frames = VecDeque::from([
+            Bytes::from([a.clone(), b.clone()].concat()),
+            Bytes::from(a.clone()),
+        ]);
+        let mut messages = Vec::new();
+        while let Some(front) = frames.front() {
+            let len = first_frame_len(front);
+            messages.push(front.slice(..len).to_vec());
+            consume_front(&mut frames, len);
+        }
+        assert_eq!(messages, [a.clone(), b, a]);
+        // A prefix that does not fit is not split (shown whole, never out of bounds).
+        assert_eq!(first_frame_len(&[200, 0, 0, 0, 1, 2, 3, 4]), 8);
+        assert_eq!(first_frame_len(&[1, 2]), 2);
     }
 }

@@ -54,6 +54,8 @@ pub struct Server {
     pub http: SocketAddr,
     /// The raw TCP port.
     pub tcp: SocketAddr,
+    /// The TLS port (0 until the first start picked one; kept for restarts).
+    pub tls_port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
 }
@@ -69,6 +71,7 @@ pub fn start_with(extra: &[&str]) -> Server {
         child: None,
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
         tcp: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls_port: 0,
         dir: tempfile::tempdir().expect("temp dir"),
         extra: extra.iter().map(|s| s.to_string()).collect(),
     };
@@ -84,9 +87,9 @@ impl Server {
             .args(["--cores", "2"])
             .args(["--http-port", &self.http.port().to_string()])
             .args(["--tcp-port", &self.tcp.port().to_string()])
-            // The CLI speaks raw TCP; TLS and WebSocket (on by default at 7101 and
-            // 7102) would clash between tests running in parallel.
-            .args(["--tls-port", "off", "--ws-port", "off"])
+            // TLS on a free port (the CLI's best transport; `--tls-port off` in `extra`
+            // for TCP); WebSocket (on by default at 7102) is for browsers: off.
+            .args(["--tls-port", &self.tls_port.to_string(), "--ws-port", "off"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000", "--presence-grace", "0s"])
             .args(&self.extra)
@@ -114,6 +117,9 @@ impl Server {
         let v: serde_json::Value = serde_json::from_str(&json).expect("ready line is JSON");
         self.http = v["http"].as_str().unwrap().parse().unwrap();
         self.tcp = v["tcp"].as_str().unwrap().parse().unwrap();
+        if let Some(tls) = v["tls"].as_str() {
+            self.tls_port = tls.parse::<SocketAddr>().unwrap().port();
+        }
         self.child = Some(child);
     }
 

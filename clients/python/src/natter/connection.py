@@ -17,13 +17,14 @@ calls when the connection has been idle for ``Welcome.heartbeat_interval_ms``.
 from __future__ import annotations
 
 import collections
+import hashlib
 import random
 import secrets
 import socket
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Union
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple, Union
 
 from natter import frames
 from natter.errors import (
@@ -83,15 +84,63 @@ def parse_address(address: str) -> tuple:
     return host.strip("[]"), int(port)
 
 
+def parse_endpoint(endpoint: str) -> Tuple[str, str, int]:
+    """``"tcp://host:port"``, ``"tls://host:port"`` or a bare ``"host:port"`` (TCP) as
+    ``(scheme, host, port)``. Raises ``ValueError`` for anything else (``ws://`` is for
+    browsers: this client speaks TCP and TLS)."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        scheme, rest = "tcp", endpoint
+    if scheme not in ("tcp", "tls"):
+        raise ValueError(f"this client speaks tcp:// and tls://, not {scheme}://")
+    host, port = parse_address(rest.rstrip("/"))
+    return scheme, host, port
+
+
+def best_endpoint(endpoints: dict) -> Tuple[str, Optional[str]]:
+    """The best transport a ``GET /v1/endpoints`` answer offers this client, as
+    ``(url, cert_sha256)``: TLS with its certificate's fingerprint to pin where natterd
+    lists a ``tls://`` URL and ``cert_sha256``, else raw TCP (``(url, None)``)."""
+    pin = endpoints.get("cert_sha256")
+    for url in endpoints.get("urls") or []:
+        if isinstance(url, str) and url.startswith("tls://") and pin:
+            return url, pin
+    return "tcp://" + endpoints["tcp"], None
+
+
+def pinned_context() -> ssl.SSLContext:
+    """A TLS 1.3 client context that trusts no CA and checks no host name: the caller
+    pins the certificate by its SHA-256 instead (:func:`check_pin`), as docs/PROTOCOL.md
+    says for natterd's self-signed certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def check_pin(sock: ssl.SSLSocket, cert_sha256: str) -> None:
+    """Raises ``ssl.SSLError`` unless the peer's leaf certificate (DER) hashes to
+    ``cert_sha256`` (hex; colons and case ignored)."""
+    der = sock.getpeercert(binary_form=True)
+    want = cert_sha256.replace(":", "").lower()
+    got = hashlib.sha256(der).hexdigest() if der else ""
+    if got != want:
+        raise ssl.SSLError(f"the server's certificate {got or '(none)'} is not the pinned {want}")
+
+
 class Connection:
     """A session on natterd's frame port, authenticated with a device token.
 
-    ``address`` is the ``tcp`` endpoint (``"127.0.0.1:7100"``, from ``GET /v1/endpoints``),
-    or a function returning it, called on every (re)connect -- :func:`natter.connect` passes
-    one that asks the side-port again, so a restarted natterd on new ports is found.
-    With ``sync_first`` (the default, what a reconnecting device should do) the server holds
-    live pushes back until this connection's first :meth:`sync`. ``ssl_context`` wraps the
-    socket in TLS for a TLS endpoint (natterd has none yet: this hook is untested).
+    ``address`` is an endpoint: ``"tls://127.0.0.1:7101"``, ``"tcp://127.0.0.1:7100"`` or a
+    bare ``"127.0.0.1:7100"`` (TCP), from ``GET /v1/endpoints``; or a function returning one
+    (or a ``(url, cert_sha256)`` pair), called on every (re)connect -- :func:`natter.connect`
+    passes one that asks the side-port again for :func:`best_endpoint`, so a restarted
+    natterd on new ports is found. A ``tls://`` endpoint is TLS 1.3 with the certificate
+    pinned by ``cert_sha256`` (from the endpoints), or verified by ``ssl_context`` when one
+    is given (e.g. trusting a CA; a pin is checked on top when both are given). With
+    ``sync_first`` (the default, what a reconnecting device should do) the server holds live
+    pushes back until this connection's first :meth:`sync`.
     """
 
     def __init__(
@@ -102,8 +151,12 @@ class Connection:
         sync_first: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         ssl_context: Optional[ssl.SSLContext] = None,
+        cert_sha256: Optional[str] = None,
     ):
         self.address = address
+        self.cert_sha256 = cert_sha256
+        #: The endpoint URL of the current (or last) connection, e.g. ``"tls://127.0.0.1:7101"``.
+        self.transport: Optional[str] = None
         self.token = token
         self.device = device
         self.sync_first = sync_first
@@ -141,17 +194,27 @@ class Connection:
         """Opens the socket, sends ``Hello`` and waits for ``Welcome``."""
         self.close()
         try:
-            address = self.address() if callable(self.address) else self.address
-            host, port = parse_address(address)
-        except NatterError as e:
-            raise ConnectionClosed(f"cannot find the tcp endpoint: {e}") from None
+            target = self.address() if callable(self.address) else self.address
+            address, pin = target if isinstance(target, tuple) else (target, self.cert_sha256)
+            scheme, host, port = parse_endpoint(address)
+        except (NatterError, ValueError) as e:
+            raise ConnectionClosed(f"cannot find the endpoint: {e}") from None
+        if scheme == "tls" and pin is None and self.ssl_context is None:
+            raise ConnectionClosed(f"{address}: no certificate fingerprint to pin and no ssl_context")
+        sock = None
         try:
             sock = socket.create_connection((host, port), timeout=self.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_hostname=host)
-        except OSError as e:
+            if scheme == "tls" or self.ssl_context is not None:
+                ctx = self.ssl_context or pinned_context()
+                sock = ctx.wrap_socket(sock, server_hostname=host)
+                if pin is not None:
+                    check_pin(sock, pin)
+        except OSError as e:  # ssl.SSLError is an OSError: a failed handshake or pin
+            if sock is not None:
+                sock.close()
             raise ConnectionClosed(f"cannot connect to {address}: {e}") from None
+        self.transport = address if "://" in address else f"tcp://{address}"
         self._sock = sock
         self._reader = frames.FrameReader()
         self._internal_syncs.clear()

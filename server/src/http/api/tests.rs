@@ -182,9 +182,20 @@ fn health_metrics_and_endpoints() {
 #[test]
 fn unknown_routes_are_404_and_wrong_methods_405() {
     let h = harness(30);
+    // `/` is the web page (http/web.rs), not an API route: HTML, GET only.
+    let page = h.raw("GET", "/", None, b"", ALICE_IP);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.content_type.starts_with("text/html"),
+        "{}",
+        page.content_type
+    );
+    let post = h.raw("POST", "/", None, b"", ALICE_IP);
+    assert_eq!((post.status, post.allow), (405, Some("GET")));
     for path in [
         "",
-        "/",
+        "//",
+        "/index.htm",
         "/v1",
         "/v1/",
         "/v2/signup",
