@@ -25,6 +25,9 @@ pub struct Hello {
     /// The client will send `Sync`: hold live message pushes back until then, so the sync stream
     /// hands over to live pushes exactly once and in order (docs/PROTOCOL.md, "The seam").
     pub sync_first: bool,
+    /// The client understands Receipt, Typing and ChatStates: only then does the server send them
+    /// (a ChatStates right after the Welcome).
+    pub conversation: bool,
 }
 
 /// Server → client, the answer to a valid [`Hello`].
@@ -411,6 +414,7 @@ impl Frame {
                     device: string(b.device()),
                     protocol_version: b.protocol_version(),
                     sync_first: b.sync_first(),
+                    conversation: b.conversation(),
                 })
             }),
             fb::Body::Welcome => view.body_as_welcome().map(|b| {
@@ -716,6 +720,7 @@ fn build_body(fbb: &mut FlatBufferBuilder<'_>, body: &Body) -> (fb::Body, WIPOff
                 device: Some(device),
                 protocol_version: b.protocol_version,
                 sync_first: b.sync_first,
+                conversation: b.conversation,
             };
             fb::Hello::create(fbb, &args).as_union_value()
         }

@@ -34,6 +34,7 @@ fn one_of_each() -> Vec<Frame> {
             device: "pixel 9 / natter-android 0.1".into(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: true,
+            conversation: true,
         }),
         Body::Welcome(Welcome {
             user_id: 1,
@@ -204,12 +205,13 @@ fn arb_message() -> impl Strategy<Value = Message> {
 
 fn arb_body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (arb_text(), arb_text(), any::<u32>(), any::<bool>()).prop_map(
-            |(token, device, protocol_version, sync_first)| Body::Hello(Hello {
+        (arb_text(), arb_text(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
+            |(token, device, protocol_version, sync_first, conversation)| Body::Hello(Hello {
                 token,
                 device,
                 protocol_version,
                 sync_first,
+                conversation,
             })
         ),
         (

@@ -33,6 +33,8 @@ fn config(id: usize, cores: usize) -> CoreConfig {
         max_connections: 4,
         send_rate: 10,
         max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
+        edit_window: crate::core::DEFAULT_EDIT_WINDOW,
+        delete_window: crate::core::DEFAULT_DELETE_WINDOW,
     }
 }
 
@@ -963,6 +965,7 @@ fn a_pipeline_of_history_requests_is_executed_one_read_at_a_time() {
                 server_ts_ms: seq,
                 client_msg_id: ClientMsgId(seq),
                 text: "😀".repeat(100_000),
+                meta: Default::default(),
             },
         })
         .collect();

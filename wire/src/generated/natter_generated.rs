@@ -606,6 +606,7 @@ impl<'a> Hello<'a> {
   pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 8;
   pub const VT_SYNC_FIRST: ::flatbuffers::VOffsetT = 10;
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -620,6 +621,7 @@ impl<'a> Hello<'a> {
     builder.add_protocol_version(args.protocol_version);
     if let Some(x) = args.device { builder.add_device(x); }
     if let Some(x) = args.token { builder.add_token(x); }
+    builder.add_conversation(args.conversation);
     builder.add_sync_first(args.sync_first);
     builder.finish()
   }
@@ -660,6 +662,17 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(Hello::VT_SYNC_FIRST, Some(false)).unwrap()}
   }
+  /// The client understands the conversation frames of issue 15 (Receipt,
+  /// Typing, ChatStates): only then does the server send it any, and a
+  /// ChatStates right after the Welcome. Edits and deletes arrive as
+  /// `Message`s either way.
+  #[inline]
+  pub fn conversation(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Hello::VT_CONVERSATION, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -672,6 +685,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device", Self::VT_DEVICE, false)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<bool>("sync_first", Self::VT_SYNC_FIRST, false)?
+     .visit_field::<bool>("conversation", Self::VT_CONVERSATION, false)?
      .finish();
     Ok(())
   }
@@ -681,6 +695,7 @@ pub struct HelloArgs<'a> {
     pub device: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub protocol_version: u32,
     pub sync_first: bool,
+    pub conversation: bool,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -690,6 +705,7 @@ impl<'a> Default for HelloArgs<'a> {
       device: None,
       protocol_version: 0,
       sync_first: false,
+      conversation: false,
     }
   }
 }
@@ -716,6 +732,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(Hello::VT_SYNC_FIRST, sync_first, false);
   }
   #[inline]
+  pub fn add_conversation(&mut self, conversation: bool) {
+    self.fbb_.push_slot::<bool>(Hello::VT_CONVERSATION, conversation, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -737,6 +757,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("device", &self.device());
       ds.field("protocol_version", &self.protocol_version());
       ds.field("sync_first", &self.sync_first());
+      ds.field("conversation", &self.conversation());
       ds.finish()
   }
 }

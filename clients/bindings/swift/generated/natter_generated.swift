@@ -176,6 +176,7 @@ public struct natter_wire_Hello: FlatBufferTable, FlatbuffersVectorInitializable
     case device = 6
     case protocolVersion = 8
     case syncFirst = 10
+    case conversation = 12
     var v: Int32 { Int32(self.rawValue) }
     var p: VOffset { self.rawValue }
   }
@@ -193,25 +194,34 @@ public struct natter_wire_Hello: FlatBufferTable, FlatbuffersVectorInitializable
   ///  live pushes chat by chat (exactly once, in seq order). Without it, live
   ///  pushes start at the Welcome. See docs/PROTOCOL.md, "The seam".
   public var syncFirst: Bool { let o = _accessor.offset(VTOFFSET.syncFirst.v); return o == 0 ? false : _accessor.readBuffer(of: Bool.self, at: o) }
-  public static func startHello(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 4) }
+  ///  The client understands the conversation frames of issue 15 (Receipt,
+  ///  Typing, ChatStates): only then does the server send it any, and a
+  ///  ChatStates right after the Welcome. Edits and deletes arrive as
+  ///  `Message`s either way.
+  public var conversation: Bool { let o = _accessor.offset(VTOFFSET.conversation.v); return o == 0 ? false : _accessor.readBuffer(of: Bool.self, at: o) }
+  public static func startHello(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 5) }
   public static func add(token: Offset, _ fbb: inout FlatBufferBuilder) { fbb.add(offset: token, at: VTOFFSET.token.p) }
   public static func add(device: Offset, _ fbb: inout FlatBufferBuilder) { fbb.add(offset: device, at: VTOFFSET.device.p) }
   public static func add(protocolVersion: UInt32, _ fbb: inout FlatBufferBuilder) { fbb.add(element: protocolVersion, def: 0, at: VTOFFSET.protocolVersion.p) }
   public static func add(syncFirst: Bool, _ fbb: inout FlatBufferBuilder) { fbb.add(element: syncFirst, def: false,
    at: VTOFFSET.syncFirst.p) }
+  public static func add(conversation: Bool, _ fbb: inout FlatBufferBuilder) { fbb.add(element: conversation, def: false,
+   at: VTOFFSET.conversation.p) }
   public static func endHello(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
   public static func createHello(
     _ fbb: inout FlatBufferBuilder,
     tokenOffset token: Offset = Offset(),
     deviceOffset device: Offset = Offset(),
     protocolVersion: UInt32 = 0,
-    syncFirst: Bool = false
+    syncFirst: Bool = false,
+    conversation: Bool = false
   ) -> Offset {
     let __start = natter_wire_Hello.startHello(&fbb)
     natter_wire_Hello.add(token: token, &fbb)
     natter_wire_Hello.add(device: device, &fbb)
     natter_wire_Hello.add(protocolVersion: protocolVersion, &fbb)
     natter_wire_Hello.add(syncFirst: syncFirst, &fbb)
+    natter_wire_Hello.add(conversation: conversation, &fbb)
     return natter_wire_Hello.endHello(&fbb, start: __start)
   }
 
@@ -221,6 +231,7 @@ public struct natter_wire_Hello: FlatBufferTable, FlatbuffersVectorInitializable
     try _v.visit(field: VTOFFSET.device.p, fieldName: "device", required: false, type: ForwardOffset<String>.self)
     try _v.visit(field: VTOFFSET.protocolVersion.p, fieldName: "protocolVersion", required: false, type: UInt32.self)
     try _v.visit(field: VTOFFSET.syncFirst.p, fieldName: "syncFirst", required: false, type: Bool.self)
+    try _v.visit(field: VTOFFSET.conversation.p, fieldName: "conversation", required: false, type: Bool.self)
     _v.finish()
   }
 }

@@ -151,6 +151,8 @@ impl Sim {
             max_connections: 256,
             send_rate: 1_000_000,
             max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
+            edit_window: crate::core::DEFAULT_EDIT_WINDOW,
+            delete_window: crate::core::DEFAULT_DELETE_WINDOW,
         };
         let core = Core::new(config, reads.clone(), now, 1_700_000_000_000);
         Self {
@@ -354,6 +356,7 @@ impl Sim {
                     server_ts_ms: seq,
                     client_msg_id: ClientMsgId(1_000_000 + seq),
                     text: format!("m{seq}"),
+                    meta: Default::default(),
                 },
             })
             .collect();
@@ -374,6 +377,7 @@ impl Sim {
                     server_ts_ms: seq,
                     client_msg_id: ClientMsgId(1_000_000 + seq),
                     text: text.clone(),
+                    meta: Default::default(),
                 },
             })
             .collect();

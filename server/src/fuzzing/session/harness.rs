@@ -288,6 +288,8 @@ impl Harness {
                     max_connections: MAX_CONNECTIONS,
                     send_rate: SEND_RATE,
                     max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
+                    edit_window: crate::core::DEFAULT_EDIT_WINDOW,
+                    delete_window: crate::core::DEFAULT_DELETE_WINDOW,
                 };
                 Core::new(config, store.clone(), t0, UNIX_MS_AT_START)
             })

@@ -1135,6 +1135,7 @@ fn the_chat_list_shows_the_last_committed_seq() {
                 server_ts_ms: 1,
                 client_msg_id: ClientMsgId(seq),
                 text: "hi".into(),
+                meta: Default::default(),
             },
         })
         .collect();
