@@ -8,9 +8,9 @@ use std::collections::HashSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use natter_wire::{
-    Ack, Body, ChatState, ChatStates, Cursor, Delete, Edit, DEFAULT_MAX_FRAME, Encoder, ErrorBody, ErrorCode, Frame, FrameDecoder, Hello, History,
-    HistoryPage, Limits, Message, PROTOCOL_VERSION, Ping, Pong, Presence, Receipt, Send, SendOk, Sync, SyncDone,
-    Typing, Welcome, WireError, fb, peek_request_id, view,
+    Ack, Body, ChatState, ChatStates, Cursor, DEFAULT_MAX_FRAME, Delete, Edit, Encoder, ErrorBody, ErrorCode,
+    Frame, FrameDecoder, Hello, History, HistoryPage, Limits, Message, PROTOCOL_VERSION, Ping, Pong,
+    Presence, Receipt, Send, SendOk, Sync, SyncDone, Typing, Welcome, WireError, fb, peek_request_id, view,
 };
 use proptest::prelude::*;
 
@@ -186,7 +186,15 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (0u8..3, any::<u64>(), any::<u64>(), any::<u64>()),
     )
         .prop_map(
-            |(chat_id, seq, sender, server_ts_ms, client_msg_id, text, (kind, target_seq, edited_seq, deleted_seq))| {
+            |(
+                chat_id,
+                seq,
+                sender,
+                server_ts_ms,
+                client_msg_id,
+                text,
+                (kind, target_seq, edited_seq, deleted_seq),
+            )| {
                 Message {
                     chat_id,
                     seq,
@@ -285,22 +293,48 @@ fn arb_body() -> impl Strategy<Value = Body> {
             }
         )),
         Just(Body::Resync),
-        (any::<u64>(), any::<u64>(), any::<u64>(), arb_text()).prop_map(|(chat_id, target_seq, client_msg_id, text)| {
-            Body::Edit(Edit { chat_id, target_seq, client_msg_id, text })
-        }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), arb_text()).prop_map(
+            |(chat_id, target_seq, client_msg_id, text)| {
+                Body::Edit(Edit {
+                    chat_id,
+                    target_seq,
+                    client_msg_id,
+                    text,
+                })
+            }
+        ),
         (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(chat_id, target_seq, client_msg_id)| {
-            Body::Delete(Delete { chat_id, target_seq, client_msg_id })
+            Body::Delete(Delete {
+                chat_id,
+                target_seq,
+                client_msg_id,
+            })
         }),
-        (any::<u64>(), any::<bool>(), any::<u64>())
-            .prop_map(|(chat_id, active, user_id)| Body::Typing(Typing { chat_id, active, user_id })),
+        (any::<u64>(), any::<bool>(), any::<u64>()).prop_map(|(chat_id, active, user_id)| Body::Typing(
+            Typing {
+                chat_id,
+                active,
+                user_id
+            }
+        )),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c, d)| {
-            Body::Receipt(Receipt { chat_id: a, user_id: b, delivered_seq: c, read_seq: d })
+            Body::Receipt(Receipt {
+                chat_id: a,
+                user_id: b,
+                delivered_seq: c,
+                read_seq: d,
+            })
         }),
         prop::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()), 0..8).prop_map(|v| {
             Body::ChatStates(ChatStates {
                 chats: v
                     .into_iter()
-                    .map(|(chat_id, last_seq, read_seq, unread)| ChatState { chat_id, last_seq, read_seq, unread })
+                    .map(|(chat_id, last_seq, read_seq, unread)| ChatState {
+                        chat_id,
+                        last_seq,
+                        read_seq,
+                        unread,
+                    })
                     .collect(),
             })
         }),

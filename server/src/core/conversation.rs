@@ -107,7 +107,12 @@ impl ChatConv {
 
 /// Digest of an amend for the dedupe window: a retry must repeat kind, target and text.
 fn amend_digest(target: Seq, text: Option<&str>) -> u64 {
-    text_digest(&format!("{}:{}:{}", u8::from(text.is_some()), target.0, text.unwrap_or_default()))
+    text_digest(&format!(
+        "{}:{}:{}",
+        u8::from(text.is_some()),
+        target.0,
+        text.unwrap_or_default()
+    ))
 }
 
 /// Why an amend is refused, with its wire code.
@@ -171,7 +176,8 @@ impl Core {
                 );
             }
             let max_text = max_text_bytes(self.config.limits.max_frame);
-            if (text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS) || text.len() > max_text {
+            if (text.len() > MAX_TEXT_CHARS && text.chars().count() > MAX_TEXT_CHARS) || text.len() > max_text
+            {
                 let message = format!("a message has at most {MAX_TEXT_CHARS} characters ({max_text} bytes)");
                 return self.reply_error(conn, ErrorCode::TextTooLong, &message, request_id);
             }
@@ -225,7 +231,11 @@ impl Core {
     }
 
     /// The ChatStates read answered: one or more ChatStates frames.
-    pub(super) fn chat_states_answered(&mut self, conn: ConnId, result: Result<Vec<WireChatState>, ReadError>) {
+    pub(super) fn chat_states_answered(
+        &mut self,
+        conn: ConnId,
+        result: Result<Vec<WireChatState>, ReadError>,
+    ) {
         let chats = match result {
             Ok(chats) => chats,
             Err(e) => {
@@ -363,14 +373,15 @@ impl Core {
             }
         };
         let refusal = match &target {
-            None => refuse(ErrorCode::UnknownTarget, "target_seq names no message of this chat"),
+            None => refuse(
+                ErrorCode::UnknownTarget,
+                "target_seq names no message of this chat",
+            ),
             Some(t) if t.meta.kind != MessageKind::Text => refuse(
                 ErrorCode::UnknownTarget,
                 "target_seq names an edit or delete record; edit or delete the original message",
             ),
-            Some(t) if t.meta.deleted.0 != 0 => {
-                refuse(ErrorCode::MessageDeleted, "the message was deleted")
-            }
+            Some(t) if t.meta.deleted.0 != 0 => refuse(ErrorCode::MessageDeleted, "the message was deleted"),
             Some(t) => {
                 let age = Duration::from_millis(now_ms.saturating_sub(t.server_ts_ms));
                 match &req.text {
@@ -379,7 +390,10 @@ impl Core {
                     }
                     Some(_) if age > edit_window => refuse(
                         ErrorCode::WindowClosed,
-                        &format!("a message may be edited for {} s after it was sent", edit_window.as_secs()),
+                        &format!(
+                            "a message may be edited for {} s after it was sent",
+                            edit_window.as_secs()
+                        ),
                     ),
                     Some(_) if t.meta.edits.len() >= MAX_EDITS_PER_MESSAGE => refuse(
                         ErrorCode::TooManyEdits,
@@ -409,7 +423,8 @@ impl Core {
             return;
         };
         let text_len = req.text.as_ref().map_or(0, String::len);
-        if self.in_flight.len() >= MAX_IN_FLIGHT_SENDS || self.in_flight_bytes + text_len > MAX_IN_FLIGHT_BYTES
+        if self.in_flight.len() >= MAX_IN_FLIGHT_SENDS
+            || self.in_flight_bytes + text_len > MAX_IN_FLIGHT_BYTES
         {
             let message = "the server's store is behind; retry shortly with the same client_msg_id";
             return self.error_to(origin, ErrorCode::Overloaded, message, rid, now);
@@ -678,14 +693,22 @@ impl Core {
             let hidden = chat.conv.read_off.contains(&user);
             let full = chat.conv.receipt(chat_id, user, user);
             let read_off = chat.conv.read_off.clone();
-            let masked = Receipt { read_seq: 0, ..full.clone() };
+            let masked = Receipt {
+                read_seq: 0,
+                ..full.clone()
+            };
             let shows_read = full.read_seq != 0 && !hidden;
             let full_frame = self.encoder.encode(&Frame::new(0, Body::Receipt(full)));
             let masked_frame = self.encoder.encode(&Frame::new(0, Body::Receipt(masked)));
             if shows_read {
                 let off = read_off.clone();
                 self.notify_members(chat_id, move |u| u != user && !off.contains(&u), full_frame, now);
-                self.notify_members(chat_id, move |u| u != user && read_off.contains(&u), masked_frame, now);
+                self.notify_members(
+                    chat_id,
+                    move |u| u != user && read_off.contains(&u),
+                    masked_frame,
+                    now,
+                );
             } else {
                 self.notify_members(chat_id, move |u| u != user, masked_frame, now);
             }
@@ -695,7 +718,13 @@ impl Core {
 
     /// A session synced these chats: their current receipts, as `viewer` sees them, in one
     /// reply (owner core).
-    pub(super) fn handle_receipts_query(&mut self, to: Origin, viewer: UserId, chats: Vec<ChatId>, now: Instant) {
+    pub(super) fn handle_receipts_query(
+        &mut self,
+        to: Origin,
+        viewer: UserId,
+        chats: Vec<ChatId>,
+        now: Instant,
+    ) {
         let mut out = BytesMut::new();
         for chat_id in chats {
             let Ok(Some(chat)) = self.load_chat(chat_id) else {
@@ -712,7 +741,10 @@ impl Core {
                 .map(|(&u, _)| u)
                 .collect();
             users.sort_unstable();
-            let receipts: Vec<Receipt> = users.iter().map(|&u| chat.conv.receipt(chat_id, u, viewer)).collect();
+            let receipts: Vec<Receipt> = users
+                .iter()
+                .map(|&u| chat.conv.receipt(chat_id, u, viewer))
+                .collect();
             for receipt in receipts {
                 out.extend_from_slice(&self.encoder.encode(&Frame::new(0, Body::Receipt(receipt))));
             }

@@ -73,7 +73,9 @@ impl Core {
             CoreMsg::ReadMarker { chat, user, seq } => self.handle_read_marker(chat, user, seq, now),
             CoreMsg::Settings { user, read_receipts } => self.handle_settings(user, read_receipts, now),
             CoreMsg::Notify { users, frame } => self.handle_notify(&users, frame),
-            CoreMsg::ReceiptsQuery { to, viewer, chats } => self.handle_receipts_query(to, viewer, chats, now),
+            CoreMsg::ReceiptsQuery { to, viewer, chats } => {
+                self.handle_receipts_query(to, viewer, chats, now)
+            }
         }
     }
 

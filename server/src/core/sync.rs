@@ -95,7 +95,7 @@ pub const HISTORY_PAGE_OVERHEAD: usize = 128;
 /// Bytes one `Message` adds to a frame besides its text (its table, vtable,
 /// offsets, string header and padding; as its own frame the prefix and Frame
 /// table too), rounded up; checked by a unit test.
-pub const MESSAGE_OVERHEAD: usize = 128;
+pub const MESSAGE_OVERHEAD: usize = 160;
 
 /// The longest text (UTF-8 bytes) a server with this frame limit accepts: the
 /// one that still fits alone in a `HistoryPage` (and so in a `Message` frame).
@@ -252,7 +252,10 @@ pub(super) struct PendingRead {
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     Sync,
-    History { request_id: u64, chat: ChatId },
+    History {
+        request_id: u64,
+        chat: ChatId,
+    },
     /// The ChatStates a conversation session gets after its Welcome.
     ChatStates,
 }

@@ -33,8 +33,8 @@ fn config(id: usize, cores: usize) -> CoreConfig {
         max_connections: 4,
         send_rate: 10,
         max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
-        edit_window: crate::core::DEFAULT_EDIT_WINDOW,
-        delete_window: crate::core::DEFAULT_DELETE_WINDOW,
+        edit_window: DEFAULT_EDIT_WINDOW,
+        delete_window: DEFAULT_DELETE_WINDOW,
     }
 }
 
@@ -54,6 +54,7 @@ fn hello(token: &str) -> BytesMut {
             device: "test".into(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         }),
     );
     BytesMut::from(&frame.encode()[..])
@@ -198,6 +199,7 @@ fn wrong_protocol_version_and_garbage_and_oversize_frames_close_with_specific_co
             device: "d".into(),
             protocol_version: 99,
             sync_first: false,
+            conversation: false,
         }),
     );
     let garbage = BytesMut::from(&[12u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8][..]);
@@ -1105,6 +1107,7 @@ fn pre_authentication_input_is_capped_and_an_honest_hello_fits() {
             device: "d".repeat(MAX_DEVICE_DESCRIPTION),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         }),
     );
     let mut buf = BytesMut::from(&frame.encode()[..]);

@@ -109,6 +109,7 @@ pub fn sample_frames() -> Vec<(&'static str, Frame)> {
                     device: "phone/ios 18".into(),
                     protocol_version: PROTOCOL_VERSION,
                     sync_first: false,
+                    conversation: false,
                 }),
             ),
         ),

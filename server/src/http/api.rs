@@ -688,7 +688,11 @@ impl Api {
                 }
             };
             let last_seq = self.store.last_seq(id).map_err(store_error)?;
-            let read = self.store.read_marker(user, id).map_err(store_error)?.min(last_seq);
+            let read = self
+                .store
+                .read_marker(user, id)
+                .map_err(store_error)?
+                .min(last_seq);
             let unread = self.store.unread(user, id, read, last_seq).map_err(store_error)?;
             chats.push(json!({
                 "chat_id": id.0, "kind": kind, "name": name, "last_seq": last_seq.0,
@@ -719,7 +723,10 @@ impl Api {
             push.read(user, chat, read);
         }
         self.read_marker_moved(user, chat, read);
-        let unread = self.store.unread(user, chat, read, last_seq).map_err(store_error)?;
+        let unread = self
+            .store
+            .unread(user, chat, read, last_seq)
+            .map_err(store_error)?;
         Ok(Response::json(
             200,
             &json!({"chat_id": chat.0, "read_seq": read.0, "unread": unread}),

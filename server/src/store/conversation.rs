@@ -76,7 +76,11 @@ impl Store {
 
     /// Stores a user's settings, durably before it returns.
     pub fn set_settings(&self, user: UserId, settings: Settings) {
-        let flags = if settings.read_receipts { 0 } else { FLAG_READ_RECEIPTS_OFF };
+        let flags = if settings.read_receipts {
+            0
+        } else {
+            FLAG_READ_RECEIPTS_OFF
+        };
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         batch.insert(&self.settings, keys::id(user.0), [SETTINGS_V1, flags]);
         self.commit(batch, "settings");

@@ -203,7 +203,11 @@ impl StoredMessage {
     /// Encodes the `messages[chat ++ seq]` value.
     pub(crate) fn encode_value(&self) -> Vec<u8> {
         let plain = self.meta == MessageMeta::default();
-        let extra = if plain { 0 } else { 1 + 24 + 1 + 8 * self.meta.edits.len() };
+        let extra = if plain {
+            0
+        } else {
+            1 + 24 + 1 + 8 * self.meta.edits.len()
+        };
         let mut w = Writer::with_capacity(MESSAGE_HEADER_LEN + extra + self.text.len());
         w.u8(if plain { MESSAGE_V1 } else { MESSAGE_V2 });
         w.u64(self.sender.0);
@@ -219,7 +223,11 @@ impl StoredMessage {
             w.u64(self.meta.edited.0);
             w.u64(self.meta.deleted.0);
             // The owner core never lets the list pass MAX_EDITS_PER_MESSAGE (< 256).
-            let edits = self.meta.edits.get(..MAX_EDITS_PER_MESSAGE).unwrap_or(&self.meta.edits);
+            let edits = self
+                .meta
+                .edits
+                .get(..MAX_EDITS_PER_MESSAGE)
+                .unwrap_or(&self.meta.edits);
             w.u8(edits.len() as u8);
             for seq in edits {
                 w.u64(seq.0);

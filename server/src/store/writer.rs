@@ -451,7 +451,10 @@ impl Store {
                     );
                 }
                 WriteOp::Receipt {
-                    chat, user, delivered, ..
+                    chat,
+                    user,
+                    delivered,
+                    ..
                 } => {
                     batch.insert(&self.receipts, keys::pair(chat.0, user.0), keys::id(delivered.0));
                 }

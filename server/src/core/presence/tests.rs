@@ -137,6 +137,7 @@ impl Sim {
                 device: "sim".into(),
                 protocol_version: PROTOCOL_VERSION,
                 sync_first: false,
+                conversation: false,
             }),
         );
         let mut buf = BytesMut::from(&hello.encode()[..]);

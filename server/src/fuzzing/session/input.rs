@@ -409,6 +409,7 @@ impl WireFrame {
                     Version::Other(v) => *v,
                 },
                 sync_first: *sync_first,
+                conversation: false,
             }),
             WireBody::Welcome {
                 user_id,

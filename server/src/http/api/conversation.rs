@@ -51,14 +51,20 @@ impl Api {
                 "read_seq": if shows { read.0 } else { 0 },
             }));
         }
-        Ok(Response::json(200, &json!({"chat_id": chat.0, "receipts": receipts})))
+        Ok(Response::json(
+            200,
+            &json!({"chat_id": chat.0, "receipts": receipts}),
+        ))
     }
 
     /// `GET /v1/settings`: the caller's settings.
     pub(super) fn get_settings(&self, req: &Request<'_>) -> Handled {
         let (user, _) = self.authenticate(req)?;
         let settings = self.store.settings(user).map_err(store_error)?;
-        Ok(Response::json(200, &json!({"read_receipts": settings.read_receipts})))
+        Ok(Response::json(
+            200,
+            &json!({"read_receipts": settings.read_receipts}),
+        ))
     }
 
     /// `PUT /v1/settings {"read_receipts": bool}`: stores the caller's settings (durably), then
@@ -77,7 +83,11 @@ impl Api {
                 user,
                 read_receipts: body.read_receipts,
             };
-            if self.mesh.send_blocking(CoreId(core), Command::Core(vec![msg])).is_err() {
+            if self
+                .mesh
+                .send_blocking(CoreId(core), Command::Core(vec![msg]))
+                .is_err()
+            {
                 tracing::warn!(core, "settings change: the core is gone (stopping?)");
             }
         }
