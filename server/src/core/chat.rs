@@ -271,7 +271,6 @@ pub(crate) struct ChatState {
 
 impl ChatState {
     pub(crate) fn new(snapshot: ChatSnapshot, cores: usize) -> Self {
-        let snapshot_conv = (snapshot.delivered, snapshot.read, snapshot.read_receipts_off);
         let mut chat = Self {
             kind: snapshot.kind,
             owner: snapshot.owner,
@@ -281,7 +280,11 @@ impl ChatState {
             in_flight: HashMap::new(),
             memberships_in_flight: 0,
             idle_queued: false,
-            conv: super::conversation::ChatConv::new(&snapshot_conv),
+            conv: super::conversation::ChatConv::new(
+                &snapshot.delivered,
+                &snapshot.read,
+                &snapshot.read_receipts_off,
+            ),
         };
         chat.rebuild_recipients(cores);
         chat

@@ -76,8 +76,8 @@ pub(crate) struct ChatConv {
 }
 
 impl ChatConv {
-    pub(crate) fn new(snapshot: &(Vec<(UserId, Seq)>, Vec<(UserId, Seq)>, Vec<UserId>)) -> Self {
-        let (delivered, read, off) = snapshot;
+    /// From the chat's snapshot: delivered seqs, read markers, members with read receipts off.
+    pub(crate) fn new(delivered: &[(UserId, Seq)], read: &[(UserId, Seq)], off: &[UserId]) -> Self {
         let mut receipts: HashMap<UserId, (u64, u64)> = HashMap::new();
         for &(user, seq) in delivered {
             receipts.entry(user).or_default().0 = seq.0;

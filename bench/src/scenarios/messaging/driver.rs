@@ -566,6 +566,7 @@ impl<'a> Driver<'a> {
                 device: DEVICE.to_owned(),
                 protocol_version: PROTOCOL_VERSION,
                 sync_first: false,
+                conversation: false,
             }),
         ));
         if let Some(conn) = self.conns.get_mut(slot) {
@@ -1374,6 +1375,7 @@ mod tests {
                 server_ts_ms: 0,
                 client_msg_id: seq,
                 text,
+                ..natter_wire::Message::default()
             };
             self.receive(0, Body::Message(message), now_ns);
         }
@@ -1459,6 +1461,7 @@ mod tests {
             server_ts_ms: 0,
             client_msg_id: 1,
             text,
+            ..natter_wire::Message::default()
         };
         f.receive(0, Body::Message(elsewhere), 0);
         assert_eq!(
