@@ -171,14 +171,12 @@ fn session_inputs_round_trip_through_their_encoding() {
             device: Text(String::new()),
             version: Version::Current,
             sync_first: false,
-            conversation: false,
         },
         WireBody::Hello {
             token: Text("a".repeat(254)),
             device: Text("q".repeat(5000)),
             version: Version::Other(7),
             sync_first: true,
-            conversation: false,
         },
         WireBody::Welcome {
             user_id: 1,

@@ -379,6 +379,7 @@ impl From<&WireMessage> for Message {
             server_ts_ms: m.server_ts_ms,
             client_msg_id: m.client_msg_id,
             text: m.text.0.clone(),
+            ..Message::default()
         }
     }
 }
