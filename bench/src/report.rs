@@ -76,6 +76,16 @@ pub(crate) struct Report {
     /// (`natter_store_records_total` / `natter_store_commits_total`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) records_per_commit: Option<f64>,
+    /// `--conversation`: Receipt frames received by every device, over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) receipt_frames: Option<u64>,
+    /// `--conversation`: `receipt_frames` per acknowledged message (coalescing keeps it far
+    /// below the members per message an uncoalesced receipt would cost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) receipt_frames_per_message: Option<f64>,
+    /// `--conversation`: Typing frames received by every device, over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) typing_frames: Option<u64>,
     /// Connections established (connect: and still open at the end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) connections: Option<u64>,
@@ -332,6 +342,15 @@ impl Report {
         }
         if let Some(v) = self.records_per_commit {
             line("records_per_commit", format!("{v:.1}"));
+        }
+        if let Some(v) = self.receipt_frames {
+            line("receipt_frames", v.to_string());
+        }
+        if let Some(v) = self.receipt_frames_per_message {
+            line("receipt_frames_per_message", format!("{v:.3}"));
+        }
+        if let Some(v) = self.typing_frames {
+            line("typing_frames", v.to_string());
         }
         if let Some(v) = self.storm_settle_s {
             line("storm_settle_s", format!("{v:.3}"));

@@ -26,7 +26,8 @@ pub struct ChatSummary {
     /// The caller's read marker: read up to this seq (0 when never marked).
     #[serde(default)]
     pub read_seq: u64,
-    /// Messages after the read marker (`last_seq - read_seq`).
+    /// Text messages of others after the read marker that are not deleted (the same on every
+    /// device of the user).
     #[serde(default)]
     pub unread: u64,
 }
@@ -34,6 +35,27 @@ pub struct ChatSummary {
 #[derive(Debug, Deserialize)]
 struct ReadAnswer {
     read_seq: u64,
+}
+
+/// One member's entry of [`HttpClient::receipts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct MemberReceipt {
+    /// The member.
+    pub user_id: u64,
+    /// The highest seq any of its devices acknowledged.
+    pub delivered_seq: u64,
+    /// Its read marker (0 when it or the caller turned read receipts off).
+    pub read_seq: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReceiptList {
+    receipts: Vec<MemberReceipt>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SettingsAnswer {
+    read_receipts: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,5 +161,33 @@ impl HttpClient {
             Some(&body),
         )?;
         Ok(answer.read_seq)
+    }
+
+    /// `GET /v1/chats/{id}/receipts`: every member's delivered seq and read marker.
+    ///
+    /// # Errors
+    /// [`ClientError::Http`] 404 `unknown_chat` for a non-member.
+    pub fn receipts(&self, token: &str, chat_id: u64) -> Result<Vec<MemberReceipt>, ClientError> {
+        let path = format!("/v1/chats/{chat_id}/receipts");
+        let list: ReceiptList =
+            self.call_json("GET /v1/chats/{id}/receipts", "GET", &path, Some(token), None)?;
+        Ok(list.receipts)
+    }
+
+    /// `PUT /v1/settings {"read_receipts": on}`: turns the caller's read receipts on or off.
+    /// Returns the setting now stored.
+    ///
+    /// # Errors
+    /// Transport errors, [`ClientError::Http`] 401 for a bad token.
+    pub fn set_read_receipts(&self, token: &str, on: bool) -> Result<bool, ClientError> {
+        let body = serde_json::json!({ "read_receipts": on });
+        let answer: SettingsAnswer = self.call_json(
+            "PUT /v1/settings",
+            "PUT",
+            "/v1/settings",
+            Some(token),
+            Some(&body),
+        )?;
+        Ok(answer.read_receipts)
     }
 }

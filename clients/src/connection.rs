@@ -158,6 +158,28 @@ impl Connection {
             device: device.to_owned(),
             protocol_version,
             sync_first: false,
+            conversation: false,
+        })
+    }
+
+    /// Sends `Hello{conversation: true}` (with `sync_first` as given) and waits for `Welcome`:
+    /// the server then sends this connection Receipt, Typing and, right after the Welcome,
+    /// ChatStates frames (docs/PROTOCOL.md, "Conversation").
+    ///
+    /// # Errors
+    /// As [`Connection::hello`].
+    pub fn hello_conversation(
+        &mut self,
+        token: &str,
+        device: &str,
+        sync_first: bool,
+    ) -> Result<Welcome, ClientError> {
+        self.hello_with(Hello {
+            token: token.to_owned(),
+            device: device.to_owned(),
+            protocol_version: PROTOCOL_VERSION,
+            sync_first,
+            conversation: true,
         })
     }
 
@@ -174,6 +196,7 @@ impl Connection {
             device: device.to_owned(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: true,
+            conversation: false,
         })
     }
 

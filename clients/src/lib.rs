@@ -48,7 +48,7 @@ mod http;
 mod presence;
 mod transport;
 
-pub use chats::{ChatSummary, Group, GroupMember};
+pub use chats::{ChatSummary, Group, GroupMember, MemberReceipt};
 pub use connection::{Connection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REPLY_TIMEOUT};
 pub use error::{ClientError, ServerCode};
 pub use http::{

@@ -43,6 +43,7 @@ fn commit(c: &mut Criterion) {
                                     server_ts_ms: 1_700_000_000_000,
                                     client_msg_id: ClientMsgId(*seq),
                                     text: text.clone(),
+                                    meta: Default::default(),
                                 },
                             }
                         })

@@ -100,6 +100,13 @@ pub struct Flags {
     /// this, e.g. "30s", "200ms", "0s" [default: 30s]. Covers a network handover.
     #[arg(long)]
     pub presence_grace: Option<String>,
+    /// How long after a message its sender may edit it, e.g. "15m", "1s" [default: 15m].
+    #[arg(long)]
+    pub edit_window: Option<String>,
+    /// How long after a message its sender may delete it, e.g. "48h" [default: 48h]. A group's
+    /// owner may delete any message of the group at any time.
+    #[arg(long)]
+    pub delete_window: Option<String>,
     /// Largest frame accepted from a client, in bytes [default: 524288].
     #[arg(long)]
     pub max_frame: Option<usize>,
@@ -212,6 +219,8 @@ struct FileConfig {
     cores: Option<usize>,
     heartbeat_timeout: Option<String>,
     presence_grace: Option<String>,
+    edit_window: Option<String>,
+    delete_window: Option<String>,
     max_frame: Option<usize>,
     argon2_memory_kib: Option<u32>,
     argon2_iterations: Option<u32>,
@@ -343,6 +352,10 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// A user whose last session ended goes offline only if none comes back within this.
     pub presence_grace: Duration,
+    /// How long after a message its sender may edit it.
+    pub edit_window: Duration,
+    /// How long after a message its sender may delete it (a group's owner: always).
+    pub delete_window: Duration,
     /// Largest accepted frame, in bytes (length prefix included).
     pub max_frame: usize,
     /// argon2id cost.
@@ -420,6 +433,8 @@ impl Default for Config {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
             presence_grace: DEFAULT_PRESENCE_GRACE,
+            edit_window: crate::core::DEFAULT_EDIT_WINDOW,
+            delete_window: crate::core::DEFAULT_DELETE_WINDOW,
             max_frame: natter_wire::DEFAULT_MAX_FRAME,
             password_cost: PasswordCost::OWASP,
             auth_rate_limit: 30,
@@ -499,6 +514,20 @@ impl Config {
                     message,
                 })?,
                 None => d.presence_grace,
+            },
+            edit_window: match flags.edit_window.or(file.edit_window) {
+                Some(text) => parse_duration(&text).map_err(|message| ConfigError::Invalid {
+                    key: "edit-window",
+                    message,
+                })?,
+                None => d.edit_window,
+            },
+            delete_window: match flags.delete_window.or(file.delete_window) {
+                Some(text) => parse_duration(&text).map_err(|message| ConfigError::Invalid {
+                    key: "delete-window",
+                    message,
+                })?,
+                None => d.delete_window,
             },
             max_frame: flags.max_frame.or(file.max_frame).unwrap_or(d.max_frame),
             password_cost: PasswordCost {

@@ -36,6 +36,7 @@ fn hello_frame(token: &str, request_id: u64) -> Vec<u8> {
             device: "pipelined".into(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         }),
     )
     .encode()

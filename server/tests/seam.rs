@@ -106,6 +106,7 @@ fn hello(token: &str) -> Frame {
             device: "seam test".into(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: true,
+            conversation: false,
         }),
     )
 }

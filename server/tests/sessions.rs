@@ -108,6 +108,7 @@ fn a_first_frame_other_than_hello_and_a_wrong_version_are_refused() {
         device: "old app".into(),
         protocol_version: 0,
         sync_first: false,
+        conversation: false,
     };
     conn.send(&Frame::new(1, Body::Hello(hello))).unwrap();
     assert_eq!(
@@ -148,6 +149,7 @@ fn garbage_huge_prefixes_and_oversized_frames_are_refused_while_others_keep_work
             device: "d".into(),
             protocol_version: 1,
             sync_first: false,
+            conversation: false,
         }),
     );
     conn.send(&big).unwrap();

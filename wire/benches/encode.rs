@@ -16,6 +16,7 @@ fn message() -> Message {
         server_ts_ms: 1_700_000_000_000,
         client_msg_id: 0xDEAD_BEEF,
         text: "natter ".repeat(23).chars().take(160).collect(),
+        ..Message::default()
     }
 }
 

@@ -91,11 +91,27 @@ pub enum ErrorCode {
     /// different text. Retries must repeat the same text; a new message needs a new id. The request
     /// is refused; the connection stays open.
     ClientMsgIdReused = 24,
+    /// Peer at fault: an `Edit` or `Delete` of a message someone else sent (only its sender may
+    /// edit it; only its sender or the group's owner may delete it). Refused; the connection stays
+    /// open.
+    NotSender = 25,
+    /// Limit hit by the peer: the `Edit` or `Delete` came after its window (by default 15 minutes
+    /// after the message for an edit, 48 hours for a delete). Refused; the connection stays open.
+    WindowClosed = 26,
+    /// Peer at fault: an `Edit` (or a second `Delete`) of a message that was deleted. Refused; the
+    /// connection stays open.
+    MessageDeleted = 27,
+    /// Peer at fault: `target_seq` names no stored Text message of the chat (past the end, 0, or an
+    /// edit or delete record). Refused; the connection stays open.
+    UnknownTarget = 28,
+    /// Limit hit by the peer: the message has been edited the most times allowed (64). Refused; the
+    /// connection stays open.
+    TooManyEdits = 29,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::NotAuthenticated,
@@ -120,6 +136,11 @@ impl ErrorCode {
         ErrorCode::TooManySessions,
         ErrorCode::MissingClientMsgId,
         ErrorCode::ClientMsgIdReused,
+        ErrorCode::NotSender,
+        ErrorCode::WindowClosed,
+        ErrorCode::MessageDeleted,
+        ErrorCode::UnknownTarget,
+        ErrorCode::TooManyEdits,
     ];
 
     /// The number sent in `Error.code`.
@@ -155,6 +176,11 @@ impl ErrorCode {
             22 => ErrorCode::TooManySessions,
             23 => ErrorCode::MissingClientMsgId,
             24 => ErrorCode::ClientMsgIdReused,
+            25 => ErrorCode::NotSender,
+            26 => ErrorCode::WindowClosed,
+            27 => ErrorCode::MessageDeleted,
+            28 => ErrorCode::UnknownTarget,
+            29 => ErrorCode::TooManyEdits,
             _ => return None,
         })
     }
@@ -186,6 +212,11 @@ impl ErrorCode {
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::MissingClientMsgId => "missing_client_msg_id",
             ErrorCode::ClientMsgIdReused => "client_msg_id_reused",
+            ErrorCode::NotSender => "not_sender",
+            ErrorCode::WindowClosed => "window_closed",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::UnknownTarget => "unknown_target",
+            ErrorCode::TooManyEdits => "too_many_edits",
         }
     }
 

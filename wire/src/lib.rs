@@ -68,8 +68,8 @@ pub use generated::natter::wire as fb;
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameDecoder, Limits, MIN_FRAME_BODY, PREFIX_LEN, peek_request_id, view};
 pub use owned::{
-    Ack, Body, Cursor, Encoder, ErrorBody, Frame, Hello, History, HistoryPage, Message, Ping, Pong, Presence,
-    Send, SendOk, Sync, SyncDone, Welcome,
+    Ack, Body, ChatState, ChatStates, Cursor, Delete, Edit, Encoder, ErrorBody, Frame, Hello, History,
+    HistoryPage, Message, Ping, Pong, Presence, Receipt, Send, SendOk, Sync, SyncDone, Typing, Welcome,
 };
 
 /// The protocol version this crate speaks (`Hello.protocol_version`, `Welcome.protocol_version`).

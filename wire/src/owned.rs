@@ -25,6 +25,9 @@ pub struct Hello {
     /// The client will send `Sync`: hold live message pushes back until then, so the sync stream
     /// hands over to live pushes exactly once and in order (docs/PROTOCOL.md, "The seam").
     pub sync_first: bool,
+    /// The client understands Receipt, Typing and ChatStates: only then does the server send them
+    /// (a ChatStates right after the Welcome).
+    pub conversation: bool,
 }
 
 /// Server → client, the answer to a valid [`Hello`].
@@ -81,8 +84,85 @@ pub struct Message {
     pub server_ts_ms: u64,
     /// The sender's `client_msg_id`.
     pub client_msg_id: u64,
-    /// The message text.
+    /// The message text: for a Text its current text (empty once deleted), for an Edit the new
+    /// text (empty once its target is deleted), for a Delete empty.
     pub text: String,
+    /// Text, Edit or Delete.
+    pub kind: fb::MessageKind,
+    /// For an Edit or Delete: the seq of the Text it changes (0 for a Text).
+    pub target_seq: u64,
+    /// For a Text: the seq of the latest Edit applied to it (0: never edited).
+    pub edited_seq: u64,
+    /// For a Text: the seq of the Delete that removed it (0: not deleted).
+    pub deleted_seq: u64,
+}
+
+/// Client → server: replace the text of an earlier message of one's own; answered like [`Send`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Edit {
+    /// The chat.
+    pub chat_id: u64,
+    /// The seq of the Text message to edit.
+    pub target_seq: u64,
+    /// Chosen by the client, unique per sending user; makes retries idempotent.
+    pub client_msg_id: u64,
+    /// The new text: 1 to 100,000 Unicode scalar values.
+    pub text: String,
+}
+
+/// Client → server: delete an earlier message; answered like [`Send`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Delete {
+    /// The chat.
+    pub chat_id: u64,
+    /// The seq of the Text message to delete.
+    pub target_seq: u64,
+    /// Chosen by the client, unique per sending user; makes retries idempotent.
+    pub client_msg_id: u64,
+}
+
+/// Either direction: a typing indicator (never stored; expires 6 s after its last `active`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Typing {
+    /// The chat.
+    pub chat_id: u64,
+    /// Typing (true) or stopped (false).
+    pub active: bool,
+    /// On pushes: who is typing (ignored from clients).
+    pub user_id: u64,
+}
+
+/// Server → client: how far `user_id` has received and read `chat_id` (cumulative).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    /// The chat.
+    pub chat_id: u64,
+    /// The member the receipt is about.
+    pub user_id: u64,
+    /// Highest seq any of the member's devices acknowledged.
+    pub delivered_seq: u64,
+    /// The member's read marker; 0 when either side turned read receipts off.
+    pub read_seq: u64,
+}
+
+/// One chat's read state for [`ChatStates`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChatState {
+    /// The chat.
+    pub chat_id: u64,
+    /// Its last seq.
+    pub last_seq: u64,
+    /// The user's read marker.
+    pub read_seq: u64,
+    /// Text messages of others after `read_seq` that are not deleted.
+    pub unread: u64,
+}
+
+/// Server → client, after Welcome: the user's chats with read markers and unread counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChatStates {
+    /// One entry per chat.
+    pub chats: Vec<ChatState>,
 }
 
 /// A position in one chat: "everything up to and including `seq`".
@@ -226,6 +306,16 @@ pub enum Body {
     /// Server → client: live pushes to this session have stopped (it fell too far behind); send
     /// [`Sync`] with your cursors to catch up.
     Resync,
+    /// See [`Edit`].
+    Edit(Edit),
+    /// See [`Delete`].
+    Delete(Delete),
+    /// See [`Typing`].
+    Typing(Typing),
+    /// See [`Receipt`].
+    Receipt(Receipt),
+    /// See [`ChatStates`].
+    ChatStates(ChatStates),
 }
 
 impl Body {
@@ -247,6 +337,11 @@ impl Body {
             Body::Pong(_) => fb::Body::Pong,
             Body::Error(_) => fb::Body::Error,
             Body::Resync => fb::Body::Resync,
+            Body::Edit(_) => fb::Body::Edit,
+            Body::Delete(_) => fb::Body::Delete,
+            Body::Typing(_) => fb::Body::Typing,
+            Body::Receipt(_) => fb::Body::Receipt,
+            Body::ChatStates(_) => fb::Body::ChatStates,
         }
     }
 
@@ -269,7 +364,8 @@ macro_rules! body_from {
 body_from! {
     Hello => Hello, Welcome => Welcome, Send => Send, SendOk => SendOk, Message => Message,
     Sync => Sync, SyncDone => SyncDone, History => History, HistoryPage => HistoryPage, Ack => Ack,
-    Presence => Presence, Ping => Ping, Pong => Pong, Error => ErrorBody,
+    Presence => Presence, Ping => Ping, Pong => Pong, Error => ErrorBody, Edit => Edit, Delete => Delete,
+    Typing => Typing, Receipt => Receipt, ChatStates => ChatStates,
 }
 
 /// One frame: a request id and a body.
@@ -318,6 +414,7 @@ impl Frame {
                     device: string(b.device()),
                     protocol_version: b.protocol_version(),
                     sync_first: b.sync_first(),
+                    conversation: b.conversation(),
                 })
             }),
             fb::Body::Welcome => view.body_as_welcome().map(|b| {
@@ -396,6 +493,53 @@ impl Frame {
                 })
             }),
             fb::Body::Resync => view.body_as_resync().map(|_| Body::Resync),
+            fb::Body::Edit => view.body_as_edit().map(|b| {
+                Body::Edit(Edit {
+                    chat_id: b.chat_id(),
+                    target_seq: b.target_seq(),
+                    client_msg_id: b.client_msg_id(),
+                    text: string(b.text()),
+                })
+            }),
+            fb::Body::Delete => view.body_as_delete().map(|b| {
+                Body::Delete(Delete {
+                    chat_id: b.chat_id(),
+                    target_seq: b.target_seq(),
+                    client_msg_id: b.client_msg_id(),
+                })
+            }),
+            fb::Body::Typing => view.body_as_typing().map(|b| {
+                Body::Typing(Typing {
+                    chat_id: b.chat_id(),
+                    active: b.active(),
+                    user_id: b.user_id(),
+                })
+            }),
+            fb::Body::Receipt => view.body_as_receipt().map(|b| {
+                Body::Receipt(Receipt {
+                    chat_id: b.chat_id(),
+                    user_id: b.user_id(),
+                    delivered_seq: b.delivered_seq(),
+                    read_seq: b.read_seq(),
+                })
+            }),
+            fb::Body::ChatStates => view.body_as_chat_states().map(|b| {
+                Body::ChatStates(ChatStates {
+                    chats: b
+                        .chats()
+                        .map(|v| {
+                            v.iter()
+                                .map(|c| ChatState {
+                                    chat_id: c.chat_id(),
+                                    last_seq: c.last_seq(),
+                                    read_seq: c.read_seq(),
+                                    unread: c.unread(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                })
+            }),
             _ => None,
         };
         let body = body.ok_or(WireError::MissingBody)?;
@@ -418,6 +562,10 @@ fn message(m: fb::Message<'_>) -> Message {
         server_ts_ms: m.server_ts_ms(),
         client_msg_id: m.client_msg_id(),
         text: string(m.text()),
+        kind: m.kind(),
+        target_seq: m.target_seq(),
+        edited_seq: m.edited_seq(),
+        deleted_seq: m.deleted_seq(),
     }
 }
 
@@ -529,6 +677,10 @@ fn build_message<'b>(fbb: &mut FlatBufferBuilder<'b>, m: &Message) -> WIPOffset<
             server_ts_ms: m.server_ts_ms,
             client_msg_id: m.client_msg_id,
             text: Some(text),
+            kind: m.kind,
+            target_seq: m.target_seq,
+            edited_seq: m.edited_seq,
+            deleted_seq: m.deleted_seq,
         },
     )
 }
@@ -568,6 +720,7 @@ fn build_body(fbb: &mut FlatBufferBuilder<'_>, body: &Body) -> (fb::Body, WIPOff
                 device: Some(device),
                 protocol_version: b.protocol_version,
                 sync_first: b.sync_first,
+                conversation: b.conversation,
             };
             fb::Hello::create(fbb, &args).as_union_value()
         }
@@ -657,6 +810,52 @@ fn build_body(fbb: &mut FlatBufferBuilder<'_>, body: &Body) -> (fb::Body, WIPOff
         Body::Pong(b) => fb::Pong::create(fbb, &fb::PongArgs { nonce: b.nonce }).as_union_value(),
         Body::Error(b) => build_error(fbb, b.code, &b.message, b.request_id),
         Body::Resync => fb::Resync::create(fbb, &fb::ResyncArgs {}).as_union_value(),
+        Body::Edit(b) => {
+            let text = fbb.create_string(&b.text);
+            let args = fb::EditArgs {
+                chat_id: b.chat_id,
+                target_seq: b.target_seq,
+                client_msg_id: b.client_msg_id,
+                text: Some(text),
+            };
+            fb::Edit::create(fbb, &args).as_union_value()
+        }
+        Body::Delete(b) => fb::Delete::create(
+            fbb,
+            &fb::DeleteArgs {
+                chat_id: b.chat_id,
+                target_seq: b.target_seq,
+                client_msg_id: b.client_msg_id,
+            },
+        )
+        .as_union_value(),
+        Body::Typing(b) => fb::Typing::create(
+            fbb,
+            &fb::TypingArgs {
+                chat_id: b.chat_id,
+                active: b.active,
+                user_id: b.user_id,
+            },
+        )
+        .as_union_value(),
+        Body::Receipt(b) => fb::Receipt::create(
+            fbb,
+            &fb::ReceiptArgs {
+                chat_id: b.chat_id,
+                user_id: b.user_id,
+                delivered_seq: b.delivered_seq,
+                read_seq: b.read_seq,
+            },
+        )
+        .as_union_value(),
+        Body::ChatStates(b) => {
+            let chats = fbb.create_vector_from_iter(
+                b.chats
+                    .iter()
+                    .map(|c| fb::ChatState::new(c.chat_id, c.last_seq, c.read_seq, c.unread)),
+            );
+            fb::ChatStates::create(fbb, &fb::ChatStatesArgs { chats: Some(chats) }).as_union_value()
+        }
     };
     (body.body_type(), offset)
 }

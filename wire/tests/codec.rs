@@ -8,9 +8,9 @@ use std::collections::HashSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use natter_wire::{
-    Ack, Body, Cursor, DEFAULT_MAX_FRAME, Encoder, ErrorBody, ErrorCode, Frame, FrameDecoder, Hello, History,
-    HistoryPage, Limits, Message, PROTOCOL_VERSION, Ping, Pong, Presence, Send, SendOk, Sync, SyncDone,
-    Welcome, WireError, fb, peek_request_id, view,
+    Ack, Body, ChatState, ChatStates, Cursor, DEFAULT_MAX_FRAME, Delete, Edit, Encoder, ErrorBody, ErrorCode,
+    Frame, FrameDecoder, Hello, History, HistoryPage, Limits, Message, PROTOCOL_VERSION, Ping, Pong,
+    Presence, Receipt, Send, SendOk, Sync, SyncDone, Typing, Welcome, WireError, fb, peek_request_id, view,
 };
 use proptest::prelude::*;
 
@@ -26,6 +26,7 @@ fn one_of_each() -> Vec<Frame> {
         server_ts_ms: 1_700_000_000_000 + seq,
         client_msg_id: 900 + seq,
         text: format!("message {seq}: héllo wörld ✓ 😀"),
+        ..Message::default()
     };
     let bodies = vec![
         Body::Hello(Hello {
@@ -33,6 +34,7 @@ fn one_of_each() -> Vec<Frame> {
             device: "pixel 9 / natter-android 0.1".into(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: true,
+            conversation: true,
         }),
         Body::Welcome(Welcome {
             user_id: 1,
@@ -90,6 +92,36 @@ fn one_of_each() -> Vec<Frame> {
             77,
         )),
         Body::Resync,
+        Body::Edit(Edit {
+            chat_id: 42,
+            target_seq: 3,
+            client_msg_id: 901,
+            text: "fixed ✓".into(),
+        }),
+        Body::Delete(Delete {
+            chat_id: 42,
+            target_seq: 3,
+            client_msg_id: 902,
+        }),
+        Body::Typing(Typing {
+            chat_id: 42,
+            active: true,
+            user_id: 7,
+        }),
+        Body::Receipt(Receipt {
+            chat_id: 42,
+            user_id: 8,
+            delivered_seq: 3,
+            read_seq: 2,
+        }),
+        Body::ChatStates(ChatStates {
+            chats: vec![ChatState {
+                chat_id: 42,
+                last_seq: 3,
+                read_seq: 1,
+                unread: 2,
+            }],
+        }),
     ];
     bodies
         .into_iter()
@@ -151,27 +183,43 @@ fn arb_message() -> impl Strategy<Value = Message> {
         any::<u64>(),
         any::<u64>(),
         arb_text(),
+        (0u8..3, any::<u64>(), any::<u64>(), any::<u64>()),
     )
         .prop_map(
-            |(chat_id, seq, sender, server_ts_ms, client_msg_id, text)| Message {
+            |(
                 chat_id,
                 seq,
                 sender,
                 server_ts_ms,
                 client_msg_id,
                 text,
+                (kind, target_seq, edited_seq, deleted_seq),
+            )| {
+                Message {
+                    chat_id,
+                    seq,
+                    sender,
+                    server_ts_ms,
+                    client_msg_id,
+                    text,
+                    kind: fb::MessageKind(kind),
+                    target_seq,
+                    edited_seq,
+                    deleted_seq,
+                }
             },
         )
 }
 
 fn arb_body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (arb_text(), arb_text(), any::<u32>(), any::<bool>()).prop_map(
-            |(token, device, protocol_version, sync_first)| Body::Hello(Hello {
+        (arb_text(), arb_text(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
+            |(token, device, protocol_version, sync_first, conversation)| Body::Hello(Hello {
                 token,
                 device,
                 protocol_version,
                 sync_first,
+                conversation,
             })
         ),
         (
@@ -245,6 +293,51 @@ fn arb_body() -> impl Strategy<Value = Body> {
             }
         )),
         Just(Body::Resync),
+        (any::<u64>(), any::<u64>(), any::<u64>(), arb_text()).prop_map(
+            |(chat_id, target_seq, client_msg_id, text)| {
+                Body::Edit(Edit {
+                    chat_id,
+                    target_seq,
+                    client_msg_id,
+                    text,
+                })
+            }
+        ),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(chat_id, target_seq, client_msg_id)| {
+            Body::Delete(Delete {
+                chat_id,
+                target_seq,
+                client_msg_id,
+            })
+        }),
+        (any::<u64>(), any::<bool>(), any::<u64>()).prop_map(|(chat_id, active, user_id)| Body::Typing(
+            Typing {
+                chat_id,
+                active,
+                user_id
+            }
+        )),
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(a, b, c, d)| {
+            Body::Receipt(Receipt {
+                chat_id: a,
+                user_id: b,
+                delivered_seq: c,
+                read_seq: d,
+            })
+        }),
+        prop::collection::vec((any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()), 0..8).prop_map(|v| {
+            Body::ChatStates(ChatStates {
+                chats: v
+                    .into_iter()
+                    .map(|(chat_id, last_seq, read_seq, unread)| ChatState {
+                        chat_id,
+                        last_seq,
+                        read_seq,
+                        unread,
+                    })
+                    .collect(),
+            })
+        }),
     ]
 }
 
@@ -259,11 +352,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
 fn every_body_variant_round_trips() {
     let frames = one_of_each();
     let names: HashSet<_> = frames.iter().map(|f| f.body.name()).collect();
-    assert_eq!(names.len(), 15, "one frame per union member");
+    assert_eq!(names.len(), 20, "one frame per union member");
     assert_eq!(
         fb::Body::ENUM_VALUES.len(),
-        16,
-        "NONE + 15 bodies: a new union member needs a test"
+        21,
+        "NONE + 20 bodies: a new union member needs a test"
     );
 
     let limits = Limits::default();
@@ -292,6 +385,9 @@ fn encoder_shortcuts_match_frame_encode() {
         server_ts_ms: 4,
         client_msg_id: 5,
         text: "x".repeat(160),
+        kind: fb::MessageKind::Edit,
+        target_seq: 1,
+        ..Message::default()
     };
     let bytes = encoder.message(9, &m);
     assert_eq!(bytes, Frame::new(9, Body::Message(m.clone())).encode());
@@ -754,6 +850,11 @@ fn connection_closing_codes_are_the_documented_ones() {
         ErrorCode::Internal,
         ErrorCode::Unavailable,
         ErrorCode::AlreadyAuthenticated,
+        ErrorCode::NotSender,
+        ErrorCode::WindowClosed,
+        ErrorCode::MessageDeleted,
+        ErrorCode::UnknownTarget,
+        ErrorCode::TooManyEdits,
     ] {
         assert!(!code.closes_connection());
     }

@@ -527,6 +527,7 @@ impl Driver {
             device: DEVICE.to_owned(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         };
         let bytes = self.encoder.encode(&Frame::new(1, Body::Hello(hello)));
         let mut conn = Conn {

@@ -555,6 +555,7 @@ impl Flood {
                     device: "natter-bench flood".into(),
                     protocol_version: PROTOCOL_VERSION,
                     sync_first: false,
+                    conversation: false,
                 }),
             );
             conn.outbuf.extend_from_slice(&hello.encode());

@@ -214,6 +214,7 @@ mod tests {
             threads: 1,
             warmup: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(5),
+            conversation: false,
         };
         let options = Options {
             duration: Duration::from_secs(10),

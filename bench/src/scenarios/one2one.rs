@@ -140,6 +140,7 @@ mod tests {
             threads: 1,
             warmup: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(5),
+            conversation: false,
         }
     }
 

@@ -615,6 +615,7 @@ impl Driver {
             device: DEVICE.to_owned(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         };
         let mut outbuf = BytesMut::new();
         outbuf.extend_from_slice(&self.encoder.encode(&Frame::new(1, Body::Hello(hello))));

@@ -768,6 +768,7 @@ fn session(
             device: "natter-bench seam device".into(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: shared.sync_first,
+            conversation: false,
         }),
     )
     .encode();

@@ -561,6 +561,7 @@ fn hello(token: &str, device: &str) -> Vec<u8> {
             device: device.to_owned(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         }),
     )
     .encode()

@@ -124,6 +124,7 @@ mod tests {
             server_ts_ms: 0,
             client_msg_id: 9,
             text: "one\ntwo".into(),
+            ..Message::default()
         };
         assert_eq!(
             message_line(&m, Some("bob"), "alice"),

@@ -500,6 +500,7 @@ impl Live {
                         server_ts_ms: ok.server_ts_ms,
                         client_msg_id: ok.client_msg_id,
                         text: out.text,
+                        ..Message::default()
                     };
                     events.extend(self.cursors.accept_own(message).into_iter().map(Event::Message));
                 }
@@ -692,6 +693,7 @@ mod tests {
             server_ts_ms: 0,
             client_msg_id: seq,
             text: format!("m{seq}"),
+            ..Message::default()
         }
     }
 

@@ -44,6 +44,26 @@ pub struct SendRequest {
     pub text: String,
 }
 
+/// An Edit (`text: Some`) or Delete (`text: None`) forwarded from the sender's home core to the
+/// chat's owner core (`conversation.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmendRequest {
+    /// The sending session.
+    pub origin: Origin,
+    /// The frame's request id, echoed in SendOk or Error.
+    pub request_id: u64,
+    /// The authenticated sender.
+    pub sender: UserId,
+    /// The chat.
+    pub chat: ChatId,
+    /// The message edited or deleted.
+    pub target: Seq,
+    /// The client's id for this change (dedupe key with sender and chat, as for a Send).
+    pub client_msg_id: ClientMsgId,
+    /// The new text of an Edit (checked like a Send's), `None` for a Delete.
+    pub text: Option<String>,
+}
+
 /// Work one core hands another (batched per loop turn into one queue operation).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -73,6 +93,60 @@ pub enum CoreMsg {
     /// A user's presence, from its home core, for its friends homed on the
     /// receiving core (see `core/presence.rs`).
     Presence(PresenceUpdate),
+    /// An Edit or Delete for a chat the receiving core owns.
+    Amend(AmendRequest),
+    /// A typing indicator for a chat the receiving core owns (from the typist's home core).
+    Typing {
+        /// The chat.
+        chat: ChatId,
+        /// Who types.
+        user: UserId,
+        /// Started (or still) typing, or stopped.
+        active: bool,
+    },
+    /// One of `user`'s devices acknowledged `seq` in `chat` (from its home core, to the owner).
+    Delivered {
+        /// The chat.
+        chat: ChatId,
+        /// The member.
+        user: UserId,
+        /// The acknowledged seq.
+        seq: Seq,
+    },
+    /// `user` moved its read marker in `chat` to `seq` (from the HTTP side-port, to the owner).
+    ReadMarker {
+        /// The chat.
+        chat: ChatId,
+        /// The member.
+        user: UserId,
+        /// The read marker now stored.
+        seq: Seq,
+    },
+    /// `user` turned read receipts on or off (from the HTTP side-port, to every core).
+    Settings {
+        /// The user.
+        user: UserId,
+        /// Read receipts on.
+        read_receipts: bool,
+    },
+    /// A conversation frame (Receipt, Typing) for every conversation session of these users,
+    /// homed on the receiving core.
+    Notify {
+        /// The recipients on the receiving core.
+        users: Arc<[UserId]>,
+        /// The encoded frame, shared by every recipient.
+        frame: Bytes,
+    },
+    /// A session finished a sync: the owner answers with the current receipts of these chats
+    /// (as one Reply), for `viewer`'s eyes.
+    ReceiptsQuery {
+        /// The session.
+        to: Origin,
+        /// Its user.
+        viewer: UserId,
+        /// Chats the receiving core owns.
+        chats: Vec<ChatId>,
+    },
 }
 
 /// What the owner core needs to know about a chat to serve it.
@@ -86,6 +160,12 @@ pub struct ChatSnapshot {
     pub members: Vec<UserId>,
     /// The last committed seq (0 when empty).
     pub last_seq: Seq,
+    /// Members' delivered seqs (the `receipts` rows).
+    pub delivered: Vec<(UserId, Seq)>,
+    /// Members' read markers (only those that are set).
+    pub read: Vec<(UserId, Seq)>,
+    /// Members who turned read receipts off.
+    pub read_receipts_off: Vec<UserId>,
 }
 
 /// The store reads the core makes (a trait so the core stays free of I/O
@@ -140,6 +220,12 @@ pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debu
     /// # Errors
     /// The store failed.
     fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, ReadError>;
+
+    /// The committed message `(chat, seq)`, if stored (read by an Edit or Delete of it).
+    ///
+    /// # Errors
+    /// The store failed.
+    fn stored_message(&self, chat: ChatId, seq: Seq) -> Result<Option<super::StoredMessage>, ReadError>;
 }
 
 /// A send handed to the storage writer and not yet committed.
@@ -179,6 +265,8 @@ pub(crate) struct ChatState {
     pub(crate) memberships_in_flight: usize,
     /// In the owner core's idle queue (an eviction candidate).
     pub(crate) idle_queued: bool,
+    /// Receipts, typing and the records of edits in flight (`conversation.rs`).
+    pub(crate) conv: super::conversation::ChatConv,
 }
 
 impl ChatState {
@@ -192,6 +280,11 @@ impl ChatState {
             in_flight: HashMap::new(),
             memberships_in_flight: 0,
             idle_queued: false,
+            conv: super::conversation::ChatConv::new(
+                &snapshot.delivered,
+                &snapshot.read,
+                &snapshot.read_receipts_off,
+            ),
         };
         chat.rebuild_recipients(cores);
         chat
@@ -199,7 +292,7 @@ impl ChatState {
 
     /// Nothing in flight: the store has all of it, so it may be evicted.
     pub(crate) fn is_idle(&self) -> bool {
-        self.in_flight.is_empty() && self.memberships_in_flight == 0
+        self.in_flight.is_empty() && self.memberships_in_flight == 0 && !self.conv.flush_queued
     }
 
     pub(crate) fn rebuild_recipients(&mut self, cores: usize) {

@@ -38,6 +38,7 @@
 //!   storage vocabulary.
 
 mod chat;
+mod conversation;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_hooks;
 mod liveness;
@@ -61,12 +62,19 @@ use bytes::{Bytes, BytesMut};
 use natter_wire::{Body, Encoder, ErrorCode, FrameDecoder, Limits, MAX_TEXT_CHARS, PROTOCOL_VERSION, fb};
 use slab::Slab;
 
-pub use chat::{ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
+pub use chat::{AmendRequest, ChatSnapshot, ChatStore, CoreMsg, Origin, SendRequest};
+pub use conversation::{
+    CHAT_STATES_PER_FRAME, DEFAULT_DELETE_WINDOW, DEFAULT_EDIT_WINDOW, RECEIPT_INTERVAL, TYPING_EXPIRY,
+    TYPING_THROTTLE,
+};
 pub use membership::{MembershipChange, MembershipError, ReplyTicket};
 pub use preauth::{AcceptRefusal, MAX_PRE_AUTH_INPUT, PreAuthLimits};
 pub use presence::{MAX_KNOWN_USERS, PresenceUpdate, SessionSeed, UserPresence};
 pub use reads::{ChatPage, PlannedChat, ReadAnswer, ReadRequest, ReadTicket};
-pub use store_api::{ChatKind, Completion, MAX_GROUP_MEMBERS, ReadError, StoredMessage, WriteOp};
+pub use store_api::{
+    ChatKind, Completion, MAX_EDITS_PER_MESSAGE, MAX_GROUP_MEMBERS, MessageKind, MessageMeta, ReadError,
+    StoredMessage, WriteOp,
+};
 pub use sync::{
     HISTORY_MAX_BYTES, HISTORY_MAX_MESSAGES, HISTORY_PAGE_OVERHEAD, MAX_HELD_BYTES, MAX_HELD_PUSHES,
     MAX_SYNC_READS_IN_FLIGHT, MESSAGE_OVERHEAD, NEW_DEVICE_BACKLOG, SYNC_CHATS_PER_READ, SYNC_PAGE_BYTES,
@@ -156,6 +164,11 @@ pub struct CoreConfig {
     pub send_rate: u32,
     /// Most live sessions of one user on its home core; a new one closes the oldest.
     pub max_sessions_per_user: usize,
+    /// How long after a message its sender may edit it (`--edit-window`).
+    pub edit_window: Duration,
+    /// How long after a message its sender may delete it (`--delete-window`; a group's owner
+    /// may delete any message of the group at any time).
+    pub delete_window: Duration,
 }
 
 impl CoreConfig {
@@ -263,6 +276,7 @@ pub enum InputStatus {
 pub struct Detached {
     state: State,
     last_heard: Instant,
+    conversation: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +316,8 @@ struct Session {
     /// A read for one of its requests (History) is in flight: its later
     /// frames wait in the driver's buffer until the answer.
     reading: bool,
+    /// Hello said `conversation`: the session takes Receipt, Typing and ChatStates frames.
+    conversation: bool,
 }
 
 /// A token bucket of `rate` per second with bursts of `rate`.
@@ -412,6 +428,9 @@ pub struct Core {
     next_read: u64,
     /// Sync reads among `reads` (bounded by [`MAX_SYNC_READS_IN_FLIGHT`]).
     sync_reads_in_flight: usize,
+    /// Chats whose receipts flush at the given time, oldest first (the interval is constant,
+    /// so pushing to the back keeps the order; `conversation.rs`).
+    receipt_flushes: VecDeque<(Instant, ChatId)>,
 }
 
 impl Core {
@@ -442,6 +461,7 @@ impl Core {
             reads: HashMap::new(),
             next_read: 0,
             sync_reads_in_flight: 0,
+            receipt_flushes: VecDeque::new(),
             expired: Vec::new(),
             actions: VecDeque::new(),
             next_generation: 0,
@@ -484,7 +504,11 @@ impl Core {
             // Syncs wait to ask for reads: at once (a time already past).
             return Some(self.anchor.0);
         }
-        match (self.wheel.next_deadline(), self.presence.next_deadline()) {
+        let next = match (self.wheel.next_deadline(), self.presence.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (next, self.receipt_flushes.front().map(|&(at, _)| at)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

@@ -128,6 +128,7 @@ impl Core {
         chat.next_seq += 1;
         chat.in_flight.insert(key, seq);
         let recipients = chat.recipients.clone();
+        self.typing_ended_by_send(req.chat, req.sender, now);
         let message = natter_wire::Message {
             chat_id: req.chat.0,
             seq: seq.0,
@@ -135,6 +136,7 @@ impl Core {
             server_ts_ms,
             client_msg_id: req.client_msg_id.0,
             text: req.text,
+            ..natter_wire::Message::default()
         };
         let frame = self.encoder.message(0, &message);
         self.in_flight_bytes += message.text.len();
@@ -161,6 +163,7 @@ impl Core {
                 server_ts_ms,
                 client_msg_id: req.client_msg_id,
                 text: message.text,
+                meta: Default::default(),
             },
         }));
     }
@@ -227,6 +230,10 @@ impl Core {
         self.in_flight_bytes -= done.text_bytes;
         if let Some(state) = self.chats.get_mut(&chat) {
             state.in_flight.remove(&(done.sender, done.client_msg_id));
+            if state.in_flight.is_empty() {
+                // Everything the overlay held is committed: the store has it now.
+                state.conv.amended.clear();
+            }
         }
         self.note_if_idle(chat);
         let first = done.waiters.first().map(|(origin, _)| *origin);

@@ -63,6 +63,11 @@ pub enum ReadRequest {
         /// Most text bytes when several messages share the page.
         max_bytes: usize,
     },
+    /// The user's chats with read markers and unread counts (ChatStates after Welcome).
+    ChatStates {
+        /// The user.
+        user: UserId,
+    },
 }
 
 /// Where a sync starts in one chat, as its plan read it.
@@ -101,6 +106,8 @@ pub enum ReadAnswer {
     SyncPages(Result<Vec<ChatPage>, ReadError>),
     /// For [`ReadRequest::History`]: newest first, and whether older ones exist.
     History(Result<(Vec<StoredMessage>, bool), ReadError>),
+    /// For [`ReadRequest::ChatStates`]: one entry per chat, ascending.
+    ChatStates(Result<Vec<natter_wire::ChatState>, ReadError>),
 }
 
 impl ReadRequest {
@@ -129,6 +136,7 @@ impl ReadRequest {
                     Ok((Vec::new(), false))
                 }
             })),
+            ReadRequest::ChatStates { user } => ReadAnswer::ChatStates(store.sync_chat_states(*user)),
         }
     }
 
@@ -139,6 +147,7 @@ impl ReadRequest {
             ReadRequest::SyncPlan { .. } => ReadAnswer::SyncPlan(Err(error)),
             ReadRequest::SyncPages { .. } => ReadAnswer::SyncPages(Err(error)),
             ReadRequest::History { .. } => ReadAnswer::History(Err(error)),
+            ReadRequest::ChatStates { .. } => ReadAnswer::ChatStates(Err(error)),
         }
     }
 }

@@ -67,6 +67,15 @@ impl Core {
                 }
             }
             CoreMsg::Presence(update) => self.handle_presence_update(update, now),
+            CoreMsg::Amend(request) => self.handle_amend(request, now),
+            CoreMsg::Typing { chat, user, active } => self.handle_typing(chat, user, active, now),
+            CoreMsg::Delivered { chat, user, seq } => self.handle_delivered(chat, user, seq, now),
+            CoreMsg::ReadMarker { chat, user, seq } => self.handle_read_marker(chat, user, seq, now),
+            CoreMsg::Settings { user, read_receipts } => self.handle_settings(user, read_receipts, now),
+            CoreMsg::Notify { users, frame } => self.handle_notify(&users, frame),
+            CoreMsg::ReceiptsQuery { to, viewer, chats } => {
+                self.handle_receipts_query(to, viewer, chats, now)
+            }
         }
     }
 

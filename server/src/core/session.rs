@@ -40,6 +40,7 @@ impl Core {
             histories: Bucket::full(HISTORY_PER_SECOND, now),
             acks: Bucket::full(ACKS_PER_SECOND, now),
             reading: false,
+            conversation: false,
         });
         let at = self.deadline_of(key).unwrap_or(now);
         self.wheel.schedule(at, Mark { key, generation });
@@ -169,6 +170,7 @@ impl Core {
             "hello"
         );
         if let Some(session) = self.sessions.get_mut(conn.0) {
+            session.conversation = hello.conversation();
             session.state = State::Authenticating {
                 token: token.clone(),
                 request_id,
@@ -224,6 +226,24 @@ impl Core {
             B::Ack => {
                 if let Some(ack) = view.body_as_ack() {
                     self.handle_ack_frame(conn, ack, request_id, now);
+                }
+            }
+            B::Edit => {
+                if let Some(edit) = view.body_as_edit() {
+                    let text = edit.text().unwrap_or_default();
+                    let target = (edit.chat_id(), edit.target_seq(), edit.client_msg_id());
+                    self.handle_amend_frame(conn, target, Some(text), request_id, now);
+                }
+            }
+            B::Delete => {
+                if let Some(delete) = view.body_as_delete() {
+                    let target = (delete.chat_id(), delete.target_seq(), delete.client_msg_id());
+                    self.handle_amend_frame(conn, target, None, request_id, now);
+                }
+            }
+            B::Typing => {
+                if let Some(typing) = view.body_as_typing() {
+                    self.handle_typing_frame(conn, typing.chat_id(), typing.active(), now);
                 }
             }
             other => {
@@ -346,6 +366,7 @@ impl Core {
                     .encoder
                     .encode(&natter_wire::Frame::new(request_id, Body::Welcome(welcome)));
                 self.transmit(conn, frame);
+                self.conversation_session_up(conn, user);
                 self.presence_session_up(user, conn, now, seed);
             }
         }
@@ -359,6 +380,7 @@ impl Core {
         Some(Detached {
             state: session.state,
             last_heard: session.last_heard,
+            conversation: session.conversation,
         })
     }
 
@@ -374,6 +396,7 @@ impl Core {
         let conn = self.insert(state, now);
         if let Some(session) = self.sessions.get_mut(conn.0) {
             session.last_heard = detached.last_heard;
+            session.conversation = detached.conversation;
         }
         match token {
             Some(token) => self.actions.push_back(Action::Authenticate { conn, token }),
@@ -482,6 +505,7 @@ impl Core {
         }
         self.expired = expired;
         self.presence_handle_timeout(now);
+        self.conversation_handle_timeout(now);
     }
 
     /// The connection's outbound buffer overflowed: it is a slow consumer. An

@@ -19,6 +19,50 @@ pub enum ChatKind {
     Group,
 }
 
+/// What a stored message is: a text, or an edit or delete of an earlier text of the chat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MessageKind {
+    /// An ordinary message.
+    #[default]
+    Text,
+    /// A new text for [`MessageMeta::target`].
+    Edit,
+    /// The removal of [`MessageMeta::target`].
+    Delete,
+}
+
+/// Most edits one message takes ([`MessageMeta::edits`] is bounded by it): a delete scrubs the
+/// text of every edit, so the list must stay small.
+pub const MAX_EDITS_PER_MESSAGE: usize = 64;
+
+/// The conversation fields of a stored message (issue 15). All zero / empty for a text that was
+/// never edited or deleted, which the store then encodes in the original, shorter record layout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// Text, Edit or Delete.
+    pub kind: MessageKind,
+    /// For an Edit or Delete: the Text it changes (`Seq(0)` for a Text).
+    pub target: Seq,
+    /// For a Text: its latest Edit (`Seq(0)`: never edited).
+    pub edited: Seq,
+    /// For a Text: its Delete (`Seq(0)`: not deleted).
+    pub deleted: Seq,
+    /// For a Text: every Edit of it, ascending (at most [`MAX_EDITS_PER_MESSAGE`]); a delete
+    /// removes their texts too.
+    pub edits: Vec<Seq>,
+}
+
+impl MessageMeta {
+    /// The wire `MessageKind`.
+    pub fn wire_kind(&self) -> natter_wire::fb::MessageKind {
+        match self.kind {
+            MessageKind::Text => natter_wire::fb::MessageKind::Text,
+            MessageKind::Edit => natter_wire::fb::MessageKind::Edit,
+            MessageKind::Delete => natter_wire::fb::MessageKind::Delete,
+        }
+    }
+}
+
 /// One stored message: its key `(chat, seq)` plus its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -32,8 +76,29 @@ pub struct StoredMessage {
     pub server_ts_ms: u64,
     /// The sender's id for the send (dedupe key).
     pub client_msg_id: ClientMsgId,
-    /// The text (valid UTF-8, 1 to 100,000 characters; checked before it gets here).
+    /// The text (valid UTF-8, 1 to 100,000 characters; checked before it gets here). Empty for a
+    /// Delete record, and once deleted for the Text and each of its Edits.
     pub text: String,
+    /// Kind, target and edit state (all default for a plain text).
+    pub meta: MessageMeta,
+}
+
+impl StoredMessage {
+    /// The wire form, as sent live, by sync and by history.
+    pub fn into_wire(self) -> natter_wire::Message {
+        natter_wire::Message {
+            chat_id: self.chat.0,
+            seq: self.seq.0,
+            sender: self.sender.0,
+            server_ts_ms: self.server_ts_ms,
+            client_msg_id: self.client_msg_id.0,
+            text: self.text,
+            kind: self.meta.wire_kind(),
+            target_seq: self.meta.target.0,
+            edited_seq: self.meta.edited.0,
+            deleted_seq: self.meta.deleted.0,
+        }
+    }
 }
 
 /// One write the core hands to the storage writer ([`Action::Write`](super::Action::Write)),
@@ -46,6 +111,29 @@ pub enum WriteOp {
         origin: CoreId,
         /// The message, `seq` already assigned.
         msg: StoredMessage,
+    },
+    /// An Edit or Delete record (with its dedupe record, as a message) and the rewritten records it
+    /// changes — the target's new state and, for a delete, each of its edits without text — all in
+    /// one batch, so the change is durable whole or not at all. Completes as a message.
+    Amend {
+        /// The core to report completion to (the chat's owner core).
+        origin: CoreId,
+        /// The Edit or Delete record, `seq` assigned.
+        msg: StoredMessage,
+        /// Records of the same chat overwritten in place.
+        rewrites: Vec<StoredMessage>,
+    },
+    /// A member's delivered seq in a chat (the highest any of its devices acknowledged; one
+    /// `receipts` row, the newest write wins). Rides in the next group commit; no completion.
+    Receipt {
+        /// The chat's owner core, which decided it.
+        origin: CoreId,
+        /// The chat.
+        chat: ChatId,
+        /// The member.
+        user: UserId,
+        /// Delivered up to this seq.
+        delivered: Seq,
     },
     /// Add or remove a group member (members + user_chats rows).
     Membership {

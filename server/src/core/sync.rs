@@ -67,7 +67,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::{Bytes, BytesMut};
-use natter_wire::{Body, Cursor, Frame, HistoryPage, Message, SyncDone, fb};
+use natter_wire::{Body, Cursor, Frame, HistoryPage, SyncDone, fb};
 
 use super::WriteOp;
 use super::reads::{ChatPage, PlannedChat, ReadAnswer, ReadRequest, ReadTicket};
@@ -95,7 +95,7 @@ pub const HISTORY_PAGE_OVERHEAD: usize = 128;
 /// Bytes one `Message` adds to a frame besides its text (its table, vtable,
 /// offsets, string header and padding; as its own frame the prefix and Frame
 /// table too), rounded up; checked by a unit test.
-pub const MESSAGE_OVERHEAD: usize = 128;
+pub const MESSAGE_OVERHEAD: usize = 160;
 
 /// The longest text (UTF-8 bytes) a server with this frame limit accepts: the
 /// one that still fits alone in a `HistoryPage` (and so in a `Message` frame).
@@ -158,6 +158,17 @@ pub trait SyncStore {
         max_msgs: usize,
         max_bytes: usize,
     ) -> Result<(Vec<StoredMessage>, bool), ReadError>;
+
+    /// Each chat of `user`, ascending, with its last seq, the user's read marker and unread
+    /// count (what a conversation session gets after Welcome). The default (for the fuzzing
+    /// harness's model store, which keeps no read markers) is no chats.
+    ///
+    /// # Errors
+    /// The store failed.
+    fn sync_chat_states(&self, user: UserId) -> Result<Vec<natter_wire::ChatState>, ReadError> {
+        let _ = user;
+        Ok(Vec::new())
+    }
 }
 
 /// The sync state of one session (only sessions that synced or were stopped have one).
@@ -241,7 +252,12 @@ pub(super) struct PendingRead {
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     Sync,
-    History { request_id: u64, chat: ChatId },
+    History {
+        request_id: u64,
+        chat: ChatId,
+    },
+    /// The ChatStates a conversation session gets after its Welcome.
+    ChatStates,
 }
 
 impl Core {
@@ -441,6 +457,11 @@ impl Core {
         Some(ticket)
     }
 
+    /// Asks for the ChatStates of `user` for the conversation session `conn`.
+    pub(super) fn ask_chat_states(&mut self, conn: ConnId, user: UserId) {
+        self.ask_read(conn, Purpose::ChatStates, ReadRequest::ChatStates { user });
+    }
+
     /// The next read of `conn`'s sync: its plan, else its next page; or
     /// SyncDone when nothing is left.
     fn sync_step(&mut self, conn: ConnId) {
@@ -525,7 +546,7 @@ impl Core {
                 match answer {
                     ReadAnswer::SyncPlan(result) => self.sync_planned(conn, result),
                     ReadAnswer::SyncPages(result) => self.sync_paged(conn, result),
-                    ReadAnswer::History(_) => {}
+                    ReadAnswer::History(_) | ReadAnswer::ChatStates(_) => {}
                 }
                 // What arrived while the read was in flight, through the
                 // filter as it stands after the answer: a push the answer
@@ -539,6 +560,8 @@ impl Core {
                     }
                 }
             }
+            (Purpose::ChatStates, ReadAnswer::ChatStates(result)) => self.chat_states_answered(conn, result),
+            (Purpose::ChatStates, _) => {}
             // A mismatched answer is a driver bug; the session is not helped
             // by guessing. Its later frames must not wait forever, though.
             (Purpose::History { .. }, _) => {
@@ -625,17 +648,7 @@ impl Core {
             msgs += page.messages.len() as u64;
             for m in page.messages {
                 // The Sync's request id tells a sync page from a live push (0).
-                let frame = self.encoder.message(
-                    request_id,
-                    &Message {
-                        chat_id: chat.0,
-                        seq: m.seq.0,
-                        sender: m.sender.0,
-                        server_ts_ms: m.server_ts_ms,
-                        client_msg_id: m.client_msg_id.0,
-                        text: m.text,
-                    },
-                );
+                let frame = self.encoder.message(request_id, &m.into_wire());
                 out.extend_from_slice(&frame);
             }
             state.delivered.insert(chat, last);
@@ -689,6 +702,9 @@ impl Core {
             .encoder
             .encode(&Frame::new(run.request_id, Body::SyncDone(SyncDone { heads })));
         self.transmit(conn, frame);
+        // A conversation session then gets the current receipts of its chats.
+        let chats: Vec<ChatId> = run.chats.iter().map(|&(chat, _)| chat).collect();
+        self.query_receipts(conn, &chats, self.anchor.0);
     }
 
     pub(super) fn handle_history_frame(
@@ -761,17 +777,7 @@ impl Core {
         };
         let page = HistoryPage {
             chat_id: chat.0,
-            messages: messages
-                .into_iter()
-                .map(|m| Message {
-                    chat_id: chat.0,
-                    seq: m.seq.0,
-                    sender: m.sender.0,
-                    server_ts_ms: m.server_ts_ms,
-                    client_msg_id: m.client_msg_id.0,
-                    text: m.text,
-                })
-                .collect(),
+            messages: messages.into_iter().map(StoredMessage::into_wire).collect(),
             has_more,
         };
         let frame = self
@@ -803,12 +809,21 @@ impl Core {
         }
         let chat = ChatId(ack.chat_id());
         match self.store.sync_is_member(chat, user) {
-            Ok(true) => self.actions.push_back(super::Action::Write(WriteOp::Cursor {
-                origin: self.config.core,
-                device,
-                chat,
-                seq: Seq(ack.seq()),
-            })),
+            Ok(true) => {
+                self.actions.push_back(super::Action::Write(WriteOp::Cursor {
+                    origin: self.config.core,
+                    device,
+                    chat,
+                    seq: Seq(ack.seq()),
+                }));
+                // Delivered receipts are the owner core's (the highest Ack of any device).
+                let delivered = super::CoreMsg::Delivered {
+                    chat,
+                    user,
+                    seq: Seq(ack.seq()),
+                };
+                self.route(chat.owner_core(self.config.cores), delivered, now);
+            }
             // A cursor for a chat the user is not in is ignored (no row per
             // invented chat id); Ack has no answer.
             Ok(false) => {}

@@ -33,6 +33,8 @@ fn config(id: usize, cores: usize) -> CoreConfig {
         max_connections: 4,
         send_rate: 10,
         max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
+        edit_window: DEFAULT_EDIT_WINDOW,
+        delete_window: DEFAULT_DELETE_WINDOW,
     }
 }
 
@@ -52,6 +54,7 @@ fn hello(token: &str) -> BytesMut {
             device: "test".into(),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         }),
     );
     BytesMut::from(&frame.encode()[..])
@@ -196,6 +199,7 @@ fn wrong_protocol_version_and_garbage_and_oversize_frames_close_with_specific_co
             device: "d".into(),
             protocol_version: 99,
             sync_first: false,
+            conversation: false,
         }),
     );
     let garbage = BytesMut::from(&[12u8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8][..]);
@@ -966,6 +970,7 @@ fn a_pipeline_of_history_requests_is_executed_one_read_at_a_time() {
                 server_ts_ms: seq,
                 client_msg_id: ClientMsgId(seq),
                 text: "😀".repeat(100_000),
+                meta: Default::default(),
             },
         })
         .collect();
@@ -1105,6 +1110,7 @@ fn pre_authentication_input_is_capped_and_an_honest_hello_fits() {
             device: "d".repeat(MAX_DEVICE_DESCRIPTION),
             protocol_version: PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         }),
     );
     let mut buf = BytesMut::from(&frame.encode()[..]);
@@ -1279,4 +1285,267 @@ fn a_session_seed_read_off_the_loop_replaces_the_store_reads_unless_friendships_
             assert_eq!(got, vec![(bob.0, false, 999), (cid.0, false, 5)], "the seed's");
         }
     }
+}
+
+// ---- conversation features (issue 15, `conversation.rs`) under the simulated clock ----------
+
+impl Mesh2 {
+    /// Authenticates a session that asked for conversation frames (Hello{conversation}).
+    fn connect_conversation(&mut self, user: UserId, device: u64) -> (usize, ConnId) {
+        let (core, conn) = self.connect(user, device);
+        if let Some(session) = self.cores[core].sessions.get_mut(conn.0) {
+            session.conversation = true;
+        }
+        (core, conn)
+    }
+
+    /// Hands `body` to the session's core as a client frame, then runs the cores.
+    fn frame(&mut self, (core, conn): (usize, ConnId), rid: u64, body: Body) {
+        let now = self.now;
+        let mut buf = BytesMut::from(&Frame::new(rid, body).encode()[..]);
+        self.cores[core].handle_input(conn, &mut buf, now);
+        self.pump();
+    }
+
+    /// Moves the clock to `at` without running timers (no heartbeat timeout closes the
+    /// sessions of a test that jumps minutes ahead; typing and edit windows need no timer).
+    fn set_clock(&mut self, at: Instant) {
+        self.now = at;
+    }
+
+    /// Moves the clock to `at` and lets every core handle its timers.
+    fn advance_to(&mut self, at: Instant) {
+        self.now = at;
+        for core in &mut self.cores {
+            core.handle_timeout(at);
+        }
+        self.pump();
+    }
+}
+
+fn typing_frames(frames: &[Frame]) -> Vec<(u64, bool)> {
+    frames
+        .iter()
+        .filter_map(|f| match &f.body {
+            Body::Typing(t) => Some((t.user_id, t.active)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn typing(chat: ChatId, active: bool) -> Body {
+    Body::Typing(natter_wire::Typing {
+        chat_id: chat.0,
+        active,
+        user_id: 0,
+    })
+}
+
+#[test]
+fn typing_is_passed_on_at_most_once_per_two_seconds_and_expires_after_six() {
+    let mut m = Mesh2::new();
+    let (ann, bob, dan) = (m.user("ann"), m.user("bob"), m.user("dan"));
+    m.befriend(ann, bob);
+    m.befriend(ann, dan);
+    let chat = m.store.create_group(ann, "two", &[bob]).unwrap();
+    let a = m.connect_conversation(ann, 1);
+    let b = m.connect_conversation(bob, 2);
+    let d = m.connect_conversation(dan, 3);
+    let t0 = m.now;
+    m.frame(a, 1, typing(chat, true));
+    assert_eq!(typing_frames(&m.received(b)), [(ann.0, true)]);
+    assert!(typing_frames(&m.received(a)).is_empty(), "not to the typist");
+    // Within 2 s of the last one passed on, refreshes and stops are dropped.
+    m.set_clock(t0 + Duration::from_millis(1500));
+    m.frame(a, 2, typing(chat, true));
+    m.frame(a, 3, typing(chat, false));
+    assert!(typing_frames(&m.received(b)).is_empty());
+    m.set_clock(t0 + TYPING_THROTTLE + Duration::from_millis(1));
+    let t1 = m.now;
+    m.frame(a, 4, typing(chat, true));
+    assert_eq!(typing_frames(&m.received(b)), [(ann.0, true)]);
+    // A non-member's indicator goes nowhere, and it gets none.
+    m.frame(d, 5, typing(chat, true));
+    assert!(typing_frames(&m.received(b)).is_empty());
+    assert!(typing_frames(&m.received(d)).is_empty());
+    // Past the expiry the indicator is gone by itself: a Send ends nothing.
+    m.set_clock(t1 + TYPING_EXPIRY + Duration::from_millis(1));
+    m.send(a, chat, 1, "hi", 6);
+    assert!(typing_frames(&m.received(b)).is_empty());
+    // Shown again, a Send ends it (at once, before its commit).
+    m.frame(a, 7, typing(chat, true));
+    assert_eq!(typing_frames(&m.received(b)), [(ann.0, true)]);
+    m.send(a, chat, 2, "there", 8);
+    assert_eq!(typing_frames(&m.received(b)), [(ann.0, false)]);
+}
+
+#[test]
+fn receipts_are_coalesced_into_one_cumulative_frame_per_member_per_interval() {
+    let mut m = Mesh2::new();
+    let (ann, bob, cat) = (m.user("ann"), m.user("bob"), m.user("cat"));
+    m.befriend(ann, bob);
+    m.befriend(ann, cat);
+    let chat = m.store.create_group(ann, "trio", &[bob, cat]).unwrap();
+    let a = m.connect_conversation(ann, 1);
+    let b = m.connect_conversation(bob, 2);
+    let c = m.connect_conversation(cat, 3);
+    for i in 1..=5 {
+        m.send(a, chat, i, "m", i);
+    }
+    m.commit();
+    for conn in [a, b, c] {
+        m.received(conn);
+    }
+    let t0 = m.now;
+    // Bob acks each of the five, cat only the last: six acks, all within one interval.
+    for seq in 1..=5 {
+        m.frame(b, 0, Body::Ack(natter_wire::Ack { chat_id: chat.0, seq }));
+    }
+    m.frame(
+        c,
+        0,
+        Body::Ack(natter_wire::Ack {
+            chat_id: chat.0,
+            seq: 5,
+        }),
+    );
+    let receipts = |frames: Vec<Frame>| -> Vec<(u64, u64, u64)> {
+        frames
+            .into_iter()
+            .filter_map(|f| match f.body {
+                Body::Receipt(r) => Some((r.user_id, r.delivered_seq, r.read_seq)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(
+        receipts(m.received(a)).is_empty(),
+        "nothing before the interval ends"
+    );
+    m.advance_to(t0 + RECEIPT_INTERVAL - Duration::from_millis(1));
+    assert!(receipts(m.received(a)).is_empty());
+    m.advance_to(t0 + RECEIPT_INTERVAL);
+    let mut got = receipts(m.received(a));
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        [(bob.0, 5, 0), (cat.0, 5, 0)],
+        "one cumulative receipt per member"
+    );
+    assert_eq!(
+        receipts(m.received(b)),
+        [(cat.0, 5, 0)],
+        "the other members get it too"
+    );
+    assert_eq!(receipts(m.received(c)), [(bob.0, 5, 0)]);
+    // A read marker (from the side-port) is coalesced the same way; an old or repeated value
+    // changes nothing and sends nothing.
+    let owner = chat.owner_core(2).0;
+    let now = m.now;
+    let read = |seq| CoreMsg::ReadMarker {
+        chat,
+        user: bob,
+        seq: Seq(seq),
+    };
+    m.cores[owner].handle_core_msgs(vec![read(3), read(4), read(2)], now);
+    m.pump();
+    m.advance_to(now + RECEIPT_INTERVAL);
+    assert_eq!(receipts(m.received(a)), [(bob.0, 5, 4)]);
+    m.cores[owner].handle_core_msgs(vec![read(4)], now);
+    m.advance_to(now + RECEIPT_INTERVAL * 3);
+    assert!(receipts(m.received(a)).is_empty());
+    // With read receipts off, bob's read marker shows as 0, and bob sees none of the others'.
+    m.cores[owner].handle_core_msgs(
+        vec![CoreMsg::Settings {
+            user: bob,
+            read_receipts: false,
+        }],
+        m.now,
+    );
+    m.cores[owner].handle_core_msgs(
+        vec![CoreMsg::ReadMarker {
+            chat,
+            user: cat,
+            seq: Seq(5),
+        }],
+        m.now,
+    );
+    let later = m.now + RECEIPT_INTERVAL;
+    m.advance_to(later);
+    let mut got = receipts(m.received(a));
+    got.sort_unstable();
+    assert_eq!(got, [(bob.0, 5, 0), (cat.0, 5, 5)]);
+    assert_eq!(receipts(m.received(b)), [(cat.0, 5, 0)]);
+}
+
+#[test]
+fn edits_and_deletes_keep_to_their_windows_under_the_simulated_clock() {
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let (chat, _) = m.store.create_dm(ann, bob).unwrap();
+    let a = m.connect(ann, 1);
+    m.send(a, chat, 1, "first", 1);
+    m.send(a, chat, 2, "second", 2);
+    m.commit();
+    m.received(a);
+    let t0 = m.now;
+    let edit = |cmid: u64, target: u64| {
+        Body::Edit(natter_wire::Edit {
+            chat_id: chat.0,
+            target_seq: target,
+            client_msg_id: cmid,
+            text: format!("edit {cmid}"),
+        })
+    };
+    // Just inside the 15-minute window: accepted, acknowledged after its commit only.
+    m.set_clock(t0 + DEFAULT_EDIT_WINDOW - Duration::from_secs(1));
+    m.frame(a, 10, edit(10, 1));
+    assert!(m.received(a).is_empty(), "no SendOk before the commit");
+    m.commit();
+    let got = m.received(a);
+    assert!(
+        matches!(&got[..], [Frame { body: Body::SendOk(ok), .. }] if ok.seq == 3),
+        "{got:?}"
+    );
+    // Past it: refused with its own code, nothing written.
+    m.set_clock(t0 + DEFAULT_EDIT_WINDOW + Duration::from_secs(1));
+    m.frame(a, 11, edit(11, 2));
+    assert_eq!(error_code(&m.received(a)), [ErrorCode::WindowClosed.as_u16()]);
+    assert!(m.writes.is_empty());
+    // Deleting is allowed for 48 hours.
+    m.frame(
+        a,
+        12,
+        Body::Delete(natter_wire::Delete {
+            chat_id: chat.0,
+            target_seq: 2,
+            client_msg_id: 12,
+        }),
+    );
+    m.commit();
+    let got = m.received(a);
+    assert!(
+        matches!(&got[..], [Frame { body: Body::SendOk(ok), .. }] if ok.seq == 4),
+        "{got:?}"
+    );
+    m.set_clock(t0 + DEFAULT_DELETE_WINDOW + Duration::from_secs(1));
+    m.frame(
+        a,
+        13,
+        Body::Delete(natter_wire::Delete {
+            chat_id: chat.0,
+            target_seq: 1,
+            client_msg_id: 13,
+        }),
+    );
+    assert_eq!(error_code(&m.received(a)), [ErrorCode::WindowClosed.as_u16()]);
+    // The committed records: the first message edited, the second deleted (text gone).
+    let first = m.store.message(chat, Seq(1)).unwrap().unwrap();
+    assert_eq!(
+        (first.text.as_str(), first.meta.edited, first.meta.edits.clone()),
+        ("edit 10", Seq(3), vec![Seq(3)])
+    );
+    let second = m.store.message(chat, Seq(2)).unwrap().unwrap();
+    assert_eq!((second.text.as_str(), second.meta.deleted), ("", Seq(4)));
 }

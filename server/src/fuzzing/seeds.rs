@@ -97,6 +97,7 @@ pub fn sample_frames() -> Vec<(&'static str, Frame)> {
         server_ts_ms: 1_700_000_000_123,
         client_msg_id: 0x00c0_ffee_0000 + seq,
         text: text.to_owned(),
+        ..Message::default()
     };
     let token = "5f".repeat(32);
     vec![
@@ -109,6 +110,7 @@ pub fn sample_frames() -> Vec<(&'static str, Frame)> {
                     device: "phone/ios 18".into(),
                     protocol_version: PROTOCOL_VERSION,
                     sync_first: false,
+                    conversation: false,
                 }),
             ),
         ),

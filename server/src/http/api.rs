@@ -168,6 +168,10 @@ enum Route<'a> {
     /// `/v1/devices/{id}/pusher`: GET, POST and DELETE.
     Pusher(&'a str),
     OpenApi,
+    /// `/v1/chats/{id}/receipts` (`api/conversation.rs`).
+    Receipts(&'a str),
+    /// `/v1/settings`: GET and PUT (`api/conversation.rs`).
+    Settings,
 }
 
 impl<'a> Route<'a> {
@@ -207,6 +211,8 @@ impl<'a> Route<'a> {
             ("v1", Some("presence"), None, ..) => Self::Presence,
             ("v1", Some("devices"), Some(id), Some("pusher"), None) => Self::Pusher(id),
             ("v1", Some("openapi.json"), None, ..) => Self::OpenApi,
+            ("v1", Some("chats"), Some(id), Some("receipts"), None) => Self::Receipts(id),
+            ("v1", Some("settings"), None, ..) => Self::Settings,
             _ => return None,
         };
         Some(route)
@@ -216,6 +222,8 @@ impl<'a> Route<'a> {
     fn method(self) -> &'static str {
         match self {
             Self::Pusher(_) => "GET, POST, DELETE",
+            Self::Receipts(_) => "GET",
+            Self::Settings => "GET, PUT",
             Self::OpenApi => "GET",
             Self::Healthz
             | Self::Metrics
@@ -405,6 +413,11 @@ impl Api {
                 "POST" => self.set_pusher(req, id),
                 "DELETE" => self.delete_pusher(req, id),
                 _ => self.get_pusher(req, id),
+            },
+            Route::Receipts(id) => self.receipts(req, id),
+            Route::Settings => match req.method {
+                "PUT" => self.put_settings(req),
+                _ => self.get_settings(req),
             },
             Route::OpenApi => Ok(Response {
                 status: 200,
@@ -740,10 +753,15 @@ impl Api {
                 }
             };
             let last_seq = self.store.last_seq(id).map_err(store_error)?;
-            let read = self.store.read_marker(user, id).map_err(store_error)?;
+            let read = self
+                .store
+                .read_marker(user, id)
+                .map_err(store_error)?
+                .min(last_seq);
+            let unread = self.store.unread(user, id, read, last_seq).map_err(store_error)?;
             chats.push(json!({
                 "chat_id": id.0, "kind": kind, "name": name, "last_seq": last_seq.0,
-                "read_seq": read.0.min(last_seq.0), "unread": last_seq.0.saturating_sub(read.0),
+                "read_seq": read.0, "unread": unread,
             }));
         }
         Ok(Response::json(200, &json!({"chats": chats})))
@@ -769,9 +787,14 @@ impl Api {
         if let Some(push) = &self.push {
             push.read(user, chat, read);
         }
+        self.read_marker_moved(user, chat, read);
+        let unread = self
+            .store
+            .unread(user, chat, read, last_seq)
+            .map_err(store_error)?;
         Ok(Response::json(
             200,
-            &json!({"chat_id": chat.0, "read_seq": read.0, "unread": last_seq.0.saturating_sub(read.0)}),
+            &json!({"chat_id": chat.0, "read_seq": read.0, "unread": unread}),
         ))
     }
 
@@ -1196,6 +1219,8 @@ fn store_error(error: StoreError) -> Response {
         }
     }
 }
+
+mod conversation;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

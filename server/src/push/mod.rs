@@ -290,7 +290,9 @@ impl PushHandle {
                     seq: *seq,
                 }),
                 WriteOp::Membership { chat, .. } => Some(Fact::Membership { chat: *chat }),
-                WriteOp::LastSeen { .. } => None,
+                // Edits and deletes notify nobody (the push thread still sees their seq through
+                // the next message or cursor); receipts are no facts of push.
+                WriteOp::LastSeen { .. } | WriteOp::Amend { .. } | WriteOp::Receipt { .. } => None,
             })
             .collect();
         if !facts.is_empty() {

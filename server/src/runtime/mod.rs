@@ -150,6 +150,8 @@ impl Cores {
                 cores: config.cores,
                 heartbeat_timeout: config.heartbeat_timeout,
                 presence_grace: config.presence_grace,
+                edit_window: config.edit_window,
+                delete_window: config.delete_window,
                 limits: natter_wire::Limits::with_max_frame(config.max_frame),
                 max_connections: config.max_connections_per_core,
                 send_rate: config.send_rate_limit,

@@ -287,6 +287,7 @@ mod tests {
                 server_ts_ms: 500 + seq,
                 client_msg_id: ClientMsgId(10 * seq),
                 text: format!("message {seq}"),
+                meta: Default::default(),
             },
         }
     }

@@ -43,8 +43,28 @@ impl ChatStore for Store {
         Ok(Some(ChatSnapshot {
             kind: info.kind,
             owner: info.owner,
-            members: info.members,
             last_seq: self.last_seq(chat)?,
+            delivered: self.delivered_seqs(chat)?,
+            read: {
+                let mut read = Vec::new();
+                for &user in &info.members {
+                    let seq = self.read_marker(user, chat)?;
+                    if seq.0 != 0 {
+                        read.push((user, seq));
+                    }
+                }
+                read
+            },
+            read_receipts_off: {
+                let mut off = Vec::new();
+                for &user in &info.members {
+                    if !self.settings(user)?.read_receipts {
+                        off.push(user);
+                    }
+                }
+                off
+            },
+            members: info.members,
         }))
     }
 
@@ -85,6 +105,11 @@ impl ChatStore for Store {
         };
         let page = self.messages_page(chat, Seq(after), 1, usize::MAX)?;
         Ok(page.into_iter().find(|m| m.seq == seq).map(|m| m.text))
+    }
+
+    fn stored_message(&self, chat: ChatId, seq: Seq) -> Result<Option<StoredMessage>, ReadError> {
+        note();
+        Ok(self.message(chat, seq)?)
     }
 }
 
@@ -129,5 +154,21 @@ impl SyncStore for Store {
     ) -> Result<(Vec<StoredMessage>, bool), ReadError> {
         note();
         Ok(self.messages_before(chat, before, max_msgs, max_bytes)?)
+    }
+
+    fn sync_chat_states(&self, user: UserId) -> Result<Vec<natter_wire::ChatState>, ReadError> {
+        note();
+        let mut out = Vec::new();
+        for chat in self.user_chats(user)? {
+            let last = self.last_seq(chat)?;
+            let read = self.read_marker(user, chat)?.min(last);
+            out.push(natter_wire::ChatState {
+                chat_id: chat.0,
+                last_seq: last.0,
+                read_seq: read.0,
+                unread: self.unread(user, chat, read, last)?,
+            });
+        }
+        Ok(out)
     }
 }

@@ -153,6 +153,7 @@ mod tests {
                 server_ts_ms: seq,
                 client_msg_id: ClientMsgId(seq),
                 text: text.into(),
+                meta: Default::default(),
             },
         }
     }

@@ -108,6 +108,7 @@ pub(crate) fn encode_message(sender: u64, server_ts_ms: u64, client_msg_id: u64,
         server_ts_ms,
         client_msg_id: crate::ids::ClientMsgId(client_msg_id),
         text: text.to_owned(),
+        meta: Default::default(),
     }
     .encode_value()
 }

@@ -44,6 +44,8 @@
 //! signup and login, and the per-user rate limit of every other HTTP write).
 
 mod chats;
+mod conversation;
+pub use conversation::{Settings, UNREAD_SCAN_LIMIT};
 mod core_reads;
 pub use core_reads::take_reads_on_this_thread;
 mod cursors;
@@ -227,6 +229,9 @@ pub struct Store {
     last_seen: Keyspace,
     cursors: Keyspace,
     read_markers: Keyspace,
+    /// Delivered seqs and user settings (`conversation.rs`).
+    receipts: Keyspace,
+    settings: Keyspace,
     /// Pushers and push watermarks (`push.rs`).
     pushers: Keyspace,
     push_marks: Keyspace,
@@ -271,6 +276,8 @@ impl Store {
             last_seen: ks(keys::LAST_SEEN)?,
             cursors: ks(keys::CURSORS)?,
             read_markers: ks(keys::READ_MARKERS)?,
+            receipts: ks(conversation::RECEIPTS)?,
+            settings: ks(conversation::SETTINGS)?,
             pushers: ks(push::PUSHERS)?,
             push_marks: ks(push::PUSH_MARKS)?,
             db,

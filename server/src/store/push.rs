@@ -319,6 +319,7 @@ mod tests {
                 server_ts_ms: 1,
                 client_msg_id: ClientMsgId(seq),
                 text: "hi".into(),
+                meta: Default::default(),
             },
         }
     }

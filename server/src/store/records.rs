@@ -11,6 +11,7 @@
 //! from disk and must never panic the server.
 
 pub use crate::core::{ChatKind, StoredMessage};
+use crate::core::{MAX_EDITS_PER_MESSAGE, MessageKind, MessageMeta};
 use crate::ids::{ChatId, ClientMsgId, Seq, UserId};
 
 /// Version byte of the current user record layout.
@@ -23,6 +24,11 @@ const CHAT_V1: u8 = 1;
 const MEMBER_V1: u8 = 1;
 /// Version byte of the current message record layout.
 const MESSAGE_V1: u8 = 1;
+/// Version byte of the message layout with conversation fields (issue 15): after the client id,
+/// kind (u8), target, edited, deleted (u64 each), the number of edits (u8) and their seqs, then
+/// the text. Used only for records whose [`MessageMeta`] is not the default, so plain texts keep
+/// the shorter V1 layout (and data directories written before issue 15 read unchanged).
+const MESSAGE_V2: u8 = 2;
 /// Bytes of a message value before its text: version, sender, timestamp, client id.
 pub(crate) const MESSAGE_HEADER_LEN: usize = 1 + 8 + 8 + 8;
 
@@ -196,11 +202,37 @@ pub(crate) fn decode_member(bytes: &[u8]) -> Option<u64> {
 impl StoredMessage {
     /// Encodes the `messages[chat ++ seq]` value.
     pub(crate) fn encode_value(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(MESSAGE_HEADER_LEN + self.text.len());
-        w.u8(MESSAGE_V1);
+        let plain = self.meta == MessageMeta::default();
+        let extra = if plain {
+            0
+        } else {
+            1 + 24 + 1 + 8 * self.meta.edits.len()
+        };
+        let mut w = Writer::with_capacity(MESSAGE_HEADER_LEN + extra + self.text.len());
+        w.u8(if plain { MESSAGE_V1 } else { MESSAGE_V2 });
         w.u64(self.sender.0);
         w.u64(self.server_ts_ms);
         w.u64(self.client_msg_id.0);
+        if !plain {
+            w.u8(match self.meta.kind {
+                MessageKind::Text => 0,
+                MessageKind::Edit => 1,
+                MessageKind::Delete => 2,
+            });
+            w.u64(self.meta.target.0);
+            w.u64(self.meta.edited.0);
+            w.u64(self.meta.deleted.0);
+            // The owner core never lets the list pass MAX_EDITS_PER_MESSAGE (< 256).
+            let edits = self
+                .meta
+                .edits
+                .get(..MAX_EDITS_PER_MESSAGE)
+                .unwrap_or(&self.meta.edits);
+            w.u8(edits.len() as u8);
+            for seq in edits {
+                w.u64(seq.0);
+            }
+        }
         w.0.extend_from_slice(self.text.as_bytes());
         w.0
     }
@@ -208,12 +240,32 @@ impl StoredMessage {
     /// Decodes the value stored for `(chat, seq)`; `None` if malformed.
     pub(crate) fn decode_value(chat: ChatId, seq: Seq, bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
-        if r.u8()? != MESSAGE_V1 {
+        let version = r.u8()?;
+        if version != MESSAGE_V1 && version != MESSAGE_V2 {
             return None;
         }
         let sender = UserId(r.u64()?);
         let server_ts_ms = r.u64()?;
         let client_msg_id = ClientMsgId(r.u64()?);
+        let mut meta = MessageMeta::default();
+        if version == MESSAGE_V2 {
+            meta.kind = match r.u8()? {
+                0 => MessageKind::Text,
+                1 => MessageKind::Edit,
+                2 => MessageKind::Delete,
+                _ => return None,
+            };
+            meta.target = Seq(r.u64()?);
+            meta.edited = Seq(r.u64()?);
+            meta.deleted = Seq(r.u64()?);
+            let n = usize::from(r.u8()?);
+            if n > MAX_EDITS_PER_MESSAGE {
+                return None;
+            }
+            for _ in 0..n {
+                meta.edits.push(Seq(r.u64()?));
+            }
+        }
         let text = std::str::from_utf8(r.rest()).ok()?.to_owned();
         Some(Self {
             chat,
@@ -222,6 +274,7 @@ impl StoredMessage {
             server_ts_ms,
             client_msg_id,
             text,
+            meta,
         })
     }
 }
@@ -358,6 +411,7 @@ mod tests {
             server_ts_ms: 1_700_000_000_123,
             client_msg_id: ClientMsgId(u64::MAX),
             text: "héllo 👋".into(),
+            meta: Default::default(),
         }
     }
 

@@ -116,7 +116,9 @@ impl WriteOp {
             Self::Message { origin, .. }
             | Self::Membership { origin, .. }
             | Self::LastSeen { origin, .. }
-            | Self::Cursor { origin, .. } => *origin,
+            | Self::Cursor { origin, .. }
+            | Self::Amend { origin, .. }
+            | Self::Receipt { origin, .. } => *origin,
         }
     }
 
@@ -125,19 +127,22 @@ impl WriteOp {
     fn text_bytes(&self) -> usize {
         match self {
             Self::Message { msg, .. } => msg.text.len(),
-            Self::Membership { .. } | Self::LastSeen { .. } | Self::Cursor { .. } => 0,
+            Self::Amend { msg, rewrites, .. } => {
+                msg.text.len() + rewrites.iter().map(|m| m.text.len()).sum::<usize>()
+            }
+            Self::Membership { .. } | Self::LastSeen { .. } | Self::Cursor { .. } | Self::Receipt { .. } => 0,
         }
     }
 
     /// What the origin core is told once this op is durable (`None`: nothing).
     fn completion(&self) -> Option<Completion> {
         match self {
-            Self::Message { msg, .. } => Some(Completion::Message {
+            Self::Message { msg, .. } | Self::Amend { msg, .. } => Some(Completion::Message {
                 chat: msg.chat,
                 seq: msg.seq,
             }),
             Self::Membership { ticket, .. } => Some(Completion::Membership { ticket: *ticket }),
-            Self::LastSeen { .. } | Self::Cursor { .. } => None,
+            Self::LastSeen { .. } | Self::Cursor { .. } | Self::Receipt { .. } => None,
         }
     }
 }
@@ -172,6 +177,9 @@ impl WriterSender {
     /// # Errors
     /// Gives the op back when the queue is full (retry on a later turn, in
     /// order) or the writer has stopped.
+    // A refused op goes back to the caller by value, as it came: boxing it would cost every
+    // message an allocation to save a move on the rare full queue.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, op: WriteOp) -> Result<(), WriteOp> {
         self.tx.try_send(op).map_err(TrySendError::into_inner)
     }
@@ -182,6 +190,9 @@ impl WriterSender {
     ///
     /// # Errors
     /// Gives the op back when the writer has stopped.
+    // A refused op goes back to the caller by value, as it came: boxing it would cost every
+    // message an allocation to save a move on the rare full queue.
+    #[allow(clippy::result_large_err)]
     pub fn send_blocking(&self, op: WriteOp) -> Result<(), WriteOp> {
         self.tx.send(op).map_err(|e| e.into_inner())
     }
@@ -429,6 +440,29 @@ impl Store {
                         keys::triple(msg.chat.0, msg.sender.0, msg.client_msg_id.0),
                         keys::pair(msg.seq.0, msg.server_ts_ms),
                     );
+                }
+                WriteOp::Amend { msg, rewrites, .. } => {
+                    for m in rewrites {
+                        batch.insert(&self.messages, keys::pair(m.chat.0, m.seq.0), m.encode_value());
+                    }
+                    batch.insert(
+                        &self.messages,
+                        keys::pair(msg.chat.0, msg.seq.0),
+                        msg.encode_value(),
+                    );
+                    batch.insert(
+                        &self.dedupe,
+                        keys::triple(msg.chat.0, msg.sender.0, msg.client_msg_id.0),
+                        keys::pair(msg.seq.0, msg.server_ts_ms),
+                    );
+                }
+                WriteOp::Receipt {
+                    chat,
+                    user,
+                    delivered,
+                    ..
+                } => {
+                    batch.insert(&self.receipts, keys::pair(chat.0, user.0), keys::id(delivered.0));
                 }
                 WriteOp::Membership {
                     chat,

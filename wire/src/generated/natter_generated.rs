@@ -11,12 +11,102 @@ pub mod wire {
 
 
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_BODY: u8 = 0;
+pub const ENUM_MIN_MESSAGE_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 15;
+pub const ENUM_MAX_MESSAGE_KIND: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 16] = [
+pub const ENUM_VALUES_MESSAGE_KIND: [MessageKind; 3] = [
+  MessageKind::Text,
+  MessageKind::Edit,
+  MessageKind::Delete,
+];
+
+/// What a `Message` record is (issue 15): a text, or an edit or delete of an
+/// earlier text in the same chat (`Message.target_seq`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct MessageKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl MessageKind {
+  pub const Text: Self = Self(0);
+  pub const Edit: Self = Self(1);
+  pub const Delete: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Text,
+    Self::Edit,
+    Self::Delete,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Text => Some("Text"),
+      Self::Edit => Some("Edit"),
+      Self::Delete => Some("Delete"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for MessageKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for MessageKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for MessageKind {
+    type Output = MessageKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for MessageKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for MessageKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for MessageKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_BODY: u8 = 20;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_BODY: [Body; 21] = [
   Body::NONE,
   Body::Hello,
   Body::Welcome,
@@ -33,6 +123,11 @@ pub const ENUM_VALUES_BODY: [Body; 16] = [
   Body::Pong,
   Body::Error,
   Body::Resync,
+  Body::Edit,
+  Body::Delete,
+  Body::Typing,
+  Body::Receipt,
+  Body::ChatStates,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -56,9 +151,14 @@ impl Body {
   pub const Pong: Self = Self(13);
   pub const Error: Self = Self(14);
   pub const Resync: Self = Self(15);
+  pub const Edit: Self = Self(16);
+  pub const Delete: Self = Self(17);
+  pub const Typing: Self = Self(18);
+  pub const Receipt: Self = Self(19);
+  pub const ChatStates: Self = Self(20);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 15;
+  pub const ENUM_MAX: u8 = 20;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Hello,
@@ -76,6 +176,11 @@ impl Body {
     Self::Pong,
     Self::Error,
     Self::Resync,
+    Self::Edit,
+    Self::Delete,
+    Self::Typing,
+    Self::Receipt,
+    Self::ChatStates,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -96,6 +201,11 @@ impl Body {
       Self::Pong => Some("Pong"),
       Self::Error => Some("Error"),
       Self::Resync => Some("Resync"),
+      Self::Edit => Some("Edit"),
+      Self::Delete => Some("Delete"),
+      Self::Typing => Some("Typing"),
+      Self::Receipt => Some("Receipt"),
+      Self::ChatStates => Some("ChatStates"),
       _ => None,
     }
   }
@@ -280,6 +390,201 @@ impl<'a> Cursor {
 
 }
 
+/// One chat in the state a session gets after Welcome (`ChatStates`).
+// struct ChatState, aligned to 8
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq)]
+pub struct ChatState(pub [u8; 32]);
+impl Default for ChatState { 
+  fn default() -> Self { 
+    Self([0; 32])
+  }
+}
+impl ::core::fmt::Debug for ChatState {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    f.debug_struct("ChatState")
+      .field("chat_id", &self.chat_id())
+      .field("last_seq", &self.last_seq())
+      .field("read_seq", &self.read_seq())
+      .field("unread", &self.unread())
+      .finish()
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for ChatState {}
+impl<'a> ::flatbuffers::Follow<'a> for ChatState {
+  type Inner = &'a ChatState;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { <&'a ChatState>::follow(buf, loc) }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for &'a ChatState {
+  type Inner = &'a ChatState;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    unsafe { ::flatbuffers::follow_cast_ref::<ChatState>(buf, loc) }
+  }
+}
+impl<'b> ::flatbuffers::Push for ChatState {
+    type Output = ChatState;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        let src = unsafe { ::core::slice::from_raw_parts(self as *const ChatState as *const u8, <Self as ::flatbuffers::Push>::size()) };
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn alignment() -> ::flatbuffers::PushAlignment {
+        ::flatbuffers::PushAlignment::new(8)
+    }
+}
+
+impl<'a> ::flatbuffers::Verifiable for ChatState {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.in_buffer::<Self>(pos)
+  }
+}
+
+impl<'a> ChatState {
+  #[allow(clippy::too_many_arguments)]
+  pub fn new(
+    chat_id: u64,
+    last_seq: u64,
+    read_seq: u64,
+    unread: u64,
+  ) -> Self {
+    let mut s = Self([0; 32]);
+    s.set_chat_id(chat_id);
+    s.set_last_seq(last_seq);
+    s.set_read_seq(read_seq);
+    s.set_unread(unread);
+    s
+  }
+
+  pub fn chat_id(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[0..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_chat_id(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[0..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// The chat's last seq.
+  pub fn last_seq(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[8..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_last_seq(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[8..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// The user's read marker (the same on every device of the user).
+  pub fn read_seq(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[16..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_read_seq(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[16..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+  /// Text messages of others after `read_seq` that are not deleted.
+  pub fn unread(&self) -> u64 {
+    let mut mem = ::core::mem::MaybeUninit::<<u64 as ::flatbuffers::EndianScalar>::Scalar>::uninit();
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    ::flatbuffers::EndianScalar::from_little_endian(unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        self.0[24..].as_ptr(),
+        mem.as_mut_ptr() as *mut u8,
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+      mem.assume_init()
+    })
+  }
+
+  pub fn set_unread(&mut self, x: u64) {
+    let x_le = ::flatbuffers::EndianScalar::to_little_endian(x);
+    // Safety:
+    // Created from a valid Table for this object
+    // Which contains a valid value in this slot
+    unsafe {
+      ::core::ptr::copy_nonoverlapping(
+        &x_le as *const _ as *const u8,
+        self.0[24..].as_mut_ptr(),
+        ::core::mem::size_of::<<u64 as ::flatbuffers::EndianScalar>::Scalar>(),
+      );
+    }
+  }
+
+}
+
 pub enum HelloOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -301,6 +606,7 @@ impl<'a> Hello<'a> {
   pub const VT_DEVICE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PROTOCOL_VERSION: ::flatbuffers::VOffsetT = 8;
   pub const VT_SYNC_FIRST: ::flatbuffers::VOffsetT = 10;
+  pub const VT_CONVERSATION: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -315,6 +621,7 @@ impl<'a> Hello<'a> {
     builder.add_protocol_version(args.protocol_version);
     if let Some(x) = args.device { builder.add_device(x); }
     if let Some(x) = args.token { builder.add_token(x); }
+    builder.add_conversation(args.conversation);
     builder.add_sync_first(args.sync_first);
     builder.finish()
   }
@@ -355,6 +662,17 @@ impl<'a> Hello<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(Hello::VT_SYNC_FIRST, Some(false)).unwrap()}
   }
+  /// The client understands the conversation frames of issue 15 (Receipt,
+  /// Typing, ChatStates): only then does the server send it any, and a
+  /// ChatStates right after the Welcome. Edits and deletes arrive as
+  /// `Message`s either way.
+  #[inline]
+  pub fn conversation(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Hello::VT_CONVERSATION, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Hello<'_> {
@@ -367,6 +685,7 @@ impl ::flatbuffers::Verifiable for Hello<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("device", Self::VT_DEVICE, false)?
      .visit_field::<u32>("protocol_version", Self::VT_PROTOCOL_VERSION, false)?
      .visit_field::<bool>("sync_first", Self::VT_SYNC_FIRST, false)?
+     .visit_field::<bool>("conversation", Self::VT_CONVERSATION, false)?
      .finish();
     Ok(())
   }
@@ -376,6 +695,7 @@ pub struct HelloArgs<'a> {
     pub device: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub protocol_version: u32,
     pub sync_first: bool,
+    pub conversation: bool,
 }
 impl<'a> Default for HelloArgs<'a> {
   #[inline]
@@ -385,6 +705,7 @@ impl<'a> Default for HelloArgs<'a> {
       device: None,
       protocol_version: 0,
       sync_first: false,
+      conversation: false,
     }
   }
 }
@@ -411,6 +732,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HelloBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(Hello::VT_SYNC_FIRST, sync_first, false);
   }
   #[inline]
+  pub fn add_conversation(&mut self, conversation: bool) {
+    self.fbb_.push_slot::<bool>(Hello::VT_CONVERSATION, conversation, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HelloBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HelloBuilder {
@@ -432,6 +757,7 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.field("device", &self.device());
       ds.field("protocol_version", &self.protocol_version());
       ds.field("sync_first", &self.sync_first());
+      ds.field("conversation", &self.conversation());
       ds.finish()
   }
 }
@@ -929,6 +1255,10 @@ impl<'a> Message<'a> {
   pub const VT_SERVER_TS_MS: ::flatbuffers::VOffsetT = 10;
   pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 12;
   pub const VT_TEXT: ::flatbuffers::VOffsetT = 14;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 16;
+  pub const VT_TARGET_SEQ: ::flatbuffers::VOffsetT = 18;
+  pub const VT_EDITED_SEQ: ::flatbuffers::VOffsetT = 20;
+  pub const VT_DELETED_SEQ: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -940,12 +1270,16 @@ impl<'a> Message<'a> {
     args: &'args MessageArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Message<'bldr>> {
     let mut builder = MessageBuilder::new(_fbb);
+    builder.add_deleted_seq(args.deleted_seq);
+    builder.add_edited_seq(args.edited_seq);
+    builder.add_target_seq(args.target_seq);
     builder.add_client_msg_id(args.client_msg_id);
     builder.add_server_ts_ms(args.server_ts_ms);
     builder.add_sender(args.sender);
     builder.add_seq(args.seq);
     builder.add_chat_id(args.chat_id);
     if let Some(x) = args.text { builder.add_text(x); }
+    builder.add_kind(args.kind);
     builder.finish()
   }
 
@@ -985,12 +1319,47 @@ impl<'a> Message<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Message::VT_CLIENT_MSG_ID, Some(0)).unwrap()}
   }
+  /// For a Text: its current text (the latest edit's; empty once deleted).
+  /// For an Edit: the new text (empty once the target is deleted). For a
+  /// Delete: empty.
   #[inline]
   pub fn text(&self) -> Option<&'a str> {
     // Safety:
     // Created from valid Table for this object
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Message::VT_TEXT, None)}
+  }
+  /// Text (an ordinary message), Edit or Delete (appended, issue 15).
+  #[inline]
+  pub fn kind(&self) -> MessageKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<MessageKind>(Message::VT_KIND, Some(MessageKind::Text)).unwrap()}
+  }
+  /// For an Edit or Delete: the seq of the Text it changes; 0 for a Text.
+  #[inline]
+  pub fn target_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Message::VT_TARGET_SEQ, Some(0)).unwrap()}
+  }
+  /// For a Text: the seq of the latest Edit applied to it (0: never edited).
+  #[inline]
+  pub fn edited_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Message::VT_EDITED_SEQ, Some(0)).unwrap()}
+  }
+  /// For a Text: the seq of the Delete that removed it (0: not deleted).
+  #[inline]
+  pub fn deleted_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Message::VT_DELETED_SEQ, Some(0)).unwrap()}
   }
 }
 
@@ -1006,6 +1375,10 @@ impl ::flatbuffers::Verifiable for Message<'_> {
      .visit_field::<u64>("server_ts_ms", Self::VT_SERVER_TS_MS, false)?
      .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("text", Self::VT_TEXT, false)?
+     .visit_field::<MessageKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("target_seq", Self::VT_TARGET_SEQ, false)?
+     .visit_field::<u64>("edited_seq", Self::VT_EDITED_SEQ, false)?
+     .visit_field::<u64>("deleted_seq", Self::VT_DELETED_SEQ, false)?
      .finish();
     Ok(())
   }
@@ -1017,6 +1390,10 @@ pub struct MessageArgs<'a> {
     pub server_ts_ms: u64,
     pub client_msg_id: u64,
     pub text: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub kind: MessageKind,
+    pub target_seq: u64,
+    pub edited_seq: u64,
+    pub deleted_seq: u64,
 }
 impl<'a> Default for MessageArgs<'a> {
   #[inline]
@@ -1028,6 +1405,10 @@ impl<'a> Default for MessageArgs<'a> {
       server_ts_ms: 0,
       client_msg_id: 0,
       text: None,
+      kind: MessageKind::Text,
+      target_seq: 0,
+      edited_seq: 0,
+      deleted_seq: 0,
     }
   }
 }
@@ -1062,6 +1443,22 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MessageBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Message::VT_TEXT, text);
   }
   #[inline]
+  pub fn add_kind(&mut self, kind: MessageKind) {
+    self.fbb_.push_slot::<MessageKind>(Message::VT_KIND, kind, MessageKind::Text);
+  }
+  #[inline]
+  pub fn add_target_seq(&mut self, target_seq: u64) {
+    self.fbb_.push_slot::<u64>(Message::VT_TARGET_SEQ, target_seq, 0);
+  }
+  #[inline]
+  pub fn add_edited_seq(&mut self, edited_seq: u64) {
+    self.fbb_.push_slot::<u64>(Message::VT_EDITED_SEQ, edited_seq, 0);
+  }
+  #[inline]
+  pub fn add_deleted_seq(&mut self, deleted_seq: u64) {
+    self.fbb_.push_slot::<u64>(Message::VT_DELETED_SEQ, deleted_seq, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MessageBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     MessageBuilder {
@@ -1085,6 +1482,10 @@ impl ::core::fmt::Debug for Message<'_> {
       ds.field("server_ts_ms", &self.server_ts_ms());
       ds.field("client_msg_id", &self.client_msg_id());
       ds.field("text", &self.text());
+      ds.field("kind", &self.kind());
+      ds.field("target_seq", &self.target_seq());
+      ds.field("edited_seq", &self.edited_seq());
+      ds.field("deleted_seq", &self.deleted_seq());
       ds.finish()
   }
 }
@@ -2203,6 +2604,674 @@ impl ::core::fmt::Debug for Resync<'_> {
       ds.finish()
   }
 }
+pub enum EditOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client → server: replace the text of an earlier message of your own.
+/// Answered like Send (SendOk with the edit record's own seq, or Error);
+/// retried with the same `client_msg_id` it is stored once.
+pub struct Edit<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Edit<'a> {
+  type Inner = Edit<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Edit<'a> {
+  pub const VT_CHAT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TARGET_SEQ: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 8;
+  pub const VT_TEXT: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Edit { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EditArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Edit<'bldr>> {
+    let mut builder = EditBuilder::new(_fbb);
+    builder.add_client_msg_id(args.client_msg_id);
+    builder.add_target_seq(args.target_seq);
+    builder.add_chat_id(args.chat_id);
+    if let Some(x) = args.text { builder.add_text(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn chat_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Edit::VT_CHAT_ID, Some(0)).unwrap()}
+  }
+  /// The seq of the Text message to edit.
+  #[inline]
+  pub fn target_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Edit::VT_TARGET_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn client_msg_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Edit::VT_CLIENT_MSG_ID, Some(0)).unwrap()}
+  }
+  /// The new text: 1 to 100,000 Unicode scalar values.
+  #[inline]
+  pub fn text(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Edit::VT_TEXT, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Edit<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("chat_id", Self::VT_CHAT_ID, false)?
+     .visit_field::<u64>("target_seq", Self::VT_TARGET_SEQ, false)?
+     .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("text", Self::VT_TEXT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EditArgs<'a> {
+    pub chat_id: u64,
+    pub target_seq: u64,
+    pub client_msg_id: u64,
+    pub text: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for EditArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    EditArgs {
+      chat_id: 0,
+      target_seq: 0,
+      client_msg_id: 0,
+      text: None,
+    }
+  }
+}
+
+pub struct EditBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EditBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_chat_id(&mut self, chat_id: u64) {
+    self.fbb_.push_slot::<u64>(Edit::VT_CHAT_ID, chat_id, 0);
+  }
+  #[inline]
+  pub fn add_target_seq(&mut self, target_seq: u64) {
+    self.fbb_.push_slot::<u64>(Edit::VT_TARGET_SEQ, target_seq, 0);
+  }
+  #[inline]
+  pub fn add_client_msg_id(&mut self, client_msg_id: u64) {
+    self.fbb_.push_slot::<u64>(Edit::VT_CLIENT_MSG_ID, client_msg_id, 0);
+  }
+  #[inline]
+  pub fn add_text(&mut self, text: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Edit::VT_TEXT, text);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EditBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EditBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Edit<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Edit<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Edit");
+      ds.field("chat_id", &self.chat_id());
+      ds.field("target_seq", &self.target_seq());
+      ds.field("client_msg_id", &self.client_msg_id());
+      ds.field("text", &self.text());
+      ds.finish()
+  }
+}
+pub enum DeleteOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client → server: delete an earlier message (your own, or any in a group
+/// you own). Answered like Send; the text is removed from the store.
+pub struct Delete<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Delete<'a> {
+  type Inner = Delete<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Delete<'a> {
+  pub const VT_CHAT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TARGET_SEQ: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Delete { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args DeleteArgs
+  ) -> ::flatbuffers::WIPOffset<Delete<'bldr>> {
+    let mut builder = DeleteBuilder::new(_fbb);
+    builder.add_client_msg_id(args.client_msg_id);
+    builder.add_target_seq(args.target_seq);
+    builder.add_chat_id(args.chat_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn chat_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Delete::VT_CHAT_ID, Some(0)).unwrap()}
+  }
+  /// The seq of the Text message to delete.
+  #[inline]
+  pub fn target_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Delete::VT_TARGET_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn client_msg_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Delete::VT_CLIENT_MSG_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Delete<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("chat_id", Self::VT_CHAT_ID, false)?
+     .visit_field::<u64>("target_seq", Self::VT_TARGET_SEQ, false)?
+     .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct DeleteArgs {
+    pub chat_id: u64,
+    pub target_seq: u64,
+    pub client_msg_id: u64,
+}
+impl<'a> Default for DeleteArgs {
+  #[inline]
+  fn default() -> Self {
+    DeleteArgs {
+      chat_id: 0,
+      target_seq: 0,
+      client_msg_id: 0,
+    }
+  }
+}
+
+pub struct DeleteBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DeleteBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_chat_id(&mut self, chat_id: u64) {
+    self.fbb_.push_slot::<u64>(Delete::VT_CHAT_ID, chat_id, 0);
+  }
+  #[inline]
+  pub fn add_target_seq(&mut self, target_seq: u64) {
+    self.fbb_.push_slot::<u64>(Delete::VT_TARGET_SEQ, target_seq, 0);
+  }
+  #[inline]
+  pub fn add_client_msg_id(&mut self, client_msg_id: u64) {
+    self.fbb_.push_slot::<u64>(Delete::VT_CLIENT_MSG_ID, client_msg_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> DeleteBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    DeleteBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Delete<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Delete<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Delete");
+      ds.field("chat_id", &self.chat_id());
+      ds.field("target_seq", &self.target_seq());
+      ds.field("client_msg_id", &self.client_msg_id());
+      ds.finish()
+  }
+}
+pub enum TypingOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Client → server: the user is typing in `chat_id` (`active`) or stopped.
+/// Server → client: `user_id` is typing in `chat_id` (or stopped). Never
+/// stored; an indicator expires by itself 6 s after its last `active`.
+pub struct Typing<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Typing<'a> {
+  type Inner = Typing<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Typing<'a> {
+  pub const VT_CHAT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ACTIVE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Typing { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args TypingArgs
+  ) -> ::flatbuffers::WIPOffset<Typing<'bldr>> {
+    let mut builder = TypingBuilder::new(_fbb);
+    builder.add_user_id(args.user_id);
+    builder.add_chat_id(args.chat_id);
+    builder.add_active(args.active);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn chat_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Typing::VT_CHAT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn active(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Typing::VT_ACTIVE, Some(false)).unwrap()}
+  }
+  /// Set by the server on the frames it pushes (ignored from clients).
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Typing::VT_USER_ID, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Typing<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("chat_id", Self::VT_CHAT_ID, false)?
+     .visit_field::<bool>("active", Self::VT_ACTIVE, false)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct TypingArgs {
+    pub chat_id: u64,
+    pub active: bool,
+    pub user_id: u64,
+}
+impl<'a> Default for TypingArgs {
+  #[inline]
+  fn default() -> Self {
+    TypingArgs {
+      chat_id: 0,
+      active: false,
+      user_id: 0,
+    }
+  }
+}
+
+pub struct TypingBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TypingBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_chat_id(&mut self, chat_id: u64) {
+    self.fbb_.push_slot::<u64>(Typing::VT_CHAT_ID, chat_id, 0);
+  }
+  #[inline]
+  pub fn add_active(&mut self, active: bool) {
+    self.fbb_.push_slot::<bool>(Typing::VT_ACTIVE, active, false);
+  }
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(Typing::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> TypingBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    TypingBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Typing<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Typing<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Typing");
+      ds.field("chat_id", &self.chat_id());
+      ds.field("active", &self.active());
+      ds.field("user_id", &self.user_id());
+      ds.finish()
+  }
+}
+pub enum ReceiptOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server → client: how far `user_id` has received and read `chat_id`.
+/// Cumulative: it covers every seq up to each value.
+pub struct Receipt<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Receipt<'a> {
+  type Inner = Receipt<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Receipt<'a> {
+  pub const VT_CHAT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER_ID: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DELIVERED_SEQ: ::flatbuffers::VOffsetT = 8;
+  pub const VT_READ_SEQ: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Receipt { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ReceiptArgs
+  ) -> ::flatbuffers::WIPOffset<Receipt<'bldr>> {
+    let mut builder = ReceiptBuilder::new(_fbb);
+    builder.add_read_seq(args.read_seq);
+    builder.add_delivered_seq(args.delivered_seq);
+    builder.add_user_id(args.user_id);
+    builder.add_chat_id(args.chat_id);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn chat_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Receipt::VT_CHAT_ID, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn user_id(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Receipt::VT_USER_ID, Some(0)).unwrap()}
+  }
+  /// Highest seq any of the user's devices acknowledged (Ack).
+  #[inline]
+  pub fn delivered_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Receipt::VT_DELIVERED_SEQ, Some(0)).unwrap()}
+  }
+  /// The user's read marker; 0 when either side turned read receipts off.
+  #[inline]
+  pub fn read_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Receipt::VT_READ_SEQ, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Receipt<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("chat_id", Self::VT_CHAT_ID, false)?
+     .visit_field::<u64>("user_id", Self::VT_USER_ID, false)?
+     .visit_field::<u64>("delivered_seq", Self::VT_DELIVERED_SEQ, false)?
+     .visit_field::<u64>("read_seq", Self::VT_READ_SEQ, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ReceiptArgs {
+    pub chat_id: u64,
+    pub user_id: u64,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+impl<'a> Default for ReceiptArgs {
+  #[inline]
+  fn default() -> Self {
+    ReceiptArgs {
+      chat_id: 0,
+      user_id: 0,
+      delivered_seq: 0,
+      read_seq: 0,
+    }
+  }
+}
+
+pub struct ReceiptBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReceiptBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_chat_id(&mut self, chat_id: u64) {
+    self.fbb_.push_slot::<u64>(Receipt::VT_CHAT_ID, chat_id, 0);
+  }
+  #[inline]
+  pub fn add_user_id(&mut self, user_id: u64) {
+    self.fbb_.push_slot::<u64>(Receipt::VT_USER_ID, user_id, 0);
+  }
+  #[inline]
+  pub fn add_delivered_seq(&mut self, delivered_seq: u64) {
+    self.fbb_.push_slot::<u64>(Receipt::VT_DELIVERED_SEQ, delivered_seq, 0);
+  }
+  #[inline]
+  pub fn add_read_seq(&mut self, read_seq: u64) {
+    self.fbb_.push_slot::<u64>(Receipt::VT_READ_SEQ, read_seq, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ReceiptBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ReceiptBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Receipt<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Receipt<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Receipt");
+      ds.field("chat_id", &self.chat_id());
+      ds.field("user_id", &self.user_id());
+      ds.field("delivered_seq", &self.delivered_seq());
+      ds.field("read_seq", &self.read_seq());
+      ds.finish()
+  }
+}
+pub enum ChatStatesOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// Server → client, after Welcome: each of the user's chats with its read
+/// marker and unread count (the same on every device of the user).
+pub struct ChatStates<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ChatStates<'a> {
+  type Inner = ChatStates<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ChatStates<'a> {
+  pub const VT_CHATS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ChatStates { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ChatStatesArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ChatStates<'bldr>> {
+    let mut builder = ChatStatesBuilder::new(_fbb);
+    if let Some(x) = args.chats { builder.add_chats(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn chats(&self) -> Option<::flatbuffers::Vector<'a, ChatState>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ChatState>>>(ChatStates::VT_CHATS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ChatStates<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ChatState>>>("chats", Self::VT_CHATS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ChatStatesArgs<'a> {
+    pub chats: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ChatState>>>,
+}
+impl<'a> Default for ChatStatesArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ChatStatesArgs {
+      chats: None,
+    }
+  }
+}
+
+pub struct ChatStatesBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ChatStatesBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_chats(&mut self, chats: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ChatState>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ChatStates::VT_CHATS, chats);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ChatStatesBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ChatStatesBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ChatStates<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ChatStates<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ChatStates");
+      ds.field("chats", &self.chats());
+      ds.finish()
+  }
+}
 pub enum FrameOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2489,6 +3558,81 @@ impl<'a> Frame<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_edit(&self) -> Option<Edit<'a>> {
+    if self.body_type() == Body::Edit {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Edit::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_delete(&self) -> Option<Delete<'a>> {
+    if self.body_type() == Body::Delete {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Delete::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_typing(&self) -> Option<Typing<'a>> {
+    if self.body_type() == Body::Typing {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Typing::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_receipt(&self) -> Option<Receipt<'a>> {
+    if self.body_type() == Body::Receipt {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Receipt::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_chat_states(&self) -> Option<ChatStates<'a>> {
+    if self.body_type() == Body::ChatStates {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ChatStates::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Frame<'_> {
@@ -2515,6 +3659,11 @@ impl ::flatbuffers::Verifiable for Frame<'_> {
           Body::Pong => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Pong>>("Body::Pong", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
           Body::Resync => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Resync>>("Body::Resync", pos),
+          Body::Edit => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Edit>>("Body::Edit", pos),
+          Body::Delete => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Delete>>("Body::Delete", pos),
+          Body::Typing => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Typing>>("Body::Typing", pos),
+          Body::Receipt => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Receipt>>("Body::Receipt", pos),
+          Body::ChatStates => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ChatStates>>("Body::ChatStates", pos),
           _ => Ok(()),
         }
      })?
@@ -2676,6 +3825,41 @@ impl ::core::fmt::Debug for Frame<'_> {
         },
         Body::Resync => {
           if let Some(x) = self.body_as_resync() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Edit => {
+          if let Some(x) = self.body_as_edit() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Delete => {
+          if let Some(x) = self.body_as_delete() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Typing => {
+          if let Some(x) = self.body_as_typing() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::Receipt => {
+          if let Some(x) = self.body_as_receipt() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ChatStates => {
+          if let Some(x) = self.body_as_chat_states() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -19,7 +19,8 @@ use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use natter_wire::{
-    Body, Encoder, ErrorCode, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping, Send, fb, view,
+    Ack, Body, Encoder, ErrorCode, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping, Send, Typing,
+    fb, view,
 };
 
 use super::accounting::{Observation, SeqSet, SeqTracker, seq_index};
@@ -95,7 +96,14 @@ pub(super) struct DriverSpec<'a> {
     /// Filler bytes appended to every stamp (`--text-bytes` minus the stamp's
     /// [`TEXT_LEN`]).
     pub(super) padding: usize,
+    /// `--conversation`: Hello{conversation}, Acks and Typing (see [`CONVERSATION_ROUND`]).
+    pub(super) conversation: bool,
 }
+
+/// `--conversation`: how often each device acks what it received since its last Ack, and each
+/// sender sends `Typing{active}` (natterd passes one per 2 s on, so about half are throttled,
+/// and each Send ends a shown indicator). About what a phone does while a chat is open.
+const CONVERSATION_ROUND: Duration = Duration::from_millis(1000);
 
 /// Latencies, counts and failures of one thread (or, merged, of the run).
 #[derive(Debug)]
@@ -124,6 +132,10 @@ pub(super) struct Tally {
     /// `Error` frames by error code name (`code N` for a code this build does not
     /// know), so that codes added to natterd later show up on their own.
     pub(super) codes: BTreeMap<String, u64>,
+    /// `Receipt` frames received (`--conversation`).
+    pub(super) receipts: u64,
+    /// `Typing` frames received (`--conversation`).
+    pub(super) typings: u64,
 }
 
 impl Tally {
@@ -141,6 +153,8 @@ impl Tally {
             deliver: latency_histogram(),
             reasons: BTreeMap::new(),
             codes: BTreeMap::new(),
+            receipts: 0,
+            typings: 0,
         }
     }
 
@@ -153,6 +167,8 @@ impl Tally {
         self.reordered += other.reordered;
         self.skipped += other.skipped;
         self.errors += other.errors;
+        self.receipts += other.receipts;
+        self.typings += other.typings;
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.ack.add(&other.ack);
         let _ = self.deliver.add(&other.deliver);
@@ -316,6 +332,9 @@ struct Conn {
     tracker: SeqTracker,
     /// Sends awaiting answers.
     pending: Pending,
+    /// `--conversation`: the highest seq received, and the highest one acked.
+    seen_seq: u64,
+    acked_seq: u64,
     /// Messages sent so far (the stamp's `n`).
     counter: u64,
 }
@@ -384,6 +403,7 @@ pub(super) struct Driver<'a> {
     dirty: Vec<usize>,
     books: Books,
     online: Vec<u64>,
+    conversation: bool,
 }
 
 impl<'a> Driver<'a> {
@@ -415,6 +435,8 @@ impl<'a> Driver<'a> {
                     tracker: SeqTracker::new(baseline),
                     pending: Pending::new(),
                     counter: 0,
+                    seen_seq: 0,
+                    acked_seq: 0,
                 }
             })
             .collect();
@@ -464,6 +486,7 @@ impl<'a> Driver<'a> {
                 heartbeat: None,
             },
             online: Vec::new(),
+            conversation: spec.conversation,
         })
     }
 
@@ -566,6 +589,7 @@ impl<'a> Driver<'a> {
                 device: DEVICE.to_owned(),
                 protocol_version: PROTOCOL_VERSION,
                 sync_first: false,
+                conversation: self.conversation,
             }),
         ));
         if let Some(conn) = self.conns.get_mut(slot) {
@@ -609,6 +633,7 @@ impl<'a> Driver<'a> {
             .map(|h| (h / 2).max(MIN_PING_INTERVAL))
             .unwrap_or(DEFAULT_PING_INTERVAL);
         let mut next_ping = Instant::now() + ping_interval;
+        let mut next_round = Instant::now() + CONVERSATION_ROUND;
         loop {
             if interrupt::requested() {
                 return Ok(false);
@@ -641,6 +666,10 @@ impl<'a> Driver<'a> {
             if now >= next_ping {
                 self.ping_idle();
                 next_ping = now + ping_interval;
+            }
+            if self.conversation && now >= next_round {
+                self.conversation_round(sending);
+                next_round = now + CONVERSATION_ROUND;
             }
             self.publish();
 
@@ -761,6 +790,46 @@ impl<'a> Driver<'a> {
                     conn.dirty = true;
                     self.dirty.push(slot);
                 }
+            }
+        }
+        self.flush_dirty();
+    }
+
+    /// `--conversation`: every device acks what it received since its last Ack; while sending,
+    /// every sender says it is typing.
+    fn conversation_round(&mut self, sending: bool) {
+        for (slot, conn) in self.conns.iter_mut().enumerate() {
+            if conn.state != ConnState::Active {
+                continue;
+            }
+            let Some(chat) = self.plan.chats.get(conn.chat) else {
+                continue;
+            };
+            let mut wrote = false;
+            if conn.seen_seq > conn.acked_seq {
+                conn.acked_seq = conn.seen_seq;
+                let ack = Body::Ack(Ack {
+                    chat_id: chat.chat_id,
+                    seq: conn.seen_seq,
+                });
+                conn.outbuf
+                    .extend_from_slice(&self.encoder.encode(&Frame::new(0, ack)));
+                wrote = true;
+            }
+            if sending && self.sender_index.get(conn.user).is_some_and(Option::is_some) {
+                let typing = Body::Typing(Typing {
+                    chat_id: chat.chat_id,
+                    active: true,
+                    user_id: 0,
+                });
+                conn.outbuf
+                    .extend_from_slice(&self.encoder.encode(&Frame::new(0, typing)));
+                wrote = true;
+            }
+            if wrote && !conn.dirty {
+                conn.spoke = true;
+                conn.dirty = true;
+                self.dirty.push(slot);
             }
         }
         self.flush_dirty();
@@ -972,6 +1041,7 @@ fn handle_frame(
     match frame.body_type() {
         fb::Body::Message => {
             if let Some(message) = frame.body_as_message() {
+                conn.seen_seq = conn.seen_seq.max(message.seq());
                 on_message(conn, message, now_ns, ctx, books);
             }
         }
@@ -1010,6 +1080,8 @@ fn handle_frame(
             *books.tally.codes.entry(name.clone()).or_default() += 1;
             books.tally.fail(format!("server error {name}"));
         }
+        fb::Body::Receipt => books.tally.receipts += 1,
+        fb::Body::Typing => books.tally.typings += 1,
         // Pong, Presence and anything newer: not this benchmark's business.
         _ => {}
     }
@@ -1319,6 +1391,8 @@ mod tests {
                 tracker: SeqTracker::new(10),
                 pending: Pending::new(),
                 counter: 0,
+                seen_seq: 0,
+                acked_seq: 0,
             };
             let books = Books {
                 tally: Tally::new(),
@@ -1374,6 +1448,7 @@ mod tests {
                 server_ts_ms: 0,
                 client_msg_id: seq,
                 text,
+                ..natter_wire::Message::default()
             };
             self.receive(0, Body::Message(message), now_ns);
         }
@@ -1459,6 +1534,7 @@ mod tests {
             server_ts_ms: 0,
             client_msg_id: 1,
             text,
+            ..natter_wire::Message::default()
         };
         f.receive(0, Body::Message(elsewhere), 0);
         assert_eq!(

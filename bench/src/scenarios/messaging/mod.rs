@@ -84,6 +84,11 @@ pub(crate) struct MessagingArgs {
     /// Longest wait after the measured phase for outstanding acks and deliveries.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
     pub(crate) drain_timeout: Duration,
+    /// Conversation features on (issue 15): every device says Hello{conversation} and acks what
+    /// it received once a second, every sender sends Typing once a second; reports the Receipt
+    /// and Typing frames received (`receipt_frames`, `receipt_frames_per_message`, `typing_frames`).
+    #[arg(long)]
+    pub(crate) conversation: bool,
 }
 
 /// Who is in which chat and who sends, prepared over HTTP by a scenario.
@@ -326,6 +331,7 @@ pub(crate) fn run(
                         )
                     }),
                     run_id,
+                    conversation: args.conversation,
                     shared: &shared,
                     padding: options
                         .text_bytes
@@ -425,6 +431,19 @@ pub(crate) fn run(
     }
     report.errors_by_code = Some(tally.codes.clone());
     report.sends_skipped = Some(tally.skipped);
+    if args.conversation {
+        report.receipt_frames = Some(tally.receipts);
+        report.typing_frames = Some(tally.typings);
+        report.receipt_frames_per_message = Some(tally.receipts as f64 / tally.acked.max(1) as f64);
+        println!(
+            "{name}: {} Receipt and {} Typing frames received for {} acknowledged messages \
+             ({:.3} receipts per message)",
+            tally.receipts,
+            tally.typings,
+            tally.acked,
+            tally.receipts as f64 / tally.acked.max(1) as f64
+        );
+    }
     if let (Some(before), Some(after)) = (before, after) {
         let commits = after.commits - before.commits;
         let records = after.records - before.records;
@@ -622,6 +641,7 @@ mod tests {
             threads: 1,
             warmup: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(5),
+            conversation: false,
         };
         let options = Options {
             duration: Duration::from_secs(10),

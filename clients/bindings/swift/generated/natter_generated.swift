@@ -8,6 +8,21 @@ import Common
 
 import FlatBuffers
 
+///  What a `Message` record is (issue 15): a text, or an edit or delete of an
+///  earlier text in the same chat (`Message.target_seq`).
+public enum natter_wire_MessageKind: UInt8, FlatbuffersVectorInitializable, Enum, Verifiable {
+  public typealias T = UInt8
+  public static var byteSize: Int { return MemoryLayout<UInt8>.size }
+  public var value: UInt8 { return self.rawValue }
+  case text = 0
+  case edit = 1
+  case delete = 2
+
+  public static var max: natter_wire_MessageKind { return .delete }
+  public static var min: natter_wire_MessageKind { return .text }
+}
+
+
 public enum natter_wire_Body: UInt8, FlatbuffersVectorInitializable, UnionEnum {
   public typealias T = UInt8
 
@@ -33,8 +48,13 @@ public enum natter_wire_Body: UInt8, FlatbuffersVectorInitializable, UnionEnum {
   case pong = 13
   case error = 14
   case resync = 15
+  case edit = 16
+  case delete = 17
+  case typing = 18
+  case receipt = 19
+  case chatstates = 20
 
-  public static var max: natter_wire_Body { return .resync }
+  public static var max: natter_wire_Body { return .chatstates }
   public static var min: natter_wire_Body { return .none_ }
 }
 
@@ -82,6 +102,65 @@ public struct natter_wire_Cursor_Mutable: FlatBufferStruct, FlatbuffersVectorIni
   public var seq: UInt64 { return _accessor.readBuffer(of: UInt64.self, at: 8) }
 }
 
+///  One chat in the state a session gets after Welcome (`ChatStates`).
+public struct natter_wire_ChatState: NativeStruct, FlatbuffersVectorInitializable, Verifiable, FlatbuffersInitializable {
+
+  static func validateVersion() { FlatBuffersVersion_25_12_19() }
+
+  private var _chatId: UInt64
+  ///  The chat's last seq.
+  private var _lastSeq: UInt64
+  ///  The user's read marker (the same on every device of the user).
+  private var _readSeq: UInt64
+  ///  Text messages of others after `read_seq` that are not deleted.
+  private var _unread: UInt64
+
+  public init(_ bb: ByteBuffer, o: Int32) {
+    self = bb.read(def: Self.self, position: Int(o))
+  }
+
+  public init(chatId: UInt64, lastSeq: UInt64, readSeq: UInt64, unread: UInt64) {
+    _chatId = chatId
+    _lastSeq = lastSeq
+    _readSeq = readSeq
+    _unread = unread
+  }
+
+  public init() {
+    _chatId = 0
+    _lastSeq = 0
+    _readSeq = 0
+    _unread = 0
+  }
+
+  public var chatId: UInt64 { _chatId }
+  ///  The chat's last seq.
+  public var lastSeq: UInt64 { _lastSeq }
+  ///  The user's read marker (the same on every device of the user).
+  public var readSeq: UInt64 { _readSeq }
+  ///  Text messages of others after `read_seq` that are not deleted.
+  public var unread: UInt64 { _unread }
+
+  public static func verify<T>(_ verifier: inout Verifier, at position: Int, of type: T.Type) throws where T: Verifiable {
+    try verifier.inBuffer(position: position, of: natter_wire_ChatState.self)
+  }
+}
+
+///  One chat in the state a session gets after Welcome (`ChatStates`).
+public struct natter_wire_ChatState_Mutable: FlatBufferStruct, FlatbuffersVectorInitializable {
+
+  static func validateVersion() { FlatBuffersVersion_25_12_19() }
+  public var __buffer: ByteBuffer! { return _accessor.bb }
+  private var _accessor: Struct
+
+  public init(_ bb: ByteBuffer, o: Int32) { _accessor = Struct(bb: bb, position: o) }
+
+  public var chatId: UInt64 { return _accessor.readBuffer(of: UInt64.self, at: 0) }
+  public var lastSeq: UInt64 { return _accessor.readBuffer(of: UInt64.self, at: 8) }
+  public var readSeq: UInt64 { return _accessor.readBuffer(of: UInt64.self, at: 16) }
+  public var unread: UInt64 { return _accessor.readBuffer(of: UInt64.self, at: 24) }
+}
+
 ///  Client → server, first frame of every connection.
 public struct natter_wire_Hello: FlatBufferTable, FlatbuffersVectorInitializable, Verifiable {
 
@@ -97,6 +176,7 @@ public struct natter_wire_Hello: FlatBufferTable, FlatbuffersVectorInitializable
     case device = 6
     case protocolVersion = 8
     case syncFirst = 10
+    case conversation = 12
     var v: Int32 { Int32(self.rawValue) }
     var p: VOffset { self.rawValue }
   }
@@ -114,25 +194,34 @@ public struct natter_wire_Hello: FlatBufferTable, FlatbuffersVectorInitializable
   ///  live pushes chat by chat (exactly once, in seq order). Without it, live
   ///  pushes start at the Welcome. See docs/PROTOCOL.md, "The seam".
   public var syncFirst: Bool { let o = _accessor.offset(VTOFFSET.syncFirst.v); return o == 0 ? false : _accessor.readBuffer(of: Bool.self, at: o) }
-  public static func startHello(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 4) }
+  ///  The client understands the conversation frames of issue 15 (Receipt,
+  ///  Typing, ChatStates): only then does the server send it any, and a
+  ///  ChatStates right after the Welcome. Edits and deletes arrive as
+  ///  `Message`s either way.
+  public var conversation: Bool { let o = _accessor.offset(VTOFFSET.conversation.v); return o == 0 ? false : _accessor.readBuffer(of: Bool.self, at: o) }
+  public static func startHello(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 5) }
   public static func add(token: Offset, _ fbb: inout FlatBufferBuilder) { fbb.add(offset: token, at: VTOFFSET.token.p) }
   public static func add(device: Offset, _ fbb: inout FlatBufferBuilder) { fbb.add(offset: device, at: VTOFFSET.device.p) }
   public static func add(protocolVersion: UInt32, _ fbb: inout FlatBufferBuilder) { fbb.add(element: protocolVersion, def: 0, at: VTOFFSET.protocolVersion.p) }
   public static func add(syncFirst: Bool, _ fbb: inout FlatBufferBuilder) { fbb.add(element: syncFirst, def: false,
    at: VTOFFSET.syncFirst.p) }
+  public static func add(conversation: Bool, _ fbb: inout FlatBufferBuilder) { fbb.add(element: conversation, def: false,
+   at: VTOFFSET.conversation.p) }
   public static func endHello(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
   public static func createHello(
     _ fbb: inout FlatBufferBuilder,
     tokenOffset token: Offset = Offset(),
     deviceOffset device: Offset = Offset(),
     protocolVersion: UInt32 = 0,
-    syncFirst: Bool = false
+    syncFirst: Bool = false,
+    conversation: Bool = false
   ) -> Offset {
     let __start = natter_wire_Hello.startHello(&fbb)
     natter_wire_Hello.add(token: token, &fbb)
     natter_wire_Hello.add(device: device, &fbb)
     natter_wire_Hello.add(protocolVersion: protocolVersion, &fbb)
     natter_wire_Hello.add(syncFirst: syncFirst, &fbb)
+    natter_wire_Hello.add(conversation: conversation, &fbb)
     return natter_wire_Hello.endHello(&fbb, start: __start)
   }
 
@@ -142,6 +231,7 @@ public struct natter_wire_Hello: FlatBufferTable, FlatbuffersVectorInitializable
     try _v.visit(field: VTOFFSET.device.p, fieldName: "device", required: false, type: ForwardOffset<String>.self)
     try _v.visit(field: VTOFFSET.protocolVersion.p, fieldName: "protocolVersion", required: false, type: UInt32.self)
     try _v.visit(field: VTOFFSET.syncFirst.p, fieldName: "syncFirst", required: false, type: Bool.self)
+    try _v.visit(field: VTOFFSET.conversation.p, fieldName: "conversation", required: false, type: Bool.self)
     _v.finish()
   }
 }
@@ -342,6 +432,10 @@ public struct natter_wire_Message: FlatBufferTable, FlatbuffersVectorInitializab
     case serverTsMs = 10
     case clientMsgId = 12
     case text = 14
+    case kind = 16
+    case targetSeq = 18
+    case editedSeq = 20
+    case deletedSeq = 22
     var v: Int32 { Int32(self.rawValue) }
     var p: VOffset { self.rawValue }
   }
@@ -351,15 +445,30 @@ public struct natter_wire_Message: FlatBufferTable, FlatbuffersVectorInitializab
   public var sender: UInt64 { let o = _accessor.offset(VTOFFSET.sender.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
   public var serverTsMs: UInt64 { let o = _accessor.offset(VTOFFSET.serverTsMs.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
   public var clientMsgId: UInt64 { let o = _accessor.offset(VTOFFSET.clientMsgId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  For a Text: its current text (the latest edit's; empty once deleted).
+  ///  For an Edit: the new text (empty once the target is deleted). For a
+  ///  Delete: empty.
   public var text: String? { let o = _accessor.offset(VTOFFSET.text.v); return o == 0 ? nil : _accessor.string(at: o) }
   public var textSegmentArray: [UInt8]? { return _accessor.getVector(at: VTOFFSET.text.v) }
-  public static func startMessage(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 6) }
+  ///  Text (an ordinary message), Edit or Delete (appended, issue 15).
+  public var kind: natter_wire_MessageKind { let o = _accessor.offset(VTOFFSET.kind.v); return o == 0 ? .text : natter_wire_MessageKind(rawValue: _accessor.readBuffer(of: UInt8.self, at: o)) ?? .text }
+  ///  For an Edit or Delete: the seq of the Text it changes; 0 for a Text.
+  public var targetSeq: UInt64 { let o = _accessor.offset(VTOFFSET.targetSeq.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  For a Text: the seq of the latest Edit applied to it (0: never edited).
+  public var editedSeq: UInt64 { let o = _accessor.offset(VTOFFSET.editedSeq.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  For a Text: the seq of the Delete that removed it (0: not deleted).
+  public var deletedSeq: UInt64 { let o = _accessor.offset(VTOFFSET.deletedSeq.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public static func startMessage(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 10) }
   public static func add(chatId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: chatId, def: 0, at: VTOFFSET.chatId.p) }
   public static func add(seq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: seq, def: 0, at: VTOFFSET.seq.p) }
   public static func add(sender: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: sender, def: 0, at: VTOFFSET.sender.p) }
   public static func add(serverTsMs: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: serverTsMs, def: 0, at: VTOFFSET.serverTsMs.p) }
   public static func add(clientMsgId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: clientMsgId, def: 0, at: VTOFFSET.clientMsgId.p) }
   public static func add(text: Offset, _ fbb: inout FlatBufferBuilder) { fbb.add(offset: text, at: VTOFFSET.text.p) }
+  public static func add(kind: natter_wire_MessageKind, _ fbb: inout FlatBufferBuilder) { fbb.add(element: kind.rawValue, def: 0, at: VTOFFSET.kind.p) }
+  public static func add(targetSeq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: targetSeq, def: 0, at: VTOFFSET.targetSeq.p) }
+  public static func add(editedSeq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: editedSeq, def: 0, at: VTOFFSET.editedSeq.p) }
+  public static func add(deletedSeq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: deletedSeq, def: 0, at: VTOFFSET.deletedSeq.p) }
   public static func endMessage(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
   public static func createMessage(
     _ fbb: inout FlatBufferBuilder,
@@ -368,7 +477,11 @@ public struct natter_wire_Message: FlatBufferTable, FlatbuffersVectorInitializab
     sender: UInt64 = 0,
     serverTsMs: UInt64 = 0,
     clientMsgId: UInt64 = 0,
-    textOffset text: Offset = Offset()
+    textOffset text: Offset = Offset(),
+    kind: natter_wire_MessageKind = .text,
+    targetSeq: UInt64 = 0,
+    editedSeq: UInt64 = 0,
+    deletedSeq: UInt64 = 0
   ) -> Offset {
     let __start = natter_wire_Message.startMessage(&fbb)
     natter_wire_Message.add(chatId: chatId, &fbb)
@@ -377,6 +490,10 @@ public struct natter_wire_Message: FlatBufferTable, FlatbuffersVectorInitializab
     natter_wire_Message.add(serverTsMs: serverTsMs, &fbb)
     natter_wire_Message.add(clientMsgId: clientMsgId, &fbb)
     natter_wire_Message.add(text: text, &fbb)
+    natter_wire_Message.add(kind: kind, &fbb)
+    natter_wire_Message.add(targetSeq: targetSeq, &fbb)
+    natter_wire_Message.add(editedSeq: editedSeq, &fbb)
+    natter_wire_Message.add(deletedSeq: deletedSeq, &fbb)
     return natter_wire_Message.endMessage(&fbb, start: __start)
   }
 
@@ -388,6 +505,10 @@ public struct natter_wire_Message: FlatBufferTable, FlatbuffersVectorInitializab
     try _v.visit(field: VTOFFSET.serverTsMs.p, fieldName: "serverTsMs", required: false, type: UInt64.self)
     try _v.visit(field: VTOFFSET.clientMsgId.p, fieldName: "clientMsgId", required: false, type: UInt64.self)
     try _v.visit(field: VTOFFSET.text.p, fieldName: "text", required: false, type: ForwardOffset<String>.self)
+    try _v.visit(field: VTOFFSET.kind.p, fieldName: "kind", required: false, type: natter_wire_MessageKind.self)
+    try _v.visit(field: VTOFFSET.targetSeq.p, fieldName: "targetSeq", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.editedSeq.p, fieldName: "editedSeq", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.deletedSeq.p, fieldName: "deletedSeq", required: false, type: UInt64.self)
     _v.finish()
   }
 }
@@ -812,6 +933,266 @@ public struct natter_wire_Resync: FlatBufferTable, FlatbuffersVectorInitializabl
   }
 }
 
+///  Client → server: replace the text of an earlier message of your own.
+///  Answered like Send (SendOk with the edit record's own seq, or Error);
+///  retried with the same `client_msg_id` it is stored once.
+public struct natter_wire_Edit: FlatBufferTable, FlatbuffersVectorInitializable, Verifiable {
+
+  static func validateVersion() { FlatBuffersVersion_25_12_19() }
+  public var __buffer: ByteBuffer! { return _accessor.bb }
+  private var _accessor: Table
+
+  private init(_ t: Table) { _accessor = t }
+  public init(_ bb: ByteBuffer, o: Int32) { _accessor = Table(bb: bb, position: o) }
+
+  private enum VTOFFSET: VOffset {
+    case chatId = 4
+    case targetSeq = 6
+    case clientMsgId = 8
+    case text = 10
+    var v: Int32 { Int32(self.rawValue) }
+    var p: VOffset { self.rawValue }
+  }
+
+  public var chatId: UInt64 { let o = _accessor.offset(VTOFFSET.chatId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  The seq of the Text message to edit.
+  public var targetSeq: UInt64 { let o = _accessor.offset(VTOFFSET.targetSeq.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public var clientMsgId: UInt64 { let o = _accessor.offset(VTOFFSET.clientMsgId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  The new text: 1 to 100,000 Unicode scalar values.
+  public var text: String? { let o = _accessor.offset(VTOFFSET.text.v); return o == 0 ? nil : _accessor.string(at: o) }
+  public var textSegmentArray: [UInt8]? { return _accessor.getVector(at: VTOFFSET.text.v) }
+  public static func startEdit(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 4) }
+  public static func add(chatId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: chatId, def: 0, at: VTOFFSET.chatId.p) }
+  public static func add(targetSeq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: targetSeq, def: 0, at: VTOFFSET.targetSeq.p) }
+  public static func add(clientMsgId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: clientMsgId, def: 0, at: VTOFFSET.clientMsgId.p) }
+  public static func add(text: Offset, _ fbb: inout FlatBufferBuilder) { fbb.add(offset: text, at: VTOFFSET.text.p) }
+  public static func endEdit(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
+  public static func createEdit(
+    _ fbb: inout FlatBufferBuilder,
+    chatId: UInt64 = 0,
+    targetSeq: UInt64 = 0,
+    clientMsgId: UInt64 = 0,
+    textOffset text: Offset = Offset()
+  ) -> Offset {
+    let __start = natter_wire_Edit.startEdit(&fbb)
+    natter_wire_Edit.add(chatId: chatId, &fbb)
+    natter_wire_Edit.add(targetSeq: targetSeq, &fbb)
+    natter_wire_Edit.add(clientMsgId: clientMsgId, &fbb)
+    natter_wire_Edit.add(text: text, &fbb)
+    return natter_wire_Edit.endEdit(&fbb, start: __start)
+  }
+
+  public static func verify<T>(_ verifier: inout Verifier, at position: Int, of type: T.Type) throws where T: Verifiable {
+    var _v = try verifier.visitTable(at: position)
+    try _v.visit(field: VTOFFSET.chatId.p, fieldName: "chatId", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.targetSeq.p, fieldName: "targetSeq", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.clientMsgId.p, fieldName: "clientMsgId", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.text.p, fieldName: "text", required: false, type: ForwardOffset<String>.self)
+    _v.finish()
+  }
+}
+
+///  Client → server: delete an earlier message (your own, or any in a group
+///  you own). Answered like Send; the text is removed from the store.
+public struct natter_wire_Delete: FlatBufferTable, FlatbuffersVectorInitializable, Verifiable {
+
+  static func validateVersion() { FlatBuffersVersion_25_12_19() }
+  public var __buffer: ByteBuffer! { return _accessor.bb }
+  private var _accessor: Table
+
+  private init(_ t: Table) { _accessor = t }
+  public init(_ bb: ByteBuffer, o: Int32) { _accessor = Table(bb: bb, position: o) }
+
+  private enum VTOFFSET: VOffset {
+    case chatId = 4
+    case targetSeq = 6
+    case clientMsgId = 8
+    var v: Int32 { Int32(self.rawValue) }
+    var p: VOffset { self.rawValue }
+  }
+
+  public var chatId: UInt64 { let o = _accessor.offset(VTOFFSET.chatId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  The seq of the Text message to delete.
+  public var targetSeq: UInt64 { let o = _accessor.offset(VTOFFSET.targetSeq.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public var clientMsgId: UInt64 { let o = _accessor.offset(VTOFFSET.clientMsgId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public static func startDelete(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 3) }
+  public static func add(chatId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: chatId, def: 0, at: VTOFFSET.chatId.p) }
+  public static func add(targetSeq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: targetSeq, def: 0, at: VTOFFSET.targetSeq.p) }
+  public static func add(clientMsgId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: clientMsgId, def: 0, at: VTOFFSET.clientMsgId.p) }
+  public static func endDelete(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
+  public static func createDelete(
+    _ fbb: inout FlatBufferBuilder,
+    chatId: UInt64 = 0,
+    targetSeq: UInt64 = 0,
+    clientMsgId: UInt64 = 0
+  ) -> Offset {
+    let __start = natter_wire_Delete.startDelete(&fbb)
+    natter_wire_Delete.add(chatId: chatId, &fbb)
+    natter_wire_Delete.add(targetSeq: targetSeq, &fbb)
+    natter_wire_Delete.add(clientMsgId: clientMsgId, &fbb)
+    return natter_wire_Delete.endDelete(&fbb, start: __start)
+  }
+
+  public static func verify<T>(_ verifier: inout Verifier, at position: Int, of type: T.Type) throws where T: Verifiable {
+    var _v = try verifier.visitTable(at: position)
+    try _v.visit(field: VTOFFSET.chatId.p, fieldName: "chatId", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.targetSeq.p, fieldName: "targetSeq", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.clientMsgId.p, fieldName: "clientMsgId", required: false, type: UInt64.self)
+    _v.finish()
+  }
+}
+
+///  Client → server: the user is typing in `chat_id` (`active`) or stopped.
+///  Server → client: `user_id` is typing in `chat_id` (or stopped). Never
+///  stored; an indicator expires by itself 6 s after its last `active`.
+public struct natter_wire_Typing: FlatBufferTable, FlatbuffersVectorInitializable, Verifiable {
+
+  static func validateVersion() { FlatBuffersVersion_25_12_19() }
+  public var __buffer: ByteBuffer! { return _accessor.bb }
+  private var _accessor: Table
+
+  private init(_ t: Table) { _accessor = t }
+  public init(_ bb: ByteBuffer, o: Int32) { _accessor = Table(bb: bb, position: o) }
+
+  private enum VTOFFSET: VOffset {
+    case chatId = 4
+    case active = 6
+    case userId = 8
+    var v: Int32 { Int32(self.rawValue) }
+    var p: VOffset { self.rawValue }
+  }
+
+  public var chatId: UInt64 { let o = _accessor.offset(VTOFFSET.chatId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public var active: Bool { let o = _accessor.offset(VTOFFSET.active.v); return o == 0 ? false : _accessor.readBuffer(of: Bool.self, at: o) }
+  ///  Set by the server on the frames it pushes (ignored from clients).
+  public var userId: UInt64 { let o = _accessor.offset(VTOFFSET.userId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public static func startTyping(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 3) }
+  public static func add(chatId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: chatId, def: 0, at: VTOFFSET.chatId.p) }
+  public static func add(active: Bool, _ fbb: inout FlatBufferBuilder) { fbb.add(element: active, def: false,
+   at: VTOFFSET.active.p) }
+  public static func add(userId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: userId, def: 0, at: VTOFFSET.userId.p) }
+  public static func endTyping(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
+  public static func createTyping(
+    _ fbb: inout FlatBufferBuilder,
+    chatId: UInt64 = 0,
+    active: Bool = false,
+    userId: UInt64 = 0
+  ) -> Offset {
+    let __start = natter_wire_Typing.startTyping(&fbb)
+    natter_wire_Typing.add(chatId: chatId, &fbb)
+    natter_wire_Typing.add(active: active, &fbb)
+    natter_wire_Typing.add(userId: userId, &fbb)
+    return natter_wire_Typing.endTyping(&fbb, start: __start)
+  }
+
+  public static func verify<T>(_ verifier: inout Verifier, at position: Int, of type: T.Type) throws where T: Verifiable {
+    var _v = try verifier.visitTable(at: position)
+    try _v.visit(field: VTOFFSET.chatId.p, fieldName: "chatId", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.active.p, fieldName: "active", required: false, type: Bool.self)
+    try _v.visit(field: VTOFFSET.userId.p, fieldName: "userId", required: false, type: UInt64.self)
+    _v.finish()
+  }
+}
+
+///  Server → client: how far `user_id` has received and read `chat_id`.
+///  Cumulative: it covers every seq up to each value.
+public struct natter_wire_Receipt: FlatBufferTable, FlatbuffersVectorInitializable, Verifiable {
+
+  static func validateVersion() { FlatBuffersVersion_25_12_19() }
+  public var __buffer: ByteBuffer! { return _accessor.bb }
+  private var _accessor: Table
+
+  private init(_ t: Table) { _accessor = t }
+  public init(_ bb: ByteBuffer, o: Int32) { _accessor = Table(bb: bb, position: o) }
+
+  private enum VTOFFSET: VOffset {
+    case chatId = 4
+    case userId = 6
+    case deliveredSeq = 8
+    case readSeq = 10
+    var v: Int32 { Int32(self.rawValue) }
+    var p: VOffset { self.rawValue }
+  }
+
+  public var chatId: UInt64 { let o = _accessor.offset(VTOFFSET.chatId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public var userId: UInt64 { let o = _accessor.offset(VTOFFSET.userId.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  Highest seq any of the user's devices acknowledged (Ack).
+  public var deliveredSeq: UInt64 { let o = _accessor.offset(VTOFFSET.deliveredSeq.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  ///  The user's read marker; 0 when either side turned read receipts off.
+  public var readSeq: UInt64 { let o = _accessor.offset(VTOFFSET.readSeq.v); return o == 0 ? 0 : _accessor.readBuffer(of: UInt64.self, at: o) }
+  public static func startReceipt(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 4) }
+  public static func add(chatId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: chatId, def: 0, at: VTOFFSET.chatId.p) }
+  public static func add(userId: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: userId, def: 0, at: VTOFFSET.userId.p) }
+  public static func add(deliveredSeq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: deliveredSeq, def: 0, at: VTOFFSET.deliveredSeq.p) }
+  public static func add(readSeq: UInt64, _ fbb: inout FlatBufferBuilder) { fbb.add(element: readSeq, def: 0, at: VTOFFSET.readSeq.p) }
+  public static func endReceipt(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
+  public static func createReceipt(
+    _ fbb: inout FlatBufferBuilder,
+    chatId: UInt64 = 0,
+    userId: UInt64 = 0,
+    deliveredSeq: UInt64 = 0,
+    readSeq: UInt64 = 0
+  ) -> Offset {
+    let __start = natter_wire_Receipt.startReceipt(&fbb)
+    natter_wire_Receipt.add(chatId: chatId, &fbb)
+    natter_wire_Receipt.add(userId: userId, &fbb)
+    natter_wire_Receipt.add(deliveredSeq: deliveredSeq, &fbb)
+    natter_wire_Receipt.add(readSeq: readSeq, &fbb)
+    return natter_wire_Receipt.endReceipt(&fbb, start: __start)
+  }
+
+  public static func verify<T>(_ verifier: inout Verifier, at position: Int, of type: T.Type) throws where T: Verifiable {
+    var _v = try verifier.visitTable(at: position)
+    try _v.visit(field: VTOFFSET.chatId.p, fieldName: "chatId", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.userId.p, fieldName: "userId", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.deliveredSeq.p, fieldName: "deliveredSeq", required: false, type: UInt64.self)
+    try _v.visit(field: VTOFFSET.readSeq.p, fieldName: "readSeq", required: false, type: UInt64.self)
+    _v.finish()
+  }
+}
+
+///  Server → client, after Welcome: each of the user's chats with its read
+///  marker and unread count (the same on every device of the user).
+public struct natter_wire_ChatStates: FlatBufferTable, FlatbuffersVectorInitializable, Verifiable {
+
+  static func validateVersion() { FlatBuffersVersion_25_12_19() }
+  public var __buffer: ByteBuffer! { return _accessor.bb }
+  private var _accessor: Table
+
+  private init(_ t: Table) { _accessor = t }
+  public init(_ bb: ByteBuffer, o: Int32) { _accessor = Table(bb: bb, position: o) }
+
+  private enum VTOFFSET: VOffset {
+    case chats = 4
+    var v: Int32 { Int32(self.rawValue) }
+    var p: VOffset { self.rawValue }
+  }
+
+  public var chats: FlatbufferVector<natter_wire_ChatState> { return _accessor.vector(at: VTOFFSET.chats.v, byteSize: 32) }
+  public var mutableChats: FlatbufferVector<natter_wire_ChatState_Mutable> { return _accessor.vector(at: VTOFFSET.chats.v, byteSize: 32) }
+  public func withUnsafePointerToChats<T>(_ body: (UnsafeRawBufferPointer, Int) throws -> T) rethrows -> T? { return try _accessor.withUnsafePointerToSlice(at: VTOFFSET.chats.v, body: body) }
+  public static func startChatStates(_ fbb: inout FlatBufferBuilder) -> UOffset { fbb.startTable(with: 1) }
+  public static func addVectorOf(chats: Offset, _ fbb: inout FlatBufferBuilder) { fbb.add(offset: chats, at: VTOFFSET.chats.p) }
+  public static func startVectorOfChats(_ size: Int, in builder: inout FlatBufferBuilder) {
+    builder.startVector(size * MemoryLayout<natter_wire_ChatState>.size, elementSize: MemoryLayout<natter_wire_ChatState>.alignment)
+  }
+  public static func endChatStates(_ fbb: inout FlatBufferBuilder, start: UOffset) -> Offset { let end = Offset(offset: fbb.endTable(at: start)); return end }
+  public static func createChatStates(
+    _ fbb: inout FlatBufferBuilder,
+    chatsVectorOffset chats: Offset = Offset()
+  ) -> Offset {
+    let __start = natter_wire_ChatStates.startChatStates(&fbb)
+    natter_wire_ChatStates.addVectorOf(chats: chats, &fbb)
+    return natter_wire_ChatStates.endChatStates(&fbb, start: __start)
+  }
+
+  public static func verify<T>(_ verifier: inout Verifier, at position: Int, of type: T.Type) throws where T: Verifiable {
+    var _v = try verifier.visitTable(at: position)
+    try _v.visit(field: VTOFFSET.chats.p, fieldName: "chats", required: false, type: ForwardOffset<Vector<natter_wire_ChatState, natter_wire_ChatState>>.self)
+    _v.finish()
+  }
+}
+
 ///  Every frame on every transport.
 public struct natter_wire_Frame: FlatBufferTable, FlatbuffersVectorInitializable, Verifiable {
 
@@ -890,6 +1271,16 @@ public struct natter_wire_Frame: FlatBufferTable, FlatbuffersVectorInitializable
         try ForwardOffset<natter_wire_Error>.verify(&verifier, at: pos, of: natter_wire_Error.self)
       case .resync:
         try ForwardOffset<natter_wire_Resync>.verify(&verifier, at: pos, of: natter_wire_Resync.self)
+      case .edit:
+        try ForwardOffset<natter_wire_Edit>.verify(&verifier, at: pos, of: natter_wire_Edit.self)
+      case .delete:
+        try ForwardOffset<natter_wire_Delete>.verify(&verifier, at: pos, of: natter_wire_Delete.self)
+      case .typing:
+        try ForwardOffset<natter_wire_Typing>.verify(&verifier, at: pos, of: natter_wire_Typing.self)
+      case .receipt:
+        try ForwardOffset<natter_wire_Receipt>.verify(&verifier, at: pos, of: natter_wire_Receipt.self)
+      case .chatstates:
+        try ForwardOffset<natter_wire_ChatStates>.verify(&verifier, at: pos, of: natter_wire_ChatStates.self)
       }
     })
     _v.finish()

@@ -46,6 +46,11 @@ ERROR_CODES = {
     22: "too_many_sessions",
     23: "missing_client_msg_id",
     24: "client_msg_id_reused",
+    25: "not_sender",
+    26: "window_closed",
+    27: "message_deleted",
+    28: "unknown_target",
+    29: "too_many_edits",
 }
 
 #: Codes after which the same ``Send`` (same ``client_msg_id``) may succeed when retried

@@ -61,6 +61,8 @@ impl Sim {
                     max_connections: 64,
                     send_rate: 10,
                     max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
+                    edit_window: crate::core::DEFAULT_EDIT_WINDOW,
+                    delete_window: crate::core::DEFAULT_DELETE_WINDOW,
                 };
                 Core::new(config, store.clone(), t0, UNIX_AT_T0)
             })
@@ -135,6 +137,7 @@ impl Sim {
                 device: "sim".into(),
                 protocol_version: PROTOCOL_VERSION,
                 sync_first: false,
+                conversation: false,
             }),
         );
         let mut buf = BytesMut::from(&hello.encode()[..]);

@@ -288,6 +288,8 @@ impl Harness {
                     max_connections: MAX_CONNECTIONS,
                     send_rate: SEND_RATE,
                     max_sessions_per_user: crate::core::DEFAULT_MAX_SESSIONS_PER_USER,
+                    edit_window: crate::core::DEFAULT_EDIT_WINDOW,
+                    delete_window: crate::core::DEFAULT_DELETE_WINDOW,
                 };
                 Core::new(config, store.clone(), t0, UNIX_MS_AT_START)
             })
@@ -854,6 +856,22 @@ impl Harness {
                     self.store.commit_cursor(device, chat, seq);
                     continue;
                 }
+                // Receipts are not modelled: they ride the commit, nothing waits for them.
+                WriteOp::Receipt { .. } => continue,
+                WriteOp::Amend { msg, rewrites, .. } => {
+                    for rewritten in &rewrites {
+                        self.store.commit_message(rewritten);
+                    }
+                    self.store.commit_message(&msg);
+                    let key = (msg.chat, msg.seq);
+                    if let Some(entry) = self.messages.get_mut(&key) {
+                        entry.1 = true;
+                    }
+                    Completion::Message {
+                        chat: msg.chat,
+                        seq: msg.seq,
+                    }
+                }
                 WriteOp::Message { msg, .. } => {
                     self.store.commit_message(&msg);
                     let key = (msg.chat, msg.seq);
@@ -1140,6 +1158,50 @@ impl Harness {
                     (UNIX_MS_AT_START..=now_ms).contains(last_seen_ms),
                     "user {user} last seen at {last_seen_ms}, outside the run"
                 );
+            }
+            WriteOp::Receipt { chat, .. } => {
+                assert_eq!(
+                    chat.owner_core(CORES),
+                    CoreId(core),
+                    "core {core} wrote a receipt of chat {chat} it does not own"
+                );
+            }
+            WriteOp::Amend { msg, rewrites, .. } => {
+                assert_eq!(
+                    msg.chat.owner_core(CORES),
+                    CoreId(core),
+                    "core {core} amended chat {} it does not own",
+                    msg.chat
+                );
+                let Some(chat) = self.chats.get_mut(&msg.chat) else {
+                    panic!(
+                        "an edit or delete written to chat {}, which does not exist",
+                        msg.chat
+                    );
+                };
+                assert_eq!(
+                    msg.seq,
+                    Seq(chat.next_seq),
+                    "chat {}: amend seq is not the next one",
+                    msg.chat
+                );
+                chat.next_seq += 1;
+                assert!(
+                    chat.chat.members.contains(&msg.sender),
+                    "chat {}: user {} is not a member but its edit or delete was written",
+                    msg.chat,
+                    msg.sender
+                );
+                assert!(
+                    rewrites.iter().all(|r| r.chat == msg.chat && r.seq < msg.seq),
+                    "an amend rewrote a record of another chat or a later seq"
+                );
+                let key = (msg.chat, msg.sender, msg.client_msg_id);
+                let previous = self.keys.insert(key, msg.seq);
+                assert_eq!(previous, None, "{key:?} written twice (dedupe failed)");
+                self.members_at
+                    .insert((msg.chat, msg.seq), chat.chat.members.clone());
+                self.messages.insert((msg.chat, msg.seq), (msg.clone(), false));
             }
             WriteOp::Message { msg, .. } => {
                 assert_eq!(

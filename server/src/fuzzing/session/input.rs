@@ -379,6 +379,7 @@ impl From<&WireMessage> for Message {
             server_ts_ms: m.server_ts_ms,
             client_msg_id: m.client_msg_id,
             text: m.text.0.clone(),
+            ..Message::default()
         }
     }
 }
@@ -409,6 +410,7 @@ impl WireFrame {
                     Version::Other(v) => *v,
                 },
                 sync_first: *sync_first,
+                conversation: false,
             }),
             WireBody::Welcome {
                 user_id,

@@ -290,6 +290,9 @@ impl ChatStore for MemoryStore {
             owner: c.owner,
             members: c.members.iter().copied().collect(),
             last_seq: state.last_seq.get(&chat).copied().unwrap_or(Seq(0)),
+            delivered: Vec::new(),
+            read: Vec::new(),
+            read_receipts_off: Vec::new(),
         }))
     }
 
@@ -339,6 +342,10 @@ impl ChatStore for MemoryStore {
     fn stored_text(&self, chat: ChatId, seq: Seq) -> Result<Option<String>, ReadError> {
         Ok(self.check()?.messages.get(&(chat, seq)).map(|m| m.text.clone()))
     }
+
+    fn stored_message(&self, chat: ChatId, seq: Seq) -> Result<Option<StoredMessage>, ReadError> {
+        Ok(self.check()?.messages.get(&(chat, seq)).cloned())
+    }
 }
 
 #[cfg(test)]
@@ -357,6 +364,7 @@ mod tests {
             server_ts_ms: seq,
             client_msg_id: ClientMsgId(seq),
             text: "x".repeat(len),
+            meta: Default::default(),
         }
     }
 

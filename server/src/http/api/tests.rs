@@ -1150,12 +1150,14 @@ fn the_chat_list_shows_the_last_committed_seq() {
                 server_ts_ms: 1,
                 client_msg_id: ClientMsgId(seq),
                 text: "hi".into(),
+                meta: Default::default(),
             },
         })
         .collect();
     h.api.store.commit_writes(&ops);
     let expected = json!({"chats": [
-        {"chat_id": dm.0, "kind": "direct", "name": "bob", "last_seq": 3, "read_seq": 0, "unread": 3},
+        // Alice sent all three: her own messages are never unread for her (issue 15).
+        {"chat_id": dm.0, "kind": "direct", "name": "bob", "last_seq": 3, "read_seq": 0, "unread": 0},
         {"chat_id": group.0, "kind": "group", "name": "g", "last_seq": 0, "read_seq": 0, "unread": 0},
     ]});
     assert_eq!(
@@ -1164,6 +1166,10 @@ fn the_chat_list_shows_the_last_committed_seq() {
     );
     assert_eq!(
         h.call("GET", "/v1/chats", Some(&tb), Value::Null).1["chats"][0]["last_seq"],
+        3
+    );
+    assert_eq!(
+        h.call("GET", "/v1/chats", Some(&tb), Value::Null).1["chats"][0]["unread"],
         3
     );
     // Read markers: per user, capped at the last seq, never moved back.
@@ -1192,7 +1198,7 @@ fn the_chat_list_shows_the_last_committed_seq() {
     );
     assert_eq!(
         h.call("GET", "/v1/chats", Some(&ta), Value::Null).1["chats"][0]["unread"],
-        3
+        0
     );
     let group_read = format!("/v1/chats/{}/read", group.0 + 1000);
     assert_eq!(h.call("POST", &group_read, Some(&tb), json!({"seq": 1})).0, 404);

@@ -34,6 +34,7 @@ fn message(origin: usize, chat: u64, seq: u64, text: &str) -> WriteOp {
             server_ts_ms: 1_700_000_000_000 + seq,
             client_msg_id: ClientMsgId(seq * 7),
             text: text.to_owned(),
+            meta: Default::default(),
         },
     }
 }

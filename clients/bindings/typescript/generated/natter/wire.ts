@@ -4,19 +4,26 @@
 
 export { Ack } from './wire/ack.js';
 export { Body } from './wire/body.js';
+export { ChatState } from './wire/chat-state.js';
+export { ChatStates } from './wire/chat-states.js';
 export { Cursor } from './wire/cursor.js';
+export { Delete } from './wire/delete.js';
+export { Edit } from './wire/edit.js';
 export { Error } from './wire/error.js';
 export { Frame } from './wire/frame.js';
 export { Hello } from './wire/hello.js';
 export { History } from './wire/history.js';
 export { HistoryPage } from './wire/history-page.js';
 export { Message } from './wire/message.js';
+export { MessageKind } from './wire/message-kind.js';
 export { Ping } from './wire/ping.js';
 export { Pong } from './wire/pong.js';
 export { Presence } from './wire/presence.js';
+export { Receipt } from './wire/receipt.js';
 export { Resync } from './wire/resync.js';
 export { Send } from './wire/send.js';
 export { SendOk } from './wire/send-ok.js';
 export { Sync } from './wire/sync.js';
 export { SyncDone } from './wire/sync-done.js';
+export { Typing } from './wire/typing.js';
 export { Welcome } from './wire/welcome.js';

@@ -21,5 +21,10 @@ class Body private constructor() {
         const val Pong: UByte = 13u
         const val Error: UByte = 14u
         const val Resync: UByte = 15u
+        const val Edit: UByte = 16u
+        const val Delete: UByte = 17u
+        const val Typing: UByte = 18u
+        const val Receipt: UByte = 19u
+        const val ChatStates: UByte = 20u
     }
 }

@@ -78,6 +78,17 @@ class Hello : Table() {
             val o = __offset(10)
             return if(o != 0) 0.toByte() != bb.get(o + bb_pos) else false
         }
+    /**
+     * The client understands the conversation frames of issue 15 (Receipt,
+     * Typing, ChatStates): only then does the server send it any, and a
+     * ChatStates right after the Welcome. Edits and deletes arrive as
+     * `Message`s either way.
+     */
+    val conversation : Boolean
+        get() {
+            val o = __offset(12)
+            return if(o != 0) 0.toByte() != bb.get(o + bb_pos) else false
+        }
     companion object {
         fun validateVersion() = Constants.FLATBUFFERS_25_12_19()
         fun getRootAsHello(_bb: ByteBuffer): Hello = getRootAsHello(_bb, Hello())
@@ -85,19 +96,21 @@ class Hello : Table() {
             _bb.order(ByteOrder.LITTLE_ENDIAN)
             return (obj.__assign(_bb.getInt(_bb.position()) + _bb.position(), _bb))
         }
-        fun createHello(builder: FlatBufferBuilder, tokenOffset: Int, deviceOffset: Int, protocolVersion: UInt, syncFirst: Boolean) : Int {
-            builder.startTable(4)
+        fun createHello(builder: FlatBufferBuilder, tokenOffset: Int, deviceOffset: Int, protocolVersion: UInt, syncFirst: Boolean, conversation: Boolean) : Int {
+            builder.startTable(5)
             addProtocolVersion(builder, protocolVersion)
             addDevice(builder, deviceOffset)
             addToken(builder, tokenOffset)
+            addConversation(builder, conversation)
             addSyncFirst(builder, syncFirst)
             return endHello(builder)
         }
-        fun startHello(builder: FlatBufferBuilder) = builder.startTable(4)
+        fun startHello(builder: FlatBufferBuilder) = builder.startTable(5)
         fun addToken(builder: FlatBufferBuilder, token: Int) = builder.addOffset(0, token, 0)
         fun addDevice(builder: FlatBufferBuilder, device: Int) = builder.addOffset(1, device, 0)
         fun addProtocolVersion(builder: FlatBufferBuilder, protocolVersion: UInt) = builder.addInt(2, protocolVersion.toInt(), 0)
         fun addSyncFirst(builder: FlatBufferBuilder, syncFirst: Boolean) = builder.addBoolean(3, syncFirst, false)
+        fun addConversation(builder: FlatBufferBuilder, conversation: Boolean) = builder.addBoolean(4, conversation, false)
         fun endHello(builder: FlatBufferBuilder) : Int {
             val o = builder.endTable()
             return o

@@ -57,6 +57,11 @@ class Message : Table() {
             val o = __offset(12)
             return if(o != 0) bb.getLong(o + bb_pos).toULong() else 0UL
         }
+    /**
+     * For a Text: its current text (the latest edit's; empty once deleted).
+     * For an Edit: the new text (empty once the target is deleted). For a
+     * Delete: empty.
+     */
     val text : String?
         get() {
             val o = __offset(14)
@@ -68,6 +73,38 @@ class Message : Table() {
         }
     val textAsByteBuffer : ByteBuffer? get() = __vector_as_bytebuffer(14, 1)
     fun textInByteBuffer(_bb: ByteBuffer) : ByteBuffer? = __vector_in_bytebuffer(_bb, 14, 1)
+    /**
+     * Text (an ordinary message), Edit or Delete (appended, issue 15).
+     */
+    val kind : UByte
+        get() {
+            val o = __offset(16)
+            return if(o != 0) bb.get(o + bb_pos).toUByte() else 0u
+        }
+    /**
+     * For an Edit or Delete: the seq of the Text it changes; 0 for a Text.
+     */
+    val targetSeq : ULong
+        get() {
+            val o = __offset(18)
+            return if(o != 0) bb.getLong(o + bb_pos).toULong() else 0UL
+        }
+    /**
+     * For a Text: the seq of the latest Edit applied to it (0: never edited).
+     */
+    val editedSeq : ULong
+        get() {
+            val o = __offset(20)
+            return if(o != 0) bb.getLong(o + bb_pos).toULong() else 0UL
+        }
+    /**
+     * For a Text: the seq of the Delete that removed it (0: not deleted).
+     */
+    val deletedSeq : ULong
+        get() {
+            val o = __offset(22)
+            return if(o != 0) bb.getLong(o + bb_pos).toULong() else 0UL
+        }
     companion object {
         fun validateVersion() = Constants.FLATBUFFERS_25_12_19()
         fun getRootAsMessage(_bb: ByteBuffer): Message = getRootAsMessage(_bb, Message())
@@ -75,23 +112,31 @@ class Message : Table() {
             _bb.order(ByteOrder.LITTLE_ENDIAN)
             return (obj.__assign(_bb.getInt(_bb.position()) + _bb.position(), _bb))
         }
-        fun createMessage(builder: FlatBufferBuilder, chatId: ULong, seq: ULong, sender: ULong, serverTsMs: ULong, clientMsgId: ULong, textOffset: Int) : Int {
-            builder.startTable(6)
+        fun createMessage(builder: FlatBufferBuilder, chatId: ULong, seq: ULong, sender: ULong, serverTsMs: ULong, clientMsgId: ULong, textOffset: Int, kind: UByte, targetSeq: ULong, editedSeq: ULong, deletedSeq: ULong) : Int {
+            builder.startTable(10)
+            addDeletedSeq(builder, deletedSeq)
+            addEditedSeq(builder, editedSeq)
+            addTargetSeq(builder, targetSeq)
             addClientMsgId(builder, clientMsgId)
             addServerTsMs(builder, serverTsMs)
             addSender(builder, sender)
             addSeq(builder, seq)
             addChatId(builder, chatId)
             addText(builder, textOffset)
+            addKind(builder, kind)
             return endMessage(builder)
         }
-        fun startMessage(builder: FlatBufferBuilder) = builder.startTable(6)
+        fun startMessage(builder: FlatBufferBuilder) = builder.startTable(10)
         fun addChatId(builder: FlatBufferBuilder, chatId: ULong) = builder.addLong(0, chatId.toLong(), 0)
         fun addSeq(builder: FlatBufferBuilder, seq: ULong) = builder.addLong(1, seq.toLong(), 0)
         fun addSender(builder: FlatBufferBuilder, sender: ULong) = builder.addLong(2, sender.toLong(), 0)
         fun addServerTsMs(builder: FlatBufferBuilder, serverTsMs: ULong) = builder.addLong(3, serverTsMs.toLong(), 0)
         fun addClientMsgId(builder: FlatBufferBuilder, clientMsgId: ULong) = builder.addLong(4, clientMsgId.toLong(), 0)
         fun addText(builder: FlatBufferBuilder, text: Int) = builder.addOffset(5, text, 0)
+        fun addKind(builder: FlatBufferBuilder, kind: UByte) = builder.addByte(6, kind.toByte(), 0)
+        fun addTargetSeq(builder: FlatBufferBuilder, targetSeq: ULong) = builder.addLong(7, targetSeq.toLong(), 0)
+        fun addEditedSeq(builder: FlatBufferBuilder, editedSeq: ULong) = builder.addLong(8, editedSeq.toLong(), 0)
+        fun addDeletedSeq(builder: FlatBufferBuilder, deletedSeq: ULong) = builder.addLong(9, deletedSeq.toLong(), 0)
         fun endMessage(builder: FlatBufferBuilder) : Int {
             val o = builder.endTable()
             return o

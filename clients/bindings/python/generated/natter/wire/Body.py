@@ -19,3 +19,8 @@ class Body(object):
     Pong = 13
     Error = 14
     Resync = 15
+    Edit = 16
+    Delete = 17
+    Typing = 18
+    Receipt = 19
+    ChatStates = 20

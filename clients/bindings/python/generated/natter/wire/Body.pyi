@@ -25,4 +25,9 @@ class Body(object):
   Pong = cast(int, ...)
   Error = cast(int, ...)
   Resync = cast(int, ...)
+  Edit = cast(int, ...)
+  Delete = cast(int, ...)
+  Typing = cast(int, ...)
+  Receipt = cast(int, ...)
+  ChatStates = cast(int, ...)
 

@@ -62,8 +62,19 @@ class Hello(object):
             return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
         return False
 
+    # The client understands the conversation frames of issue 15 (Receipt,
+    # Typing, ChatStates): only then does the server send it any, and a
+    # ChatStates right after the Welcome. Edits and deletes arrive as
+    # `Message`s either way.
+    # Hello
+    def Conversation(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(12))
+        if o != 0:
+            return bool(self._tab.Get(flatbuffers.number_types.BoolFlags, o + self._tab.Pos))
+        return False
+
 def HelloStart(builder: flatbuffers.Builder):
-    builder.StartObject(4)
+    builder.StartObject(5)
 
 def Start(builder: flatbuffers.Builder):
     HelloStart(builder)
@@ -91,6 +102,12 @@ def HelloAddSyncFirst(builder: flatbuffers.Builder, syncFirst: bool):
 
 def AddSyncFirst(builder: flatbuffers.Builder, syncFirst: bool):
     HelloAddSyncFirst(builder, syncFirst)
+
+def HelloAddConversation(builder: flatbuffers.Builder, conversation: bool):
+    builder.PrependBoolSlot(4, conversation, 0)
+
+def AddConversation(builder: flatbuffers.Builder, conversation: bool):
+    HelloAddConversation(builder, conversation)
 
 def HelloEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()

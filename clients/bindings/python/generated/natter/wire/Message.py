@@ -63,6 +63,9 @@ class Message(object):
             return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
         return 0
 
+    # For a Text: its current text (the latest edit's; empty once deleted).
+    # For an Edit: the new text (empty once the target is deleted). For a
+    # Delete: empty.
     # Message
     def Text(self) -> Optional[str]:
         o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(14))
@@ -70,8 +73,40 @@ class Message(object):
             return self._tab.String(o + self._tab.Pos)
         return None
 
+    # Text (an ordinary message), Edit or Delete (appended, issue 15).
+    # Message
+    def Kind(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(16))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint8Flags, o + self._tab.Pos)
+        return 0
+
+    # For an Edit or Delete: the seq of the Text it changes; 0 for a Text.
+    # Message
+    def TargetSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(18))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # For a Text: the seq of the latest Edit applied to it (0: never edited).
+    # Message
+    def EditedSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(20))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
+    # For a Text: the seq of the Delete that removed it (0: not deleted).
+    # Message
+    def DeletedSeq(self):
+        o = flatbuffers.number_types.UOffsetTFlags.py_type(self._tab.Offset(22))
+        if o != 0:
+            return self._tab.Get(flatbuffers.number_types.Uint64Flags, o + self._tab.Pos)
+        return 0
+
 def MessageStart(builder: flatbuffers.Builder):
-    builder.StartObject(6)
+    builder.StartObject(10)
 
 def Start(builder: flatbuffers.Builder):
     MessageStart(builder)
@@ -111,6 +146,30 @@ def MessageAddText(builder: flatbuffers.Builder, text: int):
 
 def AddText(builder: flatbuffers.Builder, text: int):
     MessageAddText(builder, text)
+
+def MessageAddKind(builder: flatbuffers.Builder, kind: int):
+    builder.PrependUint8Slot(6, kind, 0)
+
+def AddKind(builder: flatbuffers.Builder, kind: int):
+    MessageAddKind(builder, kind)
+
+def MessageAddTargetSeq(builder: flatbuffers.Builder, targetSeq: int):
+    builder.PrependUint64Slot(7, targetSeq, 0)
+
+def AddTargetSeq(builder: flatbuffers.Builder, targetSeq: int):
+    MessageAddTargetSeq(builder, targetSeq)
+
+def MessageAddEditedSeq(builder: flatbuffers.Builder, editedSeq: int):
+    builder.PrependUint64Slot(8, editedSeq, 0)
+
+def AddEditedSeq(builder: flatbuffers.Builder, editedSeq: int):
+    MessageAddEditedSeq(builder, editedSeq)
+
+def MessageAddDeletedSeq(builder: flatbuffers.Builder, deletedSeq: int):
+    builder.PrependUint64Slot(9, deletedSeq, 0)
+
+def AddDeletedSeq(builder: flatbuffers.Builder, deletedSeq: int):
+    MessageAddDeletedSeq(builder, deletedSeq)
 
 def MessageEnd(builder: flatbuffers.Builder) -> int:
     return builder.EndObject()

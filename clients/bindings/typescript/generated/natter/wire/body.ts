@@ -3,6 +3,9 @@
 /* eslint-disable @typescript-eslint/no-unused-vars, @typescript-eslint/no-explicit-any, @typescript-eslint/no-non-null-assertion */
 
 import { Ack } from '../../natter/wire/ack.js';
+import { ChatStates } from '../../natter/wire/chat-states.js';
+import { Delete } from '../../natter/wire/delete.js';
+import { Edit } from '../../natter/wire/edit.js';
 import { Error } from '../../natter/wire/error.js';
 import { Hello } from '../../natter/wire/hello.js';
 import { History } from '../../natter/wire/history.js';
@@ -11,11 +14,13 @@ import { Message } from '../../natter/wire/message.js';
 import { Ping } from '../../natter/wire/ping.js';
 import { Pong } from '../../natter/wire/pong.js';
 import { Presence } from '../../natter/wire/presence.js';
+import { Receipt } from '../../natter/wire/receipt.js';
 import { Resync } from '../../natter/wire/resync.js';
 import { Send } from '../../natter/wire/send.js';
 import { SendOk } from '../../natter/wire/send-ok.js';
 import { Sync } from '../../natter/wire/sync.js';
 import { SyncDone } from '../../natter/wire/sync-done.js';
+import { Typing } from '../../natter/wire/typing.js';
 import { Welcome } from '../../natter/wire/welcome.js';
 
 
@@ -35,13 +40,18 @@ export enum Body {
   Ping = 12,
   Pong = 13,
   Error = 14,
-  Resync = 15
+  Resync = 15,
+  Edit = 16,
+  Delete = 17,
+  Typing = 18,
+  Receipt = 19,
+  ChatStates = 20
 }
 
 export function unionToBody(
   type: Body,
-  accessor: (obj:Ack|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Resync|Send|SendOk|Sync|SyncDone|Welcome) => Ack|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Resync|Send|SendOk|Sync|SyncDone|Welcome|null
-): Ack|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Resync|Send|SendOk|Sync|SyncDone|Welcome|null {
+  accessor: (obj:Ack|ChatStates|Delete|Edit|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Receipt|Resync|Send|SendOk|Sync|SyncDone|Typing|Welcome) => Ack|ChatStates|Delete|Edit|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Receipt|Resync|Send|SendOk|Sync|SyncDone|Typing|Welcome|null
+): Ack|ChatStates|Delete|Edit|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Receipt|Resync|Send|SendOk|Sync|SyncDone|Typing|Welcome|null {
   switch(Body[type]) {
     case 'NONE': return null; 
     case 'Hello': return accessor(new Hello())! as Hello;
@@ -59,15 +69,20 @@ export function unionToBody(
     case 'Pong': return accessor(new Pong())! as Pong;
     case 'Error': return accessor(new Error())! as Error;
     case 'Resync': return accessor(new Resync())! as Resync;
+    case 'Edit': return accessor(new Edit())! as Edit;
+    case 'Delete': return accessor(new Delete())! as Delete;
+    case 'Typing': return accessor(new Typing())! as Typing;
+    case 'Receipt': return accessor(new Receipt())! as Receipt;
+    case 'ChatStates': return accessor(new ChatStates())! as ChatStates;
     default: return null;
   }
 }
 
 export function unionListToBody(
   type: Body, 
-  accessor: (index: number, obj:Ack|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Resync|Send|SendOk|Sync|SyncDone|Welcome) => Ack|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Resync|Send|SendOk|Sync|SyncDone|Welcome|null, 
+  accessor: (index: number, obj:Ack|ChatStates|Delete|Edit|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Receipt|Resync|Send|SendOk|Sync|SyncDone|Typing|Welcome) => Ack|ChatStates|Delete|Edit|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Receipt|Resync|Send|SendOk|Sync|SyncDone|Typing|Welcome|null, 
   index: number
-): Ack|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Resync|Send|SendOk|Sync|SyncDone|Welcome|null {
+): Ack|ChatStates|Delete|Edit|Error|Hello|History|HistoryPage|Message|Ping|Pong|Presence|Receipt|Resync|Send|SendOk|Sync|SyncDone|Typing|Welcome|null {
   switch(Body[type]) {
     case 'NONE': return null; 
     case 'Hello': return accessor(index, new Hello())! as Hello;
@@ -85,6 +100,11 @@ export function unionListToBody(
     case 'Pong': return accessor(index, new Pong())! as Pong;
     case 'Error': return accessor(index, new Error())! as Error;
     case 'Resync': return accessor(index, new Resync())! as Resync;
+    case 'Edit': return accessor(index, new Edit())! as Edit;
+    case 'Delete': return accessor(index, new Delete())! as Delete;
+    case 'Typing': return accessor(index, new Typing())! as Typing;
+    case 'Receipt': return accessor(index, new Receipt())! as Receipt;
+    case 'ChatStates': return accessor(index, new ChatStates())! as ChatStates;
     default: return null;
   }
 }

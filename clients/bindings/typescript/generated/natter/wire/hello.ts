@@ -64,8 +64,19 @@ syncFirst():boolean {
   return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
 }
 
+/**
+ * The client understands the conversation frames of issue 15 (Receipt,
+ * Typing, ChatStates): only then does the server send it any, and a
+ * ChatStates right after the Welcome. Edits and deletes arrive as
+ * `Message`s either way.
+ */
+conversation():boolean {
+  const offset = this.bb!.__offset(this.bb_pos, 12);
+  return offset ? !!this.bb!.readInt8(this.bb_pos + offset) : false;
+}
+
 static startHello(builder:flatbuffers.Builder) {
-  builder.startObject(4);
+  builder.startObject(5);
 }
 
 static addToken(builder:flatbuffers.Builder, tokenOffset:flatbuffers.Offset) {
@@ -84,17 +95,22 @@ static addSyncFirst(builder:flatbuffers.Builder, syncFirst:boolean) {
   builder.addFieldInt8(3, +syncFirst, +false);
 }
 
+static addConversation(builder:flatbuffers.Builder, conversation:boolean) {
+  builder.addFieldInt8(4, +conversation, +false);
+}
+
 static endHello(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createHello(builder:flatbuffers.Builder, tokenOffset:flatbuffers.Offset, deviceOffset:flatbuffers.Offset, protocolVersion:number, syncFirst:boolean):flatbuffers.Offset {
+static createHello(builder:flatbuffers.Builder, tokenOffset:flatbuffers.Offset, deviceOffset:flatbuffers.Offset, protocolVersion:number, syncFirst:boolean, conversation:boolean):flatbuffers.Offset {
   Hello.startHello(builder);
   Hello.addToken(builder, tokenOffset);
   Hello.addDevice(builder, deviceOffset);
   Hello.addProtocolVersion(builder, protocolVersion);
   Hello.addSyncFirst(builder, syncFirst);
+  Hello.addConversation(builder, conversation);
   return Hello.endHello(builder);
 }
 }

@@ -4,6 +4,9 @@
 
 import * as flatbuffers from 'flatbuffers';
 
+import { MessageKind } from '../../natter/wire/message-kind.js';
+
+
 /**
  * Server → client: one stored message (live push, sync or history).
  * Within a chat `seq` is gapless and strictly increasing from 1.
@@ -51,6 +54,11 @@ clientMsgId():bigint {
   return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
 }
 
+/**
+ * For a Text: its current text (the latest edit's; empty once deleted).
+ * For an Edit: the new text (empty once the target is deleted). For a
+ * Delete: empty.
+ */
 text():string|null
 text(optionalEncoding:flatbuffers.Encoding):string|Uint8Array|null
 text(optionalEncoding?:any):string|Uint8Array|null {
@@ -58,8 +66,40 @@ text(optionalEncoding?:any):string|Uint8Array|null {
   return offset ? this.bb!.__string(this.bb_pos + offset, optionalEncoding) : null;
 }
 
+/**
+ * Text (an ordinary message), Edit or Delete (appended, issue 15).
+ */
+kind():MessageKind {
+  const offset = this.bb!.__offset(this.bb_pos, 16);
+  return offset ? this.bb!.readUint8(this.bb_pos + offset) : MessageKind.Text;
+}
+
+/**
+ * For an Edit or Delete: the seq of the Text it changes; 0 for a Text.
+ */
+targetSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 18);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+/**
+ * For a Text: the seq of the latest Edit applied to it (0: never edited).
+ */
+editedSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 20);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
+/**
+ * For a Text: the seq of the Delete that removed it (0: not deleted).
+ */
+deletedSeq():bigint {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.readUint64(this.bb_pos + offset) : BigInt('0');
+}
+
 static startMessage(builder:flatbuffers.Builder) {
-  builder.startObject(6);
+  builder.startObject(10);
 }
 
 static addChatId(builder:flatbuffers.Builder, chatId:bigint) {
@@ -86,12 +126,28 @@ static addText(builder:flatbuffers.Builder, textOffset:flatbuffers.Offset) {
   builder.addFieldOffset(5, textOffset, 0);
 }
 
+static addKind(builder:flatbuffers.Builder, kind:MessageKind) {
+  builder.addFieldInt8(6, kind, MessageKind.Text);
+}
+
+static addTargetSeq(builder:flatbuffers.Builder, targetSeq:bigint) {
+  builder.addFieldInt64(7, targetSeq, BigInt('0'));
+}
+
+static addEditedSeq(builder:flatbuffers.Builder, editedSeq:bigint) {
+  builder.addFieldInt64(8, editedSeq, BigInt('0'));
+}
+
+static addDeletedSeq(builder:flatbuffers.Builder, deletedSeq:bigint) {
+  builder.addFieldInt64(9, deletedSeq, BigInt('0'));
+}
+
 static endMessage(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createMessage(builder:flatbuffers.Builder, chatId:bigint, seq:bigint, sender:bigint, serverTsMs:bigint, clientMsgId:bigint, textOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createMessage(builder:flatbuffers.Builder, chatId:bigint, seq:bigint, sender:bigint, serverTsMs:bigint, clientMsgId:bigint, textOffset:flatbuffers.Offset, kind:MessageKind, targetSeq:bigint, editedSeq:bigint, deletedSeq:bigint):flatbuffers.Offset {
   Message.startMessage(builder);
   Message.addChatId(builder, chatId);
   Message.addSeq(builder, seq);
@@ -99,6 +155,10 @@ static createMessage(builder:flatbuffers.Builder, chatId:bigint, seq:bigint, sen
   Message.addServerTsMs(builder, serverTsMs);
   Message.addClientMsgId(builder, clientMsgId);
   Message.addText(builder, textOffset);
+  Message.addKind(builder, kind);
+  Message.addTargetSeq(builder, targetSeq);
+  Message.addEditedSeq(builder, editedSeq);
+  Message.addDeletedSeq(builder, deletedSeq);
   return Message.endMessage(builder);
 }
 }
