@@ -109,6 +109,7 @@ pub fn start(
         config.timeout.min(Duration::from_secs(5)),
         config.timeout,
         senders * 2,
+        &config.gateway_ca,
     );
     for i in 0..senders {
         let (jobs, results_tx, client, metrics) =
