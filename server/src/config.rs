@@ -142,9 +142,13 @@ pub struct Flags {
     #[arg(long)]
     pub user_write_rate_limit: Option<u32>,
     /// Push gateway notify URL used for pushers that name none, e.g.
-    /// "http://sygnal.internal:5000/_matrix/push/v1/notify" (plain HTTP: no TLS yet) [default: none].
+    /// "https://sygnal.internal:5000/_matrix/push/v1/notify" (https or http) [default: none].
     #[arg(long)]
     pub push_gateway: Option<String>,
+    /// PEM file of the CA certificates https push gateways must chain to,
+    /// instead of the built-in Mozilla roots (a private CA, tests) [default: built-in roots].
+    #[arg(long)]
+    pub push_gateway_ca: Option<PathBuf>,
     /// Comma-separated hosts (`host` or `host:port`) a pusher's own gateway_url
     /// may name; the --push-gateway host is always allowed [default: none].
     #[arg(long)]
@@ -231,6 +235,7 @@ struct FileConfig {
     user_write_rate_limit: Option<u32>,
     push_gateway: Option<String>,
     push_gateway_allow: Option<String>,
+    push_gateway_ca: Option<PathBuf>,
     push_coalesce: Option<String>,
     push_silent_after: Option<String>,
     push_timeout: Option<String>,
@@ -720,6 +725,7 @@ fn abuse_limits(flags: &Flags, file: &FileConfig, d: &AbuseLimits) -> Result<Abu
 struct PushFlags {
     gateway: Option<String>,
     allow: Option<String>,
+    ca: Option<PathBuf>,
     coalesce: Option<String>,
     silent_after: Option<String>,
     timeout: Option<String>,
@@ -735,6 +741,7 @@ fn flags_push(flags: &Flags, file: &FileConfig) -> PushFlags {
             .push_gateway_allow
             .clone()
             .or(file.push_gateway_allow.clone()),
+        ca: flags.push_gateway_ca.clone().or(file.push_gateway_ca.clone()),
         coalesce: flags.push_coalesce.clone().or(file.push_coalesce.clone()),
         silent_after: flags.push_silent_after.clone().or(file.push_silent_after.clone()),
         timeout: flags.push_timeout.clone().or(file.push_timeout.clone()),
@@ -742,6 +749,23 @@ fn flags_push(flags: &Flags, file: &FileConfig) -> PushFlags {
         rate_limit: flags.push_rate_limit.or(file.push_rate_limit),
         settle: flags.push_settle.clone(),
     }
+}
+
+/// The certificates (DER) of a PEM file; at least one, or an error saying why.
+fn load_ca(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => certs.push(c.der().to_vec()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
 }
 
 /// Validates the push settings; the silent threshold defaults to half the heartbeat timeout
@@ -772,6 +796,10 @@ fn push_config(f: &PushFlags, heartbeat: Duration) -> Result<crate::push::PushCo
         text_max: f.text_max.unwrap_or(d.text_max),
         rate_per_minute: f.rate_limit.unwrap_or(d.rate_per_minute),
         settle: duration("push-settle", &f.settle, d.settle)?,
+        gateway_ca: match &f.ca {
+            Some(path) => load_ca(path).map_err(|m| invalid("push-gateway-ca", m))?.into(),
+            None => d.gateway_ca.clone(),
+        },
         ..d
     };
     if let Some(url) = &config.gateway {

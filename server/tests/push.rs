@@ -424,3 +424,64 @@ fn a_gateway_url_outside_the_allow_list_is_refused() {
     assert!(wait_until(DEADLINE, || allowed.count() >= 1));
     assert_eq!((gateway.count(), other.count()), (0, 0));
 }
+
+#[test]
+fn an_https_gateway_is_reached_through_the_ca_given() {
+    let gateway = Gateway::start_https();
+    let ca = gateway.ca_file().unwrap();
+    let server = server(&gateway, &["--push-gateway-ca", ca.to_str().unwrap()]);
+    let http = Http::new(&server);
+    let w = world(&server, &http);
+    send(&server, &w.alice, w.chat, 1, 2);
+    assert!(wait_until(DEADLINE, || metric(&server, "natter_push_sent_total") == 1.0));
+    let got = gateway.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].pushkey(), got[0].seq()), ("PHONE-KEY", 2));
+    assert_eq!(got[0].body["notification"]["counts"]["unread"], 2);
+    assert_eq!(metric(&server, "natter_push_failed_total"), 0.0);
+}
+
+#[test]
+fn an_https_gateway_whose_certificate_does_not_chain_to_the_roots_gets_nothing() {
+    // Without --push-gateway-ca natterd trusts only the built-in Mozilla roots,
+    // which did not sign the stub's certificate: every attempt fails the handshake
+    // (and is retried), and no request reaches the gateway.
+    let gateway = Gateway::start_https();
+    let server = server(&gateway, &[]);
+    let http = Http::new(&server);
+    let w = world(&server, &http);
+    send(&server, &w.alice, w.chat, 1, 1);
+    assert!(wait_until(DEADLINE, || metric(
+        &server,
+        "natter_push_retried_total"
+    ) >= 2.0));
+    assert_eq!(gateway.count(), 0, "{:?}", gateway.received());
+    assert_eq!(metric(&server, "natter_push_sent_total"), 0.0);
+}
+
+#[test]
+fn a_bad_push_gateway_ca_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    for path in [not_pem, dir.path().join("missing.pem")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterd"))
+            .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
+            .args(["--push-gateway-ca", path.to_str().unwrap()])
+            .args([
+                "--http-port",
+                "0",
+                "--tcp-port",
+                "0",
+                "--tls-port",
+                "off",
+                "--ws-port",
+                "off",
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "natterd started with {path:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("push-gateway-ca"), "{stderr}");
+    }
+}

@@ -817,13 +817,12 @@ impl Api {
             return Err(HttpError::InvalidPusher.into());
         };
         let gateway_url =
-            check_gateway_url(&self.push_config, body.gateway_url.as_deref()).map_err(|e| match e {
-                GatewayUrlError::NotAllowed => HttpError::GatewayNotAllowed.into(),
-                GatewayUrlError::NoDefault => HttpError::NoPushGateway.into(),
-                GatewayUrlError::HttpsNotBuilt => {
-                    Response::error_with(HttpError::InvalidGatewayUrl, &e.to_string())
+            check_gateway_url(&self.push_config, body.gateway_url.as_deref()).map_err(|e| -> Response {
+                match e {
+                    GatewayUrlError::NotAllowed => HttpError::GatewayNotAllowed.into(),
+                    GatewayUrlError::NoDefault => HttpError::NoPushGateway.into(),
+                    _ => HttpError::InvalidGatewayUrl.into(),
                 }
-                _ => HttpError::InvalidGatewayUrl.into(),
             })?;
         let existed = self.store.pusher(user, device).map_err(store_error)?.is_some();
         let pusher = Pusher {

@@ -48,7 +48,7 @@
 //! | 503    | `unavailable`          | the store failed, the server is overloaded/stopping, or a group change got no answer in 10 s; retry later |
 //! | 400    | `invalid_device_id`    | a `{device_id}` path segment is not a positive integer |
 //! | 400    | `invalid_pusher`       | `app_id` not 1–64 bytes of printable ASCII, `pushkey` not 1–512 bytes without control characters, or an unknown `format` |
-//! | 400    | `invalid_gateway_url`  | `gateway_url` is not `http://host[:port]/_matrix/push/v1/notify` (https is not supported yet: the push client has no TLS) |
+//! | 400    | `invalid_gateway_url`  | `gateway_url` is not `https://host[:port]/_matrix/push/v1/notify` (or `http://`) |
 //! | 400    | `no_push_gateway`      | no `gateway_url` given and the server has no `--push-gateway` |
 //! | 403    | `gateway_not_allowed`  | `gateway_url` names a host outside `--push-gateway-allow` |
 //! | 404    | `unknown_device`       | no such device among the caller's own (other users' devices are not revealed) |

@@ -67,6 +67,10 @@ pub enum FailureClass {
     Timeout,
     /// A 5xx (or 408 / 429) answer.
     Status,
+    /// The TLS handshake with an `https://` gateway failed (most often its
+    /// certificate does not chain to the trusted roots: `--push-gateway-ca`).
+    /// Retried with backoff, as the operator may fix the certificate.
+    Tls,
     /// Another transport error (reset, malformed answer).
     Io,
     /// A 4xx other than 408 / 429: the request was refused (not retried).
@@ -80,6 +84,7 @@ impl FailureClass {
             Self::Connect => "connect",
             Self::Timeout => "timeout",
             Self::Status => "status",
+            Self::Tls => "tls",
             Self::Io => "io",
             Self::Refused => "refused",
         }
@@ -191,8 +196,28 @@ impl Client {
     /// at least one per sender thread, or each request past the pool pays a
     /// new connection (ureq's default pool is 10 in all, which made 8 to 32
     /// senders reconnect constantly: a quarter of natterd's CPU in the bench).
-    pub fn new(connect: Duration, timeout: Duration, idle: usize) -> Self {
+    ///
+    /// `https://` gateways are reached over rustls with the ring provider;
+    /// their certificates must chain to `ca` (DER certificates, from
+    /// `--push-gateway-ca`) or, when `ca` is empty, to the built-in Mozilla
+    /// roots (webpki-roots), so natterd needs no system certificate store.
+    pub fn new(connect: Duration, timeout: Duration, idle: usize, ca: &[Vec<u8>]) -> Self {
+        let roots = if ca.is_empty() {
+            ureq::tls::RootCerts::WebPki
+        } else {
+            let certs: Vec<ureq::tls::Certificate<'static>> = ca
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der).to_owned())
+                .collect();
+            ureq::tls::RootCerts::new_with_certs(&certs)
+        };
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::Rustls)
+            .unversioned_rustls_crypto_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .root_certs(roots)
+            .build();
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(connect))
             .timeout_global(Some(timeout))
@@ -269,7 +294,8 @@ impl ureq::unversioned::resolver::Resolver for BlockingResolver {
         use std::net::ToSocketAddrs as _;
         let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(80);
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let mut out = self.empty();
         for addr in (host, port).to_socket_addrs()?.take(16) {
             out.push(addr);
@@ -288,6 +314,11 @@ fn classify_error(error: &ureq::Error) -> FailureClass {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => FailureClass::Connect,
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => FailureClass::Connect,
         ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => FailureClass::Timeout,
+        ureq::Error::Rustls(_) | ureq::Error::Tls(_) | ureq::Error::TlsRequired => FailureClass::Tls,
+        // rustls reports a refused certificate as an io::Error wrapping its own.
+        ureq::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) => {
+            FailureClass::Tls
+        }
         _ => FailureClass::Io,
     }
 }

@@ -120,6 +120,10 @@ pub struct PushConfig {
     /// own kept-alive connection): 16, as a gateway round trip is mostly
     /// waiting for the gateway.
     pub senders: usize,
+    /// `--push-gateway-ca FILE`: the CA certificates (DER, read from a PEM
+    /// file at start) that `https://` gateways must chain to, *instead of* the
+    /// built-in Mozilla roots (webpki-roots). Empty: the built-in roots.
+    pub gateway_ca: Arc<[Vec<u8>]>,
 }
 
 impl Default for PushConfig {
@@ -134,6 +138,7 @@ impl Default for PushConfig {
             text_max: DEFAULT_TEXT_MAX,
             rate_per_minute: DEFAULT_RATE_LIMIT,
             senders: 16,
+            gateway_ca: Arc::from(Vec::new()),
         }
     }
 }
@@ -142,15 +147,9 @@ impl Default for PushConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayUrlError {
-    /// Caller error: not `http://host[:port]/_matrix/push/v1/notify`.
-    #[error("a gateway URL is http://host[:port]{NOTIFY_PATH}")]
+    /// Caller error: not `http[s]://host[:port]/_matrix/push/v1/notify`.
+    #[error("a gateway URL is https://host[:port]{NOTIFY_PATH} (or http://)")]
     Malformed,
-    /// Not built: the push client has no TLS yet, so an `https://` gateway
-    /// cannot be reached (refused up front rather than failing every attempt).
-    /// Run the gateway (e.g. Sygnal) where natterd reaches it over plain HTTP
-    /// on a trusted network.
-    #[error("https gateways are not supported by this build (the push client has no TLS yet)")]
-    HttpsNotBuilt,
     /// Refused by policy: the host is not on `--push-gateway-allow`.
     #[error("that gateway host is not allowed on this server")]
     NotAllowed,
@@ -161,10 +160,10 @@ pub enum GatewayUrlError {
 
 /// The host and `host:port` of a well-formed notify URL.
 fn url_host(url: &str) -> Result<(String, String), GatewayUrlError> {
-    if url.starts_with("https://") {
-        return Err(GatewayUrlError::HttpsNotBuilt);
-    }
-    let rest = url.strip_prefix("http://").ok_or(GatewayUrlError::Malformed)?;
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or(GatewayUrlError::Malformed)?;
     let (authority, path) = rest.split_at(rest.find('/').ok_or(GatewayUrlError::Malformed)?);
     if path != NOTIFY_PATH
         || authority.is_empty()
@@ -350,9 +349,11 @@ mod tests {
             check("http://[::1]:9000/_matrix/push/v1/notify").is_err(),
             "not on the list"
         );
+        assert!(check("https://sygnal.example/_matrix/push/v1/notify").is_ok());
+        assert!(check("https://sygnal.example:8443/_matrix/push/v1/notify").is_ok());
         assert_eq!(
-            check("https://sygnal.example/_matrix/push/v1/notify"),
-            Err(GatewayUrlError::HttpsNotBuilt)
+            check("https://evil.example/_matrix/push/v1/notify"),
+            Err(GatewayUrlError::NotAllowed)
         );
         assert!(check("http://127.0.0.1:9000/_matrix/push/v1/notify").is_ok());
         assert!(check("http://push.example:8080/_matrix/push/v1/notify").is_ok());

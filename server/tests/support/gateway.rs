@@ -3,10 +3,14 @@
 //! (with its arrival time and JSON body) and answers according to a script:
 //! 200 `{"rejected":[]}`, a status (e.g. 500), 200 with the request's
 //! pushkeys in `rejected`, or no answer at all (hang, until the stub drops).
+//! [`Gateway::start_https`] serves the same over TLS (rustls, ring) with a
+//! certificate for `127.0.0.1` / `localhost` signed by a CA of its own (rcgen),
+//! whose PEM file natterd is given with `--push-gateway-ca`.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -63,11 +67,47 @@ struct State {
 pub struct Gateway {
     addr: SocketAddr,
     shared: Arc<(Mutex<State>, Condvar)>,
+    /// For an https stub: the directory holding `ca.pem`.
+    tls_dir: Option<tempfile::TempDir>,
 }
 
 impl Gateway {
-    /// Starts the stub on 127.0.0.1, answering [`Answer::Ok`] by default.
+    /// Starts the stub on 127.0.0.1 (plain HTTP), answering [`Answer::Ok`] by default.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts an https stub on 127.0.0.1: TLS with a certificate for
+    /// `127.0.0.1` and `localhost` signed by a fresh CA ([`Gateway::ca_file`]).
+    pub fn start_https() -> Self {
+        let dir = tempfile::tempdir().expect("stub CA dir");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "natter test gateway CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca.pem");
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("leaf params");
+        let cert = params.signed_by(&key, &ca).expect("leaf certificate");
+        let chain = vec![cert.der().clone()];
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("stub TLS config");
+        let mut gateway = Self::start_with(Some(Arc::new(config)));
+        gateway.tls_dir = Some(dir);
+        gateway
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind gateway stub");
         let addr = listener.local_addr().expect("stub address");
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
@@ -79,15 +119,34 @@ impl Gateway {
                     return;
                 }
                 let shared = accept_shared.clone();
-                std::thread::spawn(move || serve(stream, &shared));
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    // A failed handshake (an untrusting client) ends in a read error.
+                    Some(config) => {
+                        if let Ok(conn) = rustls::ServerConnection::new(config) {
+                            serve(rustls::StreamOwned::new(conn, stream), &shared);
+                        }
+                    }
+                    None => serve(stream, &shared),
+                });
             }
         });
-        Self { addr, shared }
+        Self {
+            addr,
+            shared,
+            tls_dir: None,
+        }
     }
 
-    /// The notify URL natterd should post to.
+    /// The notify URL natterd should post to (`https://` for an https stub).
     pub fn url(&self) -> String {
-        format!("http://{}/_matrix/push/v1/notify", self.addr)
+        let scheme = if self.tls_dir.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}/_matrix/push/v1/notify", self.addr)
+    }
+
+    /// The PEM file of the CA that signed an https stub's certificate.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls_dir.as_ref().map(|d| d.path().join("ca.pem"))
     }
 
     /// `host:port` (for `--push-gateway-allow`).
@@ -130,11 +189,7 @@ impl Drop for Gateway {
     }
 }
 
-fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) {
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
+fn serve(stream: impl Read + Write, shared: &Arc<(Mutex<State>, Condvar)>) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
@@ -195,7 +250,12 @@ fn serve(stream: TcpStream, shared: &Arc<(Mutex<State>, Condvar)>) {
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
             text.len()
         );
-        if writer.write_all(reply.as_bytes()).is_err() {
+        let writer = reader.get_mut();
+        if writer
+            .write_all(reply.as_bytes())
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
             return;
         }
     }
