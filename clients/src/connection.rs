@@ -368,7 +368,7 @@ impl Connection {
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
     pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.io.tcp().local_addr()?)
+        Ok(self.io.local_addr()?)
     }
 
     /// The server's end of the TCP connection.
@@ -376,7 +376,19 @@ impl Connection {
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
     pub fn peer_addr(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.io.tcp().peer_addr()?)
+        Ok(self.io.peer_addr()?)
+    }
+
+    /// QUIC only: moves the connection to a new local UDP socket bound to
+    /// `local` (port 0: any free one), as a phone changing networks does; the
+    /// server migrates the connection and the session goes on. Returns the
+    /// new local address.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] on other transports;
+    /// [`ClientError::Io`] when `local` cannot be bound.
+    pub fn rebind(&mut self, local: SocketAddr) -> Result<SocketAddr, ClientError> {
+        self.io.rebind(local)
     }
 
     /// Closes the sending half (the server sees end of stream); frames can still be

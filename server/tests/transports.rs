@@ -564,7 +564,7 @@ macro_rules! per_transport {
     )*};
 }
 
-per_transport!(tcp, tls, ws);
+per_transport!(tcp, tls, ws, quic);
 
 #[test]
 fn bad_input_on_tcp_is_refused_while_an_honest_session_chats() {
@@ -712,7 +712,7 @@ fn wss_trusted_by_a_ca_file_and_the_same_certificate_after_a_restart() {
 /// A transport turned off has no listener, no URL and (without any TLS) no fingerprint.
 #[test]
 fn transports_turned_off_are_not_listed() {
-    let server = server_with(&["--tls-port", "off", "--ws-port", "off"]);
+    let server = server_with(&["--tls-port", "off", "--ws-port", "off", "--quic-port", "off"]);
     assert_eq!(server.urls, vec![format!("tcp://{}", server.tcp)]);
     assert_eq!(server.cert_sha256, None);
     let endpoints = server.client().endpoints().unwrap();
@@ -728,7 +728,7 @@ fn idle_connections_cost_little_on_every_transport() {
     let server = server_with(&["--max-sessions-per-user", "10000", "--heartbeat-timeout", "120s"]);
     let alice = server.user("alice");
     let mut held = Vec::new();
-    for scheme in ["tcp", "tls", "ws"] {
+    for scheme in ["tcp", "tls", "ws", "quic"] {
         let before = rss_bytes(server.pid());
         for _ in 0..EACH {
             let (mut conn, _) = server.connect(scheme, &alice);

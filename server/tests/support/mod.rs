@@ -62,7 +62,7 @@ impl TestServer {
         cmd.arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--cores", "2", "--http-port", "0", "--tcp-port", "0"])
-            .args(["--tls-port", "0", "--ws-port", "0"])
+            .args(["--tls-port", "0", "--ws-port", "0", "--quic-port", "0"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000"])
             .args(&self.args)

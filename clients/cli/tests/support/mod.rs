@@ -86,7 +86,7 @@ impl Server {
             .args(["--tcp-port", &self.tcp.port().to_string()])
             // The CLI speaks raw TCP; TLS and WebSocket (on by default at 7101 and
             // 7102) would clash between tests running in parallel.
-            .args(["--tls-port", "off", "--ws-port", "off"])
+            .args(["--tls-port", "off", "--ws-port", "off", "--quic-port", "off"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000", "--presence-grace", "0s"])
             .args(&self.extra)
