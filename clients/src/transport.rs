@@ -557,7 +557,10 @@ mod tests {
         let e = Endpoint::parse("tls://[::1]:7101").unwrap();
         assert_eq!((e.scheme, e.host.as_str(), e.port), (Scheme::Tls, "::1", 7101));
         assert_eq!(Endpoint::parse("tcp://127.0.0.1:7100").unwrap().path, "/");
-        assert!(Endpoint::parse("quic://127.0.0.1:7101").is_err());
+        let e = Endpoint::parse("quic://127.0.0.1:7101").unwrap();
+        assert_eq!((e.scheme, e.port), (Scheme::Quic, 7101));
+        assert!(e.scheme.uses_tls(), "QUIC needs a Trust");
+        assert!(Endpoint::parse("sctp://127.0.0.1:7101").is_err());
         assert!(Endpoint::parse("tcp://127.0.0.1").is_err());
         assert!(Endpoint::parse("127.0.0.1:7100").is_err());
     }
