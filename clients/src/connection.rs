@@ -83,8 +83,8 @@ impl Connection {
     }
 
     /// Opens a connection to an endpoint URL (`tcp://`, `tls://`, `ws://`,
-    /// `wss://`, as `GET /v1/endpoints` lists them) and authenticates, like
-    /// [`Connection::connect`]. TLS needs `trust`.
+    /// `wss://`, `quic://`, as `GET /v1/endpoints` lists them) and
+    /// authenticates, like [`Connection::connect`]. TLS and QUIC need `trust`.
     ///
     /// # Errors
     /// As [`Connection::connect`]; [`ClientError::Handshake`] when the TLS
@@ -363,7 +363,7 @@ impl Connection {
         self.timeout = timeout;
     }
 
-    /// The client's end of the TCP connection.
+    /// The client's end of the connection (the UDP socket's address on QUIC).
     ///
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
@@ -371,7 +371,7 @@ impl Connection {
         Ok(self.io.local_addr()?)
     }
 
-    /// The server's end of the TCP connection.
+    /// The server's end of the connection.
     ///
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
