@@ -35,7 +35,7 @@ trap cleanup EXIT
 # A push gateway address nobody listens on: pushers can be registered (their
 # notifications fail to connect, off the HTTP path, which is what is tested).
 NATTER_LOG=error "$natterd" --data-dir "$work/data" --cores 2 --http-port 0 --tcp-port 0 \
-  --tls-port 0 --ws-port 0 \
+  --tls-port 0 --ws-port 0 --quic-port 0 \
   --argon2-memory-kib 8 --argon2-iterations 1 --auth-rate-limit 1000000 \
   --user-write-rate-limit 1000000 \
   --push-gateway "http://127.0.0.1:9/_matrix/push/v1/notify" >"$work/out" 2>"$work/err" &

@@ -217,15 +217,18 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         Transport::Tcp => transport::Kind::Tcp,
         Transport::Tls => transport::Kind::Tls,
         Transport::Ws => transport::Kind::Ws,
-        Transport::Quic => {
-            return Err(BenchError::NotImplemented("transport \"quic\"".into()));
-        }
+        Transport::Quic => transport::Kind::Quic,
     };
-    if transport != transport::Kind::Tcp
-        && !matches!(
-            cli.scenario,
-            ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
-        )
+    let quic_capable = matches!(
+        cli.scenario,
+        ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync
+    );
+    if (transport == transport::Kind::Quic && !quic_capable)
+        || (transport != transport::Kind::Tcp
+            && !matches!(
+                cli.scenario,
+                ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
+            ))
     {
         return Err(BenchError::NotImplemented(format!(
             "transport {:?} for {} (one2one, group, sync and connect have it)",

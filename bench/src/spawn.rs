@@ -352,7 +352,7 @@ fn launch(exe: &Path, flags: &[String], ports: &[&str; 2], log: &Path) -> Result
         .args(flags)
         .args(["--http-port", ports[0], "--tcp-port", ports[1]])
         // The other transports on free ports: a benchmark never collides with a natterd on their defaults.
-        .args(["--tls-port", "0", "--ws-port", "0"])
+        .args(["--tls-port", "0", "--ws-port", "0", "--quic-port", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(stderr)

@@ -5,7 +5,10 @@
 //! [`ClientStream`] is one connection: raw TCP, TLS 1.3 (rustls, the
 //! certificate pinned by the fingerprint natterd serves) or WebSocket (the
 //! upgrade written and checked here, then tungstenite's frame codec; each
-//! size-prefixed frame the driver queues leaves as one binary message). Its
+//! size-prefixed frame the driver queues leaves as one binary message) or
+//! QUIC (quinn-proto over a non-blocking UDP socket per connection, one
+//! bidirectional stream, driven inline by reads, writes and
+//! [`ClientStream::on_timer`]). Its
 //! `read` yields frame bytes and its `write` takes frame bytes, so a driver
 //! keeps its own buffers and framing whatever the transport.
 
@@ -40,6 +43,8 @@ pub(crate) enum Kind {
     Tls,
     /// WebSocket (over TLS when natterd runs `--ws-tls`).
     Ws,
+    /// QUIC (UDP).
+    Quic,
 }
 
 /// Where and how a driver connects.
@@ -54,6 +59,19 @@ pub(crate) struct Dial {
 }
 
 impl Dial {
+    /// Opens a connection from the next source address of `sources` (TCP
+    /// connects start; a QUIC connection sends its first flight).
+    ///
+    /// # Errors
+    /// Why no connection could be started.
+    pub(crate) fn open(&self, sources: &mut crate::sockets::Sources) -> Result<ClientStream, String> {
+        if self.kind == Kind::Quic {
+            return Quic::open(self, sources.next()).map(|q| ClientStream::Quic(Box::new(q)));
+        }
+        let tcp = crate::sockets::connect_from(sources, self.addr)?;
+        self.wrap(tcp).map_err(|e| format!("transport: {e}"))
+    }
+
     /// The endpoint of `kind` that `target` serves.
     ///
     /// # Errors
@@ -63,6 +81,7 @@ impl Dial {
             Kind::Tcp => "tcp",
             Kind::Tls => "tls",
             Kind::Ws => "ws",
+            Kind::Quic => "quic",
         };
         let url = target
             .urls
@@ -103,6 +122,7 @@ impl Dial {
             (Kind::Tls, _) => format!("tls://{}", self.addr),
             (Kind::Ws, false) => format!("ws://{}/", self.addr),
             (Kind::Ws, true) => format!("wss://{}/", self.addr),
+            (Kind::Quic, _) => format!("quic://{}", self.addr),
         }
     }
 
@@ -143,6 +163,7 @@ impl Dial {
                 };
                 ClientStream::Ws(Box::new(Ws::new(inner, self.addr)))
             }
+            Kind::Quic => return Err(io::Error::other("QUIC does not run over a TCP socket")),
         })
     }
 }
@@ -156,15 +177,58 @@ pub(crate) enum ClientStream {
     Tls(Box<Tls>),
     /// WebSocket.
     Ws(Box<Ws>),
+    /// QUIC.
+    Quic(Box<Quic>),
 }
 
 impl ClientStream {
     /// The socket underneath (to register, and to see the connect finish).
+    ///
+    /// # Panics
+    /// On QUIC, which has no TCP socket (use [`ClientStream::source`]).
     pub(crate) fn tcp(&mut self) -> &mut TcpStream {
         match self {
             ClientStream::Tcp(s) => s,
             ClientStream::Tls(s) => &mut s.tcp,
             ClientStream::Ws(s) => s.inner.tcp(),
+            ClientStream::Quic(_) => unreachable!("QUIC connections have no TCP socket"),
+        }
+    }
+
+    /// The socket to register with mio (TCP, or QUIC's UDP socket).
+    pub(crate) fn source(&mut self) -> &mut dyn mio::event::Source {
+        match self {
+            ClientStream::Quic(q) => &mut q.socket,
+            other => other.tcp(),
+        }
+    }
+
+    /// Whether the connect finished (TCP: the socket is connected; QUIC: at
+    /// once, the handshake runs in reads and writes).
+    ///
+    /// # Errors
+    /// The connect failed.
+    pub(crate) fn connected(&mut self) -> io::Result<bool> {
+        if let ClientStream::Quic(_) = self {
+            return Ok(true);
+        }
+        let tcp = self.tcp();
+        if let Some(e) = tcp.take_error()? {
+            return Err(e);
+        }
+        match tcp.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// QUIC: when its next timer (acknowledgement delay, loss detection,
+    /// idle) is due; `None` for the others.
+    pub(crate) fn next_timeout(&mut self) -> Option<std::time::Instant> {
+        match self {
+            ClientStream::Quic(q) => q.conn.poll_timeout(),
+            _ => None,
         }
     }
 
@@ -183,6 +247,7 @@ impl ClientStream {
             ClientStream::Tcp(_) => Ok(()),
             ClientStream::Tls(s) => s.push(),
             ClientStream::Ws(s) => s.flush_buffered(),
+            ClientStream::Quic(q) => q.pump(),
         };
         match result {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -197,6 +262,7 @@ impl Read for ClientStream {
             ClientStream::Tcp(s) => s.read(buf),
             ClientStream::Tls(s) => s.read(buf),
             ClientStream::Ws(s) => s.read(buf),
+            ClientStream::Quic(q) => q.read(buf),
         }
     }
 }
@@ -209,6 +275,7 @@ impl Write for ClientStream {
             ClientStream::Tcp(s) => s.write(buf),
             ClientStream::Tls(s) => s.write(buf),
             ClientStream::Ws(s) => s.write_frames(buf),
+            ClientStream::Quic(q) => q.write(buf),
         }
     }
 
@@ -493,5 +560,212 @@ impl Ws {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         Ok(taken)
+    }
+}
+
+/// A non-blocking QUIC client connection: its own UDP socket and quinn-proto
+/// endpoint, one bidirectional stream. Every read, write and flush first
+/// takes the datagrams waiting on the socket and fires a due timer, and
+/// afterwards sends what quinn-proto has to send.
+pub(crate) struct Quic {
+    socket: mio::net::UdpSocket,
+    endpoint: quinn_proto::Endpoint,
+    conn: quinn_proto::Connection,
+    ch: quinn_proto::ConnectionHandle,
+    stream: Option<quinn_proto::StreamId>,
+    recv: Vec<u8>,
+    send: Vec<u8>,
+    lost: bool,
+}
+
+impl std::fmt::Debug for Quic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quic").field("stream", &self.stream).finish()
+    }
+}
+
+impl Quic {
+    fn open(dial: &Dial, source: Option<std::net::SocketAddrV4>) -> Result<Quic, String> {
+        let tls = dial.tls.clone().ok_or("no TLS configuration for QUIC")?;
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![natter_client::QUIC_ALPN.to_vec()];
+        let crypto =
+            quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut transport = quinn_proto::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(0))
+            .max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None);
+        let mut config = quinn_proto::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        let local: SocketAddr = match source {
+            Some(s) => SocketAddr::V4(s),
+            None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let socket = mio::net::UdpSocket::bind(local)
+            .or_else(|_| mio::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .map_err(|e| format!("bind: {e}"))?;
+        let mut endpoint =
+            quinn_proto::Endpoint::new(Arc::new(quinn_proto::EndpointConfig::default()), None, true, None);
+        let (ch, conn) = endpoint
+            .connect(
+                std::time::Instant::now(),
+                config,
+                dial.addr,
+                &dial.addr.ip().to_string(),
+            )
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut q = Quic {
+            socket,
+            endpoint,
+            conn,
+            ch,
+            stream: None,
+            recv: vec![0; 64 * 1024],
+            send: Vec::new(),
+            lost: false,
+        };
+        q.pump().map_err(|e| format!("send: {e}"))?;
+        Ok(q)
+    }
+
+    /// Takes waiting datagrams, fires a due timer, sends what is due.
+    fn pump(&mut self) -> io::Result<()> {
+        loop {
+            match self.socket.recv_from(&mut self.recv) {
+                Ok((n, from)) => {
+                    let data = bytes::BytesMut::from(self.recv.get(..n).unwrap_or_default());
+                    self.send.clear();
+                    match self.endpoint.handle(
+                        std::time::Instant::now(),
+                        from,
+                        None,
+                        None,
+                        data,
+                        &mut self.send,
+                    ) {
+                        Some(quinn_proto::DatagramEvent::ConnectionEvent(_, event)) => {
+                            self.conn.handle_event(event)
+                        }
+                        Some(quinn_proto::DatagramEvent::Response(t)) => {
+                            let _ = self
+                                .socket
+                                .send_to(self.send.get(..t.size).unwrap_or_default(), t.destination);
+                        }
+                        Some(quinn_proto::DatagramEvent::NewConnection(incoming)) => {
+                            self.endpoint.ignore(incoming)
+                        }
+                        None => {}
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                Err(e) => return Err(e),
+            }
+        }
+        let now = std::time::Instant::now();
+        if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+            self.conn.handle_timeout(now);
+        }
+        self.transmit()
+    }
+
+    fn transmit(&mut self) -> io::Result<()> {
+        loop {
+            while let Some(event) = self.conn.poll_endpoint_events() {
+                if let Some(back) = self.endpoint.handle_event(self.ch, event) {
+                    self.conn.handle_event(back);
+                }
+            }
+            self.send.clear();
+            let Some(t) = self
+                .conn
+                .poll_transmit(std::time::Instant::now(), 1, &mut self.send)
+            else {
+                break;
+            };
+            match self
+                .socket
+                .send_to(self.send.get(..t.size).unwrap_or_default(), t.destination)
+            {
+                Ok(_) => {}
+                // Lost like any datagram: QUIC retransmits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while let Some(event) = self.conn.poll() {
+            match event {
+                quinn_proto::Event::Connected if self.stream.is_none() => {
+                    self.stream = self.conn.streams().open(quinn_proto::Dir::Bi);
+                }
+                quinn_proto::Event::ConnectionLost { .. } => self.lost = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.pump()?;
+        let Some(id) = self.stream else {
+            return Err(if self.lost {
+                io::ErrorKind::ConnectionReset.into()
+            } else {
+                io::ErrorKind::WouldBlock.into()
+            });
+        };
+        let mut filled = 0;
+        let mut ended = false;
+        {
+            let mut recv = self.conn.recv_stream(id);
+            match recv.read(true) {
+                Ok(mut chunks) => {
+                    while filled < buf.len() {
+                        match chunks.next(buf.len() - filled) {
+                            Ok(Some(chunk)) => {
+                                let n = chunk.bytes.len();
+                                if let Some(dst) = buf.get_mut(filled..filled + n) {
+                                    dst.copy_from_slice(&chunk.bytes);
+                                }
+                                filled += n;
+                            }
+                            Ok(None) | Err(quinn_proto::ReadError::Reset(_)) => {
+                                ended = true;
+                                break;
+                            }
+                            Err(quinn_proto::ReadError::Blocked) => break,
+                        }
+                    }
+                    let _ = chunks.finalize();
+                }
+                Err(_) => ended = true,
+            }
+        }
+        if filled > 0 {
+            self.transmit()?;
+            return Ok(filled);
+        }
+        if ended || self.lost {
+            return Ok(0);
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pump()?;
+        let Some(id) = self.stream else {
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        match self.conn.send_stream(id).write(buf) {
+            Ok(n) => {
+                self.transmit()?;
+                Ok(n)
+            }
+            Err(quinn_proto::WriteError::Blocked) => Err(io::ErrorKind::WouldBlock.into()),
+            Err(_) => Err(io::ErrorKind::BrokenPipe.into()),
+        }
     }
 }

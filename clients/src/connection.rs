@@ -83,8 +83,8 @@ impl Connection {
     }
 
     /// Opens a connection to an endpoint URL (`tcp://`, `tls://`, `ws://`,
-    /// `wss://`, as `GET /v1/endpoints` lists them) and authenticates, like
-    /// [`Connection::connect`]. TLS needs `trust`.
+    /// `wss://`, `quic://`, as `GET /v1/endpoints` lists them) and
+    /// authenticates, like [`Connection::connect`]. TLS and QUIC need `trust`.
     ///
     /// # Errors
     /// As [`Connection::connect`]; [`ClientError::Handshake`] when the TLS
@@ -386,20 +386,32 @@ impl Connection {
         self.timeout = timeout;
     }
 
-    /// The client's end of the TCP connection.
+    /// The client's end of the connection (the UDP socket's address on QUIC).
     ///
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
     pub fn local_addr(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.io.tcp().local_addr()?)
+        Ok(self.io.local_addr()?)
     }
 
-    /// The server's end of the TCP connection.
+    /// The server's end of the connection.
     ///
     /// # Errors
     /// [`ClientError::Io`] if the socket is no longer connected.
     pub fn peer_addr(&self) -> Result<SocketAddr, ClientError> {
-        Ok(self.io.tcp().peer_addr()?)
+        Ok(self.io.peer_addr()?)
+    }
+
+    /// QUIC only: moves the connection to a new local UDP socket bound to
+    /// `local` (port 0: any free one), as a phone changing networks does; the
+    /// server migrates the connection and the session goes on. Returns the
+    /// new local address.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidArgument`] on other transports;
+    /// [`ClientError::Io`] when `local` cannot be bound.
+    pub fn rebind(&mut self, local: SocketAddr) -> Result<SocketAddr, ClientError> {
+        self.io.rebind(local)
     }
 
     /// Closes the sending half (the server sees end of stream); frames can still be

@@ -46,6 +46,7 @@ mod connection;
 mod error;
 mod http;
 mod presence;
+mod quic;
 mod transport;
 
 pub use chats::{ChatSummary, Group, GroupMember, MemberReceipt};
@@ -55,4 +56,5 @@ pub use http::{
     DEFAULT_HTTP_TIMEOUT, Endpoints, Friend, FriendList, FriendStatus, HttpClient, Login, RawResponse,
 };
 pub use presence::UserPresence;
+pub use quic::ALPN as QUIC_ALPN;
 pub use transport::{Endpoint, Scheme, Trust, fingerprint, tls_client_config};

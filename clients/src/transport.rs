@@ -1,7 +1,7 @@
 //! The transports a [`crate::Connection`] runs over: raw TCP, TLS 1.3 (rustls
-//! with ring) and WebSocket (tungstenite, plain or over TLS), chosen by an
-//! endpoint URL (`tcp://`, `tls://`, `ws://`, `wss://`) as `GET /v1/endpoints`
-//! lists them.
+//! with ring), WebSocket (tungstenite, plain or over TLS) and QUIC
+//! (quinn-proto, `quic.rs`), chosen by an endpoint URL (`tcp://`, `tls://`,
+//! `ws://`, `wss://`, `quic://`) as `GET /v1/endpoints` lists them.
 //!
 //! TLS trusts the server by [`Trust`]: a pinned SHA-256 fingerprint of its
 //! certificate (what natterd logs and serves as `cert_sha256`; works for its
@@ -68,18 +68,20 @@ pub enum Scheme {
     Ws,
     /// WebSocket over TLS.
     Wss,
+    /// QUIC (UDP, TLS 1.3 inside, ALPN `natter/1`, one bidirectional stream).
+    Quic,
 }
 
 impl Scheme {
     /// Whether the transport needs a [`Trust`].
     pub fn uses_tls(self) -> bool {
-        matches!(self, Scheme::Tls | Scheme::Wss)
+        matches!(self, Scheme::Tls | Scheme::Wss | Scheme::Quic)
     }
 }
 
 impl Endpoint {
-    /// Parses `tcp://host:port`, `tls://host:port`, `ws://host:port/path` or
-    /// `wss://host:port/path` (IPv6 hosts in brackets).
+    /// Parses `tcp://host:port`, `tls://host:port`, `ws://host:port/path`,
+    /// `wss://host:port/path` or `quic://host:port` (IPv6 hosts in brackets).
     ///
     /// # Errors
     /// [`ClientError::InvalidArgument`] for another scheme or a missing port.
@@ -91,7 +93,8 @@ impl Endpoint {
             "tls" => Scheme::Tls,
             "ws" => Scheme::Ws,
             "wss" => Scheme::Wss,
-            _ => return Err(bad("scheme must be tcp, tls, ws or wss")),
+            "quic" => Scheme::Quic,
+            _ => return Err(bad("scheme must be tcp, tls, ws, wss or quic")),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (rest.get(..i).unwrap_or_default(), rest.get(i..).unwrap_or("/")),
@@ -125,6 +128,7 @@ pub(crate) enum Io {
     Tcp(TcpStream),
     Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
     Ws(Box<WebSocket<Plain>>),
+    Quic(Box<crate::quic::QuicIo>),
 }
 
 /// The stream under a WebSocket: TCP or TLS.
@@ -188,6 +192,17 @@ impl Io {
         timeout: Duration,
     ) -> Result<Io, ClientError> {
         let addr = endpoint.socket_addr()?;
+        if endpoint.scheme == Scheme::Quic {
+            let trust = trust.ok_or_else(|| {
+                ClientError::InvalidArgument("a QUIC endpoint needs a Trust (fingerprint or CA file)".into())
+            })?;
+            return Ok(Io::Quic(Box::new(crate::quic::QuicIo::open(
+                addr,
+                &endpoint.host,
+                trust,
+                timeout,
+            )?)));
+        }
         let tcp = TcpStream::connect_timeout(&addr, timeout)?;
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(timeout))?;
@@ -205,7 +220,7 @@ impl Io {
             Ok(Box::new(tls))
         };
         let io = match endpoint.scheme {
-            Scheme::Tcp => Io::Tcp(tcp),
+            Scheme::Tcp | Scheme::Quic => Io::Tcp(tcp),
             Scheme::Tls => Io::Tls(tls(tcp)?),
             Scheme::Ws | Scheme::Wss => {
                 let plain = if endpoint.scheme == Scheme::Wss {
@@ -243,11 +258,40 @@ impl Io {
         Ok(io)
     }
 
-    pub(crate) fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Io::Tcp(s) => s,
-            Io::Tls(s) => s.get_ref(),
-            Io::Ws(s) => s.get_ref().tcp(),
+            Io::Tcp(s) => Some(s),
+            Io::Tls(s) => Some(s.get_ref()),
+            Io::Ws(s) => Some(s.get_ref().tcp()),
+            Io::Quic(_) => None,
+        }
+    }
+
+    /// Our end of the connection (the UDP socket for QUIC).
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        match (self, self.tcp()) {
+            (Io::Quic(q), _) => q.local_addr(),
+            (_, Some(tcp)) => tcp.local_addr(),
+            (_, None) => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// The server's end of the connection.
+    pub(crate) fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match (self, self.tcp()) {
+            (Io::Quic(q), _) => Ok(q.peer_addr()),
+            (_, Some(tcp)) => tcp.peer_addr(),
+            (_, None) => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    /// QUIC only: moves the connection to a new local UDP socket (migration).
+    pub(crate) fn rebind(&mut self, local: SocketAddr) -> Result<SocketAddr, ClientError> {
+        match self {
+            Io::Quic(q) => Ok(q.rebind(local)?),
+            _ => Err(ClientError::InvalidArgument(
+                "only a QUIC connection can change its local address".into(),
+            )),
         }
     }
 
@@ -260,6 +304,7 @@ impl Io {
                 s.flush()
             }
             Io::Ws(ws) => ws_io(ws.send(Message::Binary(bytes.to_vec().into()))),
+            Io::Quic(q) => q.write_all(bytes),
         }
     }
 
@@ -280,9 +325,18 @@ impl Io {
         chunk: &mut [u8],
         wait: Duration,
     ) -> io::Result<Got> {
-        self.tcp()
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+        if let Io::Quic(q) = self {
+            return Ok(match q.read_some(out, wait)? {
+                None => Got::Nothing,
+                Some(false) => Got::Data,
+                Some(true) => Got::Closed(None),
+            });
+        }
+        if let Some(tcp) = self.tcp() {
+            tcp.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+        }
         let n = match self {
+            Io::Quic(_) => return Ok(Got::Nothing),
             Io::Tcp(s) => s.read(chunk),
             Io::Tls(s) => match s.read(chunk) {
                 // The server closed without close_notify: closed all the same.
@@ -347,12 +401,20 @@ impl Io {
                 s.get_ref().shutdown(Shutdown::Write)
             }
             Io::Ws(ws) => ws_io(ws.close(None)),
+            Io::Quic(q) => q.shutdown_write(),
         }
     }
 
     /// Best effort: both halves down (after invalid bytes from the server).
-    pub(crate) fn shutdown_both(&self) {
-        let _ = self.tcp().shutdown(Shutdown::Both);
+    pub(crate) fn shutdown_both(&mut self) {
+        match self {
+            Io::Quic(q) => q.close(),
+            _ => {
+                if let Some(tcp) = self.tcp() {
+                    let _ = tcp.shutdown(Shutdown::Both);
+                }
+            }
+        }
     }
 }
 
@@ -495,7 +557,10 @@ mod tests {
         let e = Endpoint::parse("tls://[::1]:7101").unwrap();
         assert_eq!((e.scheme, e.host.as_str(), e.port), (Scheme::Tls, "::1", 7101));
         assert_eq!(Endpoint::parse("tcp://127.0.0.1:7100").unwrap().path, "/");
-        assert!(Endpoint::parse("quic://127.0.0.1:7101").is_err());
+        let e = Endpoint::parse("quic://127.0.0.1:7101").unwrap();
+        assert_eq!((e.scheme, e.port), (Scheme::Quic, 7101));
+        assert!(e.scheme.uses_tls(), "QUIC needs a Trust");
+        assert!(Endpoint::parse("sctp://127.0.0.1:7101").is_err());
         assert!(Endpoint::parse("tcp://127.0.0.1").is_err());
         assert!(Endpoint::parse("127.0.0.1:7100").is_err());
     }

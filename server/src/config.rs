@@ -81,6 +81,11 @@ pub struct Flags {
     /// = no WebSocket listener [default: 7102].
     #[arg(long, value_name = "PORT|off")]
     pub ws_port: Option<String>,
+    /// QUIC port (UDP; ALPN `natter/1`, the TLS certificate, one bidirectional
+    /// stream of the same frames as TCP); 0 = any free port, "off" = no QUIC
+    /// [default: 7101].
+    #[arg(long, value_name = "PORT|off")]
+    pub quic_port: Option<String>,
     /// Serve WebSocket over TLS (`wss://`) with the TLS certificate.
     #[arg(long)]
     pub ws_tls: bool,
@@ -218,6 +223,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     ws_port: Option<PortSetting>,
+    quic_port: Option<PortSetting>,
     ws_tls: Option<bool>,
     ws_origin: Option<Vec<String>>,
     cores: Option<usize>,
@@ -272,6 +278,8 @@ impl PortSetting {
 pub const DEFAULT_TLS_PORT: u16 = 7101;
 /// Default `--ws-port`.
 pub const DEFAULT_WS_PORT: u16 = 7102;
+/// Default `--quic-port` (UDP: the same number as the TLS port, which is TCP).
+pub const DEFAULT_QUIC_PORT: u16 = 7101;
 
 /// Parses a port flag: a number (0 = any free port) or `off` (`None`).
 fn parse_port(key: &'static str, text: &str) -> Result<Option<u16>, ConfigError> {
@@ -347,6 +355,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// WebSocket port (0 = any, `None` = off).
     pub ws_port: Option<u16>,
+    /// QUIC port, UDP (0 = any, `None` = off).
+    pub quic_port: Option<u16>,
     /// WebSocket over TLS (`wss://`).
     pub ws_tls: bool,
     /// Allowed browser origins for WebSocket (`None` = any).
@@ -433,6 +443,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             ws_port: Some(DEFAULT_WS_PORT),
+            quic_port: Some(DEFAULT_QUIC_PORT),
             ws_tls: false,
             ws_origins: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -466,12 +477,13 @@ impl Config {
             crate::transport::Kind::Tcp => Some(self.tcp_port),
             crate::transport::Kind::Tls => self.tls_port,
             crate::transport::Kind::Ws => self.ws_port,
+            crate::transport::Kind::Quic => self.quic_port,
         }
     }
 
     /// Whether the TLS certificate is needed (a TLS listener, or `--ws-tls`).
     pub fn needs_tls(&self) -> bool {
-        self.tls_port.is_some() || (self.ws_tls && self.ws_port.is_some())
+        self.tls_port.is_some() || (self.ws_tls && self.ws_port.is_some()) || self.quic_port.is_some()
     }
 
     /// Builds a configuration from parsed flags (reading `--config` if given).
@@ -502,6 +514,10 @@ impl Config {
             ws_port: match flags.ws_port.or(file.ws_port.map(PortSetting::into_text)) {
                 Some(text) => parse_port("ws-port", &text)?,
                 None => d.ws_port,
+            },
+            quic_port: match flags.quic_port.or(file.quic_port.map(PortSetting::into_text)) {
+                Some(text) => parse_port("quic-port", &text)?,
+                None => d.quic_port,
             },
             ws_tls: flags.ws_tls || file.ws_tls.unwrap_or(false),
             ws_origins: flags.ws_origin.or(file.ws_origin),

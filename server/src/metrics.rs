@@ -50,6 +50,19 @@ pub struct CoreMetrics {
     /// Store reads the loop thread made itself (sync, History and token
     /// reads run on the core's reader thread and are not counted here).
     pub loop_store_reads: AtomicU64,
+    /// QUIC datagrams that reached this core's socket but belong to another
+    /// core's connection (the client's address changed), forwarded there.
+    pub quic_forwarded: AtomicU64,
+    /// QUIC Retry packets sent (address validation during a handshake flood).
+    pub quic_retries: AtomicU64,
+    /// QUIC connection attempts refused (too many handshakes in progress).
+    pub quic_refused: AtomicU64,
+    /// QUIC datagrams received on this core's socket.
+    pub quic_datagrams_in: AtomicU64,
+    /// QUIC datagrams dropped because the socket's send buffer was full.
+    pub quic_send_dropped: AtomicU64,
+    /// QUIC connections owned by this core's endpoint (handshaking, live or draining).
+    pub quic_connections: AtomicU64,
 }
 
 /// A loop turn longer than this counts in `natter_loop_slow_turns_total`:
@@ -215,7 +228,7 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [PerCoreSeries; 18] = [
+        let per_core: [PerCoreSeries; 24] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -311,6 +324,42 @@ impl Metrics {
                 "counter",
                 "Store reads the event-loop thread made itself (the reader thread's are not counted)",
                 |c| &c.loop_store_reads,
+            ),
+            (
+                "natter_quic_forwarded_datagrams_total",
+                "counter",
+                "QUIC datagrams that reached this core's socket and were forwarded to the core owning their connection",
+                |c| &c.quic_forwarded,
+            ),
+            (
+                "natter_quic_retries_total",
+                "counter",
+                "QUIC Retry packets sent (address validation while handshakes pile up)",
+                |c| &c.quic_retries,
+            ),
+            (
+                "natter_quic_refused_total",
+                "counter",
+                "QUIC connection attempts refused (too many handshakes in progress)",
+                |c| &c.quic_refused,
+            ),
+            (
+                "natter_quic_datagrams_in_total",
+                "counter",
+                "QUIC datagrams received on this core's socket",
+                |c| &c.quic_datagrams_in,
+            ),
+            (
+                "natter_quic_send_dropped_total",
+                "counter",
+                "QUIC datagrams dropped because the socket's send buffer was full (QUIC retransmits them)",
+                |c| &c.quic_send_dropped,
+            ),
+            (
+                "natter_quic_connections",
+                "gauge",
+                "QUIC connections owned by this core's endpoint",
+                |c| &c.quic_connections,
             ),
         ];
         for (name, kind, help, field) in per_core {

@@ -39,6 +39,9 @@ pub enum ServerError {
     /// The TLS certificate or key could not be loaded or created.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The TLS configuration could not be turned into QUIC's.
+    #[error("QUIC: {0}")]
+    Quic(#[from] crate::transport::quic::QuicError),
     /// A listener, thread or poll could not be set up, or a core died.
     #[error("{what}: {source}")]
     Io {
@@ -150,8 +153,23 @@ impl Server {
             }),
             ws_tls: config.ws_tls,
         });
-        let cores = Cores::start(&config, acceptor, store.clone(), writer_tx, metrics.clone())
-            .map_err(io_err("starting the event loops"))?;
+        let quic = match (&tls, config.quic_port) {
+            (Some(tls), Some(_)) => Some(crate::transport::quic::QuicSetup::new(
+                &tls.config,
+                config.cores,
+                config.heartbeat_timeout.saturating_mul(2),
+            )?),
+            _ => None,
+        };
+        let cores = Cores::start(
+            &config,
+            acceptor,
+            quic.as_ref(),
+            store.clone(),
+            writer_tx,
+            metrics.clone(),
+        )
+        .map_err(io_err("starting the event loops"))?;
         let _ = mesh_slot.set(cores.mesh().clone());
         let (push, push_handle) = push::start(
             config.push.clone(),
@@ -167,8 +185,9 @@ impl Server {
             cores.addr(Kind::Tls),
             cores.addr(Kind::Ws),
             config.ws_tls,
-            tls.map(|t| t.fingerprint),
-        );
+            tls.as_ref().map(|t| t.fingerprint.clone()),
+        )
+        .with_quic(cores.addr(Kind::Quic), tls.map(|t| t.fingerprint));
         let api = Arc::new(
             Api::new(
                 &config,

@@ -58,7 +58,7 @@ impl Natterd {
         cmd.arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--cores", "2", "--http-port", "0", "--tcp-port", "0"])
-            .args(["--tls-port", "0", "--ws-port", "0"])
+            .args(["--tls-port", "0", "--ws-port", "0", "--quic-port", "0"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000"])
             .env("NATTER_LOG", log)

@@ -146,6 +146,7 @@ impl Instance {
             tcp_port: 0,
             tls_port: None,
             ws_port: None,
+            quic_port: None,
             http_port: 0,
             cores: CORES,
             // The cheapest argon2 natterd allows: hashing is not what this target tests.

@@ -55,8 +55,12 @@ pub struct Endpoints {
     /// The WebSocket listener, if enabled (`ws_tls`: it speaks `wss://`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ws: Option<SocketAddr>,
-    /// Every enabled transport as a URL (`tcp://`, `tls://`, `ws://` or
-    /// `wss://`), fastest first.
+    /// The QUIC port (UDP), if enabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quic: Option<SocketAddr>,
+    /// Every enabled transport as a URL (`tcp://`, `tls://`, `ws://`,
+    /// `wss://` or `quic://`), fastest first (QUIC last: it is listed where
+    /// clients look for it, not preferred over TCP).
     pub urls: Vec<String>,
     /// SHA-256 of the TLS certificate (DER), lowercase hex, for pinning; only
     /// when a transport uses TLS.
@@ -88,9 +92,24 @@ impl Endpoints {
             tcp,
             tls,
             ws,
+            quic: None,
             urls,
             cert_sha256: cert_sha256.filter(|_| uses_tls),
         }
+    }
+
+    /// Adds the QUIC port (`quic://host:port`, which uses the TLS
+    /// certificate: `cert_sha256` is then always listed); `None` leaves the
+    /// endpoints as they are.
+    pub fn with_quic(mut self, quic: Option<SocketAddr>, cert_sha256: Option<String>) -> Self {
+        if let Some(addr) = quic {
+            self.quic = Some(addr);
+            self.urls.push(format!("quic://{addr}"));
+            if self.cert_sha256.is_none() {
+                self.cert_sha256 = cert_sha256;
+            }
+        }
+        self
     }
 }
 
@@ -107,6 +126,18 @@ mod tests {
         assert_eq!(plain.urls, ["tcp://127.0.0.1:7100", "ws://127.0.0.1:7102/"]);
         assert_eq!(plain.cert_sha256, None, "no transport uses TLS");
         let wss = Endpoints::new(http, tcp, None, Some(ws), true, Some("ab".into()));
+        let quic = SocketAddr::from(([127, 0, 0, 1], 7101));
+        let with_quic = plain.clone().with_quic(Some(quic), Some("ab".into()));
+        assert_eq!(
+            with_quic.urls.last().map(String::as_str),
+            Some("quic://127.0.0.1:7101")
+        );
+        assert_eq!(
+            with_quic.cert_sha256.as_deref(),
+            Some("ab"),
+            "QUIC uses the certificate"
+        );
+        assert_eq!(plain.clone().with_quic(None, Some("ab".into())), plain);
         assert_eq!(wss.urls, ["tcp://127.0.0.1:7100", "wss://127.0.0.1:7102/"]);
         assert_eq!(wss.cert_sha256.as_deref(), Some("ab"));
     }

@@ -69,6 +69,9 @@ pub enum Command {
         /// Where the answer goes, one bool per device in order.
         reply: crossbeam_channel::Sender<Vec<bool>>,
     },
+    /// QUIC traffic between cores: a datagram for the core owning its
+    /// connection ID, or an event between a connection and its endpoint.
+    Quic(Box<quic::QuicCommand>),
     /// Stop accepting, close every session and leave the loop.
     Shutdown,
 }
@@ -88,6 +91,7 @@ use crate::ids::CoreId;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::store::writer::WriterSender;
+use crate::transport::quic::{self, QuicDriver, QuicSetup};
 use crate::transport::{Acceptor, Kind, tcp};
 
 /// The running event loops.
@@ -107,6 +111,7 @@ impl Cores {
     pub fn start(
         config: &Config,
         acceptor: Arc<Acceptor>,
+        quic: Option<&QuicSetup>,
         store: Arc<Store>,
         writer: WriterSender,
         metrics: Arc<Metrics>,
@@ -130,6 +135,15 @@ impl Cores {
                 core.push((kind, listener));
             }
         }
+        let mut drivers: Vec<Option<QuicDriver>> = (0..config.cores).map(|_| None).collect();
+        if let (Some(setup), Some(port)) = (quic, config.port(Kind::Quic)) {
+            let (sockets, addr) = quic::bind_sockets(SocketAddr::new(config.bind, port), config.cores)
+                .map_err(|e| io::Error::new(e.kind(), format!("binding the quic port {port} (UDP): {e}")))?;
+            addrs.push((Kind::Quic, addr));
+            for (i, (slot, socket)) in drivers.iter_mut().zip(sockets).enumerate() {
+                *slot = Some(QuicDriver::new(CoreId(i), socket, setup)?);
+            }
+        }
         let mut polls = Vec::with_capacity(config.cores);
         let mut handles = Vec::with_capacity(config.cores);
         let mut receivers = Vec::with_capacity(config.cores);
@@ -144,7 +158,13 @@ impl Cores {
         let mesh = Mesh::new(handles);
         let preauth = preauth_limits(config);
         let mut threads = Vec::with_capacity(config.cores);
-        for (i, ((poll, listeners), queue)) in polls.into_iter().zip(per_core).zip(receivers).enumerate() {
+        for (i, (((poll, listeners), queue), quic)) in polls
+            .into_iter()
+            .zip(per_core)
+            .zip(receivers)
+            .zip(drivers)
+            .enumerate()
+        {
             let core_config = CoreConfig {
                 core: CoreId(i),
                 cores: config.cores,
@@ -164,7 +184,15 @@ impl Cores {
                 metrics: metrics.clone(),
                 preauth,
             };
-            let worker = worker::Worker::new(core_config, poll, listeners, acceptor.clone(), queue, shared)?;
+            let worker = worker::Worker::new(
+                core_config,
+                poll,
+                listeners,
+                quic,
+                acceptor.clone(),
+                queue,
+                shared,
+            )?;
             let thread = std::thread::Builder::new()
                 .name(format!("natter-core-{i}"))
                 .spawn(move || worker.run())?;

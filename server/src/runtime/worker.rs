@@ -30,6 +30,7 @@ use crate::runtime::reader::{Answer, Reader};
 use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
 use crate::store::writer::{WriteOp, WriterSender};
+use crate::transport::quic::{Conns, QuicConn, QuicDriver};
 use crate::transport::{Acceptor, Kind, Stream, tcp};
 
 /// Tokens of the listeners, by [`Kind`] (in [`Kind::ALL`]'s order);
@@ -39,6 +40,8 @@ const LISTENERS: [Token; 3] = [
     Token(usize::MAX - 3),
     Token(usize::MAX - 4),
 ];
+/// Token of the core's QUIC (UDP) socket.
+const QUIC_SOCKET: Token = Token(usize::MAX - 5);
 /// Token of the waker other threads use after queueing a command.
 pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 /// Tokens at or above this belong to closed connections that are lingering
@@ -171,6 +174,10 @@ pub(crate) struct Worker {
     poll: Poll,
     /// One listener per enabled transport, with `accept_pending` per listener.
     listeners: Vec<(Kind, TcpListener, bool)>,
+    /// This core's QUIC endpoint and socket (`--quic-port`), if enabled.
+    quic: Option<QuicDriver>,
+    /// QUIC sessions read or written since their connection was last driven.
+    quic_dirty: Vec<ConnId>,
     acceptor: Arc<Acceptor>,
     queue: Receiver<Command>,
     mesh: Mesh,
@@ -239,6 +246,7 @@ impl Worker {
         config: CoreConfig,
         poll: Poll,
         listeners: Vec<(Kind, TcpListener)>,
+        mut quic: Option<QuicDriver>,
         acceptor: Arc<Acceptor>,
         queue: Receiver<Command>,
         shared: Shared,
@@ -255,6 +263,10 @@ impl Worker {
             poll.registry()
                 .register(&mut listener, listener_token(kind), Interest::READABLE)?;
             registered.push((kind, listener, false));
+        }
+        if let Some(quic) = &mut quic {
+            poll.registry()
+                .register(quic.socket(), QUIC_SOCKET, Interest::READABLE)?;
         }
         let cores = config.cores;
         let probe_interval =
@@ -273,6 +285,8 @@ impl Worker {
             max_lingering: preauth.total.max(1),
             poll,
             listeners: registered,
+            quic,
+            quic_dirty: Vec::new(),
             acceptor,
             queue,
             mesh,
@@ -314,12 +328,17 @@ impl Worker {
                 || !self.progressed.is_empty()
                 || !self.linger_again.is_empty()
                 || self.accept_pending()
+                || !self.quic_dirty.is_empty()
+                || self.quic.as_ref().is_some_and(QuicDriver::has_work)
             {
                 Some(Duration::ZERO)
             } else {
                 let now = Instant::now();
                 let mut at = self.core.poll_timeout();
                 if let Some(&(deadline, _)) = self.linger_deadlines.front() {
+                    at = Some(at.map_or(deadline, |a| a.min(deadline)));
+                }
+                if let Some(deadline) = self.quic.as_ref().and_then(QuicDriver::next_deadline) {
                     at = Some(at.map_or(deadline, |a| a.min(deadline)));
                 }
                 if !self.write_probes.is_empty() {
@@ -353,6 +372,11 @@ impl Worker {
                         }
                     }
                     WAKER => {}
+                    QUIC_SOCKET => {
+                        if let Some(quic) = &mut self.quic {
+                            quic.set_readable();
+                        }
+                    }
                     Token(t) if t >= LINGER_TOKEN_BASE => self.service_lingering(t - LINGER_TOKEN_BASE),
                     token => {
                         let conn = ConnId(token.0);
@@ -365,6 +389,7 @@ impl Worker {
                     }
                 }
             }
+            self.quic_turn(now);
             if now >= self.next_probe {
                 self.next_probe = now + self.probe_interval;
                 self.probe_writes();
@@ -378,6 +403,7 @@ impl Worker {
             self.core.handle_timeout(now);
             self.core.handle_end_of_turn();
             self.run_actions();
+            self.quic_drive_dirty(now);
             self.flush_outbox();
             self.flush_writes();
             self.expire_lingering(now);
@@ -534,11 +560,16 @@ impl Worker {
         inbound: BytesMut,
         outbound: VecDeque<Bytes>,
     ) -> io::Result<()> {
-        self.poll.registry().register(
-            stream.tcp(),
-            Token(conn.0),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        if let Stream::Quic(q) = &mut stream {
+            if let Some(quic) = &mut self.quic {
+                quic.settle(q, conn);
+                self.quic_dirty.push(conn);
+            }
+        } else if let Some(tcp) = stream.tcp() {
+            self.poll
+                .registry()
+                .register(tcp, Token(conn.0), Interest::READABLE | Interest::WRITABLE)?;
+        }
         if self.sockets.len() <= conn.0 {
             self.sockets.resize_with(conn.0 + 1, || None);
         }
@@ -639,7 +670,11 @@ impl Worker {
             let Some(socket) = self.sockets.get_mut(conn.0).and_then(Option::as_mut) else {
                 return;
             };
-            match socket.stream.read(&mut self.scratch) {
+            let result = socket.stream.read(&mut self.scratch);
+            if socket.stream.take_dirty() {
+                self.quic_dirty.push(conn);
+            }
+            match result {
                 Ok(0) => return self.close(conn),
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
@@ -697,6 +732,9 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return self.close(conn),
             }
+        }
+        if self.socket(conn).is_some_and(|s| s.stream.take_dirty()) {
+            self.quic_dirty.push(conn);
         }
         if progressed {
             self.progressed.push(conn);
@@ -777,7 +815,9 @@ impl Worker {
     /// says why, reach the peer.
     fn close(&mut self, conn: ConnId) {
         if let Some(mut socket) = self.sockets.get_mut(conn.0).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(socket.stream.tcp());
+            if let Some(tcp) = socket.stream.tcp() {
+                let _ = self.poll.registry().deregister(tcp);
+            }
             self.linger(socket.stream, socket.outbound, Instant::now());
         }
         self.core.handle_closed(conn);
@@ -802,6 +842,16 @@ impl Worker {
         if !stream.established() {
             outbound.clear();
         }
+        let stream = match stream {
+            // QUIC's goodbye (frames, FIN, CONNECTION_CLOSE, draining) is its driver's.
+            Stream::Quic(q) => {
+                if let Some(quic) = &mut self.quic {
+                    quic.linger(*q, outbound, now);
+                }
+                return;
+            }
+            stream => stream,
+        };
         while self.lingering.len() >= self.max_lingering {
             let Some((deadline, key)) = self.linger_deadlines.pop_front() else {
                 break;
@@ -821,11 +871,14 @@ impl Worker {
             eof: false,
             deadline: now + LINGER_TIMEOUT,
         };
+        let Some(tcp) = lingering.stream.tcp() else {
+            return;
+        };
         if self
             .poll
             .registry()
             .register(
-                lingering.stream.tcp(),
+                tcp,
                 Token(LINGER_TOKEN_BASE + key),
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -869,7 +922,10 @@ impl Worker {
             match l.stream.flush_buffered() {
                 Ok(()) => {
                     l.half_closed = true;
-                    done = l.stream.tcp().shutdown(std::net::Shutdown::Write).is_err();
+                    done = l
+                        .stream
+                        .tcp()
+                        .is_none_or(|tcp| tcp.shutdown(std::net::Shutdown::Write).is_err());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => done = true,
@@ -880,7 +936,11 @@ impl Worker {
         let mut budget = READ_BYTES_PER_TURN;
         while !done && !l.eof {
             // Raw bytes: after the goodbye nothing is decoded any more.
-            match l.stream.tcp().read(&mut self.scratch) {
+            let Some(tcp) = l.stream.tcp() else {
+                done = true;
+                break;
+            };
+            match tcp.read(&mut self.scratch) {
                 Ok(0) => l.eof = true,
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
@@ -900,8 +960,10 @@ impl Worker {
     }
 
     fn drop_lingering(&mut self, key: usize) {
-        if let Some(mut l) = self.lingering.try_remove(key) {
-            let _ = self.poll.registry().deregister(l.stream.tcp());
+        if let Some(mut l) = self.lingering.try_remove(key)
+            && let Some(tcp) = l.stream.tcp()
+        {
+            let _ = self.poll.registry().deregister(tcp);
         }
     }
 
@@ -974,7 +1036,13 @@ impl Worker {
         let (Some(mut socket), Some(session)) = (socket, session) else {
             return;
         };
-        let _ = self.poll.registry().deregister(socket.stream.tcp());
+        if let Stream::Quic(q) = &socket.stream {
+            if let Some(quic) = &mut self.quic {
+                quic.moved(q, to);
+            }
+        } else if let Some(tcp) = socket.stream.tcp() {
+            let _ = self.poll.registry().deregister(tcp);
+        }
         let adopted = Adopted {
             stream: socket.stream,
             session,
@@ -1091,6 +1159,11 @@ impl Worker {
                     // The push thread may have given up waiting; nothing to do then.
                     let _ = reply.send(self.core.devices_heard_within(&devices, silent_after, now));
                 }
+                Command::Quic(cmd) => {
+                    if let Some(quic) = &mut self.quic {
+                        quic.handle_command(&mut self.sockets, *cmd, now);
+                    }
+                }
                 Command::Shutdown => {
                     self.shutting_down = true;
                     self.core.handle_shutdown();
@@ -1147,6 +1220,59 @@ impl Worker {
         }
     }
 
+    /// The QUIC part of a turn: datagrams in (within their budget), due
+    /// connection timers, new connections installed like accepted sockets
+    /// (under the core's pre-authentication deadline), then the sessions
+    /// whose connections have news are served like readable sockets.
+    fn quic_turn(&mut self, now: Instant) {
+        let Some(quic) = &mut self.quic else {
+            return;
+        };
+        quic.turn(&mut self.sockets, now);
+        for q in quic.take_accepted() {
+            self.metrics_core().accepted.fetch_add(1, Ordering::Relaxed);
+            let stream = Stream::Quic(Box::new(q));
+            let Some(conn) = self.core.handle_accept(now) else {
+                let frame = self.core.refusal();
+                self.linger(stream, VecDeque::from([frame]), now);
+                continue;
+            };
+            if let Err(e) = self.install(conn, stream, BytesMut::new(), VecDeque::new()) {
+                tracing::debug!(core = self.id.0, error = %e, "could not install a QUIC connection");
+                self.core.handle_closed(conn);
+            }
+            self.run_actions();
+        }
+        self.quic_drive_dirty(now);
+    }
+
+    /// Drives the QUIC connections of sessions read or written this turn
+    /// (their acknowledgements, credit and data leave now), serves those with
+    /// news, and hands the commands for other cores to the outbox. A few
+    /// rounds at most: what is left is driven at the start of the next turn.
+    fn quic_drive_dirty(&mut self, now: Instant) {
+        for _round in 0..4 {
+            let Some(quic) = &mut self.quic else {
+                return;
+            };
+            for conn in std::mem::take(&mut self.quic_dirty) {
+                quic.drive_session(&mut self.sockets, conn, now);
+            }
+            for (core, cmd) in quic.take_forward() {
+                self.outbox.push(core, Command::Quic(Box::new(cmd)));
+            }
+            let ready = quic.take_ready();
+            if ready.is_empty() && self.quic_dirty.is_empty() {
+                return;
+            }
+            for conn in ready {
+                self.flush(conn);
+                self.service_read(conn, now);
+            }
+            self.run_actions();
+        }
+    }
+
     fn metrics_core(&self) -> &crate::metrics::CoreMetrics {
         static EMPTY: std::sync::OnceLock<crate::metrics::CoreMetrics> = std::sync::OnceLock::new();
         self.metrics
@@ -1171,6 +1297,29 @@ impl Worker {
         m.accept_shed.store(self.fd_reserve.dropped(), Ordering::Relaxed);
         m.presence_pushes.store(stats.presence_pushes, Ordering::Relaxed);
         m.online_users.store(stats.online_users, Ordering::Relaxed);
+        if let Some(quic) = &self.quic {
+            let q = quic.stats();
+            m.quic_forwarded.store(q.forwarded, Ordering::Relaxed);
+            m.quic_retries.store(q.retries, Ordering::Relaxed);
+            m.quic_refused.store(q.refused, Ordering::Relaxed);
+            m.quic_datagrams_in.store(q.datagrams_in, Ordering::Relaxed);
+            m.quic_send_dropped.store(q.send_dropped, Ordering::Relaxed);
+            m.quic_connections
+                .store(q.endpoint_connections, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Conns for Vec<Option<Socket>> {
+    fn quic(&mut self, conn: ConnId) -> Option<&mut QuicConn> {
+        match self
+            .get_mut(conn.0)
+            .and_then(Option::as_mut)
+            .map(|s| &mut s.stream)
+        {
+            Some(Stream::Quic(q)) => Some(q),
+            _ => None,
+        }
     }
 }
 

@@ -11,12 +11,16 @@
 //! * `ws.rs` — WebSocket (RFC 6455, tungstenite's frame codec) over TCP or
 //!   TLS: the HTTP upgrade (parsed here, bounded), one binary message = one
 //!   frame, clear close codes for everything else.
+//! * `quic.rs` — QUIC (quinn-proto driven by the cores' loops over UDP): one
+//!   bidirectional stream per session carrying the same framing as TCP;
+//!   connection IDs that name their core, datagrams forwarded between cores.
 //!
 //! The worker sees only [`Stream`]'s five operations; it keeps the outbound
 //! queue, the limits, backpressure and slow-consumer handling itself, so they
 //! are the same on every transport. The sans-IO core never learns the
 //! transport: it gets frame bytes and returns frames.
 
+pub mod quic;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
@@ -37,10 +41,13 @@ pub enum Kind {
     Tls,
     /// One frame per binary WebSocket message (plain, or over TLS with `--ws-tls`).
     Ws,
+    /// The same frames on one bidirectional QUIC stream (UDP).
+    Quic,
 }
 
 impl Kind {
-    /// Every kind, in the order listeners are bound and listed.
+    /// Every kind served by TCP listeners, in the order they are bound and
+    /// listed (QUIC has UDP sockets of its own, `quic.rs`).
     pub const ALL: [Kind; 3] = [Kind::Tcp, Kind::Tls, Kind::Ws];
 
     /// The lowercase name used in logs, metrics and URLs (`tcp`, `tls`, `ws`).
@@ -49,6 +56,7 @@ impl Kind {
             Kind::Tcp => "tcp",
             Kind::Tls => "tls",
             Kind::Ws => "ws",
+            Kind::Quic => "quic",
         }
     }
 }
@@ -64,15 +72,30 @@ pub enum Stream {
     Tls(Box<tls::TlsStream>),
     /// WebSocket over TCP or TLS.
     Ws(Box<ws::WsStream>),
+    /// A QUIC connection's stream (no socket of its own: its core's UDP
+    /// socket and `quic::QuicDriver` move its datagrams).
+    Quic(Box<quic::QuicConn>),
 }
 
 impl Stream {
-    /// The socket underneath, to register with mio and to shut down.
-    pub fn tcp(&mut self) -> &mut TcpStream {
+    /// The socket underneath, to register with mio and to shut down; `None`
+    /// for QUIC, whose readiness comes from its core's QUIC driver.
+    pub fn tcp(&mut self) -> Option<&mut TcpStream> {
         match self {
-            Stream::Tcp(s) => s,
-            Stream::Tls(s) => s.tcp(),
-            Stream::Ws(s) => s.tcp(),
+            Stream::Tcp(s) => Some(s),
+            Stream::Tls(s) => Some(s.tcp()),
+            Stream::Ws(s) => Some(s.tcp()),
+            Stream::Quic(_) => None,
+        }
+    }
+
+    /// For QUIC: whether the stream was read or written since the last call,
+    /// so its connection must be driven (transmits may be due). Always false
+    /// for the socket transports.
+    pub fn take_dirty(&mut self) -> bool {
+        match self {
+            Stream::Quic(q) => q.take_dirty(),
+            _ => false,
         }
     }
 
@@ -89,6 +112,7 @@ impl Stream {
             Stream::Tcp(s) => io::Read::read(s, buf),
             Stream::Tls(s) => io::Read::read(&mut **s, buf),
             Stream::Ws(s) => s.read(buf),
+            Stream::Quic(q) => q.read(buf),
         }
     }
 
@@ -104,6 +128,7 @@ impl Stream {
             Stream::Tcp(s) => tcp::write_frames(s, frames),
             Stream::Tls(s) => tcp::write_frames(&mut **s, frames),
             Stream::Ws(s) => s.write_frames(frames),
+            Stream::Quic(q) => q.write_frames(frames),
         }
     }
 
@@ -115,7 +140,7 @@ impl Stream {
     /// else: closed.
     pub fn flush_buffered(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(_) => Ok(()),
+            Stream::Tcp(_) | Stream::Quic(_) => Ok(()),
             Stream::Tls(s) => s.flush_buffered(),
             Stream::Ws(s) => s.flush_buffered(),
         }
@@ -129,6 +154,7 @@ impl Stream {
             Stream::Tcp(_) => {}
             Stream::Tls(s) => s.start_close(),
             Stream::Ws(s) => s.start_close(),
+            Stream::Quic(q) => q.start_close(),
         }
     }
 
@@ -141,6 +167,7 @@ impl Stream {
             Stream::Tcp(_) => true,
             Stream::Tls(s) => !s.is_handshaking(),
             Stream::Ws(s) => s.is_open() && !s.is_closing(),
+            Stream::Quic(q) => q.established(),
         }
     }
 }
@@ -179,6 +206,11 @@ impl Acceptor {
                 ws::ByteStream::Plain(tcp),
                 self.ws.clone(),
             ))),
+            Kind::Quic => {
+                return Err(io::Error::other(
+                    "QUIC connections do not come from a TCP listener",
+                ));
+            }
         })
     }
 }

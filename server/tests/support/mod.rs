@@ -119,6 +119,8 @@ impl TestServer {
             "0",
             "--ws-port",
             "0",
+            "--quic-port",
+            "0",
             "--argon2-memory-kib",
             "8",
             "--argon2-iterations",

@@ -29,7 +29,7 @@ use super::stamp::{Stamp, TEXT_LEN};
 use super::{Plan, Shared, Timeline};
 use crate::accounts::DEVICE;
 use crate::interrupt;
-use crate::sockets::{Sources, connect_from};
+use crate::sockets::Sources;
 use crate::transport::{ClientStream, Dial};
 
 /// Most handshakes (TCP connect + `Hello` → `Welcome`) in flight per thread.
@@ -564,11 +564,14 @@ impl<'a> Driver<'a> {
         let Some(token) = token.map(|u| u.token.clone()) else {
             return;
         };
-        let stream = connect_from(&mut self.sources, self.server.addr).and_then(|tcp| {
-            let mut stream = self.server.wrap(tcp).map_err(|e| format!("transport: {e}"))?;
+        let stream = self.server.open(&mut self.sources).and_then(|mut stream| {
             self.poll
                 .registry()
-                .register(stream.tcp(), Token(slot), Interest::READABLE | Interest::WRITABLE)
+                .register(
+                    stream.source(),
+                    Token(slot),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
                 .map_err(|e| format!("register: {e}"))?;
             Ok(stream)
         });
@@ -885,12 +888,32 @@ impl<'a> Driver<'a> {
 
     /// Waits up to `wait` for readiness and handles it.
     fn turn(&mut self, wait: Duration, timeline: Option<Timeline>) -> io::Result<()> {
+        // QUIC connections have timers of their own (acknowledgements, loss
+        // detection): wake for the earliest, and serve those that are due.
+        let quic_due = self
+            .conns
+            .iter_mut()
+            .filter_map(|c| c.stream.as_mut().and_then(ClientStream::next_timeout))
+            .min();
+        let wait = quic_due.map_or(wait, |t| wait.min(t.saturating_duration_since(Instant::now())));
         match self.poll.poll(&mut self.events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let ready: Vec<usize> = self.events.iter().map(|event| event.token().0).collect();
+        let mut ready: Vec<usize> = self.events.iter().map(|event| event.token().0).collect();
+        if quic_due.is_some() {
+            let now = Instant::now();
+            for (slot, c) in self.conns.iter_mut().enumerate() {
+                if c.stream
+                    .as_mut()
+                    .and_then(ClientStream::next_timeout)
+                    .is_some_and(|t| t <= now)
+                {
+                    ready.push(slot);
+                }
+            }
+        }
         let online = std::mem::take(&mut self.online);
         let ctx = Context {
             plan: self.plan,
@@ -943,7 +966,7 @@ impl<'a> Driver<'a> {
         conn.state = ConnState::Dead;
         if let Some(mut stream) = conn.stream.take() {
             // The socket is closed right after; a failed deregistration changes nothing.
-            let _ = self.poll.registry().deregister(stream.tcp());
+            let _ = self.poll.registry().deregister(stream.source());
         }
         let unanswered = conn.pending.clear();
         self.books.deltas.in_flight -= unanswered as i64;
@@ -991,16 +1014,13 @@ fn on_ready(
     books: &mut Books,
 ) -> Result<(), String> {
     if conn.state == ConnState::Connecting {
-        let Some(stream) = conn.stream.as_mut().map(ClientStream::tcp) else {
+        let Some(stream) = conn.stream.as_mut() else {
             return Err("no socket".into());
         };
-        if let Some(e) = stream.take_error().map_err(|e| format!("connect: {e}"))? {
-            return Err(format!("connect: {e}"));
-        }
-        match stream.peer_addr() {
-            Ok(_) => conn.state = ConnState::AwaitingWelcome,
+        match stream.connected() {
+            Ok(true) => conn.state = ConnState::AwaitingWelcome,
             // Not connected yet (a spurious event).
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
+            Ok(false) => return Ok(()),
             Err(e) => return Err(format!("connect: {e}")),
         }
     }

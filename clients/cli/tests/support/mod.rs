@@ -90,6 +90,7 @@ impl Server {
             // TLS on a free port (the CLI's best transport; `--tls-port off` in `extra`
             // for TCP); WebSocket (on by default at 7102) is for browsers: off.
             .args(["--tls-port", &self.tls_port.to_string(), "--ws-port", "off"])
+            .args(["--quic-port", "off"])
             .args(["--argon2-memory-kib", "8", "--argon2-iterations", "1"])
             .args(["--auth-rate-limit", "100000", "--presence-grace", "0s"])
             .args(&self.extra)
