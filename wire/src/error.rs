@@ -90,11 +90,17 @@ pub enum ErrorCode {
     /// different text. Retries must repeat the same text; a new message needs a new id. The request
     /// is refused; the connection stays open.
     ClientMsgIdReused = 24,
+    /// Limit hit, nobody at fault: the server's disk is below its free-space reserve
+    /// (`--disk-reserve`), so it takes no new messages (and, over HTTP, no new accounts, friends or
+    /// groups) until space is freed — never an acknowledgement it could not keep. Reads (login,
+    /// `Sync`, `History`, presence) keep working. Retry later with the same `client_msg_id`; the
+    /// connection stays open.
+    StorageFull = 25,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::NotAuthenticated,
@@ -119,6 +125,7 @@ impl ErrorCode {
         ErrorCode::TooManySessions,
         ErrorCode::MissingClientMsgId,
         ErrorCode::ClientMsgIdReused,
+        ErrorCode::StorageFull,
     ];
 
     /// The number sent in `Error.code`.
@@ -154,6 +161,7 @@ impl ErrorCode {
             22 => ErrorCode::TooManySessions,
             23 => ErrorCode::MissingClientMsgId,
             24 => ErrorCode::ClientMsgIdReused,
+            25 => ErrorCode::StorageFull,
             _ => return None,
         })
     }
@@ -185,6 +193,7 @@ impl ErrorCode {
             ErrorCode::TooManySessions => "too_many_sessions",
             ErrorCode::MissingClientMsgId => "missing_client_msg_id",
             ErrorCode::ClientMsgIdReused => "client_msg_id_reused",
+            ErrorCode::StorageFull => "storage_full",
         }
     }
 

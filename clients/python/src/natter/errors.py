@@ -46,11 +46,12 @@ ERROR_CODES = {
     22: "too_many_sessions",
     23: "missing_client_msg_id",
     24: "client_msg_id_reused",
+    25: "storage_full",
 }
 
 #: Codes after which the same ``Send`` (same ``client_msg_id``) may succeed when retried
 #: (docs/PROTOCOL.md, "The client's duties").
-RETRYABLE_CODES = frozenset({"rate_limited", "internal", "unavailable", "overloaded"})
+RETRYABLE_CODES = frozenset({"rate_limited", "internal", "unavailable", "overloaded", "storage_full"})
 
 #: Codes with which the server closes the connection (docs/PROTOCOL.md, the code table).
 CLOSING_CODES = frozenset(
