@@ -280,13 +280,11 @@ fn pump_down(link: &Link, mut from: TcpStream, cut_at: Option<u64>, mut rng: Rng
         let mut out: Vec<u8> = Vec::new();
         let mut cut = false;
         // Split off whole frames (u32 little-endian length prefix, then the body).
-        loop {
-            let Some(len) = pending
-                .get(..4)
-                .map(|p| u32::from_le_bytes([p[0], p[1], p[2], p[3]]) as usize)
-            else {
-                break;
-            };
+        while let Some(len) = pending
+            .get(..4)
+            .and_then(|p| p.try_into().ok())
+            .map(|p: [u8; 4]| u32::from_le_bytes(p) as usize)
+        {
             let total = 4 + len;
             if pending.len() < total {
                 break;

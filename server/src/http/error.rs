@@ -53,6 +53,7 @@
 //! | 403    | `gateway_not_allowed`  | `gateway_url` names a host outside `--push-gateway-allow` |
 //! | 404    | `unknown_device`       | no such device among the caller's own (other users' devices are not revealed) |
 //! | 404    | `no_pusher`            | the device has no pusher |
+//! | 507    | `storage_full`         | the disk is below the free-space reserve (`--disk-reserve`): signup, friend requests and acceptances, new chats, group members and pushers are refused (login, logout, reads and read markers still work); retry after `Retry-After` seconds |
 
 use std::fmt::Write as _;
 
@@ -152,12 +153,15 @@ pub enum HttpError {
     UnknownDevice,
     /// 404: the device has no pusher.
     NoPusher,
+    /// 507: the disk is below the free-space reserve (`--disk-reserve`); the
+    /// write was not made. Retry once space is freed (`Retry-After`).
+    StorageFull,
 }
 
 impl HttpError {
     /// Every entry of the catalogue, in table order (the tests check that no
     /// variant is missing and that each status has its reason phrase).
-    pub const ALL: [HttpError; 44] = [
+    pub const ALL: [HttpError; 45] = [
         Self::BadRequest,
         Self::MalformedJson,
         Self::UnknownField,
@@ -202,6 +206,7 @@ impl HttpError {
         Self::GatewayNotAllowed,
         Self::UnknownDevice,
         Self::NoPusher,
+        Self::StorageFull,
     ];
 
     /// The catalogue: `(status, code, default message)`.
@@ -328,6 +333,11 @@ impl HttpError {
             ),
             Self::UnknownDevice => (404, "unknown_device", "no such device of yours"),
             Self::NoPusher => (404, "no_pusher", "that device has no pusher"),
+            Self::StorageFull => (
+                507,
+                "storage_full",
+                "the server's disk is below its free-space reserve; retry later",
+            ),
         }
     }
 
@@ -427,6 +437,7 @@ mod tests {
             E::GatewayNotAllowed => 41,
             E::UnknownDevice => 42,
             E::NoPusher => 43,
+            E::StorageFull => 44,
         }
     }
 
