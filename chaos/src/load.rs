@@ -71,6 +71,11 @@ pub struct Control {
     pub deliveries: AtomicU64,
     /// Error codes received, by name.
     pub errors: Mutex<BTreeMap<String, u64>>,
+    /// When a fault that fails every commit was armed ([`Control::arm_fault`]).
+    fault_armed_at: Mutex<Option<Instant>>,
+    /// `SendOk`s for messages first sent after the fault was armed: each one
+    /// acknowledges a commit whose write or sync failed (must stay 0).
+    pub acks_after_fault: AtomicU64,
 }
 
 impl Control {
@@ -87,6 +92,20 @@ impl Control {
     /// Moves every client to `phase`.
     pub fn set_phase(&self, phase: u8) {
         self.phase.store(phase, Ordering::Relaxed);
+    }
+
+    /// Notes that from now on every commit fails (a fault injector was armed).
+    pub fn arm_fault(&self) {
+        *self.fault_armed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// Clears [`Control::arm_fault`] (natterd restarted without the fault).
+    pub fn disarm_fault(&self) {
+        *self.fault_armed_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    fn fault_armed_at(&self) -> Option<Instant> {
+        *self.fault_armed_at.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts one error answer.
@@ -171,6 +190,8 @@ fn code_name(code: u16) -> String {
 struct Pending {
     chat: u64,
     text: String,
+    /// When it was first sent.
+    first_sent: Option<Instant>,
     /// When it was last sent on the current connection (`None`: not on it yet).
     sent_at: Option<Instant>,
     /// Not before this instant (after a retryable refusal).
@@ -256,6 +277,7 @@ pub fn run_sender(plan: SenderPlan, rec: Recorder, ctl: Arc<Control>, seed: u64)
                     Pending {
                         chat,
                         text,
+                        first_sent: None,
                         sent_at: None,
                         retry_at: now,
                     },
@@ -292,6 +314,7 @@ pub fn run_sender(plan: SenderPlan, rec: Recorder, ctl: Arc<Control>, seed: u64)
                 Ok(rid) => {
                     by_request.insert(rid, *cmid);
                     p.sent_at = Some(now);
+                    p.first_sent.get_or_insert(now);
                 }
                 Err(_) => {
                     broken = true;
@@ -337,6 +360,11 @@ fn handle_sender_frame(
             by_request.remove(&frame.request_id);
             rec.acked(user, ok.chat_id, ok.client_msg_id, ok.seq);
             ctl.acks.fetch_add(1, Ordering::Relaxed);
+            if let (Some(armed), Some(p)) = (ctl.fault_armed_at(), outbox.get(&ok.client_msg_id))
+                && p.first_sent.is_some_and(|first| first > armed)
+            {
+                ctl.acks_after_fault.fetch_add(1, Ordering::Relaxed);
+            }
             outbox.remove(&ok.client_msg_id);
         }
         Body::Error(e) => {
