@@ -12,6 +12,9 @@ cargo test --locked -j2 --workspace
 cargo test --locked -j2 -p natter-server --features fuzzing --test fuzz_replay
 # The generated TypeScript bindings type-check against the pinned npm flatbuffers (~10 s).
 scripts/check-ts-bindings.sh
+# The fault suite, short mode (~3 minutes): the history checker under kill -9, libfiu I/O
+# errors, a full disk, a memory cap and the fault proxy (scripts/chaos.sh --full: ~15 min).
+scripts/chaos.sh
 # The side-port against its OpenAPI description (docs/openapi.json), short mode
 # (scripts/schemathesis.sh --full for many more examples).
 scripts/schemathesis.sh
