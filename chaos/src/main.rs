@@ -30,24 +30,37 @@ struct Args {
     /// Seed of every random choice (kill instants, proxy faults, hold times).
     #[arg(long, default_value_t = 13)]
     seed: u64,
+    /// kill9 and flap: load duration in seconds (overrides the mode's).
+    #[arg(long)]
+    duration_s: Option<u64>,
+    /// kill9 and flap: new messages per second in all (overrides the mode's).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// kill9: kills per run (default 20).
+    #[arg(long)]
+    kills: Option<usize>,
     /// Scenarios to run (kill9, flap, fiu, diskfull, memcap); default: all.
     scenarios: Vec<String>,
 }
 
-fn run(name: &str, full: bool, seed: u64) -> Result<Outcome, scenarios::Error> {
-    let secs = |short: u64, long: u64| Duration::from_secs(if full { long } else { short });
+fn run(name: &str, args: &Args) -> Result<Outcome, scenarios::Error> {
+    let (full, seed) = (args.full, args.seed);
+    let secs = |short: u64, long: u64| {
+        Duration::from_secs(args.duration_s.unwrap_or(if full { long } else { short }))
+    };
+    let rate = |short: f64, long: f64| args.rate.unwrap_or(if full { long } else { short });
     match name {
         "kill9" => kill9::run(&kill9::Params {
             seed,
             duration: secs(40, 300),
-            kills: 20,
-            rate: if full { 1_000.0 } else { 400.0 },
+            kills: args.kills.unwrap_or(20),
+            rate: rate(400.0, 1_000.0),
             pairs: 4,
         }),
         "flap" => flap::run(&flap::Params {
             seed,
             duration: secs(40, 300),
-            rate: if full { 400.0 } else { 200.0 },
+            rate: rate(200.0, 400.0),
             pairs: 3,
         }),
         "fiu" => fiu::run(&fiu::Params { seed, full }),
@@ -73,7 +86,7 @@ fn main() -> ExitCode {
     let mut broken = false;
     for name in &names {
         let started = Instant::now();
-        match run(name, args.full, args.seed) {
+        match run(name, &args) {
             Ok(mut outcome) => {
                 outcome.figure("scenario_s", format!("{:.1}", started.elapsed().as_secs_f64()));
                 outcome.print();

@@ -16,6 +16,26 @@ use crate::load::PING_EVERY;
 use crate::rng::Rng;
 use crate::spawn::{Natterd, Options};
 
+/// Bytes of fjall journal files (`*.jnl`) under `dir`: what a restart replays.
+fn journal_bytes(dir: &std::path::Path) -> u64 {
+    fn walk(dir: &std::path::Path, total: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, total);
+            } else if path.extension().is_some_and(|x| x == "jnl") {
+                *total += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    let mut total = 0;
+    walk(dir, &mut total);
+    total
+}
+
 /// Settings of one run.
 #[derive(Debug, Clone)]
 pub struct Params {
@@ -54,6 +74,7 @@ pub fn run(p: &Params) -> Result<Outcome, Error> {
     let mut ready_times = Vec::new();
     let mut serving_times = Vec::new();
     let mut acked_before_kill = Vec::new();
+    let mut journal_mib = Vec::new();
     let probe_user = world.senders.first().ok_or("no senders")?.clone();
     for at in instants {
         let at = Duration::from_millis(at);
@@ -62,6 +83,7 @@ pub fn run(p: &Params) -> Result<Outcome, Error> {
         }
         acked_before_kill.push(world.rec.acked_count());
         let status = natterd.kill9();
+        journal_mib.push(journal_bytes(natterd.data_dir()) as f64 / 1048576.0);
         out.expect(status.is_some_and(|s| s.code().is_none()), || {
             format!(
                 "natterd had exited before the kill: {status:?}\n{}",
@@ -109,6 +131,12 @@ pub fn run(p: &Params) -> Result<Outcome, Error> {
     out.figure("restart_to_ready_max", ms(quantile(&mut r, 1.0)));
     out.figure("restart_to_serving_p50", ms(quantile(&mut s, 0.5)));
     out.figure("restart_to_serving_max", ms(quantile(&mut s, 1.0)));
+    let per_kill: Vec<String> = ready_times
+        .iter()
+        .zip(&journal_mib)
+        .map(|(t, mib)| format!("{:.0}ms@{mib:.0}MiB", t.as_secs_f64() * 1000.0))
+        .collect();
+    out.figure("restart_to_ready_by_journal_size", per_kill.join(" "));
     out.figure(
         "send_attempts",
         world.ctl.attempts.load(std::sync::atomic::Ordering::Relaxed),
