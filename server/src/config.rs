@@ -146,6 +146,12 @@ pub struct Flags {
     /// bursts of as many [default: 600].
     #[arg(long)]
     pub user_write_rate_limit: Option<u32>,
+    /// Free space to keep on the data directory's file system, e.g. "256MiB",
+    /// "1GiB", "0" (off) [default: 256MiB]. Below it natterd refuses new
+    /// messages and account writes with `storage_full` (retryable) instead of
+    /// running out of disk mid-commit; reads and logins keep working.
+    #[arg(long)]
+    pub disk_reserve: Option<String>,
     /// Push gateway notify URL used for pushers that name none, e.g.
     /// "https://sygnal.internal:5000/_matrix/push/v1/notify" (https or http) [default: none].
     #[arg(long)]
@@ -239,6 +245,7 @@ struct FileConfig {
     send_rate_limit: Option<u32>,
     max_sessions_per_user: Option<usize>,
     user_write_rate_limit: Option<u32>,
+    disk_reserve: Option<String>,
     push_gateway: Option<String>,
     push_gateway_allow: Option<String>,
     push_gateway_ca: Option<PathBuf>,
@@ -390,6 +397,9 @@ pub struct Config {
     /// HTTP writes other than signup, login and logout per user per minute
     /// (bursts of as many).
     pub user_write_rate_limit: u32,
+    /// Bytes to keep free on the data directory's file system (0: no reserve);
+    /// see `store/space.rs`.
+    pub disk_reserve: u64,
     /// Push notifications (`--push-*`).
     pub push: crate::push::PushConfig,
     /// Limits against abuse (`docs/SECURITY.md`).
@@ -460,6 +470,7 @@ impl Default for Config {
             core_queue_capacity: crate::runtime::QUEUE_CAPACITY,
             writer_queue_capacity: crate::store::writer::CHANNEL_CAPACITY,
             user_write_rate_limit: DEFAULT_USER_WRITE_RATE_LIMIT,
+            disk_reserve: crate::store::space::DEFAULT_DISK_RESERVE,
             push: crate::push::PushConfig {
                 silent_after: DEFAULT_HEARTBEAT_TIMEOUT / 2,
                 ..crate::push::PushConfig::default()
@@ -583,6 +594,13 @@ impl Config {
                 .user_write_rate_limit
                 .or(file.user_write_rate_limit)
                 .unwrap_or(d.user_write_rate_limit),
+            disk_reserve: match flags.disk_reserve.clone().or(file.disk_reserve.clone()) {
+                Some(text) => parse_size(&text).map_err(|message| ConfigError::Invalid {
+                    key: "disk-reserve",
+                    message,
+                })?,
+                None => d.disk_reserve,
+            },
             push: d.push.clone(),
             limits,
         };
@@ -848,6 +866,36 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// Parses a size in bytes: "1048576", "512KiB", "64MiB", "2GiB" (also "KB",
+/// "MB", "GB" as powers of 1,000).
+///
+/// # Errors
+/// Anything else, with a message saying what is accepted.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (use e.g. 256MiB, 1GiB, 0)"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// Parses "90s", "500ms", "2m" or a bare number of seconds.
 ///
 /// # Errors
@@ -927,6 +975,52 @@ mod tests {
                 err,
                 ConfigError::Invalid {
                     key: "presence-grace",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sizes_and_the_disk_reserve() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("5KB"), Ok(5_000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3 parsecs").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(
+            Config::default().disk_reserve,
+            crate::store::space::DEFAULT_DISK_RESERVE
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, "disk_reserve = \"8MiB\"\n").unwrap();
+        let from_file = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.disk_reserve, 8 << 20);
+        let flag = Config::from_flags(Flags {
+            config: Some(path),
+            disk_reserve: Some("0".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(flag.disk_reserve, 0);
+        let err = Config::from_flags(Flags {
+            disk_reserve: Some("much".into()),
+            ..Flags::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    key: "disk-reserve",
                     ..
                 }
             ),

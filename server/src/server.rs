@@ -105,6 +105,9 @@ impl Server {
     pub fn start(config: Config) -> Result<Self, ServerError> {
         raise_open_files_limit();
         let store = Arc::new(Store::open(&config.data_dir)?);
+        // Checked once now (a start on a full disk refuses writes from the first one,
+        // instead of crash-looping on ENOSPC), then by the storage writer.
+        store.space().set_reserve(config.disk_reserve);
         let metrics = Arc::new(Metrics::new(config.cores));
         let http_listener = std::net::TcpListener::bind(SocketAddr::new(config.bind, config.http_port))
             .map_err(io_err("binding the HTTP side-port"))?;

@@ -286,6 +286,7 @@ fn hello(token: &str) -> Vec<u8> {
             device: "honest".into(),
             protocol_version: natter_wire::PROTOCOL_VERSION,
             sync_first: false,
+            conversation: false,
         }),
     )
     .encode()

@@ -477,6 +477,8 @@ fn a_bad_push_gateway_ca_file_is_refused_at_start() {
                 "off",
                 "--ws-port",
                 "off",
+                "--quic-port",
+                "off",
             ])
             .output()
             .unwrap();

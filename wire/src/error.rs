@@ -107,11 +107,17 @@ pub enum ErrorCode {
     /// Limit hit by the peer: the message has been edited the most times allowed (64). Refused; the
     /// connection stays open.
     TooManyEdits = 29,
+    /// Limit hit, nobody at fault: the server's disk is below its free-space reserve
+    /// (`--disk-reserve`), so it takes no new messages (and, over HTTP, no new accounts, friends or
+    /// groups) until space is freed — never an acknowledgement it could not keep. Reads (login,
+    /// `Sync`, `History`, presence) keep working. Retry later with the same `client_msg_id`; the
+    /// connection stays open.
+    StorageFull = 30,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::NotAuthenticated,
@@ -141,6 +147,7 @@ impl ErrorCode {
         ErrorCode::MessageDeleted,
         ErrorCode::UnknownTarget,
         ErrorCode::TooManyEdits,
+        ErrorCode::StorageFull,
     ];
 
     /// The number sent in `Error.code`.
@@ -181,6 +188,7 @@ impl ErrorCode {
             27 => ErrorCode::MessageDeleted,
             28 => ErrorCode::UnknownTarget,
             29 => ErrorCode::TooManyEdits,
+            30 => ErrorCode::StorageFull,
             _ => return None,
         })
     }
@@ -217,6 +225,7 @@ impl ErrorCode {
             ErrorCode::MessageDeleted => "message_deleted",
             ErrorCode::UnknownTarget => "unknown_target",
             ErrorCode::TooManyEdits => "too_many_edits",
+            ErrorCode::StorageFull => "storage_full",
         }
     }
 

@@ -841,6 +841,7 @@ fn connection_closing_codes_are_the_documented_ones() {
         ErrorCode::Overloaded,
         ErrorCode::MissingClientMsgId,
         ErrorCode::ClientMsgIdReused,
+        ErrorCode::StorageFull,
         ErrorCode::NotMember,
         ErrorCode::EmptyText,
         ErrorCode::TextTooLong,

@@ -57,7 +57,7 @@ function startNatterd(ports, extra = []) {
   const args = [
     '--data-dir', join(work, 'data'), '--cores', '2',
     '--http-port', String(ports.http), '--tcp-port', String(ports.tcp), '--ws-port', String(ports.ws),
-    '--tls-port', 'off', '--argon2-memory-kib', '8', '--argon2-iterations', '1',
+    '--tls-port', 'off', '--quic-port', 'off', '--argon2-memory-kib', '8', '--argon2-iterations', '1',
     '--auth-rate-limit', '100000', '--user-write-rate-limit', '100000', '--presence-grace', '0s',
     ...extra,
   ];

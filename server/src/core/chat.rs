@@ -188,6 +188,12 @@ pub trait ChatStore: crate::core::sync::SyncStore + Send + Sync + std::fmt::Debu
         cmid: ClientMsgId,
     ) -> Result<Option<(Seq, u64)>, ReadError>;
 
+    /// Whether the disk is below the free-space reserve (`--disk-reserve`):
+    /// the owner core then refuses new messages with `storage_full` (retries of
+    /// stored ones are still answered from the dedupe record). A cheap flag
+    /// read, kept fresh by the storage writer.
+    fn below_space_reserve(&self) -> bool;
+
     /// Whether two users are friends.
     ///
     /// # Errors

@@ -1,6 +1,7 @@
 //! Messaging on the chat's owner core: the bounded chat cache, seq assignment,
 //! the dedupe window (in flight and committed), the in-flight caps that refuse
-//! sends as `overloaded` while the writer is behind, and what happens once the
+//! sends as `overloaded` while the writer is behind (and as `storage_full`
+//! while the disk is below the free-space reserve), and what happens once the
 //! writer reports a commit (SendOk to the senders, pushes to the members).
 
 use super::*;
@@ -108,6 +109,17 @@ impl Core {
                 let message = format!("the store is unavailable: {e}");
                 return self.error_to(origin, ErrorCode::Unavailable, &message, rid, now);
             }
+        }
+        // Below the free-space reserve nothing new is taken (a retry of a stored
+        // message was answered above, from its dedupe record).
+        if self.store.below_space_reserve() {
+            return self.error_to(
+                origin,
+                ErrorCode::StorageFull,
+                "the server's disk is below its free-space reserve; retry later with the same client_msg_id",
+                rid,
+                now,
+            );
         }
         if self.in_flight.len() >= MAX_IN_FLIGHT_SENDS
             || self.in_flight_bytes + req.text.len() > MAX_IN_FLIGHT_BYTES

@@ -238,6 +238,8 @@ mod tests {
             max_connections: 1000,
             send_rate: 10,
             max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
+            edit_window: crate::core::DEFAULT_EDIT_WINDOW,
+            delete_window: crate::core::DEFAULT_DELETE_WINDOW,
         };
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let mut core = Core::new(config, store, now, 1_700_000_000_000);
@@ -307,6 +309,7 @@ mod tests {
                 device: "test".into(),
                 protocol_version: PROTOCOL_VERSION,
                 sync_first: false,
+                conversation: false,
             }),
         );
         let mut buf = BytesMut::from(&hello.encode()[..]);

@@ -889,6 +889,44 @@ fn client_msg_id_zero_and_a_reused_id_with_another_text_are_refused() {
 }
 
 #[test]
+fn below_the_disk_reserve_new_sends_are_refused_as_storage_full_and_stored_ones_still_acked() {
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let (chat, _) = m.store.create_dm(ann, bob).unwrap();
+    let phone = m.connect(ann, 1);
+    m.send(phone, chat, 1, "stored before the disk filled", 1);
+    m.commit();
+    let _ = m.received(phone);
+    // A reserve no disk can meet: the disk is "below" it.
+    m.store.space().set_reserve(u64::MAX);
+    m.now += Duration::from_secs(1);
+    m.send(phone, chat, 2, "new while full", 2);
+    assert_eq!(
+        error_code(&m.received(phone)),
+        vec![ErrorCode::StorageFull.as_u16()]
+    );
+    assert_eq!(m.writes.len(), 0, "nothing queued for the disk");
+    // A retry of a message already stored is answered from its dedupe record.
+    m.send(phone, chat, 1, "stored before the disk filled", 3);
+    let frames = m.received(phone);
+    assert!(
+        matches!(frames.as_slice(), [Frame { request_id: 3, body: Body::SendOk(ok) }] if ok.seq == 1),
+        "{frames:?}"
+    );
+    // Space freed: the refused send goes through under its id, with the next seq.
+    m.store.space().set_reserve(0);
+    m.send(phone, chat, 2, "new while full", 4);
+    assert_eq!(m.writes.len(), 1);
+    m.commit();
+    let frames = m.received(phone);
+    assert!(
+        matches!(frames.as_slice(), [Frame { request_id: 4, body: Body::SendOk(ok) }] if ok.seq == 2),
+        "{frames:?}"
+    );
+}
+
+#[test]
 fn sends_past_the_in_flight_cap_are_refused_as_overloaded_until_the_writer_catches_up() {
     let mut m = Mesh2::new();
     let (ann, bob) = (m.user("ann"), m.user("bob"));

@@ -91,7 +91,7 @@ pub struct Response {
     pub content_type: &'static str,
     /// For 405: the methods the route takes (the `Allow` header).
     pub allow: Option<&'static str>,
-    /// For 429: whole seconds until a retry can succeed (the `Retry-After` header).
+    /// For 429 and 507: whole seconds until a retry can succeed (the `Retry-After` header).
     pub retry_after: Option<u64>,
 }
 
@@ -710,6 +710,9 @@ impl Api {
                 HttpError::NotOwner.into()
             });
         }
+        if self.store.space().is_low() {
+            return Err(store_error(StoreError::StorageFull));
+        }
         self.change_membership(chat, actor, user, true)?;
         Ok(Response::json(
             201,
@@ -1039,6 +1042,10 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// `Retry-After` of a 507 `storage_full`, in seconds: the reserve is re-checked
+/// every 100 ms, but freeing disk space is an operator's job, not a moment's.
+const STORAGE_FULL_RETRY_AFTER_S: u64 = 10;
+
 /// A 429 answer with its `Retry-After` (whole seconds).
 fn rate_limited(error: HttpError, retry_after: u64) -> Response {
     Response {
@@ -1212,6 +1219,10 @@ fn store_error(error: StoreError) -> Response {
             tracing::error!(error = %e, "store unavailable");
             HttpError::Unavailable.into()
         }
+        StoreError::StorageFull => Response {
+            retry_after: Some(STORAGE_FULL_RETRY_AFTER_S),
+            ..Response::error(HttpError::StorageFull)
+        },
         other => {
             tracing::error!(error = %other, "store error");
             HttpError::Internal.into()

@@ -53,6 +53,7 @@
 //! | 403    | `gateway_not_allowed`  | `gateway_url` names a host outside `--push-gateway-allow` |
 //! | 404    | `unknown_device`       | no such device among the caller's own (other users' devices are not revealed) |
 //! | 404    | `no_pusher`            | the device has no pusher |
+//! | 507    | `storage_full`         | the disk is below the free-space reserve (`--disk-reserve`): signup, friend requests and acceptances, new chats, group members and pushers are refused (login, logout, reads and read markers still work); retry after `Retry-After` seconds |
 
 use std::fmt::Write as _;
 
@@ -155,12 +156,15 @@ pub enum HttpError {
     /// 429 (code `rate_limited`; limit hit): too many failed logins at this
     /// account, from any address (`--login-backoff-*`).
     AccountThrottled,
+    /// 507: the disk is below the free-space reserve (`--disk-reserve`); the
+    /// write was not made. Retry once space is freed (`Retry-After`).
+    StorageFull,
 }
 
 impl HttpError {
     /// Every entry of the catalogue, in table order (the tests check that no
     /// variant is missing and that each status has its reason phrase).
-    pub const ALL: [HttpError; 45] = [
+    pub const ALL: [HttpError; 46] = [
         Self::BadRequest,
         Self::MalformedJson,
         Self::UnknownField,
@@ -206,6 +210,7 @@ impl HttpError {
         Self::UnknownDevice,
         Self::NoPusher,
         Self::AccountThrottled,
+        Self::StorageFull,
     ];
 
     /// The catalogue: `(status, code, default message)`.
@@ -337,6 +342,11 @@ impl HttpError {
                 "rate_limited",
                 "too many failed logins at this account; retry after Retry-After seconds",
             ),
+            Self::StorageFull => (
+                507,
+                "storage_full",
+                "the server's disk is below its free-space reserve; retry later",
+            ),
         }
     }
 
@@ -437,6 +447,7 @@ mod tests {
             E::UnknownDevice => 42,
             E::NoPusher => 43,
             E::AccountThrottled => 44,
+            E::StorageFull => 45,
         }
     }
 

@@ -519,6 +519,7 @@ fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
+        507 => "Insufficient Storage",
         _ => "",
     }
 }
@@ -1325,6 +1326,8 @@ mod tests {
             (431, "Request Header Fields Too Large"),
             (500, "Internal Server Error"),
             (503, "Service Unavailable"),
+            // RFC 4918 §11.5 (not in RFC 9110's table): the disk-reserve refusal.
+            (507, "Insufficient Storage"),
         ];
         let expected = |status: u16| {
             RFC_9110

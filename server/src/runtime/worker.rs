@@ -534,7 +534,9 @@ impl Worker {
                         // must not hold descriptors. Raw TCP gets the Error if it fits.
                         let mut stream = stream;
                         if kind == Kind::Tcp {
-                            let _ = io::Write::write(stream.tcp(), &frame);
+                            if let Some(tcp) = stream.tcp() {
+                                let _ = io::Write::write(tcp, &frame);
+                            }
                         }
                         continue;
                     }

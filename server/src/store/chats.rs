@@ -52,6 +52,7 @@ impl Store {
             return Ok((ChatId(id), false));
         }
         self.require_users(&[a, b])?;
+        self.refuse_if_full()?;
         let chat = ChatId(counters.next_chat);
         let record = ChatRecord {
             kind: ChatKind::Direct,
@@ -82,7 +83,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::TooManyMembers`] over [`MAX_GROUP_MEMBERS`] distinct members,
-    /// [`StoreError::UnknownUser`], or a store failure.
+    /// [`StoreError::UnknownUser`], [`StoreError::StorageFull`] below the
+    /// free-space reserve, or a store failure.
     pub fn create_group(&self, owner: UserId, name: &str, members: &[UserId]) -> Result<ChatId, StoreError> {
         let mut all: Vec<UserId> = members.iter().copied().chain([owner]).collect();
         all.sort_unstable();
@@ -92,6 +94,7 @@ impl Store {
         }
         let mut counters = self.lock();
         self.require_users(&all)?;
+        self.refuse_if_full()?;
         let chat = ChatId(counters.next_chat);
         let record = ChatRecord {
             kind: ChatKind::Group,

@@ -78,6 +78,10 @@ impl ChatStore for Store {
         Ok(Store::dedupe(self, chat, sender, cmid)?)
     }
 
+    fn below_space_reserve(&self) -> bool {
+        self.space().is_low()
+    }
+
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, ReadError> {
         note();
         Ok(Store::are_friends(self, a, b)?)

@@ -55,6 +55,7 @@ mod keys;
 mod presence;
 mod push;
 mod records;
+pub mod space;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -149,6 +150,10 @@ pub enum StoreError {
     /// Internal: the system's random number generator failed (no token was made).
     #[error("random number generator failed: {0}")]
     Random(getrandom::Error),
+    /// Limit hit, nobody at fault: the disk is below the free-space reserve
+    /// (`space.rs`); nothing was written. Retry once space is freed.
+    #[error("the disk is below natterd's free-space reserve")]
+    StorageFull,
 }
 
 /// What [`Store::request_friend`] did.
@@ -240,6 +245,8 @@ pub struct Store {
     writer: Mutex<Counters>,
     /// Set once any commit or sync failed.
     poisoned: AtomicBool,
+    /// Free space against `--disk-reserve` (refuses growing writes when low).
+    space: space::SpaceGuard,
 }
 
 impl std::fmt::Debug for Store {
@@ -288,6 +295,7 @@ impl Store {
                 relations: HashMap::new(),
             }),
             poisoned: AtomicBool::new(false),
+            space: space::SpaceGuard::new(dir.to_owned()),
         };
         let counters = Counters {
             next_user: store.counter(keys::NEXT_USER_ID)?,
@@ -297,6 +305,21 @@ impl Store {
         };
         *store.lock() = counters;
         Ok(store)
+    }
+
+    /// The free-space guard of the data directory (`--disk-reserve`).
+    pub fn space(&self) -> &space::SpaceGuard {
+        &self.space
+    }
+
+    /// [`StoreError::StorageFull`] while the disk is below the free-space
+    /// reserve: account writes that grow the store call it first.
+    fn refuse_if_full(&self) -> Result<(), StoreError> {
+        if self.space.is_low() {
+            Err(StoreError::StorageFull)
+        } else {
+            Ok(())
+        }
     }
 
     /// True once a write or sync failed: the store accepts no more writes and
@@ -309,8 +332,10 @@ impl Store {
     /// `password_phc` is the argon2id PHC string.
     ///
     /// # Errors
-    /// [`StoreError::UsernameTaken`], or a store failure.
+    /// [`StoreError::UsernameTaken`], [`StoreError::StorageFull`] below the
+    /// free-space reserve, or a store failure.
     pub fn create_user(&self, username: &str, password_phc: &str) -> Result<UserId, StoreError> {
+        self.refuse_if_full()?;
         let mut counters = self.lock();
         if self.usernames.get(username)?.is_some() {
             return Err(StoreError::UsernameTaken);
@@ -487,7 +512,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::SelfFriendship`], [`StoreError::UnknownUser`],
     /// [`StoreError::TooManyFriends`], [`StoreError::TooManyOutgoingRequests`],
-    /// [`StoreError::TooManyIncomingRequests`], or a store failure.
+    /// [`StoreError::TooManyIncomingRequests`], [`StoreError::StorageFull`]
+    /// (only when it would write), or a store failure.
     pub fn request_friend(&self, from: UserId, to: UserId) -> Result<FriendOutcome, StoreError> {
         if from == to {
             return Err(StoreError::SelfFriendship);
@@ -503,11 +529,13 @@ impl Store {
             Some(FriendState::Outgoing) => Ok(FriendOutcome::Requested),
             Some(FriendState::Incoming) => {
                 self.require_friend_room(&mut counters, from, to)?;
+                self.refuse_if_full()?;
                 let old = Some(FriendState::Incoming);
                 self.set_relation(&mut counters, from, to, old, FriendState::Friend);
                 Ok(FriendOutcome::BecameFriends)
             }
             None => {
+                self.refuse_if_full()?;
                 let mine = self.relation_counts(&mut counters, from)?;
                 if mine.friends >= MAX_FRIENDS {
                     return Err(StoreError::TooManyFriends { user: from });
@@ -530,12 +558,14 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::TooManyFriends`] when either already has [`MAX_FRIENDS`]
-    /// (the request stays pending), a store failure, or [`StoreError::Corrupt`].
+    /// (the request stays pending), [`StoreError::StorageFull`] below the
+    /// free-space reserve, a store failure, or [`StoreError::Corrupt`].
     pub fn accept_friend(&self, user: UserId, from: UserId) -> Result<bool, StoreError> {
         let mut counters = self.lock();
         match self.friend_state(user, from)? {
             Some(FriendState::Incoming) => {
                 self.require_friend_room(&mut counters, user, from)?;
+                self.refuse_if_full()?;
                 let old = Some(FriendState::Incoming);
                 self.set_relation(&mut counters, user, from, old, FriendState::Friend);
                 Ok(true)

@@ -108,6 +108,7 @@ impl Store {
     /// # Errors
     /// A store failure.
     pub fn set_pusher(&self, pusher: &Pusher) -> Result<(), StoreError> {
+        self.refuse_if_full()?;
         let record = PusherRecord {
             v: 1,
             app_id: pusher.app_id.clone(),

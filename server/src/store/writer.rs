@@ -29,6 +29,10 @@
 //!   the others. What is kept for a core is bounded by what that core has in
 //!   flight (its ops were all sent by it).
 //!
+//! * Every [`space::CHECK_INTERVAL`] (busy or idle) it re-reads the free
+//!   space of the data directory against `--disk-reserve` ([`space`]), so the
+//!   cores' `storage_full` refusals start and end within that time.
+//!
 //! # Failure: the poison rule
 //!
 //! A failed commit or sync is never retried and never acknowledged: nothing of
@@ -49,7 +53,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 
 pub use super::POISON_EXIT_CODE;
 use super::records::{ChatRecord, encode_member};
-use super::{Store, StoreError, keys, now_ms};
+use super::{Store, StoreError, keys, now_ms, space};
 pub use crate::core::{Completion, WriteOp};
 use crate::ids::{ChatId, CoreId, UserId};
 use crate::metrics::Metrics;
@@ -320,12 +324,17 @@ impl WriterThread {
     fn run(mut self) {
         let mut batch_ops = Vec::with_capacity(MAX_OPS_PER_COMMIT);
         let mut stopping = false;
+        let mut last_space_check = Instant::now();
         loop {
             if !stopping {
                 // With completions held for a full core, wake up to offer them
-                // again even if no op arrives.
+                // again even if no op arrives; with a free-space reserve, wake up
+                // to re-check it (sends are refused while it is low, so no op
+                // may come to wake the writer when space is freed).
                 let retry = if self.held > 0 {
                     crossbeam_channel::after(HANDOVER_RETRY)
+                } else if self.store.space().reserve() > 0 {
+                    crossbeam_channel::after(space::CHECK_INTERVAL)
                 } else {
                     crossbeam_channel::never()
                 };
@@ -338,6 +347,10 @@ impl WriterThread {
                     recv(self.stop) -> _ => stopping = true,
                     recv(retry) -> _ => {},
                 }
+            }
+            if last_space_check.elapsed() >= space::CHECK_INTERVAL {
+                self.store.space().check();
+                last_space_check = Instant::now();
             }
             self.drain(&mut batch_ops);
             if !batch_ops.is_empty() {

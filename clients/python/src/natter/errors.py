@@ -51,11 +51,12 @@ ERROR_CODES = {
     27: "message_deleted",
     28: "unknown_target",
     29: "too_many_edits",
+    30: "storage_full",
 }
 
 #: Codes after which the same ``Send`` (same ``client_msg_id``) may succeed when retried
 #: (docs/PROTOCOL.md, "The client's duties").
-RETRYABLE_CODES = frozenset({"rate_limited", "internal", "unavailable", "overloaded"})
+RETRYABLE_CODES = frozenset({"rate_limited", "internal", "unavailable", "overloaded", "storage_full"})
 
 #: Codes with which the server closes the connection (docs/PROTOCOL.md, the code table).
 CLOSING_CODES = frozenset(

@@ -102,6 +102,9 @@ impl ChatStore for Flaky {
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, ReadError> {
         ChatStore::are_friends(&*self.inner, a, b)
     }
+    fn below_space_reserve(&self) -> bool {
+        self.inner.below_space_reserve()
+    }
     fn friend_ids(&self, user: UserId) -> Result<Vec<UserId>, ReadError> {
         ChatStore::friend_ids(&*self.inner, user)
     }

@@ -305,6 +305,11 @@ impl ChatStore for MemoryStore {
         Ok(self.check()?.dedupe.get(&(chat, sender, cmid)).copied())
     }
 
+    /// The model store has no disk: it is never below a reserve.
+    fn below_space_reserve(&self) -> bool {
+        false
+    }
+
     fn are_friends(&self, a: UserId, b: UserId) -> Result<bool, ReadError> {
         let _state = self.check()?;
         Ok(friends(a, b))
