@@ -189,7 +189,7 @@ impl Instance {
             }),
             ws_tls: false,
         });
-        let cores = match Cores::start(&config, acceptor, store.clone(), writer_tx, metrics.clone()) {
+        let cores = match Cores::start(&config, acceptor, None, store.clone(), writer_tx, metrics.clone()) {
             Ok(cores) => cores,
             Err(err) => panic!("cannot start the event loops: {err}"),
         };

@@ -533,10 +533,10 @@ impl Worker {
                         // Closed at once, without lingering: an abuser's refusals
                         // must not hold descriptors. Raw TCP gets the Error if it fits.
                         let mut stream = stream;
-                        if kind == Kind::Tcp {
-                            if let Some(tcp) = stream.tcp() {
-                                let _ = io::Write::write(tcp, &frame);
-                            }
+                        if kind == Kind::Tcp
+                            && let Some(tcp) = stream.tcp()
+                        {
+                            let _ = io::Write::write(tcp, &frame);
                         }
                         continue;
                     }
