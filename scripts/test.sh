@@ -15,7 +15,8 @@ scripts/check-ts-bindings.sh
 # The web page's checked-in build (clients/web/dist/, embedded in natterd) matches its source.
 scripts/build-web.sh --check
 # The fault suite, short mode (~3 minutes): the history checker under kill -9, libfiu I/O
-# errors, a full disk, a memory cap and the fault proxy (scripts/chaos.sh --full: ~15 min).
+# errors, a full disk, a memory cap and the fault proxy, then the attacks and the
+# authorization matrix (scripts/chaos.sh --full: ~15 min).
 scripts/chaos.sh
 # The side-port against its OpenAPI description (docs/openapi.json), short mode
 # (scripts/schemathesis.sh --full for many more examples).

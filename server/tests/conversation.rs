@@ -315,7 +315,8 @@ fn typing_reaches_online_members_only_and_never_a_non_member() {
             user_id: 0,
         })
     };
-    // Dave is no member: his indicator goes nowhere. The NotMember answer to his Send comes from
+    // Dave is no member: his indicator goes nowhere. The UnknownChat answer to his Send (a
+    // non-member is answered like a missing chat) comes from
     // the same owner core after it handled the Typing, so it is a barrier.
     d.send_body(typing(true)).unwrap();
     let refused = d.request(Body::Send(Send {
@@ -323,7 +324,10 @@ fn typing_reaches_online_members_only_and_never_a_non_member() {
         client_msg_id: 1,
         text: "let me in".into(),
     }));
-    assert_eq!(refused.unwrap_err().server_code().unwrap(), ErrorCode::NotMember);
+    assert_eq!(
+        refused.unwrap_err().server_code().unwrap(),
+        ErrorCode::UnknownChat
+    );
     // Alice types twice in a row (the second within 2 s is dropped), then sends (which ends it).
     a.send_body(typing(true)).unwrap();
     a.send_body(typing(true)).unwrap();

@@ -32,6 +32,7 @@ use natter_wire::{ChatState as WireChatState, ChatStates, Frame, Receipt, Typing
 
 use super::*;
 use crate::core::chat::AmendRequest;
+use crate::core::owner::NO_SUCH_CHAT;
 use crate::core::store_api::{MAX_EDITS_PER_MESSAGE, MessageKind, MessageMeta};
 
 /// At most one typing indicator per user and chat is passed on per this long.
@@ -320,15 +321,15 @@ impl Core {
         let (edit_window, delete_window) = (self.config.edit_window, self.config.delete_window);
         let chat = match self.load_chat(req.chat) {
             Ok(Some(chat)) => chat,
-            Ok(None) => return self.error_to(origin, ErrorCode::UnknownChat, "no such chat", rid, now),
+            Ok(None) => return self.error_to(origin, ErrorCode::UnknownChat, NO_SUCH_CHAT, rid, now),
             Err(e) => {
                 let message = format!("the store is unavailable: {e}");
                 return self.error_to(origin, ErrorCode::Unavailable, &message, rid, now);
             }
         };
         if !chat.members.contains(&req.sender) {
-            let message = "you are not a member of this chat";
-            return self.error_to(origin, ErrorCode::NotMember, message, rid, now);
+            // Answered like a missing chat, as for Send: ids reveal nothing (SECURITY.md).
+            return self.error_to(origin, ErrorCode::UnknownChat, NO_SUCH_CHAT, rid, now);
         }
         let key = (req.sender, req.client_msg_id);
         let digest = amend_digest(req.target, req.text.as_deref());

@@ -8,7 +8,7 @@ use super::*;
 
 /// The answer to a `Send` naming a chat that does not exist or that the
 /// sender is not a member of: one text for both, like the code.
-const NO_SUCH_CHAT: &str = "no such chat, or you are not a member of it";
+pub(super) const NO_SUCH_CHAT: &str = "no such chat, or you are not a member of it";
 
 impl Core {
     /// Loads a chat this core owns into memory (once).
