@@ -224,7 +224,8 @@ fn signup_login_logout_and_discovery() {
         "tcp": server.tcp.to_string(),
         "tls": addr("tls://"),
         "ws": addr("ws://"),
-        "urls": [format!("tcp://{}", server.tcp), url("tls://"), url("ws://")],
+        "quic": addr("quic://"),
+        "urls": [format!("tcp://{}", server.tcp), url("tls://"), url("ws://"), url("quic://")],
         "cert_sha256": server.cert_sha256.clone().unwrap(),
     });
     assert_eq!(http.get("/v1/endpoints", None).json, endpoints);
