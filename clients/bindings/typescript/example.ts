@@ -17,7 +17,7 @@ function frame(b: flatbuffers.Builder, requestId: bigint, type: Body, body: flat
 /** The first frame on every connection; `syncFirst` holds live pushes back until `Sync`. */
 export function hello(requestId: bigint, token: string, device: string): Uint8Array {
   const b = new flatbuffers.Builder(256);
-  const body = Hello.createHello(b, b.createString(token), b.createString(device), 1, true);
+  const body = Hello.createHello(b, b.createString(token), b.createString(device), 1, true, false);
   return frame(b, requestId, Body.Hello, body);
 }
 

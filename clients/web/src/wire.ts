@@ -65,7 +65,7 @@ function finish(b: flatbuffers.Builder, requestId: bigint, type: Body, body: fla
 /** The first frame of a connection; `sync_first` holds live pushes back until our `Sync`. */
 export function hello(requestId: bigint, token: string, device: string): Uint8Array {
   const b = new flatbuffers.Builder(256);
-  const body = Hello.createHello(b, b.createString(token), b.createString(device), PROTOCOL_VERSION, true);
+  const body = Hello.createHello(b, b.createString(token), b.createString(device), PROTOCOL_VERSION, true, false);
   return finish(b, requestId, Body.Hello, body);
 }
 
