@@ -45,6 +45,8 @@ const BASE_FLAGS: &[&str] = &[
     "10000000",
     "--user-write-rate-limit",
     "100000000",
+    "--friend-request-rate-limit",
+    "100000000",
     "--tls-port",
     "off",
     "--ws-port",
