@@ -212,6 +212,34 @@ fn read_every_field(v: fb::Frame<'_>) -> u64 {
             }
         }
         fb::Body::Resync => add(u64::from(v.body_as_resync().is_some())),
+        fb::Body::Edit => {
+            if let Some(b) = v.body_as_edit() {
+                add(b.chat_id() ^ b.target_seq() ^ b.client_msg_id());
+                add(text(b.text()));
+            }
+        }
+        fb::Body::Delete => {
+            if let Some(b) = v.body_as_delete() {
+                add(b.chat_id() ^ b.target_seq() ^ b.client_msg_id());
+            }
+        }
+        fb::Body::Typing => {
+            if let Some(b) = v.body_as_typing() {
+                add(b.chat_id() ^ b.user_id() ^ u64::from(b.active()));
+            }
+        }
+        fb::Body::Receipt => {
+            if let Some(b) = v.body_as_receipt() {
+                add(b.chat_id() ^ b.user_id() ^ b.delivered_seq() ^ b.read_seq());
+            }
+        }
+        fb::Body::ChatStates => {
+            if let Some(b) = v.body_as_chat_states() {
+                for c in b.chats().iter().flatten() {
+                    add(c.chat_id() ^ c.last_seq() ^ c.read_seq() ^ c.unread());
+                }
+            }
+        }
         other => panic!("view accepted a frame with body type {}", other.0),
     }
     acc
