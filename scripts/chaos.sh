@@ -43,7 +43,9 @@ elif [ "$named" -eq 0 ]; then
 fi
 status=0
 if [ "$named" -eq 1 ] || [ "$attacks" -ne 1 ]; then
-    cargo build --locked -j2 "${release[@]}" -p natter-server --bin natterd -p natter-chaos
+    # Two builds: `--bin natterd` would also filter natter-chaos's binary out of one.
+    cargo build --locked -j2 "${release[@]}" -p natter-server --bin natterd
+    cargo build --locked -j2 "${release[@]}" -p natter-chaos
     NATTERD="target/$profile/natterd" "target/$profile/natter-chaos" "${args[@]}" || status=$?
 fi
 if [ "$attacks" -ne 0 ]; then
