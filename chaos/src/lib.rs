@@ -1,5 +1,6 @@
 //! natter-chaos: natter's fault suite (issue 13, items 1 and 2).
 //!
+//! * [`backoff`] — jittered exponential backoff for the clients' reconnects.
 //! * [`history`] — the history checker: what clients sent, were acknowledged,
 //!   received and read back, checked against I1 (acknowledged ⇒ kept, exact
 //!   text), I2 (one `client_msg_id`, one `seq`, once per device), I3 (each chat
@@ -14,6 +15,7 @@
 //!   only, ends only the processes it started, and prints one
 //!   `N passed, N failed` line with its figures.
 
+pub mod backoff;
 pub mod history;
 pub mod load;
 pub mod proxy;

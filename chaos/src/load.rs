@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use natter_client::{ClientError, Connection, HttpClient};
 use natter_wire::{Body, Cursor, ErrorCode, Frame, History, Ping, Send, Sync};
 
+use crate::backoff::Backoff;
 use crate::history::{Device, Recorder, Seen};
 use crate::rng::Rng;
 
@@ -22,8 +22,16 @@ use crate::rng::Rng;
 pub const PASSWORD: &str = "correct horse battery";
 /// Longest wait for one frame before a connection counts as dead.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause between two failed connects (natterd restarting).
-const RECONNECT_PAUSE: Duration = Duration::from_millis(20);
+/// First pause after a failed connect (natterd restarting); each further
+/// failure doubles the ceiling, with full jitter ([`Backoff`]).
+const RECONNECT_BASE: Duration = Duration::from_millis(20);
+/// Longest pause between two connect attempts: short enough that a client is
+/// back within a second of natterd's return, long enough not to storm it.
+const RECONNECT_CAP: Duration = Duration::from_millis(500);
+/// Seeds of [`retry`]'s backoffs: one per call, so concurrent callers spread out.
+static RETRY_SEEDS: AtomicU64 = AtomicU64::new(1);
+/// A session that lasted this long was healthy: its end starts a new backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(1);
 /// How long a sender waits for frames per loop turn before it checks the clock.
 const SENDER_POLL: Duration = Duration::from_millis(2);
 /// A send still unanswered this long means the connection is dead: reconnect and resend (same id).
@@ -135,11 +143,13 @@ impl Control {
 /// The last error once `within` has passed.
 pub fn retry<T>(within: Duration, mut f: impl FnMut() -> Result<T, ClientError>) -> Result<T, ClientError> {
     let end = Instant::now() + within;
+    let seed = RETRY_SEEDS.fetch_add(1, Ordering::Relaxed);
+    let mut backoff = Backoff::new(RECONNECT_BASE * 5, RECONNECT_CAP, seed);
     loop {
         match f() {
             Ok(v) => return Ok(v),
             Err(e) if Instant::now() >= end => return Err(e),
-            Err(_) => thread::sleep(RECONNECT_PAUSE * 5),
+            Err(_) => backoff.wait(),
         }
     }
 }
@@ -231,6 +241,7 @@ pub fn run_sender(plan: SenderPlan, rec: Recorder, ctl: Arc<Control>, seed: u64)
     let mut next_new = Instant::now();
     let mut conn: Option<Connection> = None;
     let mut connected_once = false;
+    let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP, rng.next_u64());
     let mut turn = 0usize;
     loop {
         let phase = ctl.phase();
@@ -240,6 +251,7 @@ pub fn run_sender(plan: SenderPlan, rec: Recorder, ctl: Arc<Control>, seed: u64)
         let Some(c) = conn.as_mut() else {
             match Connection::connect(plan.addr, &plan.account.token, "sender") {
                 Ok((mut c, _)) => {
+                    backoff.reset();
                     c.set_timeout(IO_TIMEOUT);
                     if connected_once {
                         ctl.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -251,7 +263,7 @@ pub fn run_sender(plan: SenderPlan, rec: Recorder, ctl: Arc<Control>, seed: u64)
                     }
                     conn = Some(c);
                 }
-                Err(_) => thread::sleep(RECONNECT_PAUSE),
+                Err(_) => backoff.wait(),
             }
             continue;
         };
@@ -424,24 +436,30 @@ pub fn run_device(
     };
     let mut cursors: BTreeMap<u64, u64> = plan.chats.iter().map(|&c| (c, 0)).collect();
     let mut connects = 0u64;
+    let mut backoff = Backoff::new(RECONNECT_BASE, RECONNECT_CAP, rng.next_u64());
     while ctl.phase() != PHASE_STOP {
         let hold = plan.hold.map(|(lo, hi)| {
             Duration::from_millis(rng.range(lo.as_millis() as u64, hi.as_millis() as u64 + 1))
         });
         // A broken connection is what this device is for: it simply reconnects.
-        let _ = session(&plan, plan.addr, &device, &mut cursors, &rec, &ctl, hold, false);
+        let started = Instant::now();
+        let ended = session(&plan, plan.addr, &device, &mut cursors, &rec, &ctl, hold, false);
         connects += 1;
+        if ended.is_ok() || started.elapsed() >= HEALTHY_SESSION {
+            backoff.reset();
+        }
         if ctl.phase() != PHASE_STOP {
-            thread::sleep(RECONNECT_PAUSE);
+            backoff.wait();
         }
     }
     let end = Instant::now() + FINAL_TIMEOUT;
+    backoff.reset();
     while Instant::now() < end {
         if session(&plan, final_addr, &device, &mut cursors, &rec, &ctl, None, true).is_ok() {
             rec.complete(&device);
             break;
         }
-        thread::sleep(RECONNECT_PAUSE * 5);
+        backoff.wait();
     }
     ctl.reconnects
         .fetch_add(connects.saturating_sub(1), Ordering::Relaxed);
@@ -547,6 +565,7 @@ pub fn history(addr: SocketAddr, reader: &Account, chat: u64) -> Result<Vec<Seen
     conn.set_timeout(IO_TIMEOUT);
     let mut all = Vec::new();
     let mut before = 0u64;
+    let mut backoff = Backoff::new(RETRY_BACKOFF, RECONNECT_CAP, chat);
     loop {
         let answer = conn.request(Body::History(History {
             chat_id: chat,
@@ -558,6 +577,7 @@ pub fn history(addr: SocketAddr, reader: &Account, chat: u64) -> Result<Vec<Seen
                 body: Body::HistoryPage(page),
                 ..
             }) => {
+                backoff.reset();
                 let oldest = page.messages.iter().map(|m| m.seq).min();
                 all.extend(page.messages.iter().map(Seen::from));
                 match oldest {
@@ -565,7 +585,7 @@ pub fn history(addr: SocketAddr, reader: &Account, chat: u64) -> Result<Vec<Seen
                     _ => return Ok(all),
                 }
             }
-            Err(ClientError::Refused { .. }) if Instant::now() < end => thread::sleep(RECONNECT_PAUSE * 5),
+            Err(ClientError::Refused { .. }) if Instant::now() < end => backoff.wait(),
             Err(e) => return Err(e),
             Ok(other) => {
                 return Err(ClientError::InvalidArgument(format!(
