@@ -221,7 +221,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     };
     let quic_capable = matches!(
         cli.scenario,
-        ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync
+        ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
     );
     if (transport == transport::Kind::Quic && !quic_capable)
         || (transport != transport::Kind::Tcp
@@ -252,7 +252,9 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         }
         ScenarioName::Seam => seam::check_args(&cli.seam, &options, cli.spawn)?,
         ScenarioName::Syncstorm => syncstorm::check_args(&cli.syncstorm, &options, open_files)?,
-        ScenarioName::Connect => connect::check_args(&cli.connect, open_files)?,
+        ScenarioName::Connect => {
+            connect::check_args(&cli.connect, open_files, transport == transport::Kind::Quic)?
+        }
         ScenarioName::OneToOne => one2one::check_args(&cli.one2one, &cli.messaging, &options, open_files)?,
         ScenarioName::Group => group::check_args(&cli.group, &cli.messaging, &options, open_files)?,
         ScenarioName::Presence => presence::check_args(
@@ -577,7 +579,7 @@ mod tests {
 
     #[test]
     fn unimplemented_transports_are_refused_with_exit_code_2() {
-        let cli = Cli::try_parse_from(["natter-bench", "connect", "--transport", "quic"]).unwrap();
+        let cli = Cli::try_parse_from(["natter-bench", "push", "--transport", "quic"]).unwrap();
         let err = run(&cli).unwrap_err();
         assert!(matches!(err, BenchError::NotImplemented(_)), "{err:?}");
         assert_eq!(err.exit_code(), 2);

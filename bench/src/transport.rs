@@ -126,6 +126,31 @@ impl Dial {
         }
     }
 
+    /// Which transport this dial speaks.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// A quinn-proto client configuration for this dial's QUIC endpoint: the
+    /// pinned certificate, ALPN `natter/1` and `transport`'s limits.
+    ///
+    /// # Errors
+    /// When the dial carries no TLS configuration (not a QUIC dial) or rustls'
+    /// configuration cannot carry QUIC.
+    pub(crate) fn quic_client_config(
+        &self,
+        transport: quinn_proto::TransportConfig,
+    ) -> Result<quinn_proto::ClientConfig, String> {
+        let tls = self.tls.clone().ok_or("no TLS configuration for QUIC")?;
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![natter_client::QUIC_ALPN.to_vec()];
+        let crypto =
+            quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut config = quinn_proto::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+
     /// A dial of natterd's raw TCP port (for scenarios that speak TCP only).
     pub(crate) fn tcp(addr: SocketAddr) -> Dial {
         Dial {
@@ -586,18 +611,12 @@ impl std::fmt::Debug for Quic {
 
 impl Quic {
     fn open(dial: &Dial, source: Option<std::net::SocketAddrV4>) -> Result<Quic, String> {
-        let tls = dial.tls.clone().ok_or("no TLS configuration for QUIC")?;
-        let mut tls = (*tls).clone();
-        tls.alpn_protocols = vec![natter_client::QUIC_ALPN.to_vec()];
-        let crypto =
-            quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
         let mut transport = quinn_proto::TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(0))
             .max_concurrent_uni_streams(quinn_proto::VarInt::from_u32(0))
             .datagram_receive_buffer_size(None);
-        let mut config = quinn_proto::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport));
+        let config = dial.quic_client_config(transport)?;
         let local: SocketAddr = match source {
             Some(s) => SocketAddr::V4(s),
             None => SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -31,9 +31,10 @@ use crate::interrupt;
 use crate::progress;
 use crate::report::Report;
 use crate::scenarios::Options;
+use crate::scenarios::connect_quic::{CONNECTIONS_PER_SOCKET, QuicFleet};
 use crate::sockets::{Sources, connect_from};
 use crate::target::Target;
-use crate::transport::{ClientStream, Dial};
+use crate::transport::{ClientStream, Dial, Kind};
 
 /// The flags of the `connect` scenario.
 #[derive(Clone, Debug, Args)]
@@ -79,14 +80,21 @@ const REASONS_SHOWN: usize = 5;
 ///
 /// # Errors
 /// [`BenchError::Usage`] for zero connections or more than the limit allows.
-pub(crate) fn check_args(args: &ConnectArgs, open_files: u64) -> Result<(), BenchError> {
+/// QUIC connections (`quic`) share UDP sockets, so only TCP-based ones count
+/// against the limit.
+pub(crate) fn check_args(args: &ConnectArgs, open_files: u64, quic: bool) -> Result<(), BenchError> {
     if args.connections == 0 {
         return Err(BenchError::Usage("--connections must be at least 1".into()));
     }
     if args.in_flight == 0 {
         return Err(BenchError::Usage("--in-flight must be at least 1".into()));
     }
-    let needed = (args.connections as u64).saturating_add(FD_MARGIN);
+    let sockets = if quic {
+        args.connections.div_ceil(CONNECTIONS_PER_SOCKET)
+    } else {
+        args.connections
+    };
+    let needed = (sockets as u64).saturating_add(FD_MARGIN);
     if needed > open_files {
         return Err(BenchError::Usage(format!(
             "--connections {} needs about {needed} open files, but this process may open at most \
@@ -125,12 +133,15 @@ pub(crate) fn run(target: &Target, options: &Options, args: &ConnectArgs) -> Res
     }
 
     let rss_before = target.server_rss();
-    let mut driver = Driver::new(target.dial.clone(), args.in_flight, options.rate)?;
     let hellos: Vec<Option<String>> = accounts
         .logins
         .into_iter()
         .map(|login| login.map(|login| login.token))
         .collect();
+    if target.dial.kind() == Kind::Quic {
+        return run_quic(target, options, args, &hellos, ready, rss_before, accounts.errors);
+    }
+    let mut driver = Driver::new(target.dial.clone(), args.in_flight, options.rate)?;
     println!(
         "connect: opening {ready} connections (at most {} handshakes in flight)",
         args.in_flight
@@ -170,6 +181,83 @@ pub(crate) fn run(target: &Target, options: &Options, args: &ConnectArgs) -> Res
     Ok(report)
 }
 
+/// The connect phase and the hold over QUIC ([`QuicFleet`]: many connections
+/// per UDP socket, so no open-file bound). natterd's RSS is read again after
+/// [`QUIC_SETTLE`] of idleness, once handshake state has been released.
+fn run_quic(
+    target: &Target,
+    options: &Options,
+    args: &ConnectArgs,
+    hellos: &[Option<String>],
+    ready: u64,
+    rss_before: Option<u64>,
+    account_errors: u64,
+) -> Result<Report, BenchError> {
+    let mut fleet = QuicFleet::new(&target.dial, args.in_flight, options.rate)?;
+    println!(
+        "connect: opening {ready} QUIC connections, {CONNECTIONS_PER_SOCKET} per UDP socket (at most {} \
+         handshakes in flight)",
+        args.in_flight
+    );
+    let bar = progress::bar(ready, "connected");
+    let connected = fleet.connect_all(hellos, &bar)?;
+    bar.finish_and_clear();
+    let rate = per_sec(connected.established, connected.elapsed);
+    println!(
+        "connect: {} connections established in {:.2}s ({rate:.0}/s) on {} UDP sockets, {} failed",
+        connected.established,
+        connected.elapsed.as_secs_f64(),
+        fleet.sockets(),
+        connected.failed,
+    );
+    let settle = QUIC_SETTLE.min(options.duration);
+    let mut held = fleet.hold(settle)?;
+    let rss_after = target.server_rss();
+    println!(
+        "connect: holding them for {:?} more",
+        options.duration.saturating_sub(settle)
+    );
+    held += fleet.hold(options.duration.saturating_sub(settle))?;
+    let open = fleet.open_connections();
+    let counters = fleet.counters();
+    println!(
+        "connect: {} pings sent, {} pongs received during the run; {} datagrams not taken by the kernel",
+        counters.pings_sent, counters.pongs, counters.send_dropped
+    );
+    print_reasons(fleet.reasons());
+
+    let mut report = Report::new("connect", "quic");
+    report.connections = Some(open);
+    report.connect_per_sec = Some(rate);
+    report.server_rss_bytes = rss_after;
+    report.rss_per_connection_bytes = match (rss_before, rss_after) {
+        (Some(before), Some(after)) if connected.established > 0 => {
+            Some(after.saturating_sub(before) / connected.established)
+        }
+        _ => None,
+    };
+    report.duration_s = Some(held.as_secs_f64());
+    report.errors = Some(account_errors + counters.failed_handshakes + counters.lost);
+    Ok(report)
+}
+
+/// Idle time after the last QUIC handshake before natterd's RSS is read: the
+/// handshakes' acknowledgements and key discards settle within a few RTTs.
+const QUIC_SETTLE: Duration = Duration::from_secs(2);
+
+/// Prints the most frequent failure reasons to stderr.
+fn print_reasons(reasons: &BTreeMap<String, u64>) {
+    if reasons.is_empty() {
+        return;
+    }
+    let mut reasons: Vec<(&String, &u64)> = reasons.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1));
+    eprintln!("connect: failures by reason:");
+    for (reason, count) in reasons.into_iter().take(REASONS_SHOWN) {
+        eprintln!("  {count:>8}  {reason}");
+    }
+}
+
 /// `count / elapsed`, 0 for an empty interval.
 fn per_sec(count: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
@@ -178,13 +266,28 @@ fn per_sec(count: u64, elapsed: Duration) -> f64 {
 
 /// What the connect phase achieved.
 #[derive(Debug)]
-struct Connected {
+pub(crate) struct Connected {
     /// Connections that got a `Welcome`.
-    established: u64,
+    pub(crate) established: u64,
     /// Handshakes that failed.
-    failed: u64,
+    pub(crate) failed: u64,
     /// First `connect` → last `Welcome`.
-    elapsed: Duration,
+    pub(crate) elapsed: Duration,
+}
+
+/// What the QUIC fleet counted while it ran.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FleetCounters {
+    /// Pings written.
+    pub(crate) pings_sent: u64,
+    /// Pongs received.
+    pub(crate) pongs: u64,
+    /// Handshakes that failed.
+    pub(crate) failed_handshakes: u64,
+    /// Established connections that died.
+    pub(crate) lost: u64,
+    /// Datagrams the kernel did not take (QUIC retransmits them).
+    pub(crate) send_dropped: u64,
 }
 
 /// Where a connection is in its life.
@@ -502,15 +605,7 @@ impl Driver {
 
     /// Prints the most frequent failure reasons to stderr.
     fn print_reasons(&self) {
-        if self.reasons.is_empty() {
-            return;
-        }
-        let mut reasons: Vec<(&String, &u64)> = self.reasons.iter().collect();
-        reasons.sort_by(|a, b| b.1.cmp(a.1));
-        eprintln!("connect: failures by reason:");
-        for (reason, count) in reasons.into_iter().take(REASONS_SHOWN) {
-            eprintln!("  {count:>8}  {reason}");
-        }
+        print_reasons(&self.reasons);
     }
 
     /// Opens slot `user`'s socket (skipping busy source addresses) and queues its
@@ -693,13 +788,14 @@ mod tests {
             connections: 10_000,
             in_flight: 512,
         };
-        assert!(check_args(&args, 20_000).is_ok());
+        assert!(check_args(&args, 20_000, false).is_ok());
         let err = check_args(
             &ConnectArgs {
                 connections: 19_950,
                 in_flight: 512,
             },
             20_000,
+            false,
         )
         .unwrap_err();
         assert_eq!(err.exit_code(), 2);
@@ -710,7 +806,8 @@ mod tests {
                     connections: 0,
                     in_flight: 512
                 },
-                20_000
+                20_000,
+                false
             )
             .is_err()
         );
@@ -720,10 +817,23 @@ mod tests {
                     connections: 10,
                     in_flight: 0
                 },
-                20_000
+                20_000,
+                false
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn quic_connections_share_sockets_so_the_file_limit_allows_100k() {
+        let args = ConnectArgs {
+            connections: 100_000,
+            in_flight: 512,
+        };
+        assert!(check_args(&args, 20_000, true).is_ok());
+        assert!(check_args(&args, 20_000, false).is_err());
+        // 100 sockets + the margin do not fit in 150 files.
+        assert!(check_args(&args, 150, true).is_err());
     }
 
     #[test]

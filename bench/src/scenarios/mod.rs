@@ -6,6 +6,7 @@
 //! machinery `one2one` and `group` share.
 
 pub(crate) mod connect;
+pub(crate) mod connect_quic;
 pub(crate) mod flood;
 pub(crate) mod group;
 pub(crate) mod messaging;
