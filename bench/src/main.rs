@@ -2,9 +2,12 @@
 //! them.
 //!
 //! `natter-bench SCENARIO [--spawn | --server URL] [--cores N] [--transport tcp|tls|quic|ws]
-//! [--duration 10s] [--rate N] [--json FILE]` plus scenario flags. The run prints a
-//! human summary on stdout and, with `--json FILE`, writes the figures under the
-//! names fixed for all scenarios (see [`report`]).
+//! [--duration 10s] [--rate N] [--json FILE] [--series FILE.csv] [--plot FILE.svg]` plus
+//! scenario flags. The run prints a human summary on stdout and, with `--json FILE`,
+//! writes the figures under the names fixed for all scenarios (see [`report`]); the
+//! scenarios that record a per-second series ([`series`]) print it as a table and
+//! write it as CSV and as an SVG chart. With `--spawn` the data directory's disk use
+//! is reported at the end ([`disk`]).
 //!
 //! Exit status: 0 when the run completed without errors, 1 when it failed or counted
 //! errors or lost, duplicated or reordered messages, 2 for a usage error or a scenario / transport that is not implemented yet,
@@ -15,11 +18,13 @@
 
 mod accounts;
 mod cpu;
+mod disk;
 mod error;
 mod interrupt;
 mod progress;
 mod report;
 mod scenarios;
+mod series;
 mod sockets;
 mod spawn;
 mod target;
@@ -88,6 +93,14 @@ struct Cli {
     /// Also write the figures as one JSON object to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Write the per-second series (one row per second since the first send) as CSV
+    /// to FILE (one2one, group).
+    #[arg(long, value_name = "FILE")]
+    series: Option<PathBuf>,
+    /// Draw acks / deliveries per second and each second's p99 as an SVG chart to
+    /// FILE (one2one, group).
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(flatten)]
@@ -236,6 +249,12 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.scenario.as_str()
         )));
     }
+    if (cli.series.is_some() || cli.plot.is_some()) && !records_series(cli.scenario) {
+        return Err(BenchError::NotImplemented(format!(
+            "--series / --plot for {} (one2one and group record a per-second series)",
+            cli.scenario.as_str()
+        )));
+    }
     interrupt::install()?;
     // Before natterd is spawned, so that it inherits the raised limit too.
     let open_files = raise_open_file_limit()?;
@@ -327,7 +346,21 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
     report.transport = cli.transport.as_str().to_owned();
 
     if let Some(server) = spawned {
-        server.stop()?;
+        measure_disk(&mut report, &target, server, cli.scenario)?;
+    }
+    if let Some(series) = &report.series {
+        print!(
+            "\nper second (* = counted in the *_second_* figures: whole seconds of the measured phase)\n{}",
+            series.table()
+        );
+        if let Some(path) = &cli.series {
+            series.write_csv(path)?;
+            println!("series written to {}", path.display());
+        }
+        if let Some(path) = &cli.plot {
+            series.write_svg(path, &plot_title(cli, &report))?;
+            println!("chart written to {}", path.display());
+        }
     }
     print!("{}", report.summary());
     if let Some(path) = &cli.json {
@@ -335,6 +368,63 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         println!("figures written to {}", path.display());
     }
     Ok(report)
+}
+
+/// Whether `scenario` records a per-second series (`--series`, `--plot`).
+fn records_series(scenario: ScenarioName) -> bool {
+    matches!(scenario, ScenarioName::OneToOne | ScenarioName::Group)
+}
+
+/// Stops the spawned natterd and fills in the disk figures: the data directory's
+/// size while natterd still runs and after its clean stop (the one reported as
+/// `disk_bytes`), and per message stored.
+///
+/// # Errors
+/// As [`SpawnedServer::stop_with_disk_usage`].
+fn measure_disk(
+    report: &mut Report,
+    target: &Target,
+    server: SpawnedServer,
+    scenario: ScenarioName,
+) -> Result<(), BenchError> {
+    // seam and syncstorm restart natterd, which starts its counters again.
+    let restarted = matches!(scenario, ScenarioName::Seam | ScenarioName::Syncstorm);
+    let stored = if restarted {
+        None
+    } else {
+        target
+            .http
+            .metrics()
+            .ok()
+            .and_then(|text| target::metric_sum(&text, "natter_messages_total"))
+            .map(|v| v.round() as u64)
+    };
+    report.disk_bytes_running = disk::usage(&server.data_dir()).ok();
+    let disk = server.stop_with_disk_usage()?;
+    report.disk_bytes = Some(disk);
+    if let Some(stored) = stored.filter(|&n| n > 0) {
+        report.messages_stored = Some(stored);
+        report.disk_bytes_per_message = Some(disk as f64 / stored as f64);
+        report.raw_text_bytes = report.text_bytes.map(|b| b.saturating_mul(stored));
+    }
+    Ok(())
+}
+
+/// The chart's title: what ran, how.
+fn plot_title(cli: &Cli, report: &Report) -> String {
+    let load = cli
+        .rate
+        .map_or_else(|| "closed loop".to_owned(), |r| format!("open loop {r} msg/s"));
+    let cores = cli
+        .cores
+        .map_or_else(String::new, |c| format!(", natterd --cores {c}"));
+    let text = report
+        .text_bytes
+        .map_or_else(String::new, |b| format!(", {b}-byte texts"));
+    format!(
+        "natter-bench {} over {} ({load}{cores}{text}): per second",
+        report.scenario, report.transport
+    )
 }
 
 /// The sync scenario's text size: `--text-bytes` or its default.

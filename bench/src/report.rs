@@ -13,6 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::BenchError;
+use crate::series::Series;
 
 /// The figures of one run. Field names are the JSON keys.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -250,6 +251,47 @@ pub(crate) struct Report {
     /// push: `msgs_per_sec` (push on) / `msgs_per_sec_push_off`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) push_throughput_ratio: Option<f64>,
+    /// Per-second series: the whole seconds of the measured phase that the
+    /// `*_second_*` figures count (warm-up, drain and partial seconds left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) series_seconds: Option<u64>,
+    /// Acks per second of the slowest counted second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) min_second_msgs_per_sec: Option<f64>,
+    /// Median of the counted seconds' acks per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) median_second_msgs_per_sec: Option<f64>,
+    /// The highest ack p99 of any counted second (that second's acks alone), µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) worst_second_ack_p99_us: Option<u64>,
+    /// The highest delivery p99 of any counted second, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) worst_second_deliver_p99_us: Option<u64>,
+    /// `--text-bytes` of the run: bytes (ASCII, so also characters) of every message text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) text_bytes: Option<u64>,
+    /// `--spawn`: messages natterd stored over its life (its `natter_messages_total`
+    /// before the stop), the divisor of `disk_bytes_per_message`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) messages_stored: Option<u64>,
+    /// `messages_stored × text_bytes`: the raw text the store holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) raw_text_bytes: Option<u64>,
+    /// `--spawn`: the data directory's size on disk (`st_blocks × 512` summed) right
+    /// after the run, natterd still running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) disk_bytes_running: Option<u64>,
+    /// `--spawn`: the data directory's size on disk after natterd's clean stop
+    /// (SIGTERM: journal synced, store closed) — the figure `disk_bytes_per_message`
+    /// divides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) disk_bytes: Option<u64>,
+    /// `disk_bytes / messages_stored`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) disk_bytes_per_message: Option<f64>,
+    /// The per-second rows (`--series`, `--plot`); not part of the JSON.
+    #[serde(skip)]
+    pub(crate) series: Option<Series>,
 }
 
 impl Report {
@@ -260,6 +302,18 @@ impl Report {
             transport: transport.to_owned(),
             ..Report::default()
         }
+    }
+
+    /// Takes the per-second rows and fills in the `*_second_*` figures from them.
+    pub(crate) fn set_series(&mut self, series: Series) {
+        if let Some(stats) = series.stats() {
+            self.series_seconds = Some(stats.seconds as u64);
+            self.min_second_msgs_per_sec = Some(stats.min_second_msgs_per_sec);
+            self.median_second_msgs_per_sec = Some(stats.median_second_msgs_per_sec);
+            self.worst_second_ack_p99_us = stats.worst_second_ack_p99_us;
+            self.worst_second_deliver_p99_us = stats.worst_second_deliver_p99_us;
+        }
+        self.series = Some(series);
     }
 
     /// The failures the run counted: `errors` plus the correctness counters
@@ -441,6 +495,39 @@ impl Report {
                 let text: Vec<String> = map.iter().map(|(k, v)| format!("{k}: {v}")).collect();
                 line(name, format!("{{{}}}", text.join(", ")));
             }
+        }
+        if let Some(v) = self.series_seconds {
+            line("series_seconds", v.to_string());
+        }
+        for (name, value) in [
+            ("min_second_msgs_per_sec", self.min_second_msgs_per_sec),
+            ("median_second_msgs_per_sec", self.median_second_msgs_per_sec),
+        ] {
+            if let Some(v) = value {
+                line(name, format!("{v:.0}"));
+            }
+        }
+        for (name, value) in [
+            ("worst_second_ack_p99_us", self.worst_second_ack_p99_us),
+            ("worst_second_deliver_p99_us", self.worst_second_deliver_p99_us),
+            ("text_bytes", self.text_bytes),
+            ("messages_stored", self.messages_stored),
+            ("raw_text_bytes", self.raw_text_bytes),
+        ] {
+            if let Some(v) = value {
+                line(name, v.to_string());
+            }
+        }
+        for (name, value) in [
+            ("disk_bytes_running", self.disk_bytes_running),
+            ("disk_bytes", self.disk_bytes),
+        ] {
+            if let Some(v) = value {
+                line(name, format!("{v} ({})", mib(v)));
+            }
+        }
+        if let Some(v) = self.disk_bytes_per_message {
+            line("disk_bytes_per_message", format!("{v:.1}"));
         }
         if let Some(v) = self.duration_s {
             line("duration_s", format!("{v:.1}"));

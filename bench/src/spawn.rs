@@ -268,13 +268,21 @@ impl SpawnedServer {
         self.child.id()
     }
 
-    /// Stops natterd and reports how it exited.
+    /// Stops natterd cleanly (SIGTERM, then wait) and then returns the bytes
+    /// its data directory takes on disk (see [`crate::disk::usage`]), before the
+    /// directory is deleted.
     ///
     /// # Errors
-    /// [`BenchError::Server`] if natterd had already died, or did not exit cleanly
-    /// on SIGTERM.
-    pub(crate) fn stop(mut self) -> Result<(), BenchError> {
-        self.stop_for_restart()
+    /// [`BenchError::Server`] if natterd had already died, or did not exit cleanly on
+    /// SIGTERM; [`BenchError::Io`] if the directory cannot be read.
+    pub(crate) fn stop_with_disk_usage(mut self) -> Result<u64, BenchError> {
+        self.stop_for_restart()?;
+        Ok(crate::disk::usage(&self.data_dir())?)
+    }
+
+    /// natterd's data directory (`--data-dir`), inside the temporary directory.
+    pub(crate) fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
     }
 
     /// SIGTERM to natterd's PID, then wait; SIGKILL if it outlives [`STOP_TIMEOUT`].

@@ -115,6 +115,21 @@ impl Target {
         }
     }
 
+    /// A target at a port nobody listens on (the discard port), RSS from this test
+    /// process: for unit tests of code that samples a target.
+    #[cfg(test)]
+    pub(crate) fn unreachable_for_tests() -> Target {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        Target {
+            http: HttpClient::from_addr(addr),
+            tcp: addr,
+            urls: Vec::new(),
+            cert_sha256: None,
+            dial: Dial::tcp(addr),
+            rss: RssSource::Proc(std::process::id()),
+        }
+    }
+
     /// The side-port's base URL without the scheme, for messages.
     pub(crate) fn http_addr_text(&self) -> &str {
         self.http.base_url().trim_start_matches("http://")

@@ -29,6 +29,7 @@ use super::stamp::{Stamp, TEXT_LEN};
 use super::{Plan, Shared, Timeline};
 use crate::accounts::DEVICE;
 use crate::interrupt;
+use crate::series::Seconds;
 use crate::sockets::Sources;
 use crate::transport::{ClientStream, Dial};
 
@@ -136,6 +137,9 @@ pub(super) struct Tally {
     pub(super) receipts: u64,
     /// `Typing` frames received (`--conversation`).
     pub(super) typings: u64,
+    /// Every ack and delivery (warm-up and drain too) by the second it arrived in,
+    /// counted from the first send: the per-second series.
+    pub(super) seconds: Seconds,
 }
 
 impl Tally {
@@ -155,6 +159,7 @@ impl Tally {
             codes: BTreeMap::new(),
             receipts: 0,
             typings: 0,
+            seconds: Seconds::new(),
         }
     }
 
@@ -169,6 +174,7 @@ impl Tally {
         self.errors += other.errors;
         self.receipts += other.receipts;
         self.typings += other.typings;
+        self.seconds.merge(&other.seconds);
         // Both histograms have the same bounds, so adding cannot fail.
         let _ = self.ack.add(&other.ack);
         let _ = self.deliver.add(&other.deliver);
@@ -195,7 +201,12 @@ fn latency_histogram() -> Histogram<u64> {
 
 /// Records `from_ns → to_ns` in µs (at least 1).
 fn record(histogram: &mut Histogram<u64>, from_ns: u64, to_ns: u64) {
-    histogram.saturating_record((to_ns.saturating_sub(from_ns) / 1_000).max(1));
+    histogram.saturating_record(latency_us(from_ns, to_ns));
+}
+
+/// `from_ns → to_ns` in µs, at least 1.
+fn latency_us(from_ns: u64, to_ns: u64) -> u64 {
+    (to_ns.saturating_sub(from_ns) / 1_000).max(1)
 }
 
 /// What a thread hands back at the end.
@@ -1130,6 +1141,10 @@ fn on_send_ok(
         books.tally.acked += 1;
         record(&mut books.tally.ack, pending.sent_ns, now_ns);
     }
+    if let Some(t) = ctx.timeline {
+        let at = now_ns.saturating_sub(t.send_start);
+        books.tally.seconds.ack(at, latency_us(pending.sent_ns, now_ns));
+    }
     if !conn.refill {
         conn.refill = true;
         books.refill.push(slot);
@@ -1178,6 +1193,13 @@ fn on_message(conn: &mut Conn, message: fb::Message<'_>, now_ns: u64, ctx: &Cont
     if ctx.timeline.is_some_and(|t| t.counts(stamp.sent_ns)) {
         books.tally.delivered += 1;
         record(&mut books.tally.deliver, stamp.sent_ns, now_ns);
+    }
+    if let Some(t) = ctx.timeline {
+        let at = now_ns.saturating_sub(t.send_start);
+        books
+            .tally
+            .seconds
+            .delivery(at, latency_us(stamp.sent_ns, now_ns));
     }
 }
 

@@ -45,6 +45,7 @@ use crate::error::BenchError;
 use crate::interrupt;
 use crate::report::Report;
 use crate::scenarios::Options;
+use crate::series::{Series, ServerProbe};
 use crate::sockets::Sources;
 use crate::target::{RssSampler, Target, metric_sum};
 
@@ -311,6 +312,8 @@ pub(crate) fn run(
     let mut rss = None;
     let mut timeline = None;
     let mut cpu = (None, None);
+    let mut probe = ServerProbe::new(target);
+    let mut end_ns = 0;
     let results: Vec<DriverResult> = thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -365,15 +368,18 @@ pub(crate) fn run(
         let _ = shared.timeline.set(phases);
         shared.go.wait();
 
-        cpu = watch(&shared, &handles, phases, name, target.server_pid());
-        handles
+        cpu = watch(&shared, &handles, phases, name, target.server_pid(), &mut probe);
+        let results = handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
                     DriverResult::failed("a driver thread panicked".into(), plan.chats.len())
                 })
             })
-            .collect()
+            .collect();
+        end_ns = nanos(shared.origin.elapsed()).saturating_sub(phases.send_start);
+        probe.finish(end_ns, Some(shared.in_flight.load(Ordering::Acquire)));
+        results
     });
     let after = StoreCounters::read(target);
     let server_rss = target.server_rss();
@@ -431,6 +437,16 @@ pub(crate) fn run(
     }
     report.errors_by_code = Some(tally.codes.clone());
     report.sends_skipped = Some(tally.skipped);
+    report.text_bytes = Some(options.text_bytes.unwrap_or(stamp::TEXT_LEN) as u64);
+    if let Some(t) = timeline {
+        let measured = t.measure_start - t.send_start..t.send_end - t.send_start;
+        report.set_series(Series::build(
+            &tally.seconds,
+            &probe.into_samples(),
+            end_ns,
+            measured,
+        ));
+    }
     if args.conversation {
         report.receipt_frames = Some(tally.receipts);
         report.typing_frames = Some(tally.typings);
@@ -485,7 +501,8 @@ fn sender_indexes(plan: &Plan) -> Vec<Option<u64>> {
         .collect()
 }
 
-/// Prints the run's progress once per [`PROGRESS_INTERVAL`] until every driver
+/// Prints the run's progress once per [`PROGRESS_INTERVAL`] and samples natterd for
+/// the per-second series at each second since the first send, until every driver
 /// thread has finished; returns the CPU counters at the start and the end of the
 /// measured phase.
 fn watch<T>(
@@ -494,6 +511,7 @@ fn watch<T>(
     timeline: Timeline,
     name: &str,
     server_pid: Option<u32>,
+    probe: &mut ServerProbe<'_>,
 ) -> (Option<CpuSample>, Option<CpuSample>) {
     let mut last_acked = 0;
     let mut last_received = 0;
@@ -508,6 +526,11 @@ fn watch<T>(
         }
         if cpu_end.is_none() && at >= timeline.send_end {
             cpu_end = CpuSample::now(server_pid);
+        }
+        if let Some(since) = at.checked_sub(timeline.send_start)
+            && probe.due(since)
+        {
+            probe.sample(since, Some(shared.in_flight.load(Ordering::Acquire)));
         }
         let now = Instant::now();
         if now < next {
