@@ -668,6 +668,16 @@ mod tests {
     }
 
     #[test]
+    fn a_series_for_a_scenario_that_records_none_is_refused_with_exit_code_2() {
+        for flag in ["--series", "--plot"] {
+            let cli = Cli::try_parse_from(["natter-bench", "presence", flag, "/tmp/never-written"]).unwrap();
+            let err = run(&cli).unwrap_err();
+            assert!(matches!(err, BenchError::NotImplemented(_)), "{flag}: {err:?}");
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
     fn unimplemented_transports_are_refused_with_exit_code_2() {
         let cli = Cli::try_parse_from(["natter-bench", "push", "--transport", "quic"]).unwrap();
         let err = run(&cli).unwrap_err();
