@@ -725,6 +725,61 @@ fn sync_first_holds_pushes_until_the_sync_which_hands_over_exactly_once_in_order
     assert!(live.iter().all(|f| f.request_id == 0));
 }
 
+/// The race a CI run found: the fan-out of a batch committed before a device connected is still on
+/// its way (to the device's home core, here: the completion not yet reported) when the device
+/// connects and syncs. With `sync_first` the sync streams those messages and their late pushes are
+/// dropped at the seam; without it they are pushed at once, before the Sync's older ones, which is
+/// why PROTOCOL.md's reconnect recipe sets `sync_first`.
+#[test]
+fn late_pushes_of_messages_committed_before_the_hello_never_reach_a_sync_first_device_twice() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    let sender = s.connect(alice, 9);
+    for i in 1..=5 {
+        s.send(sender, a, i, "before");
+    }
+    s.commit();
+    for i in 6..=9 {
+        s.send(sender, a, i, "in flight");
+    }
+    // 6..=9 are durable; their fan-out has not reached the core yet.
+    let late = s.write_to_disk();
+    let phone = s.connect_with(bob, 1, true);
+    s.sync(phone, &[(a, 0)]);
+    let (msgs, heads) = s.finish_sync(phone);
+    assert_eq!(seqs(&msgs, a), (1..=9).collect::<Vec<_>>());
+    assert_eq!(heads, vec![(a.0, 9)]);
+    // The late fan-out arrives after the sync finished the chat: all of it is already held.
+    s.complete(late);
+    assert!(messages(&s.take(phone)).is_empty(), "a late push went out twice");
+    s.send(sender, a, 10, "live");
+    s.commit();
+    assert_eq!(seqs(&messages(&s.take(phone)), a), vec![10]);
+
+    // The same late fan-out arriving while the sync still streams the chat.
+    let laptop = s.connect_with(bob, 2, true);
+    for i in 11..=12 {
+        s.send(sender, a, i, "in flight");
+    }
+    let late = s.write_to_disk();
+    s.sync(laptop, &[(a, 0)]);
+    s.complete(late);
+    let (msgs, heads) = s.finish_sync(laptop);
+    let mut all = seqs(&msgs, a);
+    all.extend(seqs(&messages(&s.take(laptop)), a));
+    assert_eq!(all, (1..=12).collect::<Vec<_>>());
+    assert_eq!(heads.first().map(|h| h.0), Some(a.0));
+
+    // Without sync_first the device asked for pushes from its Welcome: the late fan-out is pushed
+    // before the Sync it sends next (documented; the recipe avoids it).
+    s.send(sender, a, 13, "in flight");
+    let late = s.write_to_disk();
+    let tablet = s.connect_with(bob, 3, false);
+    s.complete(late);
+    assert_eq!(seqs(&messages(&s.take(tablet)), a), vec![13]);
+}
+
 #[test]
 fn a_store_error_mid_sync_answers_that_sync_and_the_next_sync_is_exact() {
     let (mut s, flaky) = Sim::flaky();
