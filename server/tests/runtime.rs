@@ -421,6 +421,13 @@ fn a_client_reading_a_large_backlog_slowly_is_not_closed_as_silent() {
     const PINGS: u64 = 100_000;
     /// How long the client reads slowly: three heartbeat timeouts.
     const SLOW_FOR: Duration = Duration::from_secs(3);
+    // The flood is encoded before the Hello: encoding 100,000 frames can take longer than the
+    // 1 s heartbeat timeout in a debug build on a busy machine, and a client silent that long
+    // after its Welcome is rightly closed (a CI flake: the Error was the only frame received).
+    let mut bytes = Vec::new();
+    for nonce in 0..PINGS {
+        bytes.extend_from_slice(&Frame::new(nonce + 2, Body::Ping(Ping { nonce })).encode());
+    }
     let server = start_with(&["--heartbeat-timeout", "1s"]);
     let login = server.user("slowreader");
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -436,10 +443,6 @@ fn a_client_reading_a_large_backlog_slowly_is_not_closed_as_silent() {
     // A flood of pings: natterd answers until over a MiB of Pongs is queued
     // for this client, then stops reading it (the rest waits in the kernel),
     // so it hears nothing from the client while the backlog drains.
-    let mut bytes = Vec::new();
-    for nonce in 0..PINGS {
-        bytes.extend_from_slice(&Frame::new(nonce + 2, Body::Ping(Ping { nonce })).encode());
-    }
     let mut writer = stream.try_clone().unwrap();
     let write = std::thread::spawn(move || writer.write_all(&bytes).is_ok());
     // Read slowly, paced by a ticker: ~4 KiB every 20 ms, far slower than
