@@ -47,6 +47,8 @@ let natterd = null;
 let browser = null;
 /** The pages open, with whose they are, for the failure report. */
 const pages = [];
+/** Script errors and Content-Security-Policy violations seen on any page: the test fails on any. */
+const pageFaults = [];
 
 function log(...args) {
   console.log(`[browser-test ${new Date().toISOString().slice(11, 23)}]`, ...args);
@@ -185,8 +187,16 @@ async function main() {
   const [a, b] = await Promise.all(contexts.map((c) => c.newPage()));
   pages.push([a, 'alice'], [b, 'bob']);
   for (const [page, name] of pages) {
-    page.on('pageerror', (e) => log(`${name}'s page threw: ${e.message}`));
-    page.on('console', (m) => ['error', 'warning'].includes(m.type()) && log(`${name}'s console: ${m.text()}`));
+    page.on('pageerror', (e) => {
+      log(`${name}'s page threw: ${e.message}`);
+      pageFaults.push(`${name}'s page threw: ${e.message}`);
+    });
+    page.on('console', (m) => {
+      if (!['error', 'warning'].includes(m.type())) return;
+      log(`${name}'s console: ${m.text()}`);
+      // natterd serves the page with a Content-Security-Policy: anything it blocks is a bug.
+      if (/Content Security Policy/i.test(m.text())) pageFaults.push(`${name}: ${m.text()}`);
+    });
   }
 
   // 1. Log in through the form; each sees the other online.
@@ -317,6 +327,8 @@ async function main() {
   await waitForPresence(a, 'bob', false);
   await shoot(a, '5-alice-bob-offline');
   log('5. bob closed his page: alice sees him offline');
+  if (pageFaults.length) fail(`the pages broke their policy or threw:\n  ${pageFaults.join('\n  ')}`);
+  log('6. no script error and no Content-Security-Policy violation on either page');
 }
 
 const budget = setTimeout(() => {

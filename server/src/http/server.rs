@@ -462,6 +462,14 @@ fn parse_length(value: &[u8]) -> Option<usize> {
     }))
 }
 
+/// Headers of the web page (`text/html`): its scripts, styles and images come only from the
+/// side-port itself (no inline script, no `eval`), it may talk to the side-port and to any
+/// WebSocket endpoint (`/v1/endpoints` may name another host or port), and no other site may frame
+/// it or learn its URL from a referrer. The page's favicon is a `data:` URL.
+const PAGE_POLICY: &str = "Content-Security-Policy: default-src 'none'; script-src 'self'; \
+style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; \
+form-action 'self'; frame-ancestors 'none'\r\nReferrer-Policy: no-referrer\r\n";
+
 /// Serialises a response as HTTP/1.1.
 fn encode(response: &Response, close: bool) -> Vec<u8> {
     use std::fmt::Write as _;
@@ -486,7 +494,10 @@ fn encode(response: &Response, close: bool) -> Vec<u8> {
     if let Some(seconds) = response.retry_after {
         let _ = write!(head, "Retry-After: {seconds}\r\n");
     }
-    head.push_str("Cache-Control: no-store\r\n");
+    head.push_str("Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n");
+    if response.content_type.starts_with("text/html") {
+        head.push_str(PAGE_POLICY);
+    }
     if close {
         head.push_str("Connection: close\r\n");
     }
@@ -1303,6 +1314,32 @@ mod tests {
         let text = String::from_utf8(encode(&limited, false)).unwrap();
         assert!(text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{text}");
         assert!(text.contains("Retry-After: 7\r\n"), "{text}");
+        assert!(text.contains("X-Content-Type-Options: nosniff\r\n"), "{text}");
+        assert!(
+            !text.contains("Content-Security-Policy"),
+            "only the page has a policy: {text}"
+        );
+        let page = Response {
+            status: 200,
+            body: "<!doctype html>".into(),
+            content_type: "text/html; charset=utf-8",
+            allow: None,
+            retry_after: None,
+        };
+        let text = String::from_utf8(encode(&page, false)).unwrap();
+        let policy = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Security-Policy: "))
+            .unwrap_or_default();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{directive} missing from {policy:?}");
+        }
+        assert!(!policy.contains("unsafe"), "{policy}");
+        assert!(text.contains("Referrer-Policy: no-referrer\r\n"), "{text}");
     }
 
     /// Every status the side-port can send (each error of the catalogue, the
