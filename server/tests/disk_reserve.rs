@@ -42,13 +42,29 @@ fn below_the_reserve_writes_are_refused_retryably_and_reads_keep_working() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("natter.toml");
     write_reserve(&config, "0");
-    let mut server = support::start_with(&["--config", config.to_str().unwrap()]);
+    // A gateway nothing listens on: registering a pusher is a store write, never a delivery.
+    let mut server = support::start_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--push-gateway",
+        "http://127.0.0.1:9/_matrix/push/v1/notify",
+    ]);
     let ann = server.user("ann");
     let bob = server.user("bob");
     let http = server.client();
     http.friend_request(&ann.token, "bob").unwrap();
     http.accept_friend(&bob.token, ann.user_id).unwrap();
     let chat = http.direct_chat(&ann.token, bob.user_id).unwrap();
+    // For each account write that grows the store, what it needs from before the disk filled:
+    // cat is ann's friend without a chat yet, dan's request to ann waits, eve is a stranger, and
+    // ann's group has room for cat.
+    let cat = server.user("cat");
+    let dan = server.user("dan");
+    let eve = server.user("eve");
+    http.friend_request(&ann.token, "cat").unwrap();
+    http.accept_friend(&cat.token, ann.user_id).unwrap();
+    http.friend_request(&dan.token, "ann").unwrap();
+    let group = http.create_group(&ann.token, "before", &[bob.user_id]).unwrap();
     let (mut conn, _) = Connection::connect(server.tcp, &ann.token, "phone").unwrap();
     assert_eq!(send(&mut conn, chat, 1, "before the disk filled").unwrap(), 1);
     drop(conn);
@@ -80,6 +96,36 @@ fn below_the_reserve_writes_are_refused_retryably_and_reads_keep_working() {
         (err.http_status(), err.http_code()),
         (Some(507), Some("storage_full"))
     );
+    let full = |what: &str, err: ClientError| {
+        assert_eq!(
+            (err.http_status(), err.http_code()),
+            (Some(507), Some("storage_full")),
+            "{what}: {err}"
+        );
+    };
+    full(
+        "friend request",
+        http.friend_request(&ann.token, "eve").unwrap_err(),
+    );
+    full("accept", http.accept_friend(&ann.token, dan.user_id).unwrap_err());
+    full("new dm", http.direct_chat(&ann.token, cat.user_id).unwrap_err());
+    full(
+        "add member",
+        http.add_member(&ann.token, group, cat.user_id).unwrap_err(),
+    );
+    let pusher = http
+        .raw_request(
+            "POST",
+            &format!("/v1/devices/{}/pusher", ann.device_id),
+            Some(&ann.token),
+            Some(br#"{"app_id":"com.example.natter","pushkey":"K"}"#),
+        )
+        .unwrap();
+    assert_eq!(pusher.status, 507, "pusher: {}", pusher.text());
+    // Nothing of them was written.
+    assert!(http.friends(&eve.token).unwrap().incoming.is_empty());
+    let dans = http.friends(&dan.token).unwrap();
+    assert!(dans.friends.is_empty() && dans.outgoing.len() == 1, "{dans:?}");
     assert_eq!(
         http.login("carol", "correct horse battery", "x")
             .unwrap_err()

@@ -1340,3 +1340,44 @@ fn presence_is_answered_by_the_home_core_for_friends_only() {
         assert_eq!((status, code(&v)), (503, "unavailable"));
     });
 }
+
+/// The side-port can answer any route with 503 when it is overloaded (every worker busy, or the
+/// address over its connection cap), and the writes that grow the store with 507 below the disk
+/// reserve (server/tests/disk_reserve.rs makes each of them refuse): openapi.json must say so, or
+/// a client generated from it treats a documented refusal as a protocol error.
+#[test]
+fn openapi_documents_the_overload_and_storage_full_answers() {
+    let spec: Value = serde_json::from_str(OPENAPI).unwrap();
+    let paths = spec["paths"].as_object().unwrap();
+    let grows_the_store = [
+        ("/v1/signup", "post"),
+        ("/v1/friends/requests", "post"),
+        ("/v1/friends/requests/{user_id}/accept", "post"),
+        ("/v1/dms", "post"),
+        ("/v1/groups", "post"),
+        ("/v1/groups/{chat_id}/members", "post"),
+        ("/v1/devices/{device_id}/pusher", "post"),
+    ];
+    let mut operations = 0;
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            let Some(responses) = op.get("responses").and_then(Value::as_object) else {
+                continue;
+            };
+            operations += 1;
+            assert!(
+                responses["503"]["headers"]["Retry-After"].is_object(),
+                "{method} {path}: no 503 with Retry-After"
+            );
+            let writes = grows_the_store.contains(&(path.as_str(), method.as_str()));
+            assert_eq!(
+                responses.contains_key("507"),
+                writes,
+                "{method} {path}: 507 storage_full listed {} but the route {} the store",
+                responses.contains_key("507"),
+                if writes { "grows" } else { "does not grow" }
+            );
+        }
+    }
+    assert!(operations >= 29, "only {operations} operations found");
+}
