@@ -171,12 +171,14 @@ fn session_inputs_round_trip_through_their_encoding() {
             device: Text(String::new()),
             version: Version::Current,
             sync_first: false,
+            conversation: false,
         },
         WireBody::Hello {
             token: Text("a".repeat(254)),
             device: Text("q".repeat(5000)),
             version: Version::Other(7),
             sync_first: true,
+            conversation: false,
         },
         WireBody::Welcome {
             user_id: 1,
@@ -226,6 +228,37 @@ fn session_inputs_round_trip_through_their_encoding() {
             request_id: 4,
         },
         WireBody::Resync,
+        // The bodies added since the derive (upper halves of old tag ranges).
+        WireBody::Hello {
+            token: text(),
+            device: text(),
+            version: Version::Current,
+            sync_first: true,
+            conversation: true,
+        },
+        WireBody::Edit {
+            chat: Id::Small(1),
+            target_seq: Id::Small(2),
+            client_msg_id: Id::Any(3),
+            text: text(),
+        },
+        WireBody::Delete {
+            chat: Id::Any(1),
+            target_seq: Id::Small(2),
+            client_msg_id: Id::Small(3),
+        },
+        WireBody::Typing {
+            chat: Id::Small(1),
+            active: true,
+            user_id: 2,
+        },
+        WireBody::Receipt {
+            chat_id: 1,
+            user_id: 2,
+            delivered_seq: 3,
+            read_seq: 4,
+        },
+        WireBody::ChatStates(vec![WireCursor { chat_id: 1, seq: 2 }]),
     ];
     let mut ops = vec![Op::Input {
         conn: 1,
@@ -307,6 +340,35 @@ fn session_inputs_round_trip_through_their_encoding() {
         let decoded = SessionInput::from_bytes(&s.data);
         assert_eq!(decoded.to_bytes(), s.data, "{} does not round-trip", s.name);
     }
+}
+
+/// The session regressions were found before Edit, Delete, Typing, Receipt, ChatStates and
+/// `Hello.conversation` could be generated: they must still decode to the old bodies only, or a
+/// regression would silently stop reproducing what it was kept for.
+#[test]
+fn session_regressions_keep_their_meaning() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/session");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let shown = format!("{:?}", SessionInput::from_bytes(&std::fs::read(&path).unwrap()));
+        for new in [
+            "Edit {",
+            "Delete {",
+            "Typing {",
+            "Receipt {",
+            "ChatStates(",
+            "conversation: true",
+        ] {
+            assert!(!shown.contains(new), "{} now decodes to a {new}", path.display());
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} regressions found in {}",
+        dir.display()
+    );
 }
 
 /// `NATTER_FUZZ_SHOW=<target>:<file> cargo test -p natter-server --test fuzz_replay -- show --nocapture`

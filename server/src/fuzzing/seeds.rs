@@ -390,6 +390,7 @@ fn hello(token: &str) -> WireFrame {
             device: Text("seed".into()),
             version: Version::Current,
             sync_first: false,
+            conversation: false,
         },
     )
 }
@@ -403,6 +404,7 @@ fn hello_sync_first() -> WireFrame {
             device: Text("seed".into()),
             version: Version::Current,
             sync_first: true,
+            conversation: false,
         },
     )
 }
@@ -709,6 +711,7 @@ fn session() -> Vec<Seed> {
                             device: Text("d".into()),
                             version: Version::Other(99),
                             sync_first: false,
+                            conversation: false,
                         },
                     )],
                 ),
@@ -727,6 +730,7 @@ fn session() -> Vec<Seed> {
                             device: Text("d".repeat(200)),
                             version: Version::Current,
                             sync_first: true,
+                            conversation: false,
                         },
                     )],
                 ),
@@ -1283,7 +1287,114 @@ fn session() -> Vec<Seed> {
                 }],
             ]),
         ),
+        ops(
+            "conversation-edit-delete-typing",
+            cat(vec![
+                // Users 1 and 2 (chat 1, their DM) in conversation sessions, user 3 in a plain one.
+                login_conversation(0, 1, 0),
+                login_conversation(1, 2, 0),
+                login(2, 3, 0),
+                answer_reads(),
+                burst(0, 1, 1, 2, "hello"),
+                burst(0, 2, 3, 1, "group"),
+                vec![Op::Input {
+                    conn: 1,
+                    input: frames(vec![typing(40, 1, true), typing(41, 2, true)]),
+                }],
+                settle(),
+                vec![Op::Input {
+                    conn: 0,
+                    input: frames(vec![
+                        edit(42, 1, 1, 50, "hello, edited"),
+                        delete(43, 1, 2, 51),
+                        // Someone else's message, a missing one, a chat that does not exist.
+                        edit(44, 1, 7, 52, "nope"),
+                        delete(45, 6, 1, 53),
+                    ]),
+                }],
+                settle(),
+                vec![Op::Input {
+                    conn: 1,
+                    input: frames(vec![
+                        edit(46, 1, 1, 54, "not mine"),
+                        wire(47, WireBody::Ack { chat_id: 1, seq: 4 }),
+                        // Server-to-client bodies from a client.
+                        wire(
+                            48,
+                            WireBody::Receipt {
+                                chat_id: 1,
+                                user_id: 1,
+                                delivered_seq: 1,
+                                read_seq: 1,
+                            },
+                        ),
+                        wire(49, WireBody::ChatStates(vec![WireCursor { chat_id: 1, seq: 9 }])),
+                    ]),
+                }],
+                settle(),
+                answer_reads(),
+            ]),
+        ),
     ]
+}
+
+/// [`login`] with `Hello{conversation}`: the session takes Receipt, Typing and ChatStates.
+fn login_conversation(conn: u8, n: u64, device: u8) -> Vec<Op> {
+    let mut ops = login(conn, n, device);
+    if let Some(Op::Input {
+        input: Input::Frames(f),
+        ..
+    }) = ops.get_mut(1)
+    {
+        *f = vec![wire(
+            7,
+            WireBody::Hello {
+                token: Text("tok".into()),
+                device: Text("seed".into()),
+                version: Version::Current,
+                sync_first: false,
+                conversation: true,
+            },
+        )];
+    }
+    ops
+}
+
+/// `Typing` in chat `chat` (an [`Id::Small`]).
+fn typing(request_id: u64, chat: u8, active: bool) -> WireFrame {
+    wire(
+        request_id,
+        WireBody::Typing {
+            chat: Id::Small(chat),
+            active,
+            user_id: 0,
+        },
+    )
+}
+
+/// `Edit` of `(chat, target)` under client message id `cmid`.
+fn edit(request_id: u64, chat: u8, target: u8, cmid: u64, text: &str) -> WireFrame {
+    wire(
+        request_id,
+        WireBody::Edit {
+            chat: Id::Small(chat),
+            target_seq: Id::Small(target),
+            client_msg_id: Id::Any(cmid),
+            text: Text(text.into()),
+        },
+    )
+}
+
+/// `Delete` of `(chat, target)` under client message id `cmid`.
+fn delete(request_id: u64, chat: u8, target: u8, cmid: u64) -> WireFrame {
+    wire(
+        request_id,
+        WireBody::Delete {
+            chat: Id::Small(chat),
+            target_seq: Id::Small(target),
+            client_msg_id: Id::Any(cmid),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

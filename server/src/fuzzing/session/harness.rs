@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
-use natter_wire::{Body, ErrorCode, Frame, FrameDecoder, HistoryPage, Limits, PROTOCOL_VERSION, SyncDone};
+use natter_wire::{
+    Body, Delete, Edit, ErrorCode, Frame, FrameDecoder, HistoryPage, Limits, PROTOCOL_VERSION, Send, SyncDone,
+};
 
 use super::input::{AuthChoice, Input, Op};
 use super::store::{CHAT_IDS, MemoryStore, StoredChat, initial_chats};
@@ -79,7 +81,8 @@ struct Client {
     accepted_at: Instant,
     /// When a frame from it was last taken (or it was welcomed).
     last_heard: Instant,
-    /// Every well-formed Send the core took from it while welcomed: (request id, chat, client id).
+    /// Every well-formed Send, Edit and Delete the core took from it while welcomed: (request id,
+    /// chat, client id); each is answered with SendOk or Error.
     sends: Vec<(u64, ChatId, ClientMsgId)>,
     /// Request ids of those Sends not answered yet (SendOk or Error).
     unanswered: Vec<u64>,
@@ -87,6 +90,9 @@ struct Client {
     pushed: HashMap<ChatId, Seq>,
     /// The latest Hello the core took from it said `sync_first`.
     hello_sync_first: bool,
+    /// The latest Hello the core took from it said `conversation`: only then may it get
+    /// `Receipt`, `Typing` and `ChatStates` (docs/PROTOCOL.md, Hello).
+    hello_conversation: bool,
     /// No `Message` may reach it now: welcomed after `Hello{sync_first}`, or sent `Resync`, and
     /// no Sync taken since.
     held: bool,
@@ -197,6 +203,10 @@ pub(super) struct Reached {
     pub(super) resyncs: u64,
     /// Messages in HistoryPages.
     pub(super) history_messages: u64,
+    /// Receipt, Typing and ChatStates frames checked (conversation sessions only).
+    pub(super) conversation_frames: u64,
+    /// Edits and deletes committed.
+    pub(super) amends: u64,
     /// Sync pages written after a `handle_drained` (by the answer of the read it led to).
     pub(super) drained_pages: u64,
 }
@@ -529,6 +539,7 @@ impl Harness {
                     unanswered: Vec::new(),
                     pushed: HashMap::new(),
                     hello_sync_first: false,
+                    hello_conversation: false,
                     held: false,
                     syncs: HashSet::new(),
                     seam: Seam::Off,
@@ -639,11 +650,28 @@ impl Harness {
             };
             let client = self.client_mut(k);
             match body {
-                Body::Hello(hello) if !welcomed => client.hello_sync_first = hello.sync_first,
-                Body::Send(send) if welcomed => {
+                Body::Hello(hello) if !welcomed => {
+                    client.hello_sync_first = hello.sync_first;
+                    client.hello_conversation = hello.conversation;
+                }
+                Body::Send(Send {
+                    chat_id,
+                    client_msg_id,
+                    ..
+                })
+                | Body::Edit(Edit {
+                    chat_id,
+                    client_msg_id,
+                    ..
+                })
+                | Body::Delete(Delete {
+                    chat_id,
+                    client_msg_id,
+                    ..
+                }) if welcomed => {
                     client
                         .sends
-                        .push((request_id, ChatId(send.chat_id), ClientMsgId(send.client_msg_id)));
+                        .push((request_id, ChatId(chat_id), ClientMsgId(client_msg_id)));
                     client.unanswered.push(request_id);
                 }
                 Body::Sync(sync) if welcomed => syncs.push((request_id, sync.cursors)),
@@ -859,6 +887,7 @@ impl Harness {
                 // Receipts are not modelled: they ride the commit, nothing waits for them.
                 WriteOp::Receipt { .. } => continue,
                 WriteOp::Amend { msg, rewrites, .. } => {
+                    self.reached.amends += 1;
                     for rewritten in &rewrites {
                         self.store.commit_message(rewritten);
                     }
@@ -1509,11 +1538,38 @@ impl Harness {
                     p.user_id
                 );
             }
-            Body::Hello(_) | Body::Send(_) | Body::Sync(_) | Body::History(_) | Body::Ack(_) => {
+            Body::Typing(t) => {
+                self.conversation_only(k, name);
+                let viewer = self.client(k).valid.map(|(u, _)| u.0);
+                assert_ne!(
+                    viewer,
+                    Some(t.user_id),
+                    "client {k} was shown its own user typing in chat {}",
+                    t.chat_id
+                );
+            }
+            Body::Receipt(_) | Body::ChatStates(_) => self.conversation_only(k, name),
+            Body::Hello(_)
+            | Body::Send(_)
+            | Body::Sync(_)
+            | Body::History(_)
+            | Body::Ack(_)
+            | Body::Edit(_)
+            | Body::Delete(_) => {
                 panic!("the server sent client {k} a client-to-server {name}")
             }
             _ => {}
         }
+    }
+
+    /// A conversation frame (`name`) reached client `k`: only a session that said
+    /// `Hello{conversation}` may get one.
+    fn conversation_only(&mut self, k: usize, name: &str) {
+        assert!(
+            self.client(k).hello_conversation,
+            "client {k} was sent {name} but its Hello did not say conversation"
+        );
+        self.reached.conversation_frames += 1;
     }
 
     /// Whether message `(chat, seq)` is one client `k` sent (its user's, with a client message id

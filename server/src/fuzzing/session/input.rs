@@ -4,8 +4,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use natter_wire::{
-    Ack, Body, Cursor, ErrorBody, Frame, History, HistoryPage, Message, PROTOCOL_VERSION, Ping, Pong,
-    Presence, Send, SendOk, Sync, SyncDone, Welcome,
+    Ack, Body, ChatState, ChatStates, Cursor, Delete, Edit, ErrorBody, Frame, History, HistoryPage, Message,
+    PROTOCOL_VERSION, Ping, Pong, Presence, Receipt, Send, SendOk, Sync, SyncDone, Typing, Welcome,
 };
 
 use super::{MAX_ARRIVAL, MAX_OPS, MAX_TEXT};
@@ -220,16 +220,22 @@ pub struct WireFrame {
 }
 
 /// The body of a [`WireFrame`]: one variant per member of the schema's `Body` union, with the
-/// fields of the `natter_wire` struct of the same name (documented there). A `Send` names its
-/// chat and client message id with an [`Id`], so that real chats and retries are likely.
+/// fields of the `natter_wire` struct of the same name (documented there). A `Send`, `Edit`,
+/// `Delete` or `Typing` names its chat (and target seq, client message id) with an [`Id`], so
+/// that real chats, real targets and retries are likely.
+///
+/// Decoded by hand (see its [`Arbitrary`] impl) so that the bytes of inputs written before the
+/// conversation frames existed keep their meaning.
 #[allow(missing_docs)] // the fields are natter_wire's, documented on its types
-#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WireBody {
     Hello {
         token: Text,
         device: Text,
         version: Version,
         sync_first: bool,
+        /// Not a byte of its own: the upper half of the Hello tag bucket (see [`OLD_BODIES`]).
+        conversation: bool,
     },
     Welcome {
         user_id: u64,
@@ -283,6 +289,145 @@ pub enum WireBody {
         request_id: u64,
     },
     Resync,
+    Edit {
+        chat: Id,
+        target_seq: Id,
+        client_msg_id: Id,
+        text: Text,
+    },
+    Delete {
+        chat: Id,
+        target_seq: Id,
+        client_msg_id: Id,
+    },
+    Typing {
+        chat: Id,
+        active: bool,
+        user_id: u64,
+    },
+    /// Server → client only: a client sending it must get an error.
+    Receipt {
+        chat_id: u64,
+        user_id: u64,
+        delivered_seq: u64,
+        read_seq: u64,
+    },
+    /// Server → client only: `(chat_id, last_seq)` per entry, read marker and unread 0.
+    ChatStates(Vec<WireCursor>),
+}
+
+/// The number of [`WireBody`] variants when its decoding was `#[derive(Arbitrary)]`: a `u32` tag
+/// `t` picked variant `(t * 15) >> 32` of the first fifteen. It still does; the variants added
+/// since take the upper half of an old variant's range of tags ([`NEW_IN_UPPER_HALF`]). Seeds
+/// write each old variant's lowest tag, so every seed and corpus file written before decodes as
+/// it did (a fuzzer-found input whose tag lies in such an upper half now means the new variant).
+const OLD_BODIES: u64 = 15;
+
+/// Which old variants' upper halves hold which new body: Hello → Hello with `conversation`,
+/// Send → Edit, Message → Receipt, SyncDone → ChatStates, Ack → Delete, Ping → Typing.
+const NEW_IN_UPPER_HALF: [u64; 6] = [0, 2, 4, 6, 9, 11];
+
+/// The lowest tag of old variant `index`'s range.
+fn bucket_start(index: u64) -> u64 {
+    (index << 32).div_ceil(OLD_BODIES)
+}
+
+/// The lowest tag of the upper half of old variant `index`'s range.
+fn bucket_split(index: u64) -> u64 {
+    let (start, end) = (bucket_start(index), bucket_start(index + 1));
+    start + (end - start) / 2
+}
+
+impl<'a> Arbitrary<'a> for WireBody {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        let tag = u64::from(u32::arbitrary(u)?);
+        let index = (tag * OLD_BODIES) >> 32;
+        let upper = NEW_IN_UPPER_HALF.contains(&index) && tag >= bucket_split(index);
+        Ok(match (index, upper) {
+            (0, conversation) => WireBody::Hello {
+                token: Text::arbitrary(u)?,
+                device: Text::arbitrary(u)?,
+                version: Version::arbitrary(u)?,
+                sync_first: bool::arbitrary(u)?,
+                conversation,
+            },
+            (1, _) => WireBody::Welcome {
+                user_id: u64::arbitrary(u)?,
+                device_id: u64::arbitrary(u)?,
+                heartbeat_interval_ms: u32::arbitrary(u)?,
+                server_time_ms: u64::arbitrary(u)?,
+                protocol_version: u32::arbitrary(u)?,
+            },
+            (2, false) => WireBody::Send {
+                chat: Id::arbitrary(u)?,
+                client_msg_id: Id::arbitrary(u)?,
+                text: Text::arbitrary(u)?,
+            },
+            (2, true) => WireBody::Edit {
+                chat: Id::arbitrary(u)?,
+                target_seq: Id::arbitrary(u)?,
+                client_msg_id: Id::arbitrary(u)?,
+                text: Text::arbitrary(u)?,
+            },
+            (3, _) => WireBody::SendOk {
+                client_msg_id: u64::arbitrary(u)?,
+                chat_id: u64::arbitrary(u)?,
+                seq: u64::arbitrary(u)?,
+                server_ts_ms: u64::arbitrary(u)?,
+            },
+            (4, false) => WireBody::Message(WireMessage::arbitrary(u)?),
+            (4, true) => WireBody::Receipt {
+                chat_id: u64::arbitrary(u)?,
+                user_id: u64::arbitrary(u)?,
+                delivered_seq: u64::arbitrary(u)?,
+                read_seq: u64::arbitrary(u)?,
+            },
+            (5, _) => WireBody::Sync(Vec::arbitrary(u)?),
+            (6, false) => WireBody::SyncDone(Vec::arbitrary(u)?),
+            (6, true) => WireBody::ChatStates(Vec::arbitrary(u)?),
+            (7, _) => WireBody::History {
+                chat_id: u64::arbitrary(u)?,
+                before_seq: u64::arbitrary(u)?,
+                limit: u32::arbitrary(u)?,
+            },
+            (8, _) => WireBody::HistoryPage {
+                chat_id: u64::arbitrary(u)?,
+                messages: Vec::arbitrary(u)?,
+                has_more: bool::arbitrary(u)?,
+            },
+            (9, false) => WireBody::Ack {
+                chat_id: u64::arbitrary(u)?,
+                seq: u64::arbitrary(u)?,
+            },
+            (9, true) => WireBody::Delete {
+                chat: Id::arbitrary(u)?,
+                target_seq: Id::arbitrary(u)?,
+                client_msg_id: Id::arbitrary(u)?,
+            },
+            (10, _) => WireBody::Presence {
+                user_id: u64::arbitrary(u)?,
+                online: bool::arbitrary(u)?,
+                last_seen_ms: u64::arbitrary(u)?,
+            },
+            (11, false) => WireBody::Ping {
+                nonce: u64::arbitrary(u)?,
+            },
+            (11, true) => WireBody::Typing {
+                chat: Id::arbitrary(u)?,
+                active: bool::arbitrary(u)?,
+                user_id: u64::arbitrary(u)?,
+            },
+            (12, _) => WireBody::Pong {
+                nonce: u64::arbitrary(u)?,
+            },
+            (13, _) => WireBody::Error {
+                code: u16::arbitrary(u)?,
+                message: Text::arbitrary(u)?,
+                request_id: u64::arbitrary(u)?,
+            },
+            _ => WireBody::Resync,
+        })
+    }
 }
 
 /// A `Message` table (the fields of `natter_wire::Message`).
@@ -402,6 +547,7 @@ impl WireFrame {
                 device,
                 version,
                 sync_first,
+                conversation,
             } => Body::Hello(natter_wire::Hello {
                 token: token.0.clone(),
                 device: device.0.clone(),
@@ -410,7 +556,7 @@ impl WireFrame {
                     Version::Other(v) => *v,
                 },
                 sync_first: *sync_first,
-                conversation: false,
+                conversation: *conversation,
             }),
             WireBody::Welcome {
                 user_id,
@@ -492,6 +638,56 @@ impl WireFrame {
                 request_id: *request_id,
             }),
             WireBody::Resync => Body::Resync,
+            WireBody::Edit {
+                chat,
+                target_seq,
+                client_msg_id,
+                text,
+            } => Body::Edit(Edit {
+                chat_id: chat.value(),
+                target_seq: target_seq.value(),
+                client_msg_id: client_msg_id.value(),
+                text: text.0.clone(),
+            }),
+            WireBody::Delete {
+                chat,
+                target_seq,
+                client_msg_id,
+            } => Body::Delete(Delete {
+                chat_id: chat.value(),
+                target_seq: target_seq.value(),
+                client_msg_id: client_msg_id.value(),
+            }),
+            WireBody::Typing {
+                chat,
+                active,
+                user_id,
+            } => Body::Typing(Typing {
+                chat_id: chat.value(),
+                active: *active,
+                user_id: *user_id,
+            }),
+            WireBody::Receipt {
+                chat_id,
+                user_id,
+                delivered_seq,
+                read_seq,
+            } => Body::Receipt(Receipt {
+                chat_id: *chat_id,
+                user_id: *user_id,
+                delivered_seq: *delivered_seq,
+                read_seq: *read_seq,
+            }),
+            WireBody::ChatStates(c) => Body::ChatStates(ChatStates {
+                chats: c
+                    .iter()
+                    .map(|c| ChatState {
+                        chat_id: c.chat_id,
+                        last_seq: c.seq,
+                        ..ChatState::default()
+                    })
+                    .collect(),
+            }),
         };
         Frame::new(self.request_id, body)
     }
@@ -657,16 +853,42 @@ impl Emit for WireFrame {
     }
 }
 
+/// Appends the tag of a [`WireBody`] added since the derive: the lowest tag of the upper half of
+/// old variant `index`'s range.
+fn upper_half(out: &mut Vec<u8>, index: u64) {
+    out.extend_from_slice(
+        &u32::try_from(bucket_split(index))
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+}
+
+/// Emits a new body's tag ([`upper_half`]), then each field.
+macro_rules! emit_upper {
+    ($out:ident, $index:expr; $($field:expr),*) => {{
+        upper_half($out, $index);
+        $( Emit::emit($field, $out); )*
+    }};
+}
+
 impl Emit for WireBody {
     fn emit(&self, out: &mut Vec<u8>) {
-        const N: u64 = 15;
+        const N: u64 = OLD_BODIES;
         match self {
             WireBody::Hello {
                 token,
                 device,
                 version,
                 sync_first,
+                conversation: false,
             } => emit_variant!(out, 0, N; token, device, version, sync_first),
+            WireBody::Hello {
+                token,
+                device,
+                version,
+                sync_first,
+                conversation: true,
+            } => emit_upper!(out, 0; token, device, version, sync_first),
             WireBody::Welcome {
                 user_id,
                 device_id,
@@ -720,6 +942,29 @@ impl Emit for WireBody {
                 request_id,
             } => emit_variant!(out, 13, N; code, message, request_id),
             WireBody::Resync => emit_variant!(out, 14, N),
+            WireBody::Edit {
+                chat,
+                target_seq,
+                client_msg_id,
+                text,
+            } => emit_upper!(out, 2; chat, target_seq, client_msg_id, text),
+            WireBody::Receipt {
+                chat_id,
+                user_id,
+                delivered_seq,
+                read_seq,
+            } => emit_upper!(out, 4; chat_id, user_id, delivered_seq, read_seq),
+            WireBody::ChatStates(c) => emit_upper!(out, 6; c),
+            WireBody::Delete {
+                chat,
+                target_seq,
+                client_msg_id,
+            } => emit_upper!(out, 9; chat, target_seq, client_msg_id),
+            WireBody::Typing {
+                chat,
+                active,
+                user_id,
+            } => emit_upper!(out, 11; chat, active, user_id),
         }
     }
 }

@@ -172,6 +172,14 @@ mod tests {
         assert!(r.sync_dones >= 1 && r.seam_messages >= 1, "{r:?}");
     }
 
+    /// The conversation seed reaches the conversation checks: Typing, Receipt and ChatStates go
+    /// to its conversation sessions (and the check that the plain one gets none ran on them).
+    #[test]
+    fn conversation_seed_reaches_the_conversation_checks() {
+        let r = reached("conversation-edit-delete-typing");
+        assert!(r.conversation_frames >= 3 && r.amends >= 2, "{r:?}");
+    }
+
     /// The history seed gets pages of committed messages (the checks ran on them).
     #[test]
     fn history_seed_reaches_the_page_checks() {
