@@ -1000,9 +1000,13 @@ impl Harness {
                                 raw.len()
                             );
                         }
-                        // A presence change reaches the friends' sessions whatever event caused it.
-                        let presence = matches!(frame.body, Body::Presence(_))
-                            && !matches!(cause, Cause::Quiet | Cause::EndOfTurn | Cause::Membership);
+                        // A presence change reaches the friends' sessions whatever event caused
+                        // it; so do a member's Typing and a Receipt (an Ack) when the chat's owner
+                        // core is the core the sender is on: they need no commit, so they go out
+                        // in the call that caused them.
+                        let presence =
+                            matches!(frame.body, Body::Presence(_) | Body::Typing(_) | Body::Receipt(_))
+                                && !matches!(cause, Cause::Quiet | Cause::EndOfTurn | Cause::Membership);
                         // Sync work runs at the end of a turn within its read budget
                         // (core/sync.rs): pages (the Sync's request id), SyncDone and
                         // an Error answering a failed sync may go out then.
