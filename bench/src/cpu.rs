@@ -126,6 +126,70 @@ fn process_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time of each of a process's threads, grouped by thread name without its
+/// trailing number (`natter-core-0` and `natter-core-1` are `natter-core`), in
+/// nanoseconds of run time from `/proc/<pid>/task/<tid>/schedstat` (exact, unlike
+/// the tick counts of `stat`). Threads that ended are not counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ThreadCpu {
+    /// Nanoseconds per thread group.
+    pub(crate) by_group: std::collections::BTreeMap<String, u64>,
+}
+
+impl ThreadCpu {
+    /// The threads of `pid` now; `None` where `/proc/<pid>/task` cannot be read.
+    pub(crate) fn now(pid: u32) -> Option<ThreadCpu> {
+        let mut by_group = std::collections::BTreeMap::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let dir = entry.path();
+            let (Ok(comm), Ok(sched)) = (
+                fs::read_to_string(dir.join("comm")),
+                fs::read_to_string(dir.join("schedstat")),
+            ) else {
+                continue;
+            };
+            let Some(ns) = sched
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            *by_group.entry(thread_group(comm.trim()).to_owned()).or_insert(0) += ns;
+        }
+        Some(ThreadCpu { by_group })
+    }
+
+    /// All threads' nanoseconds.
+    pub(crate) fn total(&self) -> u64 {
+        self.by_group.values().sum()
+    }
+
+    /// Nanoseconds per group from `self` to `later` (groups only in `later` count from 0).
+    pub(crate) fn until(&self, later: &ThreadCpu) -> ThreadCpu {
+        let by_group = later
+            .by_group
+            .iter()
+            .map(|(g, ns)| {
+                let before = self.by_group.get(g).copied().unwrap_or(0);
+                (g.clone(), ns.saturating_sub(before))
+            })
+            .collect();
+        ThreadCpu { by_group }
+    }
+}
+
+/// A thread name without its trailing instance number: `natter-core-1` →
+/// `natter-core`, `natter-push-sen` (the kernel keeps 15 bytes) stays.
+fn thread_group(name: &str) -> &str {
+    let cut = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if cut.len() < name.len() {
+        cut.trim_end_matches(['-', '_', ':'])
+    } else {
+        name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +247,27 @@ mod tests {
         let sample = CpuSample::now(Some(std::process::id())).unwrap();
         assert!(sample.total >= sample.busy);
         assert!(sample.server.is_some());
+    }
+
+    #[test]
+    fn thread_groups_drop_the_instance_number() {
+        assert_eq!(thread_group("natter-core-0"), "natter-core");
+        assert_eq!(thread_group("natter-core-12"), "natter-core");
+        assert_eq!(thread_group("natter-push"), "natter-push");
+        assert_eq!(thread_group("natter-push-sen"), "natter-push-sen");
+        assert_eq!(thread_group("fjall:worker"), "fjall:worker");
+        assert_eq!(thread_group("natterd"), "natterd");
+    }
+
+    #[test]
+    fn this_process_threads_are_read() {
+        let before = ThreadCpu::now(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let after = ThreadCpu::now(std::process::id()).unwrap();
+        assert!(before.until(&after).total() > 0);
     }
 }
