@@ -46,8 +46,8 @@ pub use metrics::{LATENCY_SECONDS_BUCKETS, PushMetrics};
 pub use schedule::{Due, MAX_RATE_BUCKETS, ScheduleConfig, Scheduler};
 pub use service::{
     BUSY_RETRY, DUE_PER_TURN, EVENT_BATCH_WINDOW, EVENTS_PER_TURN, FAILURE_LOG_INTERVAL, JOBS_PER_SENDER,
-    LIVENESS_DEADLINE, MARK_FLUSH_INTERVAL, MAX_CACHED_CHATS, MAX_NOTIFIED, MAX_PENDING_MARKS, PushService,
-    start,
+    LIVENESS_DEADLINE, MARK_FLUSH_INTERVAL, MAX_CACHED_CHATS, MAX_NOTIFIED, MAX_PENDING_MARKS, PUSH_NICE,
+    PushService, start,
 };
 
 use crate::ids::{ChatId, DeviceId, Seq, UserId};
