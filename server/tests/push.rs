@@ -488,6 +488,41 @@ fn a_bad_push_gateway_ca_file_is_refused_at_start() {
     }
 }
 
+#[test]
+fn the_badge_counts_every_chat_including_one_created_and_one_read_since_the_last_notification() {
+    let gateway = Gateway::start();
+    let server = server(&gateway, &[]);
+    let http = Http::new(&server);
+    let w = world(&server, &http);
+    send(&server, &w.alice, w.chat, 1, 2);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 1));
+    assert_eq!(gateway.received()[0].body["notification"]["counts"]["unread"], 2);
+    // A group created after bob's chats were counted: its first messages count too.
+    let group = server
+        .client()
+        .create_group(&w.alice.token, "later", &[w.bob.user_id])
+        .unwrap();
+    send(&server, &w.alice, group, 10, 3);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 2));
+    let n = gateway.received()[1].body["notification"].clone();
+    assert_eq!(n["devices"][0]["data"]["chat_id"], group, "{n}");
+    assert_eq!(n["devices"][0]["data"]["chat_unread"], 3);
+    assert_eq!(n["counts"]["unread"], 2 + 3, "both chats: {n}");
+    // bob reads the direct chat up to 1: the badge update and the next
+    // notification count the read marker as it is now.
+    server.client().mark_read(&w.bob.token, w.chat, 1).unwrap();
+    assert!(wait_until(DEADLINE, || gateway.count() >= 3));
+    let badge = gateway.received()[2].body["notification"].clone();
+    assert_eq!(badge["devices"][0]["data"]["badge_only"], true, "{badge}");
+    assert_eq!(badge["counts"]["unread"], 1 + 3, "{badge}");
+    send(&server, &w.alice, w.chat, 20, 1);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 4));
+    let n = gateway.received()[3].body["notification"].clone();
+    assert_eq!(n["devices"][0]["data"]["seq"], 3, "{n}");
+    assert_eq!(n["devices"][0]["data"]["chat_unread"], 2);
+    assert_eq!(n["counts"]["unread"], 2 + 3, "{n}");
+}
+
 /// `(thread name, nice value)` of every thread of `pid`, from `/proc/<pid>/task`.
 fn thread_nice(pid: u32) -> Vec<(String, i32)> {
     let mut out = Vec::new();

@@ -100,6 +100,11 @@ fn lower_priority() {
     }
 }
 
+/// Most users whose chat lists, and most `(user, chat)` read markers, the
+/// push thread caches for the unread counts (each cache emptied when full; a
+/// miss is one store read). ~1M markers is ~40 MB at most.
+pub const MAX_CACHED_COUNTS: usize = 1 << 20;
+
 /// The running push thread; stop it with [`PushService::shutdown`].
 #[derive(Debug)]
 pub struct PushService {
@@ -184,6 +189,10 @@ pub fn start(
                 pushers: FxHashMap::default(),
                 members: FxHashMap::default(),
                 last_seqs: FxHashMap::default(),
+                new_chats: Vec::new(),
+                chats_of: FxHashMap::default(),
+                read_markers: FxHashMap::default(),
+                marks_known: FxHashMap::default(),
                 events,
                 overflow,
                 jobs: jobs_tx,
@@ -214,6 +223,25 @@ struct PushThread {
     /// `messages` per notification (a fifth of natterd's CPU with push on).
     /// At most [`MAX_CACHED_CHATS`], emptied when full (a miss reads the store).
     last_seqs: FxHashMap<ChatId, Seq>,
+    /// Chats whose first message since `last_seqs` last lost them was
+    /// gathered this pass: their members' cached chat lists are dropped
+    /// (a chat is created outside the writer, so its first message is the
+    /// first the push thread hears of it; before that its unread count is 0).
+    new_chats: Vec<ChatId>,
+    /// Each user's chats (`user_chats`), for the unread counts: read once per
+    /// user instead of once per notification. Emptied on a membership fact
+    /// and on a rebuild; a user's entry is dropped on a new chat of theirs.
+    chats_of: FxHashMap<UserId, Arc<[ChatId]>>,
+    /// Read markers by `(user, chat)`, for the unread counts: filled from the
+    /// store on a miss and moved forward by `Event::Read` (the side-port is
+    /// their only writer and tells the push thread after each); emptied on a
+    /// rebuild, since an overflow may have dropped a `Read`.
+    read_markers: FxHashMap<(UserId, ChatId), Seq>,
+    /// The push watermarks known to be stored (read or written by this
+    /// thread), so a watermark write costs no read-before-write. A device's
+    /// entries are dropped when its pusher is set or removed (registering
+    /// writes watermarks of its own); emptied on a rebuild.
+    marks_known: FxHashMap<DeviceId, FxHashMap<ChatId, Seq>>,
     events: Receiver<Event>,
     overflow: Arc<AtomicBool>,
     jobs: Sender<Job>,
@@ -318,6 +346,9 @@ impl PushThread {
         self.pushers.clear();
         // Facts may have been dropped (a full queue): the store answers again.
         self.last_seqs.clear();
+        self.chats_of.clear();
+        self.read_markers.clear();
+        self.marks_known.clear();
         let mut owed = 0usize;
         for pusher in pushers {
             match self.store.owed_at_start(&pusher) {
@@ -352,12 +383,19 @@ impl PushThread {
                 }
             }
             Event::PusherSet(pusher) => {
+                self.marks_known.remove(&pusher.device);
                 let list = self.pushers.entry(pusher.user).or_default();
                 list.retain(|p| p.device != pusher.device);
                 list.push(pusher);
             }
-            Event::PusherRemoved(user, device) => self.forget_pusher(user, device),
+            Event::PusherRemoved(user, device) => {
+                self.marks_known.remove(&device);
+                self.forget_pusher(user, device);
+            }
             Event::Read(user, chat, seq) => {
+                if let Some(known) = self.read_markers.get_mut(&(user, chat)) {
+                    *known = (*known).max(seq);
+                }
                 for device in self.devices_of(user) {
                     self.scheduler.cancel(device, chat, seq);
                     self.marks.push((device, chat, seq));
@@ -373,8 +411,11 @@ impl PushThread {
     fn handle_fact(&mut self, fact: Fact, now: Instant) {
         match fact {
             Fact::Message { chat, seq, sender } => {
-                if self.last_seqs.len() >= MAX_CACHED_CHATS && !self.last_seqs.contains_key(&chat) {
-                    self.last_seqs.clear();
+                if !self.last_seqs.contains_key(&chat) {
+                    if self.last_seqs.len() >= MAX_CACHED_CHATS {
+                        self.last_seqs.clear();
+                    }
+                    self.new_chats.push(chat);
                 }
                 let last = self.last_seqs.entry(chat).or_insert(seq);
                 *last = (*last).max(seq);
@@ -395,6 +436,7 @@ impl PushThread {
             Fact::Membership { chat } => {
                 self.apply_bursts(now);
                 self.members.remove(&chat);
+                self.chats_of.clear();
             }
         }
     }
@@ -405,6 +447,13 @@ impl PushThread {
     fn apply_bursts(&mut self, now: Instant) {
         if self.bursts.is_empty() {
             return;
+        }
+        for chat in std::mem::take(&mut self.new_chats) {
+            if let Some(members) = self.members_of(chat) {
+                for member in members.iter() {
+                    self.chats_of.remove(member);
+                }
+            }
         }
         let bursts = std::mem::take(&mut self.bursts);
         for (chat, burst) in bursts {
@@ -591,15 +640,13 @@ impl PushThread {
     }
 
     fn build_job(
-        &self,
+        &mut self,
         pusher: &Pusher,
         chat: ChatId,
         seq: Seq,
         newest: &mut HashMap<(ChatId, Seq), Option<crate::store::StoredMessage>>,
     ) -> Result<Option<Job>, StoreError> {
-        let (chat_unread, total_unread) = self
-            .store
-            .unread_counts_with(pusher.user, chat, |c| self.known_last_seq(c, chat, seq))?;
+        let (chat_unread, total_unread) = self.unread_counts(pusher.user, chat, seq)?;
         if chat_unread == 0 {
             return Ok(None);
         }
@@ -653,11 +700,51 @@ impl PushThread {
         }))
     }
 
+    /// The unread count of `user` in `chat` and their total (the badge), as
+    /// `Store::unread_counts` computes them, from this thread's caches: the
+    /// last seqs it saw committed, the user's chats, their read markers; the
+    /// store answers only the misses.
+    fn unread_counts(&mut self, user: UserId, chat: ChatId, seq: Seq) -> Result<(u64, u64), StoreError> {
+        let chats = match self.chats_of.get(&user) {
+            Some(list) => list.clone(),
+            None => {
+                let list: Arc<[ChatId]> = self.store.user_chats(user)?.into();
+                if self.chats_of.len() >= MAX_CACHED_COUNTS {
+                    self.chats_of.clear();
+                }
+                self.chats_of.insert(user, list.clone());
+                list
+            }
+        };
+        let (mut this, mut total) = (0, 0u64);
+        for &c in chats.iter() {
+            let last = match self.known_last_seq(c, chat, seq) {
+                Some(last) => last,
+                None => self.store.last_seq(c)?,
+            };
+            let read = match self.read_markers.get(&(user, c)) {
+                Some(read) => *read,
+                None => {
+                    let read = self.store.read_marker(user, c)?;
+                    if self.read_markers.len() >= MAX_CACHED_COUNTS {
+                        self.read_markers.clear();
+                    }
+                    self.read_markers.insert((user, c), read);
+                    read
+                }
+            };
+            let unread = last.0.saturating_sub(read.0);
+            if c == chat {
+                this = unread;
+            }
+            total = total.saturating_add(unread);
+        }
+        Ok((this, total))
+    }
+
     /// A counts-only notification (the chat was read after one was shown).
-    fn build_badge_job(&self, pusher: &Pusher, chat: ChatId, seq: Seq) -> Result<Job, StoreError> {
-        let (chat_unread, total_unread) = self
-            .store
-            .unread_counts_with(pusher.user, chat, |c| self.known_last_seq(c, chat, seq))?;
+    fn build_badge_job(&mut self, pusher: &Pusher, chat: ChatId, seq: Seq) -> Result<Job, StoreError> {
+        let (chat_unread, total_unread) = self.unread_counts(pusher.user, chat, seq)?;
         Ok(Job {
             user: pusher.user,
             device: pusher.device,
@@ -760,9 +847,27 @@ impl PushThread {
         if self.marks.is_empty() {
             return;
         }
-        if let Err(e) = self.store.set_push_marks(&self.marks) {
+        let known = &self.marks_known;
+        let result = self.store.set_push_marks_above(&self.marks, |device, chat| {
+            known.get(&device).and_then(|chats| chats.get(&chat)).copied()
+        });
+        match result {
+            Ok(()) => {
+                if self.marks_known.len() >= MAX_CACHED_COUNTS {
+                    self.marks_known.clear();
+                }
+                for &(device, chat, seq) in &self.marks {
+                    let mark = self
+                        .marks_known
+                        .entry(device)
+                        .or_default()
+                        .entry(chat)
+                        .or_insert(seq);
+                    *mark = (*mark).max(seq);
+                }
+            }
             // Lost marks cost a duplicate notification after a restart, not a lost one.
-            tracing::error!(error = %e, "push: writing watermarks failed");
+            Err(e) => tracing::error!(error = %e, "push: writing watermarks failed"),
         }
         self.marks.clear();
     }
