@@ -129,19 +129,27 @@ fn process_ticks(stat: &str) -> Option<u64> {
 /// CPU time of each of a process's threads, grouped by thread name without its
 /// trailing number (`natter-core-0` and `natter-core-1` are `natter-core`), in
 /// nanoseconds of run time from `/proc/<pid>/task/<tid>/schedstat` (exact, unlike
-/// the tick counts of `stat`). Threads that ended are not counted.
+/// the tick counts of `stat`). A sample holds each thread by id, so a span
+/// ([`ThreadCpu::until`]) counts each thread's own growth: a thread that ended
+/// within it loses only its time after the first sample, one that started
+/// counts from 0.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ThreadCpu {
     /// Nanoseconds per thread group.
     pub(crate) by_group: std::collections::BTreeMap<String, u64>,
+    /// `(group, nanoseconds)` per thread id.
+    by_thread: std::collections::BTreeMap<u64, (String, u64)>,
 }
 
 impl ThreadCpu {
     /// The threads of `pid` now; `None` where `/proc/<pid>/task` cannot be read.
     pub(crate) fn now(pid: u32) -> Option<ThreadCpu> {
-        let mut by_group = std::collections::BTreeMap::new();
+        let mut by_thread = std::collections::BTreeMap::new();
         for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
             let dir = entry.path();
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else {
+                continue;
+            };
             let (Ok(comm), Ok(sched)) = (
                 fs::read_to_string(dir.join("comm")),
                 fs::read_to_string(dir.join("schedstat")),
@@ -155,9 +163,17 @@ impl ThreadCpu {
             else {
                 continue;
             };
-            *by_group.entry(thread_group(comm.trim()).to_owned()).or_insert(0) += ns;
+            by_thread.insert(tid, (thread_group(comm.trim()).to_owned(), ns));
         }
-        Some(ThreadCpu { by_group })
+        Some(ThreadCpu::from_threads(by_thread))
+    }
+
+    fn from_threads(by_thread: std::collections::BTreeMap<u64, (String, u64)>) -> ThreadCpu {
+        let mut by_group = std::collections::BTreeMap::new();
+        for (group, ns) in by_thread.values() {
+            *by_group.entry(group.clone()).or_insert(0) += ns;
+        }
+        ThreadCpu { by_group, by_thread }
     }
 
     /// All threads' nanoseconds.
@@ -165,17 +181,18 @@ impl ThreadCpu {
         self.by_group.values().sum()
     }
 
-    /// Nanoseconds per group from `self` to `later` (groups only in `later` count from 0).
+    /// Each thread's nanoseconds from `self` to `later`, grouped (a thread
+    /// only in `later` counts from 0).
     pub(crate) fn until(&self, later: &ThreadCpu) -> ThreadCpu {
-        let by_group = later
-            .by_group
+        let by_thread = later
+            .by_thread
             .iter()
-            .map(|(g, ns)| {
-                let before = self.by_group.get(g).copied().unwrap_or(0);
-                (g.clone(), ns.saturating_sub(before))
+            .map(|(tid, (group, ns))| {
+                let before = self.by_thread.get(tid).map_or(0, |(_, ns)| *ns);
+                (*tid, (group.clone(), ns.saturating_sub(before)))
             })
             .collect();
-        ThreadCpu { by_group }
+        ThreadCpu::from_threads(by_thread)
     }
 }
 
@@ -269,5 +286,23 @@ mod tests {
         std::hint::black_box(x);
         let after = ThreadCpu::now(std::process::id()).unwrap();
         assert!(before.until(&after).total() > 0);
+    }
+
+    #[test]
+    fn a_span_counts_each_threads_own_growth() {
+        let sample = |threads: &[(u64, &str, u64)]| {
+            ThreadCpu::from_threads(
+                threads
+                    .iter()
+                    .map(|&(tid, group, ns)| (tid, (group.to_owned(), ns)))
+                    .collect(),
+            )
+        };
+        // Thread 2 ended and thread 3 started within the span.
+        let before = sample(&[(1, "gw", 100), (2, "gw", 5_000)]);
+        let after = sample(&[(1, "gw", 150), (3, "gw", 30)]);
+        let span = before.until(&after);
+        assert_eq!(span.by_group.get("gw"), Some(&80));
+        assert_eq!(span.total(), 80);
     }
 }
