@@ -126,6 +126,87 @@ fn process_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time of each of a process's threads, grouped by thread name without its
+/// trailing number (`natter-core-0` and `natter-core-1` are `natter-core`), in
+/// nanoseconds of run time from `/proc/<pid>/task/<tid>/schedstat` (exact, unlike
+/// the tick counts of `stat`). A sample holds each thread by id, so a span
+/// ([`ThreadCpu::until`]) counts each thread's own growth: a thread that ended
+/// within it loses only its time after the first sample, one that started
+/// counts from 0.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ThreadCpu {
+    /// Nanoseconds per thread group.
+    pub(crate) by_group: std::collections::BTreeMap<String, u64>,
+    /// `(group, nanoseconds)` per thread id.
+    by_thread: std::collections::BTreeMap<u64, (String, u64)>,
+}
+
+impl ThreadCpu {
+    /// The threads of `pid` now; `None` where `/proc/<pid>/task` cannot be read.
+    pub(crate) fn now(pid: u32) -> Option<ThreadCpu> {
+        let mut by_thread = std::collections::BTreeMap::new();
+        for entry in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let dir = entry.path();
+            let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else {
+                continue;
+            };
+            let (Ok(comm), Ok(sched)) = (
+                fs::read_to_string(dir.join("comm")),
+                fs::read_to_string(dir.join("schedstat")),
+            ) else {
+                continue;
+            };
+            let Some(ns) = sched
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            by_thread.insert(tid, (thread_group(comm.trim()).to_owned(), ns));
+        }
+        Some(ThreadCpu::from_threads(by_thread))
+    }
+
+    fn from_threads(by_thread: std::collections::BTreeMap<u64, (String, u64)>) -> ThreadCpu {
+        let mut by_group = std::collections::BTreeMap::new();
+        for (group, ns) in by_thread.values() {
+            *by_group.entry(group.clone()).or_insert(0) += ns;
+        }
+        ThreadCpu { by_group, by_thread }
+    }
+
+    /// All threads' nanoseconds.
+    pub(crate) fn total(&self) -> u64 {
+        self.by_group.values().sum()
+    }
+
+    /// Each thread's nanoseconds from `self` to `later`, grouped (a thread
+    /// only in `later` counts from 0).
+    pub(crate) fn until(&self, later: &ThreadCpu) -> ThreadCpu {
+        let by_thread = later
+            .by_thread
+            .iter()
+            .map(|(tid, (group, ns))| {
+                let before = self.by_thread.get(tid).map_or(0, |(_, ns)| *ns);
+                (*tid, (group.clone(), ns.saturating_sub(before)))
+            })
+            .collect();
+        ThreadCpu::from_threads(by_thread)
+    }
+}
+
+/// A thread name without its trailing instance number: `natter-core-1` →
+/// `natter-core`, `natter-push-sen` (the kernel keeps 15 bytes) stays.
+fn thread_group(name: &str) -> &str {
+    let cut = name.trim_end_matches(|c: char| c.is_ascii_digit());
+    if cut.len() < name.len() {
+        cut.trim_end_matches(['-', '_', ':'])
+    } else {
+        name
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +264,45 @@ mod tests {
         let sample = CpuSample::now(Some(std::process::id())).unwrap();
         assert!(sample.total >= sample.busy);
         assert!(sample.server.is_some());
+    }
+
+    #[test]
+    fn thread_groups_drop_the_instance_number() {
+        assert_eq!(thread_group("natter-core-0"), "natter-core");
+        assert_eq!(thread_group("natter-core-12"), "natter-core");
+        assert_eq!(thread_group("natter-push"), "natter-push");
+        assert_eq!(thread_group("natter-push-sen"), "natter-push-sen");
+        assert_eq!(thread_group("fjall:worker"), "fjall:worker");
+        assert_eq!(thread_group("natterd"), "natterd");
+    }
+
+    #[test]
+    fn this_process_threads_are_read() {
+        let before = ThreadCpu::now(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let after = ThreadCpu::now(std::process::id()).unwrap();
+        assert!(before.until(&after).total() > 0);
+    }
+
+    #[test]
+    fn a_span_counts_each_threads_own_growth() {
+        let sample = |threads: &[(u64, &str, u64)]| {
+            ThreadCpu::from_threads(
+                threads
+                    .iter()
+                    .map(|&(tid, group, ns)| (tid, (group.to_owned(), ns)))
+                    .collect(),
+            )
+        };
+        // Thread 2 ended and thread 3 started within the span.
+        let before = sample(&[(1, "gw", 100), (2, "gw", 5_000)]);
+        let after = sample(&[(1, "gw", 150), (3, "gw", 30)]);
+        let span = before.until(&after);
+        assert_eq!(span.by_group.get("gw"), Some(&80));
+        assert_eq!(span.total(), 80);
     }
 }

@@ -251,6 +251,27 @@ pub(crate) struct Report {
     /// push: `msgs_per_sec` (push on) / `msgs_per_sec_push_off`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) push_throughput_ratio: Option<f64>,
+    /// push: per push-on phase, its acked sends per second over the mean of
+    /// the push-off phases just before and just after it (phases alternate
+    /// off, on, off, …; `push_throughput_ratio` is their median).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_throughput_ratios: Option<Vec<f64>>,
+    /// push: natterd's CPU time (all threads, from `/proc/<pid>/task/*/schedstat`)
+    /// per acked send in the push-off phases, µs (median of the phases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_cpu_us_per_msg_off: Option<f64>,
+    /// push: the same in the push-on phases, each counted until its drain ends
+    /// (so the notifications that leave after the phase are charged to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_cpu_us_per_msg_on: Option<f64>,
+    /// push: `push_cpu_us_per_msg_on` / `push_cpu_us_per_msg_off`, the CPU cost of
+    /// push per message, which the machine's noise changes far less than throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_cpu_ratio: Option<f64>,
+    /// push: the CPU time of natterd's push threads alone (`natter-push` and
+    /// its gateway senders) per acked send in the push-on phases, µs (median).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) push_threads_cpu_us_per_msg: Option<f64>,
     /// Per-second series: the whole seconds of the measured phase that the
     /// `*_second_*` figures count (warm-up, drain and partial seconds left out).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -477,6 +498,10 @@ impl Report {
             ("pushes_per_sec", self.pushes_per_sec),
             ("msgs_per_sec_push_off", self.msgs_per_sec_push_off),
             ("push_throughput_ratio", self.push_throughput_ratio),
+            ("push_cpu_us_per_msg_off", self.push_cpu_us_per_msg_off),
+            ("push_cpu_us_per_msg_on", self.push_cpu_us_per_msg_on),
+            ("push_cpu_ratio", self.push_cpu_ratio),
+            ("push_threads_cpu_us_per_msg", self.push_threads_cpu_us_per_msg),
             ("server_close_first_s", self.server_close_first_s),
             ("server_close_last_s", self.server_close_last_s),
             ("server_rss_cap_reached_s", self.server_rss_cap_reached_s),
@@ -485,6 +510,10 @@ impl Report {
             if let Some(v) = value {
                 line(name, format!("{v:.3}"));
             }
+        }
+        if let Some(ratios) = &self.push_throughput_ratios {
+            let text: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+            line("push_throughput_ratios", format!("[{}]", text.join(", ")));
         }
         for (name, value) in [
             ("ping_baseline_p99_us_by_core", &self.ping_baseline_p99_us_by_core),

@@ -487,3 +487,90 @@ fn a_bad_push_gateway_ca_file_is_refused_at_start() {
         assert!(stderr.contains("push-gateway-ca"), "{stderr}");
     }
 }
+
+#[test]
+fn the_badge_counts_every_chat_including_one_created_and_one_read_since_the_last_notification() {
+    let gateway = Gateway::start();
+    let server = server(&gateway, &[]);
+    let http = Http::new(&server);
+    let w = world(&server, &http);
+    send(&server, &w.alice, w.chat, 1, 2);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 1));
+    assert_eq!(gateway.received()[0].body["notification"]["counts"]["unread"], 2);
+    // A group created after bob's chats were counted: its first messages count too.
+    let group = server
+        .client()
+        .create_group(&w.alice.token, "later", &[w.bob.user_id])
+        .unwrap();
+    send(&server, &w.alice, group, 10, 3);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 2));
+    let n = gateway.received()[1].body["notification"].clone();
+    assert_eq!(n["devices"][0]["data"]["chat_id"], group, "{n}");
+    assert_eq!(n["devices"][0]["data"]["chat_unread"], 3);
+    assert_eq!(n["counts"]["unread"], 2 + 3, "both chats: {n}");
+    // bob reads the direct chat up to 1: the badge update and the next
+    // notification count the read marker as it is now.
+    server.client().mark_read(&w.bob.token, w.chat, 1).unwrap();
+    assert!(wait_until(DEADLINE, || gateway.count() >= 3));
+    let badge = gateway.received()[2].body["notification"].clone();
+    assert_eq!(badge["devices"][0]["data"]["badge_only"], true, "{badge}");
+    assert_eq!(badge["counts"]["unread"], 1 + 3, "{badge}");
+    send(&server, &w.alice, w.chat, 20, 1);
+    assert!(wait_until(DEADLINE, || gateway.count() >= 4));
+    let n = gateway.received()[3].body["notification"].clone();
+    assert_eq!(n["devices"][0]["data"]["seq"], 3, "{n}");
+    assert_eq!(n["devices"][0]["data"]["chat_unread"], 2);
+    assert_eq!(n["counts"]["unread"], 2 + 3, "{n}");
+}
+
+/// `(thread name, nice value)` of every thread of `pid`, from `/proc/<pid>/task`.
+fn thread_nice(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(entry.path().join("comm")),
+            std::fs::read_to_string(entry.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // Field 19 (nice) is the 17th after the command name's closing paren.
+        let after = &stat[stat.rfind(')').unwrap() + 1..];
+        let nice: i32 = after.split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim().to_owned(), nice));
+    }
+    out
+}
+
+#[test]
+fn the_push_threads_run_at_a_lower_priority_than_the_event_loops() {
+    let gateway = Gateway::start();
+    let server = server(&gateway, &[]);
+    let senders = natter_server::push::PushConfig::default().senders;
+    let is_push = |name: &str| name.starts_with("natter-push");
+    // The push threads start beside the listeners: wait until all are there.
+    let mut threads = Vec::new();
+    let started = wait_until(DEADLINE, || {
+        threads = thread_nice(server.pid());
+        threads.iter().filter(|(name, _)| is_push(name)).count() == 1 + senders
+    });
+    assert!(started, "the push thread and its senders: {threads:?}");
+    let nice_of = |prefix: &str| -> Vec<i32> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, n)| *n)
+            .collect()
+    };
+    let cores = nice_of("natter-core-");
+    let writer = nice_of("natter-store-wr");
+    let push = nice_of("natter-push");
+    assert!(!cores.is_empty() && !writer.is_empty(), "{threads:?}");
+    let base = cores[0];
+    assert!(cores.iter().chain(&writer).all(|n| *n == base), "{threads:?}");
+    // Run under `nice -n 9` or more the +10 is clamped at 19, the lowest priority.
+    let expected = (base + natter_server::push::PUSH_NICE).min(19);
+    assert!(
+        push.iter().all(|n| *n == expected),
+        "push threads at {expected}: {threads:?}"
+    );
+}

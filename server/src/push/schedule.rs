@@ -12,8 +12,10 @@
 //! send), retry (timeout or 5xx: exponential backoff with jitter, capped), or
 //! dropped (rejected pushkey, a refusal).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::ids::{ChatId, DeviceId, Seq, UserId};
 
@@ -85,14 +87,14 @@ type Key = (DeviceId, ChatId);
 #[derive(Debug)]
 pub struct Scheduler {
     config: ScheduleConfig,
-    owed: HashMap<Key, Entry>,
+    owed: FxHashMap<Key, Entry>,
     /// `(due, key)` for every entry not in flight.
     timers: BTreeSet<(Instant, DeviceId, ChatId)>,
     /// When each key was last sent, for the coalescing window; pruned once
     /// older than it (`sent_order` is the pruning order).
-    last_sent: HashMap<Key, Instant>,
+    last_sent: FxHashMap<Key, Instant>,
     sent_order: VecDeque<(Instant, Key)>,
-    buckets: HashMap<UserId, Bucket>,
+    buckets: FxHashMap<UserId, Bucket>,
     overflowed: bool,
     rng: u64,
 }
@@ -102,11 +104,11 @@ impl Scheduler {
     pub fn new(config: ScheduleConfig, seed: u64) -> Self {
         Self {
             config,
-            owed: HashMap::new(),
+            owed: FxHashMap::default(),
             timers: BTreeSet::new(),
-            last_sent: HashMap::new(),
+            last_sent: FxHashMap::default(),
             sent_order: VecDeque::new(),
-            buckets: HashMap::new(),
+            buckets: FxHashMap::default(),
             overflowed: false,
             rng: seed | 1,
         }

@@ -204,6 +204,22 @@ impl Store {
     /// # Errors
     /// A store failure, or [`StoreError::Corrupt`].
     pub fn set_push_marks(&self, marks: &[(DeviceId, ChatId, Seq)]) -> Result<(), StoreError> {
+        self.set_push_marks_above(marks, |_, _| None)
+    }
+
+    /// [`Store::set_push_marks`], taking the stored watermark from `known`
+    /// where it has one (the push thread remembers what it read and wrote), so
+    /// a busy device costs no read-before-write; the store answers the others.
+    /// `known` must never be above the stored mark (the caller's record only
+    /// lags it), or a mark between the two would be skipped.
+    ///
+    /// # Errors
+    /// A store failure, or [`StoreError::Corrupt`].
+    pub fn set_push_marks_above(
+        &self,
+        marks: &[(DeviceId, ChatId, Seq)],
+        known: impl Fn(DeviceId, ChatId) -> Option<Seq>,
+    ) -> Result<(), StoreError> {
         if marks.is_empty() {
             return Ok(());
         }
@@ -216,7 +232,11 @@ impl Store {
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         for ((device, chat), seq) in highest {
-            if self.push_mark(device, chat)? < seq {
+            let stored = match known(device, chat) {
+                Some(mark) => mark,
+                None => self.push_mark(device, chat)?,
+            };
+            if stored < seq {
                 batch.insert(&self.push_marks, keys::pair(device.0, chat.0), keys::id(seq.0));
             }
         }
