@@ -232,19 +232,18 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         Transport::Ws => transport::Kind::Ws,
         Transport::Quic => transport::Kind::Quic,
     };
-    let quic_capable = matches!(
+    let any_transport = matches!(
         cli.scenario,
-        ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
+        ScenarioName::OneToOne
+            | ScenarioName::Group
+            | ScenarioName::Sync
+            | ScenarioName::Connect
+            | ScenarioName::Syncstorm
+            | ScenarioName::Presence
     );
-    if (transport == transport::Kind::Quic && !quic_capable)
-        || (transport != transport::Kind::Tcp
-            && !matches!(
-                cli.scenario,
-                ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
-            ))
-    {
+    if transport != transport::Kind::Tcp && !any_transport {
         return Err(BenchError::NotImplemented(format!(
-            "transport {:?} for {} (one2one, group, sync and connect have it)",
+            "transport {:?} for {} (one2one, group, sync, connect, presence and syncstorm have it)",
             cli.transport.as_str(),
             cli.scenario.as_str()
         )));
