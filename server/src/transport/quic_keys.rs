@@ -204,7 +204,11 @@ impl Tls13AeadAlgorithm for LazyAead {
         self.0.key_len()
     }
 
-    fn extract_keys(&self, key: AeadKey, iv: Iv) -> Result<ConnectionTrafficSecrets, UnsupportedOperationError> {
+    fn extract_keys(
+        &self,
+        key: AeadKey,
+        iv: Iv,
+    ) -> Result<ConnectionTrafficSecrets, UnsupportedOperationError> {
         self.0.extract_keys(key, iv)
     }
 
@@ -262,7 +266,11 @@ impl MessageEncrypter for LazyRecord<dyn MessageEncrypter> {
 }
 
 impl MessageDecrypter for LazyRecord<dyn MessageDecrypter> {
-    fn decrypt<'a>(&mut self, msg: InboundOpaqueMessage<'a>, seq: u64) -> Result<InboundPlainMessage<'a>, Error> {
+    fn decrypt<'a>(
+        &mut self,
+        msg: InboundOpaqueMessage<'a>,
+        seq: u64,
+    ) -> Result<InboundPlainMessage<'a>, Error> {
         self.key()?.decrypt(msg, seq)
     }
 }
@@ -335,12 +343,22 @@ mod tests {
             let mut sealed = a.clone();
             sealed.extend_from_slice(tb.as_ref());
             let mut tampered = sealed.clone();
-            let opened = server.remote.packet.decrypt_in_place(7, header, &mut sealed).unwrap();
+            let opened = server
+                .remote
+                .packet
+                .decrypt_in_place(7, header, &mut sealed)
+                .unwrap();
             assert_eq!(opened, b"a QUIC payload");
             if let Some(first) = tampered.first_mut() {
                 *first ^= 1;
             }
-            assert!(server.remote.packet.decrypt_in_place(7, header, &mut tampered).is_err());
+            assert!(
+                server
+                    .remote
+                    .packet
+                    .decrypt_in_place(7, header, &mut tampered)
+                    .is_err()
+            );
         }
     }
 
