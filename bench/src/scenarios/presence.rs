@@ -727,6 +727,11 @@ impl Driver {
         };
         flush(conn)?;
         let end_of_stream = fill(conn, &mut self.scratch)?;
+        // A read may have opened the transport (the WebSocket upgrade answer):
+        // what waited for it goes now, not at a readiness edge that never comes.
+        if !conn.outbuf.is_empty() {
+            flush(conn)?;
+        }
         let mut frames = Vec::new();
         while let Some(bytes) = self
             .decoder

@@ -537,7 +537,13 @@ impl Link {
             self.connected = true;
         }
         self.flush()?;
-        self.fill(scratch)
+        let ended = self.fill(scratch)?;
+        // A read may have opened the transport (the WebSocket upgrade answer):
+        // what waited for it goes now, not at a readiness edge that never comes.
+        if !self.outbuf.is_empty() {
+            self.flush()?;
+        }
+        Ok(ended)
     }
 }
 
