@@ -232,19 +232,19 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
         Transport::Ws => transport::Kind::Ws,
         Transport::Quic => transport::Kind::Quic,
     };
-    let quic_capable = matches!(
+    let any_transport = matches!(
         cli.scenario,
-        ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
+        ScenarioName::OneToOne
+            | ScenarioName::Group
+            | ScenarioName::Sync
+            | ScenarioName::Connect
+            | ScenarioName::Syncstorm
+            | ScenarioName::Presence
+            | ScenarioName::Seam
     );
-    if (transport == transport::Kind::Quic && !quic_capable)
-        || (transport != transport::Kind::Tcp
-            && !matches!(
-                cli.scenario,
-                ScenarioName::OneToOne | ScenarioName::Group | ScenarioName::Sync | ScenarioName::Connect
-            ))
-    {
+    if transport != transport::Kind::Tcp && !any_transport {
         return Err(BenchError::NotImplemented(format!(
-            "transport {:?} for {} (one2one, group, sync and connect have it)",
+            "transport {:?} for {} (one2one, group, sync, connect, presence, seam and syncstorm have it)",
             cli.transport.as_str(),
             cli.scenario.as_str()
         )));
@@ -269,7 +269,9 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             let connections = cli.connections_given.then_some(cli.connect.connections);
             flood_plan = Some(flood::check_args(&cli.flood, connections, open_files)?);
         }
-        ScenarioName::Seam => seam::check_args(&cli.seam, &options, cli.spawn)?,
+        ScenarioName::Seam => {
+            seam::check_args(&cli.seam, &options, cli.spawn, transport == transport::Kind::Tcp)?
+        }
         ScenarioName::Syncstorm => syncstorm::check_args(&cli.syncstorm, &options, open_files)?,
         ScenarioName::Connect => {
             connect::check_args(&cli.connect, open_files, transport == transport::Kind::Quic)?

@@ -96,6 +96,10 @@ pub(crate) struct Report {
     /// connect: growth of natterd's RSS while connecting, divided by the connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rss_per_connection_bytes: Option<u64>,
+    /// connect over QUIC: UDP sockets (quinn-proto endpoints) the connections
+    /// were spread over (`--quic-connections-per-socket` each, the last fewer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) udp_sockets: Option<u64>,
     /// presence: `Presence` pushes (snapshots not counted) received per second.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) presence_pushes_per_sec: Option<f64>,
@@ -463,6 +467,7 @@ impl Report {
             }
         }
         for (name, value) in [
+            ("udp_sockets", self.udp_sockets),
             ("sends_skipped", self.sends_skipped),
             ("requests", self.requests),
             ("accepted_connections", self.accepted_connections),

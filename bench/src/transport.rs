@@ -603,6 +603,22 @@ pub(crate) struct Quic {
     lost: bool,
 }
 
+impl Drop for Quic {
+    /// Closes the connection (one CONNECTION_CLOSE, best effort), as dropping a
+    /// TCP socket sends its FIN: natterd then ends the session at once instead
+    /// of at its idle or heartbeat timeout (presence would see it late).
+    fn drop(&mut self) {
+        if !self.lost {
+            self.conn.close(
+                std::time::Instant::now(),
+                quinn_proto::VarInt::from_u32(0),
+                Bytes::new(),
+            );
+            let _ = self.transmit();
+        }
+    }
+}
+
 impl std::fmt::Debug for Quic {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Quic").field("stream", &self.stream).finish()

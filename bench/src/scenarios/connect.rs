@@ -31,7 +31,7 @@ use crate::interrupt;
 use crate::progress;
 use crate::report::Report;
 use crate::scenarios::Options;
-use crate::scenarios::connect_quic::{CONNECTIONS_PER_SOCKET, QuicFleet};
+use crate::scenarios::connect_quic::{CONNECTIONS_PER_SOCKET, QuicFleet, check_per_socket};
 use crate::sockets::{Sources, connect_from};
 use crate::target::Target;
 use crate::transport::{ClientStream, Dial, Kind};
@@ -47,6 +47,11 @@ pub(crate) struct ConnectArgs {
     /// the presence storm).
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub(crate) in_flight: usize,
+    /// `--transport quic`: connections sharing one UDP socket (and quinn-proto
+    /// endpoint), 1 to 4096; the fleet opens a new socket, from the next
+    /// 127.0.0.x source address, every N connections.
+    #[arg(long, default_value_t = CONNECTIONS_PER_SOCKET, value_name = "N")]
+    pub(crate) quic_connections_per_socket: usize,
 }
 
 /// The user names of this scenario are `{USER_PREFIX}{i}`.
@@ -90,7 +95,8 @@ pub(crate) fn check_args(args: &ConnectArgs, open_files: u64, quic: bool) -> Res
         return Err(BenchError::Usage("--in-flight must be at least 1".into()));
     }
     let sockets = if quic {
-        args.connections.div_ceil(CONNECTIONS_PER_SOCKET)
+        check_per_socket(args.quic_connections_per_socket)?;
+        args.connections.div_ceil(args.quic_connections_per_socket)
     } else {
         args.connections
     };
@@ -193,9 +199,10 @@ fn run_quic(
     rss_before: Option<u64>,
     account_errors: u64,
 ) -> Result<Report, BenchError> {
-    let mut fleet = QuicFleet::new(&target.dial, args.in_flight, options.rate)?;
+    let per_socket = args.quic_connections_per_socket;
+    let mut fleet = QuicFleet::new(&target.dial, args.in_flight, options.rate, per_socket)?;
     println!(
-        "connect: opening {ready} QUIC connections, {CONNECTIONS_PER_SOCKET} per UDP socket (at most {} \
+        "connect: opening {ready} QUIC connections, {per_socket} per UDP socket (at most {} \
          handshakes in flight)",
         args.in_flight
     );
@@ -229,6 +236,7 @@ fn run_quic(
     let mut report = Report::new("connect", "quic");
     report.connections = Some(open);
     report.connect_per_sec = Some(rate);
+    report.udp_sockets = Some(fleet.sockets() as u64);
     report.server_rss_bytes = rss_after;
     report.rss_per_connection_bytes = match (rss_before, rss_after) {
         (Some(before), Some(after)) if connected.established > 0 => {
@@ -781,18 +789,21 @@ struct TurnOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenarios::connect_quic::MAX_CONNECTIONS_PER_SOCKET;
 
     #[test]
     fn arguments_are_checked_against_the_file_limit() {
         let args = ConnectArgs {
             connections: 10_000,
             in_flight: 512,
+            quic_connections_per_socket: CONNECTIONS_PER_SOCKET,
         };
         assert!(check_args(&args, 20_000, false).is_ok());
         let err = check_args(
             &ConnectArgs {
                 connections: 19_950,
                 in_flight: 512,
+                quic_connections_per_socket: CONNECTIONS_PER_SOCKET,
             },
             20_000,
             false,
@@ -804,7 +815,8 @@ mod tests {
             check_args(
                 &ConnectArgs {
                     connections: 0,
-                    in_flight: 512
+                    in_flight: 512,
+                    quic_connections_per_socket: CONNECTIONS_PER_SOCKET,
                 },
                 20_000,
                 false
@@ -815,7 +827,8 @@ mod tests {
             check_args(
                 &ConnectArgs {
                     connections: 10,
-                    in_flight: 0
+                    in_flight: 0,
+                    quic_connections_per_socket: CONNECTIONS_PER_SOCKET,
                 },
                 20_000,
                 false
@@ -829,11 +842,42 @@ mod tests {
         let args = ConnectArgs {
             connections: 100_000,
             in_flight: 512,
+            quic_connections_per_socket: CONNECTIONS_PER_SOCKET,
         };
         assert!(check_args(&args, 20_000, true).is_ok());
         assert!(check_args(&args, 20_000, false).is_err());
         // 100 sockets + the margin do not fit in 150 files.
         assert!(check_args(&args, 150, true).is_err());
+    }
+
+    #[test]
+    fn the_per_socket_bound_is_checked_and_sets_the_socket_count() {
+        let args = |per_socket| ConnectArgs {
+            connections: 100_000,
+            in_flight: 512,
+            quic_connections_per_socket: per_socket,
+        };
+        for bad in [0, MAX_CONNECTIONS_PER_SOCKET + 1] {
+            let err = check_args(&args(bad), 20_000, true).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert!(err.to_string().contains("--quic-connections-per-socket"), "{err}");
+        }
+        // The bound itself is allowed: 25 sockets + the margin fit in 130 files ...
+        assert!(check_args(&args(MAX_CONNECTIONS_PER_SOCKET), 130, true).is_ok());
+        // ... and 10 per socket need 10,000 sockets, more than 9,000 files.
+        assert!(check_args(&args(10), 9_000, true).is_err());
+        // TCP ignores it.
+        assert!(
+            check_args(
+                &ConnectArgs {
+                    connections: 10,
+                    ..args(0)
+                },
+                20_000,
+                false
+            )
+            .is_ok()
+        );
     }
 
     #[test]

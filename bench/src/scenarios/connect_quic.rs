@@ -41,10 +41,15 @@ use crate::scenarios::connect::{Connected, FleetCounters};
 use crate::sockets::Sources;
 use crate::transport::Dial;
 
-/// Connections per UDP socket (and quinn-proto endpoint): 100,000 connections
-/// need about 100 sockets, and one socket's datagrams stay a small share of a
-/// loop turn.
+/// Default connections per UDP socket (and quinn-proto endpoint),
+/// `--quic-connections-per-socket`: 100,000 connections need about 100
+/// sockets, and one socket's datagrams stay a small share of a loop turn.
 pub(crate) const CONNECTIONS_PER_SOCKET: usize = 1024;
+/// Most connections one UDP socket may carry: the socket's [`SOCKET_BUFFER`]
+/// (2 MiB) holds about 1,500 full-size datagrams, and the Pongs, ACKs and
+/// handshake answers of more than 4,096 connections can arrive in one burst
+/// between two reads of it, which the kernel would drop.
+pub(crate) const MAX_CONNECTIONS_PER_SOCKET: usize = 4096;
 /// Datagrams read from one socket per loop turn; the rest wait for the next
 /// turn (the socket stays marked readable and the loop polls with zero timeout).
 const DATAGRAMS_PER_SOCKET_TURN: usize = 256;
@@ -127,8 +132,10 @@ pub(crate) struct QuicFleet {
     decoder: FrameDecoder,
     encoder: Encoder,
     conns: Vec<Option<QConn>>,
-    /// Connections opened so far (the next one's socket is `opened / CONNECTIONS_PER_SOCKET`).
+    /// Connections opened so far (the next one's socket is `opened / per_socket`).
     opened: usize,
+    /// Connections per UDP socket (1 ..= [`MAX_CONNECTIONS_PER_SOCKET`]).
+    per_socket: usize,
     max_in_flight: usize,
     rate: Option<u64>,
     in_flight: usize,
@@ -148,12 +155,21 @@ pub(crate) struct QuicFleet {
 }
 
 impl QuicFleet {
-    /// A fleet of connections to `dial`'s QUIC endpoint.
+    /// A fleet of connections to `dial`'s QUIC endpoint, `per_socket` of them
+    /// on each UDP socket.
     ///
     /// # Errors
-    /// [`BenchError::Setup`] without a usable TLS configuration;
-    /// [`BenchError::Io`] if the poll instance cannot be created.
-    pub(crate) fn new(dial: &Dial, max_in_flight: usize, rate: Option<u64>) -> Result<QuicFleet, BenchError> {
+    /// [`BenchError::Usage`] when `per_socket` is 0 or above
+    /// [`MAX_CONNECTIONS_PER_SOCKET`]; [`BenchError::Setup`] without a usable
+    /// TLS configuration; [`BenchError::Io`] if the poll instance cannot be
+    /// created.
+    pub(crate) fn new(
+        dial: &Dial,
+        max_in_flight: usize,
+        rate: Option<u64>,
+        per_socket: usize,
+    ) -> Result<QuicFleet, BenchError> {
+        check_per_socket(per_socket)?;
         let mut transport = TransportConfig::default();
         transport
             .max_concurrent_bidi_streams(VarInt::from_u32(0))
@@ -178,6 +194,7 @@ impl QuicFleet {
             encoder: Encoder::new(),
             conns: Vec::new(),
             opened: 0,
+            per_socket,
             max_in_flight,
             rate: rate.filter(|&r| r > 0),
             in_flight: 0,
@@ -320,9 +337,9 @@ impl QuicFleet {
     }
 
     /// Opens slot `user`'s connection (on the current socket, opening a new
-    /// one every [`CONNECTIONS_PER_SOCKET`]) and queues its `Hello`.
+    /// one every `per_socket` connections) and queues its `Hello`.
     fn start(&mut self, user: usize, token: &str, now: Instant) -> Result<(), String> {
-        let sock = self.opened / CONNECTIONS_PER_SOCKET;
+        let sock = self.opened / self.per_socket;
         if sock >= self.socks.len() {
             self.open_socket()?;
         }
@@ -756,6 +773,22 @@ impl QConn {
         }
         Ok(welcomed)
     }
+}
+
+/// Checks `--quic-connections-per-socket`.
+///
+/// # Errors
+/// [`BenchError::Usage`] for 0 or more than [`MAX_CONNECTIONS_PER_SOCKET`].
+pub(crate) fn check_per_socket(per_socket: usize) -> Result<(), BenchError> {
+    if per_socket == 0 || per_socket > MAX_CONNECTIONS_PER_SOCKET {
+        return Err(BenchError::Usage(format!(
+            "--quic-connections-per-socket {per_socket} is outside 1..={MAX_CONNECTIONS_PER_SOCKET}: one UDP \
+             socket's {} MiB receive buffer cannot take the datagram bursts of more connections (the fleet \
+             opens as many sockets as the connections need)",
+            SOCKET_BUFFER >> 20
+        )));
+    }
+    Ok(())
 }
 
 /// A non-blocking UDP socket bound to `local` with large kernel buffers.

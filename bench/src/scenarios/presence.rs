@@ -23,18 +23,19 @@
 //! 4. **Check.** After the last return, wait until every device's view equals the
 //!    truth (every friend online); views still wrong at the deadline count in `lost`.
 //!
+//! Every connection uses `--transport` (`transport.rs`'s `ClientStream`; QUIC
+//! timers bound the loop's poll wait).
+//!
 //! With `--spawn`, natterd gets `--presence-grace` and `--heartbeat-timeout`; against
 //! `--server`, pass the values that natterd runs with.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use clap::Args;
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use natter_client::Login;
 use natter_wire::{Body, Encoder, ErrorCode, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping};
@@ -46,8 +47,9 @@ use crate::progress;
 use crate::report::Report;
 use crate::scenarios::Options;
 use crate::scenarios::messaging::setup::{befriend, in_parallel};
-use crate::sockets::{Sources, connect_from};
+use crate::sockets::Sources;
 use crate::target::Target;
+use crate::transport::{ClientStream, Dial};
 
 /// The flags of the `presence` scenario (it also takes `--users` and `--in-flight`).
 #[derive(Clone, Debug, Args)]
@@ -232,7 +234,7 @@ pub(crate) fn run(
         started.elapsed().as_secs_f64()
     );
 
-    let mut driver = Driver::new(target.tcp, ring, &logins, in_flight, args)?;
+    let mut driver = Driver::new(target.dial.clone(), ring, &logins, in_flight, args)?;
     println!(
         "presence: storm — connecting all {users} users at once (at most {in_flight} handshakes in flight)"
     );
@@ -309,7 +311,8 @@ enum State {
 /// One user's connection and its view of its friends.
 #[derive(Debug)]
 struct Conn {
-    stream: TcpStream,
+    /// Over `--transport` (one socket per connection, QUIC included).
+    stream: ClientStream,
     state: State,
     since: Instant,
     inbuf: BytesMut,
@@ -343,7 +346,7 @@ struct User {
 struct Driver {
     poll: Poll,
     events: Events,
-    server: SocketAddr,
+    server: Dial,
     sources: Sources,
     ring: Ring,
     users: Vec<User>,
@@ -373,7 +376,7 @@ struct Driver {
 
 impl Driver {
     fn new(
-        server: SocketAddr,
+        server: Dial,
         ring: Ring,
         logins: &[Login],
         max_in_flight: usize,
@@ -395,8 +398,8 @@ impl Driver {
         Ok(Driver {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_CAPACITY),
+            sources: Sources::for_server(server.addr),
             server,
-            sources: Sources::for_server(server),
             ring,
             users,
             index,
@@ -599,14 +602,14 @@ impl Driver {
         let Some(token) = self.users.get(i).map(|u| u.token.clone()) else {
             return;
         };
-        let mut stream = match connect_from(&mut self.sources, self.server) {
+        let mut stream = match self.server.open(&mut self.sources) {
             Ok(stream) => stream,
             Err(reason) => return self.fail(reason),
         };
         if let Err(e) =
             self.poll
                 .registry()
-                .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)
+                .register(stream.source(), Token(i), Interest::READABLE | Interest::WRITABLE)
         {
             return self.fail(format!("register: {e}"));
         }
@@ -647,7 +650,7 @@ impl Driver {
                 self.in_flight = self.in_flight.saturating_sub(1);
             }
             // The socket is closed right after; a failed deregistration changes nothing.
-            let _ = self.poll.registry().deregister(&mut conn.stream);
+            let _ = self.poll.registry().deregister(conn.stream.source());
         }
     }
 
@@ -655,13 +658,38 @@ impl Driver {
     fn turn(&mut self) -> Result<(), BenchError> {
         let now = Instant::now();
         let more_pings = self.send_due_pings(now);
-        let wait = if more_pings { Duration::ZERO } else { MAX_POLL_WAIT };
+        let mut wait = if more_pings { Duration::ZERO } else { MAX_POLL_WAIT };
+        // QUIC connections have timers of their own (acknowledgements, loss
+        // detection): wake for the earliest and serve those that are due.
+        let quic_due = self
+            .users
+            .iter_mut()
+            .filter_map(|u| u.conn.as_mut().and_then(|c| c.stream.next_timeout()))
+            .min();
+        if let Some(due) = quic_due {
+            wait = wait.min(due.saturating_duration_since(now));
+        }
         match self.poll.poll(&mut self.events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
+        let mut ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
+        if quic_due.is_some() {
+            let now = Instant::now();
+            for (i, user) in self.users.iter_mut().enumerate() {
+                if user
+                    .conn
+                    .as_mut()
+                    .and_then(|c| c.stream.next_timeout())
+                    .is_some_and(|t| t <= now)
+                {
+                    ready.push(i);
+                }
+            }
+            ready.sort_unstable();
+            ready.dedup();
+        }
         for i in ready {
             let now = Instant::now();
             if let Err(reason) = self.on_ready(i, now) {
@@ -683,17 +711,11 @@ impl Driver {
             return Ok(());
         };
         if conn.state == State::Connecting {
-            if let Some(e) = conn.stream.take_error().map_err(|e| format!("connect: {e}"))? {
-                return Err(format!("connect: {e}"));
+            if !conn.stream.connected().map_err(|e| format!("connect: {e}"))? {
+                return Ok(());
             }
-            match conn.stream.peer_addr() {
-                Ok(_) => {
-                    conn.state = State::AwaitingWelcome;
-                    conn.since = now;
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
-                Err(e) => return Err(format!("connect: {e}")),
-            }
+            conn.state = State::AwaitingWelcome;
+            conn.since = now;
             flush(conn)?;
             // The change "came online" starts when the Hello leaves.
             if let Some(user) = self.users.get_mut(i) {
@@ -705,6 +727,11 @@ impl Driver {
         };
         flush(conn)?;
         let end_of_stream = fill(conn, &mut self.scratch)?;
+        // A read may have opened the transport (the WebSocket upgrade answer):
+        // what waited for it goes now, not at a readiness edge that never comes.
+        if !conn.outbuf.is_empty() {
+            flush(conn)?;
+        }
         let mut frames = Vec::new();
         while let Some(bytes) = self
             .decoder
@@ -891,7 +918,7 @@ fn flush(conn: &mut Conn) -> Result<(), String> {
             Err(e) => return Err(format!("write: {e}")),
         }
     }
-    Ok(())
+    conn.stream.flush_buffered().map_err(|e| format!("write: {e}"))
 }
 
 /// Reads until the socket would block; returns whether the stream ended.

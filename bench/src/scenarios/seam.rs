@@ -13,7 +13,8 @@
 //!   `client_msg_id` once the sender is connected again (`retried`).
 //! * **Devices** (`--devices`, default 40) connect, hold the connection for a random
 //!   time up to `--hold`, disconnect, and do it again. Each (re)connect writes
-//!   `Hello` + `Sync{cursors}` in **one** write (`--pipelined`, the default) or sends
+//!   `Hello` + `Sync{cursors}` in **one** write (`--pipelined`, the default; on WebSocket
+//!   two messages, one per frame, both before the `Welcome`) or sends
 //!   `Sync` only after the `Welcome` (`--after-welcome`). A device's cursor in a
 //!   chat is the highest seq up to which it has seen every seq (contiguously), so a
 //!   well-behaved natterd never sends it anything at or below that again.
@@ -30,6 +31,11 @@
 //!   every seq 1..head of each of its chats (`lost` counts the missing ones, summed
 //!   over devices; `committed` is the sum of the heads).
 //!
+//! Senders and devices connect over `--transport` (natter-client's blocking
+//! connection: raw TCP, or the URL of TLS, WebSocket or QUIC, pinned to natterd's
+//! fingerprint); `--kill-restarts` needs TCP (a restarted natterd keeps only its HTTP
+//! and TCP ports).
+//!
 //! Randomness (hold times, kill instants) comes from `--seed` through SplitMix64,
 //! so two runs with the same seed make the same choices.
 
@@ -40,7 +46,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use natter_client::{ClientError, Connection, HttpClient, Login};
+use natter_client::{ClientError, Connection, HttpClient, Login, Trust};
 use natter_wire::{Body, Cursor, ErrorCode, Frame, Hello, PROTOCOL_VERSION, Send, Sync};
 
 use crate::accounts::PASSWORD;
@@ -51,6 +57,7 @@ use crate::scenarios::Options;
 use crate::scenarios::messaging::setup::befriend;
 use crate::spawn::SpawnedServer;
 use crate::target::Target;
+use crate::transport::Kind;
 
 /// Sending users (the first two own the groups).
 const SENDERS: usize = 4;
@@ -111,8 +118,13 @@ pub(crate) struct SeamArgs {
 ///
 /// # Errors
 /// [`BenchError::Usage`] for zero devices, a zero rate or hold, or kills without
-/// `--spawn`.
-pub(crate) fn check_args(args: &SeamArgs, options: &Options, spawn: bool) -> Result<(), BenchError> {
+/// `--spawn` or over another transport than TCP (`tcp`: `--transport tcp`).
+pub(crate) fn check_args(
+    args: &SeamArgs,
+    options: &Options,
+    spawn: bool,
+    tcp: bool,
+) -> Result<(), BenchError> {
     if args.devices == 0 || args.devices > 1_000 {
         return Err(BenchError::Usage("--devices must be 1 to 1000".into()));
     }
@@ -129,7 +141,52 @@ pub(crate) fn check_args(args: &SeamArgs, options: &Options, spawn: bool) -> Res
             "--kill-restarts needs --spawn (the benchmark restarts the natterd it started)".into(),
         ));
     }
+    if args.kill_restarts > 0 && !tcp {
+        return Err(BenchError::Usage(
+            "--kill-restarts needs --transport tcp: a restarted natterd keeps its HTTP and TCP ports, \
+             not its TLS, WebSocket and QUIC ones"
+                .into(),
+        ));
+    }
     Ok(())
+}
+
+/// How the senders and devices connect: raw TCP (`Connection::open`, as
+/// before `--transport`) or natter-client's URL dialer for TLS, WebSocket and
+/// QUIC, pinned to natterd's certificate fingerprint.
+struct Dialer {
+    tcp: std::net::SocketAddr,
+    /// `None` for raw TCP.
+    url: Option<String>,
+    trust: Option<Trust>,
+}
+
+impl Dialer {
+    fn new(target: &Target) -> Dialer {
+        let url = (target.dial.kind() != Kind::Tcp).then(|| target.dial.url());
+        Dialer {
+            tcp: target.tcp,
+            url,
+            trust: target.cert_sha256.clone().map(Trust::Fingerprint),
+        }
+    }
+
+    /// Whether each frame must be its own message (WebSocket), so that
+    /// `Hello` + `Sync` cannot share one write.
+    fn one_frame_per_message(&self) -> bool {
+        self.url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("ws://") || u.starts_with("wss://"))
+    }
+
+    /// A connection, nothing sent yet (TLS handshake / WebSocket upgrade / QUIC
+    /// handshake done).
+    fn open(&self) -> Result<Connection, ClientError> {
+        match &self.url {
+            None => Connection::open(self.tcp),
+            Some(url) => Connection::open_url(url, self.trust.as_ref(), None),
+        }
+    }
 }
 
 /// SplitMix64: a small, seeded, good-enough generator for benchmark choices.
@@ -314,7 +371,8 @@ pub(crate) fn run(
         sync_first: args.sync_first,
     };
     let per_sender = (rate as f64 / senders.len() as f64).max(1e-3);
-    let tcp = target.tcp;
+    let dialer = Dialer::new(target);
+    let tcp = &dialer;
     let started = Instant::now();
     let kill_error: Mutex<Option<BenchError>> = Mutex::new(None);
     let (sender_tallies, device_tallies, server_rss) = thread::scope(|scope| {
@@ -540,7 +598,7 @@ fn code_name(code: u16) -> String {
 /// Connects and authenticates, retrying while natterd is away (until `deadline`,
 /// if any); `None` if the run ended first.
 fn connect_retrying(
-    tcp: std::net::SocketAddr,
+    tcp: &Dialer,
     token: &str,
     shared: &Shared,
     deadline: Option<Instant>,
@@ -550,7 +608,7 @@ fn connect_retrying(
         if late || shared.phase.load(Ordering::Acquire) >= PHASE_FINAL || interrupt::requested() {
             return None;
         }
-        if let Ok(mut conn) = Connection::open(tcp) {
+        if let Ok(mut conn) = tcp.open() {
             conn.set_timeout(IO_TIMEOUT);
             if conn.hello(token, "natter-bench seam sender").is_ok() {
                 return Some(conn);
@@ -563,7 +621,7 @@ fn connect_retrying(
 /// One sender: open loop at `rate` per second, retrying unanswered sends under
 /// their `client_msg_id`.
 fn send_loop(
-    tcp: std::net::SocketAddr,
+    tcp: &Dialer,
     plan: &SenderPlan,
     rate: f64,
     index: u64,
@@ -702,7 +760,7 @@ fn send(conn: &mut Connection, chat: u64, cmid: u64) -> Result<u64, ClientError>
 /// One device: reconnect, sync, receive for a random hold, disconnect, again; then
 /// the final sync.
 fn device_loop(
-    tcp: std::net::SocketAddr,
+    tcp: &Dialer,
     plan: &DevicePlan,
     pipelined: bool,
     hold: Duration,
@@ -739,7 +797,7 @@ fn device_loop(
 /// true when a `SyncDone` came.
 #[allow(clippy::too_many_arguments)]
 fn session(
-    tcp: std::net::SocketAddr,
+    tcp: &Dialer,
     plan: &DevicePlan,
     pipelined: bool,
     views: &mut HashMap<u64, ChatView>,
@@ -748,7 +806,7 @@ fn session(
     shared: &Shared,
     final_sync: bool,
 ) -> bool {
-    let Ok(mut conn) = Connection::open(tcp) else {
+    let Ok(mut conn) = tcp.open() else {
         thread::sleep(RECONNECT_PAUSE);
         return false;
     };
@@ -776,7 +834,13 @@ fn session(
     let sync = Frame::new(2, Body::Sync(Sync { cursors })).encode();
     let mut in_session = 0u64;
     let mut welcomed = false;
-    if pipelined {
+    if pipelined && tcp.one_frame_per_message() {
+        // Still both before the Welcome, but one WebSocket message per frame
+        // (natterd closes a message holding two).
+        if conn.send_raw(&hello).is_err() || conn.send_raw(&sync).is_err() {
+            return false;
+        }
+    } else if pipelined {
         let mut both = hello.to_vec();
         both.extend_from_slice(&sync);
         if conn.send_raw(&both).is_err() {
@@ -935,17 +999,21 @@ mod tests {
             rate: None,
             text_bytes: None,
         };
-        assert!(check_args(&args, &options, false).is_ok());
+        assert!(check_args(&args, &options, false, true).is_ok());
         let kills = SeamArgs {
             kill_restarts: 3,
             ..args.clone()
         };
-        assert!(check_args(&kills, &options, false).is_err());
-        assert!(check_args(&kills, &options, true).is_ok());
+        assert!(check_args(&kills, &options, false, true).is_err());
+        assert!(check_args(&kills, &options, true, true).is_ok());
+        // Restarts keep only the HTTP and TCP ports: refused over another transport.
+        let err = check_args(&kills, &options, true, false).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--transport tcp"), "{err}");
         let none = SeamArgs {
             devices: 0,
             ..args.clone()
         };
-        assert!(check_args(&none, &options, true).is_err());
+        assert!(check_args(&none, &options, true, true).is_err());
     }
 }

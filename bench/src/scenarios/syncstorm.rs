@@ -22,6 +22,10 @@
 //!    the Hello unanswered on about half the connections until the client sends
 //!    again; see docs/PERFORMANCE.md, "Hardening (issue 9)".)
 //!
+//! Bystanders and storm devices connect over `--transport` (`transport.rs`'s
+//! `ClientStream`: TCP, TLS, WebSocket or QUIC, one socket per connection;
+//! QUIC timers bound the loops' poll waits).
+//!
 //! Figures: `ping_baseline_p50/p99/p999_us` (pings intended during the baseline),
 //! `ping_p50/p99/p999_us` (intended during the storm), both also per home core of
 //! the bystander (`ping_p99_us_by_core`, `ping_baseline_p99_us_by_core`: a user's
@@ -31,7 +35,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
@@ -40,7 +43,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BytesMut};
 use clap::Args;
 use hdrhistogram::Histogram;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use natter_client::Login;
 use natter_wire::{Body, Cursor, Frame, FrameDecoder, Hello, Limits, PROTOCOL_VERSION, Ping, Sync, fb, view};
@@ -53,9 +55,10 @@ use crate::report::Report;
 use crate::scenarios::Options;
 use crate::scenarios::messaging::setup::{befriend, in_parallel};
 use crate::scenarios::sync;
-use crate::sockets::{Sources, connect_from};
+use crate::sockets::Sources;
 use crate::spawn::SpawnedServer;
 use crate::target::{RssSampler, Target};
+use crate::transport::{ClientStream, Dial};
 
 /// Users per group besides its owner: groups hold at most 100 members.
 const USERS_PER_GROUP: usize = 99;
@@ -231,7 +234,14 @@ pub(crate) fn run(
             println!("syncstorm: restarting natterd on the same data directory (cold block cache)");
             server.stop_for_restart()?;
             server.restart()?;
-            Target::spawned(server)?
+            let kind = target.dial.kind();
+            let restarted = Target::spawned(server)?;
+            // The restarted natterd's listeners are on new ports.
+            if kind == crate::transport::Kind::Tcp {
+                restarted
+            } else {
+                restarted.with_transport(kind)?
+            }
         }
         None => {
             println!("syncstorm: against --server natterd is not restarted: its caches are NOT cold");
@@ -248,11 +258,12 @@ pub(crate) fn run(
     let loop_before: Mutex<Option<LoopCounters>> = Mutex::new(None);
     let loop_after: Mutex<Option<LoopCounters>> = Mutex::new(None);
     let interval = args.ping_interval;
-    let tcp = target.tcp;
+    let dial = target.dial.clone();
 
     let sampler = RssSampler::start(&target);
     let (samples, bystander_errors, storm) = thread::scope(|scope| {
-        let pinger = scope.spawn(|| ping_loop(tcp, &plan.bystanders, cores, interval, origin, &stop, &ready));
+        let pinger =
+            scope.spawn(|| ping_loop(&dial, &plan.bystanders, cores, interval, origin, &stop, &ready));
         // The baseline starts once every bystander is welcomed (or failed to connect).
         let connected_by = Instant::now() + BYSTANDERS_CONNECT_TIMEOUT;
         while ready.load(Ordering::Acquire) < plan.bystanders.len() && Instant::now() < connected_by {
@@ -271,7 +282,7 @@ pub(crate) fn run(
             "syncstorm: storm: {} devices connect and Sync at once",
             plan.devices.len()
         );
-        let storm = storm_loop(tcp, &plan, args.storm_behind, !args.storm_pipelined);
+        let storm = storm_loop(&dial, &plan, args.storm_behind, !args.storm_pipelined);
         storm_end_ns.store(nanos(origin.elapsed()), Ordering::Release);
         *loop_after.lock().unwrap_or_else(PoisonError::into_inner) = loop_counters(&target);
         if let Err(e) = &storm
@@ -462,9 +473,10 @@ fn prepare(target: &Target, args: &SyncstormArgs, text_bytes: usize) -> Result<S
     })
 }
 
-/// One non-blocking connection of the bystander or storm loop.
+/// One non-blocking connection of the bystander or storm loop, over any
+/// `--transport`.
 struct Link {
-    stream: TcpStream,
+    stream: ClientStream,
     connected: bool,
     inbuf: BytesMut,
     outbuf: BytesMut,
@@ -484,6 +496,9 @@ impl Link {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+        }
+        if self.connected {
+            self.stream.flush_buffered()?;
         }
         Ok(())
     }
@@ -516,31 +531,38 @@ impl Link {
     /// of stream.
     fn on_ready(&mut self, scratch: &mut [u8]) -> io::Result<bool> {
         if !self.connected {
-            if let Some(e) = self.stream.take_error()? {
-                return Err(e);
+            if !self.stream.connected()? {
+                return Ok(false);
             }
-            match self.stream.peer_addr() {
-                Ok(_) => self.connected = true,
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
-                Err(e) => return Err(e),
-            }
+            self.connected = true;
         }
         self.flush()?;
-        self.fill(scratch)
+        let ended = self.fill(scratch)?;
+        // A read may have opened the transport (the WebSocket upgrade answer):
+        // what waited for it goes now, not at a readiness edge that never comes.
+        if !self.outbuf.is_empty() {
+            self.flush()?;
+        }
+        Ok(ended)
     }
 }
 
-/// Opens a link from `sources` and registers it under `token`, with `hello` queued.
+/// Opens a link from `sources` over `dial`'s transport and registers it under
+/// `token`, with `first` queued.
 fn open_link(
     poll: &Poll,
     sources: &mut Sources,
-    tcp: SocketAddr,
+    dial: &Dial,
     token: usize,
     first: &[u8],
 ) -> Result<Link, String> {
-    let mut stream = connect_from(sources, tcp)?;
+    let mut stream = dial.open(sources)?;
     poll.registry()
-        .register(&mut stream, Token(token), Interest::READABLE | Interest::WRITABLE)
+        .register(
+            stream.source(),
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        )
         .map_err(|e| format!("register: {e}"))?;
     Ok(Link {
         stream,
@@ -571,7 +593,7 @@ fn hello(token: &str, device: &str) -> Vec<u8> {
 /// The bystanders: connect, then ping each every `interval` (open loop, staggered)
 /// until `stop`; returns every ping's sample and the failures.
 fn ping_loop(
-    tcp: SocketAddr,
+    dial: &Dial,
     bystanders: &[Login],
     cores: usize,
     interval: Duration,
@@ -586,7 +608,7 @@ fn ping_loop(
     };
     let mut poll = poll;
     let mut events = Events::with_capacity(EVENTS_CAPACITY);
-    let mut sources = Sources::for_server(tcp).share(0, 2);
+    let mut sources = Sources::for_server(dial.addr).share(0, 2);
     let decoder = FrameDecoder::new(Limits::default());
     let mut scratch = vec![0; READ_CHUNK];
     let mut links: Vec<Option<Link>> = Vec::new();
@@ -594,7 +616,7 @@ fn ping_loop(
         match open_link(
             &poll,
             &mut sources,
-            tcp,
+            dial,
             i,
             &hello(&b.token, "natter-bench bystander"),
         ) {
@@ -636,10 +658,14 @@ fn ping_loop(
                 *slot = None;
             }
         }
-        if poll.poll(&mut events, Some(PING_POLL_WAIT)).is_err() {
+        if poll
+            .poll(&mut events, Some(quic_wait(&mut links, PING_POLL_WAIT)))
+            .is_err()
+        {
             continue;
         }
-        let ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+        let mut ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+        quic_due(&mut links, &mut ready);
         let now = nanos(origin.elapsed());
         for i in ready {
             let Some(Some(link)) = links.get_mut(i) else {
@@ -698,6 +724,32 @@ fn ping_loop(
     (samples, errors)
 }
 
+/// `wait`, shortened to the earliest QUIC timer of `links` (acknowledgement
+/// delay, loss detection; none on the other transports).
+fn quic_wait(links: &mut [Option<Link>], wait: Duration) -> Duration {
+    links
+        .iter_mut()
+        .flatten()
+        .filter_map(|l| l.stream.next_timeout())
+        .min()
+        .map_or(wait, |t| wait.min(t.saturating_duration_since(Instant::now())))
+}
+
+/// Adds the links whose QUIC timer is due to `ready` (their next read or
+/// write fires it).
+fn quic_due(links: &mut [Option<Link>], ready: &mut Vec<usize>) {
+    let now = Instant::now();
+    for (i, link) in links.iter_mut().enumerate() {
+        if let Some(link) = link
+            && link.stream.next_timeout().is_some_and(|t| t <= now)
+        {
+            ready.push(i);
+        }
+    }
+    ready.sort_unstable();
+    ready.dedup();
+}
+
 /// What the storm did.
 #[derive(Clone, Copy, Debug, Default)]
 struct StormTally {
@@ -709,14 +761,14 @@ struct StormTally {
 /// Every storm device connects at once, writes `Hello` + `Sync`, and reads until
 /// `SyncDone`.
 fn storm_loop(
-    tcp: SocketAddr,
+    dial: &Dial,
     plan: &StormPlan,
     behind: u64,
     after_welcome: bool,
 ) -> Result<StormTally, BenchError> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(EVENTS_CAPACITY);
-    let mut sources = Sources::for_server(tcp).share(1, 2);
+    let mut sources = Sources::for_server(dial.addr).share(1, 2);
     let decoder = FrameDecoder::new(Limits::default());
     let mut scratch = vec![0; READ_CHUNK];
     let mut tally = StormTally::default();
@@ -749,7 +801,7 @@ fn storm_loop(
             if !after_welcome {
                 first.extend_from_slice(&sync);
             }
-            match open_link(&poll, &mut sources, tcp, links.len(), &first) {
+            match open_link(&poll, &mut sources, dial, links.len(), &first) {
                 Ok(mut link) => {
                     if after_welcome {
                         link.after_welcome = Some(sync.to_vec());
@@ -764,12 +816,13 @@ fn storm_loop(
             }
         }
         opened = end;
-        match poll.poll(&mut events, Some(STORM_POLL_WAIT)) {
+        match poll.poll(&mut events, Some(quic_wait(&mut links, STORM_POLL_WAIT))) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+        let mut ready: Vec<usize> = events.iter().map(|e| e.token().0).collect();
+        quic_due(&mut links, &mut ready);
         for i in ready {
             let Some(Some(link)) = links.get_mut(i) else {
                 continue;

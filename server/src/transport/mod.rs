@@ -14,6 +14,8 @@
 //! * `quic.rs` — QUIC (quinn-proto driven by the cores' loops over UDP): one
 //!   bidirectional stream per session carrying the same framing as TCP;
 //!   connection IDs that name their core, datagrams forwarded between cores.
+//! * `quic_keys.rs` — QUIC's cipher suites with packet and record keys
+//!   expanded on first use, so an idle connection does not carry unused keys.
 //!
 //! The worker sees only [`Stream`]'s five operations; it keeps the outbound
 //! queue, the limits, backpressure and slow-consumer handling itself, so they
@@ -21,6 +23,7 @@
 //! transport: it gets frame bytes and returns frames.
 
 pub mod quic;
+pub mod quic_keys;
 pub mod tcp;
 pub mod tls;
 pub mod ws;
