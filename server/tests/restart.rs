@@ -40,7 +40,10 @@ fn befriend(server: &TestServer, a: &Login, b: &Login, b_name: &str) {
 /// The text of message `cmid` from `sender` in `chat`, so the read-back can
 /// tell every message from every other.
 fn text_of(chat: u64, sender: u64, cmid: u64) -> String {
-    format!("chat {chat} from {sender} #{cmid} {}", "z".repeat((cmid % 40) as usize))
+    format!(
+        "chat {chat} from {sender} #{cmid} {}",
+        "z".repeat((cmid % 40) as usize)
+    )
 }
 
 /// One acknowledgement seen by a sender: (chat, sender, client_msg_id, seq).
@@ -48,7 +51,13 @@ type Ack = (u64, u64, u64, u64);
 
 /// Sends into `chat` as fast as the window allows until the connection dies
 /// (natterd was killed) or `stop` is set, reporting every `SendOk`.
-fn send_until_killed(mut conn: Connection, chat: u64, sender: u64, stop: Arc<AtomicBool>, acks: mpsc::Sender<Ack>) {
+fn send_until_killed(
+    mut conn: Connection,
+    chat: u64,
+    sender: u64,
+    stop: Arc<AtomicBool>,
+    acks: mpsc::Sender<Ack>,
+) {
     let mut next = 1u64;
     let mut in_flight = 0u64;
     loop {
@@ -110,7 +119,9 @@ fn after_kill_9_under_load_in_several_chats_every_ack_is_kept_and_each_chat_cont
     let mut senders: Vec<(usize, u64)> = Vec::new();
     for pair in [(0, 1), (2, 3), (4, 5)] {
         befriend(&server, &users[pair.0], &users[pair.1], names[pair.1]);
-        let chat = http.direct_chat(&users[pair.0].token, users[pair.1].user_id).unwrap();
+        let chat = http
+            .direct_chat(&users[pair.0].token, users[pair.1].user_id)
+            .unwrap();
         senders.push((pair.0, chat));
     }
     for member in [0, 2, 4] {
@@ -250,7 +261,11 @@ fn the_journal_limit_seals_memtables_as_the_journal_grows_and_zero_turns_it_off(
         "with --journal-limit 1MiB, 4.5 MB of journal sealed the memtables {:?} times",
         limited.metric("natter_store_journal_seals_total")
     );
-    assert!(limited.metric("natter_store_journal_bytes").is_some_and(|b| b > 0.0));
+    assert!(
+        limited
+            .metric("natter_store_journal_bytes")
+            .is_some_and(|b| b > 0.0)
+    );
     drop(limited);
 
     let off = start_with(&["--journal-limit", "0"]);
