@@ -32,8 +32,8 @@
 //!
 //! What this cannot do: make the active journal shorter than fjall's 64 MB
 //! rotation point (no public fjall API seals a journal), so even a fully
-//! flushed journal costs its read at start (~1 s per 50 MB here, the records
-//! skipped one by one).
+//! flushed journal costs its read at start (~20 MB/s on a busy two-core
+//! machine, the records skipped one by one).
 //!
 //! Nothing about durability changes: the flushes are fjall's own (a table is
 //! synced before the journal that holds its data is dropped), and the writer
@@ -64,10 +64,10 @@ pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
 pub const MIN_CACHE_SIZE: u64 = 1 << 20;
 
 /// Default `--journal-limit`: 16 MiB of journal between two memtable seals.
-/// Replay of unflushed journal runs at ~15–20 MB/s here (release build, two
-/// busy cores), of flushed journal at ~50 MB/s; with the active journal at up
-/// to 64 MB before fjall rotates it, 16 MiB unflushed keeps a restart after
-/// `kill -9` inside 2 s (`docs/PERFORMANCE.md`, "Restart and memory").
+/// Replay inserts unflushed records at ~7 MB/s of journal and skips flushed
+/// ones at ~20 MB/s (release build, two cores at load 11; `docs/PERFORMANCE.md`,
+/// "Restart and memory"), so the unflushed part is the one to keep small; below
+/// a few MiB the seals would mostly make tiny tables for compaction to merge.
 pub const DEFAULT_JOURNAL_LIMIT: u64 = 16 << 20;
 
 /// Smallest accepted non-zero `--journal-limit`. Every seal makes one small
