@@ -152,6 +152,16 @@ pub struct Flags {
     /// running out of disk mid-commit; reads and logins keep working.
     #[arg(long)]
     pub disk_reserve: Option<String>,
+    /// Block cache of the store, e.g. "64MiB", "1GiB" (at least 1MiB)
+    /// [default: 64MiB]. natterd's memory is this plus the memtables (bounded
+    /// by --journal-limit) plus a fixed part plus per-connection state.
+    #[arg(long)]
+    pub cache_size: Option<String>,
+    /// Journal growth after which natterd flushes every memtable, e.g.
+    /// "16MiB" (at least 1MiB; "0" = off, fjall's own rotation only)
+    /// [default: 16MiB]. Bounds what a restart after a crash replays.
+    #[arg(long)]
+    pub journal_limit: Option<String>,
     /// Push gateway notify URL used for pushers that name none, e.g.
     /// "https://sygnal.internal:5000/_matrix/push/v1/notify" (https or http) [default: none].
     #[arg(long)]
@@ -246,6 +256,8 @@ struct FileConfig {
     max_sessions_per_user: Option<usize>,
     user_write_rate_limit: Option<u32>,
     disk_reserve: Option<String>,
+    cache_size: Option<String>,
+    journal_limit: Option<String>,
     push_gateway: Option<String>,
     push_gateway_allow: Option<String>,
     push_gateway_ca: Option<PathBuf>,
@@ -400,6 +412,9 @@ pub struct Config {
     /// Bytes to keep free on the data directory's file system (0: no reserve);
     /// see `store/space.rs`.
     pub disk_reserve: u64,
+    /// The storage engine's settings (`--cache-size`, `--journal-limit`;
+    /// `store/engine.rs`).
+    pub store: crate::store::engine::Settings,
     /// Push notifications (`--push-*`).
     pub push: crate::push::PushConfig,
     /// Limits against abuse (`docs/SECURITY.md`).
@@ -471,6 +486,7 @@ impl Default for Config {
             writer_queue_capacity: crate::store::writer::CHANNEL_CAPACITY,
             user_write_rate_limit: DEFAULT_USER_WRITE_RATE_LIMIT,
             disk_reserve: crate::store::space::DEFAULT_DISK_RESERVE,
+            store: crate::store::engine::Settings::default(),
             push: crate::push::PushConfig {
                 silent_after: DEFAULT_HEARTBEAT_TIMEOUT / 2,
                 ..crate::push::PushConfig::default()
@@ -601,6 +617,22 @@ impl Config {
                 })?,
                 None => d.disk_reserve,
             },
+            store: crate::store::engine::Settings {
+                cache_size: match flags.cache_size.clone().or(file.cache_size.clone()) {
+                    Some(text) => parse_size(&text).map_err(|message| ConfigError::Invalid {
+                        key: "cache-size",
+                        message,
+                    })?,
+                    None => d.store.cache_size,
+                },
+                journal_limit: match flags.journal_limit.clone().or(file.journal_limit.clone()) {
+                    Some(text) => parse_size(&text).map_err(|message| ConfigError::Invalid {
+                        key: "journal-limit",
+                        message,
+                    })?,
+                    None => d.store.journal_limit,
+                },
+            },
             push: d.push.clone(),
             limits,
         };
@@ -692,6 +724,13 @@ impl Config {
         }
         if self.max_connections_per_core == 0 {
             return invalid("max-connections-per-core", "must be at least 1");
+        }
+        use crate::store::engine::{MIN_CACHE_SIZE, MIN_JOURNAL_LIMIT};
+        if self.store.cache_size < MIN_CACHE_SIZE {
+            return invalid("cache-size", "must be at least 1MiB");
+        }
+        if self.store.journal_limit != 0 && self.store.journal_limit < MIN_JOURNAL_LIMIT {
+            return invalid("journal-limit", "must be 0 (off) or at least 1MiB");
         }
         Ok(())
     }
@@ -1026,6 +1065,61 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn store_settings_come_from_the_file_or_the_flag_and_bad_ones_are_refused_by_name() {
+        use crate::store::engine::{DEFAULT_CACHE_SIZE, DEFAULT_JOURNAL_LIMIT};
+        let d = Config::default();
+        assert_eq!(d.store.cache_size, DEFAULT_CACHE_SIZE);
+        assert_eq!(d.store.journal_limit, DEFAULT_JOURNAL_LIMIT);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, "cache_size = \"256MiB\"\njournal_limit = \"32MiB\"\n").unwrap();
+        let from_file = Config::from_flags(Flags {
+            config: Some(path.clone()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(from_file.store.cache_size, 256 << 20);
+        assert_eq!(from_file.store.journal_limit, 32 << 20);
+        let flag = Config::from_flags(Flags {
+            config: Some(path),
+            cache_size: Some("1GiB".into()),
+            journal_limit: Some("0".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(flag.store.cache_size, 1 << 30);
+        assert_eq!(flag.store.journal_limit, 0, "0 turns the journal limit off");
+        for (cache, journal, key) in [
+            ("plenty", "16MiB", "cache-size"),
+            ("0", "16MiB", "cache-size"),
+            ("1048575", "16MiB", "cache-size"),
+            ("64MiB", "often", "journal-limit"),
+            ("64MiB", "4KiB", "journal-limit"),
+            ("64MiB", "1048575", "journal-limit"),
+        ] {
+            let err = Config::from_flags(Flags {
+                cache_size: Some(cache.into()),
+                journal_limit: Some(journal.into()),
+                ..Flags::default()
+            })
+            .unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{cache}/{journal}: {err}"
+            );
+        }
+        // The smallest accepted values are accepted.
+        let smallest = Config::from_flags(Flags {
+            cache_size: Some("1MiB".into()),
+            journal_limit: Some("1MiB".into()),
+            ..Flags::default()
+        })
+        .unwrap();
+        assert_eq!(smallest.store.cache_size, 1 << 20);
+        assert_eq!(smallest.store.journal_limit, 1 << 20);
     }
 
     #[test]

@@ -136,6 +136,12 @@ pub struct StoreMetrics {
     commit_buckets: [AtomicU64; COMMIT_BUCKET_NANOS.len() + 1],
     /// Sum of commit latencies, nanoseconds.
     commit_nanos: AtomicU64,
+    /// Bytes of journal on disk at the writer's last measurement
+    /// (`store/engine.rs`: allocated blocks of the `*.jnl` files).
+    journal_bytes: AtomicU64,
+    /// Times the writer sealed every memtable because the journal had grown by
+    /// `--journal-limit`.
+    journal_seals: AtomicU64,
 }
 
 impl StoreMetrics {
@@ -155,7 +161,20 @@ impl StoreMetrics {
         self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the writer's last journal measurement: `bytes` on disk, and the
+    /// seals made so far.
+    pub fn observe_journal(&self, bytes: u64, seals: u64) {
+        self.journal_bytes.store(bytes, Ordering::Relaxed);
+        self.journal_seals.store(seals, Ordering::Relaxed);
+    }
+
     fn render(&self, out: &mut String) {
+        let name = "natter_store_journal_bytes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bytes of journal on disk at the storage writer's last measurement (what a restart replays).\n# TYPE {name} gauge\n{name} {}",
+            self.journal_bytes.load(Ordering::Relaxed)
+        );
         let commits = self.commits.load(Ordering::Relaxed);
         for (name, help, value) in [
             (
@@ -167,6 +186,11 @@ impl StoreMetrics {
                 "natter_store_records_total",
                 "Records made durable by group commits (records per commit = records / commits)",
                 self.records.load(Ordering::Relaxed),
+            ),
+            (
+                "natter_store_journal_seals_total",
+                "Times every memtable was sealed because the journal grew by --journal-limit",
+                self.journal_seals.load(Ordering::Relaxed),
             ),
         ] {
             let _ = writeln!(

@@ -104,7 +104,7 @@ impl Server {
     /// When the store cannot be opened or an address cannot be bound.
     pub fn start(config: Config) -> Result<Self, ServerError> {
         raise_open_files_limit();
-        let store = Arc::new(Store::open(&config.data_dir)?);
+        let store = Arc::new(Store::open_with(&config.data_dir, &config.store)?);
         // Checked once now (a start on a full disk refuses writes from the first one,
         // instead of crash-looping on ENOSPC), then by the storage writer.
         store.space().set_reserve(config.disk_reserve);

@@ -9,6 +9,8 @@
 //! * `presence.rs` — what presence reads: friend ids, last-seen times.
 //! * `writer.rs` — the group-commit writer thread: messages and membership
 //!   changes from every core, one durable batch per round.
+//! * `engine.rs` — fjall's settings (`--cache-size`, `--journal-limit`) and the
+//!   journal bound that keeps a restart after `kill -9` short.
 //!
 //! # Durability
 //!
@@ -49,6 +51,7 @@ pub use conversation::{Settings, UNREAD_SCAN_LIMIT};
 mod core_reads;
 pub use core_reads::take_reads_on_this_thread;
 mod cursors;
+pub mod engine;
 #[cfg(feature = "fuzzing")]
 pub(crate) mod fuzz_hooks;
 mod keys;
@@ -247,6 +250,9 @@ pub struct Store {
     poisoned: AtomicBool,
     /// Free space against `--disk-reserve` (refuses growing writes when low).
     space: space::SpaceGuard,
+    /// The data directory and the engine settings it was opened with.
+    dir: std::path::PathBuf,
+    engine: engine::Settings,
 }
 
 impl std::fmt::Debug for Store {
@@ -258,14 +264,28 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, recovering from the journal.
+    /// Opens (or creates) the store in `dir` with the default
+    /// [`engine::Settings`], recovering from the journal.
+    ///
+    /// # Errors
+    /// As [`Store::open_with`].
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &engine::Settings::default())
+    }
+
+    /// Opens (or creates) the store in `dir`, recovering from the journal, with
+    /// a block cache of `settings.cache_size` bytes; the storage writer keeps
+    /// the journal within `settings.journal_limit` (`engine.rs`).
     ///
     /// # Errors
     /// [`StoreError::Io`] when fjall cannot open the directory (including when
     /// another process holds it), [`StoreError::Corrupt`] when a counter does not
     /// decode.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = Database::builder(dir).manual_journal_persist(true).open()?;
+    pub fn open_with(dir: &Path, settings: &engine::Settings) -> Result<Self, StoreError> {
+        let db = Database::builder(dir)
+            .manual_journal_persist(true)
+            .cache_size(settings.cache_size)
+            .open()?;
         let ks = |name| db.keyspace(name, KeyspaceCreateOptions::default);
         let store = Self {
             meta: ks(keys::META)?,
@@ -296,6 +316,8 @@ impl Store {
             }),
             poisoned: AtomicBool::new(false),
             space: space::SpaceGuard::new(dir.to_owned()),
+            dir: dir.to_owned(),
+            engine: *settings,
         };
         let counters = Counters {
             next_user: store.counter(keys::NEXT_USER_ID)?,
@@ -305,6 +327,16 @@ impl Store {
         };
         *store.lock() = counters;
         Ok(store)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The engine settings the store was opened with.
+    pub fn engine_settings(&self) -> &engine::Settings {
+        &self.engine
     }
 
     /// The free-space guard of the data directory (`--disk-reserve`).

@@ -32,6 +32,9 @@
 //! * Every [`space::CHECK_INTERVAL`] (busy or idle) it re-reads the free
 //!   space of the data directory against `--disk-reserve` ([`space`]), so the
 //!   cores' `storage_full` refusals start and end within that time.
+//! * As often, it measures the journal and, past `--journal-limit` of growth,
+//!   seals every keyspace's memtable ([`engine::JournalGuard`]), so a restart
+//!   never replays more than that unflushed.
 //!
 //! # Failure: the poison rule
 //!
@@ -53,7 +56,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 
 pub use super::POISON_EXIT_CODE;
 use super::records::{ChatRecord, encode_member};
-use super::{Store, StoreError, keys, now_ms, space};
+use super::{Store, StoreError, engine, keys, now_ms, space};
 pub use crate::core::{Completion, WriteOp};
 use crate::ids::{ChatId, CoreId, UserId};
 use crate::metrics::Metrics;
@@ -267,6 +270,8 @@ impl Writer {
     ) -> std::io::Result<(Writer, WriterSender)> {
         let (tx, ops) = crossbeam_channel::bounded(capacity);
         let (stop, stop_rx) = crossbeam_channel::bounded(1);
+        let journal =
+            engine::JournalGuard::new(store.dir().to_owned(), store.engine_settings().journal_limit);
         let thread = std::thread::Builder::new()
             .name(WRITER_THREAD.into())
             .spawn(move || {
@@ -279,6 +284,7 @@ impl Writer {
                     stop: stop_rx,
                     per_core: Vec::new(),
                     held: 0,
+                    journal,
                 }
                 .run();
             })?;
@@ -318,6 +324,9 @@ struct WriterThread {
     /// How many entries of `per_core` are non-empty after a hand-over (0: the
     /// writer may block waiting for ops).
     held: usize,
+    /// The journal bound (`--journal-limit`), measured every
+    /// [`engine::CHECK_INTERVAL`] of a busy writer.
+    journal: engine::JournalGuard,
 }
 
 impl WriterThread {
@@ -325,6 +334,7 @@ impl WriterThread {
         let mut batch_ops = Vec::with_capacity(MAX_OPS_PER_COMMIT);
         let mut stopping = false;
         let mut last_space_check = Instant::now();
+        let mut last_journal_check = Instant::now();
         loop {
             if !stopping {
                 // With completions held for a full core, wake up to offer them
@@ -351,6 +361,11 @@ impl WriterThread {
             if last_space_check.elapsed() >= space::CHECK_INTERVAL {
                 self.store.space().check();
                 last_space_check = Instant::now();
+            }
+            if last_journal_check.elapsed() >= engine::CHECK_INTERVAL {
+                let bytes = self.journal.check(&self.store);
+                self.metrics.store.observe_journal(bytes, self.journal.seals());
+                last_journal_check = Instant::now();
             }
             self.drain(&mut batch_ops);
             if !batch_ops.is_empty() {

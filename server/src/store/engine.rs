@@ -1,0 +1,340 @@
+//! The storage engine's settings (`--cache-size`, `--journal-limit`) and the
+//! journal bound that keeps a restart fast.
+//!
+//! # Why the journal needs a bound of ours
+//!
+//! On every start fjall replays its journal files whole: the batches whose
+//! data is not yet in a table are inserted into memtables again, the others are
+//! read and skipped (both cost time: ~4 µs per record skipped, more per record
+//! inserted, measured in `docs/PERFORMANCE.md`). fjall 3.1 seals the active
+//! journal only when a memtable flush finds it past 64,000,000 bytes
+//! (hard-coded), and drops a sealed journal only once every keyspace that has
+//! data in it has flushed. A keyspace is flushed when its memtable passes its
+//! `max_memtable_size` (64 MiB by default) — so a quiet keyspace (`users`,
+//! `cursors`, `last_seen`: a few rows now and then) pins every sealed journal
+//! until fjall's `max_journaling_size` (512 MiB) forces it, and a `kill -9`
+//! then leaves up to ~576 MB of journal to replay: tens of seconds.
+//!
+//! [`JournalGuard`] bounds it from outside, through the engine's own
+//! operation: the storage writer calls [`JournalGuard::check`] between commits
+//! (every [`CHECK_INTERVAL`] at most); once the journal files on disk have
+//! grown by `--journal-limit` since the last time, it seals the memtable of
+//! **every** keyspace that holds unflushed data (`Keyspace::rotate_memtable`,
+//! which queues the flush on fjall's own workers; nothing waits for it). So:
+//!
+//! * while the disk flushes as fast as natterd writes, at most about
+//!   `--journal-limit` (twice it while a flush is still running, plus what one
+//!   check interval writes) of the journal is unflushed, which bounds both the
+//!   records a restart inserts again and the memory the memtables take;
+//! * no keyspace pins a sealed journal for longer than one flush, so the
+//!   journal on disk stays below fjall's fixed rotation point (64,000,000 B)
+//!   plus twice `--journal-limit` plus one batch, instead of growing to 576 MB.
+//!
+//! What this cannot do: make the active journal shorter than fjall's 64 MB
+//! rotation point (no public fjall API seals a journal), so even a fully
+//! flushed journal costs its read at start (~20 MB/s on a busy two-core
+//! machine, the records skipped one by one).
+//!
+//! Nothing about durability changes: the flushes are fjall's own (a table is
+//! synced before the journal that holds its data is dropped), and the writer
+//! still acknowledges only after its batch's `fdatasync`.
+//!
+//! # Measuring the journal
+//!
+//! fjall pre-allocates each journal file to 64 MiB with `set_len` (a sparse
+//! file on ext4, xfs, btrfs and tmpfs), so a file's length says nothing about
+//! what was written; the blocks the file system allocated for it do
+//! (`st_blocks`). [`journal_bytes`] sums them over the `*.jnl` files of the data
+//! directory: one `readdir` and one `stat` per file, a few microseconds.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::Store;
+
+/// Default block cache (`--cache-size`): 64 MiB. fjall caches data and index
+/// blocks of its tables in it (sync and history reads, dedupe misses); it is
+/// the one memory cost that is ours to choose and does not grow with the
+/// store. Twice fjall's own default, because a chat server's reads are the
+/// recent end of many chats.
+pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
+
+/// Smallest accepted `--cache-size`: below 1 MiB fjall cannot hold even the
+/// index blocks of a handful of tables, and every read goes to the disk.
+pub const MIN_CACHE_SIZE: u64 = 1 << 20;
+
+/// Default `--journal-limit`: 16 MiB of journal between two memtable seals.
+/// Replay inserts unflushed records at ~7 MB/s of journal and skips flushed
+/// ones at ~20 MB/s (release build, two cores at load 11; `docs/PERFORMANCE.md`,
+/// "Restart and memory"), so the unflushed part is the one to keep small; below
+/// a few MiB the seals would mostly make tiny tables for compaction to merge.
+pub const DEFAULT_JOURNAL_LIMIT: u64 = 16 << 20;
+
+/// Smallest accepted non-zero `--journal-limit`. Every seal makes one small
+/// table per written keyspace; below 1 MiB the tables would be tiny and
+/// compaction would do little else.
+pub const MIN_JOURNAL_LIMIT: u64 = 1 << 20;
+
+/// How often, at most, the writer measures the journal (the same cadence as
+/// the free-space check). At the ~20 MB/s of journal the writer writes at
+/// full speed, at most ~2 MB go unmeasured past the limit.
+pub const CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The storage engine's settings, fixed for the life of the process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// fjall's block cache, in bytes (at least [`MIN_CACHE_SIZE`]).
+    pub cache_size: u64,
+    /// Journal growth, in bytes, after which every keyspace's memtable is
+    /// sealed and flushed (0: off, fjall's own rotation only; otherwise at
+    /// least [`MIN_JOURNAL_LIMIT`]).
+    pub journal_limit: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            cache_size: DEFAULT_CACHE_SIZE,
+            journal_limit: DEFAULT_JOURNAL_LIMIT,
+        }
+    }
+}
+
+/// Bytes the file system allocated for the journal files (`*.jnl`) in `dir`.
+/// A file that vanishes while it is read (fjall dropped a sealed journal)
+/// counts as 0.
+///
+/// # Errors
+/// The directory cannot be read.
+pub fn journal_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(dir)? {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "jnl")
+            && let Ok(meta) = entry.metadata()
+        {
+            // st_blocks is in 512-byte units whatever the file system's block size.
+            total = total.saturating_add(meta.blocks().saturating_mul(512));
+        }
+    }
+    Ok(total)
+}
+
+/// The journal bound: see the module docs. Owned by the storage writer thread
+/// (it alone calls [`JournalGuard::check`]).
+#[derive(Debug)]
+pub struct JournalGuard {
+    dir: PathBuf,
+    /// `--journal-limit` in bytes (0: off).
+    limit: u64,
+    /// Journal bytes on disk when the memtables were last sealed (or the
+    /// lowest seen since: fjall dropping a sealed journal lowers it).
+    baseline: u64,
+    /// Times the memtables were sealed because of the limit.
+    seals: u64,
+}
+
+impl JournalGuard {
+    /// A guard of the journal in `dir` with a limit of `limit` bytes (0: off).
+    pub fn new(dir: PathBuf, limit: u64) -> Self {
+        let baseline = journal_bytes(&dir).unwrap_or(0);
+        Self {
+            dir,
+            limit,
+            baseline,
+            seals: 0,
+        }
+    }
+
+    /// Measures the journal and, once it has grown by the limit since the last
+    /// seal, seals the memtable of every keyspace holding unflushed data (their
+    /// flushes run on fjall's workers). Returns the journal bytes on disk.
+    ///
+    /// A seal is put off while an earlier flush is still outstanding, up to
+    /// twice the limit: a flush that is about to finish should not be joined
+    /// by more sealed memtables (fjall halts writes at four sealed memtables
+    /// per keyspace). Past twice the limit it seals anyway: when the disk
+    /// flushes slower than natterd writes, that halt is the backpressure that
+    /// keeps the journal bounded (acknowledgements slow down instead).
+    pub fn check(&mut self, store: &Store) -> u64 {
+        let bytes = match journal_bytes(&self.dir) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, dir = %self.dir.display(), "cannot measure the journal");
+                return 0;
+            }
+        };
+        self.baseline = self.baseline.min(bytes);
+        let grown = bytes.saturating_sub(self.baseline);
+        if self.limit == 0
+            || grown < self.limit
+            || (store.db.outstanding_flushes() > 0 && grown < self.limit.saturating_mul(2))
+        {
+            return bytes;
+        }
+        let mut sealed = 0usize;
+        for name in store.db.list_keyspace_names() {
+            let keyspace = match store.db.keyspace(&name, fjall::KeyspaceCreateOptions::default) {
+                Ok(keyspace) => keyspace,
+                Err(error) => {
+                    tracing::warn!(%error, keyspace = &*name, "cannot open keyspace to seal its memtable");
+                    continue;
+                }
+            };
+            match keyspace.rotate_memtable() {
+                Ok(true) => sealed += 1,
+                Ok(false) => {}
+                // The journal is poisoned: the next commit fails and the
+                // poison rule stops the process; nothing to do here.
+                Err(error) => tracing::warn!(%error, keyspace = &*name, "cannot seal memtable"),
+            }
+        }
+        self.baseline = bytes;
+        self.seals += 1;
+        tracing::debug!(
+            journal_bytes = bytes,
+            keyspaces = sealed,
+            "journal limit reached: memtables sealed"
+        );
+        bytes
+    }
+
+    /// Times [`JournalGuard::check`] sealed the memtables.
+    pub fn seals(&self) -> u64 {
+        self.seals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::core::WriteOp;
+    use crate::ids::{ChatId, ClientMsgId, CoreId, Seq, UserId};
+    use crate::store::StoredMessage;
+
+    /// fjall's fixed point of journal rotation (`worker_pool.rs`: a flush that
+    /// finds the active journal past it seals the journal).
+    const FJALL_JOURNAL_ROTATION: u64 = 64_000_000;
+
+    /// `len` bytes of printable text that lz4 cannot shrink (fjall compresses
+    /// journal values of 4 KiB and more), from a xorshift generator.
+    fn noise(len: usize, seed: u64) -> String {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect()
+    }
+
+    fn big_message(chat: u64, seq: u64, text: &str) -> WriteOp {
+        WriteOp::Message {
+            origin: CoreId(0),
+            msg: StoredMessage {
+                chat: ChatId(chat),
+                seq: Seq(seq),
+                sender: UserId(1),
+                server_ts_ms: 1_700_000_000_000 + seq,
+                client_msg_id: ClientMsgId(seq),
+                text: text.to_owned(),
+                meta: Default::default(),
+            },
+        }
+    }
+
+    /// Writes `total` bytes of messages (in batches of `batch` bytes) into a
+    /// store opened with `limit`, after one account write that leaves a quiet
+    /// keyspace (`users`, `usernames`, `meta`) with unflushed data, running the
+    /// guard after every batch the way the writer does. Returns the largest
+    /// journal on disk seen after any batch, and the number of seals.
+    fn write_past(limit: u64, total: u64, batch: u64) -> (u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open_with(
+                dir.path(),
+                &Settings {
+                    journal_limit: limit,
+                    ..Settings::default()
+                },
+            )
+            .unwrap(),
+        );
+        store.create_user("quiet", "$argon2id$stub").unwrap();
+        let text = noise(64 << 10, 7);
+        let per_batch = (batch / text.len() as u64).max(1);
+        let mut guard = JournalGuard::new(dir.path().to_owned(), limit);
+        let mut seq = 0;
+        let mut largest = 0;
+        let mut written = 0;
+        while written < total {
+            let ops: Vec<_> = (0..per_batch)
+                .map(|_| {
+                    seq += 1;
+                    big_message(1, seq, &text)
+                })
+                .collect();
+            store.commit_writes(&ops);
+            written += per_batch * text.len() as u64;
+            largest = largest.max(guard.check(&store));
+        }
+        // Let the last flushes finish, then see what is left on disk.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while store.db.outstanding_flushes() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        largest = largest.max(guard.check(&store));
+        (largest, guard.seals())
+    }
+
+    #[test]
+    fn a_store_written_far_past_the_limit_keeps_its_journal_below_fjalls_rotation_plus_the_limit() {
+        let limit = 8 << 20;
+        let batch = 1 << 20;
+        let (largest, seals) = write_past(limit, 400 << 20, batch);
+        assert!(seals >= 10, "the guard sealed only {seals} times over 400 MiB");
+        // Twice the limit (a seal put off while a flush runs), plus the batch
+        // that crossed it; here the guard runs after every batch.
+        let bound = FJALL_JOURNAL_ROTATION + 2 * limit + 2 * batch;
+        assert!(
+            largest <= bound,
+            "journal reached {largest} B on disk, bound {bound} B"
+        );
+    }
+
+    /// The same write without the guard: the quiet keyspaces pin the sealed
+    /// journals, which pile up far past the bound above (so the test above can
+    /// fail, and the guard is what holds it).
+    #[test]
+    fn without_the_limit_a_quiet_keyspace_lets_the_journal_pile_up() {
+        let (largest, seals) = write_past(0, 400 << 20, 1 << 20);
+        assert_eq!(seals, 0);
+        assert!(
+            largest > FJALL_JOURNAL_ROTATION + (64 << 20),
+            "journal only reached {largest} B without the limit"
+        );
+    }
+
+    #[test]
+    fn journal_bytes_counts_allocated_blocks_not_the_preallocated_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let empty = journal_bytes(dir.path()).unwrap();
+        assert!(empty < 1 << 20, "a fresh journal counts {empty} B");
+        let text = noise(1 << 20, 11);
+        let ops: Vec<_> = (1..=4).map(|seq| big_message(1, seq, &text)).collect();
+        store.commit_writes(&ops);
+        let written = journal_bytes(dir.path()).unwrap();
+        assert!(
+            written >= empty + (4 << 20) && written < empty + (6 << 20),
+            "4 MiB written, journal counts {written} B (from {empty} B)"
+        );
+    }
+}
