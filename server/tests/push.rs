@@ -547,30 +547,39 @@ fn the_push_threads_run_at_a_lower_priority_than_the_event_loops() {
     let server = server(&gateway, &[]);
     let senders = natter_server::push::PushConfig::default().senders;
     let is_push = |name: &str| name.starts_with("natter-push");
-    // The push threads start beside the listeners: wait until all are there.
-    let mut threads = Vec::new();
-    let started = wait_until(DEADLINE, || {
-        threads = thread_nice(server.pid());
-        threads.iter().filter(|(name, _)| is_push(name)).count() == 1 + senders
-    });
-    assert!(started, "the push thread and its senders: {threads:?}");
-    let nice_of = |prefix: &str| -> Vec<i32> {
+    let nice_of = |threads: &[(String, i32)], prefix: &str| -> Vec<i32> {
         threads
             .iter()
             .filter(|(name, _)| name.starts_with(prefix))
             .map(|(_, n)| *n)
             .collect()
     };
-    let cores = nice_of("natter-core-");
-    let writer = nice_of("natter-store-wr");
-    let push = nice_of("natter-push");
-    assert!(!cores.is_empty() && !writer.is_empty(), "{threads:?}");
-    let base = cores[0];
-    assert!(cores.iter().chain(&writer).all(|n| *n == base), "{threads:?}");
-    // Run under `nice -n 9` or more the +10 is clamped at 19, the lowest priority.
-    let expected = (base + natter_server::push::PUSH_NICE).min(19);
+    // The push threads start beside the listeners, and each lowers its own priority as its
+    // first step: wait until all are there and lowered (a thread that never lowers itself
+    // times this out).
+    let mut threads = Vec::new();
+    let mut expected = None;
+    let lowered = wait_until(DEADLINE, || {
+        threads = thread_nice(server.pid());
+        let Some(&base) = nice_of(&threads, "natter-core-").first() else {
+            return false;
+        };
+        // Run under `nice -n 9` or more the +10 is clamped at 19, the lowest priority.
+        let want = (base + natter_server::push::PUSH_NICE).min(19);
+        expected = Some(want);
+        let push = nice_of(&threads, "natter-push");
+        push.len() == 1 + senders && push.iter().all(|n| *n == want)
+    });
     assert!(
-        push.iter().all(|n| *n == expected),
-        "push threads at {expected}: {threads:?}"
+        lowered,
+        "the push thread and its {senders} senders at {expected:?}: {threads:?}"
     );
+    let cores = nice_of(&threads, "natter-core-");
+    let writer = nice_of(&threads, "natter-store-wr");
+    assert!(!cores.is_empty() && !writer.is_empty(), "{threads:?}");
+    assert!(
+        cores.iter().chain(&writer).all(|n| *n == cores[0]),
+        "the cores and the writer keep natterd's priority: {threads:?}"
+    );
+    assert!(threads.iter().filter(|(name, _)| is_push(name)).count() == 1 + senders);
 }
