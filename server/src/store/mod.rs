@@ -55,6 +55,7 @@ mod keys;
 mod presence;
 mod push;
 mod records;
+mod search;
 pub mod space;
 pub mod writer;
 
