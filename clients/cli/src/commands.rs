@@ -497,11 +497,11 @@ mod tests {
     #[test]
     fn search_snippets_mark_their_matches() {
         assert_eq!(
-            super::marked("meet at the Café", &[(12, 17)]),
+            marked("meet at the Café", &[(12, 17)]),
             "meet at the *Café*"
         );
-        assert_eq!(super::marked("a b", &[(0, 1), (2, 3)]), "*a* *b*");
-        assert_eq!(super::marked("é", &[(1, 2)]), "é");
+        assert_eq!(marked("a b", &[(0, 1), (2, 3)]), "*a* *b*");
+        assert_eq!(marked("é", &[(1, 2)]), "é");
     }
 
     use super::*;
