@@ -496,10 +496,7 @@ fn marked(snippet: &str, highlights: &[(usize, usize)]) -> String {
 mod tests {
     #[test]
     fn search_snippets_mark_their_matches() {
-        assert_eq!(
-            marked("meet at the Café", &[(12, 17)]),
-            "meet at the *Café*"
-        );
+        assert_eq!(marked("meet at the Café", &[(12, 17)]), "meet at the *Café*");
         assert_eq!(marked("a b", &[(0, 1), (2, 3)]), "*a* *b*");
         assert_eq!(marked("é", &[(1, 2)]), "é");
     }

@@ -52,6 +52,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The indexer's state (module docs).
 pub(super) struct Indexer {
     writer: IndexWriter,
+    /// The index directory (for its size on `/metrics`).
+    dir: std::path::PathBuf,
     fields: Fields,
     /// What is applied (possibly not yet committed).
     applied: Watermark,
@@ -77,7 +79,7 @@ pub(super) struct Indexer {
 impl Indexer {
     pub(super) fn new(
         writer: IndexWriter,
-        fields: Fields,
+        dir: std::path::PathBuf,
         watermark: Watermark,
         store: Arc<Store>,
         search: Arc<SearchIndex>,
@@ -86,7 +88,8 @@ impl Indexer {
     ) -> Self {
         Self {
             writer,
-            fields,
+            dir,
+            fields: search.fields,
             applied: watermark.clone(),
             durable: watermark,
             store,
@@ -304,6 +307,7 @@ impl Indexer {
         metrics
             .docs
             .store(self.search.reader.searcher().num_docs(), Ordering::Relaxed);
+        metrics.index_bytes.store(dir_bytes(&self.dir), Ordering::Relaxed);
         metrics.observe_commit(started.elapsed());
         metrics
             .committed
@@ -331,6 +335,18 @@ impl Indexer {
         self.owed_observed += std::mem::take(&mut self.dirty_observed);
         self.dirty_since = None;
     }
+}
+
+/// Bytes of the files directly in `dir` (the index is one flat directory);
+/// 0 when it cannot be read.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum()
+    })
 }
 
 /// Folds one commit's records into the per-chat "apply up to" map; returns

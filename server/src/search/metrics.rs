@@ -21,6 +21,8 @@ pub struct SearchMetrics {
     /// Documents in the index's last committed generation (one per stored,
     /// not deleted text).
     pub docs: AtomicU64,
+    /// Bytes of the index's files on disk after the last commit.
+    pub index_bytes: AtomicU64,
     /// Index commits.
     pub commits: AtomicU64,
     /// Total commit time, nanoseconds.
@@ -140,6 +142,11 @@ impl SearchMetrics {
                 "natter_search_docs",
                 "Documents in the search index (stored texts that are not deleted)",
                 self.docs.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "natter_search_index_bytes",
+                "Bytes of the search index's files on disk",
+                self.index_bytes.load(Ordering::Relaxed) as f64,
             ),
             (
                 "natter_search_commit_seconds_max",

@@ -201,7 +201,7 @@ pub fn start(
     let writer = index::writer(&index)?;
     let indexer = indexer::Indexer::new(
         writer,
-        fields,
+        data_dir.join(INDEX_DIR),
         watermark,
         store,
         search.clone(),
