@@ -20,7 +20,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tantivy::IndexWriter;
 
 use super::index::{self, Fields, Watermark, upsert};
-use super::metrics::now_ms;
 use super::{Event, SearchError, SearchIndex, SearchMetrics};
 use crate::core::MessageKind;
 use crate::ids::{ChatId, Seq};
@@ -315,11 +314,12 @@ impl Indexer {
         self.dirty = 0;
         self.dirty_observed = 0;
         self.dirty_since = None;
-        // Nothing waits if the queue is empty; otherwise the queued records
-        // were observed after this moment at the earliest.
-        metrics.lag_since_ms.store(0, Ordering::Relaxed);
-        if !self.events.is_empty() {
-            metrics.lag_since_ms.store(now_ms(), Ordering::Relaxed);
+        // Caught up when nothing is queued: the lag clock stops (the observer
+        // starts it again with the next record). Otherwise it keeps running from
+        // when the index first fell behind, an upper bound on the oldest
+        // waiting record's age.
+        if self.events.is_empty() {
+            metrics.lag_since_ms.store(0, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -29,9 +29,9 @@ pub struct SearchMetrics {
     pub commit_nanos: AtomicU64,
     /// Longest commit so far, nanoseconds.
     pub commit_max_nanos: AtomicU64,
-    /// When the oldest observed record not yet committed to the index was
-    /// observed (ms since the Unix epoch), 0 when none is waiting: an upper
-    /// bound, exact to within one indexer batch.
+    /// Since when (ms since the Unix epoch) the index has been behind the
+    /// store without a break, 0 when it is caught up: an upper bound on the
+    /// age of the oldest record not yet searchable.
     pub lag_since_ms: AtomicU64,
     /// Catch-ups from the store (start, queue overflow).
     pub catch_ups: AtomicU64,
@@ -135,7 +135,7 @@ impl SearchMetrics {
             ),
             (
                 "natter_search_lag_seconds",
-                "How long the oldest not yet searchable record has waited",
+                "Seconds the search index has been behind the store without a break (an upper bound on the oldest waiting record's age)",
                 self.lag_seconds(),
             ),
             (
