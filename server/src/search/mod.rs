@@ -46,7 +46,7 @@ use tantivy::{IndexReader, ReloadPolicy};
 
 pub use analyzer::{ANALYZER, MAX_TOKEN_BYTES, analyzer, is_cjk};
 pub use index::{INDEX_DIR, SCHEMA_VERSION, Watermark};
-pub use indexer::{CATCH_UP_PAGE, COMMIT_DOCS, COMMIT_INTERVAL, EVENTS_PER_TURN, reindex};
+pub use indexer::{CATCH_UP_PAGE, COMMIT_DOCS, COMMIT_INTERVAL, EVENTS_PER_TURN, INDEXER_NICE, reindex};
 pub use metrics::SearchMetrics;
 pub use query::{
     DEFAULT_LIMIT, Hit, MAX_LIMIT, MAX_QUERY_BYTES, MAX_QUERY_TERMS, QUERY_BUDGET, QueryError, SNIPPET_CHARS,
