@@ -48,6 +48,7 @@ use crate::scenarios::one2one::{self, OneToOneArgs};
 use crate::scenarios::presence::{self, PresenceArgs};
 use crate::scenarios::push::{self as push_scenario, PushArgs};
 use crate::scenarios::seam::{self, SeamArgs};
+use crate::scenarios::search::{self as search_scenario, SearchArgs};
 use crate::scenarios::sync::{self as sync_scenario, SyncArgs};
 use crate::scenarios::syncstorm::{self, SyncstormArgs};
 use crate::spawn::SpawnedServer;
@@ -114,6 +115,8 @@ struct Cli {
     #[command(flatten)]
     sync: SyncArgs,
     #[command(flatten)]
+    search: SearchArgs,
+    #[command(flatten)]
     flood: FloodArgs,
     #[command(flatten)]
     seam: SeamArgs,
@@ -153,6 +156,8 @@ enum ScenarioName {
     Syncstorm,
     /// Push notifications to 10,000 offline devices in 100-member groups (issue 14).
     Push,
+    /// Message search: fill, wait for the index, then one- and three-word queries (issue 16).
+    Search,
 }
 
 impl ScenarioName {
@@ -168,6 +173,7 @@ impl ScenarioName {
             ScenarioName::Seam => "seam",
             ScenarioName::Syncstorm => "syncstorm",
             ScenarioName::Push => "push",
+            ScenarioName::Search => "search",
         }
     }
 }
@@ -285,6 +291,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             open_files,
         )?,
         ScenarioName::Sync => sync_scenario::check_args(&cli.sync, sync_text_bytes(cli))?,
+        ScenarioName::Search => search_scenario::check_args(&cli.search)?,
         ScenarioName::Push => push_scenario::check_args(&cli.push, open_files)?,
     }
 
@@ -327,6 +334,7 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             cli.connect.in_flight,
         )?,
         ScenarioName::Sync => sync_scenario::run(&target, &cli.sync, sync_text_bytes(cli))?,
+        ScenarioName::Search => search_scenario::run(&target, &cli.search)?,
         ScenarioName::Seam => seam::run(&target, spawned.as_mut(), &options, &cli.seam)?,
         ScenarioName::Push => push_scenario::run(&target, &options, &cli.push)?,
         ScenarioName::Syncstorm => {

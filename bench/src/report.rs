@@ -137,6 +137,36 @@ pub(crate) struct Report {
     /// `server_peak_rss_bytes - server_rss_before_bytes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_rss_growth_bytes: Option<u64>,
+    /// search: seconds from the end of the fill until the index lag was 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_index_catch_up_s: Option<f64>,
+    /// search: messages made searchable per second (fill plus catch-up time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_indexed_per_sec: Option<f64>,
+    /// search: one-word query latency, median, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_q1_p50_us: Option<u64>,
+    /// search: one-word query latency, 99th percentile, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_q1_p99_us: Option<u64>,
+    /// search: three-word query latency, median, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_q3_p50_us: Option<u64>,
+    /// search: three-word query latency, 99th percentile, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_q3_p99_us: Option<u64>,
+    /// search: documents in the index after the fill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_index_docs: Option<u64>,
+    /// search: bytes of the index on disk after the fill.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_index_bytes: Option<u64>,
+    /// search: `search_index_bytes / search_index_docs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_index_bytes_per_message: Option<f64>,
+    /// search: queries answered `partial` (time budget hit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) search_partial: Option<u64>,
     /// `Error` frames received, by error code name (`code N` for codes this build
     /// does not know).
     #[serde(skip_serializing_if = "Option::is_none")]

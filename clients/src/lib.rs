@@ -47,6 +47,7 @@ mod error;
 mod http;
 mod presence;
 mod quic;
+mod search;
 mod transport;
 
 pub use chats::{ChatSummary, Group, GroupMember, MemberReceipt};
@@ -57,4 +58,5 @@ pub use http::{
 };
 pub use presence::UserPresence;
 pub use quic::ALPN as QUIC_ALPN;
+pub use search::{SearchAnswer, SearchHit, SearchOptions};
 pub use transport::{Endpoint, Scheme, Trust, fingerprint, tls_client_config};

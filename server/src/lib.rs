@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod push;
 pub mod runtime;
+pub mod search;
 mod server;
 pub mod store;
 pub mod transport;

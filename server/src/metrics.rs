@@ -236,6 +236,9 @@ pub struct Metrics {
     pub store: StoreMetrics,
     /// The push thread's counters (`crate::push`).
     pub push: crate::push::PushMetrics,
+    /// The search indexer's and queries' counters (`crate::search`), shared
+    /// with the indexer thread.
+    pub search: std::sync::Arc<crate::search::SearchMetrics>,
 }
 
 impl Metrics {
@@ -246,6 +249,7 @@ impl Metrics {
             http: HttpMetrics::default(),
             store: StoreMetrics::default(),
             push: crate::push::PushMetrics::default(),
+            search: std::sync::Arc::default(),
         }
     }
 
@@ -415,6 +419,7 @@ impl Metrics {
         );
         self.store.render(&mut out);
         self.push.render(&mut out);
+        self.search.render(&mut out);
         if let Some(rss) = resident_memory_bytes() {
             let name = "process_resident_memory_bytes";
             let _ = writeln!(

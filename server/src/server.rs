@@ -12,6 +12,7 @@ use crate::http::{self, Api, Endpoints, HttpServer};
 use crate::metrics::Metrics;
 use crate::push::{self, PushHandle, PushService};
 use crate::runtime::{Command, Cores, Mesh, Refused, supervise};
+use crate::search::{self, SearchError, SearchHandle, SearchService};
 use crate::store::writer::{Completion, CompletionSink, Offered, WriteOp, Writer};
 use crate::store::{Store, StoreError};
 use crate::transport::tls::{TlsError, TlsSetup};
@@ -39,6 +40,9 @@ pub enum ServerError {
     /// The TLS certificate or key could not be loaded or created.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The search index could not be opened or its thread started.
+    #[error("search: {0}")]
+    Search(#[from] SearchError),
     /// The TLS configuration could not be turned into QUIC's.
     #[error("QUIC: {0}")]
     Quic(#[from] crate::transport::quic::QuicError),
@@ -92,6 +96,7 @@ pub struct Server {
     cores: Cores,
     http: HttpServer,
     push: PushService,
+    search: SearchService,
     writer: Writer,
     store: Arc<Store>,
     endpoints: Endpoints,
@@ -121,6 +126,10 @@ impl Server {
         // and asks the cores about live sessions; it starts once the cores exist.
         let push_slot: Arc<OnceLock<PushHandle>> = Arc::default();
         let observer_slot = push_slot.clone();
+        // The search indexer learns of commits the same way (after each fsync,
+        // a non-blocking hand-over); it catches up from the store at start.
+        let (search, search_observer, search_index): (SearchService, SearchHandle, _) =
+            search::start(&config.data_dir, store.clone(), metrics.search.clone())?;
         let (writer, writer_tx) = Writer::start_observed(
             store.clone(),
             metrics.clone(),
@@ -132,6 +141,7 @@ impl Server {
                 if let Some(push) = observer_slot.get() {
                     push.committed(ops);
                 }
+                search_observer.committed(ops);
             })),
         )
         .map_err(io_err("starting the storage writer"))?;
@@ -199,7 +209,8 @@ impl Server {
                 metrics,
                 endpoints.clone(),
             )
-            .with_push(push_handle),
+            .with_push(push_handle)
+            .with_search(search_index),
         );
         let side_port_limits = http::SidePortLimits {
             per_address: config.limits.http_connections_per_address,
@@ -220,6 +231,7 @@ impl Server {
             cores,
             http,
             push,
+            search,
             writer,
             store,
             endpoints,
@@ -244,6 +256,9 @@ impl Server {
         // The cores handed the writer their last writes (the `last_seen` of
         // users still online) before they stopped; this commits them.
         self.writer.shutdown()?;
+        // After the writer: every commit has been handed over; the indexer
+        // commits what it applied (the rest is caught up at the next start).
+        self.search.shutdown();
         self.store.persist().map_err(ServerError::Poisoned)?;
         cores
     }

@@ -14,6 +14,7 @@ pub(crate) mod one2one;
 pub(crate) mod presence;
 pub(crate) mod push;
 pub(crate) mod seam;
+pub(crate) mod search;
 pub(crate) mod sync;
 pub(crate) mod syncstorm;
 

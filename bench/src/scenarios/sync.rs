@@ -186,9 +186,23 @@ pub(crate) fn fill(
     behind: u64,
     text_bytes: usize,
 ) -> Result<(), BenchError> {
+    let text = "s".repeat(text_bytes);
+    fill_texts(target, token, chats, behind, |_| text.clone())
+}
+
+/// [`fill`] with the text of send `i` from `text(i)`.
+///
+/// # Errors
+/// As [`fill`].
+pub(crate) fn fill_texts(
+    target: &Target,
+    token: &str,
+    chats: &[u64],
+    behind: u64,
+    mut text: impl FnMut(u64) -> String,
+) -> Result<(), BenchError> {
     let mut conn = target.connect(token, "natter-bench sync sender")?.0;
     conn.set_timeout(STALL);
-    let text = "s".repeat(text_bytes);
     let (mut sent, mut acked) = (0u64, 0u64);
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -202,7 +216,7 @@ pub(crate) fn fill(
             conn.send_body(Body::Send(Send {
                 chat_id,
                 client_msg_id: run_id.wrapping_add(sent),
-                text: text.clone(),
+                text: text(sent),
             }))?;
             sent += 1;
         }

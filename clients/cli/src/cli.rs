@@ -79,6 +79,21 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
+    /// Search your messages: every word must match (accents and case ignored); newest first
+    Search {
+        /// The words to find; several are joined with spaces; "quotes" match a phrase
+        #[arg(required = true, num_args = 1..)]
+        query: Vec<String>,
+        /// Only this chat: a friend's username, a group's name, or #ID
+        #[arg(long)]
+        chat: Option<String>,
+        /// Most hits
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
+        limit: u32,
+        /// Best matches first instead of newest first
+        #[arg(long)]
+        relevance: bool,
+    },
     /// Sync, then print arriving messages and presence changes until interrupted
     Tail,
     /// Talk in a chat: type lines to send them, see the conversation live; Ctrl-D ends

@@ -427,9 +427,80 @@ pub(crate) fn history(account: &Account, profile: &Profile, chat: &str, limit: u
     Ok(())
 }
 
+/// `natter search QUERY… [--chat CHAT] [--limit N] [--relevance]`: one line per hit,
+/// `TIME [CHAT] SENDER #SEQ: snippet`, the matched words in `*…*`.
+pub(crate) fn search(
+    account: &Account,
+    query: &str,
+    chat: Option<&str>,
+    limit: u32,
+    relevance: bool,
+) -> Result<(), CliError> {
+    let chat_id = match chat {
+        Some(chat) => Some(account.resolve_chat(chat)?.chat_id),
+        None => None,
+    };
+    let options = natter_client::SearchOptions {
+        chat_id,
+        limit: Some(limit),
+        relevance,
+        ..natter_client::SearchOptions::default()
+    };
+    let answer = account
+        .http
+        .search(&account.session.token, query, &options)
+        .map_err(|e| account.fail(e))?;
+    if answer.hits.is_empty() {
+        out!("no messages match {query:?}");
+        return Ok(());
+    }
+    let mut names = Names::new(&account.session);
+    names.refresh(account);
+    for hit in &answer.hits {
+        out!(
+            "{} [{}] {} #{}: {}",
+            format::utc(hit.server_ts_ms),
+            names.chat(hit.chat_id),
+            names.user(hit.sender),
+            hit.seq,
+            marked(&hit.snippet, &hit.highlights).replace('\n', " ")
+        );
+    }
+    if answer.partial {
+        out!("(the search took too long: more messages may match)");
+    }
+    Ok(())
+}
+
+/// `snippet` with each highlighted byte range wrapped in `*…*` (ranges that do not
+/// fall on character boundaries are left unmarked).
+fn marked(snippet: &str, highlights: &[(usize, usize)]) -> String {
+    let mut out = String::with_capacity(snippet.len() + 2 * highlights.len());
+    let mut at = 0;
+    for &(start, end) in highlights {
+        let (Some(before), Some(word)) = (snippet.get(at..start), snippet.get(start..end)) else {
+            continue;
+        };
+        out.push_str(before);
+        out.push('*');
+        out.push_str(word);
+        out.push('*');
+        at = end;
+    }
+    out.push_str(snippet.get(at..).unwrap_or_default());
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    #[test]
+    fn search_snippets_mark_their_matches() {
+        assert_eq!(marked("meet at the Café", &[(12, 17)]), "meet at the *Café*");
+        assert_eq!(marked("a b", &[(0, 1), (2, 3)]), "*a* *b*");
+        assert_eq!(marked("é", &[(1, 2)]), "é");
+    }
+
     use super::*;
 
     #[test]

@@ -127,6 +127,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Chats => commands::chats(&account),
         Command::Send { chat, text } => commands::send(&account, &profile, &chat, &text),
         Command::History { chat, limit } => commands::history(&account, &profile, &chat, limit),
+        Command::Search {
+            query,
+            chat,
+            limit,
+            relevance,
+        } => commands::search(&account, &query.join(" "), chat.as_deref(), limit, relevance),
         Command::Tail => live_commands::tail(&account, &profile),
         Command::Chat { chat, last } => live_commands::chat(&account, &profile, &chat, last),
     }

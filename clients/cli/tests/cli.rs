@@ -580,3 +580,34 @@ fn tail_into_a_closed_pipe_exits_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn search_finds_a_message_by_a_folded_word_and_marks_the_match() {
+    let server = support::start();
+    let (alice, bob, carol) = (User::new(), User::new(), User::new());
+    alice.signup(&server, "alice");
+    bob.signup(&server, "bob");
+    carol.signup(&server, "carol");
+    befriend(&alice, "alice", &bob, "bob");
+    alice.ok(&["send", "bob", "meet", "at", "the", "Café", "Crème"]);
+    // The index follows the store within about a second: poll with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let found = loop {
+        let out = bob.ok(&["search", "cafe"]);
+        if out.contains("*Café*") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::park_timeout(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        found.contains("[alice] alice #1: meet at the *Café* Crème"),
+        "{found}"
+    );
+    assert!(
+        bob.ok(&["search", "crème", "--chat", "alice"])
+            .contains("*Crème*")
+    );
+    assert!(carol.ok(&["search", "cafe"]).contains("no messages match"));
+    let refused = one_line_failure(&bob.run(&["search", "\"unclosed"]));
+    assert!(refused.contains("unclosed quote"), "{refused}");
+}

@@ -172,6 +172,8 @@ enum Route<'a> {
     Receipts(&'a str),
     /// `/v1/settings`: GET and PUT (`api/conversation.rs`).
     Settings,
+    /// `/v1/search` (`api/search.rs`).
+    Search,
 }
 
 impl<'a> Route<'a> {
@@ -213,6 +215,7 @@ impl<'a> Route<'a> {
             ("v1", Some("openapi.json"), None, ..) => Self::OpenApi,
             ("v1", Some("chats"), Some(id), Some("receipts"), None) => Self::Receipts(id),
             ("v1", Some("settings"), None, ..) => Self::Settings,
+            ("v1", Some("search"), None, ..) => Self::Search,
             _ => return None,
         };
         Some(route)
@@ -222,7 +225,7 @@ impl<'a> Route<'a> {
     fn method(self) -> &'static str {
         match self {
             Self::Pusher(_) => "GET, POST, DELETE",
-            Self::Receipts(_) => "GET",
+            Self::Receipts(_) | Self::Search => "GET",
             Self::Settings => "GET, PUT",
             Self::OpenApi => "GET",
             Self::Healthz
@@ -323,6 +326,10 @@ pub struct Api {
     push_config: PushConfig,
     /// The push thread, told of pushers, logouts and read markers.
     push: Option<PushHandle>,
+    /// The message search index (`None`: search answers 503).
+    search: Option<Arc<crate::search::SearchIndex>>,
+    /// Searches per user ([`search::SEARCH_RATE_LIMIT`] a minute).
+    searches: UserRateLimiter,
 }
 
 /// The outcome of a handler: a success response or an error from the catalogue.
@@ -353,6 +360,8 @@ impl Api {
             accounts: AccountThrottle::new(config.limits.login_backoff),
             push_config: config.push.clone(),
             push: None,
+            search: None,
+            searches: UserRateLimiter::new(search::SEARCH_RATE_LIMIT),
         }
     }
 
@@ -361,6 +370,13 @@ impl Api {
     pub fn with_push(mut self, push: PushHandle) -> Self {
         self.push_config = push.config().clone();
         self.push = Some(push);
+        self
+    }
+
+    /// Answers `GET /v1/search` from `index` from now on.
+    #[must_use]
+    pub fn with_search(mut self, index: Arc<crate::search::SearchIndex>) -> Self {
+        self.search = Some(index);
         self
     }
 
@@ -419,6 +435,7 @@ impl Api {
                 "PUT" => self.put_settings(req),
                 _ => self.get_settings(req),
             },
+            Route::Search => self.search(req),
             Route::OpenApi => Ok(Response {
                 status: 200,
                 body: OPENAPI.to_owned(),
@@ -1231,6 +1248,7 @@ fn store_error(error: StoreError) -> Response {
 }
 
 mod conversation;
+mod search;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

@@ -53,6 +53,8 @@
 //! | 403    | `gateway_not_allowed`  | `gateway_url` names a host outside `--push-gateway-allow` |
 //! | 404    | `unknown_device`       | no such device among the caller's own (other users' devices are not revealed) |
 //! | 404    | `no_pusher`            | the device has no pusher |
+//! | 400    | `invalid_query`        | `GET /v1/search`: the query is empty, has no searchable words, is over 512 bytes or 16 terms, has an unclosed quote or bad percent-encoding; or `limit`, `before_seq` or `order` is out of range (the message says which) |
+//! | 429    | `rate_limited`         | (also) too many searches from this account (`GET /v1/search`, 60 a minute); retry after `Retry-After` seconds |
 //! | 507    | `storage_full`         | the disk is below the free-space reserve (`--disk-reserve`): signup, friend requests and acceptances, new chats, group members and pushers are refused (login, logout, reads and read markers still work); retry after `Retry-After` seconds |
 
 use std::fmt::Write as _;
@@ -156,6 +158,10 @@ pub enum HttpError {
     /// 429 (code `rate_limited`; limit hit): too many failed logins at this
     /// account, from any address (`--login-backoff-*`).
     AccountThrottled,
+    /// 400: a search query or one of its parameters fails validation.
+    InvalidQuery,
+    /// 429 (code `rate_limited`; limit hit): too many searches from this account.
+    SearchRateLimited,
     /// 507: the disk is below the free-space reserve (`--disk-reserve`); the
     /// write was not made. Retry once space is freed (`Retry-After`).
     StorageFull,
@@ -164,7 +170,7 @@ pub enum HttpError {
 impl HttpError {
     /// Every entry of the catalogue, in table order (the tests check that no
     /// variant is missing and that each status has its reason phrase).
-    pub const ALL: [HttpError; 46] = [
+    pub const ALL: [HttpError; 48] = [
         Self::BadRequest,
         Self::MalformedJson,
         Self::UnknownField,
@@ -211,6 +217,8 @@ impl HttpError {
         Self::NoPusher,
         Self::AccountThrottled,
         Self::StorageFull,
+        Self::InvalidQuery,
+        Self::SearchRateLimited,
     ];
 
     /// The catalogue: `(status, code, default message)`.
@@ -342,6 +350,12 @@ impl HttpError {
                 "rate_limited",
                 "too many failed logins at this account; retry after Retry-After seconds",
             ),
+            Self::InvalidQuery => (400, "invalid_query", "the search query is malformed or too big"),
+            Self::SearchRateLimited => (
+                429,
+                "rate_limited",
+                "too many searches from your account; retry after Retry-After seconds",
+            ),
             Self::StorageFull => (
                 507,
                 "storage_full",
@@ -448,6 +462,8 @@ mod tests {
             E::NoPusher => 43,
             E::AccountThrottled => 44,
             E::StorageFull => 45,
+            E::InvalidQuery => 46,
+            E::SearchRateLimited => 47,
         }
     }
 

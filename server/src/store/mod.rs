@@ -58,6 +58,7 @@ mod keys;
 mod presence;
 mod push;
 mod records;
+mod search;
 pub mod space;
 pub mod writer;
 

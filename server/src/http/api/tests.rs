@@ -596,12 +596,14 @@ fn error_codes_are_unique() {
     let all = HttpError::ALL;
     // One code per variant, except `not_friends` (one meaning, two statuses, see
     // error.rs) and `rate_limited` (one meaning, "too many, retry after
-    // Retry-After": by address, by account's writes, by account's failed logins).
+    // Retry-After": by address, by account's writes, by account's failed logins, by
+    // account's searches).
     let mut codes: Vec<_> = all.iter().map(|e| e.code()).collect();
     codes.sort_unstable();
     codes.dedup();
-    assert_eq!(codes.len(), all.len() - 3);
+    assert_eq!(codes.len(), all.len() - 4);
     assert_eq!(HttpError::RateLimited.code(), HttpError::UserRateLimited.code());
+    assert_eq!(HttpError::RateLimited.code(), HttpError::SearchRateLimited.code());
     assert_eq!(HttpError::RateLimited.code(), HttpError::AccountThrottled.code());
     assert_eq!(HttpError::FriendshipRequired.code(), HttpError::NotFriends.code());
     assert_eq!(

@@ -1,0 +1,417 @@
+//! Queries: the user's query string parsed into a tantivy query (all words
+//! must match; a word the analyzer splits — `e-mail`, a CJK run — and a
+//! `"quoted phrase"` must match as a phrase), restricted to the chats the
+//! caller is a member of at query time, run under a time budget, and turned
+//! into hits with snippets read from the store.
+//!
+//! Costs are bounded before anything runs: [`MAX_QUERY_BYTES`] of query,
+//! [`MAX_QUERY_TERMS`] terms, [`MAX_LIMIT`] hits, and [`QUERY_BUDGET`] of
+//! collection time (after which the hits found so far are returned, marked
+//! `partial`).
+
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tantivy::collector::{Collector, SegmentCollector, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
+use tantivy::schema::IndexRecordOption;
+use tantivy::snippet::SnippetGenerator;
+use tantivy::tokenizer::TokenStream;
+use tantivy::{DocAddress, DocId, Order, Score, SegmentOrdinal, SegmentReader, Term};
+
+use super::analyzer::analyzer;
+use super::index::{Fields, searchable};
+use super::{SearchError, SearchIndex};
+use crate::ids::{ChatId, Seq, UserId};
+use crate::store::Store;
+
+/// Longest query string, in bytes (after percent-decoding).
+pub const MAX_QUERY_BYTES: usize = 512;
+
+/// Most terms (words, or the bigrams of a CJK run) a query may have: each is a
+/// postings list to walk.
+pub const MAX_QUERY_TERMS: usize = 16;
+
+/// Most hits one query returns (`limit=`); the default is [`DEFAULT_LIMIT`].
+pub const MAX_LIMIT: usize = 100;
+
+/// Hits returned when no `limit=` is given.
+pub const DEFAULT_LIMIT: usize = 20;
+
+/// Collection time one query may take; then it answers with the hits found so
+/// far (`partial: true`). Far above what a 10-million-message index needs
+/// (see PERFORMANCE.md), so only a pathological query meets it.
+pub const QUERY_BUDGET: Duration = Duration::from_millis(500);
+
+/// Characters of message text around the matches in a snippet.
+pub const SNIPPET_CHARS: usize = 160;
+
+/// How often (in documents collected) the budget clock is read.
+const BUDGET_CHECK_EVERY: u32 = 1024;
+
+/// The order of the hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortOrder {
+    /// Newest first (server timestamp), the default.
+    Newest,
+    /// Best BM25 score first.
+    Relevance,
+}
+
+/// A validated search request.
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    /// The query string (1 to [`MAX_QUERY_BYTES`] bytes).
+    pub q: String,
+    /// Only this chat (the caller must be a member).
+    pub chat: Option<ChatId>,
+    /// Only messages with a seq below this (with `chat`).
+    pub before_seq: Option<Seq>,
+    /// 1 to [`MAX_LIMIT`].
+    pub limit: usize,
+    /// The order of the hits.
+    pub order: SortOrder,
+}
+
+/// Why a query is refused (the caller's fault: 400 `invalid_query`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// Nothing to search for.
+    #[error("the query is empty")]
+    Empty,
+    /// Only separators, or only tokens too long to be words.
+    #[error("the query has no searchable words")]
+    NoWords,
+    /// Over [`MAX_QUERY_BYTES`].
+    #[error("the query is longer than {MAX_QUERY_BYTES} bytes")]
+    TooLong,
+    /// Over [`MAX_QUERY_TERMS`].
+    #[error("the query has more than {MAX_QUERY_TERMS} terms")]
+    TooManyTerms,
+    /// A `"` without its closing `"`.
+    #[error("unclosed quote in the query")]
+    UnclosedQuote,
+}
+
+/// One matching message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// The chat.
+    pub chat: ChatId,
+    /// The message's seq.
+    pub seq: Seq,
+    /// Who sent it.
+    pub sender: UserId,
+    /// Server timestamp, ms since the Unix epoch.
+    pub server_ts_ms: u64,
+    /// Up to [`SNIPPET_CHARS`] characters of the current text around the matches.
+    pub snippet: String,
+    /// Byte ranges of the matched words within `snippet`.
+    pub highlights: Vec<(usize, usize)>,
+}
+
+/// What a query found.
+#[derive(Clone, Debug, Default)]
+pub struct SearchResults {
+    /// The hits, in the requested order.
+    pub hits: Vec<Hit>,
+    /// True when the time budget cut collection short.
+    pub partial: bool,
+}
+
+/// The clauses of `q`: each a list of analysed tokens that must appear
+/// consecutively (a single-token list is a term).
+///
+/// # Errors
+/// [`QueryError`] for an empty, too long, unbalanced or too big query.
+pub fn parse(q: &str) -> Result<Vec<Vec<String>>, QueryError> {
+    if q.trim().is_empty() {
+        return Err(QueryError::Empty);
+    }
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::TooLong);
+    }
+    if q.matches('"').count() % 2 == 1 {
+        return Err(QueryError::UnclosedQuote);
+    }
+    let mut analyzer = analyzer();
+    let mut clauses = Vec::new();
+    let mut terms = 0;
+    // Even pieces are outside quotes (one clause per whitespace-separated
+    // word), odd ones inside (one clause per phrase).
+    for (i, piece) in q.split('"').enumerate() {
+        let groups: Vec<&str> = if i % 2 == 0 {
+            piece.split_whitespace().collect()
+        } else {
+            vec![piece]
+        };
+        for group in groups {
+            let mut stream = analyzer.token_stream(group);
+            let mut tokens = Vec::new();
+            while stream.advance() {
+                tokens.push(stream.token().text.clone());
+            }
+            terms += tokens.len();
+            if terms > MAX_QUERY_TERMS {
+                return Err(QueryError::TooManyTerms);
+            }
+            if !tokens.is_empty() {
+                clauses.push(tokens);
+            }
+        }
+    }
+    if clauses.is_empty() {
+        return Err(QueryError::NoWords);
+    }
+    Ok(clauses)
+}
+
+fn text_query(fields: &Fields, clauses: &[Vec<String>]) -> Vec<(Occur, Box<dyn Query>)> {
+    clauses
+        .iter()
+        .map(|tokens| {
+            let mut terms: Vec<Term> = tokens
+                .iter()
+                .map(|t| Term::from_field_text(fields.text, t))
+                .collect();
+            let query: Box<dyn Query> = if terms.len() == 1 {
+                let term = terms.remove(0);
+                Box::new(TermQuery::new(term, IndexRecordOption::WithFreqs))
+            } else {
+                Box::new(PhraseQuery::new(terms))
+            };
+            (Occur::Must, query)
+        })
+        .collect()
+}
+
+impl SearchIndex {
+    /// Runs `req` over the documents of `chats` (the caller's chats now,
+    /// already checked), reading each hit's current text from `store` for its
+    /// snippet; a hit whose message is gone or deleted in the store (the index
+    /// is a moment behind) is left out.
+    ///
+    /// # Errors
+    /// [`SearchError::Query`] for a bad query; index or store failures.
+    pub fn search(
+        &self,
+        store: &Store,
+        chats: &[ChatId],
+        req: &SearchRequest,
+    ) -> Result<SearchResults, SearchError> {
+        let clauses = parse(&req.q).map_err(SearchError::Query)?;
+        if chats.is_empty() {
+            return Ok(SearchResults::default());
+        }
+        let fields = &self.fields;
+        let mut subqueries = text_query(fields, &clauses);
+        let text_only = BooleanQuery::new(text_query(fields, &clauses));
+        subqueries.push((
+            Occur::Must,
+            Box::new(TermSetQuery::new(
+                chats.iter().map(|c| Term::from_field_u64(fields.chat, c.0)),
+            )),
+        ));
+        if let Some(before) = req.before_seq {
+            subqueries.push((
+                Occur::Must,
+                Box::new(RangeQuery::new(
+                    Bound::Unbounded,
+                    Bound::Excluded(Term::from_field_u64(fields.seq, before.0)),
+                )),
+            ));
+        }
+        let query = BooleanQuery::new(subqueries);
+        let searcher = self.reader.searcher();
+        let deadline = Instant::now() + QUERY_BUDGET;
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let addresses: Vec<DocAddress> = match req.order {
+            SortOrder::Newest => {
+                let top = TopDocs::with_limit(req.limit).order_by_u64_field("ts", Order::Desc);
+                searcher
+                    .search(&query, &Budget::new(top, deadline, timed_out.clone()))
+                    .map_err(|e| SearchError::Index(e.to_string()))?
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect()
+            }
+            SortOrder::Relevance => {
+                let top = TopDocs::with_limit(req.limit).order_by_score();
+                searcher
+                    .search(&query, &Budget::new(top, deadline, timed_out.clone()))
+                    .map_err(|e| SearchError::Index(e.to_string()))?
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect()
+            }
+        };
+        let mut snippets = SnippetGenerator::create(&searcher, &text_only, fields.text)
+            .map_err(|e| SearchError::Index(e.to_string()))?;
+        snippets.set_max_num_chars(SNIPPET_CHARS);
+        let mut hits = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            let segment = searcher.segment_reader(address.segment_ord);
+            let column = |name: &str| -> Result<u64, SearchError> {
+                segment
+                    .fast_fields()
+                    .u64(name)
+                    .map_err(|e| SearchError::Index(e.to_string()))?
+                    .first(address.doc_id)
+                    .ok_or_else(|| SearchError::Index(format!("document without {name}")))
+            };
+            let chat = ChatId(column("chat")?);
+            let seq = Seq(column("seq")?);
+            let Some(msg) = store
+                .message(chat, seq)
+                .map_err(|e| SearchError::Store(e.to_string()))?
+            else {
+                continue;
+            };
+            if !searchable(&msg) {
+                continue;
+            }
+            let snippet = snippets.snippet(&msg.text);
+            let mut fragment = snippet.fragment().to_owned();
+            let mut highlights: Vec<(usize, usize)> =
+                snippet.highlighted().iter().map(|r| (r.start, r.end)).collect();
+            if fragment.is_empty() {
+                // No highlighted word in the text (a phrase the generator does not
+                // see as such): the text's beginning.
+                fragment = msg.text.chars().take(SNIPPET_CHARS).collect();
+                highlights.clear();
+            }
+            hits.push(Hit {
+                chat,
+                seq,
+                sender: msg.sender,
+                server_ts_ms: msg.server_ts_ms,
+                snippet: fragment,
+                highlights,
+            });
+        }
+        Ok(SearchResults {
+            hits,
+            partial: timed_out.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// A collector that forwards to `inner` until `deadline`, then ignores the
+/// remaining documents and raises `timed_out`.
+struct Budget<C> {
+    inner: C,
+    deadline: Instant,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl<C> Budget<C> {
+    fn new(inner: C, deadline: Instant, timed_out: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            deadline,
+            timed_out,
+        }
+    }
+}
+
+struct BudgetSegment<S> {
+    inner: S,
+    deadline: Instant,
+    timed_out: Arc<AtomicBool>,
+    countdown: u32,
+    stopped: bool,
+}
+
+impl<S> BudgetSegment<S> {
+    /// False once the deadline passed (checked every [`BUDGET_CHECK_EVERY`] documents).
+    fn allowed(&mut self) -> bool {
+        if self.stopped {
+            return false;
+        }
+        self.countdown = self.countdown.saturating_sub(1);
+        if self.countdown == 0 {
+            self.countdown = BUDGET_CHECK_EVERY;
+            if Instant::now() >= self.deadline {
+                self.stopped = true;
+                self.timed_out.store(true, Ordering::Relaxed);
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl<C: Collector> Collector for Budget<C> {
+    type Fruit = C::Fruit;
+    type Child = BudgetSegment<C::Child>;
+
+    fn for_segment(&self, ord: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<Self::Child> {
+        Ok(BudgetSegment {
+            inner: self.inner.for_segment(ord, segment)?,
+            deadline: self.deadline,
+            timed_out: self.timed_out.clone(),
+            countdown: 1,
+            stopped: false,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        self.inner.requires_scoring()
+    }
+
+    fn merge_fruits(
+        &self,
+        fruits: Vec<<Self::Child as SegmentCollector>::Fruit>,
+    ) -> tantivy::Result<Self::Fruit> {
+        self.inner.merge_fruits(fruits)
+    }
+}
+
+impl<S: SegmentCollector> SegmentCollector for BudgetSegment<S> {
+    type Fruit = S::Fruit;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        if self.allowed() {
+            self.inner.collect(doc, score);
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.inner.harvest()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_phrases_and_cjk_runs_become_clauses() {
+        assert_eq!(parse("Café  tower").unwrap(), vec![vec!["cafe"], vec!["tower"]]);
+        assert_eq!(
+            parse("\"big red\" e-mail").unwrap(),
+            vec![vec!["big", "red"], vec!["e", "mail"]]
+        );
+        assert_eq!(parse("東京").unwrap(), vec![vec!["東京"]]);
+        assert_eq!(
+            parse("東京タワー").unwrap(),
+            vec![vec!["東京", "京タ", "タワ", "ワー"]]
+        );
+    }
+
+    #[test]
+    fn bad_queries_are_refused_with_their_reason() {
+        assert_eq!(parse(""), Err(QueryError::Empty));
+        assert_eq!(parse("   "), Err(QueryError::Empty));
+        assert_eq!(parse("?!"), Err(QueryError::NoWords));
+        assert_eq!(parse("\"open"), Err(QueryError::UnclosedQuote));
+        assert_eq!(parse(&"a".repeat(MAX_QUERY_BYTES + 1)), Err(QueryError::TooLong));
+        let terms: Vec<String> = (0..=MAX_QUERY_TERMS).map(|i| format!("w{i}")).collect();
+        assert_eq!(parse(&terms.join(" ")), Err(QueryError::TooManyTerms));
+        let terms: Vec<String> = (0..MAX_QUERY_TERMS).map(|i| format!("w{i}")).collect();
+        assert!(parse(&terms.join(" ")).is_ok());
+    }
+}
