@@ -290,6 +290,11 @@ mod tests {
         while store.db.outstanding_flushes() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+        assert_eq!(
+            store.db.outstanding_flushes(),
+            0,
+            "fjall's flushes did not finish within 60 s: the journal left on disk would mean nothing"
+        );
         largest = largest.max(guard.check(&store));
         (largest, guard.seals())
     }
