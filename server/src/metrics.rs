@@ -47,6 +47,10 @@ pub struct CoreMetrics {
     pub slow_turns: AtomicU64,
     /// The longest turn's work since start, in microseconds.
     pub turn_max_micros: AtomicU64,
+    /// The most bytes ever queued for one connection of this core since
+    /// start: what a client that stops reading costs natterd at worst
+    /// (bounded by the slow-consumer limit plus the frame that crossed it).
+    pub outbound_peak_bytes: AtomicU64,
     /// Store reads the loop thread made itself (sync, History and token
     /// reads run on the core's reader thread and are not counted here).
     pub loop_store_reads: AtomicU64,
@@ -142,6 +146,10 @@ pub struct StoreMetrics {
     /// Times the writer sealed every memtable because the journal had grown by
     /// `--journal-limit`.
     journal_seals: AtomicU64,
+    /// Bytes in the store's memtables (active and sealed, all keyspaces) not
+    /// yet flushed to tables, at the writer's last measurement: the store's
+    /// memory beyond its block cache.
+    write_buffer_bytes: AtomicU64,
 }
 
 impl StoreMetrics {
@@ -161,11 +169,12 @@ impl StoreMetrics {
         self.commits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records the writer's last journal measurement: `bytes` on disk, and the
-    /// seals made so far.
-    pub fn observe_journal(&self, bytes: u64, seals: u64) {
+    /// Records the writer's last journal measurement: `bytes` on disk, the
+    /// seals made so far, and the memtables' unflushed bytes.
+    pub fn observe_journal(&self, bytes: u64, seals: u64, write_buffer: u64) {
         self.journal_bytes.store(bytes, Ordering::Relaxed);
         self.journal_seals.store(seals, Ordering::Relaxed);
+        self.write_buffer_bytes.store(write_buffer, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String) {
@@ -174,6 +183,12 @@ impl StoreMetrics {
             out,
             "# HELP {name} Bytes of journal on disk at the storage writer's last measurement (what a restart replays).\n# TYPE {name} gauge\n{name} {}",
             self.journal_bytes.load(Ordering::Relaxed)
+        );
+        let name = "natter_store_write_buffer_bytes";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bytes in the store's memtables not yet flushed to tables, at the storage writer's last measurement.\n# TYPE {name} gauge\n{name} {}",
+            self.write_buffer_bytes.load(Ordering::Relaxed)
         );
         let commits = self.commits.load(Ordering::Relaxed);
         for (name, help, value) in [
@@ -256,7 +271,7 @@ impl Metrics {
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(2048);
-        let per_core: [PerCoreSeries; 24] = [
+        let per_core: [PerCoreSeries; 25] = [
             ("natter_connections", "gauge", "Open client connections", |c| {
                 &c.connections
             }),
@@ -346,6 +361,12 @@ impl Metrics {
                 "gauge",
                 "The longest event-loop turn since start, in microseconds",
                 |c| &c.turn_max_micros,
+            ),
+            (
+                "natter_outbound_peak_bytes",
+                "gauge",
+                "The most bytes queued for one connection of this core since start",
+                |c| &c.outbound_peak_bytes,
             ),
             (
                 "natter_loop_store_reads_total",

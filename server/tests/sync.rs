@@ -18,10 +18,6 @@ use support::{TestServer, start_with};
 const DEADLINE: Duration = Duration::from_secs(60);
 const PASSWORD: &str = "correct horse battery";
 
-fn server() -> TestServer {
-    start_with(&["--send-rate-limit", "1000000"])
-}
-
 fn befriend(server: &TestServer, a: &Login, b: &Login, b_name: &str) {
     let http = server.client();
     http.friend_request(&a.token, b_name).unwrap();
@@ -164,7 +160,11 @@ struct World {
 }
 
 fn world() -> World {
-    let server = server();
+    world_with(&["--send-rate-limit", "1000000"])
+}
+
+fn world_with(args: &[&str]) -> World {
+    let server = start_with(args);
     let alice = server.user("alice");
     let bob = server.user("bob");
     let eve = server.user("eve");
@@ -341,28 +341,63 @@ fn rss_bytes(pid: u32) -> u64 {
 
 #[test]
 fn a_client_that_stops_reading_is_told_to_resync_stays_bounded_and_then_has_everything() {
-    const COUNT: u64 = 4000;
-    let w = world();
+    const COUNT: u64 = 8000;
+    /// natterd's slow-consumer limit (`MAX_OUTBOUND_HARD`), plus the frame
+    /// that crosses it and the Resync after it.
+    const QUEUE_BOUND: u64 = 8 * 1024 * 1024 + 64 * 1024;
+    /// What natterd may grow by while taking 80 MB of sends, whoever reads
+    /// them, with the budgets this test gives it: the block cache (8 MiB),
+    /// the memtables (sealed at 4 MiB each, at most five per keyspace), the
+    /// search writer's heap (50 MB) and the text it has queued (≤ 16 MiB),
+    /// less what is never all in use at once. It grows 55–70 MB with nobody
+    /// reading; a queue that kept the 80 MB of pushes would cross it.
+    const RSS_BOUND: u64 = 96 * 1024 * 1024;
+    let w = world_with(&[
+        "--send-rate-limit",
+        "1000000",
+        "--cache-size",
+        "8MiB",
+        "--journal-limit",
+        "4MiB",
+    ]);
     let dm = w.dm;
     let mut alice = Device::connect(&w.server, &w.alice);
     let mut stalled = Device::connect(&w.server, &w.bob);
     stalled.sync(&[]);
     let before = rss_bytes(w.server.pid());
-    // 40 MB of pushes to a device that reads nothing.
+    // 80 MB of pushes to a device that reads nothing.
     send_many(&mut alice.conn, dm, 1, COUNT, 10_000);
     let grown = rss_bytes(w.server.pid()).saturating_sub(before);
-    assert!(grown < 64 << 20, "natterd grew by {grown} bytes");
+    assert!(grown < RSS_BOUND, "natterd grew by {grown} bytes");
+    let metric_sum = |name: &str| {
+        (0..2)
+            .map(|core| {
+                w.server
+                    .metric(&format!("{name}{{core=\"{core}\"}}"))
+                    .unwrap_or(0.0)
+            })
+            .sum::<f64>()
+    };
     assert!(
         support::wait_until(Duration::from_secs(10), || {
-            w.server
-                .metric("natter_slow_consumers_total{core=\"0\"}")
-                .unwrap_or(0.0)
-                + w.server
-                    .metric("natter_slow_consumers_total{core=\"1\"}")
-                    .unwrap_or(0.0)
-                >= 1.0
+            metric_sum("natter_slow_consumers_total") >= 1.0
         }),
         "no slow consumer counted"
+    );
+    let peak = (0..2)
+        .map(|core| {
+            w.server
+                .metric(&format!("natter_outbound_peak_bytes{{core=\"{core}\"}}"))
+                .unwrap_or(0.0)
+        })
+        .fold(0.0, f64::max);
+    assert!(
+        peak > 1_000_000.0,
+        "the stalled device's queue never grew: {peak}"
+    );
+    assert!(
+        (peak as u64) <= QUEUE_BOUND,
+        "one connection had {peak} bytes queued (bound {QUEUE_BOUND})"
     );
     // Now it reads: pushes up to the Resync, then nothing live until it syncs.
     let start = Instant::now();

@@ -199,6 +199,9 @@ pub(crate) struct Worker {
     /// Reading client sockets is paused because the outbox is past
     /// [`OUTBOX_PAUSE_MARK`] (backpressure instead of growth).
     reads_paused: bool,
+    /// The most bytes queued for one connection since start (published as
+    /// `natter_outbound_peak_bytes` when it grows).
+    outbound_peak: usize,
     /// Connections with readiness (or buffered input) not served while reads
     /// were paused; served again once the outbox drains.
     deferred: Vec<ConnId>,
@@ -298,6 +301,7 @@ impl Worker {
             drained: Vec::new(),
             outbox: Outbox::new(cores),
             reads_paused: false,
+            outbound_peak: 0,
             deferred: Vec::new(),
             progressed: Vec::new(),
             write_probes: Vec::new(),
@@ -803,9 +807,17 @@ impl Worker {
         };
         socket.queued += frame.len();
         socket.outbound.push_back(frame);
-        if socket.queued > MAX_OUTBOUND_HARD {
+        let queued = socket.queued;
+        let first = socket.outbound.len() == 1;
+        if queued > self.outbound_peak {
+            self.outbound_peak = queued;
+            self.metrics_core()
+                .outbound_peak_bytes
+                .store(queued as u64, Ordering::Relaxed);
+        }
+        if queued > MAX_OUTBOUND_HARD {
             self.core.handle_outbound_overflow(conn);
-        } else if socket.outbound.len() == 1 {
+        } else if first {
             // Written at the end of this batch of actions, with whatever else
             // the batch queues for the connection.
             self.unflushed.push(conn);

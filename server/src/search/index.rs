@@ -155,12 +155,15 @@ pub(crate) fn open(data_dir: &Path) -> Result<(Index, Fields, Watermark), Search
         .map_err(|e| SearchError::Index(e.to_string()))?;
     let watermark = match Watermark::decode(metas.payload.as_deref()) {
         Some(w) => w,
-        None => {
-            if metas.segments.iter().any(|s| s.num_docs() > 0) {
-                tracing::warn!("search index has no readable watermark; rebuilding it from the store");
-            }
-            Watermark::default()
+        None if metas.segments.iter().any(|s| s.num_docs() > 0) => {
+            // Its documents cannot be told from the ones the rebuild adds (the
+            // rebuild only adds, see `upsert`): start from an empty index.
+            tracing::warn!("search index has no readable watermark; rebuilding it from the store");
+            drop(index);
+            std::fs::remove_dir_all(&dir).map_err(|e| SearchError::Io(e.to_string()))?;
+            return open(data_dir);
         }
+        None => Watermark::default(),
     };
     Ok((index, fields, watermark))
 }
@@ -184,7 +187,15 @@ pub(crate) fn searchable(msg: &StoredMessage) -> bool {
 }
 
 /// Makes the index hold exactly `msg`'s current state: its document (if any)
-/// deleted, then added again when it is [`searchable`].
+/// deleted when `replace`, then added again when it is [`searchable`].
+///
+/// `replace` is false only for a text applied from its own record above the
+/// chat's watermark: a document `(chat, seq)` is only ever made by applying a
+/// record at or after `seq`, and everything applied (committed or not) is at
+/// or below the watermark, so there is none to delete. Skipping the delete
+/// matters: tantivy keeps every queued delete (≈ 250 bytes) until the next
+/// commit and applies each to every segment, so one per message was most of
+/// the indexer's memory and much of its time.
 ///
 /// # Errors
 /// The writer failed (its worker died).
@@ -192,8 +203,11 @@ pub(crate) fn upsert(
     writer: &IndexWriter,
     fields: &Fields,
     msg: &StoredMessage,
+    replace: bool,
 ) -> Result<bool, SearchError> {
-    writer.delete_term(key_term(fields, msg.chat, msg.seq.0));
+    if replace {
+        writer.delete_term(key_term(fields, msg.chat, msg.seq.0));
+    }
     if !searchable(msg) {
         return Ok(false);
     }
@@ -225,5 +239,31 @@ mod tests {
         assert_eq!(Watermark::decode(None), None);
         assert_eq!(w.get(ChatId(3)), 17);
         assert_eq!(w.get(ChatId(9)), 0);
+    }
+
+    #[test]
+    fn an_index_without_a_readable_watermark_is_emptied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, fields, _) = open(dir.path()).unwrap();
+        let mut writer = writer(&index).unwrap();
+        let mut doc = TantivyDocument::default();
+        doc.add_text(fields.id, "1:1");
+        doc.add_u64(fields.chat, 1);
+        doc.add_text(fields.text, "hello");
+        writer.add_document(doc).unwrap();
+        // Committed without a payload: its documents are not covered by a watermark.
+        writer.commit().unwrap();
+        drop(writer);
+        drop(index);
+        let (index, _, watermark) = open(dir.path()).unwrap();
+        assert_eq!(watermark, Watermark::default());
+        let docs: u32 = index
+            .load_metas()
+            .unwrap()
+            .segments
+            .iter()
+            .map(|s| s.num_docs())
+            .sum();
+        assert_eq!(docs, 0, "the rebuild would add its documents a second time");
     }
 }

@@ -34,12 +34,22 @@ pub const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// throws away and the writer's buffer.
 pub const COMMIT_DOCS: usize = 100_000;
 
+/// Text bytes added since the last commit at which a commit comes early:
+/// tantivy queues added documents (a copy of each text) by count, not size, so
+/// without this bound a batch of 100,000-character messages would hold
+/// hundreds of MB until it is indexed; the commit waits until it is.
+pub(super) const COMMIT_TEXT_BYTES: usize = 16 << 20;
+
 /// Queue events taken per turn before the batch is applied: bounds the
 /// in-memory map of what to apply.
 pub const EVENTS_PER_TURN: usize = 1024;
 
 /// Records read from the store per range read (catch-up and live).
 pub const CATCH_UP_PAGE: usize = 512;
+
+/// Text bytes read from the store per range read (past it the page ends; at
+/// least one record is read): 512 maximum-size messages would be ~200 MB.
+pub(super) const CATCH_UP_PAGE_BYTES: usize = 4 << 20;
 
 /// Chat ids read per page when the catch-up enumerates the chats.
 const CHAT_PAGE: usize = 1024;
@@ -69,6 +79,8 @@ pub(super) struct Indexer {
     overflow: Arc<AtomicBool>,
     /// Records applied since the last commit.
     dirty: usize,
+    /// Text bytes of the documents added since the last commit.
+    dirty_bytes: usize,
     /// Observed records (from the queue) applied since the last commit.
     dirty_observed: u64,
     /// When the first record since the last commit was applied.
@@ -101,6 +113,7 @@ impl Indexer {
             events,
             overflow,
             dirty: 0,
+            dirty_bytes: 0,
             dirty_observed: 0,
             dirty_since: None,
             owed_observed: 0,
@@ -193,7 +206,7 @@ impl Indexer {
             // everything they name from the store.
             let due = self
                 .dirty_since
-                .is_some_and(|since| since.elapsed() >= COMMIT_INTERVAL || self.dirty >= COMMIT_DOCS);
+                .is_some_and(|since| since.elapsed() >= COMMIT_INTERVAL || self.full());
             if (due || stop)
                 && self.dirty_since.is_some()
                 && let Err(e) = self.commit()
@@ -209,16 +222,23 @@ impl Indexer {
         }
     }
 
+    /// Whether what was applied since the last commit is past a bound
+    /// ([`COMMIT_DOCS`], [`COMMIT_TEXT_BYTES`]), so it commits now.
+    fn full(&self) -> bool {
+        self.dirty >= COMMIT_DOCS || self.dirty_bytes >= COMMIT_TEXT_BYTES
+    }
+
     /// Applies the records of `chat` above its watermark up to `upto`.
     fn apply_chat(&mut self, chat: ChatId, upto: Seq) -> Result<(), SearchError> {
         let mut after = self.applied.get(chat);
         while after < upto.0 {
             let page = self
                 .store
-                .messages(
+                .messages_page(
                     chat,
                     Seq(after),
                     CATCH_UP_PAGE.min(usize::try_from(upto.0 - after).unwrap_or(CATCH_UP_PAGE)),
+                    CATCH_UP_PAGE_BYTES,
                 )
                 .map_err(|e| SearchError::Store(e.to_string()))?;
             let Some(last) = page.last().map(|m| m.seq.0) else {
@@ -227,7 +247,8 @@ impl Indexer {
             for record in page {
                 match record.meta.kind {
                     MessageKind::Text => {
-                        if upsert(&self.writer, &self.fields, &record)? {
+                        if upsert(&self.writer, &self.fields, &record, false)? {
+                            self.dirty_bytes += record.text.len();
                             self.metrics().indexed_docs.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -237,8 +258,9 @@ impl Indexer {
                             .message(chat, record.meta.target)
                             .map_err(|e| SearchError::Store(e.to_string()))?;
                         if let Some(target) = target
-                            && upsert(&self.writer, &self.fields, &target)?
+                            && upsert(&self.writer, &self.fields, &target, true)?
                         {
+                            self.dirty_bytes += target.text.len();
                             self.metrics().indexed_docs.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -248,7 +270,7 @@ impl Indexer {
             }
             after = last;
             self.applied.chats.insert(chat, after);
-            if self.dirty >= COMMIT_DOCS {
+            if self.full() {
                 self.commit()?;
             }
         }
@@ -321,6 +343,7 @@ impl Indexer {
             .committed
             .fetch_add(self.dirty_observed, Ordering::Relaxed);
         self.dirty = 0;
+        self.dirty_bytes = 0;
         self.dirty_observed = 0;
         self.dirty_since = None;
         // Caught up when nothing is queued: the lag clock stops (the observer
@@ -341,6 +364,7 @@ impl Indexer {
         }
         self.applied = self.durable.clone();
         self.dirty = 0;
+        self.dirty_bytes = 0;
         self.owed_observed += std::mem::take(&mut self.dirty_observed);
         self.dirty_since = None;
     }

@@ -17,15 +17,17 @@
 //!
 //! [`JournalGuard`] bounds it from outside, through the engine's own
 //! operation: the storage writer calls [`JournalGuard::check`] between commits
-//! (every [`CHECK_INTERVAL`] at most); once the journal files on disk have
-//! grown by `--journal-limit` since the last time, it seals the memtable of
-//! **every** keyspace that holds unflushed data (`Keyspace::rotate_memtable`,
-//! which queues the flush on fjall's own workers; nothing waits for it). So:
+//! (every [`CHECK_INTERVAL`] at most); once the journal files on disk, or
+//! the memtables (the journal compresses, memtables do not), have grown by
+//! `--journal-limit` since the last time, it seals the memtable of **every**
+//! keyspace that holds unflushed data (`Keyspace::rotate_memtable`, which
+//! queues the flush on fjall's own workers; nothing waits for it). So:
 //!
 //! * while the disk flushes as fast as natterd writes, at most about
 //!   `--journal-limit` (twice it while a flush is still running, plus what one
-//!   check interval writes) of the journal is unflushed, which bounds both the
-//!   records a restart inserts again and the memory the memtables take;
+//!   check interval writes) of journal and of memtables is unflushed, which
+//!   bounds both the records a restart inserts again and the memory the
+//!   memtables take (`natter_store_write_buffer_bytes`);
 //! * no keyspace pins a sealed journal for longer than one flush, so the
 //!   journal on disk stays below fjall's fixed rotation point (64,000,000 B)
 //!   plus twice `--journal-limit` plus one batch, instead of growing to 576 MB.
@@ -132,6 +134,9 @@ pub struct JournalGuard {
     /// Journal bytes on disk when the memtables were last sealed (or the
     /// lowest seen since: fjall dropping a sealed journal lowers it).
     baseline: u64,
+    /// Unflushed memtable bytes (all keyspaces) when the memtables were last
+    /// sealed, or the lowest seen since (flushes lower it).
+    buffer_baseline: u64,
     /// Times the memtables were sealed because of the limit.
     seals: u64,
 }
@@ -144,13 +149,22 @@ impl JournalGuard {
             dir,
             limit,
             baseline,
+            buffer_baseline: 0,
             seals: 0,
         }
     }
 
-    /// Measures the journal and, once it has grown by the limit since the last
-    /// seal, seals the memtable of every keyspace holding unflushed data (their
-    /// flushes run on fjall's workers). Returns the journal bytes on disk.
+    /// Measures the journal and the memtables and, once either has grown by
+    /// the limit since the last seal, seals the memtable of every keyspace
+    /// holding unflushed data (their flushes run on fjall's workers). Returns
+    /// the journal bytes on disk.
+    ///
+    /// Both are measured because the journal compresses and memtables do not:
+    /// repetitive texts grow a memtable many times faster than the journal,
+    /// and fjall's own bound on a memtable (`max_memtable_size`, 64 MiB, fixed
+    /// in each keyspace when it is created) is far above the limit. Memtable
+    /// growth is read from fjall's count of unflushed bytes, which only
+    /// writes raise and only flushes lower.
     ///
     /// A seal is put off while an earlier flush is still outstanding, up to
     /// twice the limit: a flush that is about to finish should not be joined
@@ -167,7 +181,11 @@ impl JournalGuard {
             }
         };
         self.baseline = self.baseline.min(bytes);
-        let grown = bytes.saturating_sub(self.baseline);
+        let buffered = store.write_buffer_bytes();
+        self.buffer_baseline = self.buffer_baseline.min(buffered);
+        let grown = bytes
+            .saturating_sub(self.baseline)
+            .max(buffered.saturating_sub(self.buffer_baseline));
         if self.limit == 0
             || grown < self.limit
             || (store.db.outstanding_flushes() > 0 && grown < self.limit.saturating_mul(2))
@@ -192,6 +210,7 @@ impl JournalGuard {
             }
         }
         self.baseline = bytes;
+        self.buffer_baseline = buffered;
         self.seals += 1;
         tracing::debug!(
             journal_bytes = bytes,

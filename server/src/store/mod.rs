@@ -335,6 +335,12 @@ impl Store {
         &self.dir
     }
 
+    /// Bytes in the memtables of every keyspace (active and sealed) that are
+    /// not yet flushed to tables, as fjall counts them.
+    pub fn write_buffer_bytes(&self) -> u64 {
+        self.db.write_buffer_size()
+    }
+
     /// The engine settings the store was opened with.
     pub fn engine_settings(&self) -> &engine::Settings {
         &self.engine

@@ -364,7 +364,11 @@ impl WriterThread {
             }
             if last_journal_check.elapsed() >= engine::CHECK_INTERVAL {
                 let bytes = self.journal.check(&self.store);
-                self.metrics.store.observe_journal(bytes, self.journal.seals());
+                self.metrics.store.observe_journal(
+                    bytes,
+                    self.journal.seals(),
+                    self.store.write_buffer_bytes(),
+                );
                 last_journal_check = Instant::now();
             }
             self.drain(&mut batch_ops);

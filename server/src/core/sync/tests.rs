@@ -647,6 +647,48 @@ fn a_slow_consumer_is_told_to_resync_gets_no_pushes_and_then_catches_up() {
 }
 
 #[test]
+fn pushes_queued_behind_the_frame_that_overflowed_are_dropped_before_the_resync() {
+    let mut s = Sim::new();
+    let (alice, bob) = (s.user("alice"), s.user("bob"));
+    let (a, _) = s.store.create_dm(alice, bob).unwrap();
+    let sender = s.connect(alice, 9);
+    let phone = s.connect(bob, 1);
+    for i in 1..=40 {
+        s.send(sender, a, i, "a batch");
+    }
+    // One commit of 40: the core queues 40 pushes for the phone at once. The
+    // driver writes 5, the 5th overflows the connection's queue.
+    let completions = s.write_to_disk();
+    s.core.handle_committed(completions, s.now);
+    let mut written = Vec::new();
+    while written.len() < 5 {
+        match s.core.poll_action().expect("the batch's pushes") {
+            Action::Transmit { conn, frame } if conn == phone => {
+                written.push(Frame::decode(&frame, &Limits::default()).unwrap());
+            }
+            _ => {}
+        }
+    }
+    s.core.handle_outbound_overflow(phone);
+    s.pump();
+    let rest = s.take(phone);
+    assert!(
+        matches!(
+            rest.as_slice(),
+            [Frame {
+                body: Body::Resync,
+                ..
+            }]
+        ),
+        "after the overflow only the Resync, not the rest of the batch: {rest:?}"
+    );
+    assert_eq!(seqs(&messages(&written), a), (1..=5).collect::<Vec<_>>());
+    s.sync(phone, &[(a, 5)]);
+    let (msgs, _) = s.finish_sync(phone);
+    assert_eq!(seqs(&msgs, a), (6..=40).collect::<Vec<_>>());
+}
+
+#[test]
 fn other_sessions_are_served_between_pages_and_a_closed_session_leaves_no_sync_state() {
     let mut s = Sim::new();
     let (alice, bob) = (s.user("alice"), s.user("bob"));
