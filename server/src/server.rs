@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -24,6 +25,10 @@ use crate::transport::{Acceptor, Kind};
 fn http_workers(cores: usize) -> usize {
     (cores * 2).clamp(4, 16)
 }
+
+/// Longest a clean stop waits for fjall to flush every memtable (a full
+/// `--journal-limit` of them takes well under a second on an idle disk).
+const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Why natterd could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +265,16 @@ impl Server {
         // commits what it applied (the rest is caught up at the next start).
         self.search.shutdown();
         self.store.persist().map_err(ServerError::Poisoned)?;
+        // Not needed for durability (the journal holds everything): it makes
+        // the next start skip the journal instead of inserting it again.
+        match self.store.flush_memtables(SHUTDOWN_FLUSH_DEADLINE) {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                deadline_s = SHUTDOWN_FLUSH_DEADLINE.as_secs(),
+                "memtables not all flushed by the deadline; the next start replays them from the journal"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot flush the memtables at shutdown"),
+        }
         cores
     }
 

@@ -3,7 +3,8 @@
 //! after the restart every acknowledged message is stored at its seq with its
 //! text, no chat has a gap, a resend gets its original seq, and the next Send
 //! in each chat gets exactly the next seq. Also: `--journal-limit` reaches the
-//! storage writer (memtables sealed as the journal grows; off with 0).
+//! storage writer (memtables sealed as the journal grows; off with 0), and a
+//! clean stop leaves the journal with nothing to insert again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -274,6 +275,45 @@ fn the_journal_limit_seals_memtables_as_the_journal_grows_and_zero_turns_it_off(
         .metric("natter_store_journal_bytes")
         .is_some_and(|b| b > 4_000_000.0)));
     assert_eq!(off.metric("natter_store_journal_seals_total"), Some(0.0));
+}
+
+#[test]
+fn a_clean_stop_flushes_every_memtable_so_the_next_start_inserts_nothing_again_and_kill_9_does() {
+    let mut server = start();
+    let ann = server.user("ann");
+    let bob = server.user("bob");
+    befriend(&server, &ann, &bob, "bob");
+    let chat = server.client().direct_chat(&ann.token, bob.user_id).unwrap();
+    // ~0.9 MB: far below the 16 MiB journal limit, so nothing is flushed
+    // while natterd runs.
+    let text = "c".repeat(3_000);
+    let mut conn = connect(&server, &ann);
+    for cmid in 1..=300u64 {
+        send_one(&mut conn, chat, cmid, &text);
+    }
+    drop(conn);
+    assert!(server.stop().success());
+    server.start_again();
+    assert_eq!(
+        server.metric("natter_store_write_buffer_bytes"),
+        Some(0.0),
+        "a start after a clean stop put journal records into memtables again"
+    );
+    let mut conn = connect(&server, &ann);
+    assert_eq!(send_one(&mut conn, chat, 301, &text), 301);
+    for cmid in 302..=600u64 {
+        send_one(&mut conn, chat, cmid, &text);
+    }
+    drop(conn);
+    server.kill9();
+    server.start_again();
+    let replayed = server.metric("natter_store_write_buffer_bytes").unwrap_or(0.0);
+    assert!(
+        replayed > 500_000.0,
+        "after kill -9 the unflushed sends are replayed into memtables: {replayed}"
+    );
+    let mut conn = connect(&server, &ann);
+    assert_eq!(send_one(&mut conn, chat, 601, &text), 601);
 }
 
 #[test]

@@ -77,6 +77,9 @@ pub(super) struct Indexer {
     search: Arc<SearchIndex>,
     events: Receiver<Event>,
     overflow: Arc<AtomicBool>,
+    /// natterd is stopping: commit what is applied and return, leaving the
+    /// rest to the next start's catch-up.
+    stop: Arc<AtomicBool>,
     /// Records applied since the last commit.
     dirty: usize,
     /// Text bytes of the documents added since the last commit.
@@ -92,6 +95,16 @@ pub(super) struct Indexer {
     catch_up: bool,
 }
 
+/// How the rest of natterd reaches the indexer thread.
+pub(super) struct Inbox {
+    /// Committed records, and the wake-up at stop.
+    pub events: Receiver<Event>,
+    /// Set by the observer when `events` was full (a catch-up is owed).
+    pub overflow: Arc<AtomicBool>,
+    /// Set at shutdown.
+    pub stop: Arc<AtomicBool>,
+}
+
 impl Indexer {
     pub(super) fn new(
         writer: IndexWriter,
@@ -99,9 +112,13 @@ impl Indexer {
         watermark: Watermark,
         store: Arc<Store>,
         search: Arc<SearchIndex>,
-        events: Receiver<Event>,
-        overflow: Arc<AtomicBool>,
+        inbox: Inbox,
     ) -> Self {
+        let Inbox {
+            events,
+            overflow,
+            stop,
+        } = inbox;
         Self {
             writer,
             dir,
@@ -112,6 +129,7 @@ impl Indexer {
             search,
             events,
             overflow,
+            stop,
             dirty: 0,
             dirty_bytes: 0,
             dirty_observed: 0,
@@ -133,6 +151,9 @@ impl Indexer {
         }
         let mut retry_at: Option<Instant> = None;
         loop {
+            if self.stopping() {
+                return self.finish();
+            }
             let now = Instant::now();
             if self.overflow.swap(false, Ordering::Relaxed) {
                 self.catch_up = true;
@@ -149,6 +170,9 @@ impl Indexer {
                         retry_at = Some(Instant::now() + RETRY_AFTER);
                     }
                 }
+            }
+            if self.stopping() {
+                return self.finish();
             }
             let timeout = match (self.dirty_since, retry_at) {
                 (Some(since), _) => COMMIT_INTERVAL.saturating_sub(since.elapsed()),
@@ -174,6 +198,9 @@ impl Indexer {
                 }
                 Ok(Event::Stop) | Err(RecvTimeoutError::Disconnected) => stop = true,
                 Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.stopping() {
+                return self.finish();
             }
             if self.catch_up {
                 self.owed_observed += observed;
@@ -222,6 +249,19 @@ impl Indexer {
         }
     }
 
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// At stop: commits what is applied (the next start catches up the rest).
+    fn finish(&mut self) {
+        if self.dirty_since.is_some()
+            && let Err(e) = self.commit()
+        {
+            tracing::error!(error = %e, "search index commit at stop failed; the next start catches up");
+        }
+    }
+
     /// Whether what was applied since the last commit is past a bound
     /// ([`COMMIT_DOCS`], [`COMMIT_TEXT_BYTES`]), so it commits now.
     fn full(&self) -> bool {
@@ -231,7 +271,7 @@ impl Indexer {
     /// Applies the records of `chat` above its watermark up to `upto`.
     fn apply_chat(&mut self, chat: ChatId, upto: Seq) -> Result<(), SearchError> {
         let mut after = self.applied.get(chat);
-        while after < upto.0 {
+        while after < upto.0 && !self.stopping() {
             let page = self
                 .store
                 .messages_page(
@@ -290,6 +330,9 @@ impl Indexer {
                 .map_err(|e| SearchError::Store(e.to_string()))?;
             let Some(&last) = chats.last() else { break };
             for chat in chats {
+                if self.stopping() {
+                    return Ok(());
+                }
                 let last_seq = self
                     .store
                     .last_seq(chat)
@@ -410,8 +453,9 @@ pub fn reindex(data_dir: &Path) -> Result<u64, SearchError> {
     }
     let metrics = Arc::new(SearchMetrics::default());
     let (service, _handle, search) = super::start(data_dir, store.clone(), metrics.clone())?;
-    // The thread starts with a catch-up of everything; Stop commits and ends it.
-    service.shutdown();
+    // The thread starts with a catch-up of everything; Stop, queued behind it,
+    // commits and ends it.
+    service.finish();
     let docs = metrics.docs.load(Ordering::Relaxed);
     drop(search);
     if metrics.catch_ups.load(Ordering::Relaxed) == 0 {

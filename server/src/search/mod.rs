@@ -156,14 +156,30 @@ impl SearchHandle {
 #[derive(Debug)]
 pub struct SearchService {
     handle: SearchHandle,
+    /// Set by [`SearchService::shutdown`]; the indexer checks it between
+    /// pages, so a stop never waits for a lagging index to catch up.
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl SearchService {
+    /// Stops the indexer after it has done everything owed so far (its
+    /// start's catch-up and every queued record), committed: for
+    /// `natterd reindex`, whose whole point is that work.
+    pub fn finish(mut self) {
+        let _ = self.handle.events.send(Event::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
     /// Commits what the indexer applied and stops it (what it had not read
     /// yet is found again from the store at the next start).
     pub fn shutdown(mut self) {
-        let _ = self.handle.events.send(Event::Stop);
+        self.stop.store(true, Ordering::Relaxed);
+        // Only a wake-up: with the queue full the indexer is busy and sees the
+        // flag at its next page.
+        let _ = self.handle.events.try_send(Event::Stop);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -199,14 +215,18 @@ pub fn start(
         metrics: metrics.clone(),
     };
     let writer = index::writer(&index)?;
+    let stop = Arc::new(AtomicBool::new(false));
     let indexer = indexer::Indexer::new(
         writer,
         data_dir.join(INDEX_DIR),
         watermark,
         store,
         search.clone(),
-        rx,
-        handle.overflow.clone(),
+        indexer::Inbox {
+            events: rx,
+            overflow: handle.overflow.clone(),
+            stop: stop.clone(),
+        },
     );
     let thread = std::thread::Builder::new()
         .name("natter-search".into())
@@ -215,6 +235,7 @@ pub fn start(
     Ok((
         SearchService {
             handle: handle.clone(),
+            stop,
             thread: Some(thread),
         },
         handle,

@@ -335,6 +335,12 @@ impl WriterThread {
         let mut stopping = false;
         let mut last_space_check = Instant::now();
         let mut last_journal_check = Instant::now();
+        // What the start replayed into memtables shows before the first write.
+        self.metrics.store.observe_journal(
+            engine::journal_bytes(self.store.dir()).unwrap_or(0),
+            0,
+            self.store.write_buffer_bytes(),
+        );
         loop {
             if !stopping {
                 // With completions held for a full core, wake up to offer them
