@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -77,6 +77,8 @@ pub(super) struct Indexer {
     search: Arc<SearchIndex>,
     events: Receiver<Event>,
     overflow: Arc<AtomicBool>,
+    /// Records in `events` ([`super::MAX_QUEUED_RECORDS`]).
+    queued: Arc<AtomicUsize>,
     /// natterd is stopping: commit what is applied and return, leaving the
     /// rest to the next start's catch-up.
     stop: Arc<AtomicBool>,
@@ -101,6 +103,8 @@ pub(super) struct Inbox {
     pub events: Receiver<Event>,
     /// Set by the observer when `events` was full (a catch-up is owed).
     pub overflow: Arc<AtomicBool>,
+    /// Records in `events`, which the indexer subtracts as it takes them.
+    pub queued: Arc<AtomicUsize>,
     /// Set at shutdown.
     pub stop: Arc<AtomicBool>,
 }
@@ -117,6 +121,7 @@ impl Indexer {
         let Inbox {
             events,
             overflow,
+            queued,
             stop,
         } = inbox;
         Self {
@@ -129,6 +134,7 @@ impl Indexer {
             search,
             events,
             overflow,
+            queued,
             stop,
             dirty: 0,
             dirty_bytes: 0,
@@ -184,10 +190,10 @@ impl Indexer {
             let mut stop = false;
             match self.events.recv_timeout(timeout) {
                 Ok(Event::Committed(records)) => {
-                    observed += merge(&mut batch, records);
+                    observed += self.take(&mut batch, records);
                     for _ in 1..EVENTS_PER_TURN {
                         match self.events.try_recv() {
-                            Ok(Event::Committed(records)) => observed += merge(&mut batch, records),
+                            Ok(Event::Committed(records)) => observed += self.take(&mut batch, records),
                             Ok(Event::Stop) => {
                                 stop = true;
                                 break;
@@ -247,6 +253,12 @@ impl Indexer {
                 return;
             }
         }
+    }
+
+    /// Takes one queued batch into `batch` (see [`merge`]).
+    fn take(&self, batch: &mut HashMap<ChatId, Seq>, records: Vec<(ChatId, Seq)>) -> u64 {
+        self.queued.fetch_sub(records.len(), Ordering::Relaxed);
+        merge(batch, records)
     }
 
     fn stopping(&self) -> bool {

@@ -38,7 +38,7 @@ mod query;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
@@ -61,6 +61,13 @@ use crate::store::Store;
 /// one group commit (16 bytes a record); when full, batches are dropped and
 /// the indexer catches up from the store.
 pub const EVENT_QUEUE_CAPACITY: usize = 4096;
+
+/// Records the indexer's queue holds at most, whatever the batches' sizes
+/// (16 bytes each: 16 MiB). Past it, batches are dropped as when the queue is
+/// full, and the indexer catches up from the store: a lagging index costs
+/// store reads later, not memory now (without it a lag of 3.5 M records held
+/// 56 MB and more in the queue).
+pub const MAX_QUEUED_RECORDS: usize = 1 << 20;
 
 /// Why search failed (none of these is the message path's business: it never
 /// waits for search).
@@ -111,6 +118,8 @@ enum Event {
 pub struct SearchHandle {
     events: Sender<Event>,
     overflow: Arc<AtomicBool>,
+    /// Records in `events` (the indexer subtracts what it takes).
+    queued: Arc<AtomicUsize>,
     metrics: Arc<SearchMetrics>,
 }
 
@@ -118,29 +127,33 @@ impl SearchHandle {
     /// The writer's [`crate::store::writer::CommitObserver`]: the message
     /// records of one committed batch. Never blocks.
     pub fn committed(&self, ops: &[WriteOp]) {
-        let records: Vec<(ChatId, Seq)> = ops
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::Message { msg, .. } | WriteOp::Amend { msg, .. } => Some((msg.chat, msg.seq)),
-                WriteOp::Receipt { .. }
-                | WriteOp::Membership { .. }
-                | WriteOp::LastSeen { .. }
-                | WriteOp::Cursor { .. } => None,
-            })
-            .collect();
+        let mut records: Vec<(ChatId, Seq)> = Vec::with_capacity(ops.len());
+        records.extend(ops.iter().filter_map(|op| match op {
+            WriteOp::Message { msg, .. } | WriteOp::Amend { msg, .. } => Some((msg.chat, msg.seq)),
+            WriteOp::Receipt { .. }
+            | WriteOp::Membership { .. }
+            | WriteOp::LastSeen { .. }
+            | WriteOp::Cursor { .. } => None,
+        }));
         if records.is_empty() {
             return;
         }
-        let n = records.len() as u64;
-        match self.events.try_send(Event::Committed(records)) {
-            Ok(()) => {
-                self.metrics.observed.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                if !self.overflow.swap(true, Ordering::Relaxed) {
-                    tracing::warn!("search queue full: the indexer catches up from the store once it drains");
+        let n = records.len();
+        let queued = if self.queued.fetch_add(n, Ordering::Relaxed) + n > MAX_QUEUED_RECORDS {
+            false
+        } else {
+            match self.events.try_send(Event::Committed(records)) {
+                Ok(()) => {
+                    self.metrics.observed.fetch_add(n as u64, Ordering::Relaxed);
+                    true
                 }
+                Err(TrySendError::Disconnected(_) | TrySendError::Full(_)) => false,
+            }
+        };
+        if !queued {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            if !self.overflow.swap(true, Ordering::Relaxed) {
+                tracing::warn!("search queue full: the indexer catches up from the store once it drains");
             }
         }
         let _ = self.metrics.lag_since_ms.compare_exchange(
@@ -212,6 +225,7 @@ pub fn start(
     let handle = SearchHandle {
         events: tx,
         overflow: Arc::new(AtomicBool::new(false)),
+        queued: Arc::new(AtomicUsize::new(0)),
         metrics: metrics.clone(),
     };
     let writer = index::writer(&index)?;
@@ -225,6 +239,7 @@ pub fn start(
         indexer::Inbox {
             events: rx,
             overflow: handle.overflow.clone(),
+            queued: handle.queued.clone(),
             stop: stop.clone(),
         },
     );
