@@ -332,6 +332,8 @@ impl Indexer {
     /// Applies every chat of the store from its watermark to its last seq.
     fn catch_up_all(&mut self) -> Result<(), SearchError> {
         self.metrics().catch_ups.fetch_add(1, Ordering::Relaxed);
+        // Dropped before this point means committed before the reads below.
+        self.owed_observed += self.metrics().dropped.swap(0, Ordering::Relaxed);
         let started = Instant::now();
         let mut after = ChatId(0);
         let mut applied = 0usize;

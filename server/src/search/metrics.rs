@@ -14,6 +14,10 @@ pub struct SearchMetrics {
     /// Message records (texts, edits, deletes) committed to the store and seen
     /// by the observer.
     pub observed: AtomicU64,
+    /// Of `observed`, records the observer dropped (queue full) since the
+    /// indexer's last catch-up began; that catch-up covers them (they were
+    /// committed before it read the store), and counts them then.
+    pub dropped: AtomicU64,
     /// Of those, the ones whose effect is in a committed index generation.
     pub committed: AtomicU64,
     /// Documents added to the index (a re-add after an edit counts again).

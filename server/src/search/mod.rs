@@ -152,6 +152,10 @@ impl SearchHandle {
         };
         if !queued {
             self.queued.fetch_sub(n, Ordering::Relaxed);
+            // Still owed to the index: counted in the lag until a catch-up
+            // has indexed them.
+            self.metrics.observed.fetch_add(n as u64, Ordering::Relaxed);
+            self.metrics.dropped.fetch_add(n as u64, Ordering::Relaxed);
             if !self.overflow.swap(true, Ordering::Relaxed) {
                 tracing::warn!("search queue full: the indexer catches up from the store once it drains");
             }
