@@ -247,10 +247,11 @@ fn run(cli: &Cli) -> Result<Report, BenchError> {
             | ScenarioName::Syncstorm
             | ScenarioName::Presence
             | ScenarioName::Seam
+            | ScenarioName::Flood
     );
     if transport != transport::Kind::Tcp && !any_transport {
         return Err(BenchError::NotImplemented(format!(
-            "transport {:?} for {} (one2one, group, sync, connect, presence, seam and syncstorm have it)",
+            "transport {:?} for {} (one2one, group, sync, connect, presence, seam, syncstorm and flood have it)",
             cli.transport.as_str(),
             cli.scenario.as_str()
         )));

@@ -257,6 +257,13 @@ impl ClientStream {
         }
     }
 
+    /// QUIC: whether the connection is gone (natterd closed it, or it timed
+    /// out), seen without reading the stream; `false` for the others, whose
+    /// close shows as a readiness event on the socket.
+    pub(crate) fn closed(&self) -> bool {
+        matches!(self, ClientStream::Quic(q) if q.lost)
+    }
+
     /// True for raw TCP: a short read means the socket is drained (on TLS and
     /// WebSocket one read returns one record's or message's bytes).
     pub(crate) fn is_raw(&self) -> bool {

@@ -12,6 +12,13 @@
 //!   [`PREHELLO_BODY_BYTES`] of its body, and then stay silent: no `Hello` ever
 //!   completes.
 //!
+//! Every connection uses `--transport` (`transport.rs`'s `ClientStream`). "Never
+//! reads" means the stream is never read: a QUIC connection still takes its
+//! datagrams and timers (ACKs, natterd's CONNECTION_CLOSE) on every readiness, so
+//! natterd meets the client's flow-control window, as a TCP flood meets a full
+//! receive buffer. `--kind prehello` over WebSocket is refused (a message leaves
+//! whole or not at all, so a frame cannot stop short).
+//!
 //! For `--duration` from the first connect, natterd's RSS is sampled every 20 ms
 //! (`/proc/PID/status` of a spawned natterd or of `--pid`, else `/metrics`), and every
 //! connection natterd closes or resets is noticed (epoll's `RDHUP`/`HUP`, which fire
@@ -31,12 +38,10 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use clap::{Args, ValueEnum};
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use natter_wire::{
     Body, Cursor, Encoder, ErrorCode, Frame, FrameDecoder, Hello, History, Limits, PROTOCOL_VERSION, Send,
@@ -50,9 +55,10 @@ use crate::progress;
 use crate::report::Report;
 use crate::scenarios::Options;
 use crate::scenarios::messaging::setup::in_parallel;
-use crate::sockets::{Sources, connect_from};
+use crate::sockets::Sources;
 use crate::spawn;
 use crate::target::{RssSampler, Target};
+use crate::transport::{ClientStream, Dial, Kind};
 
 /// The user every history / sync flood connection belongs to.
 const USER: &str = "bench_f_flooder";
@@ -212,6 +218,13 @@ pub(crate) fn natterd_flags() -> Result<Vec<String>, BenchError> {
 /// [`BenchError::Setup`] / [`BenchError::Client`] when the setup is refused;
 /// [`BenchError::Interrupted`] after Ctrl-C; [`BenchError::Io`] if the event loop fails.
 pub(crate) fn run(target: &Target, options: &Options, plan: FloodPlan) -> Result<Report, BenchError> {
+    if plan.kind == FloodKind::Prehello && target.dial.kind() == Kind::Ws {
+        return Err(BenchError::Usage(
+            "flood --kind prehello over ws: a WebSocket message leaves whole or not at all, so a \
+             frame that stops short cannot be sent (tcp, tls and quic carry a byte stream)"
+                .into(),
+        ));
+    }
     let (tokens, requests) = match plan.kind {
         FloodKind::Prehello => (Vec::new(), Vec::new()),
         kind => {
@@ -231,7 +244,7 @@ pub(crate) fn run(target: &Target, options: &Options, plan: FloodPlan) -> Result
         options.duration
     );
     let sampler = RssSampler::start(target);
-    let mut flood = Flood::new(target.tcp, plan, tokens, requests)?;
+    let mut flood = Flood::new(target.dial.clone(), plan, tokens, requests)?;
     flood.run(options.duration, &sampler)?;
     let server_rss = target.server_rss();
     let rss = sampler.stop();
@@ -348,7 +361,7 @@ enum State {
 
 /// One flooding connection.
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<ClientStream>,
     state: State,
     since: Instant,
     inbuf: BytesMut,
@@ -361,7 +374,7 @@ struct Conn {
 struct Flood {
     poll: Poll,
     events: Events,
-    server: SocketAddr,
+    dial: Dial,
     sources: Sources,
     plan: FloodPlan,
     tokens: Vec<String>,
@@ -382,18 +395,13 @@ struct Flood {
 }
 
 impl Flood {
-    fn new(
-        server: SocketAddr,
-        plan: FloodPlan,
-        tokens: Vec<String>,
-        requests: Vec<u8>,
-    ) -> Result<Flood, BenchError> {
+    fn new(dial: Dial, plan: FloodPlan, tokens: Vec<String>, requests: Vec<u8>) -> Result<Flood, BenchError> {
         let now = Instant::now();
         Ok(Flood {
             poll: Poll::new()?,
             events: Events::with_capacity(EVENTS_CAPACITY),
-            server,
-            sources: Sources::for_server(server),
+            sources: Sources::for_server(dial.addr),
+            dial,
             plan,
             tokens,
             requests,
@@ -465,7 +473,7 @@ impl Flood {
 
     /// Starts connecting slot `slot`.
     fn open(&mut self, slot: usize, now: Instant) {
-        let stream = match connect_from(&mut self.sources, self.server) {
+        let stream = match self.dial.open(&mut self.sources) {
             Ok(stream) => stream,
             Err(e) => return self.fail(slot, e),
         };
@@ -476,9 +484,11 @@ impl Flood {
         conn.state = State::Connecting;
         conn.since = now;
         let registered = conn.stream.as_mut().map(|stream| {
-            self.poll
-                .registry()
-                .register(stream, Token(slot), Interest::READABLE | Interest::WRITABLE)
+            self.poll.registry().register(
+                stream.source(),
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            )
         });
         if let Some(Err(e)) = registered {
             self.fail(slot, format!("register: {e}"));
@@ -487,16 +497,41 @@ impl Flood {
 
     /// One `poll` and the handling of its events.
     fn turn(&mut self) -> Result<(), BenchError> {
-        match self.poll.poll(&mut self.events, Some(MAX_POLL_WAIT)) {
+        // QUIC connections have timers of their own (acknowledgements, loss
+        // detection, idle): wake for the earliest and serve those that are due.
+        let quic_due = self
+            .conns
+            .iter_mut()
+            .filter_map(|c| c.stream.as_mut().and_then(ClientStream::next_timeout))
+            .min();
+        let wait = quic_due.map_or(MAX_POLL_WAIT, |due| {
+            MAX_POLL_WAIT.min(due.saturating_duration_since(Instant::now()))
+        });
+        match self.poll.poll(&mut self.events, Some(wait)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let ready: Vec<(usize, bool)> = self
+        let mut ready: Vec<(usize, bool)> = self
             .events
             .iter()
             .map(|e| (e.token().0, e.is_read_closed() || e.is_error()))
             .collect();
+        if quic_due.is_some() {
+            let now = Instant::now();
+            for (slot, conn) in self.conns.iter_mut().enumerate() {
+                if conn
+                    .stream
+                    .as_mut()
+                    .and_then(ClientStream::next_timeout)
+                    .is_some_and(|t| t <= now)
+                {
+                    ready.push((slot, false));
+                }
+            }
+            ready.sort_unstable();
+            ready.dedup_by_key(|(slot, _)| *slot);
+        }
         for (slot, closed) in ready {
             if let Err(reason) = self.on_ready(slot, closed) {
                 self.fail(slot, reason);
@@ -516,7 +551,19 @@ impl Flood {
             State::AwaitingWelcome => self.read_welcome(slot)?,
             State::Flooding | State::Silent => {}
         }
-        let state = self.conns.get(slot).map_or(State::Done, |c| c.state);
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Ok(());
+        };
+        // QUIC: take the datagrams and timers (ACKs, natterd's CONNECTION_CLOSE)
+        // without reading the stream; a TCP socket's close shows as an event.
+        let mut closed = closed;
+        if matches!(conn.state, State::Flooding | State::Silent)
+            && let Some(stream) = conn.stream.as_mut()
+        {
+            stream.flush_buffered().map_err(|e| format!("write: {e}"))?;
+            closed |= stream.closed();
+        }
+        let state = conn.state;
         if closed && matches!(state, State::Flooding | State::Silent) {
             self.closed_by_server(slot);
             return Ok(());
@@ -531,16 +578,11 @@ impl Flood {
         let Some(conn) = self.conns.get_mut(slot) else {
             return Ok(());
         };
-        let Some(stream) = conn.stream.as_ref() else {
+        let Some(stream) = conn.stream.as_mut() else {
             return Ok(());
         };
-        if let Ok(Some(e)) | Err(e) = stream.take_error() {
-            return Err(format!("connect: {e}"));
-        }
-        match stream.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
-            Err(e) => return Err(format!("connect: {e}")),
+        if !stream.connected().map_err(|e| format!("connect: {e}"))? {
+            return Ok(());
         }
         if kind == FloodKind::Prehello {
             conn.outbuf.extend_from_slice(&PREHELLO_FRAME_LEN.to_le_bytes());
@@ -640,7 +682,9 @@ impl Flood {
                 Ok(0) => return Err("write: socket closed".into()),
                 Ok(n) if !conn.outbuf.is_empty() => conn.outbuf.advance(n),
                 Ok(n) => conn.body_left = conn.body_left.saturating_sub(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return stream.flush_buffered().map_err(|e| format!("write: {e}"));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_reset(&e) && conn.state == State::Flooding => {
                     self.closed_by_server(slot);
@@ -649,6 +693,7 @@ impl Flood {
                 Err(e) => return Err(format!("write: {e}")),
             }
         }
+        stream.flush_buffered().map_err(|e| format!("write: {e}"))?;
         if conn.state == State::Flooding {
             conn.state = State::Silent;
         }
