@@ -8,7 +8,7 @@
 //! | `chat`   | u64, indexed + fast        | the membership filter (a term set of the caller's chats) and `chat_id=` |
 //! | `seq`    | u64, indexed + fast        | the hit's identity, `before_seq=` |
 //! | `sender` | u64, fast                  | shown in hits |
-//! | `ts`     | u64, fast (ms since epoch) | newest-first order |
+//! | `ts`     | u64, indexed + fast (ms since epoch) | newest-first order; indexed so a window of recent times is a term range (a small postings union), not a scan of the column (`query.rs`) |
 //! | `text`   | [`super::analyzer`], positions, **not stored** | the words; snippets read the text from the store (the truth, and no second copy of every text on disk) |
 
 use std::collections::HashMap;
@@ -28,7 +28,7 @@ use crate::ids::ChatId;
 
 /// Bumped whenever the schema or the analysis changes: an index written with
 /// another version is rebuilt from the store at start.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The directory under `--data-dir` that holds the index.
 pub const INDEX_DIR: &str = "search";
@@ -67,7 +67,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
         chat: b.add_u64_field("chat", INDEXED | FAST),
         seq: b.add_u64_field("seq", INDEXED | FAST),
         sender: b.add_u64_field("sender", FAST),
-        ts: b.add_u64_field("ts", FAST),
+        ts: b.add_u64_field("ts", INDEXED | FAST),
         text: b.add_text_field("text", text_options),
     };
     (b.build(), fields)
