@@ -335,8 +335,8 @@ fn membership_query(fields: &Fields, chats: &[ChatId]) -> Box<dyn Query> {
 /// * **Whole index with a term set**: the words ANDed with a term set of the
 ///   caller's chats. Costs about the documents of the caller's chats (tantivy
 ///   builds the term set's bitset): cheap when the caller's chats are small.
-/// * **Time windows from the newest back**: the words ANDed with a `ts` term
-///   range `[lo, hi)`, the membership checked per match on the `chat` column;
+/// * **Time windows from the newest back**: the words ANDed with a `ts_s`
+///   (whole seconds) term range `[lo, hi)`, the membership checked per match on the `chat` column;
 ///   the first window is sized to hold about twice `limit` matches if words
 ///   and chats were independent, each next one (older, disjoint) is
 ///   [`WINDOW_GROWTH`] times longer, until `limit` hits are found or the oldest
@@ -406,6 +406,7 @@ fn newest(
         .max(FIRST_WINDOW_DOCS)
         .min(docs);
     // The estimated documents each plan touches (the module's `newest` docs).
+    tracing::debug!(docs, rarest, member_docs, window_docs, "search plan inputs");
     let with_term_set = member_docs + rarest.min(member_docs);
     let words_only = rarest;
     if with_term_set.min(words_only) <= window_docs {
@@ -425,23 +426,24 @@ fn newest(
         let ts = segment.fast_fields().u64("ts").map_err(index_err)?;
         spans.push((ts.min_value(), ts.max_value()));
     }
-    let oldest = spans.iter().map(|s| s.0).min().unwrap_or(0);
-    let newest = spans.iter().map(|s| s.1).max().unwrap_or(0);
-    let span_ms = newest - oldest + 1;
+    // Windows are whole seconds of `ts_s`: [lo, hi) in seconds.
+    let oldest = spans.iter().map(|s| s.0).min().unwrap_or(0) / 1000;
+    let newest = spans.iter().map(|s| s.1).max().unwrap_or(0) / 1000;
+    let span_s = newest - oldest + 1;
     // As long as `window_docs` would last at the index's average rate.
-    let mut window_ms = u64::try_from(u128::from(span_ms) * u128::from(window_docs) / u128::from(docs))
-        .unwrap_or(span_ms)
+    let mut window_s = u64::try_from(u128::from(span_s) * u128::from(window_docs) / u128::from(docs))
+        .unwrap_or(span_s)
         .max(1);
     let mut hits: Vec<NewestKey> = Vec::with_capacity(req.limit);
     let mut hi = newest.saturating_add(1);
     while hi > oldest {
-        let lo = hi.saturating_sub(window_ms).max(oldest);
+        let lo = hi.saturating_sub(window_s).max(oldest);
         let mut subqueries = text_query(fields, clauses);
         subqueries.push((
             Occur::Must,
             Box::new(InvertedIndexRangeQuery::new(
-                Bound::Included(Term::from_field_u64(fields.ts, lo)),
-                Bound::Excluded(Term::from_field_u64(fields.ts, hi)),
+                Bound::Included(Term::from_field_u64(fields.ts_s, lo)),
+                Bound::Excluded(Term::from_field_u64(fields.ts_s, hi)),
             )),
         ));
         let query = BooleanQuery::new(subqueries);
@@ -453,7 +455,7 @@ fn newest(
             let Some(&(min, max)) = spans.get(ord) else {
                 continue;
             };
-            if max < lo || min >= hi {
+            if max / 1000 < lo || min / 1000 >= hi {
                 continue;
             }
             let ord = u32::try_from(ord).map_err(|_| SearchError::Index("too many segments".to_owned()))?;
@@ -465,6 +467,13 @@ fn newest(
         }
         metrics.query_windows.fetch_add(1, Ordering::Relaxed);
         hits.extend(collector.merge_fruits(fruits).map_err(index_err)?);
+        tracing::debug!(
+            lo,
+            hi,
+            hits = hits.len(),
+            left_us = deadline.saturating_duration_since(Instant::now()).as_micros() as u64,
+            "search window"
+        );
         if hits.len() >= req.limit || timed_out.load(Ordering::Relaxed) || Instant::now() >= deadline {
             if hits.len() < req.limit && lo > oldest {
                 timed_out.store(true, Ordering::Relaxed);
@@ -472,7 +481,7 @@ fn newest(
             break;
         }
         hi = lo;
-        window_ms = window_ms.saturating_mul(WINDOW_GROWTH);
+        window_s = window_s.saturating_mul(WINDOW_GROWTH);
     }
     hits.truncate(req.limit);
     Ok(hits.into_iter().map(|k| (ChatId(k.chat), Seq(k.seq))).collect())
