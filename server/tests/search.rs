@@ -624,3 +624,73 @@ fn newest_first_hits_spanning_time_windows_are_exactly_the_newest() {
         "a page did not take the window plan"
     );
 }
+
+/// `--search off` (an operator who does not want search): no indexer and no
+/// index writes, so nothing is observed and /v1/search answers 503
+/// `unavailable`; messages keep flowing. Turned on again, the index catches up
+/// from the store and finds what was sent while it was off.
+#[test]
+fn search_off_has_no_indexer_and_on_again_catches_up() {
+    let mut server = start_with(&[
+        "--send-rate-limit",
+        "1000000",
+        "--quic-port",
+        "off",
+        "--search",
+        "off",
+    ]);
+    let alice = server.user("alice");
+    let bob = server.user("bob");
+    befriend(&server, &alice, &bob, "bob");
+    let chat = server.client().direct_chat(&alice.token, bob.user_id).unwrap();
+    let mut conn = connect(&server, &alice);
+    let texts: Vec<String> = (0..200)
+        .map(|i| format!("while search was off, capybara {i}"))
+        .collect();
+    let seqs = send_all(&mut conn, chat, 1, &texts);
+    let (code, body) = status(&server, &bob, "/v1/search?q=capybara");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(server.metric("natter_search_observed_total"), Some(0.0));
+    assert_eq!(server.metric("natter_search_docs"), Some(0.0));
+    assert!(
+        !server.data_dir().join(natter_server::search::INDEX_DIR).exists(),
+        "--search off created an index"
+    );
+    drop(conn);
+
+    server.set_args(&["--send-rate-limit", "1000000", "--quic-port", "off"]);
+    server.restart();
+    wait_docs(&server, 200);
+    // The newest 100 (the most one query returns) of the 200 sent while off.
+    let expected: BTreeSet<(u64, u64)> = seqs[100..].iter().map(|s| (chat, *s)).collect();
+    assert_eq!(hits(&server, &bob, "capybara", &all(100)), expected);
+    assert_eq!(
+        hits(&server, &bob, "\"capybara 7\"", &all(10)),
+        BTreeSet::from([(chat, seqs[7])])
+    );
+
+    // A value that is neither on nor off is refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterd"))
+        .args(["--data-dir"])
+        .arg(server.data_dir().join("other"))
+        .args([
+            "--search",
+            "maybe",
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--tls-port",
+            "off",
+        ])
+        .args(["--ws-port", "off", "--quic-port", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("search"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
