@@ -89,6 +89,12 @@ pub struct Flags {
     /// Serve WebSocket over TLS (`wss://`) with the TLS certificate.
     #[arg(long)]
     pub ws_tls: bool,
+    /// Message search: "on" (an index under --data-dir/search, fed after each
+    /// commit, and GET /v1/search) or "off" (no indexer thread, no index
+    /// writes; GET /v1/search answers 503; turned on again, the index catches
+    /// up from the store) [default: on].
+    #[arg(long, value_name = "on|off")]
+    pub search: Option<String>,
     /// Browser origins allowed to open a WebSocket, comma-separated (e.g.
     /// "https://chat.example"); a request without Origin is always allowed
     /// [default: any origin].
@@ -241,6 +247,7 @@ struct FileConfig {
     ws_port: Option<PortSetting>,
     quic_port: Option<PortSetting>,
     ws_tls: Option<bool>,
+    search: Option<String>,
     ws_origin: Option<Vec<String>>,
     cores: Option<usize>,
     heartbeat_timeout: Option<String>,
@@ -378,6 +385,8 @@ pub struct Config {
     pub quic_port: Option<u16>,
     /// WebSocket over TLS (`wss://`).
     pub ws_tls: bool,
+    /// Message search on (`--search`; off: no indexer, /v1/search is 503).
+    pub search: bool,
     /// Allowed browser origins for WebSocket (`None` = any).
     pub ws_origins: Option<Vec<String>>,
     /// Event-loop threads.
@@ -470,6 +479,7 @@ impl Default for Config {
             ws_port: Some(DEFAULT_WS_PORT),
             quic_port: Some(DEFAULT_QUIC_PORT),
             ws_tls: false,
+            search: true,
             ws_origins: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
@@ -547,6 +557,17 @@ impl Config {
                 None => d.quic_port,
             },
             ws_tls: flags.ws_tls || file.ws_tls.unwrap_or(false),
+            search: match flags.search.as_deref().or(file.search.as_deref()).map(str::trim) {
+                None => d.search,
+                Some(t) if t.eq_ignore_ascii_case("on") => true,
+                Some(t) if t.eq_ignore_ascii_case("off") => false,
+                Some(t) => {
+                    return Err(ConfigError::Invalid {
+                        key: "search",
+                        message: format!("{t:?} is neither \"on\" nor \"off\""),
+                    });
+                }
+            },
             ws_origins: flags.ws_origin.or(file.ws_origin),
             cores: flags.cores.or(file.cores).unwrap_or(d.cores),
             heartbeat_timeout: match heartbeat {

@@ -101,7 +101,7 @@ pub struct Server {
     cores: Cores,
     http: HttpServer,
     push: PushService,
-    search: SearchService,
+    search: Option<SearchService>,
     writer: Writer,
     store: Arc<Store>,
     endpoints: Endpoints,
@@ -133,8 +133,15 @@ impl Server {
         let observer_slot = push_slot.clone();
         // The search indexer learns of commits the same way (after each fsync,
         // a non-blocking hand-over); it catches up from the store at start.
-        let (search, search_observer, search_index): (SearchService, SearchHandle, _) =
-            search::start(&config.data_dir, store.clone(), metrics.search.clone())?;
+        // `--search off`: no indexer, nothing observed, /v1/search answers 503.
+        let (search, search_observer, search_index): (Option<SearchService>, Option<SearchHandle>, _) =
+            if config.search {
+                let (service, handle, index) =
+                    search::start(&config.data_dir, store.clone(), metrics.search.clone())?;
+                (Some(service), Some(handle), Some(index))
+            } else {
+                (None, None, None)
+            };
         let (writer, writer_tx) = Writer::start_observed(
             store.clone(),
             metrics.clone(),
@@ -146,7 +153,9 @@ impl Server {
                 if let Some(push) = observer_slot.get() {
                     push.committed(ops);
                 }
-                search_observer.committed(ops);
+                if let Some(search) = &search_observer {
+                    search.committed(ops);
+                }
             })),
         )
         .map_err(io_err("starting the storage writer"))?;
@@ -206,17 +215,18 @@ impl Server {
             tls.as_ref().map(|t| t.fingerprint.clone()),
         )
         .with_quic(cores.addr(Kind::Quic), tls.map(|t| t.fingerprint));
-        let api = Arc::new(
-            Api::new(
-                &config,
-                store.clone(),
-                cores.mesh().clone(),
-                metrics,
-                endpoints.clone(),
-            )
-            .with_push(push_handle)
-            .with_search(search_index),
-        );
+        let api = Api::new(
+            &config,
+            store.clone(),
+            cores.mesh().clone(),
+            metrics,
+            endpoints.clone(),
+        )
+        .with_push(push_handle);
+        let api = Arc::new(match search_index {
+            Some(index) => api.with_search(index),
+            None => api,
+        });
         let side_port_limits = http::SidePortLimits {
             per_address: config.limits.http_connections_per_address,
             pressure_timeout: config.limits.http_pressure_timeout,
@@ -263,7 +273,9 @@ impl Server {
         self.writer.shutdown()?;
         // After the writer: every commit has been handed over; the indexer
         // commits what it applied (the rest is caught up at the next start).
-        self.search.shutdown();
+        if let Some(search) = self.search {
+            search.shutdown();
+        }
         self.store.persist().map_err(ServerError::Poisoned)?;
         // Not needed for durability (the journal holds everything): it makes
         // the next start skip the journal instead of inserting it again.

@@ -509,3 +509,188 @@ fn kill9_during_indexing_then_restart_and_reindex_converge_to_the_stored_message
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Newest-first queries walk time windows from the newest back
+/// (`search::query`): a common word whose newest hits are spread over more
+/// than one window still returns exactly the newest `limit` of the caller's
+/// chats, in order, and `before_seq` pages across window boundaries neither
+/// repeat nor skip a hit. The newest matches of all are in a chat the caller
+/// is not in, so the per-match membership check of the window plan is
+/// attacked too.
+#[test]
+fn newest_first_hits_spanning_time_windows_are_exactly_the_newest() {
+    let server = server();
+    let alice = server.user("alice");
+    let bob = server.user("bob");
+    let carol = server.user("carol");
+    befriend(&server, &alice, &bob, "bob");
+    befriend(&server, &alice, &carol, "carol");
+    let http = server.client();
+    let group = http.create_group(&alice.token, "zoo", &[bob.user_id]).unwrap();
+    let foreign = http
+        .create_group(&alice.token, "not bob's", &[carol.user_id])
+        .unwrap();
+    let mut conn = connect(&server, &alice);
+    // Oldest: 4,200 matches. Then 10,000 texts without the word, 5 matches
+    // among their last 2,000. Newest: 500 matches in a chat bob is not in.
+    // More matches (4,705) than a first window's 4,096 documents, so the
+    // window plan is the cheaper one; the first window (about the newest
+    // 4,096 documents) holds only the 5 recent matches of bob's.
+    let old: Vec<String> = (0..4200).map(|i| format!("walrus old {i}")).collect();
+    let mut seqs = send_all(&mut conn, group, 1, &old);
+    // Windows are whole seconds of the server's timestamps (this machine's
+    // clock): two seconds between the old matches and the rest, so however
+    // fast the sends, the newest window cannot reach the old matches.
+    let old_done = Instant::now();
+    assert!(wait_until(DEADLINE, || old_done.elapsed() >= Duration::from_millis(2100)));
+    let filler: Vec<String> = (0..10_000)
+        .map(|i| {
+            if i >= 8000 && i % 400 == 0 {
+                format!("walrus recent {i}")
+            } else {
+                format!("plankton {i}")
+            }
+        })
+        .collect();
+    let filler_seqs = send_all(&mut conn, group, 100_000, &filler);
+    seqs.extend(
+        filler_seqs
+            .iter()
+            .zip(&filler)
+            .filter(|(_, t)| t.starts_with("walrus"))
+            .map(|(s, _)| *s),
+    );
+    assert_eq!(seqs.len(), 4205);
+    let foreign_texts: Vec<String> = (0..500).map(|i| format!("walrus foreign {i}")).collect();
+    send_all(&mut conn, foreign, 200_000, &foreign_texts);
+    wait_indexed(&server, 14_700);
+    // Bob's matches, newest first (one chat: seq order is time order).
+    let expected: Vec<(u64, u64)> = seqs.iter().rev().map(|s| (group, *s)).collect();
+
+    let windows_before = server.metric("natter_search_query_windows_total").unwrap();
+    let whole_before = server.metric("natter_search_query_whole_index_total").unwrap();
+    let answer = http.search(&bob.token, "walrus", &all(20)).unwrap();
+    assert!(!answer.partial);
+    let got: Vec<(u64, u64)> = answer.hits.iter().map(|h| (h.chat_id, h.seq)).collect();
+    assert_eq!(
+        got,
+        expected[..20],
+        "not the newest 20 of bob's matches, in order"
+    );
+    assert!(
+        answer
+            .hits
+            .windows(2)
+            .all(|w| w[0].server_ts_ms >= w[1].server_ts_ms)
+    );
+    let windows = server.metric("natter_search_query_windows_total").unwrap() - windows_before;
+    assert!(
+        windows >= 2.0,
+        "the hits came from {windows} time window(s), not several"
+    );
+    assert_eq!(
+        server.metric("natter_search_query_whole_index_total").unwrap(),
+        whole_before,
+        "the query did not take the window plan"
+    );
+
+    // Pages of 100 within the chat, each below the last seq of the one before:
+    // together exactly every match of the chat, newest first.
+    let mut paged: Vec<(u64, u64)> = Vec::new();
+    let mut before = None;
+    loop {
+        let options = SearchOptions {
+            chat_id: Some(group),
+            before_seq: before,
+            limit: Some(100),
+            ..SearchOptions::default()
+        };
+        let page = http.search(&bob.token, "walrus", &options).unwrap();
+        assert!(!page.partial);
+        paged.extend(page.hits.iter().map(|h| (h.chat_id, h.seq)));
+        if page.hits.len() < 100 {
+            break;
+        }
+        before = page.hits.last().map(|h| h.seq);
+    }
+    assert_eq!(paged.len(), expected.len());
+    assert!(
+        paged == expected,
+        "paging across windows repeated, skipped or reordered hits"
+    );
+    assert_eq!(
+        server.metric("natter_search_query_whole_index_total").unwrap(),
+        whole_before,
+        "a page did not take the window plan"
+    );
+}
+
+/// `--search off` (an operator who does not want search): no indexer and no
+/// index writes, so nothing is observed and /v1/search answers 503
+/// `unavailable`; messages keep flowing. Turned on again, the index catches up
+/// from the store and finds what was sent while it was off.
+#[test]
+fn search_off_has_no_indexer_and_on_again_catches_up() {
+    let mut server = start_with(&[
+        "--send-rate-limit",
+        "1000000",
+        "--quic-port",
+        "off",
+        "--search",
+        "off",
+    ]);
+    let alice = server.user("alice");
+    let bob = server.user("bob");
+    befriend(&server, &alice, &bob, "bob");
+    let chat = server.client().direct_chat(&alice.token, bob.user_id).unwrap();
+    let mut conn = connect(&server, &alice);
+    let texts: Vec<String> = (0..200)
+        .map(|i| format!("while search was off, capybara {i}"))
+        .collect();
+    let seqs = send_all(&mut conn, chat, 1, &texts);
+    let (code, body) = status(&server, &bob, "/v1/search?q=capybara");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert_eq!(server.metric("natter_search_observed_total"), Some(0.0));
+    assert_eq!(server.metric("natter_search_docs"), Some(0.0));
+    assert!(
+        !server.data_dir().join(natter_server::search::INDEX_DIR).exists(),
+        "--search off created an index"
+    );
+    drop(conn);
+
+    server.set_args(&["--send-rate-limit", "1000000", "--quic-port", "off"]);
+    server.restart();
+    wait_docs(&server, 200);
+    // The newest 100 (the most one query returns) of the 200 sent while off.
+    let expected: BTreeSet<(u64, u64)> = seqs[100..].iter().map(|s| (chat, *s)).collect();
+    assert_eq!(hits(&server, &bob, "capybara", &all(100)), expected);
+    assert_eq!(
+        hits(&server, &bob, "\"capybara 7\"", &all(10)),
+        BTreeSet::from([(chat, seqs[7])])
+    );
+
+    // A value that is neither on nor off is refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterd"))
+        .args(["--data-dir"])
+        .arg(server.data_dir().join("other"))
+        .args([
+            "--search",
+            "maybe",
+            "--http-port",
+            "0",
+            "--tcp-port",
+            "0",
+            "--tls-port",
+            "off",
+        ])
+        .args(["--ws-port", "off", "--quic-port", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("search"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

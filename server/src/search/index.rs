@@ -9,6 +9,7 @@
 //! | `seq`    | u64, indexed + fast        | the hit's identity, `before_seq=` |
 //! | `sender` | u64, fast                  | shown in hits |
 //! | `ts`     | u64, fast (ms since epoch) | newest-first order |
+//! | `ts_s`   | u64, indexed (`ts` / 1000, whole seconds) | newest-first time windows: a window is a range of these terms, one postings list per second (`query.rs`); seconds, not ms, so a window over sparse traffic is not thousands of one-document lists |
 //! | `text`   | [`super::analyzer`], positions, **not stored** | the words; snippets read the text from the store (the truth, and no second copy of every text on disk) |
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use crate::ids::ChatId;
 
 /// Bumped whenever the schema or the analysis changes: an index written with
 /// another version is rebuilt from the store at start.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The directory under `--data-dir` that holds the index.
 pub const INDEX_DIR: &str = "search";
@@ -50,6 +51,8 @@ pub(crate) struct Fields {
     pub sender: Field,
     /// Server timestamp, ms since the Unix epoch.
     pub ts: Field,
+    /// The server timestamp in whole seconds since the Unix epoch.
+    pub ts_s: Field,
     /// The analysed text.
     pub text: Field,
 }
@@ -68,6 +71,7 @@ pub(crate) fn schema() -> (Schema, Fields) {
         seq: b.add_u64_field("seq", INDEXED | FAST),
         sender: b.add_u64_field("sender", FAST),
         ts: b.add_u64_field("ts", FAST),
+        ts_s: b.add_u64_field("ts_s", INDEXED),
         text: b.add_text_field("text", text_options),
     };
     (b.build(), fields)
@@ -217,6 +221,7 @@ pub(crate) fn upsert(
     doc.add_u64(fields.seq, msg.seq.0);
     doc.add_u64(fields.sender, msg.sender.0);
     doc.add_u64(fields.ts, msg.server_ts_ms);
+    doc.add_u64(fields.ts_s, msg.server_ts_ms / 1000);
     doc.add_text(fields.text, &msg.text);
     writer
         .add_document(doc)

@@ -45,6 +45,12 @@ pub struct SearchMetrics {
     pub query_nanos: AtomicU64,
     /// Queries that hit the time budget and answered with what they had.
     pub query_timeouts: AtomicU64,
+    /// Newest-first queries answered by one pass over the whole index (a
+    /// rare word or few chats made that the cheaper plan; `query.rs`).
+    pub query_whole: AtomicU64,
+    /// Time windows newest-first queries visited (a query in the window plan
+    /// visits one or more).
+    pub query_windows: AtomicU64,
 }
 
 /// Milliseconds since the Unix epoch, never 0 for a real clock.
@@ -123,6 +129,16 @@ impl SearchMetrics {
                 "natter_search_query_timeouts_total",
                 "Search queries cut short by the time budget",
                 self.query_timeouts.load(Ordering::Relaxed),
+            ),
+            (
+                "natter_search_query_whole_index_total",
+                "Newest-first search queries answered by one pass over the whole index",
+                self.query_whole.load(Ordering::Relaxed),
+            ),
+            (
+                "natter_search_query_windows_total",
+                "Time windows visited by newest-first search queries (newest back, each 4x longer)",
+                self.query_windows.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in counters {

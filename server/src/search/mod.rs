@@ -49,8 +49,8 @@ pub use index::{INDEX_DIR, SCHEMA_VERSION, Watermark};
 pub use indexer::{CATCH_UP_PAGE, COMMIT_DOCS, COMMIT_INTERVAL, EVENTS_PER_TURN, INDEXER_NICE, reindex};
 pub use metrics::SearchMetrics;
 pub use query::{
-    DEFAULT_LIMIT, Hit, MAX_LIMIT, MAX_QUERY_BYTES, MAX_QUERY_TERMS, QUERY_BUDGET, QueryError, SNIPPET_CHARS,
-    SearchRequest, SearchResults, SortOrder, parse,
+    DEFAULT_LIMIT, FIRST_WINDOW_DOCS, Hit, MAX_LIMIT, MAX_QUERY_BYTES, MAX_QUERY_TERMS, QUERY_BUDGET,
+    QueryError, SNIPPET_CHARS, SearchRequest, SearchResults, SortOrder, WINDOW_GROWTH, parse,
 };
 
 use crate::core::WriteOp;

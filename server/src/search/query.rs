@@ -9,21 +9,27 @@
 //! collection time (after which the hits found so far are returned, marked
 //! `partial`).
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tantivy::collector::{Collector, SegmentCollector, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
+use tantivy::columnar::Column;
+use tantivy::query::{
+    BooleanQuery, EnableScoring, InvertedIndexRangeQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery,
+    TermSetQuery,
+};
 use tantivy::schema::IndexRecordOption;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::tokenizer::TokenStream;
-use tantivy::{DocAddress, DocId, Order, Score, SegmentOrdinal, SegmentReader, Term};
+use tantivy::{DocAddress, DocId, Score, Searcher, SegmentOrdinal, SegmentReader, Term};
 
 use super::analyzer::analyzer;
 use super::index::{Fields, searchable};
-use super::{SearchError, SearchIndex};
+use super::{SearchError, SearchIndex, SearchMetrics};
 use crate::ids::{ChatId, Seq, UserId};
 use crate::store::Store;
 
@@ -207,63 +213,28 @@ impl SearchIndex {
             return Ok(SearchResults::default());
         }
         let fields = &self.fields;
-        let mut subqueries = text_query(fields, &clauses);
-        let text_only = BooleanQuery::new(text_query(fields, &clauses));
-        subqueries.push((
-            Occur::Must,
-            Box::new(TermSetQuery::new(
-                chats.iter().map(|c| Term::from_field_u64(fields.chat, c.0)),
-            )),
-        ));
-        if let Some(before) = req.before_seq {
-            subqueries.push((
-                Occur::Must,
-                Box::new(RangeQuery::new(
-                    Bound::Unbounded,
-                    Bound::Excluded(Term::from_field_u64(fields.seq, before.0)),
-                )),
-            ));
-        }
-        let query = BooleanQuery::new(subqueries);
         let searcher = self.reader.searcher();
         let deadline = Instant::now() + QUERY_BUDGET;
         let timed_out = Arc::new(AtomicBool::new(false));
-        let addresses: Vec<DocAddress> = match req.order {
-            SortOrder::Newest => {
-                let top = TopDocs::with_limit(req.limit).order_by_u64_field("ts", Order::Desc);
-                searcher
-                    .search(&query, &Budget::new(top, deadline, timed_out.clone()))
-                    .map_err(|e| SearchError::Index(e.to_string()))?
-                    .into_iter()
-                    .map(|(_, a)| a)
-                    .collect()
-            }
-            SortOrder::Relevance => {
-                let top = TopDocs::with_limit(req.limit).order_by_score();
-                searcher
-                    .search(&query, &Budget::new(top, deadline, timed_out.clone()))
-                    .map_err(|e| SearchError::Index(e.to_string()))?
-                    .into_iter()
-                    .map(|(_, a)| a)
-                    .collect()
-            }
+        let found: Vec<(ChatId, Seq)> = match req.order {
+            SortOrder::Newest => newest(
+                &searcher,
+                fields,
+                &clauses,
+                chats,
+                req,
+                deadline,
+                &timed_out,
+                &self.metrics,
+            )?,
+            SortOrder::Relevance => relevance(&searcher, fields, &clauses, chats, req, deadline, &timed_out)?,
         };
+        let text_only = BooleanQuery::new(text_query(fields, &clauses));
         let mut snippets = SnippetGenerator::create(&searcher, &text_only, fields.text)
             .map_err(|e| SearchError::Index(e.to_string()))?;
         snippets.set_max_num_chars(SNIPPET_CHARS);
-        let mut hits = Vec::with_capacity(addresses.len());
-        for address in addresses {
-            let segment = searcher.segment_reader(address.segment_ord);
-            let column = |name: &str| -> Result<u64, SearchError> {
-                segment
-                    .fast_fields()
-                    .u64(name)
-                    .map_err(|e| SearchError::Index(e.to_string()))?
-                    .first(address.doc_id)
-                    .ok_or_else(|| SearchError::Index(format!("document without {name}")))
-            };
-            let chat = ChatId(column("chat")?);
-            let seq = Seq(column("seq")?);
+        let mut hits = Vec::with_capacity(found.len());
+        for (chat, seq) in found {
             let Some(msg) = store
                 .message(chat, seq)
                 .map_err(|e| SearchError::Store(e.to_string()))?
@@ -296,6 +267,345 @@ impl SearchIndex {
             hits,
             partial: timed_out.load(Ordering::Relaxed),
         })
+    }
+}
+
+/// Best BM25 score first: every match is scored (tantivy's top-k by score),
+/// restricted by a term set of the caller's chats.
+fn relevance(
+    searcher: &Searcher,
+    fields: &Fields,
+    clauses: &[Vec<String>],
+    chats: &[ChatId],
+    req: &SearchRequest,
+    deadline: Instant,
+    timed_out: &Arc<AtomicBool>,
+) -> Result<Vec<(ChatId, Seq)>, SearchError> {
+    let mut subqueries = text_query(fields, clauses);
+    subqueries.push((Occur::Must, membership_query(fields, chats)));
+    if let Some(before) = req.before_seq {
+        subqueries.push((
+            Occur::Must,
+            Box::new(RangeQuery::new(
+                Bound::Unbounded,
+                Bound::Excluded(Term::from_field_u64(fields.seq, before.0)),
+            )),
+        ));
+    }
+    let query = BooleanQuery::new(subqueries);
+    let top = TopDocs::with_limit(req.limit).order_by_score();
+    let addresses: Vec<DocAddress> = searcher
+        .search(&query, &Budget::new(top, deadline, timed_out.clone()))
+        .map_err(|e| SearchError::Index(e.to_string()))?
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    let mut found = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let segment = searcher.segment_reader(address.segment_ord);
+        let column = |name: &str| -> Result<u64, SearchError> {
+            segment
+                .fast_fields()
+                .u64(name)
+                .map_err(|e| SearchError::Index(e.to_string()))?
+                .first(address.doc_id)
+                .ok_or_else(|| SearchError::Index(format!("document without {name}")))
+        };
+        found.push((ChatId(column("chat")?), Seq(column("seq")?)));
+    }
+    Ok(found)
+}
+
+fn membership_query(fields: &Fields, chats: &[ChatId]) -> Box<dyn Query> {
+    Box::new(TermSetQuery::new(
+        chats.iter().map(|c| Term::from_field_u64(fields.chat, c.0)),
+    ))
+}
+
+/// Newest first, ordered by `(ts, chat, seq)` descending (a total order, so a
+/// page cut inside one millisecond is the same every time and `before_seq`
+/// pages neither repeat nor skip a hit).
+///
+/// Three plans, chosen per query from document frequencies (cheap term
+/// dictionary reads), whichever is estimated to touch fewer documents:
+///
+/// * **Whole index, words only**: every match of the words collected, the
+///   membership checked per match on the `chat` column. Costs about the
+///   rarest word's postings: cheap when one of the words is rare.
+/// * **Whole index with a term set**: the words ANDed with a term set of the
+///   caller's chats. Costs about the documents of the caller's chats (tantivy
+///   builds the term set's bitset): cheap when the caller's chats are small.
+/// * **Time windows from the newest back**: the words ANDed with a `ts_s`
+///   (whole seconds) term range `[lo, hi)`, the membership checked per match on the `chat` column;
+///   the first window is sized to hold about twice `limit` matches if words
+///   and chats were independent, each next one (older, disjoint) is
+///   [`WINDOW_GROWTH`] times longer, until `limit` hits are found or the oldest
+///   document is passed. A window only touches the segments whose `ts` span
+///   meets it. Exact: every document of a later window is older than every
+///   document of an earlier one, so once `limit` hits are found no older
+///   document can displace one. Costs about the documents in the windows
+///   visited, which for a common word is a few thousand however large the
+///   index grows.
+fn newest(
+    searcher: &Searcher,
+    fields: &Fields,
+    clauses: &[Vec<String>],
+    chats: &[ChatId],
+    req: &SearchRequest,
+    deadline: Instant,
+    timed_out: &Arc<AtomicBool>,
+    metrics: &SearchMetrics,
+) -> Result<Vec<(ChatId, Seq)>, SearchError> {
+    let collector = Newest {
+        limit: req.limit,
+        chats: Arc::new(chats.iter().map(|c| c.0).collect()),
+        before_seq: req.before_seq.map(|s| s.0),
+        deadline,
+        timed_out: timed_out.clone(),
+    };
+    let index_err = |e: tantivy::TantivyError| SearchError::Index(e.to_string());
+    let docs = searcher.num_docs();
+    if docs == 0 {
+        return Ok(Vec::new());
+    }
+    // The rarest word bounds the matches; the caller's chats' documents bound
+    // the term set's cost (past MEMBERSHIP_FREQ_CHATS chats, not counted:
+    // assumed to be all of them).
+    let mut rarest = docs;
+    for token in clauses.iter().flatten() {
+        rarest = rarest.min(
+            searcher
+                .doc_freq(&Term::from_field_text(fields.text, token))
+                .map_err(index_err)?,
+        );
+    }
+    if rarest == 0 {
+        return Ok(Vec::new());
+    }
+    let member_docs = if chats.len() <= MEMBERSHIP_FREQ_CHATS {
+        let mut n = 0;
+        for chat in chats {
+            n += searcher
+                .doc_freq(&Term::from_field_u64(fields.chat, chat.0))
+                .map_err(index_err)?;
+        }
+        n.min(docs)
+    } else {
+        docs
+    };
+    if member_docs == 0 {
+        return Ok(Vec::new());
+    }
+    let limit = req.limit as u64;
+    // Documents a window must span to hold ~2 × limit hits: 2·limit / (P(words) · P(chats)).
+    let window_docs = (2 * limit)
+        .saturating_mul(docs)
+        .saturating_div(rarest)
+        .saturating_mul(docs)
+        .saturating_div(member_docs)
+        .max(FIRST_WINDOW_DOCS)
+        .min(docs);
+    // The estimated documents each plan touches (the module's `newest` docs).
+    tracing::debug!(docs, rarest, member_docs, window_docs, "search plan inputs");
+    let with_term_set = member_docs + rarest.min(member_docs);
+    let words_only = rarest;
+    if with_term_set.min(words_only) <= window_docs {
+        metrics.query_whole.fetch_add(1, Ordering::Relaxed);
+        let mut subqueries = text_query(fields, clauses);
+        if with_term_set < words_only {
+            subqueries.push((Occur::Must, membership_query(fields, chats)));
+        }
+        let hits = searcher
+            .search(&BooleanQuery::new(subqueries), &collector)
+            .map_err(index_err)?;
+        return Ok(hits.into_iter().map(|k| (ChatId(k.chat), Seq(k.seq))).collect());
+    }
+    // The time span of the index, and of each segment (its `ts` column's bounds).
+    let mut spans = Vec::with_capacity(searcher.segment_readers().len());
+    for segment in searcher.segment_readers() {
+        let ts = segment.fast_fields().u64("ts").map_err(index_err)?;
+        spans.push((ts.min_value(), ts.max_value()));
+    }
+    // Windows are whole seconds of `ts_s`: [lo, hi) in seconds.
+    let oldest = spans.iter().map(|s| s.0).min().unwrap_or(0) / 1000;
+    let newest = spans.iter().map(|s| s.1).max().unwrap_or(0) / 1000;
+    let span_s = newest - oldest + 1;
+    // As long as `window_docs` would last at the index's average rate.
+    let mut window_s = u64::try_from(u128::from(span_s) * u128::from(window_docs) / u128::from(docs))
+        .unwrap_or(span_s)
+        .max(1);
+    let mut hits: Vec<NewestKey> = Vec::with_capacity(req.limit);
+    let mut hi = newest.saturating_add(1);
+    while hi > oldest {
+        let lo = hi.saturating_sub(window_s).max(oldest);
+        let mut subqueries = text_query(fields, clauses);
+        subqueries.push((
+            Occur::Must,
+            Box::new(InvertedIndexRangeQuery::new(
+                Bound::Included(Term::from_field_u64(fields.ts_s, lo)),
+                Bound::Excluded(Term::from_field_u64(fields.ts_s, hi)),
+            )),
+        ));
+        let query = BooleanQuery::new(subqueries);
+        let weight = query
+            .weight(EnableScoring::disabled_from_searcher(searcher))
+            .map_err(index_err)?;
+        let mut fruits = Vec::new();
+        for (ord, segment) in searcher.segment_readers().iter().enumerate() {
+            let Some(&(min, max)) = spans.get(ord) else {
+                continue;
+            };
+            if max / 1000 < lo || min / 1000 >= hi {
+                continue;
+            }
+            let ord = u32::try_from(ord).map_err(|_| SearchError::Index("too many segments".to_owned()))?;
+            fruits.push(
+                collector
+                    .collect_segment(weight.as_ref(), ord, segment)
+                    .map_err(index_err)?,
+            );
+        }
+        metrics.query_windows.fetch_add(1, Ordering::Relaxed);
+        hits.extend(collector.merge_fruits(fruits).map_err(index_err)?);
+        tracing::debug!(
+            lo,
+            hi,
+            hits = hits.len(),
+            left_us = deadline.saturating_duration_since(Instant::now()).as_micros() as u64,
+            "search window"
+        );
+        if hits.len() >= req.limit || timed_out.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            if hits.len() < req.limit && lo > oldest {
+                timed_out.store(true, Ordering::Relaxed);
+            }
+            break;
+        }
+        hi = lo;
+        window_s = window_s.saturating_mul(WINDOW_GROWTH);
+    }
+    hits.truncate(req.limit);
+    Ok(hits.into_iter().map(|k| (ChatId(k.chat), Seq(k.seq))).collect())
+}
+
+/// The first newest-first window covers at least this many documents (at the
+/// index's average rate): below it, the per-window overhead (a term range, a
+/// bitset per segment) outweighs the documents saved.
+pub const FIRST_WINDOW_DOCS: u64 = 4096;
+
+/// Each next (older) newest-first window is this many times longer than the
+/// one before: a query whose estimate was wrong by a factor f takes about
+/// log₄ f more windows, and the documents visited stay within ~4/3 of the last
+/// window's.
+pub const WINDOW_GROWTH: u64 = 4;
+
+/// Up to this many chats, a query counts the documents of the caller's chats
+/// (one term-dictionary read per chat and segment) to choose its plan; a
+/// caller in more is assumed to see the whole index.
+const MEMBERSHIP_FREQ_CHATS: usize = 256;
+
+/// A newest-first hit's sort key, compared as `(ts, chat, seq)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct NewestKey {
+    ts: u64,
+    chat: u64,
+    seq: u64,
+}
+
+/// Keeps the `limit` greatest [`NewestKey`]s among matches of the caller's
+/// chats (and below `before_seq`), read from the fast fields; stops
+/// collecting at `deadline` (raising `timed_out`).
+struct Newest {
+    limit: usize,
+    chats: Arc<HashSet<u64>>,
+    before_seq: Option<u64>,
+    deadline: Instant,
+    timed_out: Arc<AtomicBool>,
+}
+
+struct NewestSegment {
+    limit: usize,
+    chats: Arc<HashSet<u64>>,
+    before_seq: Option<u64>,
+    chat: Column<u64>,
+    seq: Column<u64>,
+    ts: Column<u64>,
+    /// Min-heap of the best `limit` so far.
+    best: BinaryHeap<Reverse<NewestKey>>,
+    deadline: Instant,
+    timed_out: Arc<AtomicBool>,
+    countdown: u32,
+    stopped: bool,
+}
+
+impl Collector for Newest {
+    type Fruit = Vec<NewestKey>;
+    type Child = NewestSegment;
+
+    fn for_segment(&self, _ord: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<Self::Child> {
+        let fast = segment.fast_fields();
+        Ok(NewestSegment {
+            limit: self.limit,
+            chats: self.chats.clone(),
+            before_seq: self.before_seq,
+            chat: fast.u64("chat")?,
+            seq: fast.u64("seq")?,
+            ts: fast.u64("ts")?,
+            best: BinaryHeap::with_capacity(self.limit + 1),
+            deadline: self.deadline,
+            timed_out: self.timed_out.clone(),
+            countdown: 1,
+            stopped: false,
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<Vec<NewestKey>>) -> tantivy::Result<Vec<NewestKey>> {
+        let mut all: Vec<NewestKey> = fruits.into_iter().flatten().collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all.truncate(self.limit);
+        Ok(all)
+    }
+}
+
+impl SegmentCollector for NewestSegment {
+    type Fruit = Vec<NewestKey>;
+
+    fn collect(&mut self, doc: DocId, _score: Score) {
+        if self.stopped {
+            return;
+        }
+        self.countdown = self.countdown.saturating_sub(1);
+        if self.countdown == 0 {
+            self.countdown = BUDGET_CHECK_EVERY;
+            if Instant::now() >= self.deadline {
+                self.stopped = true;
+                self.timed_out.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+        let (Some(ts), Some(chat), Some(seq)) =
+            (self.ts.first(doc), self.chat.first(doc), self.seq.first(doc))
+        else {
+            return;
+        };
+        let key = NewestKey { ts, chat, seq };
+        if self.best.len() >= self.limit && self.best.peek().is_some_and(|Reverse(min)| key <= *min) {
+            return;
+        }
+        if !self.chats.contains(&chat) || self.before_seq.is_some_and(|b| seq >= b) {
+            return;
+        }
+        self.best.push(Reverse(key));
+        if self.best.len() > self.limit {
+            self.best.pop();
+        }
+    }
+
+    fn harvest(self) -> Vec<NewestKey> {
+        self.best.into_iter().map(|Reverse(k)| k).collect()
     }
 }
 
