@@ -346,6 +346,10 @@ fn membership_query(fields: &Fields, chats: &[ChatId]) -> Box<dyn Query> {
 ///   document can displace one. Costs about the documents in the windows
 ///   visited, which for a common word is a few thousand however large the
 ///   index grows.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one query's borrowed parts, passed once from `run`"
+)]
 fn newest(
     searcher: &Searcher,
     fields: &Fields,
