@@ -328,69 +328,28 @@ fn a_non_member_gets_nothing_and_members_page_history_newest_first() {
     bob.assert_exactly(w.dm, 401, 450);
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 #[test]
 fn a_client_that_stops_reading_is_told_to_resync_stays_bounded_and_then_has_everything() {
-    const COUNT: u64 = 8000;
-    /// natterd's slow-consumer limit (`MAX_OUTBOUND_HARD`), plus the frame
-    /// that crosses it and the Resync after it.
-    const QUEUE_BOUND: u64 = 8 * 1024 * 1024 + 64 * 1024;
-    /// What natterd may grow by while taking 80 MB of sends, whoever reads
-    /// them, with the budgets this test gives it: the block cache (8 MiB),
-    /// the memtables (sealed at 4 MiB each, at most five per keyspace), the
-    /// search writer's heap (50 MB) and the text it has queued (≤ 16 MiB),
-    /// less what is never all in use at once. It grows 55–70 MB with nobody
-    /// reading; a queue that kept the 80 MB of pushes would cross it.
-    const RSS_BOUND: u64 = 96 * 1024 * 1024;
-    let w = world_with(&[
-        "--send-rate-limit",
-        "1000000",
-        "--cache-size",
-        "8MiB",
-        "--journal-limit",
-        "4MiB",
-    ]);
+    use support::slow_consumer::{COUNT, FLAGS, QUEUE_BOUND, RSS_BOUND, TEXT_BYTES};
+    let mut flags = vec!["--send-rate-limit", "1000000"];
+    flags.extend(FLAGS);
+    let w = world_with(&flags);
     let dm = w.dm;
     let mut alice = Device::connect(&w.server, &w.alice);
     let mut stalled = Device::connect(&w.server, &w.bob);
     stalled.sync(&[]);
-    let before = rss_bytes(w.server.pid());
+    let before = w.server.rss_bytes();
     // 80 MB of pushes to a device that reads nothing.
-    send_many(&mut alice.conn, dm, 1, COUNT, 10_000);
-    let grown = rss_bytes(w.server.pid()).saturating_sub(before);
+    send_many(&mut alice.conn, dm, 1, COUNT, TEXT_BYTES);
+    let grown = w.server.rss_bytes().saturating_sub(before);
     assert!(grown < RSS_BOUND, "natterd grew by {grown} bytes");
-    let metric_sum = |name: &str| {
-        (0..2)
-            .map(|core| {
-                w.server
-                    .metric(&format!("{name}{{core=\"{core}\"}}"))
-                    .unwrap_or(0.0)
-            })
-            .sum::<f64>()
-    };
     assert!(
         support::wait_until(Duration::from_secs(10), || {
-            metric_sum("natter_slow_consumers_total") >= 1.0
+            w.server.metric_sum("natter_slow_consumers_total") >= 1.0
         }),
         "no slow consumer counted"
     );
-    let peak = (0..2)
-        .map(|core| {
-            w.server
-                .metric(&format!("natter_outbound_peak_bytes{{core=\"{core}\"}}"))
-                .unwrap_or(0.0)
-        })
-        .fold(0.0, f64::max);
+    let peak = w.server.metric_max("natter_outbound_peak_bytes");
     assert!(
         peak > 1_000_000.0,
         "the stalled device's queue never grew: {peak}"

@@ -238,33 +238,48 @@ fn sync_from(conn: &mut Connection, cursors: Vec<Cursor>) -> Vec<Message> {
     }
 }
 
-/// Bob on `scheme` stops reading while Alice sends 20 MB: natterd's memory
-/// stays bounded (outbound limits hold on every transport), he is switched
-/// to sync mode (Resync), and a sync then gives him everything once, in order.
+/// Bob on `scheme` stops reading while Alice sends 80 MB: natterd's memory
+/// stays bounded (outbound limits hold on every transport, and no transport
+/// buffers beyond them), he is switched to sync mode (Resync), and a sync
+/// then gives him everything once, in order.
 fn slow_consumer(scheme: &str) {
-    const COUNT: u64 = 2000;
+    use support::slow_consumer::{COUNT, FLAGS, QUEUE_BOUND, RSS_BOUND, TEXT_BYTES};
     // Bob is silent the whole time: a heartbeat timeout longer than the sends.
     // Sends as fast as the loop goes: not limited by --send-rate-limit.
-    let p = pair_with(&["--heartbeat-timeout", "120s", "--send-rate-limit", "100000"]);
+    let mut flags = vec![
+        "--heartbeat-timeout",
+        "120s",
+        "--send-rate-limit",
+        "100000",
+        "--search",
+        "off",
+    ];
+    flags.extend(FLAGS);
+    let p = pair_with(&flags);
     let (mut a, _) = p.server.connect("tcp", &p.alice);
     let (mut b, _) = p.server.connect(scheme, &p.bob);
     sync_from(&mut b, Vec::new());
-    let before = rss_bytes(p.server.pid());
-    let text = "y".repeat(10_000);
+    let before = p.server.rss_bytes();
+    let text = "y".repeat(TEXT_BYTES);
     for i in 1..=COUNT {
         send(&mut a, p.dm, i, &text);
     }
-    let grown = rss_bytes(p.server.pid()).saturating_sub(before);
-    assert!(grown < 64 << 20, "natterd grew by {grown} bytes");
-    let slow = || {
-        p.server
-            .metric("natter_slow_consumers_total{core=\"0\"}")
-            .unwrap_or(0.0)
-            + p.server
-                .metric("natter_slow_consumers_total{core=\"1\"}")
-                .unwrap_or(0.0)
-    };
-    assert!(wait_until(DEADLINE, || slow() >= 1.0), "no slow consumer counted");
+    let grown = p.server.rss_bytes().saturating_sub(before);
+    assert!(grown < RSS_BOUND, "{scheme}: natterd grew by {grown} bytes");
+    assert!(
+        wait_until(DEADLINE, || p.server.metric_sum("natter_slow_consumers_total")
+            >= 1.0),
+        "no slow consumer counted"
+    );
+    let peak = p.server.metric_max("natter_outbound_peak_bytes");
+    assert!(
+        peak > 1_000_000.0,
+        "{scheme}: the stalled device's queue never grew: {peak}"
+    );
+    assert!(
+        (peak as u64) <= QUEUE_BOUND,
+        "{scheme}: one connection had {peak} bytes queued (bound {QUEUE_BOUND})"
+    );
     let start = Instant::now();
     let mut held = Vec::new();
     loop {
@@ -613,16 +628,6 @@ fn a_sender_on_tls_and_recipients_on_websocket_and_tcp_see_one_gapless_order() {
     );
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 /// Half-open handshakes on TLS and WebSocket (a partial ClientHello, a partial
 /// upgrade request) and garbage cost bounded memory, are all closed at the
 /// pre-authentication deadline, and the honest pair chats throughout.
@@ -636,7 +641,7 @@ fn a_flood_of_stalled_handshakes_is_bounded_and_closed_at_the_deadline() {
     let p = pair_with(&["--preauth-per-address", "4096"]);
     let mut honest = Honest::new(&p, "tls");
     honest.chat();
-    let before = rss_bytes(p.server.pid());
+    let before = p.server.rss_bytes();
     let mut open = Vec::with_capacity(3 * EACH);
     for i in 0..EACH {
         let mut tls = raw(&p.server, "tls");
@@ -653,7 +658,7 @@ fn a_flood_of_stalled_handshakes_is_bounded_and_closed_at_the_deadline() {
         }
     }
     honest.chat();
-    let flooded = rss_bytes(p.server.pid());
+    let flooded = p.server.rss_bytes();
     let grown = flooded.saturating_sub(before);
     println!(
         "natterd RSS {} KiB before, {} KiB with {} stalled handshakes: +{} KiB ({} B each)",
@@ -735,27 +740,16 @@ fn idle_connections_cost_little_on_every_transport() {
     let alice = server.user("alice");
     let mut held = Vec::new();
     for scheme in ["tcp", "tls", "ws", "quic"] {
-        let before = rss_bytes(server.pid());
+        let before = server.rss_bytes();
         for _ in 0..EACH {
             let (mut conn, _) = server.connect(scheme, &alice);
             conn.ping().unwrap();
             held.push(conn);
         }
-        let per = rss_bytes(server.pid()).saturating_sub(before) / EACH as u64;
+        let per = server.rss_bytes().saturating_sub(before) / EACH as u64;
         println!("{scheme}: natterd RSS +{per} B per idle authenticated connection ({EACH} connections)");
         assert!(per < 64 * 1024, "{scheme}: {per} B per idle connection");
     }
-}
-
-/// The sum of a per-core metric over the test server's two cores.
-fn metric_sum(server: &TestServer, name: &str) -> f64 {
-    (0..2)
-        .map(|core| {
-            server
-                .metric(&format!("{name}{{core=\"{core}\"}}"))
-                .unwrap_or(0.0)
-        })
-        .sum()
 }
 
 /// A sender on QUIC, recipients on WebSocket, TLS and TCP: one gapless order.
@@ -807,7 +801,7 @@ fn a_quic_client_that_changes_its_address_keeps_its_session_and_misses_nothing()
     let mut got = Vec::new();
     let mut expected = Vec::new();
     let start = Instant::now();
-    while metric_sum(&p.server, "natter_quic_forwarded_datagrams_total") == 0.0 || rebinds < 4 {
+    while p.server.metric_sum("natter_quic_forwarded_datagrams_total") == 0.0 || rebinds < 4 {
         assert!(
             rebinds < 200 && start.elapsed() < Duration::from_secs(60),
             "no datagram reached the other core after {rebinds} rebinds"
@@ -837,7 +831,7 @@ fn a_quic_client_that_changes_its_address_keeps_its_session_and_misses_nothing()
     assert_eq!(seqs, expected, "every message of Alice once, in order");
     println!(
         "{rebinds} rebinds, {} datagrams forwarded between cores",
-        metric_sum(&p.server, "natter_quic_forwarded_datagrams_total")
+        p.server.metric_sum("natter_quic_forwarded_datagrams_total")
     );
     assert!(
         b.recv_timeout(Duration::from_millis(300))
@@ -866,7 +860,7 @@ fn quic_garbage_and_an_initial_flood_get_retry_and_bounded_memory_while_an_hones
         .trim_start_matches("quic://")
         .parse()
         .unwrap();
-    let before = rss_bytes(p.server.pid());
+    let before = p.server.rss_bytes();
     // Garbage: random bytes with every first-byte form, from many ports.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut random = move || {
@@ -927,11 +921,11 @@ fn quic_garbage_and_an_initial_flood_get_retry_and_bounded_memory_while_an_hones
     }
     honest.chat();
     assert!(
-        wait_until(DEADLINE, || metric_sum(&p.server, "natter_quic_retries_total")
+        wait_until(DEADLINE, || p.server.metric_sum("natter_quic_retries_total")
             > 0.0),
         "the Initial flood was answered with Retry"
     );
-    let flooded = rss_bytes(p.server.pid());
+    let flooded = p.server.rss_bytes();
     let grown = flooded.saturating_sub(before);
     println!(
         "natterd RSS {} KiB before, {} KiB after 20,000 garbage datagrams and {INITIALS} Initials: +{} KiB; \
@@ -939,12 +933,12 @@ fn quic_garbage_and_an_initial_flood_get_retry_and_bounded_memory_while_an_hones
         before / 1024,
         flooded / 1024,
         grown / 1024,
-        metric_sum(&p.server, "natter_quic_retries_total"),
-        metric_sum(&p.server, "natter_quic_refused_total"),
+        p.server.metric_sum("natter_quic_retries_total"),
+        p.server.metric_sum("natter_quic_refused_total"),
     );
     assert!(grown < 64 << 20, "grew by {grown} bytes");
     // The accepted half-handshakes end at the pre-authentication deadline.
-    honest.keep_alive_until(|| metric_sum(&p.server, "natter_connections") <= 2.0);
+    honest.keep_alive_until(|| p.server.metric_sum("natter_connections") <= 2.0);
     honest.chat();
     drop(pending);
 }

@@ -264,6 +264,66 @@ impl TestServer {
         text.lines()
             .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
     }
+
+    /// A per-core metric (`name{core="N"}`) summed over the two cores the
+    /// test server runs; a core without the sample counts 0.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        (0..2).map(|core| self.core_metric(name, core)).sum()
+    }
+
+    /// The largest value of a per-core metric over the two cores.
+    pub fn metric_max(&self, name: &str) -> f64 {
+        (0..2)
+            .map(|core| self.core_metric(name, core))
+            .fold(0.0, f64::max)
+    }
+
+    fn core_metric(&self, name: &str, core: usize) -> f64 {
+        self.metric(&format!("{name}{{core=\"{core}\"}}")).unwrap_or(0.0)
+    }
+
+    /// natterd's resident memory (VmRSS), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status")
+            * 1024
+    }
+}
+
+/// The slow-consumer tests (`sync.rs`, `transports.rs`): what a device that
+/// reads nothing may cost while 80 MB of pushes are sent to it.
+pub mod slow_consumer {
+    /// Messages sent, of [`TEXT_BYTES`] each: 80 MB, ten times the queue limit.
+    pub const COUNT: u64 = 8000;
+    /// Bytes of text per message.
+    pub const TEXT_BYTES: usize = 10_000;
+    /// natterd's slow-consumer limit (`MAX_OUTBOUND_HARD`), plus the frame
+    /// that crosses it and the Resync after it: the most one connection's
+    /// queue may hold (`natter_outbound_peak_bytes`).
+    pub const QUEUE_BOUND: u64 = 8 * 1024 * 1024 + 64 * 1024;
+    /// Explicit budgets for the store, so that what natterd may hold while
+    /// taking the sends does not depend on its defaults; search off, because
+    /// its writer's heap (50 MB, filled as it indexes) is a fixed budget of
+    /// its own and would hide a queue twice the limit.
+    pub const FLAGS: [&str; 6] = [
+        "--cache-size",
+        "8MiB",
+        "--journal-limit",
+        "4MiB",
+        "--search",
+        "off",
+    ];
+    /// What natterd may grow by while taking the 80 MB, whoever reads them,
+    /// with [`FLAGS`]: the block cache (8 MiB), the memtables (sealed at
+    /// 4 MiB, up to five waiting for their flush), the stalled connection's
+    /// queue ([`QUEUE_BOUND`]) and the allocator's slack. It grows 23–27 MB
+    /// with nobody reading; a queue that kept the pushes, or a transport that
+    /// buffered them, would cross it.
+    pub const RSS_BOUND: u64 = 64 * 1024 * 1024;
 }
 
 impl Drop for TestServer {
