@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use crossbeam_channel::Receiver;
 use natter_wire::{
-    Body, Delete, Edit, ErrorCode, Frame, FrameDecoder, HistoryPage, Limits, PROTOCOL_VERSION, Send, SyncDone,
+    Body, Delete, Edit, ErrorCode, Frame, FrameDecoder, HistoryPage, Limits, Message, PROTOCOL_VERSION, Send,
+    SyncDone,
 };
 
 use super::input::{AuthChoice, Input, Op};
@@ -247,6 +248,9 @@ pub(super) struct Harness {
     members_at: HashMap<(ChatId, Seq), BTreeSet<UserId>>,
     /// Every message written, and whether it is committed.
     messages: HashMap<(ChatId, Seq), (StoredMessage, bool)>,
+    /// The versions of a Text that committed edits and deletes rewrote it to
+    /// (its current state, which sync and history pages carry), oldest first.
+    rewritten: HashMap<(ChatId, Seq), Vec<StoredMessage>>,
     /// Dedupe keys written so far.
     keys: HashMap<(ChatId, UserId, ClientMsgId), Seq>,
     /// One receiver per membership change asked for.
@@ -327,6 +331,7 @@ impl Harness {
             chats,
             members_at: HashMap::new(),
             messages: HashMap::new(),
+            rewritten: HashMap::new(),
             keys: HashMap::new(),
             replies: Vec::new(),
             reply_to: Vec::new(),
@@ -890,6 +895,10 @@ impl Harness {
                     self.reached.amends += 1;
                     for rewritten in &rewrites {
                         self.store.commit_message(rewritten);
+                        self.rewritten
+                            .entry((rewritten.chat, rewritten.seq))
+                            .or_default()
+                            .push(rewritten.clone());
                     }
                     self.store.commit_message(&msg);
                     let key = (msg.chat, msg.seq);
@@ -1444,15 +1453,9 @@ impl Harness {
                 let user = self.client(k).valid.map(|(u, _)| u);
                 match self.messages.get(&(chat, seq)) {
                     Some((msg, true)) => {
-                        assert_eq!(
-                            (
-                                msg.sender.0,
-                                msg.server_ts_ms,
-                                msg.client_msg_id.0,
-                                msg.text.as_str()
-                            ),
-                            (m.sender, m.server_ts_ms, m.client_msg_id, m.text.as_str()),
-                            "the pushed message differs from the one written"
+                        assert!(
+                            self.is_a_committed_version(msg, &m),
+                            "the pushed message differs from the one written: {m:?}, written {msg:?}"
                         );
                     }
                     Some((_, false)) => panic!("chat {chat} seq {seq} pushed before it was committed"),
@@ -1576,6 +1579,22 @@ impl Harness {
         self.reached.conversation_frames += 1;
     }
 
+    /// Whether `m` is `written` as it was written or as a committed edit or
+    /// delete rewrote it (a Text carries its current state: PROTOCOL.md,
+    /// "Edits and deletes"). A version whose amend is not committed yet is
+    /// not one: an edit is never shown before it is durable.
+    fn is_a_committed_version(&self, written: &StoredMessage, m: &Message) -> bool {
+        let same = |v: &StoredMessage| {
+            (v.sender.0, v.server_ts_ms, v.client_msg_id.0, v.text.as_str())
+                == (m.sender, m.server_ts_ms, m.client_msg_id, m.text.as_str())
+        };
+        same(written)
+            || self
+                .rewritten
+                .get(&(written.chat, written.seq))
+                .is_some_and(|versions| versions.iter().any(same))
+    }
+
     /// Whether message `(chat, seq)` is one client `k` sent (its user's, with a client message id
     /// it sent in that chat): the sending session gets SendOk instead of the push.
     fn own(&self, k: usize, chat: ChatId, seq: u64) -> bool {
@@ -1663,15 +1682,9 @@ impl Harness {
                 );
             }
             match self.messages.get(&(chat, Seq(m.seq))) {
-                Some((msg, true)) => assert_eq!(
-                    (
-                        msg.sender.0,
-                        msg.server_ts_ms,
-                        msg.client_msg_id.0,
-                        msg.text.as_str()
-                    ),
-                    (m.sender, m.server_ts_ms, m.client_msg_id, m.text.as_str()),
-                    "the history differs from the message written"
+                Some((msg, true)) => assert!(
+                    self.is_a_committed_version(msg, m),
+                    "the history differs from the message written: {m:?}, written {msg:?}"
                 ),
                 Some((_, false)) => panic!("chat {chat} seq {} in history before its commit", m.seq),
                 None => panic!("chat {chat} seq {} in history, but never written", m.seq),
