@@ -52,7 +52,12 @@ impl Core {
                 users,
                 skip,
             } => {
-                let skip = skip.filter(|o| o.core == self.config.core).map(|o| o.conn);
+                // The sender's own session gets SendOk instead; only while it
+                // is the same session: a connection slot closed and reused
+                // since the Send holds another session, which gets the push.
+                let skip = skip
+                    .filter(|o| o.core == self.config.core && self.is_current(*o))
+                    .map(|o| o.conn);
                 let mut targets = Vec::new();
                 for user in users.iter() {
                     if let Some(devices) = self.devices.get(user) {

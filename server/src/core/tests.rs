@@ -620,6 +620,33 @@ fn a_send_is_acknowledged_only_after_commit_and_pushed_to_every_other_device_of_
 }
 
 #[test]
+fn a_session_that_reuses_a_closed_senders_connection_slot_gets_the_push() {
+    // The Send's origin names the sender's connection; the sender closes
+    // before the commit and a new session takes the freed slot on the same
+    // core. It is not the sender: it must get the push (found by the session
+    // fuzz target: the skip compared the slot, not the session).
+    let mut m = Mesh2::new();
+    let (ann, bob) = (m.user("ann"), m.user("bob"));
+    m.befriend(ann, bob);
+    let chat = m.store.create_group(ann, "pair", &[bob]).unwrap();
+    let ann_phone = m.connect(ann, 1);
+    m.send(ann_phone, chat, 77, "hello", 5);
+    let (core, conn) = ann_phone;
+    m.cores[core].handle_closed(conn);
+    m.pump();
+    let ann_laptop = m.connect(ann, 2);
+    assert_eq!(ann_laptop, ann_phone, "the test needs the slot reused");
+    m.received(ann_laptop);
+    m.commit();
+    let got = m.received(ann_laptop);
+    assert!(
+        matches!(&got[..], [Frame { request_id: 0, body: Body::Message(msg) }]
+            if (msg.chat_id, msg.seq, msg.text.as_str()) == (chat.0, 1, "hello")),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn a_retry_in_flight_or_after_commit_gets_the_original_seq_and_is_written_once() {
     let mut m = Mesh2::new();
     let (ann, bob) = (m.user("ann"), m.user("bob"));
