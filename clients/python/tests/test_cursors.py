@@ -4,7 +4,7 @@ this device's own sends (SendOk) absorbed in order. Pure logic: no socket is ope
 from __future__ import annotations
 
 from natter.connection import Connection
-from natter.frames import Message, SendOk, SyncDone
+from natter.frames import Message, SendOk, SyncDone, Welcome
 
 
 def message(chat, seq, text="x"):
@@ -68,3 +68,34 @@ def test_sync_done_heads_move_cursors_forward_only():
     c._heads(SyncDone({1: 7, 2: 3, 4: 0}))
     assert c.cursors == {1: 10, 2: 3, 4: 0}
     assert c._gap(message(4, 2))  # seq 1 of the empty chat was missed
+
+
+def welcome_of(user):
+    return Welcome(
+        user_id=user,
+        device_id=1,
+        heartbeat_interval_ms=0,
+        server_time_ms=0,
+        protocol_version=1,
+        max_frame=1 << 20,
+    )
+
+
+def test_own_send_streamed_by_a_sync_before_its_sendok_is_not_handed_out():
+    # A Sync pipelined with a Send: the sync can stream the stored message before the
+    # SendOk arrives. It is this connection's own send (its sender, a client_msg_id still
+    # in the outbox): absorbed, not handed out; the later SendOk changes nothing.
+    c = conn()
+    c.welcome = welcome_of(2)
+    c.cursors[5] = 1
+    c._outbox.add((5, 3))
+    assert c._apply(message(5, 2), from_sync=True)  # someone's (cmid 2): handed out
+    assert not c._apply(message(5, 3), from_sync=True)  # ours (cmid 3): absorbed
+    assert c.cursors[5] == 3
+    c._own(SendOk(client_msg_id=3, chat_id=5, seq=3, server_ts_ms=0))
+    assert c.cursors[5] == 3
+    # Without the outbox entry (another device's send of the same user) it is handed out.
+    c2 = conn()
+    c2.welcome = welcome_of(2)
+    c2.cursors[5] = 2
+    assert c2._apply(message(5, 3), from_sync=True)

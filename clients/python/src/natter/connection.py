@@ -167,6 +167,9 @@ class Connection:
         #: Per chat, the highest ``seq`` held with nothing missing before it.
         self.cursors: Dict[int, int] = {}
         self._ahead: Dict[int, Set[int]] = collections.defaultdict(set)
+        # (chat_id, client_msg_id) of this connection's sends still waiting for their SendOk:
+        # a Sync pipelined with a Send can stream the stored message before the SendOk comes.
+        self._outbox: Set[Tuple[int, int]] = set()
         self._sock: Optional[socket.socket] = None
         self._reader = frames.FrameReader()
         self._pending: Deque[Event] = collections.deque()
@@ -283,6 +286,12 @@ class Connection:
         probe = frames.encode_send(0, chat_id, cmid, text)
         if len(probe) > self.max_frame:
             raise FrameTooLarge(len(probe), self.max_frame, "outgoing")
+        try:
+            return self._send_attempts(chat_id, text, cmid, attempts)
+        finally:
+            self._outbox.discard((chat_id, cmid))
+
+    def _send_attempts(self, chat_id: int, text: str, cmid: int, attempts: int) -> SendOk:
         last: Optional[NatterError] = None
         for attempt in range(max(1, attempts)):
             if attempt:
@@ -291,6 +300,7 @@ class Connection:
                 if self._sock is None:
                     self.reconnect()
                 rid = self._rid()
+                self._outbox.add((chat_id, cmid))
                 self._write(frames.encode_send(rid, chat_id, cmid, text))
                 ok = self._wait_answer(rid, self.timeout).body
                 if not isinstance(ok, SendOk):
@@ -522,6 +532,16 @@ class Connection:
             return False
         if ahead and seq in ahead:
             ahead.discard(seq)
+            self._advance(chat, seq)
+            return False
+        if (
+            from_sync
+            and self.welcome is not None
+            and msg.sender == self.welcome.user_id
+            and (chat, msg.client_msg_id) in self._outbox
+        ):
+            # This connection's own send, stored, streamed by a sync before its SendOk
+            # arrived: it comes back to this device as the SendOk only (docs/PROTOCOL.md).
             self._advance(chat, seq)
             return False
         if cur is None or seq == cur + 1 or from_sync:
