@@ -324,6 +324,20 @@ pub mod slow_consumer {
     /// with nobody reading; a queue that kept the pushes, or a transport that
     /// buffered them, would cross it.
     pub const RSS_BOUND: u64 = 64 * 1024 * 1024;
+
+    /// The stalled device's queue grew (it really stalled) and no
+    /// connection's queue passed [`QUEUE_BOUND`] (`natter_outbound_peak_bytes`).
+    pub fn assert_queue_bounded(server: &super::TestServer, scheme: &str) {
+        let peak = server.metric_max("natter_outbound_peak_bytes");
+        assert!(
+            peak > 1_000_000.0,
+            "{scheme}: the stalled device's queue never grew: {peak}"
+        );
+        assert!(
+            (peak as u64) <= QUEUE_BOUND,
+            "{scheme}: one connection had {peak} bytes queued (bound {QUEUE_BOUND})"
+        );
+    }
 }
 
 impl Drop for TestServer {
