@@ -15,6 +15,7 @@ pub mod http;
 pub mod ids;
 pub mod logging;
 pub mod metrics;
+pub mod priority;
 pub mod push;
 pub mod runtime;
 pub mod search;

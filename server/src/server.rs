@@ -240,6 +240,12 @@ impl Server {
                 "password hashing cost is LOWERED below OWASP: for tests and benchmarks only"
             );
         }
+        // Every background thread exists by now (tantivy's later ones are made by
+        // these and start with their nice value): the message path first.
+        match crate::priority::lower_threads(crate::priority::BACKGROUND) {
+            Ok(threads) => tracing::debug!(threads, "background threads reniced"),
+            Err(error) => tracing::warn!(%error, "cannot lower the background threads' CPU priority"),
+        }
         tracing::info!(http = %endpoints.http, urls = ?endpoints.urls, cores = config.cores,
             data_dir = %config.data_dir.display(), "natterd listening");
         Ok(Self {

@@ -8,7 +8,8 @@
 //! read and skipped (both cost time: ~4 µs per record skipped, more per record
 //! inserted, measured in `docs/PERFORMANCE.md`). fjall 3.1 seals the active
 //! journal only when a memtable flush finds it past 64,000,000 bytes
-//! (hard-coded), and drops a sealed journal only once every keyspace that has
+//! (hard-coded upstream; natter's vendored fjall makes it a setting, and
+//! natterd sets [`JOURNAL_ROTATION_SIZE`]), and drops a sealed journal only once every keyspace that has
 //! data in it has flushed. A keyspace is flushed when its memtable passes its
 //! `max_memtable_size` (64 MiB by default) — so a quiet keyspace (`users`,
 //! `cursors`, `last_seen`: a few rows now and then) pins every sealed journal
@@ -29,13 +30,14 @@
 //!   bounds both the records a restart inserts again and the memory the
 //!   memtables take (`natter_store_write_buffer_bytes`);
 //! * no keyspace pins a sealed journal for longer than one flush, so the
-//!   journal on disk stays below fjall's fixed rotation point (64,000,000 B)
+//!   journal on disk stays below the rotation point ([`JOURNAL_ROTATION_SIZE`])
 //!   plus twice `--journal-limit` plus one batch, instead of growing to 576 MB.
 //!
-//! What this cannot do: make the active journal shorter than fjall's 64 MB
-//! rotation point (no public fjall API seals a journal), so even a fully
+//! What the guard alone cannot do is make the active journal shorter than the
+//! rotation point (no fjall API seals a journal on request): even a fully
 //! flushed journal costs its read at start (~20 MB/s on a busy two-core
-//! machine, the records skipped one by one).
+//! machine, the records skipped one by one). That is why the rotation point is
+//! lowered from upstream's 64 MB to 16 MiB.
 //!
 //! Nothing about durability changes: the flushes are fjall's own (a table is
 //! synced before the journal that holds its data is dropped), and the writer
@@ -71,6 +73,23 @@ pub const MIN_CACHE_SIZE: u64 = 1 << 20;
 /// "Restart and memory"), so the unflushed part is the one to keep small; below
 /// a few MiB the seals would mostly make tiny tables for compaction to merge.
 pub const DEFAULT_JOURNAL_LIMIT: u64 = 16 << 20;
+
+/// Journal size past which fjall's next memtable flush seals the active journal
+/// and starts a new one: 16 MiB (upstream fjall fixes it at 64,000,000 bytes;
+/// natter's vendored fjall makes it a setting, `vendor/fjall/NATTER-PATCHES.md`).
+/// Every start reads the active journal whole, the flushed records too, so this
+/// bounds the part of a restart that the journal limit cannot.
+pub const JOURNAL_ROTATION_SIZE: u64 = 16 << 20;
+
+/// Message values (the encoded record: ~40 bytes of header plus the text) of
+/// at least this many bytes are kept out of the LSM tree, in fjall's blob
+/// files, with only a pointer in the tree (key-value separation, for new
+/// stores: an existing store keeps the layout it was created with). Compaction
+/// then rewrites a large text never, instead of once per level; a short text
+/// stays inline, because each blob read is its own cache entry and allocation
+/// (measured: a 160-byte text through the blob cache cost ~2x its size in
+/// cache bookkeeping). 1 KiB is fjall's own default.
+pub const KV_SEPARATION_THRESHOLD: u32 = 1024;
 
 /// Smallest accepted non-zero `--journal-limit`. Every seal makes one small
 /// table per written keyspace; below 1 MiB the tables would be tiny and
@@ -236,9 +255,9 @@ mod tests {
     use crate::ids::{ChatId, ClientMsgId, CoreId, Seq, UserId};
     use crate::store::StoredMessage;
 
-    /// fjall's fixed point of journal rotation (`worker_pool.rs`: a flush that
-    /// finds the active journal past it seals the journal).
-    const FJALL_JOURNAL_ROTATION: u64 = 64_000_000;
+    /// The point of journal rotation natterd sets (`worker_pool.rs`: a flush
+    /// that finds the active journal past it seals the journal).
+    const FJALL_JOURNAL_ROTATION: u64 = JOURNAL_ROTATION_SIZE;
 
     /// `len` bytes of printable text that lz4 cannot shrink (fjall compresses
     /// journal values of 4 KiB and more), from a xorshift generator.
@@ -319,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn a_store_written_far_past_the_limit_keeps_its_journal_below_fjalls_rotation_plus_the_limit() {
+    fn a_store_written_far_past_the_limit_keeps_its_journal_below_the_rotation_point_plus_the_limit() {
         let limit = 8 << 20;
         let batch = 1 << 20;
         let (largest, seals) = write_past(limit, 400 << 20, batch);
@@ -343,6 +362,39 @@ mod tests {
         assert!(
             largest > FJALL_JOURNAL_ROTATION + (64 << 20),
             "journal only reached {largest} B without the limit"
+        );
+    }
+
+    #[test]
+    fn large_texts_live_in_blob_files_short_ones_inline_and_both_read_back_after_a_flush_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = noise(10_000, 7);
+        let short = "a short text".to_owned();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(
+                store.messages.is_kv_separated(),
+                "a new store separates large values"
+            );
+            store.commit_writes(&[big_message(5, 1, &long), big_message(5, 2, &short)]);
+            store.messages.rotate_memtable_and_wait().unwrap();
+            assert_eq!(
+                store.messages.blob_file_count(),
+                1,
+                "the flush wrote the large text to a blob file"
+            );
+            let page = store.messages_page(ChatId(5), Seq(0), 10, usize::MAX).unwrap();
+            let texts: Vec<&str> = page.iter().map(|m| m.text.as_str()).collect();
+            assert_eq!(texts, [long.as_str(), short.as_str()]);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.message(ChatId(5), Seq(1)).unwrap().map(|m| m.text),
+            Some(long)
+        );
+        assert_eq!(
+            store.message(ChatId(5), Seq(2)).unwrap().map(|m| m.text),
+            Some(short)
         );
     }
 

@@ -286,6 +286,7 @@ impl Store {
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .cache_size(settings.cache_size)
+            .journal_rotation_size(engine::JOURNAL_ROTATION_SIZE)
             .open()?;
         let ks = |name| db.keyspace(name, KeyspaceCreateOptions::default);
         let store = Self {
@@ -299,7 +300,12 @@ impl Store {
             members: ks(keys::MEMBERS)?,
             user_chats: ks(keys::USER_CHATS)?,
             dms: ks(keys::DMS)?,
-            messages: ks(keys::MESSAGES)?,
+            messages: db.keyspace(keys::MESSAGES, || {
+                KeyspaceCreateOptions::default().with_kv_separation(Some(
+                    fjall::KvSeparationOptions::default()
+                        .separation_threshold(engine::KV_SEPARATION_THRESHOLD),
+                ))
+            })?,
             dedupe: ks(keys::DEDUPE)?,
             last_seen: ks(keys::LAST_SEEN)?,
             cursors: ks(keys::CURSORS)?,
