@@ -96,6 +96,23 @@ pub(crate) struct Report {
     /// connect: growth of natterd's RSS while connecting, divided by the connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) rss_per_connection_bytes: Option<u64>,
+    /// connect: growth of natterd's store write buffer (`natter_store_write_buffer_bytes`,
+    /// its memtables) over the same interval as `rss_per_connection_bytes`, bytes;
+    /// negative when memtables were flushed meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) write_buffer_growth_bytes: Option<i64>,
+    /// connect: `rss_per_connection_bytes` net of the write buffer's growth (the
+    /// rows written at connect wait in memtables, which `--journal-limit` bounds
+    /// whatever the connection count and flushes to disk: not per-connection
+    /// memory). A shrinking write buffer is not added back, so this never exceeds
+    /// the raw figure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rss_per_connection_net_bytes: Option<u64>,
+    /// connect over QUIC: natterd's RSS growth from the settled half-way point
+    /// (half the connections open) to the settled end, divided by the second
+    /// half's connections: the marginal cost of one more idle connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rss_per_connection_marginal_bytes: Option<u64>,
     /// connect over QUIC: UDP sockets (quinn-proto endpoints) the connections
     /// were spread over (`--quic-connections-per-socket` each, the last fewer).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -414,6 +431,21 @@ impl Report {
         if let Some(v) = self.rss_per_connection_bytes {
             line(
                 "rss_per_connection_bytes",
+                format!("{v} ({:.2} KiB)", v as f64 / 1024.0),
+            );
+        }
+        if let Some(v) = self.write_buffer_growth_bytes {
+            line("write_buffer_growth_bytes", v.to_string());
+        }
+        if let Some(v) = self.rss_per_connection_net_bytes {
+            line(
+                "rss_per_connection_net_bytes",
+                format!("{v} ({:.2} KiB)", v as f64 / 1024.0),
+            );
+        }
+        if let Some(v) = self.rss_per_connection_marginal_bytes {
+            line(
+                "rss_per_connection_marginal_bytes",
                 format!("{v} ({:.2} KiB)", v as f64 / 1024.0),
             );
         }

@@ -164,6 +164,23 @@ impl Target {
             }
         }
     }
+    /// natterd's `natter_store_write_buffer_bytes` gauge (bytes in the store's
+    /// memtables not yet flushed, as of the storage writer's last measurement, at
+    /// most 100 ms old while it writes), `None` (with a warning on stderr) if
+    /// `/metrics` cannot be read or lacks it (an older natterd).
+    pub(crate) fn server_write_buffer(&self) -> Option<u64> {
+        let result = self.http.metrics().map_err(|e| e.to_string()).and_then(|text| {
+            metric_value(&text, "natter_store_write_buffer_bytes")
+                .ok_or_else(|| "no natter_store_write_buffer_bytes in /metrics".to_owned())
+        });
+        match result {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                eprintln!("warning: cannot read natterd's store write buffer: {e}");
+                None
+            }
+        }
+    }
 }
 
 /// How often [`RssSampler`] reads natterd's resident memory: often enough to catch a

@@ -2,17 +2,28 @@
 //! how little memory an idle authenticated connection costs it.
 //!
 //! 1. Sign up (or reuse) and log in N users `bench_c_{i}` over HTTP.
-//! 2. Read natterd's RSS, then open N TCP connections from one mio thread, each from
+//! 2. Read natterd's RSS (and its store write buffer, `natter_store_write_buffer_bytes`
+//!    of `/metrics`), then open N TCP connections from one mio thread, each from
 //!    its own explicit source address spread over 127.0.0.2–127.0.0.250 (socket2:
 //!    `SO_REUSEADDR`, `bind(127.0.0.x:port)`, non-blocking `connect`; a busy
 //!    address is skipped) — `bind(ip, 0)` manages only ~830 connects/s on these
 //!    machines. At most `--in-flight` handshakes (TCP + `Hello` → `Welcome`) run
 //!    at once. `connect_per_sec` = connections established / (first `connect` → last
 //!    `Welcome`).
-//! 3. Read natterd's RSS again, then hold every connection idle for `--duration`,
+//! 3. Read natterd's RSS and write buffer again, then hold every connection idle for `--duration`,
 //!    sending `Ping` every half heartbeat interval (from `Welcome`) and reading the
 //!    `Pong`s. A connection lost at any point, and every failed signup, login or
 //!    handshake, counts in `errors`.
+//!
+//! `rss_per_connection_bytes` is the raw RSS growth per connection;
+//! `rss_per_connection_net_bytes` takes off the write buffer's growth (the device
+//! and presence rows written at connect wait in memtables, which `--journal-limit`
+//! bounds whatever the connection count), so it counts what the connections
+//! themselves hold. Over QUIC the connections are opened in two halves, natterd's
+//! RSS read after each (once idle), and `rss_per_connection_marginal_bytes` is the
+//! second half's growth per connection: what one more connection costs once the
+//! memory the account phase left free (which the first connections may or may
+//! not reuse, depending on which threads share a malloc arena) is out of play.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -138,14 +149,14 @@ pub(crate) fn run(target: &Target, options: &Options, args: &ConnectArgs) -> Res
         ));
     }
 
-    let rss_before = target.server_rss();
+    let before = Memory::read(target);
     let hellos: Vec<Option<String>> = accounts
         .logins
         .into_iter()
         .map(|login| login.map(|login| login.token))
         .collect();
     if target.dial.kind() == Kind::Quic {
-        return run_quic(target, options, args, &hellos, ready, rss_before, accounts.errors);
+        return run_quic(target, options, args, &hellos, ready, before, accounts.errors);
     }
     let mut driver = Driver::new(target.dial.clone(), args.in_flight, options.rate)?;
     println!(
@@ -155,7 +166,7 @@ pub(crate) fn run(target: &Target, options: &Options, args: &ConnectArgs) -> Res
     let bar = progress::bar(ready, "connected");
     let connected = driver.connect_all(&hellos, &bar)?;
     bar.finish_and_clear();
-    let rss_after = target.server_rss();
+    let after = Memory::read(target);
     let rate = per_sec(connected.established, connected.elapsed);
     println!(
         "connect: {} connections established in {:.2}s ({rate:.0}/s), {} failed; holding them for {:?}",
@@ -175,28 +186,24 @@ pub(crate) fn run(target: &Target, options: &Options, args: &ConnectArgs) -> Res
     let mut report = Report::new("connect", "tcp");
     report.connections = Some(open);
     report.connect_per_sec = Some(rate);
-    report.server_rss_bytes = rss_after;
-    report.rss_per_connection_bytes = match (rss_before, rss_after) {
-        (Some(before), Some(after)) if connected.established > 0 => {
-            Some(after.saturating_sub(before) / connected.established)
-        }
-        _ => None,
-    };
+    report.server_rss_bytes = after.rss;
+    before.per_connection(after, connected.established, &mut report);
     report.duration_s = Some(held.as_secs_f64());
     report.errors = Some(accounts.errors + driver.failed_handshakes + driver.lost);
     Ok(report)
 }
 
 /// The connect phase and the hold over QUIC ([`QuicFleet`]: many connections
-/// per UDP socket, so no open-file bound). natterd's RSS is read again after
-/// [`QUIC_SETTLE`] of idleness, once handshake state has been released.
+/// per UDP socket, so no open-file bound). natterd's RSS is read after each
+/// half of the connections, each time after [`QUIC_SETTLE`] of idleness, once
+/// handshake state has been released.
 fn run_quic(
     target: &Target,
     options: &Options,
     args: &ConnectArgs,
     hellos: &[Option<String>],
     ready: u64,
-    rss_before: Option<u64>,
+    before: Memory,
     account_errors: u64,
 ) -> Result<Report, BenchError> {
     let per_socket = args.quic_connections_per_socket;
@@ -206,9 +213,23 @@ fn run_quic(
          handshakes in flight)",
         args.in_flight
     );
+    // In two halves, each followed by QUIC_SETTLE of idleness and a reading:
+    // the second half's growth is the marginal cost of a connection, which
+    // memory left free by the account phase (reused by the first connections,
+    // or not) does not blur.
     let bar = progress::bar(ready, "connected");
-    let connected = fleet.connect_all(hellos, &bar)?;
+    let half = hellos.len() / 2;
+    let first = fleet.connect_all(hellos, 0..half, &bar)?;
+    let settle = QUIC_SETTLE.min(options.duration);
+    let mut held = fleet.hold(settle)?;
+    let middle = Memory::read(target);
+    let second = fleet.connect_all(hellos, half..hellos.len(), &bar)?;
     bar.finish_and_clear();
+    let connected = Connected {
+        established: first.established + second.established,
+        failed: first.failed + second.failed,
+        elapsed: first.elapsed + second.elapsed,
+    };
     let rate = per_sec(connected.established, connected.elapsed);
     println!(
         "connect: {} connections established in {:.2}s ({rate:.0}/s) on {} UDP sockets, {} failed",
@@ -217,9 +238,8 @@ fn run_quic(
         fleet.sockets(),
         connected.failed,
     );
-    let settle = QUIC_SETTLE.min(options.duration);
-    let mut held = fleet.hold(settle)?;
-    let rss_after = target.server_rss();
+    held += fleet.hold(settle)?;
+    let after = Memory::read(target);
     println!(
         "connect: holding them for {:?} more",
         options.duration.saturating_sub(settle)
@@ -237,16 +257,60 @@ fn run_quic(
     report.connections = Some(open);
     report.connect_per_sec = Some(rate);
     report.udp_sockets = Some(fleet.sockets() as u64);
-    report.server_rss_bytes = rss_after;
-    report.rss_per_connection_bytes = match (rss_before, rss_after) {
-        (Some(before), Some(after)) if connected.established > 0 => {
-            Some(after.saturating_sub(before) / connected.established)
+    report.server_rss_bytes = after.rss;
+    before.per_connection(after, connected.established, &mut report);
+    report.rss_per_connection_marginal_bytes = match (middle.rss, after.rss) {
+        (Some(middle), Some(after)) if second.established > 0 => {
+            Some(after.saturating_sub(middle) / second.established)
         }
         _ => None,
     };
     report.duration_s = Some(held.as_secs_f64());
     report.errors = Some(account_errors + counters.failed_handshakes + counters.lost);
     Ok(report)
+}
+
+/// natterd's memory at one moment, as the per-connection figures need it.
+#[derive(Clone, Copy, Debug)]
+struct Memory {
+    /// Resident memory, bytes.
+    rss: Option<u64>,
+    /// The store's write buffer (memtables), bytes.
+    write_buffer: Option<u64>,
+}
+
+impl Memory {
+    /// Reads both now (the write buffer is the storage writer's last measurement).
+    fn read(target: &Target) -> Memory {
+        Memory {
+            rss: target.server_rss(),
+            write_buffer: target.server_write_buffer(),
+        }
+    }
+
+    /// Fills `report`'s per-connection figures from `self` (before connecting) to
+    /// `after` over `connections` connections: the raw RSS growth, the write
+    /// buffer's growth, and the RSS growth net of it (see
+    /// `Report::rss_per_connection_net_bytes`).
+    fn per_connection(self, after: Memory, connections: u64, report: &mut Report) {
+        let (Some(before_rss), Some(after_rss)) = (self.rss, after.rss) else {
+            return;
+        };
+        if connections == 0 {
+            return;
+        }
+        let growth = after_rss.saturating_sub(before_rss);
+        report.rss_per_connection_bytes = Some(growth / connections);
+        let (Some(wb_before), Some(wb_after)) = (self.write_buffer, after.write_buffer) else {
+            return;
+        };
+        let wb_growth = i64::try_from(wb_after)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(wb_before).unwrap_or(i64::MAX));
+        report.write_buffer_growth_bytes = Some(wb_growth);
+        let buffered = u64::try_from(wb_growth).unwrap_or(0);
+        report.rss_per_connection_net_bytes = Some(growth.saturating_sub(buffered) / connections);
+    }
 }
 
 /// Idle time after the last QUIC handshake before natterd's RSS is read: the
@@ -878,6 +942,44 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn the_net_figure_takes_off_write_buffer_growth_and_never_adds_a_flush_back() {
+        let at = |rss, write_buffer| Memory {
+            rss: Some(rss),
+            write_buffer: Some(write_buffer),
+        };
+        let mut report = Report::new("connect", "quic");
+        at(100_000_000, 1_000_000).per_connection(at(280_000_000, 8_700_000), 10_000, &mut report);
+        assert_eq!(report.rss_per_connection_bytes, Some(18_000));
+        assert_eq!(report.write_buffer_growth_bytes, Some(7_700_000));
+        assert_eq!(report.rss_per_connection_net_bytes, Some(17_230));
+
+        // Memtables flushed meanwhile: the net figure is the raw one, not more.
+        let mut report = Report::new("connect", "quic");
+        at(100_000_000, 9_000_000).per_connection(at(280_000_000, 2_000_000), 10_000, &mut report);
+        assert_eq!(report.write_buffer_growth_bytes, Some(-7_000_000));
+        assert_eq!(report.rss_per_connection_net_bytes, Some(18_000));
+
+        // Without the gauge (an older natterd) only the raw figure is reported ...
+        let mut report = Report::new("connect", "quic");
+        let no_gauge = Memory {
+            write_buffer: None,
+            ..at(100_000_000, 0)
+        };
+        no_gauge.per_connection(at(280_000_000, 0), 10_000, &mut report);
+        assert_eq!(report.rss_per_connection_bytes, Some(18_000));
+        assert_eq!(report.rss_per_connection_net_bytes, None);
+        // ... and nothing for no connections or an unreadable RSS.
+        let mut report = Report::new("connect", "quic");
+        at(1, 1).per_connection(at(2, 2), 0, &mut report);
+        let unreadable = Memory {
+            rss: None,
+            write_buffer: Some(1),
+        };
+        unreadable.per_connection(at(2, 2), 10, &mut report);
+        assert_eq!(report, Report::new("connect", "quic"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,18 +237,24 @@ impl QuicFleet {
             .count() as u64
     }
 
-    /// Opens one connection per `Some` token and runs until every handshake
-    /// has ended.
+    /// Opens one connection per `Some` token of `tokens[users]` (slot `i` is
+    /// user `i`) and runs until every handshake has ended. Connections opened
+    /// by an earlier call stay open and keep being served, so a fleet can be
+    /// opened in parts.
     ///
     /// # Errors
     /// [`BenchError::Io`] if polling fails; [`BenchError::Interrupted`] after Ctrl-C.
     pub(crate) fn connect_all(
         &mut self,
         tokens: &[Option<String>],
+        users: Range<usize>,
         bar: &ProgressBar,
     ) -> Result<Connected, BenchError> {
-        self.conns = tokens.iter().map(|_| None).collect();
-        let mut next_user = 0;
+        if self.conns.len() < tokens.len() {
+            self.conns.resize_with(tokens.len(), || None);
+        }
+        let end = users.end.min(tokens.len());
+        let mut next_user = users.start;
         let mut started: u64 = 0;
         let mut established: u64 = 0;
         let mut failed: u64 = 0;
@@ -260,7 +267,7 @@ impl QuicFleet {
             let now = Instant::now();
             let mut budget = CONNECTS_PER_TURN;
             let mut paced_until = None;
-            while budget > 0 && self.in_flight < self.max_in_flight && next_user < tokens.len() {
+            while budget > 0 && self.in_flight < self.max_in_flight && next_user < end {
                 if let Some(rate) = self.rate {
                     let due = phase_start + Duration::from_secs_f64(started as f64 / rate as f64);
                     if due > now {
@@ -282,7 +289,7 @@ impl QuicFleet {
                     bar.inc(1);
                 }
             }
-            let more_to_start = next_user < tokens.len();
+            let more_to_start = next_user < end;
             if !more_to_start && self.in_flight == 0 {
                 break;
             }

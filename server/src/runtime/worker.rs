@@ -31,7 +31,7 @@ use crate::runtime::{COMMANDS_PER_TURN, Command, Mesh};
 use crate::store::Store;
 use crate::store::writer::{WriteOp, WriterSender};
 use crate::transport::quic::{Conns, QuicConn, QuicDriver};
-use crate::transport::{Acceptor, Kind, Stream, tcp};
+use crate::transport::{Acceptor, Kind, Stream, release_if_empty, tcp};
 
 /// Tokens of the listeners, by [`Kind`] (in [`Kind::ALL`]'s order);
 /// connections use their `ConnId` as token.
@@ -643,10 +643,8 @@ impl Worker {
             let Some(socket) = self.socket(conn) else {
                 return;
             };
-            if socket.inbound.is_empty() && socket.inbound.capacity() > 0 {
-                // Give the buffer back: idle sessions hold no read memory.
-                socket.inbound = BytesMut::new();
-            }
+            // Give the buffer back: idle sessions hold no read memory.
+            release_if_empty(&mut socket.inbound);
             match status {
                 InputStatus::Drained => {}
                 InputStatus::Budget => {

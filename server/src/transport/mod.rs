@@ -32,8 +32,20 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
+
+/// Replaces `buf` with an unallocated buffer once it holds no bytes, so an
+/// idle connection keeps no read memory. Checking `capacity() > 0` is not
+/// enough: a buffer whose bytes were all split off (a frame that filled the
+/// read exactly) or advanced past reports capacity 0 yet still owns, or
+/// shares with the split-off frame, the allocation it was read into — which
+/// kept ~200 bytes alive per idle connection.
+pub(crate) fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() {
+        *buf = BytesMut::new();
+    }
+}
 
 /// Which transport a listener (and every connection it accepts) speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -215,5 +227,39 @@ impl Acceptor {
                 ));
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Buf;
+
+    use super::*;
+
+    #[test]
+    fn an_emptied_read_buffer_lets_go_of_its_allocation() {
+        // A read into a fresh buffer, as the worker does it: the allocation is
+        // exactly as large as the frame, which is then split off whole.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[7u8; 160]);
+        let frame = buf.split_to(160).freeze();
+        assert_eq!(buf.capacity(), 0);
+        assert!(
+            !frame.is_unique(),
+            "the empty buffer still shares the frame's allocation"
+        );
+        release_if_empty(&mut buf);
+        assert!(
+            frame.is_unique(),
+            "nothing but the frame holds the allocation any more"
+        );
+        assert_eq!(buf.capacity(), 0);
+
+        // Bytes still waiting are kept, with their allocation.
+        let mut partial = BytesMut::new();
+        partial.extend_from_slice(b"half a frame");
+        partial.advance(5);
+        release_if_empty(&mut partial);
+        assert_eq!(&partial[..], b"a frame");
     }
 }

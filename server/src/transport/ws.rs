@@ -121,9 +121,7 @@ impl Read for ReadAhead {
             dst.copy_from_slice(src);
         }
         self.ahead.advance(n);
-        if self.ahead.is_empty() && self.ahead.capacity() > 0 {
-            self.ahead = BytesMut::new();
-        }
+        super::release_if_empty(&mut self.ahead);
         Ok(n)
     }
 }
