@@ -2,23 +2,18 @@
 //!
 //! Every acknowledgement waits on two kinds of thread: the event loops
 //! (`natter-core-N`) and the storage writer (`natter-store-writer`), one
-//! serial stage that every message passes through. The rest is background
-//! work that may lag without anyone waiting for it: fjall's flush and
-//! compaction workers (`fjall:worker`) and tantivy's indexing and merge
-//! threads (the indexer `natter-search` and the push threads lower their own
-//! priority when they start: [`crate::search::INDEXER_NICE`],
-//! [`crate::push::PUSH_NICE`]; tantivy's threads are made by the thread that
-//! opens the index, at normal priority, so they are reniced here). Measured on the shared two-core machine (`docs/PERFORMANCE.md`,
-//! issue 12), the writer spent ~65 % of a full-speed run runnable but not
-//! running, queued behind compaction and indexing; so the background threads
-//! run at a higher nice value and the scheduler serves the message path first.
+//! serial stage that every message passes through. Indexing for search is
+//! background work that may lag without anyone waiting for it: the indexer
+//! thread (`natter-search`) and the push threads lower their own priority when
+//! they start ([`crate::search::INDEXER_NICE`], [`crate::push::PUSH_NICE`]), but
+//! tantivy's indexing and merge threads, which do most of the indexing work,
+//! are made by the thread that opens the index, at normal priority; they are
+//! reniced here to the indexer's value.
 //!
-//! The nice values are moderate on purpose: under CFS a thread at nice 5 still
-//! gets about a third of what a nice-0 thread gets when both want the CPU, so
-//! compaction keeps pace (when it falls behind, fjall's own write throttle
-//! slows the writer, which is the backpressure we want rather than a pile-up),
-//! while indexing at nice 10 may lag: its lag is bounded and measured
-//! (`natter_search_lag_messages`).
+//! fjall's flush and compaction workers are deliberately left at normal
+//! priority: their work is not optional (left behind, it comes back as
+//! fjall's write throttle on the writer), and a 10-minute run with them at
+//! nice 5 was no better than one without (`docs/PERFORMANCE.md`, issue 12).
 //!
 //! Linux keeps nice values per thread (`setpriority(PRIO_PROCESS, tid)`), and a
 //! new thread starts with its creator's; raising a nice value needs no
@@ -26,13 +21,9 @@
 
 use std::io;
 
-/// Nice value of fjall's flush and compaction workers.
-pub const STORE_WORKER_NICE: i32 = 5;
-
 /// Thread-name prefixes (as `/proc/self/task/*/comm` shows them, at most 15
 /// bytes) of the background threads, with their nice values.
 pub const BACKGROUND: &[(&str, i32)] = &[
-    ("fjall:worker", STORE_WORKER_NICE),
     ("thrd-tantivy", crate::search::INDEXER_NICE),
     ("merge_thread_", crate::search::INDEXER_NICE),
     ("segment_update", crate::search::INDEXER_NICE),

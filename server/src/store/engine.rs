@@ -31,7 +31,9 @@
 //!   memtables take (`natter_store_write_buffer_bytes`);
 //! * no keyspace pins a sealed journal for longer than one flush, so the
 //!   journal on disk stays below the rotation point ([`JOURNAL_ROTATION_SIZE`])
-//!   plus twice `--journal-limit` plus one batch, instead of growing to 576 MB.
+//!   plus three times `--journal-limit` plus one batch (the active journal is
+//!   sealed by the first flush past the rotation point, and the new one grows
+//!   while the sealed one's last flushes finish), instead of growing to 576 MB.
 //!
 //! What the guard alone cannot do is make the active journal shorter than the
 //! rotation point (no fjall API seals a journal on request): even a fully
@@ -90,6 +92,29 @@ pub const JOURNAL_ROTATION_SIZE: u64 = 16 << 20;
 /// (measured: a 160-byte text through the blob cache cost ~2x its size in
 /// cache bookkeeping). 1 KiB is fjall's own default.
 pub const KV_SEPARATION_THRESHOLD: u32 = 1024;
+
+/// Options of the keyspaces that grow with every message (`messages`,
+/// `dedupe`): fjall's defaults with the index and filter blocks of every
+/// table **partitioned** (4 KiB partitions under a small top-level index)
+/// instead of only from level 3 on.
+///
+/// Why: every send does a point read of `dedupe` that misses (a new
+/// `client_msg_id`), which consults a filter at every level. Unpartitioned,
+/// an L1 or L2 table's filter and index are one block of hundreds of KiB to
+/// a few MiB, read whole (and its checksum computed) whenever it is not in
+/// the block cache; once the tables' metadata outgrew `--cache-size`, a
+/// full-speed run on a store of ~30 M messages spent ~70 % of its CPU in the
+/// event loops copying and hashing those blocks (`pread` + `xxh3`) at ~2,000
+/// acked messages a second (`docs/PERFORMANCE.md`, issue 12). Partitioned, a
+/// miss reads one 4 KiB filter partition, and the cache holds the partitions
+/// that are hot. fjall fixes these options when a keyspace is created: a store
+/// created before keeps its layout.
+pub fn large_keyspace() -> fjall::KeyspaceCreateOptions {
+    use fjall::config::PartitioningPolicy;
+    fjall::KeyspaceCreateOptions::default()
+        .filter_block_partitioning_policy(PartitioningPolicy::all(true))
+        .index_block_partitioning_policy(PartitioningPolicy::all(true))
+}
 
 /// Smallest accepted non-zero `--journal-limit`. Every seal makes one small
 /// table per written keyspace; below 1 MiB the tables would be tiny and
@@ -343,9 +368,13 @@ mod tests {
         let batch = 1 << 20;
         let (largest, seals) = write_past(limit, 400 << 20, batch);
         assert!(seals >= 10, "the guard sealed only {seals} times over 400 MiB");
-        // Twice the limit (a seal put off while a flush runs), plus the batch
-        // that crossed it; here the guard runs after every batch.
-        let bound = FJALL_JOURNAL_ROTATION + 2 * limit + 2 * batch;
+        // The active journal is sealed by the first flush that finds it past
+        // the rotation point: at most twice the limit later (a seal put off
+        // while a flush runs), plus the batch that crossed it. Until the last
+        // keyspace with data in the sealed journal has flushed, the sealed one
+        // stays on disk while the new one grows by up to another limit. Here
+        // the guard runs after every batch.
+        let bound = FJALL_JOURNAL_ROTATION + 3 * limit + 2 * batch;
         assert!(
             largest <= bound,
             "journal reached {largest} B on disk, bound {bound} B"

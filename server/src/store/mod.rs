@@ -301,12 +301,12 @@ impl Store {
             user_chats: ks(keys::USER_CHATS)?,
             dms: ks(keys::DMS)?,
             messages: db.keyspace(keys::MESSAGES, || {
-                KeyspaceCreateOptions::default().with_kv_separation(Some(
+                engine::large_keyspace().with_kv_separation(Some(
                     fjall::KvSeparationOptions::default()
                         .separation_threshold(engine::KV_SEPARATION_THRESHOLD),
                 ))
             })?,
-            dedupe: ks(keys::DEDUPE)?,
+            dedupe: db.keyspace(keys::DEDUPE, engine::large_keyspace)?,
             last_seen: ks(keys::LAST_SEEN)?,
             cursors: ks(keys::CURSORS)?,
             read_markers: ks(keys::READ_MARKERS)?,
