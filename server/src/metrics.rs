@@ -150,6 +150,11 @@ pub struct StoreMetrics {
     /// yet flushed to tables, at the writer's last measurement: the store's
     /// memory beyond its block cache.
     write_buffer_bytes: AtomicU64,
+    /// The LSM trees' state at the writer's last measurement
+    /// ([`crate::store::LsmState`]), for telling a stall's cause from the
+    /// outside: fjall throttles writes past 20 level-0 runs, halts them at 30,
+    /// and halts a keyspace's writes at 4 sealed memtables.
+    lsm: [AtomicU64; 4],
 }
 
 impl StoreMetrics {
@@ -177,7 +182,38 @@ impl StoreMetrics {
         self.write_buffer_bytes.store(write_buffer, Ordering::Relaxed);
     }
 
+    /// Records the LSM trees' state measured by the writer.
+    pub fn observe_lsm(&self, state: crate::store::LsmState) {
+        let values = [
+            state.l0_tables,
+            state.sealed_memtables,
+            state.flushes_pending,
+            state.compactions_running,
+        ];
+        for (slot, value) in self.lsm.iter().zip(values) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
     fn render(&self, out: &mut String) {
+        for (slot, (name, help)) in self.lsm.iter().zip([
+            (
+                "natter_store_l0_tables",
+                "Level-0 tables of the messages and dedupe keyspaces (fjall throttles writes past 20 level-0 runs and halts them at 30).",
+            ),
+            (
+                "natter_store_sealed_memtables",
+                "Sealed memtables of the messages and dedupe keyspaces waiting for their flush (fjall halts a keyspace's writes at 4).",
+            ),
+            ("natter_store_flushes_pending", "Memtable flushes queued or running on fjall's workers."),
+            ("natter_store_compactions_running", "Compactions running on fjall's workers."),
+        ]) {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                slot.load(Ordering::Relaxed)
+            );
+        }
         let name = "natter_store_journal_bytes";
         let _ = writeln!(
             out,
@@ -482,6 +518,26 @@ mod tests {
             rss.is_some_and(|v| v.parse::<u64>().is_ok_and(|b| b > 1 << 20)),
             "{text}"
         );
+    }
+
+    #[test]
+    fn renders_the_lsm_gauges_the_writer_observed() {
+        let m = Metrics::new(1);
+        m.store.observe_lsm(crate::store::LsmState {
+            l0_tables: 21,
+            sealed_memtables: 4,
+            flushes_pending: 2,
+            compactions_running: 1,
+        });
+        let text = m.render();
+        for line in [
+            "natter_store_l0_tables 21",
+            "natter_store_sealed_memtables 4",
+            "natter_store_flushes_pending 2",
+            "natter_store_compactions_running 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
     }
 
     #[test]

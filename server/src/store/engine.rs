@@ -412,6 +412,11 @@ mod tests {
                 1,
                 "the flush wrote the large text to a blob file"
             );
+            // Once the flush is done nothing is sealed or queued (the table may
+            // already have moved below level 0: leveled compaction moves a
+            // table that overlaps nothing down at once).
+            let lsm = store.lsm_state();
+            assert_eq!((lsm.sealed_memtables, lsm.flushes_pending), (0, 0), "{lsm:?}");
             let page = store.messages_page(ChatId(5), Seq(0), 10, usize::MAX).unwrap();
             let texts: Vec<&str> = page.iter().map(|m| m.text.as_str()).collect();
             assert_eq!(texts, [long.as_str(), short.as_str()]);

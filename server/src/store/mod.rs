@@ -220,6 +220,21 @@ struct Counters {
     relations: HashMap<UserId, RelationCounts>,
 }
 
+/// What fjall's LSM trees of the two keyspaces that grow with every message
+/// (`messages`, `dedupe`) look like at one moment: the inputs of fjall's write
+/// throttle and halt, exposed so that a stall can be told apart from outside.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LsmState {
+    /// Level-0 tables (fjall throttles past 20 level-0 runs, halts at 30).
+    pub l0_tables: u64,
+    /// Sealed memtables waiting for their flush (a keyspace halts at 4).
+    pub sealed_memtables: u64,
+    /// Memtable flushes queued or running, all keyspaces.
+    pub flushes_pending: u64,
+    /// Compactions running, all keyspaces.
+    pub compactions_running: u64,
+}
+
 /// The embedded store. See the module docs for durability and concurrency.
 pub struct Store {
     db: Database,
@@ -345,6 +360,20 @@ impl Store {
     /// not yet flushed to tables, as fjall counts them.
     pub fn write_buffer_bytes(&self) -> u64 {
         self.db.write_buffer_size()
+    }
+
+    /// The LSM trees' state now (cheap atomic and lock reads; the storage
+    /// writer samples it with the journal, `natter_store_l0_tables` and the
+    /// other `/metrics` gauges).
+    pub fn lsm_state(&self) -> LsmState {
+        let big = [&self.messages, &self.dedupe];
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        LsmState {
+            l0_tables: count(big.iter().map(|k| k.l0_table_count()).sum()),
+            sealed_memtables: count(big.iter().map(|k| k.sealed_memtable_count()).sum()),
+            flushes_pending: count(self.db.outstanding_flushes()),
+            compactions_running: count(self.db.active_compactions()),
+        }
     }
 
     /// The engine settings the store was opened with.

@@ -375,6 +375,7 @@ impl WriterThread {
                     self.journal.seals(),
                     self.store.write_buffer_bytes(),
                 );
+                self.metrics.store.observe_lsm(self.store.lsm_state());
                 last_journal_check = Instant::now();
             }
             self.drain(&mut batch_ops);
