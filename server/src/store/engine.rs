@@ -83,6 +83,16 @@ pub const DEFAULT_JOURNAL_LIMIT: u64 = 16 << 20;
 /// bounds the part of a restart that the journal limit cannot.
 pub const JOURNAL_ROTATION_SIZE: u64 = 16 << 20;
 
+/// fjall's background workers (its default is the core count, capped at 4).
+/// Worker #0 only flushes memtables, so with two workers one compaction runs at
+/// a time: while it works on a deep level for seconds, nothing merges level 0,
+/// the memtable seals keep adding level-0 tables, and at 30 level-0 runs fjall
+/// halts every write until that compaction ends (measured: stretches of 9–20 s
+/// at 0 msg/s in a 10-minute run, `docs/PERFORMANCE.md`, issue 12). Four let up
+/// to three compactions (level 0 beside the deep ones) run at once, whatever
+/// the core count.
+pub const STORE_WORKERS: usize = 4;
+
 /// Message values (the encoded record: ~40 bytes of header plus the text) of
 /// at least this many bytes are kept out of the LSM tree, in fjall's blob
 /// files, with only a pointer in the tree (key-value separation, for new

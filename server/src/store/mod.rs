@@ -302,6 +302,7 @@ impl Store {
             .manual_journal_persist(true)
             .cache_size(settings.cache_size)
             .journal_rotation_size(engine::JOURNAL_ROTATION_SIZE)
+            .worker_threads(engine::STORE_WORKERS)
             .open()?;
         let ks = |name| db.keyspace(name, KeyspaceCreateOptions::default);
         let store = Self {
