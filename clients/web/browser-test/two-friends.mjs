@@ -280,6 +280,8 @@ async function main() {
   await waitForText(b, 'written while natterd was down');
   await waitForText(a, 'written while natterd was down');
   await send(b, 'welcome back');
+  // Bob's own copy gets its seq from his SendOk, which may land after alice's live push.
+  await waitForText(b, 'welcome back');
   await waitForText(a, 'welcome back');
   const afterA = await conversation(a);
   const afterB = await conversation(b);
